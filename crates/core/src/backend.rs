@@ -1,0 +1,40 @@
+//! The one interface between the router and whatever produces tokens: the local
+//! engine, or an upstream provider. A backend never sees a wire format.
+
+use crate::error::Error;
+use crate::ir::{ChatRequest, StreamEvent};
+use async_trait::async_trait;
+use futures::Stream;
+use serde::Serialize;
+use std::pin::Pin;
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Error>> + Send>>;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Capabilities {
+    pub chat: bool,
+    pub vision: bool,
+    pub tools: bool,
+    pub json_schema: bool,
+    pub logprobs: bool,
+}
+
+/// What `/v1/models` shows about one model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelInfo {
+    pub id: String,
+    pub owned_by: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// `chat`, `reasoning`, `code`, ...
+    pub kind: String,
+    pub context_length: u32,
+    pub capabilities: Capabilities,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Starts generating. Errors that are known before the first token (bad input for
+    /// this model, a full queue) come back here, so they can still be a plain HTTP error.
+    async fn chat(&self, request: ChatRequest) -> Result<EventStream, Error>;
+}

@@ -1,0 +1,171 @@
+//! The one error type. Every failure, wherever it starts, becomes an [`Error`] with a
+//! kind; the kind decides the HTTP status, and each wire format's body is rendered here.
+
+use parlance_protocol::openai::{ErrorObject, ErrorResponse};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed or out-of-range input: 400.
+    InvalidRequest,
+    /// Missing or wrong API key: 401.
+    Authentication,
+    /// Valid key, not allowed: 403.
+    PermissionDenied,
+    /// Unknown model or route: 404.
+    NotFound,
+    /// Wrong HTTP method on a known route: 405.
+    MethodNotAllowed,
+    /// Request body over the configured limit: 413.
+    PayloadTooLarge,
+    /// Rate limit or a full queue: 429 (with Retry-After when known).
+    RateLimited,
+    /// Bug or engine failure: 500.
+    Internal,
+    /// An upstream provider failed: 502.
+    Upstream,
+    /// Not ready or shutting down: 503.
+    Unavailable,
+    /// An upstream or engine deadline passed: 504.
+    Timeout,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::Authentication => 401,
+            ErrorKind::PermissionDenied => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::RateLimited => 429,
+            ErrorKind::Internal => 500,
+            ErrorKind::Upstream => 502,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Timeout => 504,
+        }
+    }
+
+    /// OpenAI's `error.type` vocabulary.
+    fn openai_type(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest
+            | ErrorKind::NotFound
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::PayloadTooLarge => "invalid_request_error",
+            ErrorKind::Authentication => "authentication_error",
+            ErrorKind::PermissionDenied => "permission_error",
+            ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::Internal | ErrorKind::Upstream | ErrorKind::Timeout => "server_error",
+            ErrorKind::Unavailable => "service_unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// The request parameter at fault, e.g. `temperature` or `messages[1].content`.
+    pub param: Option<String>,
+    /// A machine-readable code, e.g. `model_not_found`, `context_length_exceeded`.
+    pub code: Option<String>,
+    /// Seconds a client should wait before retrying (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidRequest, message)
+    }
+
+    /// A 400 that names the parameter at fault.
+    pub fn invalid_param(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::invalid(message).with_param(param)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Internal, message)
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("The model `{model}` does not exist. GET /v1/models lists the models this server serves."),
+        )
+        .with_param("model")
+        .with_code("model_not_found")
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    /// `{"error":{"message","type","param","code"}}`
+    pub fn to_openai(&self) -> ErrorResponse {
+        ErrorResponse {
+            error: ErrorObject {
+                message: self.message.clone(),
+                kind: self.kind.openai_type().to_string(),
+                param: self.param.clone(),
+                code: self.code.clone(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_body_has_all_four_fields() {
+        let e = Error::invalid_param("temperature", "temperature must be between 0 and 2");
+        let v = serde_json::to_value(e.to_openai()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "temperature");
+        assert!(v["error"]["code"].is_null());
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn not_found_model_is_404_with_code() {
+        let e = Error::model_not_found("nope");
+        assert_eq!(e.status(), 404);
+        assert_eq!(e.to_openai().error.code.as_deref(), Some("model_not_found"));
+    }
+}

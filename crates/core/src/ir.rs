@@ -1,0 +1,251 @@
+//! The provider-neutral request and stream. Front doors build a [`ChatRequest`] once,
+//! validated; backends only ever see this type and answer with [`StreamEvent`]s.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSource {
+    /// A remote `http(s)` URL.
+    Url(String),
+    /// Inline bytes, still base64-encoded, with their media type (`image/png`).
+    Base64 { media_type: String, data: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContentPart {
+    Text(String),
+    Image(ImageSource),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text, exactly as the model or caller produced it.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: Vec<ContentPart>,
+    pub name: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+    pub tool_call_id: Option<String>,
+    pub reasoning: Option<String>,
+}
+
+impl Message {
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: vec![ContentPart::Text(text.into())],
+            name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            reasoning: None,
+        }
+    }
+
+    /// The text parts joined; images are skipped.
+    pub fn joined_text(&self) -> String {
+        let mut out = String::new();
+        for part in &self.content {
+            if let ContentPart::Text(t) = part {
+                out.push_str(t);
+            }
+        }
+        out
+    }
+
+    pub fn has_images(&self) -> bool {
+        self.content
+            .iter()
+            .any(|p| matches!(p, ContentPart::Image(_)))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolDef {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments object.
+    pub parameters: Value,
+    pub strict: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ToolChoice {
+    #[default]
+    Auto,
+    None,
+    Required,
+    Named(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    JsonObject,
+    JsonSchema {
+        name: String,
+        schema: Value,
+        strict: bool,
+    },
+    /// Extension: a Lark grammar as llguidance takes it.
+    Grammar(String),
+}
+
+/// Sampling knobs. `None` means "the model's or deployment's default".
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SamplingParams {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    /// (token id, bias) pairs; ids are checked against the vocabulary by the backend.
+    pub logit_bias: Vec<(i32, f32)>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub sampling: SamplingParams,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    /// Number of choices, >= 1.
+    pub n: u32,
+    pub stream: bool,
+    pub tools: Vec<ToolDef>,
+    pub tool_choice: ToolChoice,
+    pub parallel_tool_calls: bool,
+    pub response_format: ResponseFormat,
+    /// `Some(k)`: return logprobs with the top `k` alternatives per token.
+    pub logprobs: Option<u32>,
+    pub ignore_eos: bool,
+    pub user: Option<String>,
+    /// Ask the backend for a `StreamEvent::Debug` (rendered prompt, timings, slot).
+    pub debug: bool,
+    /// Parameters the front door did not recognise; upstreams pass them through.
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+}
+
+impl FinishReason {
+    pub fn as_openai(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TopLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<TopLogprob>,
+}
+
+/// A fragment of one streamed tool call; `id` and `name` come on its first fragment.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Delta {
+    pub content: String,
+    pub reasoning: String,
+    pub tool_calls: Vec<ToolCallDelta>,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+impl Delta {
+    pub fn text(s: impl Into<String>) -> Self {
+        Delta {
+            content: s.into(),
+            ..Delta::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.content.is_empty()
+            && self.reasoning.is_empty()
+            && self.tool_calls.is_empty()
+            && self.logprobs.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Prompt tokens served from a cache instead of being computed.
+    pub cached_tokens: u32,
+    pub reasoning_tokens: u32,
+}
+
+impl Usage {
+    pub fn total(&self) -> u32 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// What a backend streams back. Per choice: any number of `Delta`s, then exactly one
+/// `Finish`. After all choices: one `Usage`, then optionally one `Debug`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Delta { index: u32, delta: Delta },
+    Finish { index: u32, reason: FinishReason },
+    Usage(Usage),
+    Debug(Value),
+}

@@ -1,0 +1,13 @@
+//! Provider-neutral core of Parlance: the IR every front door and backend speaks,
+//! the one error type, the `Backend` trait, the router, and chat templates.
+
+pub mod backend;
+pub mod collect;
+pub mod error;
+pub mod ir;
+pub mod router;
+pub mod template;
+
+pub use backend::{Backend, Capabilities, EventStream, ModelInfo};
+pub use error::{Error, ErrorKind};
+pub use router::Router;

@@ -1,0 +1,485 @@
+//! The engine thread: owns one `LlamaContext` and runs continuous batching over its
+//! slots. Every step decodes one token for each generating sequence plus prompt
+//! chunks of newly admitted ones, in a single `decode`. Nothing here does HTTP, JSON
+//! or templating, and nothing here waits on a client: output goes into unbounded
+//! per-job channels, and a closed channel frees the job's slots at the next step.
+
+use crate::sampler::{self, SamplerSpec};
+use crate::text::TextAssembler;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use parlance_core::ir::{Delta, FinishReason, SamplingParams, StreamEvent};
+use parlance_core::Error;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One unit of work: a prompt and the choices that share its prefill.
+pub(crate) struct Job {
+    pub prompt: Vec<LlamaToken>,
+    /// Choice indices this job produces (a request with `n` > slots is split).
+    pub choices: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    pub max_tokens: u32,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    pub tx: UnboundedSender<JobEvent>,
+    pub enqueued: Instant,
+}
+
+pub(crate) enum JobEvent {
+    Event(StreamEvent),
+    /// All of the job's choices have finished.
+    Done(JobStats),
+    Failed(Error),
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JobStats {
+    pub prompt_tokens: u32,
+    pub cached_tokens: u32,
+    pub completion_tokens: u32,
+    pub queue: Duration,
+    pub prefill: Duration,
+    pub decode: Duration,
+    pub slots: Vec<i32>,
+}
+
+pub(crate) struct WorkerConfig {
+    pub slots: usize,
+    pub ctx_per_seq: usize,
+    pub n_batch: usize,
+    /// Prompt tokens per step while other sequences are generating, so a long
+    /// prompt cannot freeze their streams.
+    pub prefill_chunk: usize,
+    pub eog_tokens: Vec<LlamaToken>,
+}
+
+enum Phase {
+    /// Feeding the prompt; `next` is the first prompt token not yet in the batch.
+    Prefill {
+        next: usize,
+    },
+    /// A sibling choice waiting for the primary's prefill, then copying its KV.
+    Follow,
+    Generate,
+}
+
+struct Run {
+    job: u64,
+    choice: u32,
+    phase: Phase,
+    sampler: LlamaSampler,
+    text: TextAssembler,
+    /// Sampled but not yet decoded.
+    pending: Option<LlamaToken>,
+    generated: u32,
+    /// Batch index whose logits this run samples after the current decode.
+    logits_at: Option<i32>,
+}
+
+struct Slot {
+    seq: i32,
+    /// Tokens whose KV is in this sequence: kept after a job ends for prefix reuse.
+    cached: Vec<LlamaToken>,
+    run: Option<Run>,
+}
+
+struct ActiveJob {
+    job: Job,
+    live: usize,
+    admitted: Instant,
+    first_token: Option<Instant>,
+    stats: JobStats,
+}
+
+pub(crate) struct Worker<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    cfg: WorkerConfig,
+    slots: Vec<Slot>,
+    waiting: VecDeque<Job>,
+    jobs: HashMap<u64, ActiveJob>,
+    next_job: u64,
+    rx: Receiver<Job>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl<'m> Worker<'m> {
+    pub fn new(
+        model: &'m LlamaModel,
+        ctx: LlamaContext<'m>,
+        cfg: WorkerConfig,
+        rx: Receiver<Job>,
+        queued: Arc<AtomicUsize>,
+    ) -> Self {
+        let slots = (0..cfg.slots)
+            .map(|i| Slot {
+                seq: i as i32,
+                cached: Vec::new(),
+                run: None,
+            })
+            .collect();
+        Worker {
+            model,
+            ctx,
+            batch: LlamaBatch::new(cfg.n_batch, cfg.slots as i32),
+            cfg,
+            slots,
+            waiting: VecDeque::new(),
+            jobs: HashMap::new(),
+            next_job: 0,
+            rx,
+            queued,
+        }
+    }
+
+    /// Runs until every sender is gone and no work is left.
+    pub fn run(mut self) {
+        loop {
+            if !self.intake() {
+                return;
+            }
+            self.drop_cancelled();
+            self.admit();
+            self.step();
+        }
+    }
+
+    fn intake(&mut self) -> bool {
+        if self.jobs.is_empty() && self.waiting.is_empty() {
+            match self.rx.recv() {
+                Ok(job) => self.waiting.push_back(job),
+                Err(_) => return false,
+            }
+        }
+        while let Ok(job) = self.rx.try_recv() {
+            self.waiting.push_back(job);
+        }
+        true
+    }
+
+    fn drop_cancelled(&mut self) {
+        let before = self.waiting.len();
+        self.waiting.retain(|j| !j.tx.is_closed());
+        self.queued
+            .fetch_sub(before - self.waiting.len(), Ordering::Relaxed);
+
+        let gone: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, a)| a.job.tx.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            for slot in &mut self.slots {
+                if slot.run.as_ref().is_some_and(|r| r.job == id) {
+                    slot.run = None;
+                }
+            }
+            self.jobs.remove(&id);
+        }
+    }
+
+    fn admit(&mut self) {
+        while let Some(front) = self.waiting.front() {
+            let free: Vec<usize> = (0..self.slots.len())
+                .filter(|&i| self.slots[i].run.is_none())
+                .collect();
+            if free.len() < front.choices.len() {
+                return;
+            }
+            let job = self.waiting.pop_front().expect("front exists");
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.start(job, free);
+        }
+    }
+
+    fn start(&mut self, job: Job, free: Vec<usize>) {
+        let id = self.next_job;
+        self.next_job += 1;
+
+        // The free slot that already holds the longest prefix of this prompt.
+        let primary = *free
+            .iter()
+            .max_by_key(|&&i| common_prefix(&self.slots[i].cached, &job.prompt))
+            .expect("at least one free slot");
+        // At least the last prompt token is decoded again: its logits start sampling.
+        let keep =
+            common_prefix(&self.slots[primary].cached, &job.prompt).min(job.prompt.len() - 1);
+        let reused = self.trim(primary, keep);
+
+        let mut stats = JobStats {
+            prompt_tokens: job.prompt.len() as u32,
+            cached_tokens: reused as u32,
+            queue: job.enqueued.elapsed(),
+            ..JobStats::default()
+        };
+        let mut members = vec![primary];
+        members.extend(
+            free.iter()
+                .copied()
+                .filter(|&i| i != primary)
+                .take(job.choices.len() - 1),
+        );
+        for (k, &slot_idx) in members.iter().enumerate() {
+            if k > 0 {
+                self.trim(slot_idx, 0);
+            }
+            let choice = job.choices[k];
+            let spec = SamplerSpec {
+                params: &job.sampling,
+                n_vocab: self.model.n_vocab(),
+                eog_tokens: &self.cfg.eog_tokens,
+                ignore_eos: job.ignore_eos,
+                seed: job.seed.wrapping_add(u64::from(choice)) as u32,
+                penalty_window: self.cfg.ctx_per_seq as i32,
+            };
+            let slot = &mut self.slots[slot_idx];
+            slot.run = Some(Run {
+                job: id,
+                choice,
+                phase: if k == 0 {
+                    Phase::Prefill { next: reused }
+                } else {
+                    Phase::Follow
+                },
+                sampler: sampler::build(&spec),
+                text: TextAssembler::new(job.stop.clone()),
+                pending: None,
+                generated: 0,
+                logits_at: None,
+            });
+            stats.slots.push(slot.seq);
+        }
+        self.jobs.insert(
+            id,
+            ActiveJob {
+                live: members.len(),
+                job,
+                admitted: Instant::now(),
+                first_token: None,
+                stats,
+            },
+        );
+    }
+
+    /// Keeps the first `keep` cached tokens of a slot's sequence; returns how many stayed.
+    fn trim(&mut self, slot_idx: usize, keep: usize) -> usize {
+        let slot = &mut self.slots[slot_idx];
+        let seq = slot.seq as u32;
+        let partial_ok = keep > 0
+            && matches!(
+                self.ctx
+                    .clear_kv_cache_seq(Some(seq), Some(keep as u32), None),
+                Ok(true)
+            );
+        if partial_ok {
+            slot.cached.truncate(keep);
+            keep
+        } else {
+            let _ = self.ctx.clear_kv_cache_seq(Some(seq), None, None);
+            slot.cached.clear();
+            0
+        }
+    }
+
+    fn step(&mut self) {
+        self.batch.clear();
+        let mut budget = self.cfg.n_batch;
+
+        for slot in &mut self.slots {
+            let Some(run) = slot.run.as_mut() else {
+                continue;
+            };
+            run.logits_at = None;
+            if let (Phase::Generate, Some(tok)) = (&run.phase, run.pending.take()) {
+                let pos = slot.cached.len() as i32;
+                if self.batch.add(tok, pos, &[slot.seq], true).is_err() {
+                    run.pending = Some(tok);
+                    continue;
+                }
+                run.logits_at = Some(self.batch.n_tokens() - 1);
+                slot.cached.push(tok);
+                budget -= 1;
+            }
+        }
+
+        let generating = budget < self.cfg.n_batch;
+        let mut prefill_budget = if generating {
+            budget.min(self.cfg.prefill_chunk)
+        } else {
+            budget
+        };
+        // Oldest job first, so a stream of new arrivals cannot starve a long prompt.
+        let mut order: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                matches!(
+                    self.slots[i].run,
+                    Some(Run {
+                        phase: Phase::Prefill { .. },
+                        ..
+                    })
+                )
+            })
+            .collect();
+        order.sort_by_key(|&i| self.slots[i].run.as_ref().map(|r| r.job));
+        for i in order {
+            if prefill_budget == 0 {
+                break;
+            }
+            let slot = &mut self.slots[i];
+            let run = slot.run.as_mut().expect("filtered above");
+            let Phase::Prefill { next } = run.phase else {
+                continue;
+            };
+            let prompt = &self.jobs[&run.job].job.prompt;
+            let take = (prompt.len() - next).min(prefill_budget);
+            for (j, &tok) in prompt.iter().enumerate().skip(next).take(take) {
+                let last = j == prompt.len() - 1;
+                // Cannot fail: the batch holds n_batch tokens and the budget counts them.
+                let _ = self.batch.add(tok, j as i32, &[slot.seq], last);
+                slot.cached.push(tok);
+            }
+            prefill_budget -= take;
+            run.phase = Phase::Prefill { next: next + take };
+            if next + take == prompt.len() {
+                run.logits_at = Some(self.batch.n_tokens() - 1);
+            }
+        }
+
+        if self.batch.n_tokens() == 0 {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            self.fail_all(Error::internal(format!("llama.cpp decode failed: {e}")));
+            return;
+        }
+        self.promote_finished_prefills();
+        for i in 0..self.slots.len() {
+            if let Some(at) = self.slots[i].run.as_ref().and_then(|r| r.logits_at) {
+                self.sample(i, at);
+            }
+        }
+    }
+
+    /// A primary whose prompt is fully decoded hands its KV to its sibling choices,
+    /// which then sample from the same logits: n choices cost one prefill.
+    fn promote_finished_prefills(&mut self) {
+        for i in 0..self.slots.len() {
+            let Some(run) = self.slots[i].run.as_mut() else {
+                continue;
+            };
+            let (Phase::Prefill { .. }, Some(at)) = (&run.phase, run.logits_at) else {
+                continue;
+            };
+            run.phase = Phase::Generate;
+            let job_id = run.job;
+            if let Some(active) = self.jobs.get_mut(&job_id) {
+                active.first_token = Some(Instant::now());
+            }
+            let src = self.slots[i].seq;
+            let cached = self.slots[i].cached.clone();
+            for k in 0..self.slots.len() {
+                let follower = matches!(
+                    &self.slots[k].run,
+                    Some(Run { phase: Phase::Follow, job, .. }) if *job == job_id
+                );
+                if !follower {
+                    continue;
+                }
+                let dst = self.slots[k].seq;
+                let _ = self.ctx.copy_kv_cache_seq(src, dst, None, None);
+                let slot = &mut self.slots[k];
+                slot.cached = cached.clone();
+                let run = slot.run.as_mut().expect("follower has a run");
+                run.phase = Phase::Generate;
+                run.logits_at = Some(at);
+            }
+        }
+    }
+
+    fn sample(&mut self, i: usize, at: i32) {
+        let vocab = self.model;
+        let slot = &mut self.slots[i];
+        let run = slot.run.as_mut().expect("sampling slot has a run");
+        let Some(active) = self.jobs.get_mut(&run.job) else {
+            slot.run = None;
+            return;
+        };
+        let tok = run.sampler.sample(&self.ctx, at);
+        run.generated += 1;
+        active.stats.completion_tokens += 1;
+
+        let mut finish = None;
+        let text = if vocab.vocab().is_eog(tok) && !active.job.ignore_eos {
+            finish = Some(FinishReason::Stop);
+            run.text.finish()
+        } else {
+            let piece = vocab.vocab().token_to_piece(tok, false, None);
+            let pushed = run.text.push(&piece);
+            let mut text = pushed.text;
+            if pushed.stopped {
+                finish = Some(FinishReason::Stop);
+            } else if run.generated >= active.job.max_tokens
+                || slot.cached.len() >= self.cfg.ctx_per_seq
+            {
+                text.push_str(&run.text.finish());
+                finish = Some(FinishReason::Length);
+            } else {
+                run.pending = Some(tok);
+            }
+            text
+        };
+
+        let index = run.choice;
+        let job_id = run.job;
+        let tx = &active.job.tx;
+        if !text.is_empty() {
+            let _ = tx.send(JobEvent::Event(StreamEvent::Delta {
+                index,
+                delta: Delta::text(text),
+            }));
+        }
+        if let Some(reason) = finish {
+            let _ = tx.send(JobEvent::Event(StreamEvent::Finish { index, reason }));
+            slot.run = None;
+            active.live -= 1;
+            if active.live == 0 {
+                self.complete(job_id);
+            }
+        }
+    }
+
+    fn complete(&mut self, job_id: u64) {
+        if let Some(mut a) = self.jobs.remove(&job_id) {
+            let first = a.first_token.unwrap_or(a.admitted);
+            a.stats.prefill = first.duration_since(a.admitted);
+            a.stats.decode = first.elapsed();
+            let _ = a.job.tx.send(JobEvent::Done(a.stats));
+        }
+    }
+
+    fn fail_all(&mut self, err: Error) {
+        for (_, a) in self.jobs.drain() {
+            let _ = a.job.tx.send(JobEvent::Failed(err.clone()));
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].run.take().is_some() {
+                self.trim(i, 0);
+            }
+        }
+    }
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}

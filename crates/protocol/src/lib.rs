@@ -1,0 +1,4 @@
+//! Wire types only: what each public API puts on the wire, as serde types.
+//! No behaviour lives here; `parlance-core` maps these to and from its IR.
+
+pub mod openai;

@@ -1,0 +1,132 @@
+//! Reads a request body under a size limit and parses it as JSON, turning every
+//! failure into a 4xx that names the offending parameter.
+
+use axum::body::Body;
+use parlance_core::{Error, ErrorKind};
+use serde::de::DeserializeOwned;
+
+pub async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, Error> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // http-body's LengthLimitError is the only error that mentions the limit.
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.to_string().contains("length limit"))
+            || e.to_string().contains("length limit");
+        if too_large {
+            Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!("The request body is larger than this server's limit of {limit} bytes."),
+            )
+            .with_code("request_too_large")
+        } else {
+            Error::invalid(format!("could not read the request body: {e}"))
+        }
+    })
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(
+            Error::invalid("The request body is empty; expected a JSON object.")
+                .with_code("invalid_json"),
+        );
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return Error::invalid(format!(
+                "We could not parse the JSON body of your request: {inner}"
+            ))
+            .with_code("invalid_json");
+        }
+        let detail = friendly(&inner.to_string());
+        if let Some(field) = missing_field(&detail) {
+            let param = if path == "." {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            };
+            return Error::invalid_param(
+                param.clone(),
+                format!("Missing required parameter: '{param}'."),
+            );
+        }
+        if path == "." {
+            Error::invalid(format!("Invalid request body: {detail}"))
+        } else {
+            Error::invalid_param(
+                path.clone(),
+                format!("Invalid value for '{path}': {detail}"),
+            )
+        }
+    })
+}
+
+fn missing_field(detail: &str) -> Option<&str> {
+    detail
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+/// serde's messages for untagged enums name Rust types; say what the API accepts.
+fn friendly(detail: &str) -> String {
+    let replacements = [
+        ("untagged enum MessageContent", "expected a string or an array of content parts"),
+        ("untagged enum StopSequences", "expected a string or an array of strings"),
+        ("untagged enum ToolChoice", "expected \"auto\", \"none\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":...}}"),
+    ];
+    for (needle, text) in replacements {
+        if detail.contains(needle) {
+            return text.to_string();
+        }
+    }
+    detail
+        .split(" at line ")
+        .next()
+        .unwrap_or(detail)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parlance_protocol::openai::ChatCompletionRequest;
+
+    fn err(body: &str) -> Error {
+        parse_json::<ChatCompletionRequest>(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn wrong_type_names_the_param() {
+        let e = err(r#"{"model":"m","messages":[],"temperature":"hot"}"#);
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn nested_path_is_kept() {
+        let e = err(r#"{"model":"m","messages":[{"role":"user","content":5}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].content"));
+        assert!(e.message.contains("string or an array"), "{}", e.message);
+    }
+
+    #[test]
+    fn missing_model_is_named() {
+        let e = err(r#"{"messages":[]}"#);
+        assert_eq!(e.param.as_deref(), Some("model"));
+    }
+
+    #[test]
+    fn malformed_json_is_invalid_json() {
+        let e = err(r#"{"model": "#);
+        assert_eq!(e.code.as_deref(), Some("invalid_json"));
+        assert_eq!(err("").code.as_deref(), Some("invalid_json"));
+    }
+
+    #[test]
+    fn negative_max_tokens_is_named() {
+        let e = err(r#"{"model":"m","messages":[],"max_tokens":-1}"#);
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+    }
+}

@@ -1,0 +1,487 @@
+//! OpenAI chat request -> IR, validated once. After this, nothing downstream needs to
+//! re-check ranges or shapes.
+
+use parlance_core::ir::{
+    ChatRequest, ContentPart, ImageSource, Message, ResponseFormat, Role, SamplingParams, ToolCall,
+    ToolChoice, ToolDef,
+};
+use parlance_core::Error;
+use parlance_protocol::openai as wire;
+use serde_json::Value;
+
+pub const MAX_CHOICES: u32 = 8;
+pub const MAX_STOPS: usize = 4;
+
+pub fn to_ir(req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error> {
+    if req.model.trim().is_empty() {
+        return Err(Error::invalid_param(
+            "model",
+            "'model' must name a model; GET /v1/models lists them.",
+        ));
+    }
+    if req.messages.is_empty() {
+        return Err(Error::invalid_param(
+            "messages",
+            "'messages' must contain at least one message.",
+        ));
+    }
+    let messages = req
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| message(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    range("temperature", req.temperature, 0.0, 2.0)?;
+    range("top_p", req.top_p, 0.0, 1.0)?;
+    range("min_p", req.min_p, 0.0, 1.0)?;
+    range("presence_penalty", req.presence_penalty, -2.0, 2.0)?;
+    range("frequency_penalty", req.frequency_penalty, -2.0, 2.0)?;
+    if let Some(rp) = req.repetition_penalty {
+        if !(rp > 0.0 && rp <= 10.0) {
+            return Err(Error::invalid_param(
+                "repetition_penalty",
+                format!("'repetition_penalty' must be greater than 0 and at most 10, got {rp}."),
+            ));
+        }
+    }
+    if let Some(k) = req.top_k {
+        if k < -1 {
+            return Err(Error::invalid_param(
+                "top_k",
+                format!("'top_k' must be >= 0 (0 or -1 disables it), got {k}."),
+            ));
+        }
+    }
+    let n = req.n.unwrap_or(1);
+    if !(1..=MAX_CHOICES).contains(&n) {
+        return Err(Error::invalid_param(
+            "n",
+            format!("'n' must be between 1 and {MAX_CHOICES}, got {n}."),
+        ));
+    }
+    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
+    if max_tokens == Some(0) {
+        let param = if req.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        return Err(Error::invalid_param(
+            param,
+            format!("'{param}' must be at least 1."),
+        ));
+    }
+    let stop = req
+        .stop
+        .map(wire::StopSequences::into_vec)
+        .unwrap_or_default();
+    if stop.len() > MAX_STOPS {
+        return Err(Error::invalid_param(
+            "stop",
+            format!(
+                "'stop' takes at most {MAX_STOPS} sequences, got {}.",
+                stop.len()
+            ),
+        ));
+    }
+    let logit_bias = req
+        .logit_bias
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let tok: i32 = k.trim().parse().map_err(|_| {
+                Error::invalid_param(
+                    "logit_bias",
+                    format!("'logit_bias' keys must be token ids, got {k:?}."),
+                )
+            })?;
+            if !(-100.0..=100.0).contains(&v) {
+                return Err(Error::invalid_param(
+                    "logit_bias",
+                    format!(
+                        "'logit_bias' values must be between -100 and 100, got {v} for token {k}."
+                    ),
+                ));
+            }
+            Ok((tok, v))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(k) = req.top_logprobs {
+        if k > 20 {
+            return Err(Error::invalid_param(
+                "top_logprobs",
+                format!("'top_logprobs' must be between 0 and 20, got {k}."),
+            ));
+        }
+        if req.logprobs != Some(true) {
+            return Err(Error::invalid_param(
+                "top_logprobs",
+                "'top_logprobs' requires 'logprobs' to be true.",
+            ));
+        }
+    }
+    if let Some(u) = req.update_interval {
+        if !(u.is_finite() && u >= 0.0) {
+            return Err(Error::invalid_param(
+                "update_interval",
+                "'update_interval' must be a number of seconds >= 0.",
+            ));
+        }
+    }
+
+    let tools = req
+        .tools
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| tool(i, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tool_choice = tool_choice(req.tool_choice, &tools)?;
+
+    Ok(ChatRequest {
+        model: req.model,
+        messages,
+        sampling: SamplingParams {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k.filter(|&k| k > 0),
+            min_p: req.min_p,
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            repetition_penalty: req.repetition_penalty,
+            logit_bias,
+            seed: req.seed.map(|s| s as u64),
+        },
+        max_tokens,
+        stop,
+        n,
+        stream: req.stream.unwrap_or(false),
+        tools,
+        tool_choice,
+        parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
+        response_format: response_format(req.response_format)?,
+        logprobs: (req.logprobs == Some(true)).then(|| req.top_logprobs.unwrap_or(0)),
+        ignore_eos: req.ignore_eos.unwrap_or(false),
+        user: req.user,
+        debug: false,
+        extra: req.extra,
+    })
+}
+
+fn range(param: &str, value: Option<f32>, lo: f32, hi: f32) -> Result<(), Error> {
+    match value {
+        Some(v) if !(lo..=hi).contains(&v) => Err(Error::invalid_param(
+            param,
+            format!("'{param}' must be between {lo} and {hi}, got {v}."),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn message(i: usize, m: wire::ChatMessage) -> Result<Message, Error> {
+    let role = match m.role.as_str() {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => {
+            return Err(Error::invalid_param(
+                format!("messages[{i}].role"),
+                format!("Unsupported role {other:?} in messages[{i}]; use system, developer, user, assistant or tool."),
+            ))
+        }
+    };
+    let content = match m.content {
+        None => Vec::new(),
+        Some(wire::MessageContent::Text(t)) => vec![ContentPart::Text(t)],
+        Some(wire::MessageContent::Parts(parts)) => parts
+            .into_iter()
+            .enumerate()
+            .map(|(j, p)| content_part(i, j, p))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let tool_calls: Vec<ToolCall> = m
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| ToolCall {
+            id: c.id,
+            name: c.function.name,
+            arguments: c.function.arguments,
+        })
+        .collect();
+    if content.is_empty() && tool_calls.is_empty() && role != Role::Assistant {
+        return Err(Error::invalid_param(
+            format!("messages[{i}].content"),
+            format!("messages[{i}] ({}) must have content.", role.as_str()),
+        ));
+    }
+    if role == Role::Tool && m.tool_call_id.as_deref().unwrap_or("").is_empty() {
+        return Err(Error::invalid_param(
+            format!("messages[{i}].tool_call_id"),
+            format!("messages[{i}] has role 'tool' and must carry the 'tool_call_id' it answers."),
+        ));
+    }
+    Ok(Message {
+        role,
+        content,
+        name: m.name,
+        tool_calls,
+        tool_call_id: m.tool_call_id,
+        reasoning: m.reasoning_content,
+    })
+}
+
+fn content_part(i: usize, j: usize, p: wire::ContentPart) -> Result<ContentPart, Error> {
+    let param = format!("messages[{i}].content[{j}]");
+    match p.kind.as_str() {
+        "text" | "input_text" => p.text.map(ContentPart::Text).ok_or_else(|| {
+            Error::invalid_param(
+                format!("{param}.text"),
+                format!("{param} is a text part without 'text'."),
+            )
+        }),
+        "image_url" => {
+            let url = p.image_url.map(|u| u.url).ok_or_else(|| {
+                Error::invalid_param(
+                    format!("{param}.image_url"),
+                    format!("{param} is an image part without 'image_url.url'."),
+                )
+            })?;
+            image_source(&url)
+                .map(ContentPart::Image)
+                .map_err(|m| Error::invalid_param(format!("{param}.image_url.url"), m))
+        }
+        other => Err(Error::invalid_param(
+            format!("{param}.type"),
+            format!(
+                "Unsupported content part type {other:?} in {param}; supported: text, image_url."
+            ),
+        )),
+    }
+}
+
+fn image_source(url: &str) -> Result<ImageSource, String> {
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (meta, data) = rest
+            .split_once(',')
+            .ok_or("a data URL must look like data:image/png;base64,....")?;
+        let media_type = meta
+            .strip_suffix(";base64")
+            .ok_or("only base64 data URLs are supported (data:<type>;base64,...)")?;
+        if !media_type.starts_with("image/") {
+            return Err(format!("expected an image media type, got {media_type:?}"));
+        }
+        return Ok(ImageSource::Base64 {
+            media_type: media_type.to_string(),
+            data: data.to_string(),
+        });
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(ImageSource::Url(url.to_string()));
+    }
+    Err("an image URL must be http(s) or a base64 data URL".to_string())
+}
+
+fn tool(i: usize, t: wire::Tool) -> Result<ToolDef, Error> {
+    if t.kind != "function" {
+        return Err(Error::invalid_param(
+            format!("tools[{i}].type"),
+            format!(
+                "tools[{i}] has type {:?}; only \"function\" is supported.",
+                t.kind
+            ),
+        ));
+    }
+    let name = t.function.name;
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid {
+        return Err(Error::invalid_param(
+            format!("tools[{i}].function.name"),
+            format!("tool name {name:?} must be 1-64 characters of a-z, A-Z, 0-9, _ and -."),
+        ));
+    }
+    let parameters = t
+        .function
+        .parameters
+        .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}));
+    if !parameters.is_object() {
+        return Err(Error::invalid_param(
+            format!("tools[{i}].function.parameters"),
+            "'parameters' must be a JSON Schema object.",
+        ));
+    }
+    Ok(ToolDef {
+        name,
+        description: t.function.description,
+        parameters,
+        strict: t.function.strict.unwrap_or(false),
+    })
+}
+
+fn tool_choice(choice: Option<wire::ToolChoice>, tools: &[ToolDef]) -> Result<ToolChoice, Error> {
+    let choice = match choice {
+        None => return Ok(if tools.is_empty() { ToolChoice::None } else { ToolChoice::Auto }),
+        Some(wire::ToolChoice::Mode(m)) => match m.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => return Err(Error::invalid_param("tool_choice", format!("'tool_choice' must be \"auto\", \"none\", \"required\" or a named function, got {other:?}."))),
+        },
+        Some(wire::ToolChoice::Named(n)) => ToolChoice::Named(n.function.name),
+    };
+    match &choice {
+        ToolChoice::Required if tools.is_empty() => Err(Error::invalid_param(
+            "tool_choice",
+            "'tool_choice' is \"required\" but no 'tools' were given.",
+        )),
+        ToolChoice::Named(name) if !tools.iter().any(|t| &t.name == name) => {
+            Err(Error::invalid_param(
+                "tool_choice",
+                format!("'tool_choice' names {name:?}, which is not among 'tools'."),
+            ))
+        }
+        _ => Ok(choice),
+    }
+}
+
+fn response_format(rf: Option<wire::ResponseFormat>) -> Result<ResponseFormat, Error> {
+    let Some(rf) = rf else {
+        return Ok(ResponseFormat::Text);
+    };
+    match rf.kind.as_str() {
+        "text" => Ok(ResponseFormat::Text),
+        "json_object" => Ok(ResponseFormat::JsonObject),
+        "json_schema" => {
+            let js = rf.json_schema.ok_or_else(|| {
+                Error::invalid_param(
+                    "response_format.json_schema",
+                    "'response_format' of type json_schema needs 'json_schema'.",
+                )
+            })?;
+            let schema = js.schema.unwrap_or(Value::Object(Default::default()));
+            if !schema.is_object() {
+                return Err(Error::invalid_param(
+                    "response_format.json_schema.schema",
+                    "'schema' must be a JSON Schema object.",
+                ));
+            }
+            Ok(ResponseFormat::JsonSchema {
+                name: js.name,
+                schema,
+                strict: js.strict.unwrap_or(false),
+            })
+        }
+        other => Err(Error::invalid_param(
+            "response_format.type",
+            format!(
+                "'response_format.type' must be text, json_object or json_schema, got {other:?}."
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<ChatRequest, Error> {
+        to_ir(serde_json::from_value(v).unwrap())
+    }
+
+    fn base() -> Value {
+        serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut b = base();
+        b[key] = value;
+        b
+    }
+
+    #[test]
+    fn ranges_name_their_param() {
+        for (k, v) in [
+            ("temperature", serde_json::json!(2.5)),
+            ("top_p", serde_json::json!(1.5)),
+            ("n", serde_json::json!(9)),
+            ("n", serde_json::json!(0)),
+            ("presence_penalty", serde_json::json!(-3)),
+            ("frequency_penalty", serde_json::json!(3)),
+            ("max_tokens", serde_json::json!(0)),
+            ("stop", serde_json::json!(["a", "b", "c", "d", "e"])),
+            ("repetition_penalty", serde_json::json!(0)),
+        ] {
+            let e = parse(with(k, v)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(k), "{k}: {}", e.message);
+            assert_eq!(e.status(), 400);
+        }
+    }
+
+    #[test]
+    fn max_completion_tokens_wins() {
+        let mut b = with("max_tokens", serde_json::json!(10));
+        b["max_completion_tokens"] = serde_json::json!(5);
+        assert_eq!(parse(b).unwrap().max_tokens, Some(5));
+    }
+
+    #[test]
+    fn unknown_role_and_part_are_400s() {
+        let e =
+            parse(serde_json::json!({"model":"m","messages":[{"role":"wizard","content":"x"}]}))
+                .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = parse(serde_json::json!({"model":"m","messages":[{"role":"user","content":[{"type":"input_audio"}]}]})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
+    }
+
+    #[test]
+    fn data_url_images_are_decoded_to_base64_source() {
+        let r = parse(
+            serde_json::json!({"model":"m","messages":[{"role":"user","content":[
+            {"type":"text","text":"Describe"},
+            {"type":"image_url","image_url":{"url":"data:image/jpeg;base64,AAAA"}}]}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            r.messages[0].content[1],
+            ContentPart::Image(ImageSource::Base64 {
+                media_type: "image/jpeg".into(),
+                data: "AAAA".into()
+            })
+        );
+    }
+
+    #[test]
+    fn developer_is_system_and_extras_survive() {
+        let mut b =
+            serde_json::json!({"model":"m","messages":[{"role":"developer","content":"be brief"}]});
+        b["chat_template_kwargs"] = serde_json::json!({"enable_thinking": false});
+        let r = parse(b).unwrap();
+        assert_eq!(r.messages[0].role, Role::System);
+        assert!(r.extra.contains_key("chat_template_kwargs"));
+    }
+
+    #[test]
+    fn named_tool_choice_must_exist() {
+        let mut b = with(
+            "tool_choice",
+            serde_json::json!({"type":"function","function":{"name":"nope"}}),
+        );
+        b["tools"] = serde_json::json!([{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]);
+        assert_eq!(parse(b).unwrap_err().param.as_deref(), Some("tool_choice"));
+    }
+
+    #[test]
+    fn logit_bias_keys_must_be_ids() {
+        let e = parse(with("logit_bias", serde_json::json!({"abc": 1}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("logit_bias"));
+        let r = parse(with("logit_bias", serde_json::json!({"50256": -100}))).unwrap();
+        assert_eq!(r.sampling.logit_bias, vec![(50256, -100.0)]);
+    }
+}

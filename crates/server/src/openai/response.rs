@@ -1,0 +1,264 @@
+//! IR -> OpenAI wire: whole completions and the SSE chunk sequence.
+
+use futures::{Stream, StreamExt};
+use parlance_core::collect::Completion;
+use parlance_core::ir::{Delta, StreamEvent, TokenLogprob, Usage};
+use parlance_core::{Error, EventStream};
+use parlance_protocol::openai as wire;
+use std::time::{Duration, Instant};
+
+/// What every response of one request shares.
+#[derive(Clone)]
+pub struct ResponseMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub fingerprint: String,
+}
+
+pub fn usage(u: &Usage) -> wire::Usage {
+    wire::Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.total(),
+        prompt_tokens_details: Some(wire::PromptTokensDetails {
+            cached_tokens: u.cached_tokens,
+        }),
+        completion_tokens_details: Some(wire::CompletionTokensDetails {
+            reasoning_tokens: u.reasoning_tokens,
+        }),
+    }
+}
+
+fn logprobs(lp: &[TokenLogprob]) -> wire::ChoiceLogprobs {
+    wire::ChoiceLogprobs {
+        content: Some(
+            lp.iter()
+                .map(|t| wire::TokenLogprob {
+                    token: t.token.clone(),
+                    logprob: t.logprob,
+                    bytes: Some(t.bytes.clone()),
+                    top_logprobs: t
+                        .top
+                        .iter()
+                        .map(|a| wire::TopLogprob {
+                            token: a.token.clone(),
+                            logprob: a.logprob,
+                            bytes: Some(a.bytes.clone()),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        ),
+    }
+}
+
+pub fn completion(meta: &ResponseMeta, c: Completion, want_logprobs: bool) -> wire::ChatCompletion {
+    let choices = c
+        .choices
+        .into_iter()
+        .enumerate()
+        .map(|(i, ch)| {
+            let tool_calls = (!ch.tool_calls.is_empty()).then(|| {
+                ch.tool_calls
+                    .into_iter()
+                    .map(|t| wire::ToolCall {
+                        id: t.id,
+                        kind: "function".into(),
+                        function: wire::FunctionCall {
+                            name: t.name,
+                            arguments: t.arguments,
+                        },
+                    })
+                    .collect()
+            });
+            wire::Choice {
+                index: i as u32,
+                message: wire::ResponseMessage {
+                    role: "assistant".into(),
+                    content: if ch.content.is_empty() && tool_calls.is_some() {
+                        None
+                    } else {
+                        Some(ch.content)
+                    },
+                    refusal: None,
+                    tool_calls,
+                    reasoning_content: (!ch.reasoning.is_empty()).then_some(ch.reasoning),
+                },
+                logprobs: want_logprobs.then(|| logprobs(&ch.logprobs)),
+                finish_reason: ch.finish_reason.map(|r| r.as_openai().to_string()),
+            }
+        })
+        .collect();
+    wire::ChatCompletion {
+        id: meta.id.clone(),
+        object: "chat.completion".into(),
+        created: meta.created,
+        model: meta.model.clone(),
+        choices,
+        usage: Some(usage(&c.usage)),
+        system_fingerprint: Some(meta.fingerprint.clone()),
+        debug: c.debug,
+    }
+}
+
+pub struct StreamOptions {
+    pub n: u32,
+    pub include_usage: bool,
+    pub want_logprobs: bool,
+    /// GigaChat's `update_interval`: coalesce text so chunks are at least this far apart.
+    pub update_interval: Option<Duration>,
+}
+
+/// One SSE `data:` payload.
+pub enum SsePayload {
+    Chunk(wire::ChatCompletionChunk),
+    Error(wire::ErrorResponse),
+    Done,
+}
+
+fn chunk(
+    meta: &ResponseMeta,
+    opts: &StreamOptions,
+    choices: Vec<wire::ChunkChoice>,
+) -> wire::ChatCompletionChunk {
+    wire::ChatCompletionChunk {
+        id: meta.id.clone(),
+        object: "chat.completion.chunk".into(),
+        created: meta.created,
+        model: meta.model.clone(),
+        system_fingerprint: Some(meta.fingerprint.clone()),
+        choices,
+        usage: opts.include_usage.then_some(None),
+        debug: None,
+    }
+}
+
+fn delta_choice(index: u32, d: Delta, want_logprobs: bool) -> wire::ChunkChoice {
+    let tool_calls = (!d.tool_calls.is_empty()).then(|| {
+        d.tool_calls
+            .into_iter()
+            .map(|t| wire::ToolCallDelta {
+                index: t.index,
+                kind: t.id.as_ref().map(|_| "function".to_string()),
+                id: t.id,
+                function: wire::FunctionCallDelta {
+                    name: t.name,
+                    arguments: Some(t.arguments),
+                },
+            })
+            .collect()
+    });
+    wire::ChunkChoice {
+        index,
+        delta: wire::Delta {
+            content: (!d.content.is_empty()).then_some(d.content),
+            reasoning_content: (!d.reasoning.is_empty()).then_some(d.reasoning),
+            tool_calls,
+            ..wire::Delta::default()
+        },
+        logprobs: (want_logprobs && !d.logprobs.is_empty()).then(|| logprobs(&d.logprobs)),
+        finish_reason: None,
+    }
+}
+
+/// The chunk sequence: a role chunk per choice, deltas, one finish per choice, the
+/// usage chunk when asked for, then `[DONE]`; or an error payload, never a silent end.
+pub fn chunks(
+    meta: ResponseMeta,
+    opts: StreamOptions,
+    mut events: EventStream,
+) -> impl Stream<Item = SsePayload> {
+    async_stream::stream! {
+        let role = (0..opts.n)
+            .map(|i| wire::ChunkChoice {
+                index: i,
+                delta: wire::Delta { role: Some("assistant".into()), content: Some(String::new()), ..wire::Delta::default() },
+                logprobs: None,
+                finish_reason: None,
+            })
+            .collect();
+        yield SsePayload::Chunk(chunk(&meta, &opts, role));
+
+        let mut finished = vec![false; opts.n as usize];
+        // Text waiting for the update interval to pass, per choice.
+        let mut pending: Vec<Delta> = vec![Delta::default(); opts.n as usize];
+        let mut last_sent = Instant::now();
+        let mut usage_seen = false;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(StreamEvent::Delta { index, delta }) => {
+                    let i = index as usize;
+                    if i >= pending.len() {
+                        continue;
+                    }
+                    match opts.update_interval {
+                        Some(every) => {
+                            merge(&mut pending[i], delta);
+                            if last_sent.elapsed() >= every {
+                                last_sent = Instant::now();
+                                for (j, p) in pending.iter_mut().enumerate() {
+                                    if !p.is_empty() {
+                                        let d = std::mem::take(p);
+                                        yield SsePayload::Chunk(chunk(&meta, &opts, vec![delta_choice(j as u32, d, opts.want_logprobs)]));
+                                    }
+                                }
+                            }
+                        }
+                        None => yield SsePayload::Chunk(chunk(&meta, &opts, vec![delta_choice(index, delta, opts.want_logprobs)])),
+                    }
+                }
+                Ok(StreamEvent::Finish { index, reason }) => {
+                    let i = index as usize;
+                    if i >= finished.len() || finished[i] {
+                        continue;
+                    }
+                    if !pending[i].is_empty() {
+                        let d = std::mem::take(&mut pending[i]);
+                        yield SsePayload::Chunk(chunk(&meta, &opts, vec![delta_choice(index, d, opts.want_logprobs)]));
+                    }
+                    finished[i] = true;
+                    yield SsePayload::Chunk(chunk(&meta, &opts, vec![wire::ChunkChoice {
+                        index,
+                        delta: wire::Delta::default(),
+                        logprobs: None,
+                        finish_reason: Some(reason.as_openai().to_string()),
+                    }]));
+                }
+                Ok(StreamEvent::Usage(u)) => {
+                    usage_seen = true;
+                    if opts.include_usage {
+                        let mut c = chunk(&meta, &opts, vec![]);
+                        c.usage = Some(Some(usage(&u)));
+                        yield SsePayload::Chunk(c);
+                    }
+                }
+                Ok(StreamEvent::Debug(v)) => {
+                    let mut c = chunk(&meta, &opts, vec![]);
+                    c.debug = Some(v);
+                    yield SsePayload::Chunk(c);
+                }
+                Err(e) => {
+                    yield SsePayload::Error(e.to_openai());
+                    return;
+                }
+            }
+        }
+        if let Some(i) = finished.iter().position(|f| !f) {
+            let e = Error::internal(format!("the backend ended the stream before choice {i} finished"));
+            yield SsePayload::Error(e.to_openai());
+            return;
+        }
+        if !usage_seen {
+            tracing::warn!("backend stream ended without usage");
+        }
+        yield SsePayload::Done;
+    }
+}
+
+fn merge(into: &mut Delta, d: Delta) {
+    into.content.push_str(&d.content);
+    into.reasoning.push_str(&d.reasoning);
+    into.tool_calls.extend(d.tool_calls);
+    into.logprobs.extend(d.logprobs);
+}
