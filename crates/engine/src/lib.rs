@@ -26,6 +26,9 @@ use std::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use worker::{Job, JobEvent, JobStats, Worker, WorkerConfig};
 
+/// Large enough for the `max_tokens: 16384` that the BgGPT examples send.
+pub const DEFAULT_CTX: u32 = 32768;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlashAttention {
     Auto,
@@ -38,8 +41,8 @@ pub struct LocalModelConfig {
     pub path: PathBuf,
     /// Public model name; defaults to the file name without `.gguf`.
     pub alias: Option<String>,
-    /// Context window of one request (prompt + completion). Defaults to the
-    /// model's training context, capped at 4096.
+    /// Context window in tokens: the KV cache all slots share, and so the most one
+    /// request (prompt + completion) can use. Default [`DEFAULT_CTX`].
     pub ctx: Option<u32>,
     /// Sequences decoded together.
     pub slots: usize,
@@ -119,12 +122,12 @@ impl LocalModel {
         let eog_tokens: Vec<LlamaToken> = vocab.tokens().filter(|&t| vocab.is_eog(t)).collect();
 
         let train_ctx = model.n_ctx_train();
-        let ctx_per_seq = cfg.ctx.unwrap_or(train_ctx.min(4096)).max(16);
+        let ctx_per_seq = cfg.ctx.unwrap_or(DEFAULT_CTX).max(64);
         if ctx_per_seq > train_ctx {
-            tracing::warn!(
+            tracing::info!(
                 ctx_per_seq,
                 train_ctx,
-                "context is longer than the model was trained on"
+                "context window is longer than the model was trained on; positions past it are extrapolated"
             );
         }
         let slots = cfg.slots.max(1);
@@ -140,11 +143,12 @@ impl LocalModel {
             .map_or(0, |d| d.as_secs());
 
         let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(ctx_per_seq * slots as u32))
+            // One pool for all slots (unified KV): a single request may use all of it,
+            // n choices share their prompt's cells, and a full pool is handled by the worker.
+            .with_n_ctx(NonZeroU32::new(ctx_per_seq))
             .with_n_batch(cfg.n_batch as u32)
             .with_n_ubatch(cfg.n_batch as u32)
             .with_n_seq_max(slots as u32)
-            // One pool for all sequences: n choices share prompt cells when copied.
             .with_kv_unified(true)
             .with_n_threads(cfg.threads)
             .with_n_threads_batch(cfg.threads)

@@ -7,6 +7,7 @@
 use crate::sampler::{self, SamplerSpec};
 use crate::text::TextAssembler;
 use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::DecodeError;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
@@ -60,6 +61,13 @@ pub(crate) struct WorkerConfig {
     /// prompt cannot freeze their streams.
     pub prefill_chunk: usize,
     pub eog_tokens: Vec<LlamaToken>,
+}
+
+enum Entry {
+    /// The last sampled token of a generating sequence.
+    Token { slot: usize, tok: LlamaToken },
+    /// Prompt tokens `from..to` of a job, on its primary slot.
+    Prompt { slot: usize, job: u64, from: usize, to: usize },
 }
 
 enum Phase {
@@ -292,82 +300,151 @@ impl<'m> Worker<'m> {
         }
     }
 
-    fn step(&mut self) {
-        self.batch.clear();
-        let mut budget = self.cfg.n_batch;
-
-        for slot in &mut self.slots {
-            let Some(run) = slot.run.as_mut() else {
-                continue;
-            };
-            run.logits_at = None;
-            if let (Phase::Generate, Some(tok)) = (&run.phase, run.pending.take()) {
-                let pos = slot.cached.len() as i32;
-                if self.batch.add(tok, pos, &[slot.seq], true).is_err() {
-                    run.pending = Some(tok);
-                    continue;
-                }
-                run.logits_at = Some(self.batch.n_tokens() - 1);
-                slot.cached.push(tok);
-                budget -= 1;
+    /// What goes into the next decode: one token per generating sequence, then prompt
+    /// chunks, oldest job first so new arrivals cannot starve a long prompt.
+    fn plan(&self) -> Vec<Entry> {
+        let mut plan = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(Run { phase: Phase::Generate, pending: Some(tok), .. }) = &slot.run {
+                plan.push(Entry::Token { slot: i, tok: *tok });
             }
         }
-
-        let generating = budget < self.cfg.n_batch;
-        let mut prefill_budget = if generating {
-            budget.min(self.cfg.prefill_chunk)
-        } else {
+        let budget = self.cfg.n_batch.saturating_sub(plan.len());
+        let mut prefill_budget = if plan.is_empty() {
             budget
+        } else {
+            budget.min(self.cfg.prefill_chunk)
         };
-        // Oldest job first, so a stream of new arrivals cannot starve a long prompt.
-        let mut order: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| {
-                matches!(
-                    self.slots[i].run,
-                    Some(Run {
-                        phase: Phase::Prefill { .. },
-                        ..
-                    })
-                )
+        let mut order: Vec<(u64, usize, usize)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match &s.run {
+                Some(Run { phase: Phase::Prefill { next }, job, .. }) => Some((*job, i, *next)),
+                _ => None,
             })
             .collect();
-        order.sort_by_key(|&i| self.slots[i].run.as_ref().map(|r| r.job));
-        for i in order {
+        order.sort_unstable();
+        for (job, slot, next) in order {
             if prefill_budget == 0 {
                 break;
             }
-            let slot = &mut self.slots[i];
-            let run = slot.run.as_mut().expect("filtered above");
-            let Phase::Prefill { next } = run.phase else {
-                continue;
-            };
-            let prompt = &self.jobs[&run.job].job.prompt;
-            let take = (prompt.len() - next).min(prefill_budget);
-            for (j, &tok) in prompt.iter().enumerate().skip(next).take(take) {
-                let last = j == prompt.len() - 1;
-                // Cannot fail: the batch holds n_batch tokens and the budget counts them.
-                let _ = self.batch.add(tok, j as i32, &[slot.seq], last);
-                slot.cached.push(tok);
-            }
+            let len = self.jobs[&job].job.prompt.len();
+            let take = (len - next).min(prefill_budget);
             prefill_budget -= take;
-            run.phase = Phase::Prefill { next: next + take };
-            if next + take == prompt.len() {
-                run.logits_at = Some(self.batch.n_tokens() - 1);
+            plan.push(Entry::Prompt { slot, job, from: next, to: next + take });
+        }
+        plan
+    }
+
+    /// Fills the batch from the plan; returns the logits index of each entry, if any.
+    fn fill(&mut self, plan: &[Entry]) -> Vec<Option<i32>> {
+        self.batch.clear();
+        let mut logits = Vec::with_capacity(plan.len());
+        for entry in plan {
+            match *entry {
+                Entry::Token { slot, tok } => {
+                    let s = &self.slots[slot];
+                    // Cannot fail: the plan never holds more than n_batch tokens.
+                    let _ = self.batch.add(tok, s.cached.len() as i32, &[s.seq], true);
+                    logits.push(Some(self.batch.n_tokens() - 1));
+                }
+                Entry::Prompt { slot, job, from, to } => {
+                    let prompt = &self.jobs[&job].job.prompt;
+                    let seq = self.slots[slot].seq;
+                    for (j, &tok) in prompt.iter().enumerate().take(to).skip(from) {
+                        let _ = self.batch.add(tok, j as i32, &[seq], j == prompt.len() - 1);
+                    }
+                    logits.push((to == prompt.len()).then(|| self.batch.n_tokens() - 1));
+                }
             }
         }
+        logits
+    }
 
-        if self.batch.n_tokens() == 0 {
-            return;
-        }
-        if let Err(e) = self.ctx.decode(&mut self.batch) {
-            self.fail_all(Error::internal(format!("llama.cpp decode failed: {e}")));
-            return;
+    fn step(&mut self) {
+        let mut plan = self.plan();
+        let logits = loop {
+            if plan.is_empty() {
+                return;
+            }
+            let logits = self.fill(&plan);
+            match self.ctx.decode(&mut self.batch) {
+                Ok(()) => break logits,
+                // The KV pool is full. llama.cpp leaves it untouched on this error, so
+                // make room and retry: first drop idle prefix caches, then postpone
+                // prompt chunks, and only as a last resort end the longest sequence.
+                Err(DecodeError::NoKvCacheSlot) => {
+                    if self.evict_idle_cache() {
+                        continue;
+                    }
+                    if let Some(pos) = plan.iter().rposition(|e| matches!(e, Entry::Prompt { .. })) {
+                        plan.remove(pos);
+                        continue;
+                    }
+                    let victim = plan
+                        .iter()
+                        .enumerate()
+                        .max_by_key(|(_, e)| match e {
+                            Entry::Token { slot, .. } => self.slots[*slot].cached.len(),
+                            Entry::Prompt { .. } => 0,
+                        })
+                        .map(|(k, _)| k);
+                    if let Some(k) = victim {
+                        if let Entry::Token { slot, .. } = plan.remove(k) {
+                            tracing::warn!(slot, "KV cache full: ending the longest sequence early");
+                            self.end_run(slot, FinishReason::Length, String::new());
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.fail_all(Error::internal(format!("llama.cpp decode failed: {e}")));
+                    return;
+                }
+            }
+        };
+
+        for (entry, at) in plan.iter().zip(logits) {
+            match *entry {
+                Entry::Token { slot, tok } => {
+                    let s = &mut self.slots[slot];
+                    s.cached.push(tok);
+                    if let Some(run) = s.run.as_mut() {
+                        run.pending = None;
+                        run.logits_at = at;
+                    }
+                }
+                Entry::Prompt { slot, job, from, to } => {
+                    let prompt = &self.jobs[&job].job.prompt;
+                    let s = &mut self.slots[slot];
+                    s.cached.extend_from_slice(&prompt[from..to]);
+                    if let Some(run) = s.run.as_mut() {
+                        run.phase = Phase::Prefill { next: to };
+                        run.logits_at = at;
+                    }
+                }
+            }
         }
         self.promote_finished_prefills();
         for i in 0..self.slots.len() {
-            if let Some(at) = self.slots[i].run.as_ref().and_then(|r| r.logits_at) {
+            let at = self.slots[i].run.as_mut().and_then(|r| r.logits_at.take());
+            if let Some(at) = at {
                 self.sample(i, at);
             }
+        }
+    }
+
+    /// Frees the KV of one idle slot's cached prefix; false when there is none.
+    fn evict_idle_cache(&mut self) -> bool {
+        let idle = (0..self.slots.len())
+            .filter(|&i| self.slots[i].run.is_none() && !self.slots[i].cached.is_empty())
+            .max_by_key(|&i| self.slots[i].cached.len());
+        match idle {
+            Some(i) => {
+                self.trim(i, 0);
+                true
+            }
+            None => false,
         }
     }
 
@@ -408,9 +485,9 @@ impl<'m> Worker<'m> {
     }
 
     fn sample(&mut self, i: usize, at: i32) {
-        let vocab = self.model;
+        let vocab = self.model.vocab();
         let slot = &mut self.slots[i];
-        let run = slot.run.as_mut().expect("sampling slot has a run");
+        let Some(run) = slot.run.as_mut() else { return };
         let Some(active) = self.jobs.get_mut(&run.job) else {
             slot.run = None;
             return;
@@ -420,42 +497,50 @@ impl<'m> Worker<'m> {
         active.stats.completion_tokens += 1;
 
         let mut finish = None;
-        let text = if vocab.vocab().is_eog(tok) && !active.job.ignore_eos {
+        let text = if vocab.is_eog(tok) && !active.job.ignore_eos {
             finish = Some(FinishReason::Stop);
-            run.text.finish()
+            String::new()
         } else {
-            let piece = vocab.vocab().token_to_piece(tok, false, None);
-            let pushed = run.text.push(&piece);
-            let mut text = pushed.text;
+            let pushed = run.text.push(&vocab.token_to_piece(tok, false, None));
             if pushed.stopped {
                 finish = Some(FinishReason::Stop);
             } else if run.generated >= active.job.max_tokens
                 || slot.cached.len() >= self.cfg.ctx_per_seq
             {
-                text.push_str(&run.text.finish());
                 finish = Some(FinishReason::Length);
             } else {
                 run.pending = Some(tok);
             }
-            text
+            pushed.text
         };
-
-        let index = run.choice;
-        let job_id = run.job;
-        let tx = &active.job.tx;
-        if !text.is_empty() {
-            let _ = tx.send(JobEvent::Event(StreamEvent::Delta {
-                index,
-                delta: Delta::text(text),
-            }));
-        }
-        if let Some(reason) = finish {
-            let _ = tx.send(JobEvent::Event(StreamEvent::Finish { index, reason }));
-            slot.run = None;
-            active.live -= 1;
-            if active.live == 0 {
-                self.complete(job_id);
+        match finish {
+            Some(reason) => self.end_run(i, reason, text),
+            None if !text.is_empty() => {
+                let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta {
+                    index: run.choice,
+                    delta: Delta::text(text),
+                }));
             }
+            None => {}
+        }
+    }
+
+    /// Ends one choice: flushes its text, sends its finish, frees its slot, and
+    /// completes the job when it was the last choice running.
+    fn end_run(&mut self, i: usize, reason: FinishReason, mut text: String) {
+        let Some(mut run) = self.slots[i].run.take() else { return };
+        let Some(active) = self.jobs.get_mut(&run.job) else { return };
+        // After a stop-string match the assembler holds nothing, so this only flushes
+        // text held back at EOS or at the length limit.
+        text.push_str(&run.text.finish());
+        let index = run.choice;
+        if !text.is_empty() {
+            let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta { index, delta: Delta::text(text) }));
+        }
+        let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Finish { index, reason }));
+        active.live -= 1;
+        if active.live == 0 {
+            self.complete(run.job);
         }
     }
 

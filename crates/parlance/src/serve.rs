@@ -41,8 +41,9 @@ pub struct ServeArgs {
     )]
     pub alias: Vec<String>,
 
-    /// Context window of one request, prompt plus completion, in tokens
-    /// (default: what the model was trained on, capped at 4096). Each slot gets this much KV cache.
+    /// Context window in tokens (default 32768): the KV cache that all slots of a model
+    /// share, as llama-server's unified cache, so one request may use all of it.
+    /// Prompt + max_tokens beyond it is a 400 `context_length_exceeded`.
     #[arg(short = 'c', long = "ctx-size", env = "PARLANCE_CTX")]
     pub ctx: Option<u32>,
 
@@ -113,7 +114,7 @@ fn default_model() -> Option<PathBuf> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARLANCE_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "warn,parlance=info,parlance_server=info,parlance_engine=info",
+            "warn,llama-cpp-2=error,parlance=info,parlance_server=info,parlance_engine=info",
         )
     });
     tracing_subscriber::fmt()
@@ -208,7 +209,7 @@ fn load_models(
         let model = LocalModel::load(cfg).map_err(anyhow::Error::msg)?;
         let info = model.info().clone();
         println!(
-            "model `{}` ready in {:.1}s: context {} tokens per request, {} slots",
+            "model `{}` ready in {:.1}s: context {} tokens shared by {} slots",
             info.id,
             started.elapsed().as_secs_f32(),
             info.context_length,

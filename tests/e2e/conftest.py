@@ -1,0 +1,76 @@
+"""Starts the real `parlance` binary on loopback ports with the real default model."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+from openai import OpenAI
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(os.environ.get("PARLANCE_BIN", ROOT / "target" / "release" / "parlance"))
+MODEL = "smollm2-135m-instruct"
+KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        logs = pathlib.Path(os.environ.get("PARLANCE_E2E_LOGS", tempfile.gettempdir()))
+        self.log = open(logs / f"parlance-e2e-{self.port}.log", "w")
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve", "--port", str(self.port), *args],
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"parlance exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise RuntimeError("parlance did not become healthy in 60 s")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def server():
+    # No -m: the default model is found in ./models, as the README's first command puts it.
+    s = Server("-np", "4", "--api-key", KEY, "--body-limit", str(1 << 20))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    return OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_server():
+    """One slot and a queue of one, to see what happens past capacity."""
+    s = Server("-np", "1", "--queue", "1", "-c", "2048")
+    yield s
+    s.stop()
