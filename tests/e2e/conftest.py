@@ -58,7 +58,9 @@ class Server:
 @pytest.fixture(scope="session")
 def server():
     # No -m: the default model is found in ./models, as the README's first command puts it.
-    s = Server("-np", "4", "--api-key", KEY, "--body-limit", str(1 << 20))
+    # --n-predict bounds the seed examples' max_tokens=16384: the 135M model rarely
+    # stops on its own in Bulgarian, and the suite should not spend minutes on one answer.
+    s = Server("-np", "4", "--api-key", KEY, "--body-limit", str(1 << 20), "--n-predict", "512")
     yield s
     s.stop()
 
@@ -70,7 +72,9 @@ def client(server):
 
 @pytest.fixture(scope="session")
 def tiny_server():
-    """One slot and a queue of one, to see what happens past capacity."""
-    s = Server("-np", "1", "--queue", "1", "-c", "2048")
+    """One slot and a queue of one, to see what happens past capacity; the same GGUF
+    loaded twice under two names, to see several -m served side by side."""
+    gguf = str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    s = Server("-m", gguf, "-m", gguf, "--alias", "tiny-a", "--alias", "tiny-b", "-np", "1", "--queue", "1", "-c", "2048")
     yield s
     s.stop()

@@ -53,6 +53,9 @@ pub struct LocalModelConfig {
     pub prefill_chunk: usize,
     /// Jobs that may wait for a slot before new ones get 429.
     pub max_queue: usize,
+    /// Server-wide cap on generated tokens per choice (llama-server's `--n-predict`):
+    /// a larger `max_tokens` is lowered to it and ends with `finish_reason: "length"`.
+    pub n_predict: Option<u32>,
     pub flash_attention: FlashAttention,
 }
 
@@ -67,6 +70,7 @@ impl LocalModelConfig {
             n_batch: 512,
             prefill_chunk: 256,
             max_queue: 64,
+            n_predict: None,
             flash_attention: FlashAttention::On,
         }
     }
@@ -92,6 +96,7 @@ pub struct LocalModel {
     ctx_per_seq: u32,
     slots: usize,
     max_queue: usize,
+    n_predict: Option<u32>,
     queued: Arc<AtomicUsize>,
     jobs: mpsc::Sender<Job>,
 }
@@ -147,8 +152,9 @@ impl LocalModel {
             // n choices share their prompt's cells, and a full pool is handled by the worker.
             .with_n_ctx(NonZeroU32::new(ctx_per_seq))
             .with_n_batch(cfg.n_batch as u32)
-            .with_n_ubatch(cfg.n_batch as u32)
-            .with_n_seq_max(slots as u32)
+            .with_n_ubatch(worker::UBATCH as u32)
+            // One extra sequence for the worker's pad token.
+            .with_n_seq_max(slots as u32 + 1)
             .with_kv_unified(true)
             .with_n_threads(cfg.threads)
             .with_n_threads_batch(cfg.threads)
@@ -211,6 +217,7 @@ impl LocalModel {
             ctx_per_seq,
             slots,
             max_queue: cfg.max_queue,
+            n_predict: cfg.n_predict,
             queued,
             jobs,
         })
@@ -293,7 +300,12 @@ impl Backend for LocalModel {
             )
             .with_code("context_length_exceeded"));
         }
-        let max_tokens = req.max_tokens.unwrap_or((ctx - prompt.len()) as u32);
+        // The context check above is on what the caller asked for; the server-wide
+        // cap only bounds how much is generated.
+        let max_tokens = req
+            .max_tokens
+            .unwrap_or((ctx - prompt.len()) as u32)
+            .min(self.n_predict.unwrap_or(u32::MAX));
         let seed = req.sampling.seed.unwrap_or_else(rand::random);
 
         let choices: Vec<u32> = (0..req.n.max(1)).collect();

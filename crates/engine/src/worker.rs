@@ -63,6 +63,14 @@ pub(crate) struct WorkerConfig {
     pub eog_tokens: Vec<LlamaToken>,
 }
 
+/// Most tokens llama.cpp computes at once (its n_ubatch). Together with the pad token
+/// below, every micro-batch holds 2..=63 tokens, which keeps ggml's CPU flash attention
+/// on its one per-query path: 64+ queries switch it to a tiled kernel and a single query
+/// over 512+ cells to a split-KV kernel, and each rounds differently. A sequence's
+/// numbers then do not depend on what shares its batch, so a seeded request gives the
+/// same text alone or under load.
+pub(crate) const UBATCH: usize = 63;
+
 enum Entry {
     /// The last sampled token of a generating sequence.
     Token { slot: usize, tok: LlamaToken },
@@ -139,7 +147,7 @@ impl<'m> Worker<'m> {
         Worker {
             model,
             ctx,
-            batch: LlamaBatch::new(cfg.n_batch, cfg.slots as i32),
+            batch: LlamaBatch::new(cfg.n_batch + 1, cfg.slots as i32 + 1),
             cfg,
             slots,
             waiting: VecDeque::new(),
@@ -358,6 +366,13 @@ impl<'m> Worker<'m> {
                     logits.push((to == prompt.len()).then(|| self.batch.n_tokens() - 1));
                 }
             }
+        }
+        if self.batch.n_tokens() as usize % UBATCH == 1 {
+            // A one-token micro-batch would take the split-KV path (see UBATCH): pad it
+            // with a throwaway token in a sequence of its own, one cell, no logits.
+            let pad = self.cfg.slots as i32;
+            let _ = self.ctx.clear_kv_cache_seq(Some(pad as u32), None, None);
+            let _ = self.batch.add(LlamaToken::new(0), 0, &[pad], false);
         }
         logits
     }

@@ -59,6 +59,11 @@ pub struct ServeArgs {
     #[arg(long = "queue", env = "PARLANCE_QUEUE", default_value_t = 64)]
     pub queue: usize,
 
+    /// Cap on generated tokens per request (llama-server's --n-predict); a larger
+    /// max_tokens is lowered to it and the answer ends with finish_reason "length".
+    #[arg(short = 'n', long = "n-predict", env = "PARLANCE_N_PREDICT")]
+    pub n_predict: Option<u32>,
+
     /// Tokens per decode step (llama.cpp's n_batch).
     #[arg(
         short = 'b',
@@ -201,6 +206,7 @@ fn load_models(
         cfg.n_batch = args.batch.max(32);
         cfg.prefill_chunk = args.prefill_chunk;
         cfg.max_queue = args.queue;
+        cfg.n_predict = args.n_predict.filter(|&n| n > 0);
         cfg.flash_attention = match args.flash_attn {
             FlashAttn::On => FlashAttention::On,
             FlashAttn::Off => FlashAttention::Off,
