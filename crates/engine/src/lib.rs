@@ -229,7 +229,7 @@ impl LocalModel {
 
     fn tokenize(&self, prompt: &str) -> Vec<LlamaToken> {
         let add_bos =
-            self.add_bos && !(!self.bos_text.is_empty() && prompt.starts_with(&self.bos_text));
+            self.add_bos && (self.bos_text.is_empty() || !prompt.starts_with(&self.bos_text));
         self.model
             .vocab()
             .tokenize(prompt.as_bytes(), add_bos, true)

@@ -7,11 +7,11 @@
 use crate::sampler::{self, SamplerSpec};
 use crate::text::TextAssembler;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::DecodeError;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::DecodeError;
 use parlance_core::ir::{Delta, FinishReason, SamplingParams, StreamEvent};
 use parlance_core::Error;
 use std::collections::{HashMap, VecDeque};
@@ -75,7 +75,12 @@ enum Entry {
     /// The last sampled token of a generating sequence.
     Token { slot: usize, tok: LlamaToken },
     /// Prompt tokens `from..to` of a job, on its primary slot.
-    Prompt { slot: usize, job: u64, from: usize, to: usize },
+    Prompt {
+        slot: usize,
+        job: u64,
+        from: usize,
+        to: usize,
+    },
 }
 
 enum Phase {
@@ -313,7 +318,12 @@ impl<'m> Worker<'m> {
     fn plan(&self) -> Vec<Entry> {
         let mut plan = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
-            if let Some(Run { phase: Phase::Generate, pending: Some(tok), .. }) = &slot.run {
+            if let Some(Run {
+                phase: Phase::Generate,
+                pending: Some(tok),
+                ..
+            }) = &slot.run
+            {
                 plan.push(Entry::Token { slot: i, tok: *tok });
             }
         }
@@ -328,7 +338,11 @@ impl<'m> Worker<'m> {
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match &s.run {
-                Some(Run { phase: Phase::Prefill { next }, job, .. }) => Some((*job, i, *next)),
+                Some(Run {
+                    phase: Phase::Prefill { next },
+                    job,
+                    ..
+                }) => Some((*job, i, *next)),
                 _ => None,
             })
             .collect();
@@ -340,7 +354,12 @@ impl<'m> Worker<'m> {
             let len = self.jobs[&job].job.prompt.len();
             let take = (len - next).min(prefill_budget);
             prefill_budget -= take;
-            plan.push(Entry::Prompt { slot, job, from: next, to: next + take });
+            plan.push(Entry::Prompt {
+                slot,
+                job,
+                from: next,
+                to: next + take,
+            });
         }
         plan
     }
@@ -357,7 +376,12 @@ impl<'m> Worker<'m> {
                     let _ = self.batch.add(tok, s.cached.len() as i32, &[s.seq], true);
                     logits.push(Some(self.batch.n_tokens() - 1));
                 }
-                Entry::Prompt { slot, job, from, to } => {
+                Entry::Prompt {
+                    slot,
+                    job,
+                    from,
+                    to,
+                } => {
                     let prompt = &self.jobs[&job].job.prompt;
                     let seq = self.slots[slot].seq;
                     for (j, &tok) in prompt.iter().enumerate().take(to).skip(from) {
@@ -393,7 +417,8 @@ impl<'m> Worker<'m> {
                     if self.evict_idle_cache() {
                         continue;
                     }
-                    if let Some(pos) = plan.iter().rposition(|e| matches!(e, Entry::Prompt { .. })) {
+                    if let Some(pos) = plan.iter().rposition(|e| matches!(e, Entry::Prompt { .. }))
+                    {
                         plan.remove(pos);
                         continue;
                     }
@@ -407,7 +432,10 @@ impl<'m> Worker<'m> {
                         .map(|(k, _)| k);
                     if let Some(k) = victim {
                         if let Entry::Token { slot, .. } = plan.remove(k) {
-                            tracing::warn!(slot, "KV cache full: ending the longest sequence early");
+                            tracing::warn!(
+                                slot,
+                                "KV cache full: ending the longest sequence early"
+                            );
                             self.end_run(slot, FinishReason::Length, String::new());
                         }
                     }
@@ -429,7 +457,12 @@ impl<'m> Worker<'m> {
                         run.logits_at = at;
                     }
                 }
-                Entry::Prompt { slot, job, from, to } => {
+                Entry::Prompt {
+                    slot,
+                    job,
+                    from,
+                    to,
+                } => {
                     let prompt = &self.jobs[&job].job.prompt;
                     let s = &mut self.slots[slot];
                     s.cached.extend_from_slice(&prompt[from..to]);
@@ -543,16 +576,26 @@ impl<'m> Worker<'m> {
     /// Ends one choice: flushes its text, sends its finish, frees its slot, and
     /// completes the job when it was the last choice running.
     fn end_run(&mut self, i: usize, reason: FinishReason, mut text: String) {
-        let Some(mut run) = self.slots[i].run.take() else { return };
-        let Some(active) = self.jobs.get_mut(&run.job) else { return };
+        let Some(mut run) = self.slots[i].run.take() else {
+            return;
+        };
+        let Some(active) = self.jobs.get_mut(&run.job) else {
+            return;
+        };
         // After a stop-string match the assembler holds nothing, so this only flushes
         // text held back at EOS or at the length limit.
         text.push_str(&run.text.finish());
         let index = run.choice;
         if !text.is_empty() {
-            let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta { index, delta: Delta::text(text) }));
+            let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta {
+                index,
+                delta: Delta::text(text),
+            }));
         }
-        let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Finish { index, reason }));
+        let _ = active
+            .job
+            .tx
+            .send(JobEvent::Event(StreamEvent::Finish { index, reason }));
         active.live -= 1;
         if active.live == 0 {
             self.complete(run.job);

@@ -24,21 +24,36 @@ impl Backend for Scripted {
     async fn chat(&self, req: ChatRequest) -> Result<EventStream, Error> {
         self.seen.lock().unwrap().push(req.clone());
         if self.mode == "busy" {
-            return Err(Error::new(ErrorKind::RateLimited, "queue full").with_code("queue_full").with_retry_after(1));
+            return Err(Error::new(ErrorKind::RateLimited, "queue full")
+                .with_code("queue_full")
+                .with_retry_after(1));
         }
         let mut events = Vec::new();
         for i in 0..req.n {
-            events.push(Ok(StreamEvent::Delta { index: i, delta: Delta::text("Hel") }));
+            events.push(Ok(StreamEvent::Delta {
+                index: i,
+                delta: Delta::text("Hel"),
+            }));
             if self.mode == "fail_mid" {
                 events.push(Err(Error::internal("engine exploded")));
                 return Ok(Box::pin(futures::stream::iter(events)));
             }
-            events.push(Ok(StreamEvent::Delta { index: i, delta: Delta::text("lo") }));
+            events.push(Ok(StreamEvent::Delta {
+                index: i,
+                delta: Delta::text("lo"),
+            }));
             if self.mode != "no_finish" {
-                events.push(Ok(StreamEvent::Finish { index: i, reason: FinishReason::Stop }));
+                events.push(Ok(StreamEvent::Finish {
+                    index: i,
+                    reason: FinishReason::Stop,
+                }));
             }
         }
-        events.push(Ok(StreamEvent::Usage(Usage { prompt_tokens: 5, completion_tokens: 2 * req.n, ..Usage::default() })));
+        events.push(Ok(StreamEvent::Usage(Usage {
+            prompt_tokens: 5,
+            completion_tokens: 2 * req.n,
+            ..Usage::default()
+        })));
         if req.debug {
             events.push(Ok(StreamEvent::Debug(json!({"prompt": "p"}))));
         }
@@ -46,8 +61,15 @@ impl Backend for Scripted {
     }
 }
 
-fn app_with(mode: &'static str, keys: &[&str], body_limit: Option<usize>) -> (axum::Router, Arc<Scripted>) {
-    let backend = Arc::new(Scripted { mode, ..Scripted::default() });
+fn app_with(
+    mode: &'static str,
+    keys: &[&str],
+    body_limit: Option<usize>,
+) -> (axum::Router, Arc<Scripted>) {
+    let backend = Arc::new(Scripted {
+        mode,
+        ..Scripted::default()
+    });
     let mut router = Router::new();
     let info = ModelInfo {
         id: "m".into(),
@@ -55,7 +77,10 @@ fn app_with(mode: &'static str, keys: &[&str], body_limit: Option<usize>) -> (ax
         created: 1,
         kind: "chat".into(),
         context_length: 4096,
-        capabilities: Capabilities { chat: true, ..Capabilities::default() },
+        capabilities: Capabilities {
+            chat: true,
+            ..Capabilities::default()
+        },
     };
     router.add(info, backend.clone()).unwrap();
     let mut state = AppState::new(router);
@@ -70,7 +95,10 @@ fn app() -> axum::Router {
     app_with("ok", &[], None).0
 }
 
-async fn send(app: axum::Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+async fn send(
+    app: axum::Router,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, String) {
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -79,7 +107,10 @@ async fn send(app: axum::Router, req: Request<Body>) -> (StatusCode, axum::http:
 }
 
 fn post(path: &str, body: Value) -> Request<Body> {
-    Request::post(path).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
 }
 
 fn chat(extra: Value) -> Value {
@@ -91,15 +122,24 @@ fn chat(extra: Value) -> Value {
 }
 
 fn sse_data(body: &str) -> Vec<String> {
-    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
 }
 
 fn assert_openai_error(body: &str, code: Option<&str>) -> Value {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     let e = &v["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(e["type"].is_string(), "{body}");
-    assert!(e.get("param").is_some() && e.get("code").is_some(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
     if let Some(code) = code {
         assert_eq!(e["code"], code, "{body}");
     }
@@ -133,10 +173,16 @@ async fn streaming_sends_role_deltas_one_finish_usage_then_done() {
     let body = chat(json!({"stream": true, "n": 2, "stream_options": {"include_usage": true}}));
     let (status, headers, text) = send(app(), post("/v1/chat/completions", body)).await;
     assert_eq!(status, 200);
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let data = sse_data(&text);
     assert_eq!(data.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(chunks[0]["choices"][1]["delta"]["role"], "assistant");
     for i in 0..2 {
@@ -159,12 +205,18 @@ async fn streaming_sends_role_deltas_one_finish_usage_then_done() {
     assert_eq!(last["usage"]["completion_tokens"], 4);
     // Every other chunk carries usage: null, as OpenAI does when usage was asked for.
     assert!(chunks[1].get("usage").unwrap().is_null());
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
 }
 
 #[tokio::test]
 async fn streaming_without_include_usage_sends_no_usage() {
-    let (_, _, text) = send(app(), post("/v1/chat/completions", chat(json!({"stream": true})))).await;
+    let (_, _, text) = send(
+        app(),
+        post("/v1/chat/completions", chat(json!({"stream": true}))),
+    )
+    .await;
     assert!(!text.contains("\"usage\""), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"));
 }
@@ -172,7 +224,11 @@ async fn streaming_without_include_usage_sends_no_usage() {
 #[tokio::test]
 async fn an_error_mid_stream_becomes_an_error_event_not_done() {
     let (app, _) = app_with("fail_mid", &[], None);
-    let (status, _, text) = send(app, post("/v1/chat/completions", chat(json!({"stream": true})))).await;
+    let (status, _, text) = send(
+        app,
+        post("/v1/chat/completions", chat(json!({"stream": true}))),
+    )
+    .await;
     assert_eq!(status, 200);
     let data = sse_data(&text);
     assert!(!data.contains(&"[DONE]".to_string()));
@@ -183,7 +239,11 @@ async fn an_error_mid_stream_becomes_an_error_event_not_done() {
 #[tokio::test]
 async fn a_stream_that_ends_without_finish_is_reported() {
     let (app, _) = app_with("no_finish", &[], None);
-    let (_, _, text) = send(app.clone(), post("/v1/chat/completions", chat(json!({"stream": true})))).await;
+    let (_, _, text) = send(
+        app.clone(),
+        post("/v1/chat/completions", chat(json!({"stream": true}))),
+    )
+    .await;
     assert_openai_error(sse_data(&text).last().unwrap(), None);
     let (status, _, body) = send(app, post("/v1/chat/completions", chat(json!({})))).await;
     assert_eq!(status, 500);
@@ -210,9 +270,13 @@ async fn bad_input_is_400_naming_the_param() {
         (json!({"max_tokens": 0}), "max_tokens"),
         (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
         (json!({"messages": []}), "messages"),
-        (json!({"messages": [{"role": "user", "content": 12}]}), "messages[0].content"),
+        (
+            json!({"messages": [{"role": "user", "content": 12}]}),
+            "messages[0].content",
+        ),
     ] {
-        let (status, _, body) = send(app(), post("/v1/chat/completions", chat(extra.clone()))).await;
+        let (status, _, body) =
+            send(app(), post("/v1/chat/completions", chat(extra.clone()))).await;
         assert_eq!(status, 400, "{extra}: {body}");
         let v = assert_openai_error(&body, None);
         assert_eq!(v["error"]["param"], param, "{extra}: {body}");
@@ -222,7 +286,9 @@ async fn bad_input_is_400_naming_the_param() {
 
 #[tokio::test]
 async fn malformed_json_is_400() {
-    let req = Request::post("/v1/chat/completions").body(Body::from("{\"model\": ")).unwrap();
+    let req = Request::post("/v1/chat/completions")
+        .body(Body::from("{\"model\": "))
+        .unwrap();
     let (status, _, body) = send(app(), req).await;
     assert_eq!(status, 400);
     assert_openai_error(&body, Some("invalid_json"));
@@ -241,9 +307,16 @@ async fn body_over_the_limit_is_413() {
 async fn keys_are_checked_in_every_header_style_and_health_stays_open() {
     let (app, _) = app_with("ok", &["sk-1", "sk-2"], None);
     let with = |h: &str, v: &str| {
-        Request::post("/v1/chat/completions").header(h, v).body(Body::from(chat(json!({})).to_string())).unwrap()
+        Request::post("/v1/chat/completions")
+            .header(h, v)
+            .body(Body::from(chat(json!({})).to_string()))
+            .unwrap()
     };
-    for (h, v) in [("authorization", "Bearer sk-1"), ("x-api-key", "sk-2"), ("x-goog-api-key", "sk-1")] {
+    for (h, v) in [
+        ("authorization", "Bearer sk-1"),
+        ("x-api-key", "sk-2"),
+        ("x-goog-api-key", "sk-1"),
+    ] {
         let (status, _, body) = send(app.clone(), with(h, v)).await;
         assert_eq!(status, 200, "{h}: {body}");
     }
@@ -253,7 +326,11 @@ async fn keys_are_checked_in_every_header_style_and_health_stays_open() {
     let (status, _, body) = send(app.clone(), post("/v1/chat/completions", chat(json!({})))).await;
     assert_eq!(status, 401);
     assert_openai_error(&body, Some("missing_api_key"));
-    let (status, _, _) = send(app.clone(), Request::get("/v1/models").body(Body::empty()).unwrap()).await;
+    let (status, _, _) = send(
+        app.clone(),
+        Request::get("/v1/models").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, 401);
     let (status, _, body) = send(app, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!(status, 200, "{body}");
@@ -270,17 +347,36 @@ async fn queue_full_is_429_with_retry_after() {
 
 #[tokio::test]
 async fn models_are_listed_and_fetched_with_metadata() {
-    let (status, _, body) = send(app(), Request::get("/v1/models").body(Body::empty()).unwrap()).await;
+    let (status, _, body) = send(
+        app(),
+        Request::get("/v1/models").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["object"], "list");
     let m = &v["data"][0];
-    assert_eq!((m["id"].as_str(), m["object"].as_str(), m["owned_by"].as_str()), (Some("m"), Some("model"), Some("test")));
+    assert_eq!(
+        (
+            m["id"].as_str(),
+            m["object"].as_str(),
+            m["owned_by"].as_str()
+        ),
+        (Some("m"), Some("model"), Some("test"))
+    );
     assert_eq!(m["context_length"], 4096);
     assert_eq!(m["capabilities"]["chat"], true);
-    let (status, _, body) = send(app(), Request::get("/v1/models/m").body(Body::empty()).unwrap()).await;
+    let (status, _, body) = send(
+        app(),
+        Request::get("/v1/models/m").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
-    let (status, _, body) = send(app(), Request::get("/v1/models/nope").body(Body::empty()).unwrap()).await;
+    let (status, _, body) = send(
+        app(),
+        Request::get("/v1/models/nope").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, 404);
     assert_openai_error(&body, Some("model_not_found"));
 }
@@ -290,11 +386,15 @@ async fn nextgpt_path_debug_flag_and_string_stream_work() {
     let (app, backend) = app_with("ok", &[], None);
     // NEXTgpt posts with `data=json.dumps(...)`: no content type, `"stream": "True"`.
     let body = chat(json!({"stream": "True"})).to_string();
-    let req = Request::post("/api/v1/chat/completions?debug=True").body(Body::from(body)).unwrap();
+    let req = Request::post("/api/v1/chat/completions?debug=True")
+        .body(Body::from(body))
+        .unwrap();
     let (status, _, text) = send(app.clone(), req).await;
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"debug\":{\"prompt\":\"p\"}"), "{text}");
-    let req = Request::post("/api/v1/chat/completions?debug=False").body(Body::from(chat(json!({})).to_string())).unwrap();
+    let req = Request::post("/api/v1/chat/completions?debug=False")
+        .body(Body::from(chat(json!({})).to_string()))
+        .unwrap();
     let (_, _, text) = send(app, req).await;
     assert!(!text.contains("debug"));
     let seen = backend.seen.lock().unwrap();
@@ -304,10 +404,20 @@ async fn nextgpt_path_debug_flag_and_string_stream_work() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_are_json_errors() {
-    let (status, _, body) = send(app(), Request::get("/v1/nothing").body(Body::empty()).unwrap()).await;
+    let (status, _, body) = send(
+        app(),
+        Request::get("/v1/nothing").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, 404);
     assert_openai_error(&body, None);
-    let (status, _, body) = send(app(), Request::get("/v1/chat/completions").body(Body::empty()).unwrap()).await;
+    let (status, _, body) = send(
+        app(),
+        Request::get("/v1/chat/completions")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 405);
     assert_openai_error(&body, None);
 }
@@ -320,7 +430,11 @@ async fn gigachat_update_interval_coalesces_text() {
         .iter()
         .filter(|d| d.starts_with('{'))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
         .filter(|s| !s.is_empty())
         .collect();
     assert_eq!(contents, vec!["Hello".to_string()]);
