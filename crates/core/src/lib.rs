@@ -7,6 +7,7 @@ pub mod error;
 pub mod ir;
 pub mod router;
 pub mod template;
+pub mod tools;
 
 pub use backend::{Backend, Capabilities, EventStream, ModelInfo};
 pub use error::{Error, ErrorKind};

@@ -2,6 +2,7 @@
 //! model gets one OS thread that owns its context (see `worker`); this handle renders
 //! the chat template, tokenizes, checks limits and hands jobs to that thread.
 
+mod constraint;
 mod sampler;
 mod text;
 mod worker;
@@ -13,7 +14,9 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use parlance_core::ir::{ChatRequest, StreamEvent, Usage};
+use constraint::Constrainer;
+use parlance_core::ir::{ChatRequest, Message, Role, StreamEvent, ToolChoice, ToolDef, Usage};
+use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::template::{ChatTemplate, CHATML_TEMPLATE};
 use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo};
 use serde_json::json;
@@ -89,6 +92,11 @@ pub struct LocalModel {
     info: ModelInfo,
     model: Arc<LlamaModel>,
     template: ChatTemplate,
+    /// Whether the template renders `tools` itself; otherwise tools are described in
+    /// the system prompt and calls are asked for in Hermes syntax.
+    template_tools: bool,
+    tool_syntax: ToolSyntax,
+    constrainer: Constrainer,
     /// BOS text, to avoid a double BOS when the template already writes one.
     bos_text: String,
     add_bos: bool,
@@ -124,6 +132,9 @@ impl LocalModel {
         };
         let bos_text = piece(vocab.bos());
         let template = ChatTemplate::new(&template_src, &bos_text, &piece(vocab.eos()))?;
+        let template_tools = tools::template_supports_tools(&template_src);
+        let tool_syntax = ToolSyntax::detect(&template_src);
+        let constrainer = Constrainer::new(&model)?;
         let eog_tokens: Vec<LlamaToken> = vocab.tokens().filter(|&t| vocab.is_eog(t)).collect();
 
         let train_ctx = model.n_ctx_train();
@@ -169,6 +180,13 @@ impl LocalModel {
             n_batch: cfg.n_batch.max(slots),
             prefill_chunk: cfg.prefill_chunk.max(1),
             eog_tokens,
+            preserved: ["<tool_call>", "</tool_call>", "[TOOL_CALLS]", "<|python_tag|>"]
+                .iter()
+                .filter_map(|m| match vocab.tokenize(m.as_bytes(), false, true)[..] {
+                    [t] => Some(t),
+                    _ => None,
+                })
+                .collect(),
         };
 
         let (jobs, rx) = mpsc::channel::<Job>();
@@ -204,7 +222,10 @@ impl LocalModel {
             context_length: ctx_per_seq,
             capabilities: Capabilities {
                 chat: true,
-                ..Capabilities::default()
+                vision: false,
+                tools: true,
+                json_schema: true,
+                logprobs: true,
             },
         };
         Ok(LocalModel {
@@ -213,6 +234,9 @@ impl LocalModel {
             add_bos: vocab.should_add_bos(),
             model,
             template,
+            template_tools,
+            tool_syntax,
+            constrainer,
             bos_text,
             ctx_per_seq,
             slots,
@@ -282,7 +306,9 @@ impl LocalModel {
 impl Backend for LocalModel {
     async fn chat(&self, req: ChatRequest) -> Result<EventStream, Error> {
         self.check_supported(&req)?;
-        let prompt_text = self.template.render(&req.messages, &req.tools)?;
+        let tools_active = !req.tools.is_empty() && req.tool_choice != ToolChoice::None;
+        let prompt_text = self.render(&req, tools_active)?;
+        let constraint = self.constrainer.for_request(&req)?;
         let prompt = self.tokenize(&prompt_text);
         if prompt.is_empty() {
             return Err(Error::invalid_param("messages", "the prompt is empty"));
@@ -323,6 +349,8 @@ impl Backend for LocalModel {
                 max_tokens,
                 stop: req.stop.clone(),
                 ignore_eos: req.ignore_eos,
+                constraint: constraint.as_ref().map(llguidance::Matcher::deep_clone),
+                logprobs: req.logprobs,
                 tx,
                 enqueued,
             };
@@ -363,7 +391,32 @@ impl Backend for LocalModel {
                 yield Ok(StreamEvent::Debug(debug_info(&prompt, &stats)));
             }
         };
-        Ok(Box::pin(stream))
+        if !tools_active {
+            return Ok(Box::pin(stream));
+        }
+        // Forced calls were generated in Hermes syntax by the grammar, as were calls
+        // asked for by the injected prompt of a template without tool support.
+        let forced = matches!(req.tool_choice, ToolChoice::Required | ToolChoice::Named(_));
+        let syntax = if forced || !self.template_tools { ToolSyntax::Hermes } else { self.tool_syntax };
+        Ok(tools::parse_tool_calls(Box::pin(stream), syntax, &req.tools, req.n.max(1)))
+    }
+}
+
+impl LocalModel {
+    fn render(&self, req: &ChatRequest, tools_active: bool) -> Result<String, Error> {
+        let offered: &[ToolDef] = if tools_active { &req.tools } else { &[] };
+        if self.template_tools {
+            return self.template.render(&req.messages, offered);
+        }
+        let tool_history = req
+            .messages
+            .iter()
+            .any(|m| m.role == Role::Tool || !m.tool_calls.is_empty());
+        if tools_active || tool_history {
+            let messages: Vec<Message> = tools::inline_tools(&req.messages, offered);
+            return self.template.render(&messages, &[]);
+        }
+        self.template.render(&req.messages, &[])
     }
 }
 

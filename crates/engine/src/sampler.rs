@@ -2,6 +2,7 @@
 //! its own seeded RNG, so a seeded request gives the same text whatever runs beside it.
 
 use llama_cpp_2::sampling::LlamaSampler;
+use llguidance::Matcher;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::ir::SamplingParams;
@@ -18,11 +19,16 @@ pub struct SamplerSpec<'a> {
     pub seed: u32,
     /// How many recent tokens the penalties look at.
     pub penalty_window: i32,
+    /// A grammar the output must follow; it masks tokens before anything else runs.
+    pub constraint: Option<Matcher>,
 }
 
-pub fn build(spec: &SamplerSpec<'_>) -> LlamaSampler {
+pub fn build(spec: SamplerSpec<'_>) -> LlamaSampler {
     let p = spec.params;
     let mut chain = Vec::new();
+    if let Some(m) = spec.constraint {
+        chain.push(LlamaSampler::from(m));
+    }
 
     let mut biases: Vec<LlamaLogitBias> = p
         .logit_bias

@@ -12,7 +12,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
-use parlance_core::ir::{Delta, FinishReason, SamplingParams, StreamEvent};
+use llguidance::Matcher;
+use parlance_core::ir::{Delta, FinishReason, SamplingParams, StreamEvent, TokenLogprob, TopLogprob};
 use parlance_core::Error;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +32,10 @@ pub(crate) struct Job {
     pub max_tokens: u32,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// Grammar every choice must follow (each choice gets its own copy).
+    pub constraint: Option<Matcher>,
+    /// Top alternatives to report per token, when logprobs were asked for.
+    pub logprobs: Option<u32>,
     pub tx: UnboundedSender<JobEvent>,
     pub enqueued: Instant,
 }
@@ -61,6 +66,9 @@ pub(crate) struct WorkerConfig {
     /// prompt cannot freeze their streams.
     pub prefill_chunk: usize,
     pub eog_tokens: Vec<LlamaToken>,
+    /// Control tokens whose text parsers need (`<tool_call>` and kin); every other
+    /// control token renders as nothing.
+    pub preserved: Vec<LlamaToken>,
 }
 
 /// Most tokens llama.cpp computes at once (its n_ubatch). Together with the pad token
@@ -263,6 +271,7 @@ impl<'m> Worker<'m> {
                 ignore_eos: job.ignore_eos,
                 seed: job.seed.wrapping_add(u64::from(choice)) as u32,
                 penalty_window: self.cfg.ctx_per_seq as i32,
+                constraint: job.constraint.as_ref().map(Matcher::deep_clone),
             };
             let slot = &mut self.slots[slot_idx];
             slot.run = Some(Run {
@@ -273,7 +282,7 @@ impl<'m> Worker<'m> {
                 } else {
                     Phase::Follow
                 },
-                sampler: sampler::build(&spec),
+                sampler: sampler::build(spec),
                 text: TextAssembler::new(job.stop.clone()),
                 pending: None,
                 generated: 0,
@@ -436,7 +445,7 @@ impl<'m> Worker<'m> {
                                 slot,
                                 "KV cache full: ending the longest sequence early"
                             );
-                            self.end_run(slot, FinishReason::Length, String::new());
+                            self.end_run(slot, FinishReason::Length, Delta::default());
                         }
                     }
                 }
@@ -545,11 +554,15 @@ impl<'m> Worker<'m> {
         active.stats.completion_tokens += 1;
 
         let mut finish = None;
-        let text = if vocab.is_eog(tok) && !active.job.ignore_eos {
+        let mut delta = Delta::default();
+        if vocab.is_eog(tok) && !active.job.ignore_eos {
             finish = Some(FinishReason::Stop);
-            String::new()
         } else {
-            let pushed = run.text.push(&vocab.token_to_piece(tok, false, None));
+            let piece = vocab.token_to_piece(tok, self.cfg.preserved.contains(&tok), None);
+            if let Some(top) = active.job.logprobs {
+                delta.logprobs.push(token_logprob(&self.ctx, self.model, at, tok, &piece, top));
+            }
+            let pushed = run.text.push(&piece);
             if pushed.stopped {
                 finish = Some(FinishReason::Stop);
             } else if run.generated >= active.job.max_tokens
@@ -559,15 +572,12 @@ impl<'m> Worker<'m> {
             } else {
                 run.pending = Some(tok);
             }
-            pushed.text
-        };
+            delta.content = pushed.text;
+        }
         match finish {
-            Some(reason) => self.end_run(i, reason, text),
-            None if !text.is_empty() => {
-                let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta {
-                    index: run.choice,
-                    delta: Delta::text(text),
-                }));
+            Some(reason) => self.end_run(i, reason, delta),
+            None if !delta.is_empty() => {
+                let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta { index: run.choice, delta }));
             }
             None => {}
         }
@@ -575,27 +585,17 @@ impl<'m> Worker<'m> {
 
     /// Ends one choice: flushes its text, sends its finish, frees its slot, and
     /// completes the job when it was the last choice running.
-    fn end_run(&mut self, i: usize, reason: FinishReason, mut text: String) {
-        let Some(mut run) = self.slots[i].run.take() else {
-            return;
-        };
-        let Some(active) = self.jobs.get_mut(&run.job) else {
-            return;
-        };
+    fn end_run(&mut self, i: usize, reason: FinishReason, mut delta: Delta) {
+        let Some(mut run) = self.slots[i].run.take() else { return };
+        let Some(active) = self.jobs.get_mut(&run.job) else { return };
         // After a stop-string match the assembler holds nothing, so this only flushes
         // text held back at EOS or at the length limit.
-        text.push_str(&run.text.finish());
+        delta.content.push_str(&run.text.finish());
         let index = run.choice;
-        if !text.is_empty() {
-            let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta {
-                index,
-                delta: Delta::text(text),
-            }));
+        if !delta.is_empty() {
+            let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta { index, delta }));
         }
-        let _ = active
-            .job
-            .tx
-            .send(JobEvent::Event(StreamEvent::Finish { index, reason }));
+        let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Finish { index, reason }));
         active.live -= 1;
         if active.live == 0 {
             self.complete(run.job);
@@ -620,6 +620,37 @@ impl<'m> Worker<'m> {
                 self.trim(i, 0);
             }
         }
+    }
+}
+
+/// The sampled token's log-probability under the model (before sampling settings) and
+/// its `top` most likely alternatives.
+fn token_logprob(ctx: &LlamaContext<'_>, model: &LlamaModel, at: i32, tok: LlamaToken, piece: &[u8], top: u32) -> TokenLogprob {
+    let logits = ctx.get_logits_ith(at);
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
+    let logprob = |t: usize| logits.get(t).map_or(f32::NEG_INFINITY, |&l| l - log_sum);
+    let mut best: Vec<usize> = Vec::new();
+    if top > 0 {
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        let k = (top as usize).min(idx.len());
+        idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        best = idx;
+    }
+    let vocab = model.vocab();
+    TokenLogprob {
+        token: String::from_utf8_lossy(piece).into_owned(),
+        bytes: piece.to_vec(),
+        logprob: logprob(tok.0 as usize),
+        top: best
+            .into_iter()
+            .map(|t| {
+                let bytes = vocab.token_to_piece(LlamaToken::new(t as i32), false, None);
+                TopLogprob { token: String::from_utf8_lossy(&bytes).into_owned(), bytes, logprob: logprob(t) }
+            })
+            .collect(),
     }
 }
 

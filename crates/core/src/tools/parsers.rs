@@ -1,0 +1,438 @@
+//! Streaming tool-call parsers, one per syntax, behind one trait. Text is passed on as
+//! soon as it cannot be the start of a call; a call is emitted once it is complete.
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    Text(String),
+    /// `arguments` is JSON text of an object.
+    Call { name: String, arguments: String },
+}
+
+pub trait ToolCallParser: Send {
+    fn push(&mut self, text: &str) -> Vec<Parsed>;
+    /// End of output: flush whatever is held; an unfinished call that still parses counts.
+    fn finish(&mut self) -> Vec<Parsed>;
+}
+
+const OPEN: &str = "<tool_call>";
+const CLOSE: &str = "</tool_call>";
+
+/// `<tool_call>{"name":..., "arguments":...}</tool_call>`, any number, text around them.
+/// Small models often drop the tags and answer with the bare (or ```json-fenced) object:
+/// an output that opens like that is held to the end and counts as a call when it names
+/// a declared function.
+#[derive(Default)]
+pub struct HermesParser {
+    buf: String,
+    in_call: bool,
+    names: Vec<String>,
+    /// Some(true): the output opened like a bare JSON call and is held to the end.
+    bare: Option<bool>,
+}
+
+impl HermesParser {
+    pub fn new(names: Vec<String>) -> Self {
+        HermesParser { names, ..HermesParser::default() }
+    }
+
+    fn bare_calls(&self, text: &str) -> Option<Vec<Parsed>> {
+        let t = text.trim();
+        let t = t.strip_prefix("```json").or_else(|| t.strip_prefix("```")).map_or(t, |r| r.trim_end().trim_end_matches("```")).trim();
+        let calls = calls_from_value(&serde_json::from_str::<Value>(t).ok()?)?;
+        let declared = calls.iter().all(|c| matches!(c, Parsed::Call { name, .. } if self.names.iter().any(|n| n == name)));
+        (declared && !calls.is_empty()).then_some(calls)
+    }
+}
+
+impl ToolCallParser for HermesParser {
+    fn push(&mut self, text: &str) -> Vec<Parsed> {
+        self.buf.push_str(text);
+        if self.bare.is_none() && !self.names.is_empty() {
+            let head = self.buf.trim_start();
+            if head.starts_with('{') || head.starts_with("```") {
+                self.bare = Some(true);
+            } else if !head.is_empty() && !"```".starts_with(head) {
+                self.bare = Some(false);
+            }
+        }
+        if self.bare != Some(false) && !self.names.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        loop {
+            if self.in_call {
+                let Some(end) = self.buf.find(CLOSE) else { break };
+                let body: String = self.buf.drain(..end + CLOSE.len()).collect();
+                let body = &body[..end];
+                self.in_call = false;
+                match call_from_json(body) {
+                    Some(call) => out.push(call),
+                    None => push_text(&mut out, format!("{OPEN}{body}{CLOSE}")),
+                }
+            } else if let Some(start) = self.buf.find(OPEN) {
+                let before: String = self.buf.drain(..start + OPEN.len()).collect();
+                push_text(&mut out, before[..start].to_string());
+                self.in_call = true;
+            } else {
+                let keep = partial_suffix(&self.buf, OPEN);
+                let text: String = self.buf.drain(..self.buf.len() - keep).collect();
+                push_text(&mut out, text);
+                break;
+            }
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Vec<Parsed> {
+        if self.bare != Some(false) && !self.names.is_empty() {
+            // Held output: a bare call, or else ordinary text (tags included) parsed as usual.
+            if let Some(calls) = self.bare_calls(&self.buf) {
+                self.buf.clear();
+                return calls;
+            }
+            self.bare = Some(false);
+            let held = std::mem::take(&mut self.buf);
+            let mut out = self.push(&held);
+            out.extend(self.finish());
+            return out;
+        }
+        let rest = std::mem::take(&mut self.buf);
+        let mut out = Vec::new();
+        if self.in_call {
+            self.in_call = false;
+            match call_from_json(&rest) {
+                Some(call) => out.push(call),
+                None => push_text(&mut out, format!("{OPEN}{rest}")),
+            }
+        } else {
+            push_text(&mut out, rest);
+        }
+        out
+    }
+}
+
+/// Syntaxes whose calls are the whole output (Llama 3 JSON, Mistral, pythonic): text
+/// streams through unless the output opens like a call, which is then held to the end.
+pub struct WholeOutputParser {
+    /// Prefixes that mark the output as a call.
+    markers: &'static [&'static str],
+    parse: fn(&str) -> Option<Vec<Parsed>>,
+    buf: String,
+    holding: Option<bool>,
+}
+
+impl WholeOutputParser {
+    pub fn llama3() -> Self {
+        Self::new(&["<|python_tag|>", "{"], parse_llama3)
+    }
+
+    pub fn mistral() -> Self {
+        Self::new(&["[TOOL_CALLS]"], parse_mistral)
+    }
+
+    pub fn pythonic() -> Self {
+        Self::new(&["[", "```tool_code", "tool_code"], parse_pythonic)
+    }
+
+    fn new(markers: &'static [&'static str], parse: fn(&str) -> Option<Vec<Parsed>>) -> Self {
+        WholeOutputParser { markers, parse, buf: String::new(), holding: None }
+    }
+}
+
+impl ToolCallParser for WholeOutputParser {
+    fn push(&mut self, text: &str) -> Vec<Parsed> {
+        self.buf.push_str(text);
+        if self.holding.is_none() {
+            let head = self.buf.trim_start();
+            if self.markers.iter().any(|m| head.starts_with(m)) {
+                self.holding = Some(true);
+            } else if !head.is_empty() && !self.markers.iter().any(|m| m.starts_with(head)) {
+                self.holding = Some(false);
+            }
+        }
+        match self.holding {
+            Some(false) => {
+                let mut out = Vec::new();
+                push_text(&mut out, std::mem::take(&mut self.buf));
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<Parsed> {
+        let rest = std::mem::take(&mut self.buf);
+        if let Some(calls) = (self.parse)(rest.trim()) {
+            if !calls.is_empty() {
+                return calls;
+            }
+        }
+        let mut out = Vec::new();
+        push_text(&mut out, rest);
+        out
+    }
+}
+
+fn push_text(out: &mut Vec<Parsed>, text: String) {
+    if !text.is_empty() {
+        out.push(Parsed::Text(text));
+    }
+}
+
+/// Length of the longest suffix of `s` that is a proper prefix of `marker`.
+fn partial_suffix(s: &str, marker: &str) -> usize {
+    (1..marker.len().min(s.len() + 1))
+        .rev()
+        .find(|&k| s.is_char_boundary(s.len() - k) && marker.starts_with(&s[s.len() - k..]))
+        .unwrap_or(0)
+}
+
+fn args_text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn call_from_value(v: &Value) -> Option<Parsed> {
+    let name = v.get("name")?.as_str()?.to_string();
+    let args = v.get("arguments").or_else(|| v.get("parameters"));
+    Some(Parsed::Call { name, arguments: args_text(args) })
+}
+
+fn call_from_json(body: &str) -> Option<Parsed> {
+    call_from_value(&serde_json::from_str::<Value>(body.trim()).ok()?)
+}
+
+fn calls_from_value(v: &Value) -> Option<Vec<Parsed>> {
+    match v {
+        Value::Array(items) => items.iter().map(call_from_value).collect(),
+        obj => Some(vec![call_from_value(obj)?]),
+    }
+}
+
+fn parse_llama3(s: &str) -> Option<Vec<Parsed>> {
+    let s = s.strip_prefix("<|python_tag|>").unwrap_or(s).trim();
+    // Several calls may come separated by `;`.
+    let mut calls = Vec::new();
+    for part in s.split(";\n").flat_map(|p| p.split("; ")) {
+        calls.extend(calls_from_value(&serde_json::from_str::<Value>(part.trim()).ok()?)?);
+    }
+    Some(calls)
+}
+
+fn parse_mistral(s: &str) -> Option<Vec<Parsed>> {
+    let s = s.strip_prefix("[TOOL_CALLS]")?.trim();
+    calls_from_value(&serde_json::from_str::<Value>(s).ok()?)
+}
+
+/// `[f(a=1, b="x"), g()]`, keyword arguments with Python literals.
+fn parse_pythonic(s: &str) -> Option<Vec<Parsed>> {
+    let s = s
+        .trim_start_matches("```tool_code")
+        .trim_start_matches("tool_code")
+        .trim_end_matches("```")
+        .trim();
+    let inner = s.strip_prefix('[')?.strip_suffix(']')?;
+    let mut calls = Vec::new();
+    let mut rest = inner.trim();
+    while !rest.is_empty() {
+        let open = rest.find('(')?;
+        let name = rest[..open].trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '-') {
+            return None;
+        }
+        let (args, after) = python_kwargs(&rest[open + 1..])?;
+        calls.push(Parsed::Call { name: name.to_string(), arguments: Value::Object(args).to_string() });
+        rest = after.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(calls)
+}
+
+/// Parses `a=1, b="x")` and returns the arguments and what follows the `)`.
+fn python_kwargs(s: &str) -> Option<(serde_json::Map<String, Value>, &str)> {
+    let mut map = serde_json::Map::new();
+    let mut rest = s.trim_start();
+    loop {
+        if let Some(after) = rest.strip_prefix(')') {
+            return Some((map, after));
+        }
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim().to_string();
+        let (value, after) = python_literal(rest[eq + 1..].trim_start())?;
+        map.insert(key, value);
+        rest = after.trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+    }
+}
+
+/// One Python literal (string, number, True/False/None, list or dict) at the start of `s`.
+fn python_literal(s: &str) -> Option<(Value, &str)> {
+    let first = s.chars().next()?;
+    if first == '"' || first == '\'' {
+        let mut out = String::new();
+        let mut chars = s[1..].char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => out.push(chars.next()?.1),
+                c if c == first => return Some((Value::String(out), &s[i + 2..])),
+                c => out.push(c),
+            }
+        }
+        return None;
+    }
+    if first == '[' || first == '{' {
+        // Balanced brackets, then read as JSON after mapping Python constants.
+        let mut depth = 0;
+        let mut in_str: Option<char> = None;
+        for (i, c) in s.char_indices() {
+            match (in_str, c) {
+                (Some(q), c) if c == q => in_str = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => in_str = Some(c),
+                (None, '[' | '{') => depth += 1,
+                (None, ']' | '}') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        let json = s[..=i].replace('\'', "\"").replace("True", "true").replace("False", "false").replace("None", "null");
+                        return Some((serde_json::from_str(&json).ok()?, &s[i + 1..]));
+                    }
+                }
+                _ => {}
+            }
+        }
+        return None;
+    }
+    let end = s.find([',', ')']).unwrap_or(s.len());
+    let word = s[..end].trim();
+    let value = match word {
+        "True" | "true" => Value::Bool(true),
+        "False" | "false" => Value::Bool(false),
+        "None" | "null" => Value::Null,
+        n => serde_json::from_str::<Value>(n).ok().filter(Value::is_number)?,
+    };
+    Some((value, &s[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `text` cut at every byte position (in two pieces) and char by char, and
+    /// checks the parsed result never depends on where the stream was cut.
+    fn all_splits(make: fn() -> Box<dyn ToolCallParser>, text: &str) -> Vec<Parsed> {
+        let whole = run(make(), &[text]);
+        for cut in (0..=text.len()).filter(|&c| text.is_char_boundary(c)) {
+            let got = run(make(), &[&text[..cut], &text[cut..]]);
+            assert_eq!(got, whole, "cut at {cut}");
+        }
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        let refs: Vec<&str> = chars.iter().map(String::as_str).collect();
+        assert_eq!(run(make(), &refs), whole, "char by char");
+        whole
+    }
+
+    /// Runs the parser and merges adjacent text, so only meaning is compared.
+    fn run(mut p: Box<dyn ToolCallParser>, pieces: &[&str]) -> Vec<Parsed> {
+        let mut raw = Vec::new();
+        for piece in pieces {
+            raw.extend(p.push(piece));
+        }
+        raw.extend(p.finish());
+        let mut out: Vec<Parsed> = Vec::new();
+        for item in raw {
+            match (out.last_mut(), item) {
+                (Some(Parsed::Text(a)), Parsed::Text(b)) => a.push_str(&b),
+                (_, item) => out.push(item),
+            }
+        }
+        out
+    }
+
+    fn call(name: &str, args: &str) -> Parsed {
+        Parsed::Call { name: name.into(), arguments: args.into() }
+    }
+
+    fn hermes() -> Box<dyn ToolCallParser> {
+        Box::new(HermesParser::default())
+    }
+
+    fn hermes_named() -> Box<dyn ToolCallParser> {
+        Box::new(HermesParser::new(vec!["get_weather".into()]))
+    }
+
+    #[test]
+    fn bare_and_fenced_json_calls_of_declared_tools() {
+        let bare = "{\n  \"name\": \"get_weather\",\n  \"arguments\": {\"city\": \"Sofia\"}\n}";
+        assert_eq!(all_splits(hermes_named, bare), vec![call("get_weather", "{\"city\":\"Sofia\"}")]);
+        let fenced = "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Sofia\"}}\n```";
+        assert_eq!(all_splits(hermes_named, fenced), vec![call("get_weather", "{\"city\":\"Sofia\"}")]);
+        // JSON that names no declared tool is an answer, not a call.
+        let answer = "{\"name\": \"Ivan\", \"age\": 3}";
+        assert_eq!(all_splits(hermes_named, answer), vec![Parsed::Text(answer.into())]);
+        // Tagged calls still work when the parser knows the names.
+        let tagged = "Sure. <tool_call>{\"name\": \"get_weather\", \"arguments\": {}}</tool_call>";
+        assert_eq!(all_splits(hermes_named, tagged), vec![Parsed::Text("Sure. ".into()), call("get_weather", "{}")]);
+    }
+
+    #[test]
+    fn hermes_calls_and_text_at_every_split() {
+        let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"София\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>";
+        let got = all_splits(hermes, text);
+        assert_eq!(
+            got,
+            vec![
+                Parsed::Text("Let me check.\n".into()),
+                call("get_weather", "{\"city\":\"София\"}"),
+                Parsed::Text("\n".into()),
+                call("get_time", "{}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn hermes_plain_text_passes_through_and_lookalikes_are_released() {
+        assert_eq!(all_splits(hermes, "a <tool is not a call"), vec![Parsed::Text("a <tool is not a call".into())]);
+        let mut p = HermesParser::default();
+        assert_eq!(p.push("x <tool_"), vec![Parsed::Text("x ".into())]);
+        assert_eq!(p.push("box>"), vec![Parsed::Text("<tool_box>".into())]);
+    }
+
+    #[test]
+    fn hermes_unclosed_call_at_end_still_counts_and_garbage_stays_text() {
+        assert_eq!(all_splits(hermes, "<tool_call>{\"name\":\"f\",\"arguments\":{\"a\":1}}"), vec![call("f", "{\"a\":1}")]);
+        assert_eq!(all_splits(hermes, "<tool_call>not json</tool_call>"), vec![Parsed::Text("<tool_call>not json</tool_call>".into())]);
+    }
+
+    #[test]
+    fn llama3_json_with_parameters() {
+        let text = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Sofia\"}}";
+        assert_eq!(all_splits(|| Box::new(WholeOutputParser::llama3()), text), vec![call("get_weather", "{\"city\":\"Sofia\"}")]);
+        let tagged = "<|python_tag|>{\"name\": \"f\", \"parameters\": {}}";
+        assert_eq!(all_splits(|| Box::new(WholeOutputParser::llama3()), tagged), vec![call("f", "{}")]);
+        assert_eq!(all_splits(|| Box::new(WholeOutputParser::llama3()), "Hello there"), vec![Parsed::Text("Hello there".into())]);
+    }
+
+    #[test]
+    fn mistral_list_of_calls() {
+        let text = "[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"x\": 1}}, {\"name\": \"b\", \"arguments\": {}}]";
+        assert_eq!(all_splits(|| Box::new(WholeOutputParser::mistral()), text), vec![call("a", "{\"x\":1}"), call("b", "{}")]);
+    }
+
+    #[test]
+    fn pythonic_calls_with_python_literals() {
+        let text = "[get_weather(city=\"Sofia\", unit='celsius', days=3, alerts=True), ping()]";
+        assert_eq!(
+            all_splits(|| Box::new(WholeOutputParser::pythonic()), text),
+            vec![call("get_weather", "{\"city\":\"Sofia\",\"unit\":\"celsius\",\"days\":3,\"alerts\":true}"), call("ping", "{}")]
+        );
+        // A bracketed sentence is not a call.
+        assert_eq!(
+            all_splits(|| Box::new(WholeOutputParser::pythonic()), "[citation needed] text"),
+            vec![Parsed::Text("[citation needed] text".into())]
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! Constrained decoding with llguidance: `tool_choice` required or named, and
+//! `response_format` json_object / json_schema / grammar. A grammar that does not
+//! compile is a 400 naming what is wrong, never silently unconstrained output.
+
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llguidance::api::TopLevelGrammar;
+use llguidance::{Matcher, ParserFactory};
+use parlance_core::ir::{ChatRequest, ResponseFormat, ToolChoice, ToolDef};
+use parlance_core::Error;
+use serde_json::{json, Value};
+
+pub struct Constrainer {
+    factory: ParserFactory,
+}
+
+impl Constrainer {
+    /// Walks the vocabulary once (hundreds of ms for large ones); shared by all requests.
+    pub fn new(model: &LlamaModel) -> Result<Self, String> {
+        let env = LlamaSampler::llguidance_tok_env(model);
+        let factory = ParserFactory::new_simple(&env).map_err(|e| format!("llguidance: {e}"))?;
+        Ok(Constrainer { factory })
+    }
+
+    /// The grammar this request must follow, compiled; `None` when it is free text.
+    pub fn for_request(&self, req: &ChatRequest) -> Result<Option<Matcher>, Error> {
+        let Some((grammar, param)) = grammar(req) else { return Ok(None) };
+        let parser = self.factory.create_parser(grammar).map_err(|e| {
+            Error::invalid_param(param, format!("this {param} cannot be enforced: {e}"))
+        })?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(Error::invalid_param(param, format!("this {param} cannot be enforced: {e}")));
+        }
+        Ok(Some(matcher))
+    }
+}
+
+/// Compact JSON: flexible whitespace would let a small model pad forever.
+fn strict_json(mut schema: Value) -> Value {
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert("x-guidance".into(), json!({"whitespace_flexible": false, "lenient": true}));
+    }
+    schema
+}
+
+fn grammar(req: &ChatRequest) -> Option<(TopLevelGrammar, &'static str)> {
+    let forced: Vec<&ToolDef> = match &req.tool_choice {
+        ToolChoice::Required => req.tools.iter().collect(),
+        ToolChoice::Named(name) => req.tools.iter().filter(|t| &t.name == name).collect(),
+        ToolChoice::Auto | ToolChoice::None => Vec::new(),
+    };
+    if !forced.is_empty() {
+        return Some((TopLevelGrammar::from_lark(tool_call_lark(&forced, req.parallel_tool_calls)), "tool_choice"));
+    }
+    match &req.response_format {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => Some((
+            TopLevelGrammar::from_json_schema(strict_json(json!({"type": "object"}))),
+            "response_format",
+        )),
+        ResponseFormat::JsonSchema { schema, .. } => Some((
+            TopLevelGrammar::from_json_schema(strict_json(schema.clone())),
+            "response_format.json_schema.schema",
+        )),
+        ResponseFormat::Grammar(lark) => Some((TopLevelGrammar::from_lark(lark.clone()), "grammar")),
+    }
+}
+
+/// Hermes-style calls, one or (if parallel calls are allowed) several, each naming a
+/// declared function with arguments valid against its schema.
+fn tool_call_lark(tools: &[&ToolDef], parallel: bool) -> String {
+    let options: Vec<Value> = tools
+        .iter()
+        .map(|t| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let schema = strict_json(json!({"anyOf": options}));
+    let repeat = if parallel { "(\"\\n\" call)*" } else { "" };
+    format!("start: call {repeat}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {schema}\n")
+}
