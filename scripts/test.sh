@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
-scripts/fetch-models.sh smollm2
+scripts/fetch-models.sh smollm2 qwen2.5-coder
 cargo build --release -p parlance
 cargo test --release --workspace
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')

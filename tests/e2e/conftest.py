@@ -78,3 +78,11 @@ def tiny_server():
     s = Server("-m", gguf, "-m", gguf, "--alias", "tiny-a", "--alias", "tiny-b", "-np", "1", "--queue", "1", "-c", "2048")
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    """Qwen2.5-Coder-0.5B-Instruct: a native Hermes tool template."""
+    s = Server("-m", str(ROOT / "models" / "qwen2.5-coder-0.5b-instruct.gguf"), "--alias", "qwen", "-np", "4", "-c", "8192", "--n-predict", "512")
+    yield OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=300)
+    s.stop()

@@ -24,13 +24,18 @@ impl Constrainer {
 
     /// The grammar this request must follow, compiled; `None` when it is free text.
     pub fn for_request(&self, req: &ChatRequest) -> Result<Option<Matcher>, Error> {
-        let Some((grammar, param)) = grammar(req) else { return Ok(None) };
+        let Some((grammar, param)) = grammar(req) else {
+            return Ok(None);
+        };
         let parser = self.factory.create_parser(grammar).map_err(|e| {
             Error::invalid_param(param, format!("this {param} cannot be enforced: {e}"))
         })?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
-            return Err(Error::invalid_param(param, format!("this {param} cannot be enforced: {e}")));
+            return Err(Error::invalid_param(
+                param,
+                format!("this {param} cannot be enforced: {e}"),
+            ));
         }
         Ok(Some(matcher))
     }
@@ -39,7 +44,10 @@ impl Constrainer {
 /// Compact JSON: flexible whitespace would let a small model pad forever.
 fn strict_json(mut schema: Value) -> Value {
     if let Some(obj) = schema.as_object_mut() {
-        obj.insert("x-guidance".into(), json!({"whitespace_flexible": false, "lenient": true}));
+        obj.insert(
+            "x-guidance".into(),
+            json!({"whitespace_flexible": false, "lenient": true}),
+        );
     }
     schema
 }
@@ -51,7 +59,10 @@ fn grammar(req: &ChatRequest) -> Option<(TopLevelGrammar, &'static str)> {
         ToolChoice::Auto | ToolChoice::None => Vec::new(),
     };
     if !forced.is_empty() {
-        return Some((TopLevelGrammar::from_lark(tool_call_lark(&forced, req.parallel_tool_calls)), "tool_choice"));
+        return Some((
+            TopLevelGrammar::from_lark(tool_call_lark(&forced, req.parallel_tool_calls)),
+            "tool_choice",
+        ));
     }
     match &req.response_format {
         ResponseFormat::Text => None,
@@ -63,7 +74,9 @@ fn grammar(req: &ChatRequest) -> Option<(TopLevelGrammar, &'static str)> {
             TopLevelGrammar::from_json_schema(strict_json(schema.clone())),
             "response_format.json_schema.schema",
         )),
-        ResponseFormat::Grammar(lark) => Some((TopLevelGrammar::from_lark(lark.clone()), "grammar")),
+        ResponseFormat::Grammar(lark) => {
+            Some((TopLevelGrammar::from_lark(lark.clone()), "grammar"))
+        }
     }
 }
 

@@ -8,16 +8,16 @@ mod text;
 mod worker;
 
 use async_trait::async_trait;
+use constraint::Constrainer;
 use futures::StreamExt;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use constraint::Constrainer;
 use parlance_core::ir::{ChatRequest, Message, Role, StreamEvent, ToolChoice, ToolDef, Usage};
-use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::template::{ChatTemplate, CHATML_TEMPLATE};
+use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo};
 use serde_json::json;
 use std::num::NonZeroU32;
@@ -180,13 +180,18 @@ impl LocalModel {
             n_batch: cfg.n_batch.max(slots),
             prefill_chunk: cfg.prefill_chunk.max(1),
             eog_tokens,
-            preserved: ["<tool_call>", "</tool_call>", "[TOOL_CALLS]", "<|python_tag|>"]
-                .iter()
-                .filter_map(|m| match vocab.tokenize(m.as_bytes(), false, true)[..] {
-                    [t] => Some(t),
-                    _ => None,
-                })
-                .collect(),
+            preserved: [
+                "<tool_call>",
+                "</tool_call>",
+                "[TOOL_CALLS]",
+                "<|python_tag|>",
+            ]
+            .iter()
+            .filter_map(|m| match vocab.tokenize(m.as_bytes(), false, true)[..] {
+                [t] => Some(t),
+                _ => None,
+            })
+            .collect(),
         };
 
         let (jobs, rx) = mpsc::channel::<Job>();
@@ -397,8 +402,17 @@ impl Backend for LocalModel {
         // Forced calls were generated in Hermes syntax by the grammar, as were calls
         // asked for by the injected prompt of a template without tool support.
         let forced = matches!(req.tool_choice, ToolChoice::Required | ToolChoice::Named(_));
-        let syntax = if forced || !self.template_tools { ToolSyntax::Hermes } else { self.tool_syntax };
-        Ok(tools::parse_tool_calls(Box::pin(stream), syntax, &req.tools, req.n.max(1)))
+        let syntax = if forced || !self.template_tools {
+            ToolSyntax::Hermes
+        } else {
+            self.tool_syntax
+        };
+        Ok(tools::parse_tool_calls(
+            Box::pin(stream),
+            syntax,
+            &req.tools,
+            req.n.max(1),
+        ))
     }
 }
 

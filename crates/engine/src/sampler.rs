@@ -2,9 +2,9 @@
 //! its own seeded RNG, so a seeded request gives the same text whatever runs beside it.
 
 use llama_cpp_2::sampling::LlamaSampler;
-use llguidance::Matcher;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
+use llguidance::Matcher;
 use parlance_core::ir::SamplingParams;
 
 /// OpenAI's default temperature, used when neither the request nor the model sets one.

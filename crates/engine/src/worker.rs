@@ -13,7 +13,9 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use llguidance::Matcher;
-use parlance_core::ir::{Delta, FinishReason, SamplingParams, StreamEvent, TokenLogprob, TopLogprob};
+use parlance_core::ir::{
+    Delta, FinishReason, SamplingParams, StreamEvent, TokenLogprob, TopLogprob,
+};
 use parlance_core::Error;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -242,9 +244,36 @@ impl<'m> Worker<'m> {
             .max_by_key(|&&i| common_prefix(&self.slots[i].cached, &job.prompt))
             .expect("at least one free slot");
         // At least the last prompt token is decoded again: its logits start sampling.
-        let keep =
-            common_prefix(&self.slots[primary].cached, &job.prompt).min(job.prompt.len() - 1);
-        let reused = self.trim(primary, keep);
+        let limit = job.prompt.len() - 1;
+        let own = common_prefix(&self.slots[primary].cached, &job.prompt).min(limit);
+        // Another slot, busy or idle, may hold more of this prompt (a shared system
+        // prompt, say): with a unified KV cache its cells can be shared instead of
+        // computed again.
+        let (donor, shared) = (0..self.slots.len())
+            .map(|i| {
+                (
+                    i,
+                    common_prefix(&self.slots[i].cached, &job.prompt).min(limit),
+                )
+            })
+            .max_by_key(|&(_, n)| n)
+            .unwrap_or((primary, 0));
+        let reused = if donor != primary && shared > own {
+            self.trim(primary, 0);
+            let (src, dst) = (self.slots[donor].seq, self.slots[primary].seq);
+            match self
+                .ctx
+                .copy_kv_cache_seq(src, dst, None, Some(shared as u32))
+            {
+                Ok(()) => {
+                    self.slots[primary].cached = job.prompt[..shared].to_vec();
+                    shared
+                }
+                Err(_) => 0,
+            }
+        } else {
+            self.trim(primary, own)
+        };
 
         let mut stats = JobStats {
             prompt_tokens: job.prompt.len() as u32,
@@ -400,9 +429,18 @@ impl<'m> Worker<'m> {
                 }
             }
         }
-        if self.batch.n_tokens() as usize % UBATCH == 1 {
+        let seeded = plan.iter().any(|e| {
+            let job = match *e {
+                Entry::Token { slot, .. } => self.slots[slot].run.as_ref().map(|r| r.job),
+                Entry::Prompt { job, .. } => Some(job),
+            };
+            job.and_then(|j| self.jobs.get(&j))
+                .is_some_and(|a| a.job.sampling.seed.is_some())
+        });
+        if seeded && self.batch.n_tokens() as usize % UBATCH == 1 {
             // A one-token micro-batch would take the split-KV path (see UBATCH): pad it
-            // with a throwaway token in a sequence of its own, one cell, no logits.
+            // with a throwaway token in a sequence of its own, one cell, no logits. Only
+            // seeded requests pay for it (~15% slower decoding when alone).
             let pad = self.cfg.slots as i32;
             let _ = self.ctx.clear_kv_cache_seq(Some(pad as u32), None, None);
             let _ = self.batch.add(LlamaToken::new(0), 0, &[pad], false);
@@ -560,7 +598,9 @@ impl<'m> Worker<'m> {
         } else {
             let piece = vocab.token_to_piece(tok, self.cfg.preserved.contains(&tok), None);
             if let Some(top) = active.job.logprobs {
-                delta.logprobs.push(token_logprob(&self.ctx, self.model, at, tok, &piece, top));
+                delta
+                    .logprobs
+                    .push(token_logprob(&self.ctx, self.model, at, tok, &piece, top));
             }
             let pushed = run.text.push(&piece);
             if pushed.stopped {
@@ -577,7 +617,10 @@ impl<'m> Worker<'m> {
         match finish {
             Some(reason) => self.end_run(i, reason, delta),
             None if !delta.is_empty() => {
-                let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta { index: run.choice, delta }));
+                let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta {
+                    index: run.choice,
+                    delta,
+                }));
             }
             None => {}
         }
@@ -586,16 +629,26 @@ impl<'m> Worker<'m> {
     /// Ends one choice: flushes its text, sends its finish, frees its slot, and
     /// completes the job when it was the last choice running.
     fn end_run(&mut self, i: usize, reason: FinishReason, mut delta: Delta) {
-        let Some(mut run) = self.slots[i].run.take() else { return };
-        let Some(active) = self.jobs.get_mut(&run.job) else { return };
+        let Some(mut run) = self.slots[i].run.take() else {
+            return;
+        };
+        let Some(active) = self.jobs.get_mut(&run.job) else {
+            return;
+        };
         // After a stop-string match the assembler holds nothing, so this only flushes
         // text held back at EOS or at the length limit.
         delta.content.push_str(&run.text.finish());
         let index = run.choice;
         if !delta.is_empty() {
-            let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta { index, delta }));
+            let _ = active
+                .job
+                .tx
+                .send(JobEvent::Event(StreamEvent::Delta { index, delta }));
         }
-        let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Finish { index, reason }));
+        let _ = active
+            .job
+            .tx
+            .send(JobEvent::Event(StreamEvent::Finish { index, reason }));
         active.live -= 1;
         if active.live == 0 {
             self.complete(run.job);
@@ -625,7 +678,14 @@ impl<'m> Worker<'m> {
 
 /// The sampled token's log-probability under the model (before sampling settings) and
 /// its `top` most likely alternatives.
-fn token_logprob(ctx: &LlamaContext<'_>, model: &LlamaModel, at: i32, tok: LlamaToken, piece: &[u8], top: u32) -> TokenLogprob {
+fn token_logprob(
+    ctx: &LlamaContext<'_>,
+    model: &LlamaModel,
+    at: i32,
+    tok: LlamaToken,
+    piece: &[u8],
+    top: u32,
+) -> TokenLogprob {
     let logits = ctx.get_logits_ith(at);
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
@@ -648,7 +708,11 @@ fn token_logprob(ctx: &LlamaContext<'_>, model: &LlamaModel, at: i32, tok: Llama
             .into_iter()
             .map(|t| {
                 let bytes = vocab.token_to_piece(LlamaToken::new(t as i32), false, None);
-                TopLogprob { token: String::from_utf8_lossy(&bytes).into_owned(), bytes, logprob: logprob(t) }
+                TopLogprob {
+                    token: String::from_utf8_lossy(&bytes).into_owned(),
+                    bytes,
+                    logprob: logprob(t),
+                }
             })
             .collect(),
     }

@@ -7,7 +7,9 @@ mod parsers;
 pub use parsers::{HermesParser, Parsed, ToolCallParser, WholeOutputParser};
 
 use crate::backend::EventStream;
-use crate::ir::{ContentPart, Delta, FinishReason, Message, Role, StreamEvent, ToolCallDelta, ToolDef};
+use crate::ir::{
+    ContentPart, Delta, FinishReason, Message, Role, StreamEvent, ToolCallDelta, ToolDef,
+};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -66,7 +68,11 @@ pub fn inline_tools(messages: &[Message], tools: &[ToolDef]) -> Vec<Message> {
             .iter()
             .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}))
             .collect();
-        let listing = list.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n");
+        let listing = list
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
         let prompt = format!(
             "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
              You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{listing}\n</tools>\n\n\
@@ -76,27 +82,38 @@ pub fn inline_tools(messages: &[Message], tools: &[ToolDef]) -> Vec<Message> {
         match messages.first() {
             Some(first) if first.role == Role::System => {
                 let mut sys = first.clone();
-                sys.content = vec![ContentPart::Text(format!("{}\n\n{prompt}", first.joined_text()))];
+                sys.content = vec![ContentPart::Text(format!(
+                    "{}\n\n{prompt}",
+                    first.joined_text()
+                ))];
                 out.push(sys);
             }
             _ => out.push(Message::text(Role::System, prompt)),
         }
     }
-    let skip = usize::from(!tools.is_empty() && messages.first().is_some_and(|m| m.role == Role::System));
+    let skip =
+        usize::from(!tools.is_empty() && messages.first().is_some_and(|m| m.role == Role::System));
     for m in &messages[skip..] {
         let mut m = m.clone();
         if m.role == Role::Assistant && !m.tool_calls.is_empty() {
             let mut text = m.joined_text();
             for c in &m.tool_calls {
-                let args: serde_json::Value = serde_json::from_str(&c.arguments).unwrap_or(json!(c.arguments));
-                text.push_str(&format!("\n<tool_call>\n{}\n</tool_call>", json!({"name": c.name, "arguments": args})));
+                let args: serde_json::Value =
+                    serde_json::from_str(&c.arguments).unwrap_or(json!(c.arguments));
+                text.push_str(&format!(
+                    "\n<tool_call>\n{}\n</tool_call>",
+                    json!({"name": c.name, "arguments": args})
+                ));
             }
             m.content = vec![ContentPart::Text(text.trim_start().to_string())];
             m.tool_calls.clear();
         }
         if m.role == Role::Tool {
             m.role = Role::User;
-            m.content = vec![ContentPart::Text(format!("<tool_response>\n{}\n</tool_response>", m.joined_text()))];
+            m.content = vec![ContentPart::Text(format!(
+                "<tool_response>\n{}\n</tool_response>",
+                m.joined_text()
+            ))];
         }
         out.push(m);
     }
@@ -106,7 +123,12 @@ pub fn inline_tools(messages: &[Message], tools: &[ToolDef]) -> Vec<Message> {
 /// Runs each choice's text through its own parser: text stays content, calls become
 /// OpenAI-shaped tool-call deltas (`id`, `name` and the whole `arguments` in the first
 /// fragment), and a choice that called anything finishes with `tool_calls`.
-pub fn parse_tool_calls(mut events: EventStream, syntax: ToolSyntax, tools: &[ToolDef], n: u32) -> EventStream {
+pub fn parse_tool_calls(
+    mut events: EventStream,
+    syntax: ToolSyntax,
+    tools: &[ToolDef],
+    n: u32,
+) -> EventStream {
     let names: Vec<String> = tools.iter().map(|t| t.name.clone()).collect();
     Box::pin(async_stream::stream! {
         let mut parsers: Vec<Box<dyn ToolCallParser>> = (0..n).map(|_| syntax.parser(&names)).collect();

@@ -7,7 +7,10 @@ use serde_json::Value;
 pub enum Parsed {
     Text(String),
     /// `arguments` is JSON text of an object.
-    Call { name: String, arguments: String },
+    Call {
+        name: String,
+        arguments: String,
+    },
 }
 
 pub trait ToolCallParser: Send {
@@ -34,14 +37,23 @@ pub struct HermesParser {
 
 impl HermesParser {
     pub fn new(names: Vec<String>) -> Self {
-        HermesParser { names, ..HermesParser::default() }
+        HermesParser {
+            names,
+            ..HermesParser::default()
+        }
     }
 
     fn bare_calls(&self, text: &str) -> Option<Vec<Parsed>> {
         let t = text.trim();
-        let t = t.strip_prefix("```json").or_else(|| t.strip_prefix("```")).map_or(t, |r| r.trim_end().trim_end_matches("```")).trim();
+        let t = t
+            .strip_prefix("```json")
+            .or_else(|| t.strip_prefix("```"))
+            .map_or(t, |r| r.trim_end().trim_end_matches("```"))
+            .trim();
         let calls = calls_from_value(&serde_json::from_str::<Value>(t).ok()?)?;
-        let declared = calls.iter().all(|c| matches!(c, Parsed::Call { name, .. } if self.names.iter().any(|n| n == name)));
+        let declared = calls.iter().all(
+            |c| matches!(c, Parsed::Call { name, .. } if self.names.iter().any(|n| n == name)),
+        );
         (declared && !calls.is_empty()).then_some(calls)
     }
 }
@@ -63,7 +75,9 @@ impl ToolCallParser for HermesParser {
         let mut out = Vec::new();
         loop {
             if self.in_call {
-                let Some(end) = self.buf.find(CLOSE) else { break };
+                let Some(end) = self.buf.find(CLOSE) else {
+                    break;
+                };
                 let body: String = self.buf.drain(..end + CLOSE.len()).collect();
                 let body = &body[..end];
                 self.in_call = false;
@@ -137,7 +151,12 @@ impl WholeOutputParser {
     }
 
     fn new(markers: &'static [&'static str], parse: fn(&str) -> Option<Vec<Parsed>>) -> Self {
-        WholeOutputParser { markers, parse, buf: String::new(), holding: None }
+        WholeOutputParser {
+            markers,
+            parse,
+            buf: String::new(),
+            holding: None,
+        }
     }
 }
 
@@ -200,7 +219,10 @@ fn args_text(v: Option<&Value>) -> String {
 fn call_from_value(v: &Value) -> Option<Parsed> {
     let name = v.get("name")?.as_str()?.to_string();
     let args = v.get("arguments").or_else(|| v.get("parameters"));
-    Some(Parsed::Call { name, arguments: args_text(args) })
+    Some(Parsed::Call {
+        name,
+        arguments: args_text(args),
+    })
 }
 
 fn call_from_json(body: &str) -> Option<Parsed> {
@@ -219,7 +241,9 @@ fn parse_llama3(s: &str) -> Option<Vec<Parsed>> {
     // Several calls may come separated by `;`.
     let mut calls = Vec::new();
     for part in s.split(";\n").flat_map(|p| p.split("; ")) {
-        calls.extend(calls_from_value(&serde_json::from_str::<Value>(part.trim()).ok()?)?);
+        calls.extend(calls_from_value(
+            &serde_json::from_str::<Value>(part.trim()).ok()?,
+        )?);
     }
     Some(calls)
 }
@@ -242,11 +266,18 @@ fn parse_pythonic(s: &str) -> Option<Vec<Parsed>> {
     while !rest.is_empty() {
         let open = rest.find('(')?;
         let name = rest[..open].trim();
-        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '-') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '-')
+        {
             return None;
         }
         let (args, after) = python_kwargs(&rest[open + 1..])?;
-        calls.push(Parsed::Call { name: name.to_string(), arguments: Value::Object(args).to_string() });
+        calls.push(Parsed::Call {
+            name: name.to_string(),
+            arguments: Value::Object(args).to_string(),
+        });
         rest = after.trim_start().trim_start_matches(',').trim_start();
     }
     Some(calls)
@@ -297,7 +328,11 @@ fn python_literal(s: &str) -> Option<(Value, &str)> {
                 (None, ']' | '}') => {
                     depth -= 1;
                     if depth == 0 {
-                        let json = s[..=i].replace('\'', "\"").replace("True", "true").replace("False", "false").replace("None", "null");
+                        let json = s[..=i]
+                            .replace('\'', "\"")
+                            .replace("True", "true")
+                            .replace("False", "false")
+                            .replace("None", "null");
                         return Some((serde_json::from_str(&json).ok()?, &s[i + 1..]));
                     }
                 }
@@ -312,7 +347,9 @@ fn python_literal(s: &str) -> Option<(Value, &str)> {
         "True" | "true" => Value::Bool(true),
         "False" | "false" => Value::Bool(false),
         "None" | "null" => Value::Null,
-        n => serde_json::from_str::<Value>(n).ok().filter(Value::is_number)?,
+        n => serde_json::from_str::<Value>(n)
+            .ok()
+            .filter(Value::is_number)?,
     };
     Some((value, &s[end..]))
 }
@@ -353,7 +390,10 @@ mod tests {
     }
 
     fn call(name: &str, args: &str) -> Parsed {
-        Parsed::Call { name: name.into(), arguments: args.into() }
+        Parsed::Call {
+            name: name.into(),
+            arguments: args.into(),
+        }
     }
 
     fn hermes() -> Box<dyn ToolCallParser> {
@@ -367,15 +407,28 @@ mod tests {
     #[test]
     fn bare_and_fenced_json_calls_of_declared_tools() {
         let bare = "{\n  \"name\": \"get_weather\",\n  \"arguments\": {\"city\": \"Sofia\"}\n}";
-        assert_eq!(all_splits(hermes_named, bare), vec![call("get_weather", "{\"city\":\"Sofia\"}")]);
-        let fenced = "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Sofia\"}}\n```";
-        assert_eq!(all_splits(hermes_named, fenced), vec![call("get_weather", "{\"city\":\"Sofia\"}")]);
+        assert_eq!(
+            all_splits(hermes_named, bare),
+            vec![call("get_weather", "{\"city\":\"Sofia\"}")]
+        );
+        let fenced =
+            "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Sofia\"}}\n```";
+        assert_eq!(
+            all_splits(hermes_named, fenced),
+            vec![call("get_weather", "{\"city\":\"Sofia\"}")]
+        );
         // JSON that names no declared tool is an answer, not a call.
         let answer = "{\"name\": \"Ivan\", \"age\": 3}";
-        assert_eq!(all_splits(hermes_named, answer), vec![Parsed::Text(answer.into())]);
+        assert_eq!(
+            all_splits(hermes_named, answer),
+            vec![Parsed::Text(answer.into())]
+        );
         // Tagged calls still work when the parser knows the names.
         let tagged = "Sure. <tool_call>{\"name\": \"get_weather\", \"arguments\": {}}</tool_call>";
-        assert_eq!(all_splits(hermes_named, tagged), vec![Parsed::Text("Sure. ".into()), call("get_weather", "{}")]);
+        assert_eq!(
+            all_splits(hermes_named, tagged),
+            vec![Parsed::Text("Sure. ".into()), call("get_weather", "{}")]
+        );
     }
 
     #[test]
@@ -395,7 +448,10 @@ mod tests {
 
     #[test]
     fn hermes_plain_text_passes_through_and_lookalikes_are_released() {
-        assert_eq!(all_splits(hermes, "a <tool is not a call"), vec![Parsed::Text("a <tool is not a call".into())]);
+        assert_eq!(
+            all_splits(hermes, "a <tool is not a call"),
+            vec![Parsed::Text("a <tool is not a call".into())]
+        );
         let mut p = HermesParser::default();
         assert_eq!(p.push("x <tool_"), vec![Parsed::Text("x ".into())]);
         assert_eq!(p.push("box>"), vec![Parsed::Text("<tool_box>".into())]);
@@ -403,23 +459,44 @@ mod tests {
 
     #[test]
     fn hermes_unclosed_call_at_end_still_counts_and_garbage_stays_text() {
-        assert_eq!(all_splits(hermes, "<tool_call>{\"name\":\"f\",\"arguments\":{\"a\":1}}"), vec![call("f", "{\"a\":1}")]);
-        assert_eq!(all_splits(hermes, "<tool_call>not json</tool_call>"), vec![Parsed::Text("<tool_call>not json</tool_call>".into())]);
+        assert_eq!(
+            all_splits(
+                hermes,
+                "<tool_call>{\"name\":\"f\",\"arguments\":{\"a\":1}}"
+            ),
+            vec![call("f", "{\"a\":1}")]
+        );
+        assert_eq!(
+            all_splits(hermes, "<tool_call>not json</tool_call>"),
+            vec![Parsed::Text("<tool_call>not json</tool_call>".into())]
+        );
     }
 
     #[test]
     fn llama3_json_with_parameters() {
         let text = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Sofia\"}}";
-        assert_eq!(all_splits(|| Box::new(WholeOutputParser::llama3()), text), vec![call("get_weather", "{\"city\":\"Sofia\"}")]);
+        assert_eq!(
+            all_splits(|| Box::new(WholeOutputParser::llama3()), text),
+            vec![call("get_weather", "{\"city\":\"Sofia\"}")]
+        );
         let tagged = "<|python_tag|>{\"name\": \"f\", \"parameters\": {}}";
-        assert_eq!(all_splits(|| Box::new(WholeOutputParser::llama3()), tagged), vec![call("f", "{}")]);
-        assert_eq!(all_splits(|| Box::new(WholeOutputParser::llama3()), "Hello there"), vec![Parsed::Text("Hello there".into())]);
+        assert_eq!(
+            all_splits(|| Box::new(WholeOutputParser::llama3()), tagged),
+            vec![call("f", "{}")]
+        );
+        assert_eq!(
+            all_splits(|| Box::new(WholeOutputParser::llama3()), "Hello there"),
+            vec![Parsed::Text("Hello there".into())]
+        );
     }
 
     #[test]
     fn mistral_list_of_calls() {
         let text = "[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"x\": 1}}, {\"name\": \"b\", \"arguments\": {}}]";
-        assert_eq!(all_splits(|| Box::new(WholeOutputParser::mistral()), text), vec![call("a", "{\"x\":1}"), call("b", "{}")]);
+        assert_eq!(
+            all_splits(|| Box::new(WholeOutputParser::mistral()), text),
+            vec![call("a", "{\"x\":1}"), call("b", "{}")]
+        );
     }
 
     #[test]
@@ -427,11 +504,20 @@ mod tests {
         let text = "[get_weather(city=\"Sofia\", unit='celsius', days=3, alerts=True), ping()]";
         assert_eq!(
             all_splits(|| Box::new(WholeOutputParser::pythonic()), text),
-            vec![call("get_weather", "{\"city\":\"Sofia\",\"unit\":\"celsius\",\"days\":3,\"alerts\":true}"), call("ping", "{}")]
+            vec![
+                call(
+                    "get_weather",
+                    "{\"city\":\"Sofia\",\"unit\":\"celsius\",\"days\":3,\"alerts\":true}"
+                ),
+                call("ping", "{}")
+            ]
         );
         // A bracketed sentence is not a call.
         assert_eq!(
-            all_splits(|| Box::new(WholeOutputParser::pythonic()), "[citation needed] text"),
+            all_splits(
+                || Box::new(WholeOutputParser::pythonic()),
+                "[citation needed] text"
+            ),
             vec![Parsed::Text("[citation needed] text".into())]
         );
     }

@@ -12,7 +12,7 @@ use serde_json::Value;
 pub const MAX_CHOICES: u32 = 8;
 pub const MAX_STOPS: usize = 4;
 
-pub fn to_ir(req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error> {
+pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error> {
     if req.model.trim().is_empty() {
         return Err(Error::invalid_param(
             "model",
@@ -138,6 +138,17 @@ pub fn to_ir(req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error> {
         .map(|(i, t)| tool(i, t))
         .collect::<Result<Vec<_>, _>>()?;
     let tool_choice = tool_choice(req.tool_choice, &tools)?;
+    // Extension: a Lark grammar (as llguidance takes it) instead of a response_format.
+    let response_format = match req.extra.remove("grammar") {
+        None | Some(Value::Null) => response_format(req.response_format)?,
+        Some(Value::String(g)) if !g.trim().is_empty() => ResponseFormat::Grammar(g),
+        Some(_) => {
+            return Err(Error::invalid_param(
+                "grammar",
+                "'grammar' must be a Lark grammar string.",
+            ))
+        }
+    };
 
     Ok(ChatRequest {
         model: req.model,
@@ -160,7 +171,7 @@ pub fn to_ir(req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error> {
         tools,
         tool_choice,
         parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
-        response_format: response_format(req.response_format)?,
+        response_format,
         logprobs: (req.logprobs == Some(true)).then(|| req.top_logprobs.unwrap_or(0)),
         ignore_eos: req.ignore_eos.unwrap_or(false),
         user: req.user,

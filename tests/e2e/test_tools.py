@@ -1,0 +1,222 @@
+"""Tools, structured outputs and logprobs on local models, through the openai SDK:
+Qwen2.5-Coder-0.5B-Instruct (native tool template) and SmolLM2 (no tool support)."""
+
+import json
+
+import jsonschema
+import openai
+import pytest
+
+from conftest import KEY, MODEL
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "City name"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Get the current local time in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+ASK = [{"role": "user", "content": "What's the weather in Sofia?"}]
+
+
+def check_calls(calls, allowed=("get_weather", "get_time")):
+    assert calls, "expected tool calls"
+    for c in calls:
+        assert c.id.startswith("call_") and c.type == "function"
+        assert c.function.name in allowed
+        jsonschema.validate(json.loads(c.function.arguments), SCHEMAS[c.function.name])
+
+
+def stream_calls(stream):
+    """Rebuilds calls from deltas exactly as the OpenAI SDK docs do."""
+    calls, content, finish = {}, "", None
+    for chunk in stream:
+        for c in chunk.choices:
+            d = c.delta
+            content += d.content or ""
+            for tc in d.tool_calls or []:
+                slot = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+                if tc.id:
+                    assert slot["id"] is None, "id sent twice"
+                    slot["id"] = tc.id
+                    assert tc.type == "function"
+                if tc.function and tc.function.name:
+                    slot["name"] += tc.function.name
+                if tc.function and tc.function.arguments:
+                    slot["arguments"] += tc.function.arguments
+            finish = c.finish_reason or finish
+    return calls, content, finish
+
+
+def test_bggpt_weather_round_trip(qwen):
+    response = qwen.chat.completions.create(model="qwen", messages=ASK, tools=[WEATHER], tool_choice="auto", temperature=0)
+    message = response.choices[0].message
+    check_calls(message.tool_calls, ("get_weather",))
+    assert response.choices[0].finish_reason == "tool_calls"
+    assert "sofia" in json.loads(message.tool_calls[0].function.arguments)["city"].lower()
+    tool_result = {"temperature": 22, "unit": "celsius", "condition": "sunny"}
+    final = qwen.chat.completions.create(
+        model="qwen",
+        messages=[*ASK, message, {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": json.dumps(tool_result)}],
+        tools=[WEATHER],
+        temperature=0,
+    )
+    answer = final.choices[0].message
+    assert answer.content and "22" in answer.content, answer
+    assert not answer.tool_calls
+
+
+def test_weather_round_trip_streaming(qwen):
+    calls, content, finish = stream_calls(
+        qwen.chat.completions.create(model="qwen", messages=ASK, tools=[WEATHER], temperature=0, stream=True)
+    )
+    assert finish == "tool_calls" and "<tool_call>" not in content and '"name"' not in content
+    assert list(calls) == [0]
+    call = calls[0]
+    assert call["id"].startswith("call_") and call["name"] == "get_weather"
+    jsonschema.validate(json.loads(call["arguments"]), SCHEMAS["get_weather"])
+    followup = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [{"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}]},
+        {"role": "tool", "tool_call_id": call["id"], "content": json.dumps({"temperature": 22, "condition": "sunny"})},
+    ]
+    _, content, finish = stream_calls(qwen.chat.completions.create(model="qwen", messages=followup, tools=[WEATHER], temperature=0, stream=True))
+    assert content.strip() and finish == "stop"
+
+
+@pytest.mark.parametrize("model_fixture", ["qwen", "client"])
+def test_every_tool_choice(model_fixture, request):
+    client = request.getfixturevalue(model_fixture)
+    model = "qwen" if model_fixture == "qwen" else MODEL
+    r = client.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice="required", max_tokens=200)
+    check_calls(r.choices[0].message.tool_calls)
+    assert r.choices[0].finish_reason == "tool_calls"
+    named = {"type": "function", "function": {"name": "get_time"}}
+    r = client.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice=named, max_tokens=200)
+    check_calls(r.choices[0].message.tool_calls, ("get_time",))
+    r = client.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice="none", max_tokens=40)
+    assert not r.choices[0].message.tool_calls and r.choices[0].message.content
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_parallel_calls_and_single_call(qwen):
+    ask = [{"role": "user", "content": "What's the weather in Sofia and what time is it in Tokyo?"}]
+    r = qwen.chat.completions.create(model="qwen", messages=ask, tools=[WEATHER, TIME], tool_choice="required", max_tokens=300, temperature=0)
+    check_calls(r.choices[0].message.tool_calls)
+    r = qwen.chat.completions.create(
+        model="qwen", messages=ask, tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False, max_tokens=300
+    )
+    assert len(r.choices[0].message.tool_calls) == 1
+    check_calls(r.choices[0].message.tool_calls)
+    calls, _, finish = stream_calls(
+        qwen.chat.completions.create(model="qwen", messages=ask, tools=[WEATHER, TIME], tool_choice="required", max_tokens=300, stream=True)
+    )
+    assert finish == "tool_calls" and calls
+    for i, c in calls.items():
+        jsonschema.validate(json.loads(c["arguments"]), SCHEMAS[c["name"]])
+
+
+SCHEMA_CASES = [
+    {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name", "age"]},
+    {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "founded": {"type": "integer", "minimum": 800, "maximum": 2100},
+            "districts": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+        },
+        "required": ["city", "founded", "districts"],
+        "additionalProperties": False,
+    },
+    {"type": "object", "properties": {"mood": {"enum": ["happy", "sad", "neutral"]}, "confidence": {"type": "number"}}, "required": ["mood"]},
+    {
+        "type": "object",
+        "properties": {"person": {"type": "object", "properties": {"first": {"type": "string"}, "last": {"type": "string"}}, "required": ["first", "last"]}, "tags": {"type": "array", "items": {"enum": ["a", "b"]}}},
+        "required": ["person", "tags"],
+    },
+]
+
+
+@pytest.mark.parametrize("schema", SCHEMA_CASES)
+@pytest.mark.parametrize("model_fixture", ["qwen", "client"])
+def test_json_schema_output_always_validates(schema, model_fixture, request):
+    client = request.getfixturevalue(model_fixture)
+    model = "qwen" if model_fixture == "qwen" else MODEL
+    r = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Describe Sofia, Bulgaria as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "out", "schema": schema, "strict": True}},
+        max_tokens=300,
+    )
+    assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+def test_json_object_mode(client, qwen):
+    for c, model in ((client, MODEL), (qwen, "qwen")):
+        r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "Give me a JSON object about cats."}], response_format={"type": "json_object"}, max_tokens=200)
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+def test_uncompilable_schema_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "x"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "object", "properties": {"a": {"$ref": "#/definitions/missing"}}}}},
+        )
+    assert e.value.body["param"] == "response_format.json_schema.schema"
+
+
+def test_logprobs_shape_and_sums(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello in English."}], logprobs=True, top_logprobs=3, max_tokens=20, temperature=0
+    )
+    lp = r.choices[0].logprobs.content
+    assert len(lp) == r.usage.completion_tokens or len(lp) == r.usage.completion_tokens - 1  # EOS has no entry
+    assert "".join(t.token for t in lp) == r.choices[0].message.content
+    for t in lp:
+        assert t.logprob <= 0 and bytes(t.bytes).decode("utf-8", "replace") == t.token
+        assert len(t.top_logprobs) == 3
+        assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+        # Greedy: the chosen token is the most likely one.
+        assert t.logprob == pytest.approx(t.top_logprobs[0].logprob)
+    total = 0.0
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello in English."}], logprobs=True, top_logprobs=2, max_tokens=20, temperature=0, stream=True
+    )
+    text = ""
+    for chunk in stream:
+        for c in chunk.choices:
+            if c.logprobs and c.logprobs.content:
+                text += "".join(t.token for t in c.logprobs.content)
+                total += sum(t.logprob for t in c.logprobs.content)
+    assert text == r.choices[0].message.content
+    assert total == pytest.approx(sum(t.logprob for t in lp), abs=1e-3)
+
+
+def test_lark_grammar_extension(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Is the sky blue?"}], max_tokens=10, extra_body={"grammar": 'start: "yes" | "no"'}
+    )
+    assert r.choices[0].message.content in ("yes", "no")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], extra_body={"grammar": "start: ("})
+    assert e.value.body["param"] == "grammar"
