@@ -52,6 +52,24 @@ fn strict_json(mut schema: Value) -> Value {
     schema
 }
 
+/// OpenAI's strict mode: objects take no properties beyond the ones they name.
+fn closed_objects(mut schema: Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                    map.insert("additionalProperties".into(), Value::Bool(false));
+                }
+                map.values_mut().for_each(walk);
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut schema);
+    schema
+}
+
 fn grammar(req: &ChatRequest) -> Option<(TopLevelGrammar, &'static str)> {
     let forced: Vec<&ToolDef> = match &req.tool_choice {
         ToolChoice::Required => req.tools.iter().collect(),
@@ -70,8 +88,12 @@ fn grammar(req: &ChatRequest) -> Option<(TopLevelGrammar, &'static str)> {
             TopLevelGrammar::from_json_schema(strict_json(json!({"type": "object"}))),
             "response_format",
         )),
-        ResponseFormat::JsonSchema { schema, .. } => Some((
-            TopLevelGrammar::from_json_schema(strict_json(schema.clone())),
+        ResponseFormat::JsonSchema { schema, strict, .. } => Some((
+            TopLevelGrammar::from_json_schema(strict_json(if *strict {
+                closed_objects(schema.clone())
+            } else {
+                schema.clone()
+            })),
             "response_format.json_schema.schema",
         )),
         ResponseFormat::Grammar(lark) => {
@@ -79,6 +101,9 @@ fn grammar(req: &ChatRequest) -> Option<(TopLevelGrammar, &'static str)> {
         }
     }
 }
+
+/// Most calls one forced answer may hold when parallel calls are allowed.
+const MAX_PARALLEL_CALLS: usize = 4;
 
 /// Hermes-style calls, one or (if parallel calls are allowed) several, each naming a
 /// declared function with arguments valid against its schema.
@@ -88,13 +113,22 @@ fn tool_call_lark(tools: &[&ToolDef], parallel: bool) -> String {
         .map(|t| {
             json!({
                 "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                // Closed objects: still valid against the declared schema, and a small
+                // model cannot wander off into properties nobody asked for.
+                "properties": {"name": {"const": t.name}, "arguments": closed_objects(t.parameters.clone())},
                 "required": ["name", "arguments"],
                 "additionalProperties": false,
             })
         })
         .collect();
     let schema = strict_json(json!({"anyOf": options}));
-    let repeat = if parallel { "(\"\\n\" call)*" } else { "" };
-    format!("start: call {repeat}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {schema}\n")
+    // Bounded, so a small model that keeps calling still ends with complete calls.
+    let max_calls = if parallel { MAX_PARALLEL_CALLS } else { 1 };
+    let mut start = "call".to_string();
+    for _ in 1..max_calls {
+        start = format!("call (\"\\n\" {start})?");
+    }
+    format!(
+        "start: {start}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {schema}\n"
+    )
 }

@@ -603,6 +603,11 @@ impl<'m> Worker<'m> {
                     .push(token_logprob(&self.ctx, self.model, at, tok, &piece, top));
             }
             let pushed = run.text.push(&piece);
+            // A token's text is what it released: a character split across tokens goes
+            // to the token that completes it, so the token strings join to the content.
+            if let Some(lp) = delta.logprobs.last_mut() {
+                lp.token = pushed.text.clone();
+            }
             if pushed.stopped {
                 finish = Some(FinishReason::Stop);
             } else if run.generated >= active.job.max_tokens
@@ -637,7 +642,11 @@ impl<'m> Worker<'m> {
         };
         // After a stop-string match the assembler holds nothing, so this only flushes
         // text held back at EOS or at the length limit.
-        delta.content.push_str(&run.text.finish());
+        let rest = run.text.finish();
+        if let Some(lp) = delta.logprobs.last_mut() {
+            lp.token.push_str(&rest);
+        }
+        delta.content.push_str(&rest);
         let index = run.choice;
         if !delta.is_empty() {
             let _ = active
