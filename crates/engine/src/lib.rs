@@ -3,6 +3,7 @@
 //! the chat template, tokenizes, checks limits and hands jobs to that thread.
 
 mod constraint;
+mod logprobs;
 mod sampler;
 mod text;
 mod worker;

@@ -4,6 +4,7 @@
 //! or templating, and nothing here waits on a client: output goes into unbounded
 //! per-job channels, and a closed channel frees the job's slots at the next step.
 
+use crate::logprobs::token_logprob;
 use crate::sampler::{self, SamplerSpec};
 use crate::text::TextAssembler;
 use llama_cpp_2::context::LlamaContext;
@@ -13,9 +14,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use llguidance::Matcher;
-use parlance_core::ir::{
-    Delta, FinishReason, SamplingParams, StreamEvent, TokenLogprob, TopLogprob,
-};
+use parlance_core::ir::{Delta, FinishReason, SamplingParams, StreamEvent};
 use parlance_core::Error;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -682,48 +681,6 @@ impl<'m> Worker<'m> {
                 self.trim(i, 0);
             }
         }
-    }
-}
-
-/// The sampled token's log-probability under the model (before sampling settings) and
-/// its `top` most likely alternatives.
-fn token_logprob(
-    ctx: &LlamaContext<'_>,
-    model: &LlamaModel,
-    at: i32,
-    tok: LlamaToken,
-    piece: &[u8],
-    top: u32,
-) -> TokenLogprob {
-    let logits = ctx.get_logits_ith(at);
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
-    let logprob = |t: usize| logits.get(t).map_or(f32::NEG_INFINITY, |&l| l - log_sum);
-    let mut best: Vec<usize> = Vec::new();
-    if top > 0 {
-        let mut idx: Vec<usize> = (0..logits.len()).collect();
-        let k = (top as usize).min(idx.len());
-        idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
-        idx.truncate(k);
-        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        best = idx;
-    }
-    let vocab = model.vocab();
-    TokenLogprob {
-        token: String::from_utf8_lossy(piece).into_owned(),
-        bytes: piece.to_vec(),
-        logprob: logprob(tok.0 as usize),
-        top: best
-            .into_iter()
-            .map(|t| {
-                let bytes = vocab.token_to_piece(LlamaToken::new(t as i32), false, None);
-                TopLogprob {
-                    token: String::from_utf8_lossy(&bytes).into_owned(),
-                    bytes,
-                    logprob: logprob(t),
-                }
-            })
-            .collect(),
     }
 }
 

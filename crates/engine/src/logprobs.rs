@@ -1,0 +1,48 @@
+//! OpenAI-style logprobs from the logits of one decoded position.
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use parlance_core::ir::{TokenLogprob, TopLogprob};
+
+/// The sampled token's log-probability under the model (before sampling settings) and
+/// its `top` most likely alternatives.
+pub(crate) fn token_logprob(
+    ctx: &LlamaContext<'_>,
+    model: &LlamaModel,
+    at: i32,
+    tok: LlamaToken,
+    piece: &[u8],
+    top: u32,
+) -> TokenLogprob {
+    let logits = ctx.get_logits_ith(at);
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
+    let logprob = |t: usize| logits.get(t).map_or(f32::NEG_INFINITY, |&l| l - log_sum);
+    let mut best: Vec<usize> = Vec::new();
+    if top > 0 {
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        let k = (top as usize).min(idx.len());
+        idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        best = idx;
+    }
+    let vocab = model.vocab();
+    TokenLogprob {
+        token: String::from_utf8_lossy(piece).into_owned(),
+        bytes: piece.to_vec(),
+        logprob: logprob(tok.0 as usize),
+        top: best
+            .into_iter()
+            .map(|t| {
+                let bytes = vocab.token_to_piece(LlamaToken::new(t as i32), false, None);
+                TopLogprob {
+                    token: String::from_utf8_lossy(&bytes).into_owned(),
+                    bytes,
+                    logprob: logprob(t),
+                }
+            })
+            .collect(),
+    }
+}
