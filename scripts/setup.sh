@@ -14,6 +14,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 if [ "${1:-}" = "--test" ]; then
-  python3 -c "import openai, pytest, requests, jsonschema" 2>/dev/null ||
-    python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema
+  python3 -c "import openai, pytest, requests, jsonschema, langchain_openai" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema langchain-openai
 fi

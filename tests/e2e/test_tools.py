@@ -248,3 +248,24 @@ def test_lark_grammar_extension(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], extra_body={"grammar": "start: ("})
     assert e.value.body["param"] == "grammar"
+
+
+def test_langchain_chat_openai_reconstructs_calls(qwen):
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model="qwen", base_url=str(qwen.base_url), api_key="none", temperature=0, max_retries=0)
+    bound = llm.bind_tools([WEATHER], tool_choice="required")
+    msg = bound.invoke([HumanMessage("What's the weather in Sofia?")])
+    assert msg.tool_calls and msg.tool_calls[0]["name"] == "get_weather"
+    jsonschema.validate(msg.tool_calls[0]["args"], SCHEMAS["get_weather"])
+    # Streaming: LangChain merges the chunks' tool_call_chunks into whole calls.
+    merged = None
+    for chunk in llm.bind_tools([WEATHER]).stream([HumanMessage("What's the weather in Sofia?")]):
+        merged = chunk if merged is None else merged + chunk
+    assert merged.tool_calls and merged.tool_calls[0]["name"] == "get_weather"
+    jsonschema.validate(merged.tool_calls[0]["args"], SCHEMAS["get_weather"])
+    answer = llm.bind_tools([WEATHER]).invoke(
+        [HumanMessage("What's the weather in Sofia?"), msg, ToolMessage(json.dumps({"temperature": 22}), tool_call_id=msg.tool_calls[0]["id"])]
+    )
+    assert answer.content and not answer.tool_calls
