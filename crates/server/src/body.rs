@@ -81,11 +81,12 @@ fn friendly(detail: &str) -> String {
             return text.to_string();
         }
     }
-    detail
-        .split(" at line ")
-        .next()
-        .unwrap_or(detail)
-        .to_string()
+    let detail = detail.split(" at line ").next().unwrap_or(detail);
+    // "expected struct ChatMessage" names a Rust type; callers sent JSON.
+    match detail.find("expected struct ") {
+        Some(at) => format!("{}expected a JSON object", &detail[..at]),
+        None => detail.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +123,17 @@ mod tests {
         let e = err(r#"{"model": "#);
         assert_eq!(e.code.as_deref(), Some("invalid_json"));
         assert_eq!(err("").code.as_deref(), Some("invalid_json"));
+    }
+
+    #[test]
+    fn rust_type_names_do_not_leak() {
+        let e = err(r#"{"model":"m","messages":[],"response_format":"json"}"#);
+        assert!(
+            e.message.ends_with("expected a JSON object"),
+            "{}",
+            e.message
+        );
+        assert!(!err("[1]").message.contains("struct"));
     }
 
     #[test]
