@@ -133,6 +133,7 @@ pub fn parse_tool_calls(
     Box::pin(async_stream::stream! {
         let mut parsers: Vec<Box<dyn ToolCallParser>> = (0..n).map(|_| syntax.parser(&names)).collect();
         let mut calls = vec![0u32; n as usize];
+        let mut open: Vec<Option<u32>> = vec![None; n as usize];
         // Whitespace is held until real text follows: around calls it is only layout.
         let mut blank: Vec<String> = vec![String::new(); n as usize];
         while let Some(event) = events.next().await {
@@ -140,14 +141,14 @@ pub fn parse_tool_calls(
                 Ok(StreamEvent::Delta { index, mut delta }) if (index as usize) < parsers.len() => {
                     let i = index as usize;
                     let parsed = parsers[i].push(&std::mem::take(&mut delta.content));
-                    let out = to_delta(parsed, &mut calls[i], &mut blank[i], delta);
+                    let out = to_delta(parsed, &mut calls[i], &mut open[i], &mut blank[i], delta);
                     if !out.is_empty() {
                         yield Ok(StreamEvent::Delta { index, delta: out });
                     }
                 }
                 Ok(StreamEvent::Finish { index, reason }) if (index as usize) < parsers.len() => {
                     let i = index as usize;
-                    let mut out = to_delta(parsers[i].finish(), &mut calls[i], &mut blank[i], Delta::default());
+                    let mut out = to_delta(parsers[i].finish(), &mut calls[i], &mut open[i], &mut blank[i], Delta::default());
                     if calls[i] == 0 {
                         out.content.insert_str(0, &std::mem::take(&mut blank[i]));
                     }
@@ -163,7 +164,13 @@ pub fn parse_tool_calls(
     })
 }
 
-fn to_delta(parsed: Vec<Parsed>, calls: &mut u32, blank: &mut String, mut delta: Delta) -> Delta {
+fn to_delta(
+    parsed: Vec<Parsed>,
+    calls: &mut u32,
+    open: &mut Option<u32>,
+    blank: &mut String,
+    mut delta: Delta,
+) -> Delta {
     for p in parsed {
         match p {
             Parsed::Text(t) if t.trim().is_empty() => blank.push_str(&t),
@@ -171,6 +178,31 @@ fn to_delta(parsed: Vec<Parsed>, calls: &mut u32, blank: &mut String, mut delta:
                 delta.content.push_str(&std::mem::take(blank));
                 delta.content.push_str(&t);
             }
+            Parsed::CallStart { name } => {
+                blank.clear();
+                delta.tool_calls.push(ToolCallDelta {
+                    index: *calls,
+                    id: Some(new_call_id()),
+                    name: Some(name),
+                    arguments: String::new(),
+                });
+                *open = Some(*calls);
+                *calls += 1;
+            }
+            Parsed::CallArgs(fragment) => {
+                if let Some(index) = *open {
+                    match delta.tool_calls.last_mut() {
+                        Some(last) if last.index == index => last.arguments.push_str(&fragment),
+                        _ => delta.tool_calls.push(ToolCallDelta {
+                            index,
+                            id: None,
+                            name: None,
+                            arguments: fragment,
+                        }),
+                    }
+                }
+            }
+            Parsed::CallEnd => *open = None,
             Parsed::Call { name, arguments } => {
                 blank.clear();
                 delta.tool_calls.push(ToolCallDelta {

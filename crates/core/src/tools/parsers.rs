@@ -6,6 +6,12 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
     Text(String),
+    /// A call has begun: its arguments follow as `CallArgs` fragments until `CallEnd`.
+    CallStart {
+        name: String,
+    },
+    CallArgs(String),
+    CallEnd,
     /// `arguments` is JSON text of an object.
     Call {
         name: String,
@@ -30,6 +36,10 @@ const CLOSE: &str = "</tool_call>";
 pub struct HermesParser {
     buf: String,
     in_call: bool,
+    /// Inside a call whose `{"name": ..., "arguments": ` header was read: arguments stream.
+    streaming: bool,
+    /// Inside a call of another shape: parsed whole at `</tool_call>`.
+    whole: bool,
     names: Vec<String>,
     /// Some(true): the output opened like a bare JSON call and is held to the end.
     bare: Option<bool>,
@@ -74,13 +84,42 @@ impl ToolCallParser for HermesParser {
         }
         let mut out = Vec::new();
         loop {
-            if self.in_call {
+            if self.in_call && !self.streaming && !self.whole {
+                match call_header(&self.buf) {
+                    Header::Incomplete if !self.buf.contains(CLOSE) => break,
+                    Header::Complete { name, len } => {
+                        self.buf.drain(..len);
+                        self.streaming = true;
+                        out.push(Parsed::CallStart { name });
+                    }
+                    _ => self.whole = true,
+                }
+            } else if self.streaming {
+                if let Some(end) = self.buf.find(CLOSE) {
+                    let body: String = self.buf.drain(..end + CLOSE.len()).collect();
+                    let (args, _) = split_args_tail(&body[..end], true);
+                    if !args.is_empty() {
+                        out.push(Parsed::CallArgs(args.to_string()));
+                    }
+                    out.push(Parsed::CallEnd);
+                    self.in_call = false;
+                    self.streaming = false;
+                } else {
+                    let (args, _) = split_args_tail(&self.buf, false);
+                    let n = args.len();
+                    if n > 0 {
+                        out.push(Parsed::CallArgs(self.buf.drain(..n).collect()));
+                    }
+                    break;
+                }
+            } else if self.in_call {
                 let Some(end) = self.buf.find(CLOSE) else {
                     break;
                 };
                 let body: String = self.buf.drain(..end + CLOSE.len()).collect();
                 let body = &body[..end];
                 self.in_call = false;
+                self.whole = false;
                 match call_from_json(body) {
                     Some(call) => out.push(call),
                     None => push_text(&mut out, format!("{OPEN}{body}{CLOSE}")),
@@ -114,8 +153,18 @@ impl ToolCallParser for HermesParser {
         }
         let rest = std::mem::take(&mut self.buf);
         let mut out = Vec::new();
-        if self.in_call {
+        if self.streaming {
+            // Output ended inside a streaming call: what is left is its last fragment.
+            let (args, _) = split_args_tail(&rest, true);
+            if !args.is_empty() {
+                out.push(Parsed::CallArgs(args.to_string()));
+            }
+            out.push(Parsed::CallEnd);
             self.in_call = false;
+            self.streaming = false;
+        } else if self.in_call {
+            self.in_call = false;
+            self.whole = false;
             match call_from_json(&rest) {
                 Some(call) => out.push(call),
                 None => push_text(&mut out, format!("{OPEN}{rest}")),
@@ -192,6 +241,74 @@ impl ToolCallParser for WholeOutputParser {
         push_text(&mut out, rest);
         out
     }
+}
+
+enum Header {
+    Incomplete,
+    Complete { name: String, len: usize },
+    Other,
+}
+
+/// Reads `{"name": "NAME", "arguments": ` up to (not including) the arguments' `{`.
+fn call_header(buf: &str) -> Header {
+    let mut rest = buf;
+    let expect = |want: &str, rest: &mut &str| -> Option<bool> {
+        *rest = rest.trim_start();
+        if rest.len() < want.len() {
+            return want.starts_with(*rest).then_some(false);
+        }
+        if rest.starts_with(want) {
+            *rest = &rest[want.len()..];
+            Some(true)
+        } else {
+            None
+        }
+    };
+    for want in ["{", "\"name\"", ":", "\""] {
+        match expect(want, &mut rest) {
+            None => return Header::Other,
+            Some(false) => return Header::Incomplete,
+            Some(true) => {}
+        }
+    }
+    let Some(end) = rest.find('"') else {
+        return Header::Incomplete;
+    };
+    let name = rest[..end].to_string();
+    if name.contains('\\') {
+        return Header::Other;
+    }
+    rest = &rest[end + 1..];
+    for want in [",", "\"arguments\"", ":"] {
+        match expect(want, &mut rest) {
+            None => return Header::Other,
+            Some(false) => return Header::Incomplete,
+            Some(true) => {}
+        }
+    }
+    let trimmed = rest.trim_start();
+    match trimmed.chars().next() {
+        None => Header::Incomplete,
+        Some('{') => Header::Complete {
+            name,
+            len: buf.len() - trimmed.len(),
+        },
+        Some(_) => Header::Other,
+    }
+}
+
+/// Splits streamed call text into the arguments so far and a tail that may still turn out
+/// to be the call's closing `}` (plus spaces and a partial `</tool_call>`). At the end of
+/// the call (`done`), the tail is exactly the outer object's `}` and spaces.
+fn split_args_tail(s: &str, done: bool) -> (&str, &str) {
+    let mut cut = s.len();
+    if !done {
+        cut -= partial_suffix(s, CLOSE);
+    }
+    let body = s[..cut].trim_end();
+    let body = body.strip_suffix('}').unwrap_or(body);
+    let at = body.len();
+    (&s[..at], &s[at..])
 }
 
 fn push_text(out: &mut Vec<Parsed>, text: String) {
@@ -383,6 +500,15 @@ mod tests {
         for item in raw {
             match (out.last_mut(), item) {
                 (Some(Parsed::Text(a)), Parsed::Text(b)) => a.push_str(&b),
+                // A streamed call, joined, must equal the call.
+                (_, Parsed::CallStart { name }) => out.push(Parsed::Call {
+                    name,
+                    arguments: String::new(),
+                }),
+                (Some(Parsed::Call { arguments, .. }), Parsed::CallArgs(f)) => {
+                    arguments.push_str(&f)
+                }
+                (_, Parsed::CallEnd) => {}
                 (_, item) => out.push(item),
             }
         }
@@ -439,11 +565,44 @@ mod tests {
             got,
             vec![
                 Parsed::Text("Let me check.\n".into()),
-                call("get_weather", "{\"city\":\"София\"}"),
+                call("get_weather", "{\"city\": \"София\"}"),
                 Parsed::Text("\n".into()),
                 call("get_time", "{}"),
             ]
         );
+    }
+
+    #[test]
+    fn hermes_arguments_stream_in_fragments() {
+        let mut p = HermesParser::default();
+        let mut events = Vec::new();
+        for piece in [
+            "<tool_call>\n{\"name\": \"get_weather\", ",
+            "\"arguments\": {\"city\": ",
+            "\"Sofia\", \"unit\": ",
+            "\"celsius\"}}\n</tool_call>",
+        ] {
+            events.extend(p.push(piece));
+        }
+        assert_eq!(
+            events[0],
+            Parsed::CallStart {
+                name: "get_weather".into()
+            }
+        );
+        let fragments: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Parsed::CallArgs(f) => Some(f.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(fragments.len() >= 3, "{fragments:?}");
+        assert_eq!(
+            fragments.concat(),
+            "{\"city\": \"Sofia\", \"unit\": \"celsius\"}"
+        );
+        assert_eq!(events.last(), Some(&Parsed::CallEnd));
     }
 
     #[test]
