@@ -108,12 +108,12 @@ def test_every_tool_choice(model_fixture, request):
     # One call: SmolLM2 would otherwise write up to four and may hit max_tokens mid-call
     # (parallel calls are tested on Qwen below).
     r = client.chat.completions.create(
-        model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False, max_tokens=300
+        model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False, max_tokens=300, temperature=0
     )
     check_calls(r.choices[0].message.tool_calls)
     assert r.choices[0].finish_reason == "tool_calls"
     named = {"type": "function", "function": {"name": "get_time"}}
-    r = client.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice=named, max_tokens=200)
+    r = client.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice=named, max_tokens=300, temperature=0)
     check_calls(r.choices[0].message.tool_calls, ("get_time",))
     r = client.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice="none", max_tokens=40)
     assert not r.choices[0].message.tool_calls and r.choices[0].message.content
