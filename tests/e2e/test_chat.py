@@ -308,3 +308,13 @@ def test_several_models_are_listed_and_chosen_by_name(tiny_server):
         r = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
         assert r.model == name and r.choices[0].finish_reason in ("stop", "length")
     assert client.models.retrieve("tiny-b").model_extra["context_length"] == 2048
+
+
+def test_gigachat_tokens_count(server):
+    text = "And the silken, sad, uncertain rustling of each purple curtain"
+    r = requests.post(server.url + "/api/v1/tokens/count", headers={"Authorization": f"Bearer {KEY}"}, json={"model": MODEL, "input": [text, "Кога е основан Софийският университет?"]})
+    assert r.status_code == 200, r.text
+    counts = r.json()
+    assert [c["object"] for c in counts] == ["tokens", "tokens"]
+    assert counts[0]["characters"] == len(text) and 5 < counts[0]["tokens"] < len(text)
+    assert counts[1]["tokens"] > counts[1]["characters"] // 4

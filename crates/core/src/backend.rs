@@ -37,4 +37,10 @@ pub trait Backend: Send + Sync {
     /// Starts generating. Errors that are known before the first token (bad input for
     /// this model, a full queue) come back here, so they can still be a plain HTTP error.
     async fn chat(&self, request: ChatRequest) -> Result<EventStream, Error>;
+
+    /// Tokens in each text, as this model counts them (GigaChat's `POST /tokens/count`).
+    async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
+        let _ = texts;
+        Err(Error::invalid("this model cannot count tokens").with_code("unsupported"))
+    }
 }

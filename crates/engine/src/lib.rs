@@ -310,6 +310,15 @@ impl LocalModel {
 
 #[async_trait]
 impl Backend for LocalModel {
+    async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
+        // Plain text, as a caller would send it: no BOS, special-token text not parsed.
+        let vocab = self.model.vocab();
+        Ok(texts
+            .iter()
+            .map(|t| vocab.tokenize(t.as_bytes(), false, false).len() as u32)
+            .collect())
+    }
+
     async fn chat(&self, req: ChatRequest) -> Result<EventStream, Error> {
         self.check_supported(&req)?;
         let tools_active = !req.tools.is_empty() && req.tool_choice != ToolChoice::None;

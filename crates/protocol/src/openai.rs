@@ -392,6 +392,21 @@ pub struct Model {
     pub extra: Map<String, Value>,
 }
 
+// ---- token counting (GigaChat `POST /tokens/count`) ----
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokensCountRequest {
+    pub model: String,
+    pub input: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokensCount {
+    pub object: String,
+    pub tokens: u32,
+    pub characters: u32,
+}
+
 // ---- errors ----
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

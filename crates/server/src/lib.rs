@@ -50,6 +50,7 @@ fn api_routes() -> HttpRouter<Arc<AppState>> {
         .route("/chat/completions", post(openai::chat_completions))
         .route("/models", get(openai::list_models))
         .route("/models/{*id}", get(openai::get_model))
+        .route("/tokens/count", post(openai::count_tokens))
 }
 
 pub fn build_router(state: Arc<AppState>) -> HttpRouter {

@@ -59,6 +59,13 @@ impl Backend for Scripted {
         }
         Ok(Box::pin(futures::stream::iter(events)))
     }
+
+    async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
+        Ok(texts
+            .iter()
+            .map(|t| t.split_whitespace().count() as u32)
+            .collect())
+    }
 }
 
 fn app_with(
@@ -438,4 +445,34 @@ async fn gigachat_update_interval_coalesces_text() {
         .filter(|s| !s.is_empty())
         .collect();
     assert_eq!(contents, vec!["Hello".to_string()]);
+}
+
+#[tokio::test]
+async fn gigachat_tokens_count() {
+    let body =
+        json!({"model": "m", "input": ["And the silken, sad, uncertain rustling", "Здравей свят"]});
+    let (status, _, text) = send(app(), post("/api/v1/tokens/count", body)).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v,
+        json!([
+            {"object": "tokens", "tokens": 6, "characters": 39},
+            {"object": "tokens", "tokens": 2, "characters": 12},
+        ])
+    );
+    let (status, _, text) = send(
+        app(),
+        post("/v1/tokens/count", json!({"model": "nope", "input": ["x"]})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_openai_error(&text, Some("model_not_found"));
+    let (status, _, text) = send(
+        app(),
+        post("/v1/tokens/count", json!({"model": "m", "input": "x"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(assert_openai_error(&text, None)["error"]["param"], "input");
 }

@@ -127,6 +127,28 @@ pub async fn get_model(
     Ok(Json(model_object(&route.info)))
 }
 
+/// GigaChat's `POST /tokens/count`: `{model, input: [strings]}` -> one count per string.
+pub async fn count_tokens(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Vec<wire::TokensCount>>, ApiError> {
+    let bytes = read_limited(body, state.body_limit).await?;
+    let req: wire::TokensCountRequest = parse_json(&bytes)?;
+    let route = state.router.resolve(&req.model)?;
+    let counts = route.backend.count_tokens(&req.input).await?;
+    Ok(Json(
+        req.input
+            .iter()
+            .zip(counts)
+            .map(|(text, tokens)| wire::TokensCount {
+                object: "tokens".into(),
+                tokens,
+                characters: text.chars().count() as u32,
+            })
+            .collect(),
+    ))
+}
+
 pub async fn not_found() -> ApiError {
     ApiError(
         Error::new(
