@@ -323,7 +323,7 @@ impl Backend for LocalModel {
         self.check_supported(&req)?;
         let tools_active = !req.tools.is_empty() && req.tool_choice != ToolChoice::None;
         let prompt_text = self.render(&req, tools_active)?;
-        let constraint = self.constrainer.for_request(&req)?;
+        let mut constraint = self.constrainer.for_request(&req)?;
         let prompt = self.tokenize(&prompt_text);
         if prompt.is_empty() {
             return Err(Error::invalid_param("messages", "the prompt is empty"));
@@ -354,7 +354,13 @@ impl Backend for LocalModel {
         self.reserve(groups.len())?;
         let enqueued = Instant::now();
         let mut receivers = Vec::with_capacity(groups.len());
-        for group in &groups {
+        for (g, group) in groups.iter().enumerate() {
+            // Each job needs its own matcher; the last one takes the compiled original.
+            let constraint = if g + 1 == groups.len() {
+                constraint.take()
+            } else {
+                constraint.as_ref().map(llguidance::Matcher::deep_clone)
+            };
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let job = Job {
                 prompt: prompt.clone(),
@@ -364,7 +370,7 @@ impl Backend for LocalModel {
                 max_tokens,
                 stop: req.stop.clone(),
                 ignore_eos: req.ignore_eos,
-                constraint: constraint.as_ref().map(llguidance::Matcher::deep_clone),
+                constraint,
                 logprobs: req.logprobs,
                 tx,
                 enqueued,

@@ -233,7 +233,7 @@ impl<'m> Worker<'m> {
         }
     }
 
-    fn start(&mut self, job: Job, free: Vec<usize>) {
+    fn start(&mut self, mut job: Job, free: Vec<usize>) {
         let id = self.next_job;
         self.next_job += 1;
 
@@ -299,7 +299,12 @@ impl<'m> Worker<'m> {
                 ignore_eos: job.ignore_eos,
                 seed: job.seed.wrapping_add(u64::from(choice)) as u32,
                 penalty_window: self.cfg.ctx_per_seq as i32,
-                constraint: job.constraint.as_ref().map(Matcher::deep_clone),
+                // Every choice needs its own matcher; the last one takes the job's.
+                constraint: if k + 1 == members.len() {
+                    job.constraint.take()
+                } else {
+                    job.constraint.as_ref().map(Matcher::deep_clone)
+                },
             };
             let slot = &mut self.slots[slot_idx];
             slot.run = Some(Run {
