@@ -73,6 +73,9 @@ pub struct Error {
     pub code: Option<String>,
     /// Seconds a client should wait before retrying (sent as `Retry-After`).
     pub retry_after: Option<u64>,
+    /// Worth trying again, here or on another deployment (connect errors, timeouts,
+    /// 429 and 5xx from an upstream); bad input never is.
+    pub retryable: bool,
 }
 
 impl Error {
@@ -83,6 +86,7 @@ impl Error {
             param: None,
             code: None,
             retry_after: None,
+            retryable: false,
         }
     }
 
@@ -120,6 +124,11 @@ impl Error {
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn retryable(mut self) -> Self {
+        self.retryable = true;
         self
     }
 

@@ -5,6 +5,8 @@ pub mod backend;
 pub mod collect;
 pub mod error;
 pub mod ir;
+pub mod pool;
+pub mod preset;
 pub mod router;
 pub mod template;
 pub mod tools;

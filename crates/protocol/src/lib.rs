@@ -1,4 +1,6 @@
 //! Wire types only: what each public API puts on the wire, as serde types.
 //! No behaviour lives here; `parlance-core` maps these to and from its IR.
 
+pub mod anthropic;
+pub mod gemini;
 pub mod openai;

@@ -1,0 +1,300 @@
+//! A public model served by several deployments: weighted or least-in-flight balancing,
+//! retries with backoff before the first event reaches the caller, ordered fallback
+//! models, and a per-deployment circuit breaker. It is itself a [`Backend`], so the
+//! front door cannot tell it from a single model.
+
+use crate::backend::{Backend, EventStream};
+use crate::error::{Error, ErrorKind};
+use crate::ir::ChatRequest;
+use async_trait::async_trait;
+use futures::StreamExt;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Random, in proportion to each deployment's weight.
+    #[default]
+    Weighted,
+    /// The deployment with the fewest requests in flight per unit of weight.
+    LeastInFlight,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolPolicy {
+    pub balance: Balance,
+    /// Attempts after the first, across deployments, before falling back.
+    pub retries: u32,
+    /// First retry waits this long, doubling each time up to `backoff_max`.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    /// Consecutive failures that put a deployment in cooldown.
+    pub failure_threshold: u32,
+    pub cooldown: Duration,
+}
+
+impl Default for PoolPolicy {
+    fn default() -> Self {
+        PoolPolicy {
+            balance: Balance::Weighted,
+            retries: 2,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Deployment {
+    /// For logs and errors, e.g. `openai/gpt-4o` or `local/smollm2`.
+    pub name: String,
+    pub backend: Arc<dyn Backend>,
+    pub weight: u32,
+}
+
+struct Slot {
+    d: Deployment,
+    in_flight: Arc<AtomicUsize>,
+    failures: AtomicU32,
+    cooldown_until: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    fn cooling(&self, now: Instant) -> bool {
+        self.cooldown_until
+            .lock()
+            .map(|c| c.is_some_and(|until| until > now))
+            .unwrap_or(false)
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        if let Ok(mut c) = self.cooldown_until.lock() {
+            *c = None;
+        }
+    }
+
+    fn failed(&self, cooldown: Duration, threshold: u32) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        // Past the threshold every failure (including the half-open probe after a
+        // cooldown) starts a new cooldown.
+        if n >= threshold.max(1) {
+            if let Ok(mut c) = self.cooldown_until.lock() {
+                *c = Some(Instant::now() + cooldown);
+            }
+            tracing::warn!(
+                deployment = %self.d.name,
+                failures = n,
+                "deployment cooling down for {:?}",
+                cooldown
+            );
+        }
+    }
+}
+
+pub struct Pool {
+    model: String,
+    slots: Vec<Slot>,
+    policy: PoolPolicy,
+    /// Set after every pool is built, since fallbacks may name models defined later.
+    fallbacks: OnceLock<Vec<Arc<Pool>>>,
+}
+
+/// Decrements a deployment's in-flight count when the request's stream is dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pool {
+    pub fn new(model: impl Into<String>, deployments: Vec<Deployment>, policy: PoolPolicy) -> Self {
+        Pool {
+            model: model.into(),
+            slots: deployments
+                .into_iter()
+                .map(|d| Slot {
+                    d,
+                    in_flight: Arc::new(AtomicUsize::new(0)),
+                    failures: AtomicU32::new(0),
+                    cooldown_until: Mutex::new(None),
+                })
+                .collect(),
+            policy,
+            fallbacks: OnceLock::new(),
+        }
+    }
+
+    pub fn set_fallbacks(&self, fallbacks: Vec<Arc<Pool>>) {
+        let _ = self.fallbacks.set(fallbacks);
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Requests in flight per deployment, in configuration order.
+    pub fn in_flight(&self) -> Vec<usize> {
+        self.slots
+            .iter()
+            .map(|s| s.in_flight.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Picks among deployments not cooling down, preferring ones not yet tried; when
+    /// all are cooling down, the one whose cooldown ends first (a half-open probe).
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let now = Instant::now();
+        let healthy: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| !self.slots[i].cooling(now) && self.slots[i].d.weight > 0)
+            .collect();
+        let fresh: Vec<usize> = healthy
+            .iter()
+            .copied()
+            .filter(|i| !tried.contains(i))
+            .collect();
+        let candidates = if !fresh.is_empty() {
+            fresh
+        } else if !healthy.is_empty() {
+            healthy
+        } else {
+            // Everything is cooling down: probe the one closest to recovery.
+            return (0..self.slots.len())
+                .filter(|i| !tried.contains(i))
+                .min_by_key(|&i| *self.slots[i].cooldown_until.lock().ok()?);
+        };
+        Some(match self.policy.balance {
+            Balance::Weighted => self.weighted(&candidates),
+            Balance::LeastInFlight => {
+                let load = |i: usize| {
+                    let s = &self.slots[i];
+                    s.in_flight.load(Ordering::Relaxed) as f64 / s.d.weight.max(1) as f64
+                };
+                let best = candidates
+                    .iter()
+                    .map(|&i| load(i))
+                    .fold(f64::INFINITY, f64::min);
+                let tied: Vec<usize> = candidates
+                    .into_iter()
+                    .filter(|&i| load(i) <= best)
+                    .collect();
+                self.weighted(&tied)
+            }
+        })
+    }
+
+    fn weighted(&self, candidates: &[usize]) -> usize {
+        let total: u64 = candidates
+            .iter()
+            .map(|&i| self.slots[i].d.weight.max(1) as u64)
+            .sum();
+        let mut r = rand::random_range(0..total.max(1));
+        for &i in candidates {
+            let w = self.slots[i].d.weight.max(1) as u64;
+            if r < w {
+                return i;
+            }
+            r -= w;
+        }
+        candidates[0]
+    }
+
+    /// Tries deployments (with retries) but not fallbacks; a stream is returned only
+    /// once its first event arrived, so every failure before it can still be retried.
+    async fn try_deployments(&self, request: &ChatRequest) -> Result<EventStream, Error> {
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last: Option<Error> = None;
+        for attempt in 0..=self.policy.retries {
+            let Some(i) = self.pick(&tried) else { break };
+            if attempt > 0 {
+                let wait = self
+                    .policy
+                    .backoff
+                    .saturating_mul(1 << (attempt - 1).min(16))
+                    .min(self.policy.backoff_max);
+                let hinted = last
+                    .as_ref()
+                    .and_then(|e| e.retry_after)
+                    .map(Duration::from_secs)
+                    .unwrap_or_default()
+                    .min(self.policy.backoff_max);
+                tokio::time::sleep(wait.max(hinted)).await;
+            }
+            tried.push(i);
+            let slot = &self.slots[i];
+            slot.in_flight.fetch_add(1, Ordering::Relaxed);
+            let guard = InFlight(Arc::clone(&slot.in_flight));
+            match first_event(slot.d.backend.chat(request.clone()).await).await {
+                Ok(stream) => {
+                    slot.succeeded();
+                    return Ok(Box::pin(stream.map(move |item| {
+                        let _ = &guard;
+                        item
+                    })));
+                }
+                Err(e) => {
+                    drop(guard);
+                    if !e.retryable {
+                        return Err(e);
+                    }
+                    slot.failed(self.policy.cooldown, self.policy.failure_threshold);
+                    tracing::warn!(model = %self.model, deployment = %slot.d.name, attempt, error = %e, "deployment failed");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("model `{}` has no deployment available", self.model),
+            )
+            .retryable()
+        }))
+    }
+}
+
+/// Waits for a stream's first event: an error there counts as the call failing.
+async fn first_event(started: Result<EventStream, Error>) -> Result<EventStream, Error> {
+    let mut stream = started?;
+    match stream.next().await {
+        Some(Ok(ev)) => Ok(Box::pin(futures::stream::iter([Ok(ev)]).chain(stream))),
+        Some(Err(e)) => Err(e),
+        None => Err(Error::new(
+            ErrorKind::Upstream,
+            "the backend ended its answer before any content",
+        )
+        .retryable()),
+    }
+}
+
+#[async_trait]
+impl Backend for Pool {
+    async fn chat(&self, request: ChatRequest) -> Result<EventStream, Error> {
+        let err = match self.try_deployments(&request).await {
+            Ok(s) => return Ok(s),
+            Err(e) if !e.retryable => return Err(e),
+            Err(e) => e,
+        };
+        // Fallback models use their own deployments, never their own fallbacks: no cycles.
+        for fb in self.fallbacks.get().map(Vec::as_slice).unwrap_or_default() {
+            tracing::warn!(model = %self.model, fallback = %fb.model, "falling back");
+            match fb.try_deployments(&request).await {
+                Ok(s) => return Ok(s),
+                Err(e) if !e.retryable => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Err(err)
+    }
+
+    async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
+        match self.slots.first() {
+            Some(s) => s.d.backend.count_tokens(texts).await,
+            None => Err(Error::model_not_found(&self.model)),
+        }
+    }
+}

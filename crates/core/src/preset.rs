@@ -1,0 +1,140 @@
+//! Per-model defaults and NEXTgpt-style "use cases": a catalog entry that is a model
+//! plus a system prompt and default parameters, served under its own name. Defaults only
+//! fill what the caller left unset.
+
+use crate::backend::{Backend, EventStream};
+use crate::error::Error;
+use crate::ir::{ChatRequest, ContentPart, Message, Role, SamplingParams};
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Defaults {
+    pub sampling: SamplingParams,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    /// Extension parameters passed to upstreams unless the caller set them.
+    pub extra: Map<String, Value>,
+}
+
+impl Defaults {
+    pub fn is_empty(&self) -> bool {
+        *self == Defaults::default()
+    }
+
+    pub fn apply(&self, req: &mut ChatRequest) {
+        let (s, d) = (&mut req.sampling, &self.sampling);
+        s.temperature = s.temperature.or(d.temperature);
+        s.top_p = s.top_p.or(d.top_p);
+        s.top_k = s.top_k.or(d.top_k);
+        s.min_p = s.min_p.or(d.min_p);
+        s.presence_penalty = s.presence_penalty.or(d.presence_penalty);
+        s.frequency_penalty = s.frequency_penalty.or(d.frequency_penalty);
+        s.repetition_penalty = s.repetition_penalty.or(d.repetition_penalty);
+        s.seed = s.seed.or(d.seed);
+        req.max_tokens = req.max_tokens.or(self.max_tokens);
+        if req.stop.is_empty() {
+            req.stop = self.stop.clone();
+        }
+        for (k, v) in &self.extra {
+            req.extra.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+}
+
+pub struct Preset {
+    inner: Arc<dyn Backend>,
+    system_prompt: Option<String>,
+    defaults: Defaults,
+}
+
+impl Preset {
+    pub fn new(inner: Arc<dyn Backend>, system_prompt: Option<String>, defaults: Defaults) -> Self {
+        Preset {
+            inner,
+            system_prompt,
+            defaults,
+        }
+    }
+
+    pub fn apply(&self, req: &mut ChatRequest) {
+        self.defaults.apply(req);
+        if let Some(prompt) = &self.system_prompt {
+            // One system message: many chat templates accept only one, and first.
+            match req.messages.first_mut() {
+                Some(first) if first.role == Role::System => {
+                    first
+                        .content
+                        .insert(0, ContentPart::Text(format!("{prompt}\n\n")));
+                }
+                _ => req
+                    .messages
+                    .insert(0, Message::text(Role::System, prompt.clone())),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Preset {
+    async fn chat(&self, mut request: ChatRequest) -> Result<EventStream, Error> {
+        self.apply(&mut request);
+        self.inner.chat(request).await
+    }
+
+    async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
+        self.inner.count_tokens(texts).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_only_unset_fields_and_prompt_merges_into_system() {
+        let mut d = Defaults::default();
+        d.sampling.temperature = Some(0.87);
+        d.sampling.top_p = Some(0.47);
+        d.max_tokens = Some(512);
+        let p = Preset {
+            inner: Arc::new(Nothing),
+            system_prompt: Some("You are a travel agent.".into()),
+            defaults: d,
+        };
+        let mut req = ChatRequest {
+            messages: vec![Message::text(Role::User, "hi")],
+            ..Default::default()
+        };
+        req.sampling.temperature = Some(0.1);
+        p.apply(&mut req);
+        assert_eq!(req.sampling.temperature, Some(0.1));
+        assert_eq!(req.sampling.top_p, Some(0.47));
+        assert_eq!(req.max_tokens, Some(512));
+        assert_eq!(req.messages[0].role, Role::System);
+        assert_eq!(req.messages[0].joined_text(), "You are a travel agent.");
+
+        let mut req = ChatRequest {
+            messages: vec![
+                Message::text(Role::System, "Be brief."),
+                Message::text(Role::User, "hi"),
+            ],
+            ..Default::default()
+        };
+        p.apply(&mut req);
+        assert_eq!(req.messages.len(), 2);
+        assert_eq!(
+            req.messages[0].joined_text(),
+            "You are a travel agent.\n\nBe brief."
+        );
+    }
+
+    struct Nothing;
+    #[async_trait]
+    impl Backend for Nothing {
+        async fn chat(&self, _: ChatRequest) -> Result<EventStream, Error> {
+            Err(Error::internal("unused"))
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Anthropic's native Messages API as an upstream.
+
+use crate::dialect::{parse_json, AuthStyle, Call, Dialect, StreamMapper};
+use crate::sse::SseEvent;
+use parlance_core::ir::{
+    ChatRequest, ContentPart, Delta, FinishReason, ImageSource, Message, ResponseFormat, Role,
+    StreamEvent, ToolCallDelta, ToolChoice, Usage,
+};
+use parlance_core::{Error, ErrorKind};
+use parlance_protocol::anthropic as wire;
+use serde_json::{json, Value};
+
+pub struct AnthropicDialect;
+
+/// Anthropic requires `max_tokens`; this is used when the caller gives none.
+const DEFAULT_MAX_TOKENS: u32 = 4096;
+pub const API_VERSION: &str = "2023-06-01";
+
+fn blocks(m: &Message) -> Vec<wire::ContentBlock> {
+    let mut out = Vec::new();
+    for p in &m.content {
+        match p {
+            ContentPart::Text(t) if t.is_empty() => {}
+            ContentPart::Text(t) => out.push(wire::ContentBlock::Text { text: t.clone() }),
+            ContentPart::Image(ImageSource::Base64 { media_type, data }) => {
+                out.push(wire::ContentBlock::Image {
+                    source: wire::ImageSource::Base64 {
+                        media_type: media_type.clone(),
+                        data: data.clone(),
+                    },
+                })
+            }
+            ContentPart::Image(ImageSource::Url(url)) => out.push(wire::ContentBlock::Image {
+                source: wire::ImageSource::Url { url: url.clone() },
+            }),
+        }
+    }
+    out
+}
+
+fn messages(req: &ChatRequest) -> (Option<String>, Vec<wire::Message>) {
+    let mut system: Vec<String> = Vec::new();
+    let mut out: Vec<wire::Message> = Vec::new();
+    for m in &req.messages {
+        let (role, content) = match m.role {
+            Role::System => {
+                system.push(m.joined_text());
+                continue;
+            }
+            Role::User => ("user", blocks(m)),
+            Role::Assistant => {
+                let mut b = blocks(m);
+                for c in &m.tool_calls {
+                    b.push(wire::ContentBlock::ToolUse {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        input: serde_json::from_str(&c.arguments).unwrap_or(json!({})),
+                    });
+                }
+                ("assistant", b)
+            }
+            Role::Tool => (
+                "user",
+                vec![wire::ContentBlock::ToolResult {
+                    tool_use_id: m.tool_call_id.clone().unwrap_or_default(),
+                    content: Some(Value::String(m.joined_text())),
+                    is_error: None,
+                }],
+            ),
+        };
+        // Roles must alternate: consecutive turns of one role (parallel tool results) merge.
+        match out.last_mut() {
+            Some(last) if last.role == role => {
+                if let wire::Content::Blocks(b) = &mut last.content {
+                    b.extend(content);
+                }
+            }
+            _ => out.push(wire::Message {
+                role: role.to_string(),
+                content: wire::Content::Blocks(content),
+            }),
+        }
+    }
+    let system = (!system.is_empty()).then(|| system.join("\n\n"));
+    (system, out)
+}
+
+impl Dialect for AnthropicDialect {
+    fn build(&self, base_url: &str, model: &str, req: &ChatRequest) -> Result<Call, Error> {
+        if req.n > 1 {
+            return Err(Error::invalid_param(
+                "n",
+                "this model's provider (Anthropic) returns one choice per request: n must be 1",
+            ));
+        }
+        let (mut system, messages) = messages(req);
+        let mut body = wire::MessagesRequest {
+            model: model.to_string(),
+            max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            messages,
+            temperature: req.sampling.temperature,
+            top_p: req.sampling.top_p,
+            top_k: req.sampling.top_k.filter(|&k| k > 0),
+            stop_sequences: req.stop.clone(),
+            stream: req.stream.then_some(true),
+            ..Default::default()
+        };
+        let no_parallel = (!req.parallel_tool_calls).then_some(true);
+        if !req.tools.is_empty() {
+            body.tools = req
+                .tools
+                .iter()
+                .map(|t| wire::Tool {
+                    name: t.name.clone(),
+                    description: t.description.clone(),
+                    input_schema: t.parameters.clone(),
+                })
+                .collect();
+            body.tool_choice = Some(match &req.tool_choice {
+                ToolChoice::Auto => wire::ToolChoice::Auto {
+                    disable_parallel_tool_use: no_parallel,
+                },
+                ToolChoice::Required => wire::ToolChoice::Any {
+                    disable_parallel_tool_use: no_parallel,
+                },
+                ToolChoice::Named(name) => wire::ToolChoice::Tool {
+                    name: name.clone(),
+                    disable_parallel_tool_use: no_parallel,
+                },
+                ToolChoice::None => wire::ToolChoice::None,
+            });
+        }
+        match &req.response_format {
+            ResponseFormat::Text => {}
+            ResponseFormat::JsonObject => {
+                let rule = "Answer with one JSON object and nothing else.";
+                system = Some(match system {
+                    Some(s) => format!("{s}\n\n{rule}"),
+                    None => rule.to_string(),
+                });
+            }
+            ResponseFormat::JsonSchema { schema, .. } => {
+                body.extra.insert(
+                    "output_format".into(),
+                    json!({"type": "json_schema", "schema": schema}),
+                );
+            }
+            ResponseFormat::Grammar(_) => {
+                return Err(Error::invalid_param(
+                    "grammar",
+                    "this model's provider (Anthropic) does not take grammars",
+                ))
+            }
+        }
+        body.system = system.map(Value::String);
+        if let Some(user) = &req.user {
+            body.metadata = Some(json!({"user_id": user}));
+        }
+        body.thinking = req.extra.get("thinking").cloned().or_else(|| {
+            let budget = match req.extra.get("reasoning_effort")?.as_str()? {
+                "low" | "minimal" => 1024,
+                "medium" => 4096,
+                "high" => 16384,
+                _ => return None,
+            };
+            Some(json!({"type": "enabled", "budget_tokens": budget}))
+        });
+        for key in ["metadata", "service_tier", "top_k"] {
+            if let Some(v) = req.extra.get(key) {
+                body.extra.insert(key.into(), v.clone());
+            }
+        }
+        Ok(Call {
+            url: format!("{base_url}/messages"),
+            body: serde_json::to_value(&body).map_err(|e| Error::internal(e.to_string()))?,
+            auth: AuthStyle::XApiKey,
+            extra_headers: vec![("anthropic-version", API_VERSION.to_string())],
+        })
+    }
+
+    fn parse_body(&self, body: &[u8], _n: u32) -> Result<Vec<StreamEvent>, Error> {
+        let resp: wire::MessagesResponse = parse_json(body, "Messages response")?;
+        let mut delta = Delta::default();
+        for b in resp.content {
+            match b {
+                wire::ContentBlock::Text { text } => delta.content.push_str(&text),
+                wire::ContentBlock::Thinking { thinking, .. } => {
+                    delta.reasoning.push_str(&thinking)
+                }
+                wire::ContentBlock::ToolUse { id, name, input } => {
+                    delta.tool_calls.push(ToolCallDelta {
+                        index: delta.tool_calls.len() as u32,
+                        id: Some(id),
+                        name: Some(name),
+                        arguments: input.to_string(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        if !delta.is_empty() {
+            out.push(StreamEvent::Delta { index: 0, delta });
+        }
+        out.push(StreamEvent::Finish {
+            index: 0,
+            reason: finish_reason(resp.stop_reason.as_deref()),
+        });
+        out.push(StreamEvent::Usage(usage(
+            &resp.usage,
+            resp.usage.output_tokens,
+        )));
+        Ok(out)
+    }
+
+    fn stream_mapper(&self, _n: u32) -> Box<dyn StreamMapper> {
+        Box::new(EventMapper::default())
+    }
+}
+
+fn finish_reason(r: Option<&str>) -> FinishReason {
+    match r {
+        Some("max_tokens") | Some("model_context_window_exceeded") => FinishReason::Length,
+        Some("tool_use") => FinishReason::ToolCalls,
+        Some("refusal") => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
+    }
+}
+
+fn usage(u: &wire::Usage, output: u32) -> Usage {
+    let read = u.cache_read_input_tokens.unwrap_or(0);
+    Usage {
+        prompt_tokens: u.input_tokens + read + u.cache_creation_input_tokens.unwrap_or(0),
+        completion_tokens: output,
+        cached_tokens: read,
+        reasoning_tokens: 0,
+    }
+}
+
+#[derive(Default)]
+struct EventMapper {
+    /// Content block index -> tool call index, for `input_json_delta`s.
+    tool_blocks: Vec<(u32, u32)>,
+    input: wire::Usage,
+    output: u32,
+    stop: Option<String>,
+    finished: bool,
+}
+
+impl StreamMapper for EventMapper {
+    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, Error> {
+        if ev.data.trim().is_empty() {
+            return Ok(false);
+        }
+        let event: wire::StreamEvent = parse_json(ev.data.as_bytes(), "stream event")?;
+        let mut delta = Delta::default();
+        match event {
+            wire::StreamEvent::MessageStart { message } => self.input = message.usage,
+            wire::StreamEvent::ContentBlockStart {
+                index,
+                content_block,
+            } => match content_block {
+                wire::ContentBlock::ToolUse { id, name, .. } => {
+                    let k = self.tool_blocks.len() as u32;
+                    self.tool_blocks.push((index, k));
+                    delta.tool_calls.push(ToolCallDelta {
+                        index: k,
+                        id: Some(id),
+                        name: Some(name),
+                        arguments: String::new(),
+                    });
+                }
+                wire::ContentBlock::Text { text } => delta.content = text,
+                wire::ContentBlock::Thinking { thinking, .. } => delta.reasoning = thinking,
+                _ => {}
+            },
+            wire::StreamEvent::ContentBlockDelta { index, delta: d } => match d {
+                wire::BlockDelta::TextDelta { text } => delta.content = text,
+                wire::BlockDelta::ThinkingDelta { thinking } => delta.reasoning = thinking,
+                wire::BlockDelta::InputJsonDelta { partial_json } => {
+                    let k = self
+                        .tool_blocks
+                        .iter()
+                        .find(|(b, _)| *b == index)
+                        .map(|&(_, k)| k)
+                        .ok_or_else(|| {
+                            Error::new(
+                                ErrorKind::Upstream,
+                                "tool input for a block that never started",
+                            )
+                        })?;
+                    delta.tool_calls.push(ToolCallDelta {
+                        index: k,
+                        id: None,
+                        name: None,
+                        arguments: partial_json,
+                    });
+                }
+                wire::BlockDelta::SignatureDelta { .. } => {}
+            },
+            wire::StreamEvent::MessageDelta { delta: d, usage } => {
+                if d.stop_reason.is_some() {
+                    self.stop = d.stop_reason;
+                }
+                if let Some(u) = usage {
+                    self.output = u.output_tokens;
+                }
+            }
+            wire::StreamEvent::MessageStop => {
+                out.push(StreamEvent::Finish {
+                    index: 0,
+                    reason: finish_reason(self.stop.as_deref()),
+                });
+                self.finished = true;
+                return Ok(true);
+            }
+            wire::StreamEvent::ContentBlockStop { .. } | wire::StreamEvent::Ping => {}
+            wire::StreamEvent::Error { error } => {
+                let e = Error::new(
+                    ErrorKind::Upstream,
+                    format!("error in stream: {} ({})", error.message, error.kind),
+                );
+                return Err(if error.kind == "overloaded_error" {
+                    e.retryable()
+                } else {
+                    e
+                });
+            }
+        }
+        if !delta.is_empty() {
+            out.push(StreamEvent::Delta { index: 0, delta });
+        }
+        Ok(false)
+    }
+
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
+        if !self.finished {
+            return Err(Error::new(
+                ErrorKind::Upstream,
+                "stream ended before message_stop",
+            ));
+        }
+        out.push(StreamEvent::Usage(usage(&self.input, self.output)));
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! GigaChat's OAuth 2.0 client-credentials flow: the configured authorization key is
+//! exchanged for an access token (~30 min), cached, and refreshed a minute before it
+//! expires, or at once when the API answers 401.
+
+use crate::GigaChatAuth;
+use parlance_core::{Error, ErrorKind};
+use serde::Deserialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
+
+/// Refresh this long before the token's stated expiry.
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    /// Unix milliseconds.
+    expires_at: u64,
+}
+
+struct Token {
+    value: String,
+    expires_at_ms: u64,
+}
+
+pub struct TokenSource {
+    auth: GigaChatAuth,
+    current: Mutex<Option<Token>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl TokenSource {
+    pub fn new(auth: GigaChatAuth) -> Self {
+        TokenSource {
+            auth,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// A token valid for at least the refresh margin; `force` discards the cached one
+    /// (the API just rejected it).
+    pub async fn token(
+        &self,
+        client: &reqwest::Client,
+        key: &str,
+        provider: &str,
+        force: bool,
+    ) -> Result<String, Error> {
+        let mut current = self.current.lock().await;
+        if let Some(t) = current.as_ref() {
+            let fresh = t.expires_at_ms > now_ms() + REFRESH_MARGIN.as_millis() as u64;
+            if fresh && !force {
+                return Ok(t.value.clone());
+            }
+        }
+        let fail = |msg: String| {
+            Error::new(
+                ErrorKind::Upstream,
+                format!("upstream `{provider}`: getting an access token failed: {msg}"),
+            )
+            .with_code("upstream_auth_failed")
+        };
+        let resp = client
+            .post(&self.auth.auth_url)
+            .header("Authorization", format!("Basic {key}"))
+            .header("RqUID", uuid::Uuid::new_v4().to_string())
+            .header("Accept", "application/json")
+            .form(&[("scope", self.auth.scope.as_str())])
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()).retryable())?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| fail(e.to_string()).retryable())?;
+        if !status.is_success() {
+            let e = fail(format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            ));
+            return Err(if status.is_server_error() {
+                e.retryable()
+            } else {
+                e
+            });
+        }
+        let t: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| fail(format!("unexpected token response: {e}")))?;
+        let value = t.access_token.clone();
+        *current = Some(Token {
+            value: t.access_token,
+            expires_at_ms: t.expires_at,
+        });
+        Ok(value)
+    }
+}

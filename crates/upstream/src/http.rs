@@ -1,0 +1,209 @@
+//! Sending a [`Call`] and turning HTTP failures into clear, classified errors.
+
+use crate::dialect::{AuthStyle, Call, StreamMapper};
+use crate::sse::SseDecoder;
+use crate::Provider;
+use futures::StreamExt;
+use parlance_core::{Error, ErrorKind, EventStream};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// Error bodies are read up to this size; the rest is not worth holding.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+pub async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error> {
+    let body = serde_json::to_vec(&call.body).map_err(|e| Error::internal(e.to_string()))?;
+    let mut refreshed = false;
+    loop {
+        let mut rb = p
+            .client
+            .post(&call.url)
+            .headers(p.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.clone());
+        for (k, v) in &call.extra_headers {
+            rb = rb.header(*k, v);
+        }
+        if let Some(key) = p.credential(refreshed).await? {
+            rb = match call.auth {
+                AuthStyle::Bearer => rb.bearer_auth(key),
+                AuthStyle::XApiKey => rb.header("x-api-key", key),
+                AuthStyle::GoogApiKey => rb.header("x-goog-api-key", key),
+            };
+        }
+        let resp = rb.send().await.map_err(|e| transport_error(p, &e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        // An access token can expire between our refresh check and the upstream's: once.
+        if status == StatusCode::UNAUTHORIZED && p.token.is_some() && !refreshed {
+            refreshed = true;
+            continue;
+        }
+        return Err(status_error(p, resp).await);
+    }
+}
+
+pub async fn read_body(p: &Provider, resp: reqwest::Response) -> Result<bytes::Bytes, Error> {
+    resp.bytes().await.map_err(|e| transport_error(p, &e))
+}
+
+fn transport_error(p: &Provider, e: &reqwest::Error) -> Error {
+    let name = &p.cfg.name;
+    let mut detail = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        detail = format!("{detail}: {s}");
+        src = s.source();
+    }
+    if e.is_timeout() {
+        Error::new(
+            ErrorKind::Timeout,
+            format!("upstream `{name}` timed out: {detail}"),
+        )
+        .retryable()
+    } else if e.is_connect() {
+        Error::new(
+            ErrorKind::Upstream,
+            format!("cannot connect to upstream `{name}`: {detail}"),
+        )
+        .with_code("upstream_unreachable")
+        .retryable()
+    } else {
+        Error::new(
+            ErrorKind::Upstream,
+            format!("upstream `{name}` connection failed: {detail}"),
+        )
+        .retryable()
+    }
+}
+
+/// The message inside an error body in any provider's shape, else the raw text.
+fn error_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        let candidates = [
+            v.pointer("/error/message"),
+            v.pointer("/message"),
+            v.pointer("/error").filter(|e| e.is_string()),
+            v.pointer("/detail"),
+        ];
+        for c in candidates.into_iter().flatten() {
+            match c {
+                Value::String(s) if !s.is_empty() => return s.clone(),
+                Value::Null => {}
+                other if !other.is_object() => return other.to_string(),
+                _ => {}
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        "(empty body)".to_string()
+    } else {
+        text.chars().take(500).collect()
+    }
+}
+
+async fn status_error(p: &Provider, resp: reqwest::Response) -> Error {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ERROR_BODY {
+            break;
+        }
+    }
+    let msg = format!(
+        "upstream `{}` answered HTTP {}: {}",
+        p.cfg.name,
+        status.as_u16(),
+        error_message(&body)
+    );
+    let code = status.as_u16();
+    let err = match code {
+        // The caller's request was bad: say so as a 400 with the upstream's words.
+        400 | 409 | 413 | 422 => Error::new(ErrorKind::InvalidRequest, msg),
+        429 => {
+            let e = Error::new(ErrorKind::RateLimited, msg).retryable();
+            match retry_after {
+                Some(s) => e.with_retry_after(s),
+                None => e,
+            }
+        }
+        408 => Error::new(ErrorKind::Timeout, msg).retryable(),
+        // Our key or model name is wrong: not the caller's fault, another deployment may work.
+        401 | 403 | 404 => Error::new(ErrorKind::Upstream, msg).retryable(),
+        _ if status.is_server_error() => Error::new(ErrorKind::Upstream, msg).retryable(),
+        _ => Error::new(ErrorKind::Upstream, msg),
+    };
+    err.with_code(format!("upstream_{code}"))
+}
+
+/// The SSE body as IR events, via the dialect's mapper; a cut-off or malformed stream
+/// ends with an error item.
+pub fn event_stream(
+    p: &Provider,
+    resp: reqwest::Response,
+    mut mapper: Box<dyn StreamMapper>,
+) -> EventStream {
+    let name = p.cfg.name.clone();
+    let mut body = resp.bytes_stream();
+    Box::pin(async_stream::stream! {
+        let mut decoder = SseDecoder::new();
+        let mut out = Vec::new();
+        let mut ended = false;
+        'read: while !ended {
+            let events = match body.next().await {
+                Some(Ok(chunk)) => decoder.push(&chunk),
+                Some(Err(e)) => {
+                    yield Err(Error::new(
+                        ErrorKind::Upstream,
+                        format!("upstream `{name}` broke off its stream: {e}"),
+                    ).retryable());
+                    return;
+                }
+                None => {
+                    let tail: Vec<_> = decoder.finish().into_iter().collect();
+                    ended = true;
+                    tail
+                }
+            };
+            for ev in events {
+                match mapper.on_event(ev, &mut out) {
+                    Ok(done) => {
+                        for e in out.drain(..) {
+                            yield Ok(e);
+                        }
+                        if done {
+                            break 'read;
+                        }
+                    }
+                    Err(mut e) => {
+                        e.message = format!("upstream `{name}`: {}", e.message);
+                        yield Err(e);
+                        return;
+                    }
+                }
+            }
+        }
+        match mapper.finish(&mut out) {
+            Ok(()) => {
+                for e in out.drain(..) {
+                    yield Ok(e);
+                }
+            }
+            Err(mut e) => {
+                e.message = format!("upstream `{name}`: {}", e.message);
+                yield Err(e.retryable());
+            }
+        }
+    })
+}

@@ -1,0 +1,253 @@
+//! Upstream providers as [`Backend`]s: the IR request is mapped to each provider's wire
+//! format, sent with reqwest, and its answer (whole or streamed) mapped back to IR events.
+//! Routing (retries, fallbacks, balancing) lives in `parlance_core::pool`, not here.
+
+mod anthropic;
+mod dialect;
+mod gemini;
+mod gigachat;
+mod http;
+mod openai;
+pub mod sse;
+
+use async_trait::async_trait;
+use dialect::Dialect;
+use futures::StreamExt;
+use parlance_core::ir::{ChatRequest, StreamEvent};
+use parlance_core::{Backend, Error, ErrorKind, EventStream};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible server: OpenAI, vLLM, SGLang, TGI, llama.cpp, Ollama,
+    /// DeepSeek, BgGPT, BelugAPI, another Parlance.
+    OpenAi,
+    Anthropic,
+    Gemini,
+    /// OpenAI-like body behind OAuth 2.0 client credentials.
+    GigaChat,
+}
+
+impl ProviderKind {
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::OpenAi => None,
+            ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
+            ProviderKind::GigaChat => Some("https://gigachat.devices.sberbank.ru/api/v1"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP + TLS connect.
+    pub connect: Duration,
+    /// From sending the request to the first streamed event (or the whole body).
+    pub first_token: Duration,
+    /// The whole request, stream included.
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            first_token: Duration::from_secs(120),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GigaChatAuth {
+    /// Token endpoint (`.../api/v2/oauth`).
+    pub auth_url: String,
+    /// `GIGACHAT_API_PERS`, `GIGACHAT_API_B2B` or `GIGACHAT_API_CORP`.
+    pub scope: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The provider's name in the config, used in error messages.
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Without a trailing slash, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// API key; for GigaChat the base64 authorization key exchanged for access tokens.
+    pub api_key: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub timeouts: Timeouts,
+    pub gigachat: Option<GigaChatAuth>,
+}
+
+/// One configured provider: its HTTP client and wire dialect, shared by all its models.
+pub struct Provider {
+    cfg: ProviderConfig,
+    client: reqwest::Client,
+    headers: HeaderMap,
+    dialect: Box<dyn Dialect>,
+    token: Option<gigachat::TokenSource>,
+}
+
+impl Provider {
+    pub fn new(mut cfg: ProviderConfig) -> Result<Arc<Provider>, String> {
+        cfg.base_url = cfg.base_url.trim_end_matches('/').to_string();
+        let client = reqwest::Client::builder()
+            .connect_timeout(cfg.timeouts.connect)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| format!("provider `{}`: cannot build HTTP client: {e}", cfg.name))?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("provider `{}`: bad header name `{k}`", cfg.name))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| format!("provider `{}`: bad value for header `{k}`", cfg.name))?;
+            headers.insert(name, value);
+        }
+        let dialect: Box<dyn Dialect> = match cfg.kind {
+            ProviderKind::OpenAi => Box::new(openai::OpenAiDialect::standard()),
+            ProviderKind::GigaChat => Box::new(openai::OpenAiDialect::gigachat()),
+            ProviderKind::Anthropic => Box::new(anthropic::AnthropicDialect),
+            ProviderKind::Gemini => Box::new(gemini::GeminiDialect),
+        };
+        let token = match cfg.kind {
+            ProviderKind::GigaChat => {
+                let auth = cfg.gigachat.clone().ok_or_else(|| {
+                    format!("provider `{}`: gigachat needs auth_url and scope", cfg.name)
+                })?;
+                Some(gigachat::TokenSource::new(auth))
+            }
+            _ => None,
+        };
+        Ok(Arc::new(Provider {
+            cfg,
+            client,
+            headers,
+            dialect,
+            token,
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn kind(&self) -> ProviderKind {
+        self.cfg.kind
+    }
+
+    /// The key, or for GigaChat a current access token.
+    async fn credential(&self, refresh: bool) -> Result<Option<String>, Error> {
+        match &self.token {
+            Some(source) => {
+                let key = self.cfg.api_key.as_deref().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Upstream,
+                        format!("provider `{}` has no authorization key", self.cfg.name),
+                    )
+                })?;
+                source
+                    .token(&self.client, key, &self.cfg.name, refresh)
+                    .await
+                    .map(Some)
+            }
+            None => Ok(self.cfg.api_key.clone()),
+        }
+    }
+}
+
+/// One upstream model of one provider: the deployment the router calls.
+pub struct UpstreamModel {
+    provider: Arc<Provider>,
+    model: String,
+}
+
+impl UpstreamModel {
+    pub fn new(provider: Arc<Provider>, model: impl Into<String>) -> Self {
+        UpstreamModel {
+            provider,
+            model: model.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for UpstreamModel {
+    async fn chat(&self, request: ChatRequest) -> Result<EventStream, Error> {
+        let p = Arc::clone(&self.provider);
+        let t = p.cfg.timeouts.clone();
+        let call = p.dialect.build(&p.cfg.base_url, &self.model, &request)?;
+        let first = async {
+            let resp = http::send(&p, &call).await?;
+            let mut events = if request.stream {
+                http::event_stream(&p, resp, p.dialect.stream_mapper(request.n))
+            } else {
+                let body = http::read_body(&p, resp).await?;
+                let events = p.dialect.parse_body(&body, request.n)?;
+                futures::stream::iter(events.into_iter().map(Ok)).boxed()
+            };
+            let first = events.next().await;
+            Ok::<_, Error>((first, events))
+        };
+        let (first, rest) = match tokio::time::timeout(t.first_token, first).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "upstream `{}` sent nothing within {:?} (first_token timeout)",
+                        p.cfg.name, t.first_token
+                    ),
+                )
+                .retryable())
+            }
+        };
+        let first = match first {
+            Some(Ok(ev)) => ev,
+            Some(Err(e)) => return Err(e),
+            None => {
+                return Err(Error::new(
+                    ErrorKind::Upstream,
+                    format!("upstream `{}` ended its answer without content", p.cfg.name),
+                )
+                .retryable())
+            }
+        };
+        let deadline = tokio::time::Instant::now() + t.total;
+        Ok(with_deadline(first, rest, deadline, p.cfg.name.clone()))
+    }
+}
+
+/// The stream after its first event, cut off with a timeout error at `deadline`.
+fn with_deadline(
+    first: StreamEvent,
+    mut rest: EventStream,
+    deadline: tokio::time::Instant,
+    provider: String,
+) -> EventStream {
+    Box::pin(async_stream::stream! {
+        yield Ok(first);
+        loop {
+            match tokio::time::timeout_at(deadline, rest.next()).await {
+                Ok(Some(item)) => {
+                    let stop = item.is_err();
+                    yield item;
+                    if stop { break; }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    yield Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("upstream `{provider}` did not finish within the total timeout"),
+                    ));
+                    break;
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,603 @@
+//! Each provider's mapping, both ways, against a mock upstream speaking its wire format;
+//! streams are cut into chunks of 1, 2, 5 and 64 bytes.
+
+mod common;
+
+use common::*;
+use parlance_core::ir::{
+    ContentPart, FinishReason, ImageSource, Message, ResponseFormat, Role, ToolCall, ToolChoice,
+    ToolDef,
+};
+use parlance_core::ErrorKind;
+use parlance_upstream::{GigaChatAuth, ProviderKind, Timeouts};
+use serde_json::json;
+use std::time::Duration;
+
+const SPLITS: [usize; 4] = [1, 2, 5, 64];
+
+fn weather_tool() -> ToolDef {
+    ToolDef {
+        name: "get_weather".into(),
+        description: Some("Weather for a city".into()),
+        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+        strict: false,
+    }
+}
+
+/// A conversation with a system prompt, an image, a tool call and its result.
+fn tool_history() -> Vec<Message> {
+    let mut user = Message::text(Role::User, "What is the weather here?");
+    user.content.push(ContentPart::Image(ImageSource::Base64 {
+        media_type: "image/png".into(),
+        data: "iVBORw0KGgo=".into(),
+    }));
+    let mut call = Message::text(Role::Assistant, "");
+    call.tool_calls.push(ToolCall {
+        id: "call_1".into(),
+        name: "get_weather".into(),
+        arguments: r#"{"city":"Sofia"}"#.into(),
+    });
+    let mut result = Message::text(Role::Tool, r#"{"temp_c":21}"#);
+    result.tool_call_id = Some("call_1".into());
+    vec![Message::text(Role::System, "Be brief."), user, call, result]
+}
+
+#[tokio::test]
+async fn openai_request_and_response_map_both_ways() {
+    let mock = Mock::start().await;
+    let p = provider(ProviderKind::OpenAi, &format!("{}/v1", mock.url));
+    let b = model(&p, "upstream-model");
+    mock.push(Reply::Json(200, json!({
+        "id": "x", "object": "chat.completion", "created": 1, "model": "upstream-model",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": null, "reasoning_content": "Think.",
+            "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Sofia\"}"}}]}}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27,
+                  "prompt_tokens_details": {"cached_tokens": 16}, "completion_tokens_details": {"reasoning_tokens": 3}}
+    })));
+    let mut req = ask("", false);
+    req.messages = tool_history();
+    req.tools = vec![weather_tool()];
+    req.tool_choice = ToolChoice::Named("get_weather".into());
+    req.stop = vec!["END".into()];
+    req.sampling.seed = Some(7);
+    req.sampling.temperature = Some(0.2);
+    req.response_format = ResponseFormat::JsonObject;
+    req.extra.insert(
+        "chat_template_kwargs".into(),
+        json!({"enable_thinking": false}),
+    );
+    let done = run(&b, req).await.unwrap();
+
+    let r = mock.last();
+    assert_eq!(r.path, "/v1/chat/completions");
+    assert_eq!(r.headers["authorization"], "Bearer sk-upstream");
+    assert_eq!(r.headers["x-extra"], "1");
+    let body = r.body;
+    assert_eq!(body["model"], "upstream-model");
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    assert_eq!(
+        body["messages"][1]["content"][1]["image_url"]["url"],
+        "data:image/png;base64,iVBORw0KGgo="
+    );
+    assert_eq!(
+        body["messages"][2]["tool_calls"][0]["function"]["arguments"],
+        r#"{"city":"Sofia"}"#
+    );
+    assert_eq!(
+        body["messages"][3],
+        json!({"role": "tool", "content": "{\"temp_c\":21}", "tool_call_id": "call_1"})
+    );
+    assert_eq!(
+        body["tool_choice"],
+        json!({"type": "function", "function": {"name": "get_weather"}})
+    );
+    assert_eq!(body["stop"], json!(["END"]));
+    assert_eq!(body["seed"], 7);
+    assert_eq!(body["response_format"], json!({"type": "json_object"}));
+    assert_eq!(
+        body["chat_template_kwargs"],
+        json!({"enable_thinking": false}),
+        "extension passed through"
+    );
+    assert!(body.get("stream").is_none());
+
+    let c = &done.choices[0];
+    assert_eq!(c.finish_reason, Some(FinishReason::ToolCalls));
+    assert_eq!(c.reasoning, "Think.");
+    assert_eq!(c.tool_calls[0].id, "call_9");
+    assert_eq!(c.tool_calls[0].arguments, r#"{"city":"Sofia"}"#);
+    assert_eq!(
+        (
+            done.usage.prompt_tokens,
+            done.usage.cached_tokens,
+            done.usage.reasoning_tokens
+        ),
+        (20, 16, 3)
+    );
+}
+
+#[tokio::test]
+async fn openai_stream_survives_any_chunking() {
+    let mock = Mock::start().await;
+    let p = provider(ProviderKind::OpenAi, &mock.url);
+    let b = model(&p, "m");
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        (
+            None,
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+        )
+    };
+    let body = sse(&[
+        chunk(
+            json!({"role": "assistant", "reasoning_content": "Hmm, "}),
+            json!(null),
+        ),
+        chunk(json!({"content": "Привет 😀"}), json!(null)),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{\"ci"}}]}),
+            json!(null),
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "ty\":\"Sofia\"}"}}]}),
+            json!(null),
+        ),
+        chunk(json!({}), json!("tool_calls")),
+        (
+            None,
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                      "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}}),
+        ),
+    ]) + "data: [DONE]\n\n";
+    for split in SPLITS {
+        mock.push(Reply::Sse(body.clone(), split));
+        let done = run(&b, ask("hi", true)).await.unwrap();
+        let c = &done.choices[0];
+        assert_eq!(c.content, "Привет 😀", "split {split}");
+        assert_eq!(c.reasoning, "Hmm, ");
+        assert_eq!(c.tool_calls.len(), 1);
+        assert_eq!(c.tool_calls[0].id, "call_a");
+        assert_eq!(c.tool_calls[0].arguments, r#"{"city":"Sofia"}"#);
+        assert_eq!(c.finish_reason, Some(FinishReason::ToolCalls));
+        assert_eq!(done.usage.completion_tokens, 9);
+    }
+    let sent = mock.last().body;
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+}
+
+#[tokio::test]
+async fn anthropic_request_and_stream_map_both_ways() {
+    let mock = Mock::start().await;
+    let p = provider(ProviderKind::Anthropic, &format!("{}/v1", mock.url));
+    let b = model(&p, "claude-x");
+    let ev = |name: &'static str, v: serde_json::Value| (Some(name), v);
+    let body = sse(&[
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [], "stop_reason": null, "usage": {"input_tokens": 30, "output_tokens": 1, "cache_read_input_tokens": 10}}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Let me see."}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "abc"}}),
+        ),
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        ev("ping", json!({"type": "ping"})),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Checking ☀"}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "\"Sofia\"}"}}),
+        ),
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 2}),
+        ),
+        ev(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 42}}),
+        ),
+        ev("message_stop", json!({"type": "message_stop"})),
+    ]);
+    for split in SPLITS {
+        mock.push(Reply::Sse(body.clone(), split));
+        let mut req = ask("", true);
+        req.messages = tool_history();
+        let mut second = Message::text(Role::Tool, "second result");
+        second.tool_call_id = Some("call_2".into());
+        req.messages.push(second);
+        req.tools = vec![weather_tool()];
+        req.tool_choice = ToolChoice::Required;
+        req.parallel_tool_calls = false;
+        req.stop = vec!["END".into()];
+        let done = run(&b, req).await.unwrap();
+        let c = &done.choices[0];
+        assert_eq!(c.reasoning, "Let me see.", "split {split}");
+        assert_eq!(c.content, "Checking ☀");
+        assert_eq!(c.tool_calls[0].id, "toolu_1");
+        assert_eq!(c.tool_calls[0].arguments, r#"{"city": "Sofia"}"#);
+        assert_eq!(c.finish_reason, Some(FinishReason::ToolCalls));
+        assert_eq!(
+            (
+                done.usage.prompt_tokens,
+                done.usage.cached_tokens,
+                done.usage.completion_tokens
+            ),
+            (40, 10, 42)
+        );
+    }
+    let r = mock.last();
+    assert_eq!(r.path, "/v1/messages");
+    assert_eq!(r.headers["x-api-key"], "sk-upstream");
+    assert_eq!(r.headers["anthropic-version"], "2023-06-01");
+    let body = r.body;
+    assert_eq!(body["system"], "Be brief.");
+    assert_eq!(body["max_tokens"], 4096);
+    assert_eq!(body["stop_sequences"], json!(["END"]));
+    assert_eq!(
+        body["tool_choice"],
+        json!({"type": "any", "disable_parallel_tool_use": true})
+    );
+    assert_eq!(
+        body["tools"][0]["input_schema"]["required"],
+        json!(["city"])
+    );
+    let msgs = body["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs.len(),
+        3,
+        "user, assistant, then both tool results in one user turn"
+    );
+    assert_eq!(
+        msgs[0]["content"][1],
+        json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}})
+    );
+    assert_eq!(
+        msgs[1]["content"][0],
+        json!({"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Sofia"}})
+    );
+    assert_eq!(msgs[2]["role"], "user");
+    assert_eq!(msgs[2]["content"][0]["type"], "tool_result");
+    assert_eq!(msgs[2]["content"][1]["tool_use_id"], "call_2");
+}
+
+#[tokio::test]
+async fn anthropic_whole_answer_and_n_limit() {
+    let mock = Mock::start().await;
+    let p = provider(ProviderKind::Anthropic, &mock.url);
+    let b = model(&p, "claude-x");
+    mock.push(Reply::Json(
+        200,
+        json!({"id": "msg", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": [{"type": "text", "text": "Hello"}], "stop_reason": "max_tokens",
+        "usage": {"input_tokens": 3, "output_tokens": 5}}),
+    ));
+    let done = run(&b, ask("hi", false)).await.unwrap();
+    assert_eq!(done.choices[0].content, "Hello");
+    assert_eq!(done.choices[0].finish_reason, Some(FinishReason::Length));
+    let mut req = ask("hi", false);
+    req.n = 2;
+    let e = run(&b, req).await.unwrap_err();
+    assert_eq!(
+        (e.kind, e.param.as_deref()),
+        (ErrorKind::InvalidRequest, Some("n"))
+    );
+    assert_eq!(mock.count(), 1, "n=2 is refused before any upstream call");
+}
+
+#[tokio::test]
+async fn gemini_request_and_stream_map_both_ways() {
+    let mock = Mock::start().await;
+    let p = provider(ProviderKind::Gemini, &format!("{}/v1beta", mock.url));
+    let b = model(&p, "gemini-x");
+    let body = sse(&[
+        (
+            None,
+            json!({"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "Plan.", "thought": true}]}}]}),
+        ),
+        (
+            None,
+            json!({"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "Sunny "}]}}]}),
+        ),
+        (
+            None,
+            json!({"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Sofia"}}}]}, "finishReason": "STOP"}],
+                      "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 4, "thoughtsTokenCount": 2, "totalTokenCount": 18}}),
+        ),
+    ]);
+    for split in SPLITS {
+        mock.push(Reply::Sse(body.clone(), split));
+        let mut req = ask("", true);
+        req.messages = tool_history();
+        req.tools = vec![weather_tool()];
+        req.tool_choice = ToolChoice::Named("get_weather".into());
+        req.response_format = ResponseFormat::JsonSchema {
+            name: "w".into(),
+            schema: json!({"type": "object"}),
+            strict: true,
+        };
+        req.max_tokens = Some(64);
+        let done = run(&b, req).await.unwrap();
+        let c = &done.choices[0];
+        assert_eq!(
+            (c.reasoning.as_str(), c.content.as_str()),
+            ("Plan.", "Sunny "),
+            "split {split}"
+        );
+        assert_eq!(c.tool_calls[0].name, "get_weather");
+        assert_eq!(c.tool_calls[0].arguments, r#"{"city":"Sofia"}"#);
+        assert_eq!(c.finish_reason, Some(FinishReason::ToolCalls));
+        assert_eq!(
+            (
+                done.usage.prompt_tokens,
+                done.usage.completion_tokens,
+                done.usage.reasoning_tokens
+            ),
+            (12, 6, 2)
+        );
+    }
+    let r = mock.last();
+    assert_eq!(
+        r.path,
+        "/v1beta/models/gemini-x:streamGenerateContent?alt=sse"
+    );
+    assert_eq!(r.headers["x-goog-api-key"], "sk-upstream");
+    let body = r.body;
+    assert_eq!(body["systemInstruction"]["parts"][0]["text"], "Be brief.");
+    let contents = body["contents"].as_array().unwrap();
+    assert_eq!(
+        contents[0]["parts"][1]["inlineData"],
+        json!({"mimeType": "image/png", "data": "iVBORw0KGgo="})
+    );
+    assert_eq!(contents[1]["role"], "model");
+    assert_eq!(
+        contents[1]["parts"][0]["functionCall"],
+        json!({"name": "get_weather", "args": {"city": "Sofia"}})
+    );
+    assert_eq!(
+        contents[2]["parts"][0]["functionResponse"],
+        json!({"name": "get_weather", "response": {"temp_c": 21}})
+    );
+    assert_eq!(
+        body["toolConfig"]["functionCallingConfig"],
+        json!({"mode": "ANY", "allowedFunctionNames": ["get_weather"]})
+    );
+    assert_eq!(body["generationConfig"]["maxOutputTokens"], 64);
+    assert_eq!(
+        body["generationConfig"]["responseMimeType"],
+        "application/json"
+    );
+    assert_eq!(
+        body["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"]["type"],
+        "object"
+    );
+}
+
+#[tokio::test]
+async fn gemini_whole_answer_with_two_candidates() {
+    let mock = Mock::start().await;
+    let p = provider(ProviderKind::Gemini, &mock.url);
+    let b = model(&p, "g");
+    mock.push(Reply::Json(200, json!({"candidates": [
+        {"index": 0, "content": {"role": "model", "parts": [{"text": "A"}]}, "finishReason": "STOP"},
+        {"index": 1, "content": {"role": "model", "parts": [{"text": "B"}]}, "finishReason": "MAX_TOKENS"}],
+        "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 2, "totalTokenCount": 4}})));
+    let mut req = ask("hi", false);
+    req.n = 2;
+    let done = run(&b, req).await.unwrap();
+    assert_eq!(mock.last().path, "/models/g:generateContent");
+    assert_eq!(mock.last().body["generationConfig"]["candidateCount"], 2);
+    assert_eq!(done.choices[1].content, "B");
+    assert_eq!(done.choices[1].finish_reason, Some(FinishReason::Length));
+}
+
+#[tokio::test]
+async fn gigachat_gets_caches_and_refreshes_its_access_token() {
+    let api = Mock::start().await;
+    let oauth = Mock::start().await;
+    let far = 4_000_000_000_000u64; // year 2096, in ms
+    let auth = GigaChatAuth {
+        auth_url: format!("{}/api/v2/oauth", oauth.url),
+        scope: "GIGACHAT_API_PERS".into(),
+    };
+    let p = provider_with(
+        ProviderKind::GigaChat,
+        &format!("{}/api/v1", api.url),
+        Timeouts::default(),
+        Some(auth),
+    );
+    let b = model(&p, "GigaChat");
+    oauth.push(Reply::Json(
+        200,
+        json!({"access_token": "tok-1", "expires_at": far}),
+    ));
+    let answer = json!({"choices": [{"message": {"role": "assistant", "content": "Да"}, "index": 0, "finish_reason": "stop"}],
+        "created": 1, "model": "GigaChat:v1", "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}, "object": "chat.completion"});
+    api.push(Reply::Json(200, answer.clone()));
+    api.push(Reply::Json(200, answer.clone()));
+    assert_eq!(
+        run(&b, ask("a", false)).await.unwrap().choices[0].content,
+        "Да"
+    );
+    run(&b, ask("b", false)).await.unwrap();
+    assert_eq!(oauth.count(), 1, "the token is cached");
+    let t = oauth.last();
+    assert_eq!(t.headers["authorization"], "Basic sk-upstream");
+    assert!(t.headers.contains_key("rquid"));
+    assert_eq!(t.raw, "scope=GIGACHAT_API_PERS");
+    assert_eq!(api.last().headers["authorization"], "Bearer tok-1");
+
+    // The API rejects the token: one refresh, one retry.
+    api.push(Reply::Json(
+        401,
+        json!({"status": 401, "message": "Token has expired"}),
+    ));
+    api.push(Reply::Json(200, answer.clone()));
+    oauth.push(Reply::Json(
+        200,
+        json!({"access_token": "tok-2", "expires_at": far}),
+    ));
+    run(&b, ask("c", false)).await.unwrap();
+    assert_eq!(oauth.count(), 2);
+    assert_eq!(api.last().headers["authorization"], "Bearer tok-2");
+
+    // Tools travel as GigaChat functions; a function_call answer is a tool call.
+    api.push(Reply::Json(200, json!({"choices": [{"message": {"role": "assistant", "content": "",
+        "function_call": {"name": "get_weather", "arguments": {"city": "Sofia"}}}, "index": 0, "finish_reason": "function_call"}],
+        "created": 1, "model": "GigaChat", "object": "chat.completion"})));
+    let mut req = ask("", false);
+    req.messages = tool_history();
+    req.tools = vec![weather_tool()];
+    let done = run(&b, req).await.unwrap();
+    assert_eq!(
+        done.choices[0].tool_calls[0].arguments,
+        r#"{"city":"Sofia"}"#
+    );
+    assert_eq!(done.choices[0].finish_reason, Some(FinishReason::ToolCalls));
+    let body = api.last().body;
+    assert_eq!(body["functions"][0]["name"], "get_weather");
+    assert_eq!(
+        body["messages"][2]["function_call"],
+        json!({"name": "get_weather", "arguments": {"city": "Sofia"}})
+    );
+    assert_eq!(body["messages"][3]["role"], "function");
+}
+
+#[tokio::test]
+async fn upstream_http_errors_are_classified_with_their_status() {
+    let mock = Mock::start().await;
+    let p = provider(ProviderKind::OpenAi, &mock.url);
+    let b = model(&p, "m");
+    mock.push(Reply::Json(500, json!({"error": {"message": "boom"}})));
+    let e = run(&b, ask("x", false)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Upstream);
+    assert!(e.retryable);
+    assert!(
+        e.message.contains("HTTP 500") && e.message.contains("boom"),
+        "{}",
+        e.message
+    );
+
+    mock.push(Reply::Raw(
+        429,
+        vec![("retry-after", "7".into())],
+        "slow down".into(),
+    ));
+    let e = run(&b, ask("x", false)).await.unwrap_err();
+    assert_eq!(
+        (e.kind, e.retry_after, e.retryable),
+        (ErrorKind::RateLimited, Some(7), true)
+    );
+    assert!(e.message.contains("slow down"));
+
+    mock.push(Reply::Json(
+        400,
+        json!({"error": {"message": "temperature too high", "type": "invalid_request_error"}}),
+    ));
+    let e = run(&b, ask("x", false)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidRequest);
+    assert!(!e.retryable);
+    assert!(e.message.contains("HTTP 400: temperature too high"));
+
+    mock.push(Reply::Raw(200, vec![], "not json".into()));
+    let e = run(&b, ask("x", false)).await.unwrap_err();
+    assert!(e.message.contains("malformed"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn broken_streams_end_in_an_error_not_silence() {
+    let mock = Mock::start().await;
+    let p = provider(ProviderKind::OpenAi, &mock.url);
+    let b = model(&p, "m");
+    let first = sse(&[(
+        None,
+        json!({"choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}]}),
+    )]);
+
+    mock.push(Reply::ResetAfter(first.clone()));
+    let e = run(&b, ask("x", true)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Upstream, "{e:?}");
+
+    mock.push(Reply::Sse(first.clone() + "data: {not json\n\n", 3));
+    let e = run(&b, ask("x", true)).await.unwrap_err();
+    assert!(e.message.contains("malformed"), "{}", e.message);
+
+    // The body ends without a finish_reason and without [DONE].
+    mock.push(Reply::Sse(first.clone(), 4));
+    let e = run(&b, ask("x", true)).await.unwrap_err();
+    assert!(
+        e.message.contains("before every choice finished"),
+        "{}",
+        e.message
+    );
+
+    mock.push(Reply::Sse(
+        first + "data: {\"error\": {\"message\": \"overloaded\"}}\n\n",
+        64,
+    ));
+    let e = run(&b, ask("x", true)).await.unwrap_err();
+    assert!(e.message.contains("overloaded"));
+}
+
+#[tokio::test]
+async fn hanging_upstream_times_out_and_dropping_the_stream_cancels_it() {
+    let mock = Mock::start().await;
+    let t = Timeouts {
+        first_token: Duration::from_millis(300),
+        ..Timeouts::default()
+    };
+    let p = provider_with(ProviderKind::OpenAi, &mock.url, t, None);
+    let b = model(&p, "m");
+    mock.push(Reply::Hang);
+    let e = run(&b, ask("x", true)).await.unwrap_err();
+    assert_eq!((e.kind, e.retryable), (ErrorKind::Timeout, true));
+
+    // A caller that leaves mid-stream: the upstream sees its connection close.
+    let body = sse(&[(
+        None,
+        json!({"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]}),
+    )])
+    .repeat(5000);
+    mock.push(Reply::Sse(body, 16));
+    let before = mock.cancelled.load(std::sync::atomic::Ordering::SeqCst);
+    let mut events = b.chat(ask("x", true)).await.unwrap();
+    use futures::StreamExt;
+    events.next().await.unwrap().unwrap();
+    drop(events);
+    for _ in 0..100 {
+        if mock.cancelled.load(std::sync::atomic::Ordering::SeqCst) > before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the upstream never saw the request cancelled");
+}
