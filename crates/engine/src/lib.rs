@@ -302,7 +302,8 @@ impl LocalModel {
                 ),
             )
             .with_code("queue_full")
-            .with_retry_after(1));
+            .with_retry_after(1)
+            .retryable());
         }
         Ok(())
     }

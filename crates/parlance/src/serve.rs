@@ -2,8 +2,9 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use parlance_core::Router;
-use parlance_server::{build_router, AppState, DEFAULT_BODY_LIMIT};
+use parlance_core::{Backend, ModelInfo, Router};
+use parlance_server::config::Config;
+use parlance_server::{build_router, catalog, AppState, DEFAULT_BODY_LIMIT};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,11 @@ pub enum FlashAttn {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// TOML file with providers, the model catalog and routing (see
+    /// parlance.example.toml). Flags still apply: -m adds local models beside it.
+    #[arg(long = "config", env = "PARLANCE_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// GGUF model file to serve; repeat to serve several, each chosen by `model`.
     /// Without it, the default model (SmolLM2-135M-Instruct) is served from ./models/.
     #[arg(
@@ -130,8 +136,12 @@ fn init_logging() {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
+    let config = match &args.config {
+        Some(path) => Some(Config::load(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let mut models: Vec<(PathBuf, Option<String>)> = Vec::new();
-    if args.model.is_empty() {
+    if args.model.is_empty() && config.is_none() {
         let Some(path) = default_model() else {
             bail!(
                 "no model given (-m) and the default model is not at {DEFAULT_MODEL_FILE}; \
@@ -157,12 +167,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // reqwest clients are built inside the runtime they will run on.
+    let _entered = runtime.enter();
     let mut router = Router::new();
-    load_models(&args, models, &mut router)?;
+    let mut keys = args.api_key.clone();
+    if let Some(cfg) = &config {
+        let env = |name: &str| std::env::var(name).ok();
+        let mut loader = |path: &Path| load_local(&args, path, None);
+        catalog::build(cfg, &env, &mut loader, &mut router).map_err(anyhow::Error::msg)?;
+        keys.extend(cfg.server.api_keys.iter().cloned());
+        if let Some(var) = &cfg.server.api_keys_env {
+            let v = std::env::var(var)
+                .with_context(|| format!("[server] api_keys_env: {var} is not set"))?;
+            keys.extend(v.split(',').map(str::to_string));
+        }
+    }
+    for (path, alias) in models {
+        let (info, backend) = load_local(&args, &path, alias).map_err(anyhow::Error::msg)?;
+        router.add(info, backend).map_err(anyhow::Error::msg)?;
+    }
+    if router.models().next().is_none() {
+        bail!("nothing to serve: the config file names no models and no -m was given");
+    }
 
     let mut state = AppState::new(router);
-    state.api_keys = args
-        .api_key
+    state.api_keys = keys
         .iter()
         .map(|k| k.trim().to_string())
         .filter(|k| !k.is_empty())
@@ -170,9 +202,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     state.body_limit = args.body_limit;
     let app = build_router(Arc::new(state));
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async move {
         let addr = format!("{}:{}", args.host, args.port);
         let listener = tokio::net::TcpListener::bind(&addr)
@@ -187,58 +216,53 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "local")]
-fn load_models(
+fn load_local(
     args: &ServeArgs,
-    models: Vec<(PathBuf, Option<String>)>,
-    router: &mut Router,
-) -> anyhow::Result<()> {
+    path: &Path,
+    alias: Option<String>,
+) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
     use parlance_engine::{FlashAttention, LocalModel, LocalModelConfig};
-    for (path, alias) in models {
-        let started = Instant::now();
-        println!("loading {} ...", path.display());
-        let mut cfg = LocalModelConfig::new(&path);
-        cfg.alias = alias;
-        cfg.ctx = args.ctx;
-        cfg.slots = args.parallel.max(1);
-        if let Some(t) = args.threads {
-            cfg.threads = t.max(1);
-        }
-        cfg.n_batch = args.batch.max(32);
-        cfg.prefill_chunk = args.prefill_chunk;
-        cfg.max_queue = args.queue;
-        cfg.n_predict = args.n_predict.filter(|&n| n > 0);
-        cfg.flash_attention = match args.flash_attn {
-            FlashAttn::On => FlashAttention::On,
-            FlashAttn::Off => FlashAttention::Off,
-            FlashAttn::Auto => FlashAttention::Auto,
-        };
-        let model = LocalModel::load(cfg).map_err(anyhow::Error::msg)?;
-        let info = model.info().clone();
-        println!(
-            "model `{}` ready in {:.1}s: context {} tokens shared by {} slots",
-            info.id,
-            started.elapsed().as_secs_f32(),
-            info.context_length,
-            args.parallel.max(1)
-        );
-        router
-            .add(info, Arc::new(model))
-            .map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    println!("loading {} ...", path.display());
+    let mut cfg = LocalModelConfig::new(path);
+    cfg.alias = alias;
+    cfg.ctx = args.ctx;
+    cfg.slots = args.parallel.max(1);
+    if let Some(t) = args.threads {
+        cfg.threads = t.max(1);
     }
-    Ok(())
+    cfg.n_batch = args.batch.max(32);
+    cfg.prefill_chunk = args.prefill_chunk;
+    cfg.max_queue = args.queue;
+    cfg.n_predict = args.n_predict.filter(|&n| n > 0);
+    cfg.flash_attention = match args.flash_attn {
+        FlashAttn::On => FlashAttention::On,
+        FlashAttn::Off => FlashAttention::Off,
+        FlashAttn::Auto => FlashAttention::Auto,
+    };
+    let model = LocalModel::load(cfg)?;
+    let info = model.info().clone();
+    println!(
+        "model `{}` ready in {:.1}s: context {} tokens shared by {} slots",
+        info.id,
+        started.elapsed().as_secs_f32(),
+        info.context_length,
+        args.parallel.max(1)
+    );
+    Ok((info, Arc::new(model)))
 }
 
 #[cfg(not(feature = "local"))]
-fn load_models(
+fn load_local(
     _: &ServeArgs,
-    models: Vec<(PathBuf, Option<String>)>,
-    _: &mut Router,
-) -> anyhow::Result<()> {
+    path: &Path,
+    _: Option<String>,
+) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
     let _ = Instant::now();
-    if !models.is_empty() {
-        bail!("this binary was built without the `local` feature and cannot load GGUF models");
-    }
-    Ok(())
+    Err(format!(
+        "{}: this binary was built without the `local` feature and cannot load GGUF models",
+        path.display()
+    ))
 }
 
 async fn shutdown_signal() {

@@ -3,6 +3,8 @@
 
 mod auth;
 mod body;
+pub mod catalog;
+pub mod config;
 mod error;
 pub mod openai;
 

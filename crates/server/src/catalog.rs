@@ -1,0 +1,250 @@
+//! Turns a checked [`Config`] into the router: providers, one pool per catalog model,
+//! fallbacks, presets and aliases. Local GGUF deployments are loaded by the caller's
+//! loader, so this crate never touches the engine.
+
+use crate::config::{
+    BalanceName, Config, DefaultsSection, ModelSection, ProviderKindName, ProviderSection,
+    RoutingSection,
+};
+use parlance_core::ir::SamplingParams;
+use parlance_core::pool::{Balance, Deployment, Pool, PoolPolicy};
+use parlance_core::preset::{Defaults, Preset};
+use parlance_core::{Backend, Capabilities, ModelInfo, Router};
+use parlance_upstream::{GigaChatAuth, Provider, ProviderConfig, ProviderKind, Timeouts, UpstreamModel};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Loads a GGUF file for a `gguf = "..."` deployment.
+pub type LocalLoader<'a> =
+    dyn FnMut(&Path) -> Result<(ModelInfo, Arc<dyn Backend>), String> + 'a;
+
+fn secs(v: Option<f64>, default: Duration) -> Duration {
+    v.filter(|s| *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(default)
+}
+
+fn provider_config(
+    name: &str,
+    p: &ProviderSection,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ProviderConfig, String> {
+    let kind = match p.kind {
+        ProviderKindName::Openai => ProviderKind::OpenAi,
+        ProviderKindName::Anthropic => ProviderKind::Anthropic,
+        ProviderKindName::Gemini => ProviderKind::Gemini,
+        ProviderKindName::Gigachat => ProviderKind::GigaChat,
+    };
+    let base_url = p
+        .base_url
+        .clone()
+        .or_else(|| kind.default_base_url().map(str::to_string))
+        .ok_or_else(|| format!("provider `{name}` needs base_url"))?;
+    let api_key = match (&p.api_key_env, &p.api_key) {
+        (Some(var), _) => Some(env(var).filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+            format!(
+                "provider `{name}`: environment variable {var} (api_key_env) is not set; \
+                 set it, or remove the provider and the models that use it"
+            )
+        })?),
+        (None, key) => key.clone(),
+    };
+    let d = Timeouts::default();
+    let gigachat = (kind == ProviderKind::GigaChat).then(|| GigaChatAuth {
+        auth_url: p
+            .auth_url
+            .clone()
+            .unwrap_or_else(|| "https://ngw.devices.sberbank.ru:9443/api/v2/oauth".into()),
+        scope: p.scope.clone().unwrap_or_else(|| "GIGACHAT_API_PERS".into()),
+    });
+    Ok(ProviderConfig {
+        name: name.to_string(),
+        kind,
+        base_url,
+        api_key: api_key.map(|k| k.trim().to_string()),
+        headers: p.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        timeouts: Timeouts {
+            connect: secs(p.connect_timeout, d.connect),
+            first_token: secs(p.first_token_timeout, d.first_token),
+            total: secs(p.total_timeout, d.total),
+        },
+        gigachat,
+    })
+}
+
+fn policy(global: &RoutingSection, own: &RoutingSection) -> PoolPolicy {
+    let d = PoolPolicy::default();
+    let balance = own.balance.or(global.balance).unwrap_or_default();
+    PoolPolicy {
+        balance: match balance {
+            BalanceName::Weighted => Balance::Weighted,
+            BalanceName::LeastInFlight => Balance::LeastInFlight,
+        },
+        retries: own.retries.or(global.retries).unwrap_or(d.retries),
+        backoff: own
+            .backoff_ms
+            .or(global.backoff_ms)
+            .map_or(d.backoff, Duration::from_millis),
+        backoff_max: own
+            .backoff_max_ms
+            .or(global.backoff_max_ms)
+            .map_or(d.backoff_max, Duration::from_millis),
+        failure_threshold: own
+            .cooldown_after
+            .or(global.cooldown_after)
+            .unwrap_or(d.failure_threshold),
+        cooldown: secs(own.cooldown_secs.or(global.cooldown_secs), d.cooldown),
+    }
+}
+
+fn defaults(d: &DefaultsSection) -> Defaults {
+    Defaults {
+        sampling: SamplingParams {
+            temperature: d.temperature,
+            top_p: d.top_p,
+            top_k: d.top_k,
+            min_p: d.min_p,
+            presence_penalty: d.presence_penalty,
+            frequency_penalty: d.frequency_penalty,
+            repetition_penalty: d.repetition_penalty,
+            logit_bias: Vec::new(),
+            seed: d.seed,
+        },
+        max_tokens: d.max_tokens,
+        stop: d.stop.clone(),
+        extra: d.extra.clone(),
+    }
+}
+
+/// `/v1/models` metadata: what the config says, else what the first local model knows.
+fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str>) -> ModelInfo {
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let caps = local.map(|l| l.capabilities.clone()).unwrap_or(Capabilities {
+        chat: true,
+        vision: false,
+        tools: true,
+        json_schema: true,
+        logprobs: false,
+    });
+    ModelInfo {
+        id: m.name.get_ref().clone(),
+        owned_by: m
+            .owned_by
+            .clone()
+            .or_else(|| first_provider.map(str::to_string))
+            .or_else(|| local.map(|l| l.owned_by.clone()))
+            .unwrap_or_else(|| "parlance".into()),
+        created,
+        kind: m.kind.clone().unwrap_or_else(|| "chat".into()),
+        context_length: m
+            .context_length
+            .or(local.map(|l| l.context_length))
+            .unwrap_or(0),
+        capabilities: Capabilities {
+            vision: m.vision.unwrap_or(caps.vision),
+            tools: m.tools.unwrap_or(caps.tools),
+            ..caps
+        },
+    }
+}
+
+fn with_preset(
+    backend: Arc<dyn Backend>,
+    system_prompt: &Option<String>,
+    d: &DefaultsSection,
+) -> Arc<dyn Backend> {
+    let defaults = defaults(d);
+    if system_prompt.is_none() && defaults.is_empty() {
+        backend
+    } else {
+        Arc::new(Preset::new(backend, system_prompt.clone(), defaults))
+    }
+}
+
+/// Adds every catalog model (and its aliases) to `router`.
+pub fn build(
+    cfg: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+    load_local: &mut LocalLoader<'_>,
+    router: &mut Router,
+) -> Result<(), String> {
+    let mut providers: HashMap<&str, Arc<Provider>> = HashMap::new();
+    for (name, p) in &cfg.providers {
+        providers.insert(name, Provider::new(provider_config(name, p, env)?)?);
+    }
+    let mut locals: HashMap<PathBuf, (ModelInfo, Arc<dyn Backend>)> = HashMap::new();
+    let mut pools: HashMap<&str, Arc<Pool>> = HashMap::new();
+    let mut routes: HashMap<&str, (ModelInfo, Arc<dyn Backend>)> = HashMap::new();
+
+    for m in cfg.models.iter().filter(|m| m.base.is_none()) {
+        let name = m.name.get_ref().as_str();
+        let mut deployments = Vec::new();
+        let mut local_info = None;
+        let mut first_provider = None;
+        for d in &m.deployments {
+            let (label, backend) = if let Some(path) = &d.gguf {
+                if !locals.contains_key(path) {
+                    let loaded = load_local(path)
+                        .map_err(|e| format!("model `{name}`: {}: {e}", path.display()))?;
+                    locals.insert(path.clone(), loaded);
+                }
+                let (li, b) = &locals[path];
+                local_info.get_or_insert_with(|| li.clone());
+                (format!("local/{}", path.display()), Arc::clone(b))
+            } else {
+                let pname = d.provider.as_ref().map(|p| p.get_ref().as_str()).unwrap_or_default();
+                let upstream = d.model.clone().unwrap_or_default();
+                let provider = Arc::clone(&providers[pname]);
+                first_provider.get_or_insert(pname);
+                let b: Arc<dyn Backend> = Arc::new(UpstreamModel::new(provider, upstream.clone()));
+                (format!("{pname}/{upstream}"), b)
+            };
+            deployments.push(Deployment {
+                name: label,
+                backend,
+                weight: d.weight,
+            });
+        }
+        let pool = Arc::new(Pool::new(name, deployments, policy(&cfg.routing, &m.routing)));
+        pools.insert(name, Arc::clone(&pool));
+        let backend = with_preset(pool, &m.system_prompt, &m.defaults);
+        routes.insert(name, (info(m, local_info.as_ref(), first_provider), backend));
+    }
+    for m in cfg.models.iter().filter(|m| m.base.is_none()) {
+        let fallbacks = m
+            .fallbacks
+            .iter()
+            .map(|f| Arc::clone(&pools[f.get_ref().as_str()]))
+            .collect();
+        pools[m.name.get_ref().as_str()].set_fallbacks(fallbacks);
+    }
+    for m in &cfg.models {
+        let name = m.name.get_ref().as_str();
+        let (info, backend) = match &m.base {
+            None => routes[name].clone(),
+            Some(base) => {
+                let (base_info, base_backend) = &routes[base.get_ref().as_str()];
+                let mut i = base_info.clone();
+                i.id = name.to_string();
+                if let Some(o) = &m.owned_by {
+                    i.owned_by = o.clone();
+                }
+                if let Some(k) = &m.kind {
+                    i.kind = k.clone();
+                }
+                let backend = with_preset(Arc::clone(base_backend), &m.system_prompt, &m.defaults);
+                (i, backend)
+            }
+        };
+        for id in std::iter::once(name).chain(m.aliases.iter().map(String::as_str)) {
+            let mut i = info.clone();
+            i.id = id.to_string();
+            router.add(i, Arc::clone(&backend))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! `parlance.toml`: providers, the model catalog (deployments, metadata, defaults,
+//! aliases, fallbacks, presets) and routing policy. Parsed strictly: an unknown key is an
+//! error naming the key and its line; so is a reference to a provider or model that does
+//! not exist.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub routing: RoutingSection,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSection>,
+    #[serde(default)]
+    pub models: Vec<ModelSection>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Keys clients may use, added to `--api-key`.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// An environment variable holding more keys, comma-separated.
+    pub api_keys_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKindName {
+    #[serde(alias = "openai-compatible")]
+    Openai,
+    Anthropic,
+    Gemini,
+    Gigachat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    pub kind: ProviderKindName,
+    pub base_url: Option<String>,
+    /// Name of the environment variable that holds the key (preferred).
+    pub api_key_env: Option<String>,
+    /// The key itself (for local servers that want any non-empty key).
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Seconds.
+    pub connect_timeout: Option<f64>,
+    pub first_token_timeout: Option<f64>,
+    pub total_timeout: Option<f64>,
+    /// GigaChat: token endpoint and scope.
+    pub auth_url: Option<String>,
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalanceName {
+    #[default]
+    Weighted,
+    #[serde(alias = "least_in_flight")]
+    LeastInFlight,
+}
+
+/// Routing policy; `[routing]` sets it for every model, a model may override any field.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    pub balance: Option<BalanceName>,
+    pub retries: Option<u32>,
+    pub backoff_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    /// Consecutive failures that put a deployment in cooldown.
+    pub cooldown_after: Option<u32>,
+    pub cooldown_secs: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// A preset ("use case"): serve this other catalog model under `name`, with
+    /// `system_prompt` and `defaults` added.
+    pub base: Option<Spanned<String>>,
+    #[serde(default)]
+    pub deployments: Vec<DeploymentSection>,
+    #[serde(default)]
+    pub fallbacks: Vec<Spanned<String>>,
+    pub system_prompt: Option<String>,
+    #[serde(default)]
+    pub defaults: DefaultsSection,
+    // What /v1/models shows.
+    pub owned_by: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub context_length: Option<u32>,
+    pub vision: Option<bool>,
+    pub tools: Option<bool>,
+    /// Overrides `[routing]` for this model.
+    #[serde(default)]
+    pub routing: RoutingSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSection {
+    /// A provider from `[providers]`, with `model` its name upstream...
+    pub provider: Option<Spanned<String>>,
+    pub model: Option<String>,
+    /// ...or a local GGUF file served by the built-in engine.
+    pub gguf: Option<PathBuf>,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsSection {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Extension parameters sent upstream unless the caller sets them.
+    #[serde(default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate(text)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), String> {
+        let at = |s: &std::ops::Range<usize>| format!("line {}", line_of(text, s.start));
+        let mut names: Vec<&str> = Vec::new();
+        for m in &self.models {
+            for n in std::iter::once(m.name.get_ref()).chain(m.aliases.iter()) {
+                if names.contains(&n.as_str()) {
+                    return Err(format!(
+                        "{}: the model name `{n}` is used twice",
+                        at(&m.name.span())
+                    ));
+                }
+                names.push(n);
+            }
+        }
+        for (name, p) in &self.providers {
+            if p.kind != ProviderKindName::Gigachat && (p.auth_url.is_some() || p.scope.is_some()) {
+                return Err(format!(
+                    "provider `{name}`: auth_url and scope are for kind = \"gigachat\" only"
+                ));
+            }
+            if p.kind == ProviderKindName::Openai && p.base_url.is_none() {
+                return Err(format!(
+                    "provider `{name}`: kind = \"openai\" needs base_url (e.g. \"http://localhost:8000/v1\")"
+                ));
+            }
+        }
+        for m in &self.models {
+            let name = m.name.get_ref();
+            let here = at(&m.name.span());
+            match (&m.base, m.deployments.is_empty()) {
+                (Some(_), false) => {
+                    return Err(format!(
+                        "{here}: model `{name}` has both `base` (a preset) and deployments: pick one"
+                    ))
+                }
+                (None, true) => {
+                    return Err(format!(
+                        "{here}: model `{name}` needs deployments, or `base` to be a preset of another model"
+                    ))
+                }
+                (Some(base), true) => {
+                    let target = self.models.iter().find(|o| o.name.get_ref() == base.get_ref());
+                    match target {
+                        None => {
+                            return Err(format!(
+                                "{}: model `{name}`: base `{}` is not a model in this file",
+                                at(&base.span()),
+                                base.get_ref()
+                            ))
+                        }
+                        Some(t) if t.base.is_some() => {
+                            return Err(format!(
+                                "{}: model `{name}`: base `{}` is itself a preset; point at the model it is based on",
+                                at(&base.span()),
+                                base.get_ref()
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+                (None, false) => {}
+            }
+            for d in &m.deployments {
+                match (&d.provider, &d.gguf) {
+                    (Some(p), None) => {
+                        if !self.providers.contains_key(p.get_ref()) {
+                            return Err(format!(
+                                "{}: model `{name}`: provider `{}` is not defined under [providers]",
+                                at(&p.span()),
+                                p.get_ref()
+                            ));
+                        }
+                        if d.model.as_deref().is_none_or(str::is_empty) {
+                            return Err(format!(
+                                "{}: model `{name}`: a provider deployment needs `model`, its name upstream",
+                                at(&p.span())
+                            ));
+                        }
+                    }
+                    (None, Some(_)) => {
+                        if d.model.is_some() {
+                            return Err(format!(
+                                "{here}: model `{name}`: a gguf deployment takes no `model`"
+                            ));
+                        }
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{here}: model `{name}`: each deployment needs exactly one of `provider` or `gguf`"
+                        ))
+                    }
+                }
+            }
+            for f in &m.fallbacks {
+                if f.get_ref() == name || !self.models.iter().any(|o| o.name.get_ref() == f.get_ref()) {
+                    return Err(format!(
+                        "{}: model `{name}`: fallback `{}` must be another model in this file",
+                        at(&f.span()),
+                        f.get_ref()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../../parlance.example.toml");
+        let cfg = Config::parse(text).unwrap();
+        assert!(cfg.models.len() >= 4);
+        assert!(cfg.providers.contains_key("gigachat"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = Config::parse("[[models]]\nname = \"a\"\ntemprature = 1\n").unwrap_err();
+        assert!(e.contains("temprature") && e.contains("line 3"), "{e}");
+        let e = Config::parse("[providers.x]\nkind = \"openai\"\nbase_url = \"http://h/v1\"\napikey = \"k\"\n").unwrap_err();
+        assert!(e.contains("apikey") && e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn dangling_references_name_their_line() {
+        let text = "[[models]]\nname = \"a\"\ndeployments = [{ provider = \"nope\", model = \"m\" }]\n";
+        let e = Config::parse(text).unwrap_err();
+        assert!(e.contains("`nope`") && e.contains("line 3"), "{e}");
+        let text = "[[models]]\nname = \"a\"\ndeployments = [{ gguf = \"x.gguf\" }]\nfallbacks = [\"b\"]\n";
+        let e = Config::parse(text).unwrap_err();
+        assert!(e.contains("fallback `b`") && e.contains("line 4"), "{e}");
+        let text = "[[models]]\nname = \"p\"\nbase = \"zzz\"\n";
+        assert!(Config::parse(text).unwrap_err().contains("base `zzz`"));
+        let text = "[[models]]\nname = \"a\"\ndeployments = [{ gguf = \"x.gguf\" }]\n[[models]]\nname = \"a\"\nbase = \"a\"\n";
+        assert!(Config::parse(text).unwrap_err().contains("used twice"));
+    }
+}
