@@ -79,6 +79,15 @@ fn transport_error(p: &Provider, e: &reqwest::Error) -> Error {
     }
 }
 
+/// The upstream's own `code` and `param`, when it speaks OpenAI's error format.
+fn error_code_param(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return (None, None);
+    };
+    let get = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+    (get("/error/code"), get("/error/param"))
+}
+
 /// The message inside an error body in any provider's shape, else the raw text.
 fn error_message(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
@@ -144,7 +153,12 @@ async fn status_error(p: &Provider, resp: reqwest::Response) -> Error {
         _ if status.is_server_error() => Error::new(ErrorKind::Upstream, msg).retryable(),
         _ => Error::new(ErrorKind::Upstream, msg),
     };
-    err.with_code(format!("upstream_{code}"))
+    let (upstream_code, param) = error_code_param(&body);
+    let err = match param {
+        Some(p) if err.kind == ErrorKind::InvalidRequest => err.with_param(p),
+        _ => err,
+    };
+    err.with_code(upstream_code.unwrap_or_else(|| format!("upstream_{code}")))
 }
 
 /// The SSE body as IR events, via the dialect's mapper; a cut-off or malformed stream
