@@ -1,6 +1,7 @@
 //! `parlance serve`: load the models, build the router, serve HTTP until a signal.
 
 use anyhow::{bail, Context};
+use axum::serve::ListenerExt;
 use clap::{Args, ValueEnum};
 use parlance_core::{Backend, ModelInfo, Router};
 use parlance_server::config::Config;
@@ -208,6 +209,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         println!("listening on http://{}", listener.local_addr()?);
+        // Streams are many small writes: without NODELAY, Nagle holds each one until the
+        // client's delayed ACK (~40 ms per stream, measured).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY: {e}");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await

@@ -10,15 +10,16 @@ use parlance_core::ir::SamplingParams;
 use parlance_core::pool::{Balance, Deployment, Pool, PoolPolicy};
 use parlance_core::preset::{Defaults, Preset};
 use parlance_core::{Backend, Capabilities, ModelInfo, Router};
-use parlance_upstream::{GigaChatAuth, Provider, ProviderConfig, ProviderKind, Timeouts, UpstreamModel};
+use parlance_upstream::{
+    GigaChatAuth, Provider, ProviderConfig, ProviderKind, Timeouts, UpstreamModel,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Loads a GGUF file for a `gguf = "..."` deployment.
-pub type LocalLoader<'a> =
-    dyn FnMut(&Path) -> Result<(ModelInfo, Arc<dyn Backend>), String> + 'a;
+pub type LocalLoader<'a> = dyn FnMut(&Path) -> Result<(ModelInfo, Arc<dyn Backend>), String> + 'a;
 
 fn secs(v: Option<f64>, default: Duration) -> Duration {
     v.filter(|s| *s > 0.0)
@@ -57,14 +58,21 @@ fn provider_config(
             .auth_url
             .clone()
             .unwrap_or_else(|| "https://ngw.devices.sberbank.ru:9443/api/v2/oauth".into()),
-        scope: p.scope.clone().unwrap_or_else(|| "GIGACHAT_API_PERS".into()),
+        scope: p
+            .scope
+            .clone()
+            .unwrap_or_else(|| "GIGACHAT_API_PERS".into()),
     });
     Ok(ProviderConfig {
         name: name.to_string(),
         kind,
         base_url,
         api_key: api_key.map(|k| k.trim().to_string()),
-        headers: p.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        headers: p
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         timeouts: Timeouts {
             connect: secs(p.connect_timeout, d.connect),
             first_token: secs(p.first_token_timeout, d.first_token),
@@ -123,13 +131,15 @@ fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let caps = local.map(|l| l.capabilities.clone()).unwrap_or(Capabilities {
-        chat: true,
-        vision: false,
-        tools: true,
-        json_schema: true,
-        logprobs: false,
-    });
+    let caps = local
+        .map(|l| l.capabilities.clone())
+        .unwrap_or(Capabilities {
+            chat: true,
+            vision: false,
+            tools: true,
+            json_schema: true,
+            logprobs: false,
+        });
     ModelInfo {
         id: m.name.get_ref().clone(),
         owned_by: m
@@ -196,7 +206,11 @@ pub fn build(
                 local_info.get_or_insert_with(|| li.clone());
                 (format!("local/{}", path.display()), Arc::clone(b))
             } else {
-                let pname = d.provider.as_ref().map(|p| p.get_ref().as_str()).unwrap_or_default();
+                let pname = d
+                    .provider
+                    .as_ref()
+                    .map(|p| p.get_ref().as_str())
+                    .unwrap_or_default();
                 let upstream = d.model.clone().unwrap_or_default();
                 let provider = Arc::clone(&providers[pname]);
                 first_provider.get_or_insert(pname);
@@ -209,10 +223,17 @@ pub fn build(
                 weight: d.weight,
             });
         }
-        let pool = Arc::new(Pool::new(name, deployments, policy(&cfg.routing, &m.routing)));
+        let pool = Arc::new(Pool::new(
+            name,
+            deployments,
+            policy(&cfg.routing, &m.routing),
+        ));
         pools.insert(name, Arc::clone(&pool));
         let backend = with_preset(pool, &m.system_prompt, &m.defaults);
-        routes.insert(name, (info(m, local_info.as_ref(), first_provider), backend));
+        routes.insert(
+            name,
+            (info(m, local_info.as_ref(), first_provider), backend),
+        );
     }
     for m in cfg.models.iter().filter(|m| m.base.is_none()) {
         let fallbacks = m

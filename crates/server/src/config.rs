@@ -258,7 +258,9 @@ impl Config {
                 }
             }
             for f in &m.fallbacks {
-                if f.get_ref() == name || !self.models.iter().any(|o| o.name.get_ref() == f.get_ref()) {
+                if f.get_ref() == name
+                    || !self.models.iter().any(|o| o.name.get_ref() == f.get_ref())
+                {
                     return Err(format!(
                         "{}: model `{name}`: fallback `{}` must be another model in this file",
                         at(&f.span()),
@@ -287,13 +289,17 @@ mod tests {
     fn unknown_key_names_key_and_line() {
         let e = Config::parse("[[models]]\nname = \"a\"\ntemprature = 1\n").unwrap_err();
         assert!(e.contains("temprature") && e.contains("line 3"), "{e}");
-        let e = Config::parse("[providers.x]\nkind = \"openai\"\nbase_url = \"http://h/v1\"\napikey = \"k\"\n").unwrap_err();
+        let e = Config::parse(
+            "[providers.x]\nkind = \"openai\"\nbase_url = \"http://h/v1\"\napikey = \"k\"\n",
+        )
+        .unwrap_err();
         assert!(e.contains("apikey") && e.contains("line 4"), "{e}");
     }
 
     #[test]
     fn dangling_references_name_their_line() {
-        let text = "[[models]]\nname = \"a\"\ndeployments = [{ provider = \"nope\", model = \"m\" }]\n";
+        let text =
+            "[[models]]\nname = \"a\"\ndeployments = [{ provider = \"nope\", model = \"m\" }]\n";
         let e = Config::parse(text).unwrap_err();
         assert!(e.contains("`nope`") && e.contains("line 3"), "{e}");
         let text = "[[models]]\nname = \"a\"\ndeployments = [{ gguf = \"x.gguf\" }]\nfallbacks = [\"b\"]\n";

@@ -39,7 +39,10 @@ fn fast_policy() -> PoolPolicy {
 #[tokio::test]
 async fn retryable_failures_move_to_the_next_deployment_and_bad_input_does_not() {
     let (a, b) = (Mock::start().await, Mock::start().await);
-    a.always(Reply::Json(503, json!({"error": {"message": "overloaded"}})));
+    a.always(Reply::Json(
+        503,
+        json!({"error": {"message": "overloaded"}}),
+    ));
     b.always(Reply::Json(200, ok_body("from b")));
     let pool: Arc<dyn Backend> = Arc::new(Pool::new(
         "m",
@@ -53,7 +56,10 @@ async fn retryable_failures_move_to_the_next_deployment_and_bad_input_does_not()
     assert_eq!(a.count(), 3, "a cools down after 3 failures");
 
     let c = Mock::start().await;
-    c.always(Reply::Json(400, json!({"error": {"message": "bad temperature"}})));
+    c.always(Reply::Json(
+        400,
+        json!({"error": {"message": "bad temperature"}}),
+    ));
     let d = Mock::start().await;
     d.always(Reply::Json(200, ok_body("never")));
     let pool: Arc<dyn Backend> = Arc::new(Pool::new(
@@ -86,7 +92,11 @@ async fn unreachable_deployment_then_fallback_model() {
         }],
         fast_policy(),
     );
-    let backup = Arc::new(Pool::new("backup", vec![deployment(&fb, "fb", 1)], fast_policy()));
+    let backup = Arc::new(Pool::new(
+        "backup",
+        vec![deployment(&fb, "fb", 1)],
+        fast_policy(),
+    ));
     main.set_fallbacks(vec![backup]);
     let main: Arc<dyn Backend> = Arc::new(main);
     let done = run(&main, ask("x", false)).await.unwrap();
@@ -123,7 +133,10 @@ async fn cooled_down_deployment_recovers() {
     a.always(Reply::Json(200, ok_body("a again")));
     tokio::time::sleep(Duration::from_millis(350)).await;
     let done = run(&pool, ask("x", false)).await.unwrap();
-    assert_eq!(done.choices[0].content, "a again", "after the cooldown it is tried again");
+    assert_eq!(
+        done.choices[0].content, "a again",
+        "after the cooldown it is tried again"
+    );
 }
 
 #[tokio::test]
@@ -148,13 +161,18 @@ async fn weighted_split_and_least_in_flight() {
     let pool = Arc::new(Pool::new(
         "m",
         vec![deployment(&c, "c", 1), deployment(&d, "d", 1)],
-        PoolPolicy { balance: Balance::LeastInFlight, ..fast_policy() },
+        PoolPolicy {
+            balance: Balance::LeastInFlight,
+            ..fast_policy()
+        },
     ));
     // Hanging streams: each started request stays in flight while its task runs.
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let p: Arc<dyn Backend> = pool.clone();
-        tasks.push(tokio::spawn(async move { p.chat(ask("x", true)).await.map(|_| ()) }));
+        tasks.push(tokio::spawn(async move {
+            p.chat(ask("x", true)).await.map(|_| ())
+        }));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!((c.count(), d.count()), (2, 2), "least-in-flight alternates");
@@ -163,13 +181,20 @@ async fn weighted_split_and_least_in_flight() {
         t.abort();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(pool.in_flight(), vec![0, 0], "cancelled requests leave the count");
+    assert_eq!(
+        pool.in_flight(),
+        vec![0, 0],
+        "cancelled requests leave the count"
+    );
 }
 
 #[tokio::test]
 async fn failure_after_the_first_event_is_not_retried() {
     let (a, b) = (Mock::start().await, Mock::start().await);
-    let first = sse(&[(None, json!({"choices": [{"index": 0, "delta": {"content": "partial"}, "finish_reason": null}]}))]);
+    let first = sse(&[(
+        None,
+        json!({"choices": [{"index": 0, "delta": {"content": "partial"}, "finish_reason": null}]}),
+    )]);
     a.always(Reply::ResetAfter(first));
     b.always(Reply::Json(200, ok_body("b")));
     let pool: Arc<dyn Backend> = Arc::new(Pool::new(
@@ -183,6 +208,13 @@ async fn failure_after_the_first_event_is_not_retried() {
         items.push(i);
     }
     assert!(items[0].is_ok(), "the first delta went out");
-    assert!(items.last().unwrap().is_err(), "the stream ends in an error");
-    assert_eq!(b.count(), 0, "bytes already reached the caller: no retry elsewhere");
+    assert!(
+        items.last().unwrap().is_err(),
+        "the stream ends in an error"
+    );
+    assert_eq!(
+        b.count(),
+        0,
+        "bytes already reached the caller: no retry elsewhere"
+    );
 }

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Gateway overhead: the same load (16 concurrent clients) against a fast mock OpenAI
+upstream called directly, through Parlance, and through LiteLLM's proxy, side by side,
+non-streaming and streaming. Two runs per target: flat out (throughput) and paced at a
+fixed rate (latency); added latency = gateway percentile - direct percentile.
+
+    python3 bench/gateway.py [--duration 10] [--rounds 3] [--connections 16]
+
+Needs: a release build (cargo build --release -p parlance -p parlance-upstream --examples)
+and `pip install 'litellm[proxy]'`. Results go to bench/gateway-results.md.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+PARLANCE = TARGET / "release" / "parlance"
+MOCK = TARGET / "release" / "examples" / "mock_openai"
+# Both gateways check this key on every request (LiteLLM refuses to start without one).
+KEY = "sk-" + "5e3c9a7f1b2d4e6f" * 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception as e:  # noqa: BLE001 - any answer but a refused connection will do
+            if getattr(e, "code", None):
+                return
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+LOADGEN = TARGET / "release" / "examples" / "loadgen"
+
+
+def body_file(stream: bool) -> str:
+    body = json.dumps({
+        "model": "mock",
+        "messages": [{"role": "user", "content": "Say something short."}],
+        "max_tokens": 32,
+        "stream": stream,
+    })
+    path = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    path.write(body)
+    path.close()
+    return path.name
+
+
+def load(url: str, body: str, conns: int, secs: float, rate: float) -> dict:
+    out = subprocess.run(
+        [str(LOADGEN), url, KEY, body, str(conns), str(secs), str(rate)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    res = json.loads(out)
+    if res["errors"]:
+        raise RuntimeError(f"{url}: {res['errors']} failed requests")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--rate", type=float, default=1000, help="total req/s of the paced runs")
+    args = ap.parse_args()
+    if not shutil.which("litellm"):
+        sys.exit("litellm not found: pip install 'litellm[proxy]'")
+    for b in (PARLANCE, MOCK, LOADGEN):
+        if not b.exists():
+            sys.exit(f"{b} missing: see this script's docstring")
+
+    procs = []
+    logs = tempfile.mkdtemp(prefix="parlance-gw-bench-")
+    def start(cmd, name, env=None):
+        log = open(f"{logs}/{name}.log", "w")
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
+
+    mock_port, gw_port, llm_port = free_port(), free_port(), free_port()
+    mock_url = f"http://127.0.0.1:{mock_port}/v1"
+    start([str(MOCK), str(mock_port), "16"], "mock")
+
+    cfg = pathlib.Path(logs) / "gateway.toml"
+    cfg.write_text(
+        f'[providers.mock]\nkind = "openai"\nbase_url = "{mock_url}"\napi_key = "x"\n\n'
+        '[[models]]\nname = "mock"\ndeployments = [{ provider = "mock", model = "mock" }]\n'
+    )
+    env = dict(os.environ, PARLANCE_LOG="error")
+    start([str(PARLANCE), "serve", "--config", str(cfg), "--port", str(gw_port), "--api-key", KEY], "parlance", env)
+
+    llm_cfg = pathlib.Path(logs) / "litellm.yaml"
+    llm_cfg.write_text(
+        "model_list:\n  - model_name: mock\n    litellm_params:\n"
+        f"      model: openai/mock\n      api_base: {mock_url}\n      api_key: x\n"
+        "litellm_settings:\n  set_verbose: false\n  telemetry: false\n"
+        f"general_settings:\n  master_key: {KEY}\n"
+    )
+    llm_env = dict(os.environ, LITELLM_LOG="ERROR")
+    start(["litellm", "--config", str(llm_cfg), "--port", str(llm_port)], "litellm", llm_env)
+    try:
+        wait_http(f"http://127.0.0.1:{mock_port}/")
+        wait_http(f"http://127.0.0.1:{gw_port}/health")
+        wait_http(f"http://127.0.0.1:{llm_port}/health/liveliness", timeout=180)
+        targets = {
+            "direct": f"{mock_url}/chat/completions",
+            "parlance": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            "litellm": f"http://127.0.0.1:{llm_port}/v1/chat/completions",
+        }
+        results = {}
+        for stream in (False, True):
+            body = body_file(stream)
+            for url in targets.values():  # warm-up: connections, caches
+                load(url, body, args.connections, 2, 0)
+            for r in range(args.rounds):
+                for name, url in targets.items():
+                    for kind, rate in (("max", 0), ("paced", args.rate)):
+                        res = load(url, body, args.connections, args.duration, rate)
+                        results.setdefault((stream, name, kind), []).append(res)
+                        print(f"round {r + 1} {'stream' if stream else 'whole '} {name:9} {kind:6} "
+                              f"{res['rps']:9.0f} req/s  p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms", flush=True)
+        write_report(results, args)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def med(results, key, metric):
+    return statistics.median(r[metric] for r in results[key])
+
+
+def write_report(results, args) -> None:
+    lines = [
+        f"{args.connections} concurrent clients (loadgen), {args.duration} s per run, medians of {args.rounds} "
+        f"interleaved rounds; mock OpenAI upstream answering a fixed completion (whole) or a 16-delta SSE "
+        f"stream (stream). {os.cpu_count()} CPU cores shared by the load generator, the mock and the gateway.",
+        "",
+        f"| mode | target | max req/s | vs LiteLLM | p50 ms at {args.rate:.0f} req/s | p99 ms at {args.rate:.0f} req/s | added p50 ms | added p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for stream in (False, True):
+        mode = "stream" if stream else "whole"
+        d50 = med(results, (stream, "direct", "paced"), "p50")
+        d99 = med(results, (stream, "direct", "paced"), "p99")
+        llm = med(results, (stream, "litellm", "max"), "rps")
+        for name in ("direct", "parlance", "litellm"):
+            rps = med(results, (stream, name, "max"), "rps")
+            p50 = med(results, (stream, name, "paced"), "p50")
+            p99 = med(results, (stream, name, "paced"), "p99")
+            ratio = f"{rps / llm:.0f}x" if name == "parlance" else ""
+            added = ("", "") if name == "direct" else (f"{p50 - d50:+.3f}", f"{p99 - d99:+.3f}")
+            lines.append(f"| {mode} | {name} | {rps:.0f} | {ratio} | {p50:.3f} | {p99:.3f} | {added[0]} | {added[1]} |")
+    lines.append("")
+    lines.append(f"LiteLLM cannot sustain {args.rate:.0f} req/s here: its paced latencies include queueing.")
+    text = "\n".join(lines) + "\n"
+    (ROOT / "bench" / "gateway-results.md").write_text(text)
+    print()
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
