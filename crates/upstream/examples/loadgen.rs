@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     if a.len() != 6 {

@@ -32,7 +32,7 @@ fn wants_stream(body: &[u8]) -> bool {
     text.contains("\"stream\":true") || text.contains("\"stream\": true")
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(9100);

@@ -15,6 +15,12 @@ pub struct AnthropicDialect;
 /// Anthropic requires `max_tokens`; this is used when the caller gives none.
 const DEFAULT_MAX_TOKENS: u32 = 4096;
 pub const API_VERSION: &str = "2023-06-01";
+/// The tool a json_schema answer is requested through.
+const JSON_TOOL: &str = "json_response";
+
+fn json_via_tool(req: &ChatRequest) -> bool {
+    matches!(req.response_format, ResponseFormat::JsonSchema { .. })
+}
 
 fn blocks(m: &Message) -> Vec<wire::ContentBlock> {
     let mut out = Vec::new();
@@ -140,10 +146,23 @@ impl Dialect for AnthropicDialect {
                 });
             }
             ResponseFormat::JsonSchema { schema, .. } => {
-                body.extra.insert(
-                    "output_format".into(),
-                    json!({"type": "json_schema", "schema": schema}),
-                );
+                if !req.tools.is_empty() {
+                    return Err(Error::invalid_param(
+                        "response_format",
+                        "with this model's provider (Anthropic), json_schema cannot be combined with tools",
+                    ));
+                }
+                // Works on every Claude model: one forced call of a tool whose input schema
+                // is the answer's; the mapper turns its input back into the content.
+                body.tools = vec![wire::Tool {
+                    name: JSON_TOOL.into(),
+                    description: Some("Give the answer as this JSON object.".into()),
+                    input_schema: schema.clone(),
+                }];
+                body.tool_choice = Some(wire::ToolChoice::Tool {
+                    name: JSON_TOOL.into(),
+                    disable_parallel_tool_use: Some(true),
+                });
             }
             ResponseFormat::Grammar(_) => {
                 return Err(Error::invalid_param(
@@ -178,12 +197,16 @@ impl Dialect for AnthropicDialect {
         })
     }
 
-    fn parse_body(&self, body: &[u8], _n: u32) -> Result<Vec<StreamEvent>, Error> {
+    fn parse_body(&self, body: &[u8], req: &ChatRequest) -> Result<Vec<StreamEvent>, Error> {
         let resp: wire::MessagesResponse = parse_json(body, "Messages response")?;
+        let json_tool = json_via_tool(req);
         let mut delta = Delta::default();
         for b in resp.content {
             match b {
                 wire::ContentBlock::Text { text } => delta.content.push_str(&text),
+                wire::ContentBlock::ToolUse { input, .. } if json_tool => {
+                    delta.content.push_str(&input.to_string())
+                }
                 wire::ContentBlock::Thinking { thinking, .. } => {
                     delta.reasoning.push_str(&thinking)
                 }
@@ -204,7 +227,7 @@ impl Dialect for AnthropicDialect {
         }
         out.push(StreamEvent::Finish {
             index: 0,
-            reason: finish_reason(resp.stop_reason.as_deref()),
+            reason: finish_reason(resp.stop_reason.as_deref(), json_tool),
         });
         out.push(StreamEvent::Usage(usage(
             &resp.usage,
@@ -213,14 +236,18 @@ impl Dialect for AnthropicDialect {
         Ok(out)
     }
 
-    fn stream_mapper(&self, _n: u32) -> Box<dyn StreamMapper> {
-        Box::new(EventMapper::default())
+    fn stream_mapper(&self, req: &ChatRequest) -> Box<dyn StreamMapper> {
+        Box::new(EventMapper {
+            json_tool: json_via_tool(req),
+            ..EventMapper::default()
+        })
     }
 }
 
-fn finish_reason(r: Option<&str>) -> FinishReason {
+fn finish_reason(r: Option<&str>, json_tool: bool) -> FinishReason {
     match r {
         Some("max_tokens") | Some("model_context_window_exceeded") => FinishReason::Length,
+        Some("tool_use") if json_tool => FinishReason::Stop,
         Some("tool_use") => FinishReason::ToolCalls,
         Some("refusal") => FinishReason::ContentFilter,
         _ => FinishReason::Stop,
@@ -239,6 +266,8 @@ fn usage(u: &wire::Usage, output: u32) -> Usage {
 
 #[derive(Default)]
 struct EventMapper {
+    /// The answer arrives as the input of the json_schema tool: it is content.
+    json_tool: bool,
     /// Content block index -> tool call index, for `input_json_delta`s.
     tool_blocks: Vec<(u32, u32)>,
     input: wire::Usage,
@@ -260,6 +289,7 @@ impl StreamMapper for EventMapper {
                 index,
                 content_block,
             } => match content_block {
+                wire::ContentBlock::ToolUse { .. } if self.json_tool => {}
                 wire::ContentBlock::ToolUse { id, name, .. } => {
                     let k = self.tool_blocks.len() as u32;
                     self.tool_blocks.push((index, k));
@@ -277,6 +307,9 @@ impl StreamMapper for EventMapper {
             wire::StreamEvent::ContentBlockDelta { index, delta: d } => match d {
                 wire::BlockDelta::TextDelta { text } => delta.content = text,
                 wire::BlockDelta::ThinkingDelta { thinking } => delta.reasoning = thinking,
+                wire::BlockDelta::InputJsonDelta { partial_json } if self.json_tool => {
+                    delta.content = partial_json
+                }
                 wire::BlockDelta::InputJsonDelta { partial_json } => {
                     let k = self
                         .tool_blocks
@@ -309,7 +342,7 @@ impl StreamMapper for EventMapper {
             wire::StreamEvent::MessageStop => {
                 out.push(StreamEvent::Finish {
                     index: 0,
-                    reason: finish_reason(self.stop.as_deref()),
+                    reason: finish_reason(self.stop.as_deref(), self.json_tool),
                 });
                 self.finished = true;
                 return Ok(true);

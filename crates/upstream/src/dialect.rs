@@ -26,8 +26,8 @@ pub enum AuthStyle {
 pub trait Dialect: Send + Sync {
     fn build(&self, base_url: &str, model: &str, req: &ChatRequest) -> Result<Call, Error>;
     /// A whole (non-streamed) answer as events: deltas, finishes, usage.
-    fn parse_body(&self, body: &[u8], n: u32) -> Result<Vec<StreamEvent>, Error>;
-    fn stream_mapper(&self, n: u32) -> Box<dyn StreamMapper>;
+    fn parse_body(&self, body: &[u8], req: &ChatRequest) -> Result<Vec<StreamEvent>, Error>;
+    fn stream_mapper(&self, req: &ChatRequest) -> Box<dyn StreamMapper>;
 }
 
 /// Turns one provider's SSE events into IR events, keeping whatever state it needs.

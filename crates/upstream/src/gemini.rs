@@ -184,7 +184,8 @@ impl Dialect for GeminiDialect {
         })
     }
 
-    fn parse_body(&self, body: &[u8], n: u32) -> Result<Vec<StreamEvent>, Error> {
+    fn parse_body(&self, body: &[u8], req: &ChatRequest) -> Result<Vec<StreamEvent>, Error> {
+        let n = req.n;
         let resp: wire::GenerateContentResponse = parse_json(body, "generateContent response")?;
         let mut m = ResponseMapper::new(n);
         let mut out = Vec::new();
@@ -194,7 +195,8 @@ impl Dialect for GeminiDialect {
         Ok(out)
     }
 
-    fn stream_mapper(&self, n: u32) -> Box<dyn StreamMapper> {
+    fn stream_mapper(&self, req: &ChatRequest) -> Box<dyn StreamMapper> {
+        let n = req.n;
         Box::new(ResponseMapper::new(n))
     }
 }

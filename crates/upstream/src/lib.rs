@@ -185,10 +185,10 @@ impl Backend for UpstreamModel {
         let first = async {
             let resp = http::send(&p, &call).await?;
             let mut events = if request.stream {
-                http::event_stream(&p, resp, p.dialect.stream_mapper(request.n))
+                http::event_stream(&p, resp, p.dialect.stream_mapper(&request))
             } else {
                 let body = http::read_body(&p, resp).await?;
-                let events = p.dialect.parse_body(&body, request.n)?;
+                let events = p.dialect.parse_body(&body, &request)?;
                 futures::stream::iter(events.into_iter().map(Ok)).boxed()
             };
             let first = events.next().await;

@@ -233,7 +233,8 @@ impl Dialect for OpenAiDialect {
         })
     }
 
-    fn parse_body(&self, body: &[u8], n: u32) -> Result<Vec<StreamEvent>, Error> {
+    fn parse_body(&self, body: &[u8], req: &ChatRequest) -> Result<Vec<StreamEvent>, Error> {
+        let n = req.n;
         let v: Value = parse_json(body, "chat completion")?;
         let choices = v
             .get("choices")
@@ -288,7 +289,8 @@ impl Dialect for OpenAiDialect {
         Ok(out)
     }
 
-    fn stream_mapper(&self, n: u32) -> Box<dyn StreamMapper> {
+    fn stream_mapper(&self, req: &ChatRequest) -> Box<dyn StreamMapper> {
+        let n = req.n;
         Box::new(ChunkMapper {
             finishes: Finishes::new(n),
             usage: Usage::default(),

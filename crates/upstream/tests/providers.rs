@@ -601,3 +601,64 @@ async fn hanging_upstream_times_out_and_dropping_the_stream_cancels_it() {
     }
     panic!("the upstream never saw the request cancelled");
 }
+
+#[tokio::test]
+async fn anthropic_json_schema_answers_through_a_forced_tool() {
+    let mock = Mock::start().await;
+    let p = provider(ProviderKind::Anthropic, &mock.url);
+    let b = model(&p, "claude-x");
+    let schema =
+        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+    let json_req = |stream| {
+        let mut r = ask("Where?", stream);
+        r.response_format = ResponseFormat::JsonSchema {
+            name: "place".into(),
+            schema: schema.clone(),
+            strict: true,
+        };
+        r
+    };
+    let ev = |name: &'static str, v: serde_json::Value| (Some(name), v);
+    let body = sse(&[
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "m", "role": "assistant", "content": [], "usage": {"input_tokens": 9, "output_tokens": 1}}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_j", "name": "json_response", "input": {}}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"So"}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "fia\"}"}}),
+        ),
+        ev(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 12}}),
+        ),
+        ev("message_stop", json!({"type": "message_stop"})),
+    ]);
+    mock.push(Reply::Sse(body, 7));
+    let done = run(&b, json_req(true)).await.unwrap();
+    assert_eq!(done.choices[0].content, r#"{"city": "Sofia"}"#);
+    assert!(done.choices[0].tool_calls.is_empty());
+    assert_eq!(done.choices[0].finish_reason, Some(FinishReason::Stop));
+    let sent = mock.last().body;
+    assert_eq!(sent["tools"][0]["name"], "json_response");
+    assert_eq!(sent["tools"][0]["input_schema"], schema);
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": "json_response", "disable_parallel_tool_use": true})
+    );
+
+    mock.push(Reply::Json(200, json!({"id": "m", "role": "assistant", "stop_reason": "tool_use",
+        "content": [{"type": "tool_use", "id": "toolu_j", "name": "json_response", "input": {"city": "Varna"}}],
+        "usage": {"input_tokens": 9, "output_tokens": 5}})));
+    let done = run(&b, json_req(false)).await.unwrap();
+    assert_eq!(done.choices[0].content, r#"{"city":"Varna"}"#);
+    assert_eq!(done.choices[0].finish_reason, Some(FinishReason::Stop));
+}
