@@ -1,7 +1,7 @@
 //! Gemini's native generateContent / streamGenerateContent as an upstream.
 
 use crate::dialect::{parse_json, AuthStyle, Call, Dialect, Finishes, StreamMapper};
-use crate::openai::new_call_id;
+use crate::openai_read::new_call_id;
 use crate::sse::SseEvent;
 use parlance_core::ir::{
     ChatRequest, ContentPart, Delta, FinishReason, ImageSource, Message, ResponseFormat, Role,

@@ -8,6 +8,7 @@ mod gemini;
 mod gigachat;
 mod http;
 mod openai;
+mod openai_read;
 pub mod sse;
 
 use async_trait::async_trait;

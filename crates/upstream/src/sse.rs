@@ -24,22 +24,30 @@ impl SseDecoder {
     }
 
     /// Feeds bytes; returns the events they completed.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+    pub fn push(&mut self, mut bytes: &[u8]) -> Vec<SseEvent> {
         let mut out = Vec::new();
-        for &b in bytes {
-            if std::mem::take(&mut self.after_cr) && b == b'\n' {
+        while !bytes.is_empty() {
+            if std::mem::take(&mut self.after_cr) && bytes[0] == b'\n' {
+                bytes = &bytes[1..];
                 continue;
             }
-            match b {
-                b'\n' | b'\r' => {
-                    self.after_cr = b == b'\r';
-                    let line = std::mem::take(&mut self.line);
-                    if let Some(ev) = self.end_line(&line) {
-                        out.push(ev);
-                    }
-                }
-                _ => self.line.push(b),
-            }
+            let Some(i) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.line.extend_from_slice(bytes);
+                break;
+            };
+            self.after_cr = bytes[i] == b'\r';
+            let ev = if self.line.is_empty() {
+                self.end_line(&bytes[..i])
+            } else {
+                self.line.extend_from_slice(&bytes[..i]);
+                let line = std::mem::take(&mut self.line);
+                let ev = self.end_line(&line);
+                self.line = line;
+                self.line.clear();
+                ev
+            };
+            out.extend(ev);
+            bytes = &bytes[i + 1..];
         }
         out
     }
