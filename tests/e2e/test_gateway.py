@@ -4,9 +4,11 @@ models, reached as an OpenAI-compatible upstream, driven by the official openai 
 import json
 import socket
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+import requests
 from openai import OpenAI
 
 from conftest import KEY, MODEL, Server
@@ -186,3 +188,33 @@ def test_catalog_metadata_and_preset_defaults(gw):
         {"role": "system", "content": "You are a travel agent."}, {"role": "user", "content": "Hi"}])
     plain = gw.chat.completions.create(model="chain", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
     assert r.usage.prompt_tokens == by_hand.usage.prompt_tokens != plain.usage.prompt_tokens
+
+
+def test_client_leaving_the_gateway_cancels_the_upstream_generation(gateway, server):
+    # Four long generations through the gateway fill the upstream's four slots; the
+    # callers read a little and hang up.
+    def start_and_leave(i):
+        r = requests.post(
+            gateway.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {GW_KEY}"},
+            json={"model": "chain", "messages": [{"role": "user", "content": f"Story {i}"}],
+                  "max_tokens": 3000, "stream": True, "ignore_eos": True},
+            stream=True, timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        lines = r.iter_lines()
+        for _ in range(3):
+            next(lines)
+        r.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(start_and_leave, range(4)))
+    r = requests.post(
+        server.url + "/v1/chat/completions?debug=true",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    # Had the upstream kept generating 4 x 3000 tokens, this would queue for minutes.
+    assert r.json()["debug"]["timings"]["queue_ms"] < 5000
