@@ -218,3 +218,14 @@ def test_client_leaving_the_gateway_cancels_the_upstream_generation(gateway, ser
     assert r.status_code == 200, r.text
     # Had the upstream kept generating 4 x 3000 tokens, this would queue for minutes.
     assert r.json()["debug"]["timings"]["queue_ms"] < 5000
+
+
+def test_token_counts_pass_through_to_the_upstream(gateway, server):
+    body = {"input": ["And the silken, sad, uncertain rustling of each purple curtain", "Здравей"]}
+    via = requests.post(gateway.url + "/api/v1/tokens/count", headers={"Authorization": f"Bearer {GW_KEY}"},
+                        json={"model": "chain", **body}, timeout=30)
+    direct = requests.post(server.url + "/api/v1/tokens/count", headers={"Authorization": f"Bearer {KEY}"},
+                           json={"model": MODEL, **body}, timeout=30)
+    assert via.status_code == 200, via.text
+    assert via.json() == direct.json()
+    assert via.json()[0]["characters"] == 62

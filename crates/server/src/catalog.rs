@@ -63,7 +63,17 @@ fn provider_config(
             .clone()
             .unwrap_or_else(|| "GIGACHAT_API_PERS".into()),
     });
+    let ca_cert = match &p.ca_cert {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            format!(
+                "provider `{name}`: cannot read ca_cert {}: {e}",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
     Ok(ProviderConfig {
+        ca_cert,
         name: name.to_string(),
         kind,
         base_url,

@@ -56,6 +56,8 @@ pub struct ProviderSection {
     pub connect_timeout: Option<f64>,
     pub first_token_timeout: Option<f64>,
     pub total_timeout: Option<f64>,
+    /// Extra root certificate to trust (PEM file), e.g. GigaChat's Russian Trusted Root CA.
+    pub ca_cert: Option<PathBuf>,
     /// GigaChat: token endpoint and scope.
     pub auth_url: Option<String>,
     pub scope: Option<String>,

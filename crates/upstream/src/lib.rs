@@ -82,6 +82,9 @@ pub struct ProviderConfig {
     pub headers: Vec<(String, String)>,
     pub timeouts: Timeouts,
     pub gigachat: Option<GigaChatAuth>,
+    /// Extra root certificate (PEM), e.g. the Russian Trusted Root CA GigaChat's
+    /// endpoints are signed with, or a private CA in front of a self-hosted server.
+    pub ca_cert: Option<Vec<u8>>,
 }
 
 /// One configured provider: its HTTP client and wire dialect, shared by all its models.
@@ -96,10 +99,20 @@ pub struct Provider {
 impl Provider {
     pub fn new(mut cfg: ProviderConfig) -> Result<Arc<Provider>, String> {
         cfg.base_url = cfg.base_url.trim_end_matches('/').to_string();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.timeouts.connect)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(Duration::from_secs(90));
+        if let Some(pem) = &cfg.ca_cert {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
+                format!(
+                    "provider `{}`: ca_cert is not a PEM certificate: {e}",
+                    cfg.name
+                )
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("provider `{}`: cannot build HTTP client: {e}", cfg.name))?;
         let mut headers = HeaderMap::new();
@@ -222,6 +235,51 @@ impl Backend for UpstreamModel {
         let deadline = tokio::time::Instant::now() + t.total;
         Ok(with_deadline(first, rest, deadline, p.cfg.name.clone()))
     }
+
+    /// GigaChat's `POST /tokens/count`, which Parlance serves too; other providers have
+    /// no such route.
+    async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
+        let p = &self.provider;
+        if !matches!(p.cfg.kind, ProviderKind::GigaChat | ProviderKind::OpenAi) {
+            return Err(
+                Error::invalid(format!("upstream `{}` cannot count tokens", p.cfg.name))
+                    .with_code("unsupported"),
+            );
+        }
+        let call = dialect::Call {
+            url: format!("{}/tokens/count", p.cfg.base_url),
+            body: serde_json::json!({"model": self.model, "input": texts}),
+            auth: dialect::AuthStyle::Bearer,
+            extra_headers: Vec::new(),
+        };
+        let resp = http::send(p, &call).await.map_err(|e| {
+            if e.code.as_deref() == Some("upstream_404") {
+                Error::invalid(format!("upstream `{}` cannot count tokens", p.cfg.name))
+                    .with_code("unsupported")
+            } else {
+                e
+            }
+        })?;
+        let body = http::read_body(p, resp).await?;
+        let counts: Vec<TokenCount> = dialect::parse_json(&body, "token count")?;
+        if counts.len() != texts.len() {
+            return Err(Error::new(
+                ErrorKind::Upstream,
+                format!(
+                    "upstream `{}` counted {} of {} texts",
+                    p.cfg.name,
+                    counts.len(),
+                    texts.len()
+                ),
+            ));
+        }
+        Ok(counts.into_iter().map(|c| c.tokens).collect())
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TokenCount {
+    tokens: u32,
 }
 
 /// The stream after its first event, cut off with a timeout error at `deadline`.

@@ -662,3 +662,32 @@ async fn anthropic_json_schema_answers_through_a_forced_tool() {
     assert_eq!(done.choices[0].content, r#"{"city":"Varna"}"#);
     assert_eq!(done.choices[0].finish_reason, Some(FinishReason::Stop));
 }
+
+#[tokio::test]
+async fn token_counts_come_from_the_upstream() {
+    let mock = Mock::start().await;
+    let p = provider(ProviderKind::OpenAi, &format!("{}/api/v1", mock.url));
+    let b = model(&p, "GigaChat");
+    mock.push(Reply::Json(
+        200,
+        json!([{"object": "tokens", "tokens": 7, "characters": 36}]),
+    ));
+    let counts = b
+        .count_tokens(&["And the silken, sad, uncertain rustling".into()])
+        .await
+        .unwrap();
+    assert_eq!(counts, vec![7]);
+    let r = mock.last();
+    assert_eq!(r.path, "/api/v1/tokens/count");
+    assert_eq!(
+        r.body,
+        json!({"model": "GigaChat", "input": ["And the silken, sad, uncertain rustling"]})
+    );
+
+    mock.push(Reply::Json(404, json!({"error": {"message": "not found"}})));
+    let e = b.count_tokens(&["x".into()]).await.unwrap_err();
+    assert_eq!(
+        (e.kind, e.code.as_deref()),
+        (ErrorKind::InvalidRequest, Some("unsupported"))
+    );
+}

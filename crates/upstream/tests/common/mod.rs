@@ -173,6 +173,7 @@ pub fn provider_with(
         headers: vec![("x-extra".into(), "1".into())],
         timeouts,
         gigachat,
+        ca_cert: None,
     })
     .unwrap()
 }
