@@ -56,12 +56,18 @@ pub struct Deployment {
 
 struct Slot {
     d: Deployment,
-    in_flight: Arc<AtomicUsize>,
+    /// Shared with the deployment's open streams, which report mid-stream failures.
+    health: Arc<Health>,
+}
+
+struct Health {
+    name: String,
+    in_flight: AtomicUsize,
     failures: AtomicU32,
     cooldown_until: Mutex<Option<Instant>>,
 }
 
-impl Slot {
+impl Health {
     fn cooling(&self, now: Instant) -> bool {
         self.cooldown_until
             .lock()
@@ -85,7 +91,7 @@ impl Slot {
                 *c = Some(Instant::now() + cooldown);
             }
             tracing::warn!(
-                deployment = %self.d.name,
+                deployment = %self.name,
                 failures = n,
                 "deployment cooling down for {:?}",
                 cooldown
@@ -103,11 +109,11 @@ pub struct Pool {
 }
 
 /// Decrements a deployment's in-flight count when the request's stream is dropped.
-struct InFlight(Arc<AtomicUsize>);
+struct InFlight(Arc<Health>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -118,10 +124,13 @@ impl Pool {
             slots: deployments
                 .into_iter()
                 .map(|d| Slot {
+                    health: Arc::new(Health {
+                        name: d.name.clone(),
+                        in_flight: AtomicUsize::new(0),
+                        failures: AtomicU32::new(0),
+                        cooldown_until: Mutex::new(None),
+                    }),
                     d,
-                    in_flight: Arc::new(AtomicUsize::new(0)),
-                    failures: AtomicU32::new(0),
-                    cooldown_until: Mutex::new(None),
                 })
                 .collect(),
             policy,
@@ -141,7 +150,7 @@ impl Pool {
     pub fn in_flight(&self) -> Vec<usize> {
         self.slots
             .iter()
-            .map(|s| s.in_flight.load(Ordering::Relaxed))
+            .map(|s| s.health.in_flight.load(Ordering::Relaxed))
             .collect()
     }
 
@@ -150,7 +159,7 @@ impl Pool {
     fn pick(&self, tried: &[usize]) -> Option<usize> {
         let now = Instant::now();
         let healthy: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| !self.slots[i].cooling(now) && self.slots[i].d.weight > 0)
+            .filter(|&i| !self.slots[i].health.cooling(now) && self.slots[i].d.weight > 0)
             .collect();
         let fresh: Vec<usize> = healthy
             .iter()
@@ -165,14 +174,14 @@ impl Pool {
             // Everything is cooling down: probe the one closest to recovery.
             return (0..self.slots.len())
                 .filter(|i| !tried.contains(i))
-                .min_by_key(|&i| *self.slots[i].cooldown_until.lock().ok()?);
+                .min_by_key(|&i| *self.slots[i].health.cooldown_until.lock().ok()?);
         };
         Some(match self.policy.balance {
             Balance::Weighted => self.weighted(&candidates),
             Balance::LeastInFlight => {
                 let load = |i: usize| {
                     let s = &self.slots[i];
-                    s.in_flight.load(Ordering::Relaxed) as f64 / s.d.weight.max(1) as f64
+                    s.health.in_flight.load(Ordering::Relaxed) as f64 / s.d.weight.max(1) as f64
                 };
                 let best = candidates
                     .iter()
@@ -226,22 +235,38 @@ impl Pool {
             }
             tried.push(i);
             let slot = &self.slots[i];
-            slot.in_flight.fetch_add(1, Ordering::Relaxed);
-            let guard = InFlight(Arc::clone(&slot.in_flight));
+            slot.health.in_flight.fetch_add(1, Ordering::Relaxed);
+            let guard = InFlight(Arc::clone(&slot.health));
             match first_event(slot.d.backend.chat(request.clone()).await).await {
                 Ok(stream) => {
-                    slot.succeeded();
-                    return Ok(Box::pin(stream.map(move |item| {
-                        let _ = &guard;
-                        item
-                    })));
+                    let (cooldown, threshold) =
+                        (self.policy.cooldown, self.policy.failure_threshold);
+                    // Health is judged on the whole answer: a deployment that breaks its
+                    // streams midway is unhealthy even though it is too late to retry.
+                    return Ok(Box::pin(async_stream::stream! {
+                        let mut stream = stream;
+                        let mut broke = false;
+                        while let Some(item) = stream.next().await {
+                            if let Err(e) = &item {
+                                if e.retryable || matches!(e.kind, ErrorKind::Upstream | ErrorKind::Timeout) {
+                                    guard.0.failed(cooldown, threshold);
+                                    broke = true;
+                                }
+                            }
+                            yield item;
+                        }
+                        if !broke {
+                            guard.0.succeeded();
+                        }
+                    }));
                 }
                 Err(e) => {
                     drop(guard);
                     if !e.retryable {
                         return Err(e);
                     }
-                    slot.failed(self.policy.cooldown, self.policy.failure_threshold);
+                    slot.health
+                        .failed(self.policy.cooldown, self.policy.failure_threshold);
                     tracing::warn!(model = %self.model, deployment = %slot.d.name, attempt, error = %e, "deployment failed");
                     last = Some(e);
                 }

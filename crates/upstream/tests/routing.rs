@@ -218,3 +218,34 @@ async fn failure_after_the_first_event_is_not_retried() {
         "bytes already reached the caller: no retry elsewhere"
     );
 }
+
+#[tokio::test]
+async fn streams_that_break_midway_bench_their_deployment() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    let first = sse(&[(
+        None,
+        json!({"choices": [{"index": 0, "delta": {"content": "partial"}, "finish_reason": null}]}),
+    )]);
+    a.always(Reply::ResetAfter(first));
+    b.always(Reply::Json(200, ok_body("b")));
+    let pool: Arc<dyn Backend> = Arc::new(Pool::new(
+        "m",
+        vec![deployment(&a, "a", 1000), deployment(&b, "b", 1)],
+        fast_policy(),
+    ));
+    for _ in 0..3 {
+        let mut events = pool.chat(ask("x", true)).await.unwrap();
+        let mut last = None;
+        while let Some(i) = events.next().await {
+            last = Some(i);
+        }
+        assert!(last.unwrap().is_err());
+    }
+    assert_eq!((a.count(), b.count()), (3, 0));
+    let done = run(&pool, ask("x", false)).await.unwrap();
+    assert_eq!(
+        done.choices[0].content, "b",
+        "after 3 broken streams `a` cools down"
+    );
+    assert_eq!(a.count(), 3);
+}
