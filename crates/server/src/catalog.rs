@@ -3,8 +3,8 @@
 //! loader, so this crate never touches the engine.
 
 use crate::config::{
-    BalanceName, Config, DefaultsSection, ModelSection, ProviderKindName, ProviderSection,
-    RoutingSection,
+    BalanceName, Config, DefaultsSection, MaxTokensParam, ModelSection, ProviderKindName,
+    ProviderSection, RoutingSection,
 };
 use parlance_core::ir::SamplingParams;
 use parlance_core::pool::{Balance, Deployment, Pool, PoolPolicy};
@@ -74,6 +74,7 @@ fn provider_config(
     };
     Ok(ProviderConfig {
         ca_cert,
+        max_completion_tokens: p.max_tokens_param == Some(MaxTokensParam::MaxCompletionTokens),
         name: name.to_string(),
         kind,
         base_url,

@@ -56,11 +56,21 @@ pub struct ProviderSection {
     pub connect_timeout: Option<f64>,
     pub first_token_timeout: Option<f64>,
     pub total_timeout: Option<f64>,
+    /// `max_tokens` (default) or `max_completion_tokens`: the name the upstream takes
+    /// for the token cap (OpenAI's gpt-5 and o-series refuse `max_tokens`).
+    pub max_tokens_param: Option<MaxTokensParam>,
     /// Extra root certificate to trust (PEM file), e.g. GigaChat's Russian Trusted Root CA.
     pub ca_cert: Option<PathBuf>,
     /// GigaChat: token endpoint and scope.
     pub auth_url: Option<String>,
     pub scope: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensParam {
+    MaxTokens,
+    MaxCompletionTokens,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -184,6 +194,11 @@ impl Config {
             if p.kind != ProviderKindName::Gigachat && (p.auth_url.is_some() || p.scope.is_some()) {
                 return Err(format!(
                     "provider `{name}`: auth_url and scope are for kind = \"gigachat\" only"
+                ));
+            }
+            if p.kind != ProviderKindName::Openai && p.max_tokens_param.is_some() {
+                return Err(format!(
+                    "provider `{name}`: max_tokens_param is for kind = \"openai\" only"
                 ));
             }
             if p.kind == ProviderKindName::Openai && p.base_url.is_none() {

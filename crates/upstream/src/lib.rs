@@ -85,6 +85,9 @@ pub struct ProviderConfig {
     /// Extra root certificate (PEM), e.g. the Russian Trusted Root CA GigaChat's
     /// endpoints are signed with, or a private CA in front of a self-hosted server.
     pub ca_cert: Option<Vec<u8>>,
+    /// Send the token cap as `max_completion_tokens` (OpenAI's gpt-5 and o-series accept
+    /// only that) instead of `max_tokens`.
+    pub max_completion_tokens: bool,
 }
 
 /// One configured provider: its HTTP client and wire dialect, shared by all its models.
@@ -124,7 +127,9 @@ impl Provider {
             headers.insert(name, value);
         }
         let dialect: Box<dyn Dialect> = match cfg.kind {
-            ProviderKind::OpenAi => Box::new(openai::OpenAiDialect::standard()),
+            ProviderKind::OpenAi => {
+                Box::new(openai::OpenAiDialect::standard(cfg.max_completion_tokens))
+            }
             ProviderKind::GigaChat => Box::new(openai::OpenAiDialect::gigachat()),
             ProviderKind::Anthropic => Box::new(anthropic::AnthropicDialect),
             ProviderKind::Gemini => Box::new(gemini::GeminiDialect),

@@ -13,15 +13,28 @@ use serde_json::{json, Map, Value};
 pub struct OpenAiDialect {
     /// GigaChat: tools as `functions`, calls as `function_call`, no stream_options.
     gigachat: bool,
+    /// `max_tokens`, or `max_completion_tokens` for OpenAI's reasoning models, which
+    /// refuse the older name.
+    max_tokens_field: &'static str,
 }
 
 impl OpenAiDialect {
-    pub fn standard() -> Self {
-        OpenAiDialect { gigachat: false }
+    pub fn standard(max_completion_tokens: bool) -> Self {
+        OpenAiDialect {
+            gigachat: false,
+            max_tokens_field: if max_completion_tokens {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            },
+        }
     }
 
     pub fn gigachat() -> Self {
-        OpenAiDialect { gigachat: true }
+        OpenAiDialect {
+            gigachat: true,
+            max_tokens_field: "max_tokens",
+        }
     }
 }
 
@@ -177,7 +190,7 @@ impl Dialect for OpenAiDialect {
                 .collect();
             o.insert("logit_bias".into(), Value::Object(bias));
         }
-        put(&mut o, "max_tokens", req.max_tokens);
+        put(&mut o, self.max_tokens_field, req.max_tokens);
         if !req.stop.is_empty() {
             o.insert("stop".into(), json!(req.stop));
         }

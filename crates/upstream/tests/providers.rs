@@ -171,6 +171,52 @@ async fn openai_stream_survives_any_chunking() {
 }
 
 #[tokio::test]
+async fn the_token_cap_goes_by_the_name_the_upstream_takes() {
+    let mock = Mock::start().await;
+    let answer = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]});
+    let mut req = ask("hi", false);
+    req.max_tokens = Some(256);
+    mock.push(Reply::Json(200, answer.clone()));
+    run(
+        &model(&provider(ProviderKind::OpenAi, &mock.url), "m"),
+        req.clone(),
+    )
+    .await
+    .unwrap();
+    let sent = mock.last().body;
+    assert_eq!(
+        (
+            sent["max_tokens"].clone(),
+            sent.get("max_completion_tokens")
+        ),
+        (json!(256), None)
+    );
+
+    let p = parlance_upstream::Provider::new(parlance_upstream::ProviderConfig {
+        name: "openai".into(),
+        kind: ProviderKind::OpenAi,
+        base_url: mock.url.clone(),
+        api_key: Some("k".into()),
+        headers: vec![],
+        timeouts: Timeouts::default(),
+        gigachat: None,
+        ca_cert: None,
+        max_completion_tokens: true,
+    })
+    .unwrap();
+    mock.push(Reply::Json(200, answer));
+    run(&model(&p, "gpt-5.4"), req).await.unwrap();
+    let sent = mock.last().body;
+    assert_eq!(
+        (
+            sent["max_completion_tokens"].clone(),
+            sent.get("max_tokens")
+        ),
+        (json!(256), None)
+    );
+}
+
+#[tokio::test]
 async fn anthropic_request_and_stream_map_both_ways() {
     let mock = Mock::start().await;
     let p = provider(ProviderKind::Anthropic, &format!("{}/v1", mock.url));

@@ -174,6 +174,7 @@ pub fn provider_with(
         timeouts,
         gigachat,
         ca_cert: None,
+        max_completion_tokens: false,
     })
     .unwrap()
 }
