@@ -39,6 +39,9 @@ def closed_port_url() -> str:
 def gateway(server, qwen):
     qwen_url = str(qwen.base_url).rstrip("/")
     config = f"""
+[server]
+api_keys = ["config-key"]
+
 [routing]
 retries = 1
 backoff_ms = 10
@@ -173,6 +176,9 @@ def test_upstream_errors_reach_the_caller_clearly(gw):
     bad_key = OpenAI(base_url=gw.base_url, api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         ask(bad_key, "chain")
+    # Keys from the config file work beside --api-key.
+    config_key = OpenAI(base_url=gw.base_url, api_key="config-key", max_retries=0)
+    assert ask(config_key, "chain").choices[0].message.content
 
 
 def test_catalog_metadata_and_preset_defaults(gw):
