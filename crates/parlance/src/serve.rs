@@ -193,6 +193,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if router.models().next().is_none() {
         bail!("nothing to serve: the config file names no models and no -m was given");
     }
+    let names: Vec<&str> = router.models().map(|m| m.id.as_str()).collect();
+    println!("serving {} model names: {}", names.len(), names.join(", "));
 
     let mut state = AppState::new(router);
     state.api_keys = keys

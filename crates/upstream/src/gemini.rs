@@ -140,12 +140,26 @@ impl Dialect for GeminiDialect {
                 ))
             }
         }
+        // Thinking: Gemini's own `thinking_config`, else OpenAI's `reasoning_effort`.
+        gc.thinking_config = req.extra.get("thinking_config").cloned().or_else(|| {
+            let budget = match req.extra.get("reasoning_effort")?.as_str()? {
+                "none" => 0,
+                "low" | "minimal" => 1024,
+                "medium" => 8192,
+                "high" => 24576,
+                _ => return None,
+            };
+            Some(json!({"thinkingBudget": budget, "includeThoughts": budget > 0}))
+        });
         let mut body = wire::GenerateContentRequest {
             contents,
             system_instruction,
             generation_config: Some(gc),
             ..Default::default()
         };
+        if let Some(v) = req.extra.get("safety_settings") {
+            body.extra.insert("safetySettings".into(), v.clone());
+        }
         if !req.tools.is_empty() {
             body.tools = vec![wire::Tool {
                 function_declarations: req

@@ -392,6 +392,7 @@ async fn gemini_request_and_stream_map_both_ways() {
             strict: true,
         };
         req.max_tokens = Some(64);
+        req.extra.insert("reasoning_effort".into(), json!("low"));
         let done = run(&b, req).await.unwrap();
         let c = &done.choices[0];
         assert_eq!(
@@ -438,6 +439,10 @@ async fn gemini_request_and_stream_map_both_ways() {
         json!({"mode": "ANY", "allowedFunctionNames": ["get_weather"]})
     );
     assert_eq!(body["generationConfig"]["maxOutputTokens"], 64);
+    assert_eq!(
+        body["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 1024, "includeThoughts": true})
+    );
     assert_eq!(
         body["generationConfig"]["responseMimeType"],
         "application/json"
