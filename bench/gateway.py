@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Gateway overhead: the same load (16 concurrent clients) against a fast mock OpenAI
-upstream called directly, through Parlance, and through LiteLLM's proxy, side by side,
+upstream called directly, through a bare axum + reqwest proxy (the HTTP stack's floor),
+through Parlance, and through LiteLLM's proxy, side by side,
 non-streaming and streaming. Two runs per target: flat out (throughput) and paced at a
 fixed rate (latency); added latency = gateway percentile - direct percentile.
 
@@ -51,6 +52,7 @@ def wait_http(url: str, timeout: float = 120) -> None:
 
 
 LOADGEN = TARGET / "release" / "examples" / "loadgen"
+BARE = TARGET / "release" / "examples" / "bare_proxy"
 
 
 def body_file(stream: bool) -> str:
@@ -86,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     if not shutil.which("litellm"):
         sys.exit("litellm not found: pip install 'litellm[proxy]'")
-    for b in (PARLANCE, MOCK, LOADGEN):
+    for b in (PARLANCE, MOCK, LOADGEN, BARE):
         if not b.exists():
             sys.exit(f"{b} missing: see this script's docstring")
 
@@ -96,9 +98,10 @@ def main() -> None:
         log = open(f"{logs}/{name}.log", "w")
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
 
-    mock_port, gw_port, llm_port = free_port(), free_port(), free_port()
+    mock_port, gw_port, llm_port, bare_port = free_port(), free_port(), free_port(), free_port()
     mock_url = f"http://127.0.0.1:{mock_port}/v1"
     start([str(MOCK), str(mock_port), "16"], "mock")
+    start([str(BARE), f"{mock_url}/chat/completions", str(bare_port)], "bare")
 
     cfg = pathlib.Path(logs) / "gateway.toml"
     cfg.write_text(
@@ -119,10 +122,12 @@ def main() -> None:
     start(["litellm", "--config", str(llm_cfg), "--port", str(llm_port)], "litellm", llm_env)
     try:
         wait_http(f"http://127.0.0.1:{mock_port}/")
+        wait_http(f"http://127.0.0.1:{bare_port}/")
         wait_http(f"http://127.0.0.1:{gw_port}/health")
         wait_http(f"http://127.0.0.1:{llm_port}/health/liveliness", timeout=180)
         targets = {
             "direct": f"{mock_url}/chat/completions",
+            "floor": f"http://127.0.0.1:{bare_port}/v1/chat/completions",
             "parlance": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
             "litellm": f"http://127.0.0.1:{llm_port}/v1/chat/completions",
         }
@@ -167,7 +172,7 @@ def write_report(results, args) -> None:
         d50 = med(results, (stream, "direct", "paced"), "p50")
         d99 = med(results, (stream, "direct", "paced"), "p99")
         llm = med(results, (stream, "litellm", "max"), "rps")
-        for name in ("direct", "parlance", "litellm"):
+        for name in ("direct", "floor", "parlance", "litellm"):
             rps = med(results, (stream, name, "max"), "rps")
             p50 = med(results, (stream, name, "paced"), "p50")
             p99 = med(results, (stream, name, "paced"), "p99")
@@ -175,6 +180,8 @@ def write_report(results, args) -> None:
             added = ("", "") if name == "direct" else (f"{p50 - d50:+.3f}", f"{p99 - d99:+.3f}")
             lines.append(f"| {mode} | {name} | {rps:.0f} | {ratio} | {p50:.3f} | {p99:.3f} | {added[0]} | {added[1]} |")
     lines.append("")
+    lines.append("`floor`: a bare axum + reqwest proxy (crates/upstream/examples/bare_proxy.rs) that forwards "
+                 "bytes without parsing: the HTTP stack's own share of the added latency.")
     lines.append(f"LiteLLM cannot sustain {args.rate:.0f} req/s here: its paced latencies include queueing.")
     text = "\n".join(lines) + "\n"
     (ROOT / "bench" / "gateway-results.md").write_text(text)
