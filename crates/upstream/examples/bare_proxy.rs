@@ -19,7 +19,10 @@ async fn main() {
         eprintln!("usage: bare_proxy UPSTREAM_URL PORT");
         std::process::exit(2);
     };
-    let client = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
     let app = axum::Router::new().route(
         "/v1/chat/completions",
         post(move |body: Bytes| {
