@@ -203,7 +203,14 @@ impl Backend for UpstreamModel {
         let call = p.dialect.build(&p.cfg.base_url, &self.model, &request)?;
         let first = async {
             let resp = http::send(&p, &call).await?;
-            let mut events = if request.stream {
+            // Some servers ignore `stream: true` (or report an error) with a plain JSON
+            // body: read it as a whole answer instead of finding no events in it.
+            let is_json = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("application/json"));
+            let mut events = if request.stream && !is_json {
                 http::event_stream(&p, resp, p.dialect.stream_mapper(&request))
             } else {
                 let body = http::read_body(&p, resp).await?;

@@ -742,3 +742,18 @@ async fn token_counts_come_from_the_upstream() {
         (ErrorKind::InvalidRequest, Some("unsupported"))
     );
 }
+
+#[tokio::test]
+async fn a_json_answer_to_a_stream_request_is_read_whole() {
+    let mock = Mock::start().await;
+    let b = model(&provider(ProviderKind::OpenAi, &mock.url), "m");
+    mock.push(Reply::Json(200, json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"}, "finish_reason": "stop"}]})));
+    let done = run(&b, ask("hi", true)).await.unwrap();
+    assert_eq!(done.choices[0].content, "whole");
+    mock.push(Reply::Json(
+        200,
+        json!({"error": {"message": "model is loading"}}),
+    ));
+    let e = run(&b, ask("hi", true)).await.unwrap_err();
+    assert!(e.message.contains("model is loading"), "{}", e.message);
+}
