@@ -275,15 +275,29 @@ impl Config {
                 }
             }
             for f in &m.fallbacks {
-                if f.get_ref() == name
-                    || !self.models.iter().any(|o| o.name.get_ref() == f.get_ref())
-                {
-                    return Err(format!(
-                        "{}: model `{name}`: fallback `{}` must be another model in this file",
-                        at(&f.span()),
-                        f.get_ref()
-                    ));
+                let target = self.models.iter().find(|o| o.name.get_ref() == f.get_ref());
+                match target {
+                    Some(t) if t.base.is_some() => {
+                        return Err(format!(
+                            "{}: model `{name}`: fallback `{}` is a preset; name the model it is based on",
+                            at(&f.span()),
+                            f.get_ref()
+                        ))
+                    }
+                    Some(t) if t.name.get_ref() != name => {}
+                    _ => {
+                        return Err(format!(
+                            "{}: model `{name}`: fallback `{}` must be another model in this file",
+                            at(&f.span()),
+                            f.get_ref()
+                        ))
+                    }
                 }
+            }
+            if m.base.is_some() && !m.fallbacks.is_empty() {
+                return Err(format!(
+                    "{here}: model `{name}` is a preset: it uses its base model's fallbacks"
+                ));
             }
         }
         Ok(())
@@ -326,5 +340,11 @@ mod tests {
         assert!(Config::parse(text).unwrap_err().contains("base `zzz`"));
         let text = "[[models]]\nname = \"a\"\ndeployments = [{ gguf = \"x.gguf\" }]\n[[models]]\nname = \"a\"\nbase = \"a\"\n";
         assert!(Config::parse(text).unwrap_err().contains("used twice"));
+        let text = "[[models]]\nname = \"a\"\ndeployments = [{ gguf = \"x.gguf\" }]\nfallbacks = [\"p\"]\n[[models]]\nname = \"b\"\ndeployments = [{ gguf = \"y.gguf\" }]\n[[models]]\nname = \"p\"\nbase = \"b\"\n";
+        let e = Config::parse(text).unwrap_err();
+        assert!(
+            e.contains("fallback `p` is a preset") && e.contains("line 4"),
+            "{e}"
+        );
     }
 }
