@@ -12,13 +12,15 @@ use serde_json::Value;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 pub async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error> {
-    let body = serde_json::to_vec(&call.body).map_err(|e| Error::internal(e.to_string()))?;
+    // Bytes: a retry after a 401 resends it without copying.
+    let body = bytes::Bytes::from(
+        serde_json::to_vec(&call.body).map_err(|e| Error::internal(e.to_string()))?,
+    );
     let mut refreshed = false;
     loop {
         let mut rb = p
             .client
             .post(&call.url)
-            .headers(p.headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.clone());
         for (k, v) in &call.extra_headers {
@@ -161,6 +163,12 @@ async fn status_error(p: &Provider, resp: reqwest::Response) -> Error {
     err.with_code(upstream_code.unwrap_or_else(|| format!("upstream_{code}")))
 }
 
+/// Says which upstream a mapping error (malformed answer, error event) came from.
+pub fn from_upstream(name: &str, mut e: Error) -> Error {
+    e.message = format!("upstream `{name}`: {}", e.message);
+    e
+}
+
 /// The SSE body as IR events, via the dialect's mapper; a cut-off or malformed stream
 /// ends with an error item.
 pub fn event_stream(
@@ -200,9 +208,8 @@ pub fn event_stream(
                             break 'read;
                         }
                     }
-                    Err(mut e) => {
-                        e.message = format!("upstream `{name}`: {}", e.message);
-                        yield Err(e);
+                    Err(e) => {
+                        yield Err(from_upstream(&name, e));
                         return;
                     }
                 }
@@ -214,10 +221,7 @@ pub fn event_stream(
                     yield Ok(e);
                 }
             }
-            Err(mut e) => {
-                e.message = format!("upstream `{name}`: {}", e.message);
-                yield Err(e.retryable());
-            }
+            Err(e) => yield Err(from_upstream(&name, e).retryable()),
         }
     })
 }

@@ -94,7 +94,6 @@ pub struct ProviderConfig {
 pub struct Provider {
     cfg: ProviderConfig,
     client: reqwest::Client,
-    headers: HeaderMap,
     dialect: Box<dyn Dialect>,
     token: Option<gigachat::TokenSource>,
 }
@@ -102,10 +101,20 @@ pub struct Provider {
 impl Provider {
     pub fn new(mut cfg: ProviderConfig) -> Result<Arc<Provider>, String> {
         cfg.base_url = cfg.base_url.trim_end_matches('/').to_string();
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("provider `{}`: bad header name `{k}`", cfg.name))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| format!("provider `{}`: bad value for header `{k}`", cfg.name))?;
+            headers.insert(name, value);
+        }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.timeouts.connect)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90));
+            .pool_idle_timeout(Duration::from_secs(90))
+            // Configured once here instead of copied into every request.
+            .default_headers(headers);
         if let Some(pem) = &cfg.ca_cert {
             let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
                 format!(
@@ -118,14 +127,6 @@ impl Provider {
         let client = builder
             .build()
             .map_err(|e| format!("provider `{}`: cannot build HTTP client: {e}", cfg.name))?;
-        let mut headers = HeaderMap::new();
-        for (k, v) in &cfg.headers {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("provider `{}`: bad header name `{k}`", cfg.name))?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|_| format!("provider `{}`: bad value for header `{k}`", cfg.name))?;
-            headers.insert(name, value);
-        }
         let dialect: Box<dyn Dialect> = match cfg.kind {
             ProviderKind::OpenAi => {
                 Box::new(openai::OpenAiDialect::standard(cfg.max_completion_tokens))
@@ -146,7 +147,6 @@ impl Provider {
         Ok(Arc::new(Provider {
             cfg,
             client,
-            headers,
             dialect,
             token,
         }))
@@ -214,7 +214,10 @@ impl Backend for UpstreamModel {
                 http::event_stream(&p, resp, p.dialect.stream_mapper(&request))
             } else {
                 let body = http::read_body(&p, resp).await?;
-                let events = p.dialect.parse_body(&body, &request)?;
+                let events = p
+                    .dialect
+                    .parse_body(&body, &request)
+                    .map_err(|e| http::from_upstream(&p.cfg.name, e))?;
                 futures::stream::iter(events.into_iter().map(Ok)).boxed()
             };
             let first = events.next().await;
@@ -273,7 +276,8 @@ impl Backend for UpstreamModel {
             }
         })?;
         let body = http::read_body(p, resp).await?;
-        let counts: Vec<TokenCount> = dialect::parse_json(&body, "token count")?;
+        let counts: Vec<TokenCount> = dialect::parse_json(&body, "token count")
+            .map_err(|e| http::from_upstream(&p.cfg.name, e))?;
         if counts.len() != texts.len() {
             return Err(Error::new(
                 ErrorKind::Upstream,
