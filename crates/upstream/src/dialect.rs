@@ -38,13 +38,13 @@ pub trait StreamMapper: Send {
     fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), Error>;
 }
 
-/// Parses a JSON body or says which provider sent something else.
+/// Parses a JSON answer, or says what was malformed (the caller names the upstream).
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
     serde_json::from_slice(bytes).map_err(|e| {
         let head = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
         Error::new(
             parlance_core::ErrorKind::Upstream,
-            format!("upstream sent a malformed {what}: {e} (starts with {head:?})"),
+            format!("malformed {what}: {e} (starts with {head:?})"),
         )
     })
 }
@@ -77,7 +77,7 @@ impl Finishes {
         } else {
             Err(Error::new(
                 parlance_core::ErrorKind::Upstream,
-                "upstream stream ended before every choice finished",
+                "stream ended before every choice finished",
             ))
         }
     }

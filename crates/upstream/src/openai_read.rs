@@ -214,12 +214,9 @@ pub fn parse_body(body: &[u8], n: u32) -> Result<Vec<StreamEvent>, Error> {
     if let Some(err) = a.error.filter(|e| !e.is_null()) {
         return Err(stream_error(err));
     }
-    let choices = a.choices.ok_or_else(|| {
-        Error::new(
-            ErrorKind::Upstream,
-            "upstream sent a chat completion without `choices`",
-        )
-    })?;
+    let choices = a
+        .choices
+        .ok_or_else(|| Error::new(ErrorKind::Upstream, "a chat completion without `choices`"))?;
     let mut out = Vec::new();
     let mut finishes = Finishes::new(n);
     for (i, c) in choices.into_iter().enumerate() {
