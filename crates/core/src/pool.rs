@@ -12,12 +12,15 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// `balance = "..."` in parlance.toml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// Random, in proportion to each deployment's weight.
     #[default]
     Weighted,
     /// The deployment with the fewest requests in flight per unit of weight.
+    #[serde(alias = "least_in_flight")]
     LeastInFlight,
 }
 

@@ -3,11 +3,10 @@
 //! loader, so this crate never touches the engine.
 
 use crate::config::{
-    BalanceName, Config, DefaultsSection, MaxTokensParam, ModelSection, ProviderKindName,
-    ProviderSection, RoutingSection,
+    Config, DefaultsSection, MaxTokensParam, ModelSection, ProviderSection, RoutingSection,
 };
 use parlance_core::ir::SamplingParams;
-use parlance_core::pool::{Balance, Deployment, Pool, PoolPolicy};
+use parlance_core::pool::{Deployment, Pool, PoolPolicy};
 use parlance_core::preset::{Defaults, Preset};
 use parlance_core::{Backend, Capabilities, ModelInfo, Router};
 use parlance_upstream::{
@@ -32,12 +31,7 @@ fn provider_config(
     p: &ProviderSection,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ProviderConfig, String> {
-    let kind = match p.kind {
-        ProviderKindName::Openai => ProviderKind::OpenAi,
-        ProviderKindName::Anthropic => ProviderKind::Anthropic,
-        ProviderKindName::Gemini => ProviderKind::Gemini,
-        ProviderKindName::Gigachat => ProviderKind::GigaChat,
-    };
+    let kind = p.kind;
     let base_url = p
         .base_url
         .clone()
@@ -95,12 +89,8 @@ fn provider_config(
 
 fn policy(global: &RoutingSection, own: &RoutingSection) -> PoolPolicy {
     let d = PoolPolicy::default();
-    let balance = own.balance.or(global.balance).unwrap_or_default();
     PoolPolicy {
-        balance: match balance {
-            BalanceName::Weighted => Balance::Weighted,
-            BalanceName::LeastInFlight => Balance::LeastInFlight,
-        },
+        balance: own.balance.or(global.balance).unwrap_or_default(),
         retries: own.retries.or(global.retries).unwrap_or(d.retries),
         backoff: own
             .backoff_ms

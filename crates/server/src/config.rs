@@ -3,6 +3,8 @@
 //! error naming the key and its line; so is a reference to a provider or model that does
 //! not exist.
 
+use parlance_core::pool::Balance;
+use parlance_upstream::ProviderKind;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,20 +33,10 @@ pub struct ServerSection {
     pub api_keys_env: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProviderKindName {
-    #[serde(alias = "openai-compatible")]
-    Openai,
-    Anthropic,
-    Gemini,
-    Gigachat,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSection {
-    pub kind: ProviderKindName,
+    pub kind: ProviderKind,
     pub base_url: Option<String>,
     /// Name of the environment variable that holds the key (preferred).
     pub api_key_env: Option<String>,
@@ -73,20 +65,11 @@ pub enum MaxTokensParam {
     MaxCompletionTokens,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum BalanceName {
-    #[default]
-    Weighted,
-    #[serde(alias = "least_in_flight")]
-    LeastInFlight,
-}
-
 /// Routing policy; `[routing]` sets it for every model, a model may override any field.
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingSection {
-    pub balance: Option<BalanceName>,
+    pub balance: Option<Balance>,
     pub retries: Option<u32>,
     pub backoff_ms: Option<u64>,
     pub backoff_max_ms: Option<u64>,
@@ -191,17 +174,17 @@ impl Config {
             }
         }
         for (name, p) in &self.providers {
-            if p.kind != ProviderKindName::Gigachat && (p.auth_url.is_some() || p.scope.is_some()) {
+            if p.kind != ProviderKind::GigaChat && (p.auth_url.is_some() || p.scope.is_some()) {
                 return Err(format!(
                     "provider `{name}`: auth_url and scope are for kind = \"gigachat\" only"
                 ));
             }
-            if p.kind != ProviderKindName::Openai && p.max_tokens_param.is_some() {
+            if p.kind != ProviderKind::OpenAi && p.max_tokens_param.is_some() {
                 return Err(format!(
                     "provider `{name}`: max_tokens_param is for kind = \"openai\" only"
                 ));
             }
-            if p.kind == ProviderKindName::Openai && p.base_url.is_none() {
+            if p.kind == ProviderKind::OpenAi && p.base_url.is_none() {
                 return Err(format!(
                     "provider `{name}`: kind = \"openai\" needs base_url (e.g. \"http://localhost:8000/v1\")"
                 ));

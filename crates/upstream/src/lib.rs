@@ -20,10 +20,13 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `kind = "..."` in parlance.toml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// Any OpenAI-compatible server: OpenAI, vLLM, SGLang, TGI, llama.cpp, Ollama,
     /// DeepSeek, BgGPT, BelugAPI, another Parlance.
+    #[serde(rename = "openai", alias = "openai-compatible")]
     OpenAi,
     Anthropic,
     Gemini,
