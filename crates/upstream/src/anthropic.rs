@@ -1,6 +1,6 @@
 //! Anthropic's native Messages API as an upstream.
 
-use crate::dialect::{parse_json, AuthStyle, Call, Dialect, StreamMapper};
+use crate::dialect::{call_arguments, parse_json, AuthStyle, Call, Dialect, StreamMapper};
 use crate::sse::SseEvent;
 use parlance_core::ir::{
     ChatRequest, ContentPart, Delta, FinishReason, ImageSource, Message, ResponseFormat, Role,
@@ -44,10 +44,10 @@ fn blocks(m: &Message) -> Vec<wire::ContentBlock> {
     out
 }
 
-fn messages(req: &ChatRequest) -> (Option<String>, Vec<wire::Message>) {
+fn messages(req: &ChatRequest) -> Result<(Option<String>, Vec<wire::Message>), Error> {
     let mut system: Vec<String> = Vec::new();
     let mut out: Vec<wire::Message> = Vec::new();
-    for m in &req.messages {
+    for (i, m) in req.messages.iter().enumerate() {
         let (role, content) = match m.role {
             Role::System => {
                 system.push(m.joined_text());
@@ -56,11 +56,11 @@ fn messages(req: &ChatRequest) -> (Option<String>, Vec<wire::Message>) {
             Role::User => ("user", blocks(m)),
             Role::Assistant => {
                 let mut b = blocks(m);
-                for c in &m.tool_calls {
+                for (k, c) in m.tool_calls.iter().enumerate() {
                     b.push(wire::ContentBlock::ToolUse {
                         id: c.id.clone(),
                         name: c.name.clone(),
-                        input: serde_json::from_str(&c.arguments).unwrap_or(json!({})),
+                        input: call_arguments(i, k, &c.arguments)?,
                     });
                 }
                 ("assistant", b)
@@ -88,7 +88,7 @@ fn messages(req: &ChatRequest) -> (Option<String>, Vec<wire::Message>) {
         }
     }
     let system = (!system.is_empty()).then(|| system.join("\n\n"));
-    (system, out)
+    Ok((system, out))
 }
 
 impl Dialect for AnthropicDialect {
@@ -99,7 +99,7 @@ impl Dialect for AnthropicDialect {
                 "this model's provider (Anthropic) returns one choice per request: n must be 1",
             ));
         }
-        let (mut system, messages) = messages(req);
+        let (mut system, messages) = messages(req)?;
         let mut body = wire::MessagesRequest {
             model: model.to_string(),
             max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),

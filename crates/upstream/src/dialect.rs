@@ -38,6 +38,42 @@ pub trait StreamMapper: Send {
     fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), Error>;
 }
 
+/// A history call's arguments as the JSON object that providers taking objects (not
+/// text) need; arguments that are not one are the caller's error, not silently `{}`.
+pub fn call_arguments(msg: usize, call: usize, args: &str) -> Result<serde_json::Value, Error> {
+    if args.trim().is_empty() {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    match serde_json::from_str::<serde_json::Value>(args) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        _ => Err(Error::invalid_param(
+            format!("messages[{msg}].tool_calls[{call}].function.arguments"),
+            "this model's provider needs tool-call arguments to be a JSON object",
+        )),
+    }
+}
+
+/// The function a tool result answers, for providers that match results by name (Gemini,
+/// GigaChat): looked up by call id among the earlier assistant calls, else the message's
+/// own `name`.
+pub fn answered_function(req: &ChatRequest, msg: usize) -> Result<String, Error> {
+    let m = &req.messages[msg];
+    let id = m.tool_call_id.as_deref().unwrap_or_default();
+    req.messages[..msg]
+        .iter()
+        .rev()
+        .flat_map(|earlier| &earlier.tool_calls)
+        .find(|c| c.id == id)
+        .map(|c| c.name.clone())
+        .or_else(|| m.name.clone())
+        .ok_or_else(|| {
+            Error::invalid_param(
+                format!("messages[{msg}].tool_call_id"),
+                format!("tool_call_id {id:?} matches no earlier assistant tool call"),
+            )
+        })
+}
+
 /// Parses a JSON answer, or says what was malformed (the caller names the upstream).
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
     serde_json::from_slice(bytes).map_err(|e| {

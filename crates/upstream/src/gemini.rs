@@ -1,6 +1,8 @@
 //! Gemini's native generateContent / streamGenerateContent as an upstream.
 
-use crate::dialect::{parse_json, AuthStyle, Call, Dialect, Finishes, StreamMapper};
+use crate::dialect::{
+    answered_function, call_arguments, parse_json, AuthStyle, Call, Dialect, Finishes, StreamMapper,
+};
 use crate::openai_read::new_call_id;
 use crate::sse::SseEvent;
 use parlance_core::ir::{
@@ -44,12 +46,10 @@ fn parts(m: &Message) -> Vec<wire::Part> {
         .collect()
 }
 
-fn contents(req: &ChatRequest) -> (Option<wire::Content>, Vec<wire::Content>) {
+fn contents(req: &ChatRequest) -> Result<(Option<wire::Content>, Vec<wire::Content>), Error> {
     let mut system = Vec::new();
     let mut out: Vec<wire::Content> = Vec::new();
-    // Gemini answers a call by function name; OpenAI callers answer by call id.
-    let mut names: Vec<(&str, &str)> = Vec::new();
-    for m in &req.messages {
+    for (i, m) in req.messages.iter().enumerate() {
         let (role, p) = match m.role {
             Role::System => {
                 system.push(text_part(&m.joined_text()));
@@ -58,13 +58,12 @@ fn contents(req: &ChatRequest) -> (Option<wire::Content>, Vec<wire::Content>) {
             Role::User => ("user", parts(m)),
             Role::Assistant => {
                 let mut p = parts(m);
-                for c in &m.tool_calls {
-                    names.push((&c.id, &c.name));
+                for (k, c) in m.tool_calls.iter().enumerate() {
                     p.push(wire::Part {
                         function_call: Some(wire::FunctionCall {
                             id: None,
                             name: c.name.clone(),
-                            args: serde_json::from_str(&c.arguments).unwrap_or(json!({})),
+                            args: call_arguments(i, k, &c.arguments)?,
                         }),
                         ..Default::default()
                     });
@@ -72,13 +71,8 @@ fn contents(req: &ChatRequest) -> (Option<wire::Content>, Vec<wire::Content>) {
                 ("model", p)
             }
             Role::Tool => {
-                let id = m.tool_call_id.as_deref().unwrap_or_default();
-                let name = names
-                    .iter()
-                    .find(|(i, _)| *i == id)
-                    .map(|(_, n)| n.to_string())
-                    .or_else(|| m.name.clone())
-                    .unwrap_or_default();
+                // Gemini answers a call by function name; OpenAI callers answer by call id.
+                let name = answered_function(req, i)?;
                 let text = m.joined_text();
                 let response = match serde_json::from_str::<Value>(&text) {
                     Ok(v @ Value::Object(_)) => v,
@@ -107,12 +101,12 @@ fn contents(req: &ChatRequest) -> (Option<wire::Content>, Vec<wire::Content>) {
         role: None,
         parts: system,
     });
-    (system, out)
+    Ok((system, out))
 }
 
 impl Dialect for GeminiDialect {
     fn build(&self, base_url: &str, model: &str, req: &ChatRequest) -> Result<Call, Error> {
-        let (system_instruction, contents) = contents(req);
+        let (system_instruction, contents) = contents(req)?;
         let s = &req.sampling;
         let mut gc = wire::GenerationConfig {
             temperature: s.temperature,

@@ -2,7 +2,7 @@
 //! DeepSeek, BgGPT, another Parlance... and GigaChat, whose body is the same but for
 //! its `functions` / `function_call` spelling of tools.
 
-use crate::dialect::{AuthStyle, Call, Dialect, StreamMapper};
+use crate::dialect::{answered_function, call_arguments, AuthStyle, Call, Dialect, StreamMapper};
 use crate::openai_read;
 use parlance_core::ir::{
     ChatRequest, ContentPart, ImageSource, Message, ResponseFormat, Role, StreamEvent, ToolChoice,
@@ -63,22 +63,27 @@ fn content(m: &Message) -> Value {
 }
 
 impl OpenAiDialect {
-    fn message(&self, m: &Message) -> Value {
+    fn message(&self, req: &ChatRequest, i: usize) -> Result<Value, Error> {
+        let m = &req.messages[i];
         let mut o = Map::new();
         if self.gigachat && m.role == Role::Tool {
             o.insert("role".into(), json!("function"));
             o.insert("content".into(), json!(m.joined_text()));
-            if let Some(name) = &m.name {
-                o.insert("name".into(), json!(name));
-            }
-            return Value::Object(o);
+            o.insert("name".into(), json!(answered_function(req, i)?));
+            return Ok(Value::Object(o));
         }
         o.insert("role".into(), json!(m.role.as_str()));
         if m.role == Role::Assistant && !m.tool_calls.is_empty() {
             let text = m.joined_text();
             if self.gigachat {
+                if m.tool_calls.len() > 1 {
+                    return Err(Error::invalid_param(
+                        format!("messages[{i}].tool_calls"),
+                        "this model's provider (GigaChat) takes one function call per assistant message",
+                    ));
+                }
                 let call = &m.tool_calls[0];
-                let args: Value = serde_json::from_str(&call.arguments).unwrap_or(json!({}));
+                let args = call_arguments(i, 0, &call.arguments)?;
                 o.insert("content".into(), json!(text));
                 o.insert(
                     "function_call".into(),
@@ -109,7 +114,7 @@ impl OpenAiDialect {
         if let Some(id) = &m.tool_call_id {
             o.insert("tool_call_id".into(), json!(id));
         }
-        Value::Object(o)
+        Ok(Value::Object(o))
     }
 
     fn tools(&self, req: &ChatRequest, o: &mut Map<String, Value>) {
@@ -171,7 +176,9 @@ impl Dialect for OpenAiDialect {
     fn build(&self, base_url: &str, model: &str, req: &ChatRequest) -> Result<Call, Error> {
         let mut o = Map::new();
         o.insert("model".into(), json!(model));
-        let messages: Vec<Value> = req.messages.iter().map(|m| self.message(m)).collect();
+        let messages = (0..req.messages.len())
+            .map(|i| self.message(req, i))
+            .collect::<Result<Vec<Value>, Error>>()?;
         o.insert("messages".into(), Value::Array(messages));
         let s = &req.sampling;
         put(&mut o, "temperature", s.temperature);

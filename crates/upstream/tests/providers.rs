@@ -541,6 +541,10 @@ async fn gigachat_gets_caches_and_refreshes_its_access_token() {
         json!({"name": "get_weather", "arguments": {"city": "Sofia"}})
     );
     assert_eq!(body["messages"][3]["role"], "function");
+    assert_eq!(
+        body["messages"][3]["name"], "get_weather",
+        "named from the call it answers"
+    );
 }
 
 #[tokio::test]
@@ -756,4 +760,64 @@ async fn a_json_answer_to_a_stream_request_is_read_whole() {
     ));
     let e = run(&b, ask("hi", true)).await.unwrap_err();
     assert!(e.message.contains("model is loading"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn history_a_provider_cannot_take_is_a_400_naming_the_param() {
+    let mock = Mock::start().await;
+    let with_history = |edit: &dyn Fn(&mut Vec<Message>)| {
+        let mut r = ask("", false);
+        r.messages = tool_history();
+        edit(&mut r.messages);
+        r
+    };
+    let bad_args = |m: &mut Vec<Message>| m[2].tool_calls[0].arguments = "{\"city\": ".into();
+    for kind in [ProviderKind::Anthropic, ProviderKind::Gemini] {
+        let b = model(&provider(kind, &mock.url), "m");
+        let e = run(&b, with_history(&bad_args)).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest, "{kind:?}");
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[2].tool_calls[0].function.arguments")
+        );
+    }
+    let gemini = model(&provider(ProviderKind::Gemini, &mock.url), "m");
+    let e = run(
+        &gemini,
+        with_history(&|m| m[3].tool_call_id = Some("call_unknown".into())),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("messages[3].tool_call_id"));
+
+    let oauth = Mock::start().await;
+    let auth = GigaChatAuth {
+        auth_url: format!("{}/oauth", oauth.url),
+        scope: "GIGACHAT_API_PERS".into(),
+    };
+    let giga = model(
+        &provider_with(
+            ProviderKind::GigaChat,
+            &mock.url,
+            Timeouts::default(),
+            Some(auth),
+        ),
+        "GigaChat",
+    );
+    let two_calls = |m: &mut Vec<Message>| {
+        let again = m[2].tool_calls[0].clone();
+        m[2].tool_calls.push(again);
+    };
+    let e = run(&giga, with_history(&two_calls)).await.unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("messages[2].tool_calls"));
+    let e = run(&giga, with_history(&bad_args)).await.unwrap_err();
+    assert_eq!(
+        e.param.as_deref(),
+        Some("messages[2].tool_calls[0].function.arguments")
+    );
+    assert_eq!(
+        (mock.count(), oauth.count()),
+        (0, 0),
+        "refused before any upstream call"
+    );
 }
