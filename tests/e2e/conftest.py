@@ -24,16 +24,18 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         logs = pathlib.Path(os.environ.get("PARLANCE_E2E_LOGS", tempfile.gettempdir()))
-        self.log = open(logs / f"parlance-e2e-{self.port}.log", "w")
+        self.log_path = logs / f"parlance-e2e-{self.port}.log"
+        self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--port", str(self.port), *args],
             cwd=ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -60,7 +62,8 @@ def server():
     # No -m: the default model is found in ./models, as the README's first command puts it.
     # --n-predict bounds the seed examples' max_tokens=16384: the 135M model rarely
     # stops on its own in Bulgarian, and the suite should not spend minutes on one answer.
-    s = Server("-np", "4", "--api-key", KEY, "--body-limit", str(1 << 20), "--n-predict", "512")
+    # --max-output-tokens admits the seed's 16384 (default 4096 would be a 400).
+    s = Server("-np", "4", "--api-key", KEY, "--body-limit", str(1 << 20), "--n-predict", "512", "--max-output-tokens", "16384")
     yield s
     s.stop()
 

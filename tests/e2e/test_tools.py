@@ -215,7 +215,10 @@ def test_logprobs_shape_and_sums(client):
     assert len(lp) == r.usage.completion_tokens or len(lp) == r.usage.completion_tokens - 1  # EOS has no entry
     assert "".join(t.token for t in lp) == r.choices[0].message.content
     for t in lp:
-        assert t.logprob <= 0 and t.bytes
+        assert t.logprob <= 0
+        # `bytes` is the token's text as UTF-8 (a token that completes a character split
+        # across tokens carries the whole character), so they always agree.
+        assert bytes(t.bytes).decode("utf-8") == t.token
         assert len(t.top_logprobs) == 3
         assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
         # Greedy: the chosen token is the most likely one.
@@ -242,6 +245,10 @@ def test_logprobs_shape_and_sums(client):
     assert len(entries) in (usage.completion_tokens, usage.completion_tokens - 1)
     for t in entries:
         assert len(t.top_logprobs) == 2 and t.logprob == pytest.approx(t.top_logprobs[0].logprob)
+        assert bytes(t.bytes).decode("utf-8") == t.token
+    # Streamed logprobs are the whole answer's, token for token.
+    assert [t.token for t in entries] == [t.token for t in lp]
+    assert [t.logprob for t in entries] == pytest.approx([t.logprob for t in lp], abs=1e-3)
 
 
 def test_lark_grammar_extension(client):

@@ -29,6 +29,9 @@ pub struct ModelInfo {
     /// `chat`, `reasoning`, `code`, ...
     pub kind: String,
     pub context_length: u32,
+    /// Most completion tokens one request may ask for; also the default when it asks
+    /// for none (local models). `None`: no limit of Parlance's own.
+    pub max_output_tokens: Option<u32>,
     pub capabilities: Capabilities,
 }
 
@@ -37,6 +40,12 @@ pub trait Backend: Send + Sync {
     /// Starts generating. Errors that are known before the first token (bad input for
     /// this model, a full queue) come back here, so they can still be a plain HTTP error.
     async fn chat(&self, request: ChatRequest) -> Result<EventStream, Error>;
+
+    /// `Err(reason)` when this backend cannot serve at all (its engine thread died);
+    /// `/health` reports it and requests get a 503.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Tokens in each text, as this model counts them (GigaChat's `POST /tokens/count`).
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {

@@ -136,6 +136,23 @@ impl Error {
         self.kind.status()
     }
 
+    /// The OpenAI body as a JSON value, for answers that add fields beside `error`.
+    pub fn to_openai_value(&self) -> serde_json::Value {
+        serde_json::to_value(self.to_openai()).unwrap_or_default()
+    }
+
+    /// OpenAI's `error.type` for an HTTP status that did not come from an [`Error`].
+    pub fn openai_type_for_status(status: u16) -> &'static str {
+        match status {
+            401 => "authentication_error",
+            403 => "permission_error",
+            429 => "rate_limit_error",
+            503 => "service_unavailable",
+            500..=599 => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
     /// `{"error":{"message","type","param","code"}}`
     pub fn to_openai(&self) -> ErrorResponse {
         ErrorResponse {

@@ -319,6 +319,21 @@ impl Backend for Pool {
         Err(err)
     }
 
+    /// Healthy while any deployment can serve.
+    fn health(&self) -> Result<(), String> {
+        let mut reasons = Vec::new();
+        for s in &self.slots {
+            match s.d.backend.health() {
+                Ok(()) => return Ok(()),
+                Err(e) => reasons.push(format!("{}: {e}", s.d.name)),
+            }
+        }
+        if reasons.is_empty() {
+            return Ok(());
+        }
+        Err(reasons.join("; "))
+    }
+
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
         match self.slots.first() {
             Some(s) => s.d.backend.count_tokens(texts).await,

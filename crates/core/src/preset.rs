@@ -83,6 +83,10 @@ impl Backend for Preset {
         self.inner.chat(request).await
     }
 
+    fn health(&self) -> Result<(), String> {
+        self.inner.health()
+    }
+
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
         self.inner.count_tokens(texts).await
     }

@@ -38,6 +38,10 @@ impl Router {
             .ok_or_else(|| Error::model_not_found(model))
     }
 
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
     pub fn models(&self) -> impl Iterator<Item = &ModelInfo> {
         self.routes.iter().map(|r| &r.info)
     }

@@ -28,16 +28,38 @@ impl Constrainer {
             return Ok(None);
         };
         let parser = self.factory.create_parser(grammar).map_err(|e| {
-            Error::invalid_param(param, format!("this {param} cannot be enforced: {e}"))
+            Error::invalid_param(
+                param,
+                format!("this {param} cannot be enforced: {}", reason(&e.to_string())),
+            )
         })?;
-        let matcher = Matcher::new(Ok(parser));
-        if let Some(e) = matcher.get_error() {
+        let mut matcher = Matcher::new(Ok(parser));
+        // Some grammars compile but fail on their first step (too many alternatives in
+        // one Earley row, a schema that only refers to itself). The sampler would then
+        // silently stop masking, so find out now: the first mask is needed anyway.
+        let first = matcher.compute_mask().map(|m| m.is_zero());
+        let failure = match (matcher.get_error(), first) {
+            (Some(e), _) => Some(e),
+            (None, Err(e)) => Some(e.to_string()),
+            (None, Ok(true)) => Some("no token can start an output that matches it".to_string()),
+            (None, Ok(false)) => None,
+        };
+        if let Some(e) = failure {
             return Err(Error::invalid_param(
                 param,
-                format!("this {param} cannot be enforced: {e}"),
+                format!("this {param} cannot be enforced: {}", reason(&e)),
             ));
         }
         Ok(Some(matcher))
+    }
+}
+
+/// llguidance's error without the parser state dump it appends.
+pub(crate) fn reason(e: &str) -> &str {
+    let line = e.lines().next().unwrap_or(e).trim();
+    match line.strip_prefix("Parser Error: ").unwrap_or(line) {
+        "NoExtensionBias" => "no output can match it (e.g. a schema whose $ref only refers to itself)",
+        other => other,
     }
 }
 

@@ -16,14 +16,17 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use parlance_core::ir::{ChatRequest, Message, Role, StreamEvent, ToolChoice, ToolDef, Usage};
+use llguidance::Matcher;
+use parlance_core::ir::{
+    ChatRequest, ContentPart, Message, Role, StreamEvent, ToolChoice, ToolDef, Usage,
+};
 use parlance_core::template::{ChatTemplate, CHATML_TEMPLATE};
 use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo};
 use serde_json::json;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -32,6 +35,11 @@ use worker::{Job, JobEvent, JobStats, Worker, WorkerConfig};
 
 /// Large enough for the `max_tokens: 16384` that the BgGPT examples send.
 pub const DEFAULT_CTX: u32 = 32768;
+
+/// Generated tokens per choice when a request sets no `max_tokens`, and the most it may
+/// ask for, unless configured (capped by the model's training context): a request
+/// without a limit on a looping answer must not hold a slot for the whole context.
+pub const DEFAULT_MAX_OUTPUT: u32 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlashAttention {
@@ -60,6 +68,11 @@ pub struct LocalModelConfig {
     /// Server-wide cap on generated tokens per choice (llama-server's `--n-predict`):
     /// a larger `max_tokens` is lowered to it and ends with `finish_reason: "length"`.
     pub n_predict: Option<u32>,
+    /// Default and ceiling of `max_tokens`; default the smaller of
+    /// [`DEFAULT_MAX_OUTPUT`] and the model's training context.
+    pub max_output_tokens: Option<u32>,
+    /// A Jinja chat template to use instead of the one in the GGUF.
+    pub chat_template: Option<String>,
     pub flash_attention: FlashAttention,
 }
 
@@ -75,9 +88,35 @@ impl LocalModelConfig {
             prefill_chunk: 256,
             max_queue: 64,
             n_predict: None,
+            max_output_tokens: None,
+            chat_template: None,
             flash_attention: FlashAttention::On,
         }
     }
+}
+
+/// Says what is wrong with a path that is no GGUF file, before llama.cpp gets it (it
+/// would only say "null result from llama cpp").
+fn check_gguf(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Read;
+    let shown = path.display();
+    if path.is_dir() {
+        return Err(format!(
+            "{shown} is a directory; -m takes a .gguf file (e.g. {shown}/model.gguf)"
+        ));
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("model file {shown} does not exist"),
+        _ => format!("cannot open model file {shown}: {e}"),
+    })?;
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
+        return Err(format!(
+            "{shown} is not a GGUF model file (it does not start with the GGUF magic); \
+             Parlance loads llama.cpp's GGUF format: convert other formats with llama.cpp's convert_hf_to_gguf.py"
+        ));
+    }
+    Ok(())
 }
 
 /// llama.cpp's global state: initialised once per process.
@@ -89,8 +128,9 @@ fn llama_backend() -> &'static LlamaBackend {
     })
 }
 
-pub struct LocalModel {
-    info: ModelInfo,
+/// What preparing a request needs (template, tokenizer, grammar compiler): shared with
+/// the blocking pool, where that CPU work runs instead of on the async workers.
+struct Prep {
     model: Arc<LlamaModel>,
     template: ChatTemplate,
     /// Whether the template renders `tools` itself; otherwise tools are described in
@@ -101,33 +141,74 @@ pub struct LocalModel {
     /// BOS text, to avoid a double BOS when the template already writes one.
     bos_text: String,
     add_bos: bool,
-    n_vocab: i32,
+    /// The longest token's text in bytes: a prompt of B bytes has at least
+    /// B / this many tokens, so an oversized prompt is refused without tokenizing it.
+    max_piece_bytes: usize,
     ctx_per_seq: u32,
+    /// Test hook (PARLANCE_TEST_ENGINE_PANIC): a prompt containing this text makes the
+    /// engine thread panic, so tests can see how a dead engine is reported.
+    crash_marker: Option<String>,
+}
+
+/// A prepared request: what the engine thread needs, computed off the async workers.
+struct Prepared {
+    prompt_text: String,
+    prompt: Vec<LlamaToken>,
+    constraint: Option<Matcher>,
+    crash: bool,
+}
+
+pub struct LocalModel {
+    info: ModelInfo,
+    prep: Arc<Prep>,
+    /// Bounds concurrent request preparation (CPU work) to the cores there are.
+    prep_permits: Arc<tokio::sync::Semaphore>,
+    n_vocab: i32,
     slots: usize,
     max_queue: usize,
     n_predict: Option<u32>,
+    /// Default and ceiling of generated tokens per choice.
+    max_output: u32,
+    /// Jobs sent to the engine thread and not yet given slots.
     queued: Arc<AtomicUsize>,
+    /// Slots without a running sequence, as the engine thread last saw them.
+    free: Arc<AtomicUsize>,
+    /// False once the engine thread has stopped (it panicked).
+    alive: Arc<AtomicBool>,
     jobs: mpsc::Sender<Job>,
+}
+
+/// Marks the engine dead when its thread ends, however it ends (a panic unwinds through it).
+struct AliveGuard(Arc<AtomicBool>, String);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+        if std::thread::panicking() {
+            tracing::error!(model = %self.1, "the engine thread panicked; this model answers 503 from now on");
+        }
+    }
 }
 
 impl LocalModel {
     /// Loads the GGUF and starts its engine thread; returns once the context exists.
     pub fn load(cfg: LocalModelConfig) -> Result<Self, String> {
         let path = &cfg.path;
-        if !path.is_file() {
-            return Err(format!("model file {} does not exist", path.display()));
-        }
+        check_gguf(path)?;
         let backend = llama_backend();
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
             .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         let model = Arc::new(model);
         let vocab = model.vocab();
 
-        let template_src = model
-            .chat_template(None)
-            .ok()
-            .and_then(|t| t.to_string().ok())
-            .unwrap_or_else(|| CHATML_TEMPLATE.to_string());
+        let template_src = match &cfg.chat_template {
+            Some(t) => t.clone(),
+            None => model
+                .chat_template(None)
+                .ok()
+                .and_then(|t| t.to_string().ok())
+                .unwrap_or_else(|| CHATML_TEMPLATE.to_string()),
+        };
         let piece = |t: LlamaToken| {
             String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
         };
@@ -197,17 +278,23 @@ impl LocalModel {
 
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
-        let queued = Arc::new(AtomicUsize::new(0));
+        let counters = worker::Counters {
+            queued: Arc::new(AtomicUsize::new(0)),
+            free: Arc::new(AtomicUsize::new(slots)),
+        };
+        let alive = Arc::new(AtomicBool::new(true));
         let thread_model = Arc::clone(&model);
-        let thread_queued = Arc::clone(&queued);
+        let thread_counters = counters.clone();
+        let guard = AliveGuard(Arc::clone(&alive), id.clone());
         std::thread::Builder::new()
             .name(format!("engine-{id}"))
             .spawn(move || {
+                let _guard = guard;
                 let model: &LlamaModel = &thread_model;
                 match model.new_context(llama_backend(), params) {
                     Ok(ctx) => {
                         let _ = ready_tx.send(Ok(()));
-                        Worker::new(model, ctx, worker_cfg, rx, thread_queued).run();
+                        Worker::new(model, ctx, worker_cfg, rx, thread_counters).run();
                     }
                     Err(e) => {
                         let _ =
@@ -220,12 +307,17 @@ impl LocalModel {
             .recv()
             .map_err(|_| "the engine thread died while starting".to_string())??;
 
+        let max_output = cfg
+            .max_output_tokens
+            .unwrap_or_else(|| DEFAULT_MAX_OUTPUT.min(train_ctx))
+            .clamp(1, ctx_per_seq);
         let info = ModelInfo {
             id,
             owned_by: "parlance".to_string(),
             created,
             kind: "chat".to_string(),
             context_length: ctx_per_seq,
+            max_output_tokens: Some(max_output),
             capabilities: Capabilities {
                 chat: true,
                 vision: false,
@@ -234,35 +326,45 @@ impl LocalModel {
                 logprobs: true,
             },
         };
-        Ok(LocalModel {
-            info,
-            n_vocab: model.n_vocab(),
+        let max_piece_bytes = vocab
+            .tokens()
+            .map(|t| vocab.token_to_piece(t, true, None).len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let prep = Prep {
             add_bos: vocab.should_add_bos(),
-            model,
+            model: Arc::clone(&model),
             template,
             template_tools,
             tool_syntax,
             constrainer,
             bos_text,
+            max_piece_bytes,
             ctx_per_seq,
+            crash_marker: std::env::var("PARLANCE_TEST_ENGINE_PANIC")
+                .ok()
+                .filter(|m| !m.is_empty()),
+        };
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(LocalModel {
+            info,
+            n_vocab: model.n_vocab(),
+            prep: Arc::new(prep),
+            prep_permits: Arc::new(tokio::sync::Semaphore::new(cores)),
             slots,
             max_queue: cfg.max_queue,
             n_predict: cfg.n_predict,
-            queued,
+            max_output,
+            queued: counters.queued,
+            free: counters.free,
+            alive,
             jobs,
         })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
-    }
-
-    fn tokenize(&self, prompt: &str) -> Vec<LlamaToken> {
-        let add_bos =
-            self.add_bos && (self.bos_text.is_empty() || !prompt.starts_with(&self.bos_text));
-        self.model
-            .vocab()
-            .tokenize(prompt.as_bytes(), add_bos, true)
     }
 
     fn check_supported(&self, req: &ChatRequest) -> Result<(), Error> {
@@ -272,28 +374,29 @@ impl LocalModel {
                 format!("model `{}` does not accept images", self.info.id),
             ));
         }
-        if let Some(&(tok, _)) = req
-            .sampling
-            .logit_bias
-            .iter()
-            .find(|(t, _)| *t < 0 || *t >= self.n_vocab)
-        {
-            return Err(Error::invalid_param(
-                "logit_bias",
-                format!(
-                    "token id {tok} is outside this model's vocabulary (0..{})",
-                    self.n_vocab
-                ),
-            ));
-        }
-        Ok(())
+        check_logit_bias(&req.sampling.logit_bias, self.n_vocab)
     }
 
-    /// Reserves queue places for `n` jobs, or says the queue is full.
+    fn unavailable(&self) -> Error {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "model `{}` is unavailable: its engine thread has stopped; restart the server",
+                self.info.id
+            ),
+        )
+        .with_code("model_unavailable")
+        // Another deployment of the same catalog model may still serve it.
+        .retryable()
+    }
+
+    /// Reserves queue places for `n` jobs, or says the queue is full. Jobs that find a
+    /// free slot do not wait, so they do not count against the queue.
     fn reserve(&self, n: usize) -> Result<(), Error> {
-        let before = self.queued.fetch_add(n, Ordering::Relaxed);
-        if before + n > self.max_queue + self.slots {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
+        let before = self.queued.fetch_add(n, Ordering::SeqCst);
+        let free = self.free.load(Ordering::SeqCst);
+        if before + n > self.max_queue + free {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(Error::new(
                 ErrorKind::RateLimited,
                 format!(
@@ -307,46 +410,151 @@ impl LocalModel {
         }
         Ok(())
     }
+
+    /// Runs CPU-heavy work on the blocking pool, at most one task per core at a time.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Prep) -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let _permit = self
+            .prep_permits
+            .acquire()
+            .await
+            .map_err(|_| self.unavailable())?;
+        let prep = Arc::clone(&self.prep);
+        tokio::task::spawn_blocking(move || work(&prep))
+            .await
+            .map_err(|e| Error::internal(format!("preparing the request failed: {e}")))
+    }
 }
 
-#[async_trait]
-impl Backend for LocalModel {
-    async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
-        // Plain text, as a caller would send it: no BOS, special-token text not parsed.
-        let vocab = self.model.vocab();
-        Ok(texts
-            .iter()
-            .map(|t| vocab.tokenize(t.as_bytes(), false, false).len() as u32)
-            .collect())
+impl Prep {
+    fn tokenize(&self, prompt: &str) -> Vec<LlamaToken> {
+        let add_bos =
+            self.add_bos && (self.bos_text.is_empty() || !prompt.starts_with(&self.bos_text));
+        self.model
+            .vocab()
+            .tokenize(prompt.as_bytes(), add_bos, true)
     }
 
-    async fn chat(&self, req: ChatRequest) -> Result<EventStream, Error> {
-        self.check_supported(&req)?;
-        let tools_active = !req.tools.is_empty() && req.tool_choice != ToolChoice::None;
-        let prompt_text = self.render(&req, tools_active)?;
-        let mut constraint = self.constrainer.for_request(&req)?;
+    /// Refuses, before any rendering or tokenizing, a request whose text alone needs
+    /// more tokens than the context has: B bytes are at least B / max_piece_bytes tokens.
+    fn check_size(&self, req: &ChatRequest, wanted: usize) -> Result<(), Error> {
+        let bytes: usize = req
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .map(|p| match p {
+                ContentPart::Text(t) => t.len(),
+                ContentPart::Image(_) => 0,
+            })
+            .sum();
+        let at_least = bytes / self.max_piece_bytes;
+        let ctx = self.ctx_per_seq as usize;
+        if at_least + wanted > ctx {
+            return Err(context_exceeded(ctx, at_least, wanted, "at least "));
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, req: &ChatRequest, tools_active: bool, wanted: usize) -> Result<Prepared, Error> {
+        self.check_size(req, wanted)?;
+        let prompt_text = self.render(req, tools_active)?;
+        let constraint = self.constrainer.for_request(req)?;
         let prompt = self.tokenize(&prompt_text);
         if prompt.is_empty() {
             return Err(Error::invalid_param("messages", "the prompt is empty"));
         }
         let ctx = self.ctx_per_seq as usize;
-        let wanted = req.max_tokens.map_or(1, |m| m as usize);
         if prompt.len() + wanted > ctx {
+            return Err(context_exceeded(ctx, prompt.len(), wanted, ""));
+        }
+        let crash = self
+            .crash_marker
+            .as_ref()
+            .is_some_and(|m| prompt_text.contains(m.as_str()));
+        Ok(Prepared {
+            prompt_text,
+            prompt,
+            constraint,
+            crash,
+        })
+    }
+}
+
+fn context_exceeded(ctx: usize, prompt: usize, wanted: usize, qualifier: &str) -> Error {
+    Error::invalid_param(
+        "messages",
+        format!(
+            "This model's maximum context length is {ctx} tokens. However, you requested {qualifier}{} tokens ({qualifier}{prompt} in the messages, {wanted} in the completion). Please reduce the length of the messages or completion.",
+            prompt + wanted,
+        ),
+    )
+    .with_code("context_length_exceeded")
+}
+
+#[async_trait]
+impl Backend for LocalModel {
+    async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err(self.unavailable());
+        }
+        let texts = texts.to_vec();
+        // Plain text, as a caller would send it: no BOS, special-token text not parsed.
+        self.off_thread(move |prep| {
+            let vocab = prep.model.vocab();
+            texts
+                .iter()
+                .map(|t| vocab.tokenize(t.as_bytes(), false, false).len() as u32)
+                .collect()
+        })
+        .await
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if self.alive.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("its engine thread has stopped".to_string())
+        }
+    }
+
+    async fn chat(&self, req: ChatRequest) -> Result<EventStream, Error> {
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err(self.unavailable());
+        }
+        self.check_supported(&req)?;
+        if let Some(m) = req.max_tokens.filter(|&m| m > self.max_output) {
             return Err(Error::invalid_param(
-                "messages",
+                "max_tokens",
                 format!(
-                    "This model's maximum context length is {ctx} tokens. However, you requested {} tokens ({} in the messages, {wanted} in the completion). Please reduce the length of the messages or completion.",
-                    prompt.len() + wanted,
-                    prompt.len(),
+                    "max_tokens is too large: {m}. This model supports at most {} completion tokens.",
+                    self.max_output
                 ),
             )
-            .with_code("context_length_exceeded"));
+            .with_code("max_tokens_too_large"));
         }
-        // The context check above is on what the caller asked for; the server-wide
-        // cap only bounds how much is generated.
+        let tools_active = !req.tools.is_empty() && req.tool_choice != ToolChoice::None;
+        // The context check is on what the caller asked for (one token when unsaid).
+        let wanted = req.max_tokens.map_or(1, |m| m as usize);
+        let (req, prepared) = self
+            .off_thread(move |prep| {
+                let p = prep.prepare(&req, tools_active, wanted);
+                (req, p)
+            })
+            .await?;
+        let Prepared {
+            prompt_text,
+            prompt,
+            mut constraint,
+            crash,
+        } = prepared?;
+        let ctx = self.ctx_per_seq();
+        // The server-wide cap only bounds how much is generated.
         let max_tokens = req
             .max_tokens
-            .unwrap_or((ctx - prompt.len()) as u32)
+            .unwrap_or(self.max_output)
+            .min((ctx - prompt.len()) as u32)
             .min(self.n_predict.unwrap_or(u32::MAX));
         let seed = req.sampling.seed.unwrap_or_else(rand::random);
 
@@ -375,9 +583,10 @@ impl Backend for LocalModel {
                 logprobs: req.logprobs,
                 tx,
                 enqueued,
+                crash,
             };
             if self.jobs.send(job).is_err() {
-                return Err(Error::internal("the engine thread has stopped"));
+                return Err(self.unavailable());
             }
             receivers.push(UnboundedReceiverStream::new(rx));
         }
@@ -399,7 +608,7 @@ impl Backend for LocalModel {
                 }
             }
             if stats.len() < expected {
-                yield Err(Error::internal("the engine stopped before finishing this request"));
+                yield Err(Error::new(ErrorKind::Unavailable, "the engine stopped before finishing this request").with_code("model_unavailable"));
                 return;
             }
             let usage = Usage {
@@ -419,10 +628,10 @@ impl Backend for LocalModel {
         // Forced calls were generated in Hermes syntax by the grammar, as were calls
         // asked for by the injected prompt of a template without tool support.
         let forced = matches!(req.tool_choice, ToolChoice::Required | ToolChoice::Named(_));
-        let syntax = if forced || !self.template_tools {
+        let syntax = if forced || !self.prep.template_tools {
             ToolSyntax::Hermes
         } else {
-            self.tool_syntax
+            self.prep.tool_syntax
         };
         Ok(tools::parse_tool_calls(
             Box::pin(stream),
@@ -434,6 +643,12 @@ impl Backend for LocalModel {
 }
 
 impl LocalModel {
+    fn ctx_per_seq(&self) -> usize {
+        self.prep.ctx_per_seq as usize
+    }
+}
+
+impl Prep {
     fn render(&self, req: &ChatRequest, tools_active: bool) -> Result<String, Error> {
         let offered: &[ToolDef] = if tools_active { &req.tools } else { &[] };
         if self.template_tools {
@@ -449,6 +664,32 @@ impl LocalModel {
         }
         self.template.render(&req.messages, &[])
     }
+}
+
+/// A bias on a token the model does not have: lowering it changes nothing, so it is
+/// accepted (seed 001 sends GPT-2's `50256: -100` to every model); raising it cannot
+/// be honoured, so it is a 400 naming the token.
+fn check_logit_bias(bias: &[(i32, f32)], n_vocab: i32) -> Result<(), Error> {
+    match bias
+        .iter()
+        .find(|&&(t, b)| (t < 0 || t >= n_vocab) && b > 0.0)
+    {
+        Some(&(tok, b)) => Err(Error::invalid_param(
+            "logit_bias",
+            format!(
+                "logit_bias raises token {tok} by {b}, but this model's vocabulary has ids 0..{n_vocab} only"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The biases that apply to this vocabulary (the others were checked to be harmless).
+pub(crate) fn in_vocab(bias: &[(i32, f32)], n_vocab: i32) -> Vec<(i32, f32)> {
+    bias.iter()
+        .copied()
+        .filter(|&(t, _)| t >= 0 && t < n_vocab)
+        .collect()
 }
 
 fn debug_info(prompt: &str, stats: &[JobStats]) -> serde_json::Value {
@@ -475,4 +716,18 @@ fn debug_info(prompt: &str, stats: &[JobStats]) -> serde_json::Value {
             "decode_tokens_per_second": per_sec(completion, s.decode),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logit_bias_outside_vocab() {
+        assert!(check_logit_bias(&[(50256, -100.0), (-3, -1.0), (5, 10.0)], 49152).is_ok());
+        let e = check_logit_bias(&[(50256, 5.0)], 49152).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("logit_bias"));
+        assert!(e.message.contains("50256"), "{}", e.message);
+        assert_eq!(in_vocab(&[(50256, -100.0), (7, 1.0)], 49152), vec![(7, 1.0)]);
+    }
 }

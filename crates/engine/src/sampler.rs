@@ -23,17 +23,22 @@ pub struct SamplerSpec<'a> {
     pub constraint: Option<Matcher>,
 }
 
-pub fn build(spec: SamplerSpec<'_>) -> LlamaSampler {
+/// The sampler chain, and a shadow copy of its grammar matcher: llama-cpp-2's
+/// llguidance sampler stops masking silently when the matcher fails, so the worker
+/// feeds the shadow every sampled token and ends the request with an error the moment
+/// the output leaves the grammar.
+pub fn build(spec: SamplerSpec<'_>) -> (LlamaSampler, Option<Matcher>) {
     let p = spec.params;
     let mut chain = Vec::new();
+    let mut shadow = None;
     if let Some(m) = spec.constraint {
+        shadow = Some(m.deep_clone());
         chain.push(LlamaSampler::from(m));
     }
 
-    let mut biases: Vec<LlamaLogitBias> = p
-        .logit_bias
-        .iter()
-        .map(|&(tok, bias)| LlamaLogitBias::new(LlamaToken::new(tok), bias))
+    let mut biases: Vec<LlamaLogitBias> = crate::in_vocab(&p.logit_bias, spec.n_vocab)
+        .into_iter()
+        .map(|(tok, bias)| LlamaLogitBias::new(LlamaToken::new(tok), bias))
         .collect();
     if spec.ignore_eos {
         biases.extend(
@@ -75,5 +80,17 @@ pub fn build(spec: SamplerSpec<'_>) -> LlamaSampler {
         chain.push(LlamaSampler::temp(temperature));
         chain.push(LlamaSampler::dist(spec.seed));
     }
-    LlamaSampler::chain_simple(chain)
+    (LlamaSampler::chain_simple(chain), shadow)
+}
+
+/// Advances the shadow matcher by one sampled token; the grammar's error if the token
+/// broke it.
+pub fn follow(shadow: &mut Matcher, tok: LlamaToken) -> Option<String> {
+    if shadow.is_stopped() {
+        return None;
+    }
+    let _ = shadow.consume_token(tok.0 as u32);
+    shadow
+        .get_error()
+        .map(|e| crate::constraint::reason(&e).to_string())
 }

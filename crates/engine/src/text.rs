@@ -58,14 +58,11 @@ impl TextAssembler {
     }
 
     /// Everything still held, at the end of generation. A character cut off by the
-    /// end becomes U+FFFD rather than vanishing.
+    /// end (max_tokens hit mid-character) is dropped: half a character is not text, and
+    /// a U+FFFD would end the answer with garbage.
     pub fn finish(&mut self) -> String {
-        let mut out = std::mem::take(&mut self.held);
-        if !self.partial.is_empty() {
-            out.push_str(&String::from_utf8_lossy(&self.partial));
-            self.partial.clear();
-        }
-        out
+        self.partial.clear();
+        std::mem::take(&mut self.held)
     }
 
     /// Length in bytes of the longest suffix of `held` that is a proper prefix of a stop.
@@ -181,9 +178,12 @@ mod tests {
     }
 
     #[test]
-    fn invalid_bytes_become_replacement_and_cut_char_at_end_too() {
+    fn invalid_bytes_become_replacement_and_a_cut_char_at_end_is_dropped() {
         let (out, _) = run(&[b"a\xffb", b"\xd0"], &[]);
-        assert_eq!(out, "a\u{FFFD}b\u{FFFD}");
+        assert_eq!(out, "a\u{FFFD}b");
+        // An emoji cut after 2 of its 4 bytes leaves nothing behind.
+        let (out, _) = run(&[b"ok ", &"😀".as_bytes()[..2]], &[]);
+        assert_eq!(out, "ok ");
     }
 
     #[test]

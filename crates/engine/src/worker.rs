@@ -39,6 +39,17 @@ pub(crate) struct Job {
     pub logprobs: Option<u32>,
     pub tx: UnboundedSender<JobEvent>,
     pub enqueued: Instant,
+    /// Test hook: panic when this job is admitted (see `Prep::crash_marker`).
+    pub crash: bool,
+}
+
+/// What the engine thread shares with request handlers for admission decisions.
+#[derive(Clone)]
+pub(crate) struct Counters {
+    /// Jobs sent and not yet given slots (waiting, in the channel or the queue).
+    pub queued: Arc<AtomicUsize>,
+    /// Slots with no running sequence.
+    pub free: Arc<AtomicUsize>,
 }
 
 pub(crate) enum JobEvent {
@@ -107,6 +118,8 @@ struct Run {
     choice: u32,
     phase: Phase,
     sampler: LlamaSampler,
+    /// The grammar matcher's shadow (see `sampler::build`).
+    shadow: Option<Matcher>,
     text: TextAssembler,
     /// Sampled but not yet decoded.
     pending: Option<LlamaToken>,
@@ -140,7 +153,7 @@ pub(crate) struct Worker<'m> {
     jobs: HashMap<u64, ActiveJob>,
     next_job: u64,
     rx: Receiver<Job>,
-    queued: Arc<AtomicUsize>,
+    counters: Counters,
 }
 
 impl<'m> Worker<'m> {
@@ -149,7 +162,7 @@ impl<'m> Worker<'m> {
         ctx: LlamaContext<'m>,
         cfg: WorkerConfig,
         rx: Receiver<Job>,
-        queued: Arc<AtomicUsize>,
+        counters: Counters,
     ) -> Self {
         let slots = (0..cfg.slots)
             .map(|i| Slot {
@@ -168,7 +181,7 @@ impl<'m> Worker<'m> {
             jobs: HashMap::new(),
             next_job: 0,
             rx,
-            queued,
+            counters,
         }
     }
 
@@ -181,7 +194,13 @@ impl<'m> Worker<'m> {
             self.drop_cancelled();
             self.admit();
             self.step();
+            self.publish_free();
         }
+    }
+
+    fn publish_free(&self) {
+        let free = self.slots.iter().filter(|s| s.run.is_none()).count();
+        self.counters.free.store(free, Ordering::SeqCst);
     }
 
     fn intake(&mut self) -> bool {
@@ -200,8 +219,9 @@ impl<'m> Worker<'m> {
     fn drop_cancelled(&mut self) {
         let before = self.waiting.len();
         self.waiting.retain(|j| !j.tx.is_closed());
-        self.queued
-            .fetch_sub(before - self.waiting.len(), Ordering::Relaxed);
+        self.counters
+            .queued
+            .fetch_sub(before - self.waiting.len(), Ordering::SeqCst);
 
         let gone: Vec<u64> = self
             .jobs
@@ -227,13 +247,22 @@ impl<'m> Worker<'m> {
             if free.len() < front.choices.len() {
                 return;
             }
-            let job = self.waiting.pop_front().expect("front exists");
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+            let Some(job) = self.waiting.pop_front() else {
+                return;
+            };
             self.start(job, free);
+            // Free slots first, then the queue: a handler must never see the job gone
+            // from the queue while its slot still counts as free.
+            self.publish_free();
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
     fn start(&mut self, mut job: Job, free: Vec<usize>) {
+        #[allow(clippy::panic, reason = "test hook, armed only by PARLANCE_TEST_ENGINE_PANIC")]
+        if job.crash {
+            panic!("engine panic requested by PARLANCE_TEST_ENGINE_PANIC");
+        }
         let id = self.next_job;
         self.next_job += 1;
 
@@ -306,6 +335,7 @@ impl<'m> Worker<'m> {
                     job.constraint.as_ref().map(Matcher::deep_clone)
                 },
             };
+            let (sampler, shadow) = sampler::build(spec);
             let slot = &mut self.slots[slot_idx];
             slot.run = Some(Run {
                 job: id,
@@ -315,7 +345,8 @@ impl<'m> Worker<'m> {
                 } else {
                     Phase::Follow
                 },
-                sampler: sampler::build(spec),
+                sampler,
+                shadow,
                 text: TextAssembler::new(job.stop.clone()),
                 pending: None,
                 generated: 0,
@@ -592,6 +623,16 @@ impl<'m> Worker<'m> {
             return;
         };
         let tok = run.sampler.sample(&self.ctx, at);
+        if let Some(e) = run.shadow.as_mut().and_then(|m| sampler::follow(m, tok)) {
+            let job = run.job;
+            tracing::warn!(job, "grammar failed mid-generation: {e}");
+            self.fail_job(
+                job,
+                Error::invalid(format!("the requested output format could not be enforced: {e}"))
+                    .with_code("constraint_failed"),
+            );
+            return;
+        }
         run.generated += 1;
         active.stats.completion_tokens += 1;
 
@@ -611,6 +652,7 @@ impl<'m> Worker<'m> {
             // to the token that completes it, so the token strings join to the content.
             if let Some(lp) = delta.logprobs.last_mut() {
                 lp.token = pushed.text.clone();
+                lp.bytes = pushed.text.as_bytes().to_vec();
             }
             if pushed.stopped {
                 finish = Some(FinishReason::Stop);
@@ -649,6 +691,7 @@ impl<'m> Worker<'m> {
         let rest = run.text.finish();
         if let Some(lp) = delta.logprobs.last_mut() {
             lp.token.push_str(&rest);
+            lp.bytes = lp.token.as_bytes().to_vec();
         }
         delta.content.push_str(&rest);
         let index = run.choice;
@@ -674,6 +717,18 @@ impl<'m> Worker<'m> {
             a.stats.prefill = first.duration_since(a.admitted);
             a.stats.decode = first.elapsed();
             let _ = a.job.tx.send(JobEvent::Done(a.stats));
+        }
+    }
+
+    /// Ends one job with an error; its slots keep their KV for prefix reuse.
+    fn fail_job(&mut self, job_id: u64, err: Error) {
+        if let Some(a) = self.jobs.remove(&job_id) {
+            let _ = a.job.tx.send(JobEvent::Failed(err));
+        }
+        for slot in &mut self.slots {
+            if slot.run.as_ref().is_some_and(|r| r.job == job_id) {
+                slot.run = None;
+            }
         }
     }
 

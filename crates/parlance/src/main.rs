@@ -1,5 +1,7 @@
 //! The `parlance` command.
 
+mod client;
+mod hub;
 mod serve;
 
 // The gateway path allocates per request and per streamed chunk; glibc malloc was ~18%
@@ -24,24 +26,74 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (OpenAI chat completions, /v1/models, /health).
     Serve(serve::ServeArgs),
+    /// Chat in the terminal with a running server, or with a GGUF file (-m).
+    Chat(client::ChatArgs),
+    /// List the models a running server serves.
+    Models(client::ServerArgs),
+    /// Print the version.
+    Version,
 }
 
-/// llama-server spells some flags with two letters after one dash (`-np`, `-fa`);
-/// clap's short flags are one letter, so those are rewritten to their long form.
+/// llama-server spells some flags with two or three letters after one dash (`-np`,
+/// `-fa`, `-ngl`, `-hf`); clap's short flags are one letter (`-ngl` would read as
+/// `-n gl`), so those are rewritten to their long form.
 fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
     args.map(|a| match a.as_str() {
         "-np" => "--parallel".to_string(),
         "-fa" => "--flash-attn".to_string(),
         "-tb" => "--threads".to_string(),
+        "-ngl" => "--n-gpu-layers".to_string(),
+        "-hf" | "-hfr" => "--hf-repo".to_string(),
         _ => a,
     })
     .collect()
+}
+
+/// Serves one GGUF in-process on a loopback port for `parlance chat -m`; returns its API URL.
+fn serve_local(file: std::path::PathBuf) -> anyhow::Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let argv = [
+        "parlance".to_string(),
+        "serve".into(),
+        "-m".into(),
+        file.display().to_string(),
+        "--port".into(),
+        port.to_string(),
+        "-np".into(),
+        "1".into(),
+    ];
+    let Command::Serve(args) = Cli::try_parse_from(normalize_args(argv.into_iter()))?.command
+    else {
+        anyhow::bail!("internal: serve arguments did not parse as serve");
+    };
+    let server = std::thread::spawn(move || serve::run(args));
+    let url = format!("http://127.0.0.1:{port}");
+    loop {
+        if server.is_finished() {
+            return match server.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(anyhow::anyhow!("the local server stopped")),
+            };
+        }
+        let healthy = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && reqwest::blocking::get(format!("{url}/health")).is_ok_and(|r| r.status().is_success());
+        if healthy {
+            return Ok(format!("{url}/v1"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Chat(args) => client::chat(args, serve_local),
+        Command::Models(args) => client::models(args),
+        Command::Version => {
+            println!("parlance {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
     }
 }
 
@@ -74,9 +126,24 @@ mod tests {
             "k2",
         ];
         let cli = Cli::parse_from(normalize_args(argv.iter().map(|s| s.to_string())));
-        let Command::Serve(s) = cli.command;
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
         assert_eq!(s.parallel, 8);
         assert_eq!(s.ctx, Some(2048));
         assert_eq!(s.api_key, vec!["k1", "k2"]);
+    }
+
+    #[test]
+    fn llama_server_habits_parse() {
+        let argv = ["parlance", "serve", "-ngl", "99", "--jinja", "-hf", "a/b:Q4_K_M", "-v", "--metrics", "-n", "64"];
+        let cli = Cli::parse_from(normalize_args(argv.iter().map(|s| s.to_string())));
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.n_gpu_layers, Some(99));
+        assert_eq!(s.n_predict, Some(64));
+        assert_eq!(s.hf_repo, vec!["a/b:Q4_K_M"]);
+        assert!(s.jinja && s.verbose && s.metrics);
     }
 }

@@ -1,14 +1,14 @@
 //! `parlance serve`: load the models, build the router, serve HTTP until a signal.
 
 use anyhow::{bail, Context};
-use axum::serve::ListenerExt;
 use clap::{Args, ValueEnum};
 use parlance_core::{Backend, ModelInfo, Router};
 use parlance_server::config::Config;
+use parlance_server::listen::{self, Limits};
 use parlance_server::{build_router, catalog, AppState, DEFAULT_BODY_LIMIT};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Where the README's first command puts the default model.
 pub const DEFAULT_MODEL_FILE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -109,6 +109,63 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes; larger ones get 413.
     #[arg(long = "body-limit", env = "PARLANCE_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+
+    /// Most completion tokens one request may ask for, and what a request without
+    /// max_tokens gets (default: the smaller of 4096 and the model's training context).
+    /// A larger max_tokens is a 400 naming the limit.
+    #[arg(long = "max-output-tokens", env = "PARLANCE_MAX_OUTPUT_TOKENS")]
+    pub max_output_tokens: Option<u32>,
+
+    /// Seconds a connection has to send a whole request head, counted from when it is
+    /// ready for one: bounds slow senders and idle keep-alive connections.
+    #[arg(long = "header-timeout", env = "PARLANCE_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub header_timeout: f64,
+
+    /// Open connections at most; more wait to be accepted.
+    #[arg(long = "max-connections", env = "PARLANCE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Seconds running requests get to finish after Ctrl-C or SIGTERM; then they end
+    /// with an error event. A second signal exits at once.
+    #[arg(long = "shutdown-timeout", env = "PARLANCE_SHUTDOWN_TIMEOUT", default_value_t = 10.0)]
+    pub shutdown_timeout: f64,
+
+    /// Browser origin allowed to call the API (CORS), e.g. https://app.example.com;
+    /// repeat for several, `*` for any. Without it, no CORS headers are sent.
+    #[arg(long = "cors-origin", env = "PARLANCE_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+
+    /// Jinja chat template to use instead of the model's own, or `chatml`
+    /// (llama-server's --chat-template).
+    #[arg(long = "chat-template", env = "PARLANCE_CHAT_TEMPLATE")]
+    pub chat_template: Option<String>,
+
+    /// File holding a Jinja chat template (llama-server's --chat-template-file).
+    #[arg(long = "chat-template-file", env = "PARLANCE_CHAT_TEMPLATE_FILE")]
+    pub chat_template_file: Option<PathBuf>,
+
+    /// Layers to offload to a GPU (llama-server's -ngl). This build runs on the CPU:
+    /// accepted so llama-server command lines work, and said so at startup.
+    #[arg(long = "n-gpu-layers", alias = "gpu-layers", env = "PARLANCE_N_GPU_LAYERS")]
+    pub n_gpu_layers: Option<i32>,
+
+    /// Hugging Face repository to download a GGUF from (llama-server's -hf), as
+    /// `owner/repo` or `owner/repo:QUANT` (e.g. `:Q4_K_M`); served like -m.
+    #[arg(long = "hf-repo", env = "PARLANCE_HF_REPO")]
+    pub hf_repo: Vec<String>,
+
+    /// Chat templates are always rendered with a Jinja engine (llama-server's --jinja).
+    #[arg(long = "jinja", hide = true)]
+    pub jinja: bool,
+
+    /// Prometheus metrics: not served yet (see the README); accepted for llama-server
+    /// command lines and said so at startup.
+    #[arg(long = "metrics", hide = true)]
+    pub metrics: bool,
+
+    /// Log more: every request and llama.cpp's own messages (same as PARLANCE_LOG=debug).
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
 }
 
 /// The default model, looked up in ./models and next to the binary's checkout.
@@ -123,26 +180,75 @@ fn default_model() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PARLANCE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "warn,llama-cpp-2=error,parlance=info,parlance_server=info,parlance_engine=info",
-        )
-    });
-    tracing_subscriber::fmt()
+fn init_logging(verbose: bool) {
+    use std::io::IsTerminal;
+    let default = if verbose {
+        "info,parlance=debug,parlance_server=debug,parlance_engine=debug,parlance_upstream=debug,llama-cpp-2=info"
+    } else {
+        "warn,llama-cpp-2=error,parlance=info,parlance_server=info,parlance_engine=info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PARLANCE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour codes only where a person reads them; files and journald get plain text.
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .init();
+        .try_init();
+}
+
+/// The template text `--chat-template` / `--chat-template-file` ask for.
+fn chat_template(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &args.chat_template_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--chat-template-file {}", path.display()))?;
+        return Ok(Some(text));
+    }
+    match args.chat_template.as_deref() {
+        None => Ok(None),
+        Some("chatml") => Ok(Some(parlance_core::template::CHATML_TEMPLATE.to_string())),
+        Some(t) if t.contains("{%") || t.contains("{{") => Ok(Some(t.to_string())),
+        Some(other) => bail!(
+            "--chat-template {other:?}: not a Jinja template, and the only built-in name is `chatml`; \
+             pass the template text or --chat-template-file FILE"
+        ),
+    }
+}
+
+/// Says which llama-server flags this build takes only for compatibility.
+fn note_compat_flags(args: &ServeArgs) {
+    if let Some(n) = args.n_gpu_layers.filter(|&n| n != 0) {
+        eprintln!(
+            "note: -ngl {n} ignored: this build runs on the CPU only (GPU backends are not compiled in)"
+        );
+    }
+    if args.metrics {
+        eprintln!("note: --metrics: Prometheus metrics are not served by this version yet");
+    }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(args.verbose);
+    note_compat_flags(&args);
+    let template = chat_template(&args)?;
     let config = match &args.config {
         Some(path) => Some(Config::load(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    // Bind before loading anything: a busy port is known in milliseconds, not after
+    // a model has loaded.
+    let addr = format!("{}:{}", args.host, args.port);
+    let std_listener =
+        std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
+    std_listener.set_nonblocking(true)?;
+
     let mut models: Vec<(PathBuf, Option<String>)> = Vec::new();
-    if args.model.is_empty() && config.is_none() {
+    let hf_models = args
+        .hf_repo
+        .iter()
+        .map(|r| crate::hub::download(r))
+        .collect::<anyhow::Result<Vec<PathBuf>>>()?;
+    if args.model.is_empty() && hf_models.is_empty() && config.is_none() {
         let Some(path) = default_model() else {
             bail!(
                 "no model given (-m) and the default model is not at {DEFAULT_MODEL_FILE}; \
@@ -156,15 +262,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| DEFAULT_MODEL_NAME.to_string());
         models.push((path, Some(alias)));
     } else {
-        if args.alias.len() > args.model.len() {
+        let given: Vec<PathBuf> = args.model.iter().cloned().chain(hf_models).collect();
+        if args.alias.len() > given.len() {
             bail!(
                 "{} --alias given for {} -m: each alias names the model at its position",
                 args.alias.len(),
-                args.model.len()
+                given.len()
             );
         }
-        for (i, path) in args.model.iter().enumerate() {
-            models.push((path.clone(), args.alias.get(i).cloned()));
+        for (i, path) in given.into_iter().enumerate() {
+            let alias = args.alias.get(i).cloned();
+            models.push((path, alias));
         }
     }
 
@@ -177,7 +285,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut keys = args.api_key.clone();
     if let Some(cfg) = &config {
         let env = |name: &str| std::env::var(name).ok();
-        let mut loader = |path: &Path| load_local(&args, path, None);
+        let mut loader = |path: &Path| load_local(&args, &template, path, None);
         catalog::build(cfg, &env, &mut loader, &mut router).map_err(anyhow::Error::msg)?;
         keys.extend(cfg.server.api_keys.iter().cloned());
         if let Some(var) = &cfg.server.api_keys_env {
@@ -187,7 +295,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     for (path, alias) in models {
-        let (info, backend) = load_local(&args, &path, alias).map_err(anyhow::Error::msg)?;
+        let (info, backend) =
+            load_local(&args, &template, &path, alias).map_err(anyhow::Error::msg)?;
         router.add(info, backend).map_err(anyhow::Error::msg)?;
     }
     if router.models().next().is_none() {
@@ -203,31 +312,81 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .filter(|k| !k.is_empty())
         .collect();
     state.body_limit = args.body_limit;
+    state.cors_origins = args.cors_origin.clone();
+    let shutdown = state.shutdown.clone();
     let app = build_router(Arc::new(state));
+    let limits = Limits {
+        header_timeout: secs(args.header_timeout, "--header-timeout")?,
+        max_connections: args.max_connections.max(1),
+        shutdown_timeout: secs(args.shutdown_timeout, "--shutdown-timeout")?,
+    };
 
     runtime.block_on(async move {
-        let addr = format!("{}:{}", args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
         println!("listening on http://{}", listener.local_addr()?);
-        // Streams are many small writes: without NODELAY, Nagle holds each one until the
-        // client's delayed ACK (~40 ms per stream, measured).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("TCP_NODELAY: {e}");
-            }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("server error")
+        listen::serve(listener, app, limits, shutdown, signals()).await;
+        println!("stopped");
+        Ok(())
     })
+}
+
+fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && v > 0.0) {
+        bail!("{flag} must be a positive number of seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[cfg(unix)]
+type Term = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Term = Option<()>;
+
+/// The next Ctrl-C or SIGTERM.
+async fn next_signal(term: &mut Term) {
+    #[cfg(unix)]
+    let term_fut = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term_fut = {
+        let _ = term;
+        std::future::pending::<()>()
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term_fut => {},
+    }
+}
+
+/// Resolves at the first Ctrl-C or SIGTERM; a second one exits the process at once.
+async fn signals() {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term: Term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        #[cfg(not(unix))]
+        let mut term: Term = None;
+        next_signal(&mut term).await;
+        eprintln!("shutdown requested: finishing running requests (send the signal again to exit now)");
+        let _ = first_tx.send(());
+        next_signal(&mut term).await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    let _ = first_rx.await;
 }
 
 #[cfg(feature = "local")]
 fn load_local(
     args: &ServeArgs,
+    template: &Option<String>,
     path: &Path,
     alias: Option<String>,
 ) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
@@ -245,6 +404,8 @@ fn load_local(
     cfg.prefill_chunk = args.prefill_chunk;
     cfg.max_queue = args.queue;
     cfg.n_predict = args.n_predict.filter(|&n| n > 0);
+    cfg.max_output_tokens = args.max_output_tokens.filter(|&n| n > 0);
+    cfg.chat_template = template.clone();
     cfg.flash_attention = match args.flash_attn {
         FlashAttn::On => FlashAttention::On,
         FlashAttn::Off => FlashAttention::Off,
@@ -253,11 +414,12 @@ fn load_local(
     let model = LocalModel::load(cfg)?;
     let info = model.info().clone();
     println!(
-        "model `{}` ready in {:.1}s: context {} tokens shared by {} slots",
+        "model `{}` ready in {:.1}s on the CPU: context {} tokens shared by {} slots, at most {} output tokens per request",
         info.id,
         started.elapsed().as_secs_f32(),
         info.context_length,
-        args.parallel.max(1)
+        args.parallel.max(1),
+        info.max_output_tokens.unwrap_or(info.context_length)
     );
     Ok((info, Arc::new(model)))
 }
@@ -265,6 +427,7 @@ fn load_local(
 #[cfg(not(feature = "local"))]
 fn load_local(
     _: &ServeArgs,
+    _: &Option<String>,
     path: &Path,
     _: Option<String>,
 ) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
@@ -273,23 +436,4 @@ fn load_local(
         "{}: this binary was built without the `local` feature and cannot load GGUF models",
         path.display()
     ))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

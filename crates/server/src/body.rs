@@ -23,6 +23,21 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes,
     })
 }
 
+/// Bodies above this are parsed on the blocking pool: tens of MB of JSON take long
+/// enough to stall every other request on an async worker.
+const PARSE_INLINE_MAX: usize = 256 * 1024;
+
+pub async fn parse_json_off_thread<T: DeserializeOwned + Send + 'static>(
+    bytes: axum::body::Bytes,
+) -> Result<T, Error> {
+    if bytes.len() <= PARSE_INLINE_MAX {
+        return parse_json(&bytes);
+    }
+    tokio::task::spawn_blocking(move || parse_json(&bytes))
+        .await
+        .map_err(|e| Error::internal(format!("parsing the request body failed: {e}")))?
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(
@@ -30,8 +45,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
                 .with_code("invalid_json"),
         );
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -60,7 +75,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
                 format!("Invalid value for '{path}': {detail}"),
             )
         }
-    })
+    })?;
+    // serde stops after the first value; anything but whitespace after it is not JSON.
+    de.end().map_err(|e| {
+        Error::invalid(format!(
+            "We could not parse the JSON body of your request: {e} (unexpected data after the JSON object)"
+        ))
+        .with_code("invalid_json")
+    })?;
+    Ok(value)
 }
 
 fn missing_field(detail: &str) -> Option<&str> {
@@ -134,6 +157,17 @@ mod tests {
             e.message
         );
         assert!(!err("[1]").message.contains("struct"));
+    }
+
+    #[test]
+    fn trailing_garbage_is_invalid_json() {
+        let e = err(r#"{"model":"m","messages":[]} xyz"#);
+        assert_eq!(e.code.as_deref(), Some("invalid_json"));
+        assert_eq!(e.status(), 400);
+        let e = err(r#"{"model":"m","messages":[]}{}"#);
+        assert_eq!(e.code.as_deref(), Some("invalid_json"));
+        // Trailing whitespace is fine.
+        assert!(parse_json::<ChatCompletionRequest>(b"{\"model\":\"m\",\"messages\":[]} \n").is_ok());
     }
 
     #[test]

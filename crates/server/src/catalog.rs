@@ -155,6 +155,9 @@ fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str
             .context_length
             .or(local.map(|l| l.context_length))
             .unwrap_or(0),
+        max_output_tokens: m
+            .max_output_tokens
+            .or(local.and_then(|l| l.max_output_tokens)),
         capabilities: Capabilities {
             vision: m.vision.unwrap_or(caps.vision),
             tools: m.tools.unwrap_or(caps.tools),

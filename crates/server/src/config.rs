@@ -99,6 +99,8 @@ pub struct ModelSection {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub context_length: Option<u32>,
+    /// Most completion tokens a request may ask for (a larger max_tokens is a 400).
+    pub max_output_tokens: Option<u32>,
     pub vision: Option<bool>,
     pub tools: Option<bool>,
     /// Overrides `[routing]` for this model.

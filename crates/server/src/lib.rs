@@ -6,15 +6,21 @@ mod body;
 pub mod catalog;
 pub mod config;
 mod error;
+mod index;
+pub mod listen;
 pub mod openai;
+mod reqlog;
+pub mod shutdown;
 
 pub use error::ApiError;
+pub use shutdown::Shutdown;
 
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
-use parlance_core::Router;
+use parlance_core::{Error, ErrorKind, Router};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -27,6 +33,9 @@ pub struct AppState {
     pub api_keys: Vec<String>,
     pub body_limit: usize,
     pub fingerprint: String,
+    pub shutdown: Shutdown,
+    /// Origins browsers may call from (`--cors-origin`); `*` for any. Empty: no CORS.
+    pub cors_origins: Vec<String>,
 }
 
 impl AppState {
@@ -39,12 +48,33 @@ impl AppState {
                 "fp_parlance_{}",
                 env!("CARGO_PKG_VERSION").replace('.', "_")
             ),
+            shutdown: Shutdown::default(),
+            cors_origins: Vec::new(),
         }
     }
 }
 
-async fn health() -> impl IntoResponse {
-    (StatusCode::OK, Json(json!({"status": "ok"})))
+/// 200 while every model can serve; 503 naming the ones that cannot (a dead engine).
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let down: Vec<(String, String)> = state
+        .router
+        .routes()
+        .filter_map(|r| r.backend.health().err().map(|e| (r.info.id.clone(), e)))
+        .collect();
+    if down.is_empty() {
+        return (StatusCode::OK, Json(json!({"status": "ok"}))).into_response();
+    }
+    let message = down
+        .iter()
+        .map(|(m, why)| format!("model `{m}` is unavailable: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut body = Error::new(ErrorKind::Unavailable, message)
+        .with_code("model_unavailable")
+        .to_openai_value();
+    body["status"] = json!("unavailable");
+    body["unavailable"] = json!(down.iter().map(|(m, _)| m).collect::<Vec<_>>());
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 fn api_routes() -> HttpRouter<Arc<AppState>> {
@@ -65,7 +95,9 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
             Arc::clone(&state),
             auth::require_key,
         ));
-    HttpRouter::new()
+    let cors = cors_layer(&state.cors_origins);
+    let app = HttpRouter::new()
+        .route("/", get(index::page))
         .route("/health", get(health))
         .merge(protected)
         .fallback(openai::not_found)
@@ -73,7 +105,37 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        .layer(axum::middleware::from_fn(error::json_errors));
+    let app = match cors {
+        Some(c) => app.layer(c),
+        None => app,
+    };
+    app.layer(axum::middleware::from_fn(reqlog::access_log))
         .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| axum::http::HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(Any)
+            .allow_headers(Any)
+            .expose_headers(Any)
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {

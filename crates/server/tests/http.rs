@@ -23,6 +23,12 @@ struct Scripted {
 impl Backend for Scripted {
     async fn chat(&self, req: ChatRequest) -> Result<EventStream, Error> {
         self.seen.lock().unwrap().push(req.clone());
+        if self.mode == "slow_fail" {
+            // An upstream that takes its time, then refuses.
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            return Err(Error::invalid_param("messages", "too long upstream")
+                .with_code("context_length_exceeded"));
+        }
         if self.mode == "busy" {
             return Err(Error::new(ErrorKind::RateLimited, "queue full")
                 .with_code("queue_full")
@@ -60,6 +66,14 @@ impl Backend for Scripted {
         Ok(Box::pin(futures::stream::iter(events)))
     }
 
+    fn health(&self) -> Result<(), String> {
+        if self.mode == "dead" {
+            Err("its engine thread has stopped".into())
+        } else {
+            Ok(())
+        }
+    }
+
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
         Ok(texts
             .iter()
@@ -84,6 +98,7 @@ fn app_with(
         created: 1,
         kind: "chat".into(),
         context_length: 4096,
+        max_output_tokens: Some(1000),
         capabilities: Capabilities {
             chat: true,
             ..Capabilities::default()
@@ -475,4 +490,125 @@ async fn gigachat_tokens_count() {
     .await;
     assert_eq!(status, 400);
     assert_eq!(assert_openai_error(&text, None)["error"]["param"], "input");
+}
+
+#[tokio::test]
+async fn max_tokens_over_the_models_limit_is_400_naming_the_param() {
+    let (status, _, body) = send(app(), post("/v1/chat/completions", chat(json!({"max_tokens": 1001})))).await;
+    assert_eq!(status, 400);
+    let v = assert_openai_error(&body, Some("max_tokens_too_large"));
+    assert_eq!(v["error"]["param"], "max_tokens");
+    assert!(v["error"]["message"].as_str().unwrap().contains("1000"), "{body}");
+    let (status, _, body) = send(
+        app(),
+        post("/v1/chat/completions", chat(json!({"max_completion_tokens": 5000}))),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(assert_openai_error(&body, None)["error"]["param"], "max_completion_tokens");
+    let (status, _, body) = send(app(), post("/v1/chat/completions", chat(json!({"max_tokens": 1000})))).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, _, body) = send(app(), Request::get("/v1/models/m").body(Body::empty()).unwrap()).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["max_output_tokens"], 1000);
+}
+
+#[tokio::test]
+async fn every_error_status_has_a_json_body() {
+    for (uri, status) in [("/v1/models/%ff", 400), ("/v1/models/%ff%fe/x", 400)] {
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        let (got, headers, body) = send(app(), req).await;
+        assert_eq!(got, status, "{uri}: {body}");
+        assert!(headers["content-type"].to_str().unwrap().starts_with("application/json"), "{uri}");
+        assert_openai_error(&body, None);
+    }
+    // Trailing garbage after the JSON object.
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(format!("{} xyz", chat(json!({})))))
+        .unwrap();
+    let (status, _, body) = send(app(), req).await;
+    assert_eq!(status, 400);
+    assert_openai_error(&body, Some("invalid_json"));
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let req = Request::get("/v1/models").header("x-request-id", "abc-123").body(Body::empty()).unwrap();
+    let (_, headers, _) = send(app(), req).await;
+    assert_eq!(headers["x-request-id"], "abc-123");
+    let (_, headers, _) = send(app(), Request::get("/health").body(Body::empty()).unwrap()).await;
+    assert!(headers["x-request-id"].to_str().unwrap().starts_with("req_"));
+}
+
+#[tokio::test]
+async fn health_names_a_dead_model_with_503() {
+    let (app, _) = app_with("dead", &["k"], None);
+    let (status, _, body) = send(app, Request::get("/health").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, 503);
+    let v = assert_openai_error(&body, Some("model_unavailable"));
+    assert_eq!(v["unavailable"], json!(["m"]));
+    assert!(v["error"]["message"].as_str().unwrap().contains("`m`"), "{body}");
+}
+
+#[tokio::test]
+async fn index_page_is_html_with_the_models() {
+    let (status, headers, body) = send(app(), Request::get("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(body.contains("<code>m</code>") && body.contains(env!("CARGO_PKG_VERSION")), "{body}");
+    // Behind keys the page is still there, without the model list.
+    let (app, _) = app_with("ok", &["k"], None);
+    let (status, _, body) = send(app, Request::get("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("<code>m</code>"));
+}
+
+#[tokio::test]
+async fn slow_backends_get_sse_headers_first_and_errors_as_events() {
+    // Fast errors keep their HTTP status...
+    let (app_busy, _) = app_with("busy", &[], None);
+    let (status, _, _) = send(app_busy, post("/v1/chat/completions", chat(json!({"stream": true})))).await;
+    assert_eq!(status, 429);
+    // ...a backend still working after the grace period gets headers (and keep-alives)
+    // at once; its error ends the stream as an error event.
+    let (app, _) = app_with("slow_fail", &[], None);
+    let started = std::time::Instant::now();
+    let resp = app
+        .oneshot(post("/v1/chat/completions", chat(json!({"stream": true}))))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(1200));
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let data = sse_data(&String::from_utf8(body.to_vec()).unwrap());
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "context_length_exceeded");
+}
+
+#[tokio::test]
+async fn cors_is_off_unless_configured() {
+    let preflight = || {
+        Request::options("/v1/chat/completions")
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (_, headers, _) = send(app(), preflight()).await;
+    assert!(headers.get("access-control-allow-origin").is_none());
+    let mut router = Router::new();
+    router
+        .add(
+            ModelInfo { id: "m".into(), ..ModelInfo::default() },
+            Arc::new(Scripted::default()),
+        )
+        .unwrap();
+    let mut state = AppState::new(router);
+    state.cors_origins = vec!["https://app.example".into()];
+    state.api_keys = vec!["k".into()];
+    let (status, headers, _) = send(build_router(Arc::new(state)), preflight()).await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(headers["access-control-allow-origin"], "https://app.example");
 }

@@ -148,7 +148,8 @@ pub fn parse_tool_calls(
                 }
                 Ok(StreamEvent::Finish { index, reason }) if (index as usize) < parsers.len() => {
                     let i = index as usize;
-                    let mut out = to_delta(parsers[i].finish(), &mut calls[i], &mut open[i], &mut blank[i], Delta::default());
+                    let cut = reason == FinishReason::Length;
+                    let mut out = to_delta(parsers[i].finish(cut), &mut calls[i], &mut open[i], &mut blank[i], Delta::default());
                     if calls[i] == 0 {
                         out.content.insert_str(0, &std::mem::take(&mut blank[i]));
                     }

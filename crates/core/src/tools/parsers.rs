@@ -22,7 +22,9 @@ pub enum Parsed {
 pub trait ToolCallParser: Send {
     fn push(&mut self, text: &str) -> Vec<Parsed>;
     /// End of output: flush whatever is held; an unfinished call that still parses counts.
-    fn finish(&mut self) -> Vec<Parsed>;
+    /// `cut`: the output was cut short (max_tokens), so a call that does not parse is a
+    /// fragment of markup and is dropped instead of becoming text.
+    fn finish(&mut self, cut: bool) -> Vec<Parsed>;
 }
 
 const OPEN: &str = "<tool_call>";
@@ -138,17 +140,21 @@ impl ToolCallParser for HermesParser {
         out
     }
 
-    fn finish(&mut self) -> Vec<Parsed> {
+    fn finish(&mut self, cut: bool) -> Vec<Parsed> {
         if self.bare != Some(false) && !self.names.is_empty() {
             // Held output: a bare call, or else ordinary text (tags included) parsed as usual.
             if let Some(calls) = self.bare_calls(&self.buf) {
                 self.buf.clear();
                 return calls;
             }
+            if cut && looks_like_call_start(&self.buf) {
+                self.buf.clear();
+                return Vec::new();
+            }
             self.bare = Some(false);
             let held = std::mem::take(&mut self.buf);
             let mut out = self.push(&held);
-            out.extend(self.finish());
+            out.extend(self.finish(cut));
             return out;
         }
         let rest = std::mem::take(&mut self.buf);
@@ -167,6 +173,7 @@ impl ToolCallParser for HermesParser {
             self.whole = false;
             match call_from_json(&rest) {
                 Some(call) => out.push(call),
+                None if cut => {}
                 None => push_text(&mut out, format!("{OPEN}{rest}")),
             }
         } else {
@@ -230,12 +237,20 @@ impl ToolCallParser for WholeOutputParser {
         }
     }
 
-    fn finish(&mut self) -> Vec<Parsed> {
+    fn finish(&mut self, cut: bool) -> Vec<Parsed> {
         let rest = std::mem::take(&mut self.buf);
         if let Some(calls) = (self.parse)(rest.trim()) {
             if !calls.is_empty() {
                 return calls;
             }
+        }
+        let head = rest.trim_start();
+        let tagged = self
+            .markers
+            .iter()
+            .any(|m| m.len() > 1 && head.starts_with(m));
+        if cut && self.holding == Some(true) && (tagged || looks_like_call_start(head)) {
+            return Vec::new();
         }
         let mut out = Vec::new();
         push_text(&mut out, rest);
@@ -309,6 +324,25 @@ fn split_args_tail(s: &str, done: bool) -> (&str, &str) {
     let body = body.strip_suffix('}').unwrap_or(body);
     let at = body.len();
     (&s[..at], &s[at..])
+}
+
+/// Output that opens like a JSON call object (`{"name": ...`, maybe fenced), as opposed
+/// to JSON that merely starts with `{`.
+fn looks_like_call_start(text: &str) -> bool {
+    let t = text.trim_start();
+    let t = t
+        .strip_prefix("```json")
+        .or_else(|| t.strip_prefix("```"))
+        .unwrap_or(t)
+        .trim_start();
+    let t = t.strip_prefix('[').unwrap_or(t).trim_start();
+    match t.strip_prefix('{') {
+        Some(rest) => {
+            let rest = rest.trim_start();
+            rest.is_empty() || "\"name\"".starts_with(rest) || rest.starts_with("\"name\"")
+        }
+        None => t.is_empty(),
+    }
 }
 
 fn push_text(out: &mut Vec<Parsed>, text: String) {
@@ -495,7 +529,7 @@ mod tests {
         for piece in pieces {
             raw.extend(p.push(piece));
         }
-        raw.extend(p.finish());
+        raw.extend(p.finish(false));
         let mut out: Vec<Parsed> = Vec::new();
         for item in raw {
             match (out.last_mut(), item) {
@@ -629,6 +663,42 @@ mod tests {
             all_splits(hermes, "<tool_call>not json</tool_call>"),
             vec![Parsed::Text("<tool_call>not json</tool_call>".into())]
         );
+    }
+
+    #[test]
+    fn a_call_cut_by_max_tokens_leaves_no_markup() {
+        for text in [
+            "<tool_call>\n{\"name\":\"get_",
+            "Sure. <tool_call>\n{\"name\": \"f\", \"argu",
+            "{\"name\": \"f\", \"arguments\": {\"a\"",
+            "```json\n{\"na",
+        ] {
+            for cut_at in 0..=text.len() {
+                if !text.is_char_boundary(cut_at) {
+                    continue;
+                }
+                let mut p = hermes_named();
+                let mut out = p.push(&text[..cut_at]);
+                out.extend(p.push(&text[cut_at..]));
+                out.extend(p.finish(true));
+                let shown: String = out
+                    .iter()
+                    .filter_map(|x| match x {
+                        Parsed::Text(t) => Some(t.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                assert!(!shown.contains('{') && !shown.contains("<tool"), "{text:?} @ {cut_at}: {out:?}");
+            }
+        }
+        // Not cut: a closed call that is garbage stays the model's text, and JSON that is
+        // no call is text even when cut.
+        let mut p = hermes_named();
+        p.push("{\"answer\": 4");
+        assert_eq!(p.finish(true), vec![Parsed::Text("{\"answer\": 4".into())]);
+        let mut p: Box<dyn ToolCallParser> = Box::new(WholeOutputParser::mistral());
+        p.push("[TOOL_CALLS][{\"name\": \"f\", \"argu");
+        assert_eq!(p.finish(true), vec![]);
     }
 
     #[test]

@@ -5,7 +5,10 @@ mod response;
 
 pub use request::to_ir;
 
-use crate::body::{parse_json, read_limited};
+use crate::body::{parse_json_off_thread, read_limited};
+use crate::reqlog::RequestCtx;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::Extension;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Body;
@@ -15,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use parlance_core::collect::collect;
-use parlance_core::{Error, ModelInfo};
+use parlance_core::{Error, EventStream, ModelInfo};
 use parlance_protocol::openai as wire;
 use response::{ResponseMeta, SsePayload, StreamOptions};
 use serde_json::{json, Map, Value};
@@ -26,6 +29,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How often an SSE comment keeps a connection alive while a prompt is prefilled.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// How long a streamed request may wait for its backend to start before the SSE
+/// headers go out anyway (errors after that arrive as error events).
+const HEADERS_AFTER: Duration = Duration::from_millis(500);
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -42,11 +49,14 @@ fn debug_flag(query: &HashMap<String, String>) -> bool {
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| Error::invalid(format!("Invalid query string: {}", e.body_text())))?;
     let bytes = read_limited(body, state.body_limit).await?;
-    let wire_req: wire::ChatCompletionRequest = parse_json(&bytes)?;
+    let wire_req: wire::ChatCompletionRequest = parse_json_off_thread(bytes).await?;
+    ctx.set_model(&wire_req.model);
     let include_usage = wire_req
         .stream_options
         .as_ref()
@@ -55,10 +65,25 @@ pub async fn chat_completions(
         .update_interval
         .filter(|&s| s > 0.0)
         .map(Duration::from_secs_f64);
+    let max_param = if wire_req.max_completion_tokens.is_some() {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
     let mut req = to_ir(wire_req)?;
     req.debug = debug_flag(&query);
 
     let route = state.router.resolve(&req.model)?;
+    if let (Some(asked), Some(limit)) = (req.max_tokens, route.info.max_output_tokens) {
+        if asked > limit {
+            return Err(Error::invalid_param(
+                max_param,
+                format!("{max_param} is too large: {asked}. This model supports at most {limit} completion tokens, whereas you provided {asked}."),
+            )
+            .with_code("max_tokens_too_large")
+            .into());
+        }
+    }
     let meta = ResponseMeta {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: now_secs(),
@@ -68,10 +93,14 @@ pub async fn chat_completions(
     let n = req.n;
     let stream = req.stream;
     let want_logprobs = req.logprobs.is_some();
-    let events = route.backend.chat(req).await?;
+    let backend = Arc::clone(&route.backend);
 
     if !stream {
+        let events = backend.chat(req).await?;
+        let events = state.shutdown.guard(events);
         let done = collect(events, n).await?;
+        ctx.first_token();
+        ctx.set_usage(done.usage);
         return Ok(Json(response::completion(&meta, done, want_logprobs)).into_response());
     }
     let opts = StreamOptions {
@@ -80,7 +109,20 @@ pub async fn chat_completions(
         want_logprobs,
         update_interval,
     };
-    let sse = response::chunks(meta, opts, events).map(|payload| {
+    // A backend that answers quickly (local models queue at once; an upstream's 400)
+    // still gets a plain HTTP status. One that takes longer (an upstream's first token,
+    // a pool's retries) gets the SSE headers now, and keep-alives while it works, so
+    // proxies and clients with idle timeouts do not give up; its errors become events.
+    let mut started = Box::pin(async move { backend.chat(req).await });
+    let events: EventStream = tokio::select! {
+        r = &mut started => r?,
+        () = tokio::time::sleep(HEADERS_AFTER) => Box::pin(futures::stream::once(started).flat_map(|r| match r {
+            Ok(events) => events,
+            Err(e) => Box::pin(futures::stream::once(async move { Err(e) })) as EventStream,
+        })),
+    };
+    let events = state.shutdown.guard(events);
+    let sse = response::chunks(meta, opts, events, ctx).map(|payload| {
         let data = match payload {
             SsePayload::Chunk(c) => serde_json::to_string(&c),
             SsePayload::Error(e) => serde_json::to_string(&e),
@@ -99,6 +141,9 @@ fn model_object(m: &ModelInfo) -> wire::Model {
     let mut extra = Map::new();
     extra.insert("type".into(), json!(m.kind));
     extra.insert("context_length".into(), json!(m.context_length));
+    if let Some(max) = m.max_output_tokens {
+        extra.insert("max_output_tokens".into(), json!(max));
+    }
     extra.insert(
         "capabilities".into(),
         serde_json::to_value(&m.capabilities).unwrap_or(Value::Null),
@@ -121,8 +166,11 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<wire::Model
 
 pub async fn get_model(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<wire::Model>, ApiError> {
+    let Path(id) = id.map_err(|e| {
+        Error::invalid_param("model", format!("Invalid model id in the URL: {}", e.body_text()))
+    })?;
     let route = state.router.resolve(&id)?;
     Ok(Json(model_object(&route.info)))
 }
@@ -133,7 +181,7 @@ pub async fn count_tokens(
     body: Body,
 ) -> Result<Json<Vec<wire::TokensCount>>, ApiError> {
     let bytes = read_limited(body, state.body_limit).await?;
-    let req: wire::TokensCountRequest = parse_json(&bytes)?;
+    let req: wire::TokensCountRequest = parse_json_off_thread(bytes).await?;
     let route = state.router.resolve(&req.model)?;
     let counts = route.backend.count_tokens(&req.input).await?;
     Ok(Json(

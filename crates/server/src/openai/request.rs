@@ -137,6 +137,18 @@ pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error>
         .enumerate()
         .map(|(i, t)| tool(i, t))
         .collect::<Result<Vec<_>, _>>()?;
+    // A call names its function; two tools of one name would make that ambiguous.
+    for (i, t) in tools.iter().enumerate() {
+        if let Some(first) = tools[..i].iter().position(|o| o.name == t.name) {
+            return Err(Error::invalid_param(
+                format!("tools[{i}].function.name"),
+                format!(
+                    "tools[{i}] and tools[{first}] are both named {:?}; tool names must be unique.",
+                    t.name
+                ),
+            ));
+        }
+    }
     let tool_choice = tool_choice(req.tool_choice, &tools)?;
     // Extension: a Lark grammar (as llguidance takes it) instead of a response_format.
     let response_format = match req.extra.remove("grammar") {
@@ -486,6 +498,18 @@ mod tests {
         );
         b["tools"] = serde_json::json!([{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]);
         assert_eq!(parse(b).unwrap_err().param.as_deref(), Some("tool_choice"));
+    }
+
+    #[test]
+    fn duplicate_tool_names_are_400() {
+        let mut b = base();
+        b["tools"] = serde_json::json!([
+            {"type":"function","function":{"name":"f","parameters":{"type":"object"}}},
+            {"type":"function","function":{"name":"g"}},
+            {"type":"function","function":{"name":"f"}}]);
+        let e = parse(b).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools[2].function.name"));
+        assert!(e.message.contains("tools[0]"), "{}", e.message);
     }
 
     #[test]

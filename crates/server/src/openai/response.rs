@@ -5,6 +5,8 @@ use parlance_core::collect::Completion;
 use parlance_core::ir::{Delta, StreamEvent, TokenLogprob, Usage};
 use parlance_core::{Error, EventStream};
 use parlance_protocol::openai as wire;
+use crate::reqlog::RequestCtx;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What every response of one request shares.
@@ -168,6 +170,7 @@ pub fn chunks(
     meta: ResponseMeta,
     opts: StreamOptions,
     mut events: EventStream,
+    ctx: Arc<RequestCtx>,
 ) -> impl Stream<Item = SsePayload> {
     async_stream::stream! {
         let role = (0..opts.n)
@@ -188,6 +191,7 @@ pub fn chunks(
         while let Some(event) = events.next().await {
             match event {
                 Ok(StreamEvent::Delta { index, delta }) => {
+                    ctx.first_token();
                     let i = index as usize;
                     if i >= pending.len() {
                         continue;
@@ -227,6 +231,7 @@ pub fn chunks(
                 }
                 Ok(StreamEvent::Usage(u)) => {
                     usage_seen = true;
+                    ctx.set_usage(u);
                     if opts.include_usage {
                         let mut c = chunk(&meta, &opts, vec![]);
                         c.usage = Some(Some(usage(&u)));
@@ -239,6 +244,7 @@ pub fn chunks(
                     yield SsePayload::Chunk(c);
                 }
                 Err(e) => {
+                    ctx.set_outcome(format!("error:{}", e.code.as_deref().unwrap_or("stream_error")));
                     yield SsePayload::Error(e.to_openai());
                     return;
                 }
