@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit and in-process HTTP tests, then the end-to-end suite
-# that drives the real binary with the official openai SDK.
+# The whole test suite: formatting and lints, Rust unit and in-process HTTP tests, then
+# the end-to-end suite that drives the real binary with the official openai SDK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 scripts/fetch-models.sh smollm2 qwen2.5-coder
+cargo fmt --all --check
 cargo build --release -p parlance
+# --release shares the build with the binary above (llama.cpp is compiled once).
+cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 PARLANCE_BIN="$target_dir/release/parlance" python3 -m pytest -q tests/e2e "$@"

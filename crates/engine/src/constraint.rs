@@ -30,7 +30,10 @@ impl Constrainer {
         let parser = self.factory.create_parser(grammar).map_err(|e| {
             Error::invalid_param(
                 param,
-                format!("this {param} cannot be enforced: {}", reason(&e.to_string())),
+                format!(
+                    "this {param} cannot be enforced: {}",
+                    reason(&e.to_string())
+                ),
             )
         })?;
         let mut matcher = Matcher::new(Ok(parser));
@@ -58,7 +61,9 @@ impl Constrainer {
 pub(crate) fn reason(e: &str) -> &str {
     let line = e.lines().next().unwrap_or(e).trim();
     match line.strip_prefix("Parser Error: ").unwrap_or(line) {
-        "NoExtensionBias" => "no output can match it (e.g. a schema whose $ref only refers to itself)",
+        "NoExtensionBias" => {
+            "no output can match it (e.g. a schema whose $ref only refers to itself)"
+        }
         other => other,
     }
 }

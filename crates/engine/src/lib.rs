@@ -120,12 +120,15 @@ fn check_gguf(path: &std::path::Path) -> Result<(), String> {
 }
 
 /// llama.cpp's global state: initialised once per process.
-fn llama_backend() -> &'static LlamaBackend {
-    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
-    BACKEND.get_or_init(|| {
-        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-        LlamaBackend::init().expect("llama.cpp backend initialises once")
-    })
+fn llama_backend() -> Result<&'static LlamaBackend, String> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| format!("cannot initialise llama.cpp: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// What preparing a request needs (template, tokenizer, grammar compiler): shared with
@@ -195,7 +198,7 @@ impl LocalModel {
     pub fn load(cfg: LocalModelConfig) -> Result<Self, String> {
         let path = &cfg.path;
         check_gguf(path)?;
-        let backend = llama_backend();
+        let backend = llama_backend()?;
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
             .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         let model = Arc::new(model);
@@ -278,11 +281,12 @@ impl LocalModel {
 
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+        let alive = Arc::new(AtomicBool::new(true));
         let counters = worker::Counters {
             queued: Arc::new(AtomicUsize::new(0)),
             free: Arc::new(AtomicUsize::new(slots)),
+            alive: Arc::clone(&alive),
         };
-        let alive = Arc::new(AtomicBool::new(true));
         let thread_model = Arc::clone(&model);
         let thread_counters = counters.clone();
         let guard = AliveGuard(Arc::clone(&alive), id.clone());
@@ -291,14 +295,18 @@ impl LocalModel {
             .spawn(move || {
                 let _guard = guard;
                 let model: &LlamaModel = &thread_model;
-                match model.new_context(llama_backend(), params) {
+                let context = llama_backend().and_then(|b| {
+                    model
+                        .new_context(b, params)
+                        .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
+                });
+                match context {
                     Ok(ctx) => {
                         let _ = ready_tx.send(Ok(()));
                         Worker::new(model, ctx, worker_cfg, rx, thread_counters).run();
                     }
                     Err(e) => {
-                        let _ =
-                            ready_tx.send(Err(format!("cannot create a llama.cpp context: {e}")));
+                        let _ = ready_tx.send(Err(e));
                     }
                 }
             })
@@ -457,7 +465,12 @@ impl Prep {
         Ok(())
     }
 
-    fn prepare(&self, req: &ChatRequest, tools_active: bool, wanted: usize) -> Result<Prepared, Error> {
+    fn prepare(
+        &self,
+        req: &ChatRequest,
+        tools_active: bool,
+        wanted: usize,
+    ) -> Result<Prepared, Error> {
         self.check_size(req, wanted)?;
         let prompt_text = self.render(req, tools_active)?;
         let constraint = self.constrainer.for_request(req)?;
@@ -728,6 +741,9 @@ mod tests {
         let e = check_logit_bias(&[(50256, 5.0)], 49152).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("logit_bias"));
         assert!(e.message.contains("50256"), "{}", e.message);
-        assert_eq!(in_vocab(&[(50256, -100.0), (7, 1.0)], 49152), vec![(7, 1.0)]);
+        assert_eq!(
+            in_vocab(&[(50256, -100.0), (7, 1.0)], 49152),
+            vec![(7, 1.0)]
+        );
     }
 }

@@ -17,7 +17,7 @@ use llguidance::Matcher;
 use parlance_core::ir::{Delta, FinishReason, SamplingParams, StreamEvent};
 use parlance_core::Error;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +50,8 @@ pub(crate) struct Counters {
     pub queued: Arc<AtomicUsize>,
     /// Slots with no running sequence.
     pub free: Arc<AtomicUsize>,
+    /// False once the engine thread has stopped.
+    pub alive: Arc<AtomicBool>,
 }
 
 pub(crate) enum JobEvent {
@@ -156,6 +158,14 @@ pub(crate) struct Worker<'m> {
     counters: Counters,
 }
 
+impl Drop for Worker<'_> {
+    /// Runs before the fields (and so the jobs' senders) are dropped: a caller that
+    /// sees its stream cut by a panic finds the model already marked dead.
+    fn drop(&mut self) {
+        self.counters.alive.store(false, Ordering::SeqCst);
+    }
+}
+
 impl<'m> Worker<'m> {
     pub fn new(
         model: &'m LlamaModel,
@@ -259,7 +269,10 @@ impl<'m> Worker<'m> {
     }
 
     fn start(&mut self, mut job: Job, free: Vec<usize>) {
-        #[allow(clippy::panic, reason = "test hook, armed only by PARLANCE_TEST_ENGINE_PANIC")]
+        #[allow(
+            clippy::panic,
+            reason = "test hook, armed only by PARLANCE_TEST_ENGINE_PANIC"
+        )]
         if job.crash {
             panic!("engine panic requested by PARLANCE_TEST_ENGINE_PANIC");
         }
@@ -267,6 +280,10 @@ impl<'m> Worker<'m> {
         self.next_job += 1;
 
         // The free slot that already holds the longest prefix of this prompt.
+        #[allow(
+            clippy::expect_used,
+            reason = "admit() starts a job only with at least as many free slots as its choices (>= 1)"
+        )]
         let primary = *free
             .iter()
             .max_by_key(|&&i| common_prefix(&self.slots[i].cached, &job.prompt))
@@ -607,9 +624,10 @@ impl<'m> Worker<'m> {
                 let _ = self.ctx.copy_kv_cache_seq(src, dst, None, None);
                 let slot = &mut self.slots[k];
                 slot.cached = cached.clone();
-                let run = slot.run.as_mut().expect("follower has a run");
-                run.phase = Phase::Generate;
-                run.logits_at = Some(at);
+                if let Some(run) = slot.run.as_mut() {
+                    run.phase = Phase::Generate;
+                    run.logits_at = Some(at);
+                }
             }
         }
     }
@@ -628,8 +646,10 @@ impl<'m> Worker<'m> {
             tracing::warn!(job, "grammar failed mid-generation: {e}");
             self.fail_job(
                 job,
-                Error::invalid(format!("the requested output format could not be enforced: {e}"))
-                    .with_code("constraint_failed"),
+                Error::invalid(format!(
+                    "the requested output format could not be enforced: {e}"
+                ))
+                .with_code("constraint_failed"),
             );
             return;
         }

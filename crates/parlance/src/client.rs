@@ -62,16 +62,24 @@ fn get_models(server: &ServerArgs) -> anyhow::Result<Vec<Value>> {
         .send()
         .with_context(|| format!("cannot reach {url}: is `parlance serve` running?"))?;
     let status = resp.status();
-    let body: Value = resp.json().with_context(|| format!("{url}: not a JSON answer"))?;
+    let body: Value = resp
+        .json()
+        .with_context(|| format!("{url}: not a JSON answer"))?;
     if !status.is_success() {
-        bail!("{url}: HTTP {status}: {}", body["error"]["message"].as_str().unwrap_or("error"));
+        bail!(
+            "{url}: HTTP {status}: {}",
+            body["error"]["message"].as_str().unwrap_or("error")
+        );
     }
     Ok(body["data"].as_array().cloned().unwrap_or_default())
 }
 
 pub fn models(server: ServerArgs) -> anyhow::Result<()> {
     let models = get_models(&server)?;
-    println!("{:<40} {:>10} {:>12}  OWNED BY", "MODEL", "CONTEXT", "MAX OUTPUT");
+    println!(
+        "{:<40} {:>10} {:>12}  OWNED BY",
+        "MODEL", "CONTEXT", "MAX OUTPUT"
+    );
     for m in models {
         let num = |k: &str| m[k].as_u64().map_or("-".to_string(), |n| n.to_string());
         println!(
@@ -108,7 +116,10 @@ fn turn(
     if !resp.status().is_success() {
         let status = resp.status();
         let v: Value = resp.json().unwrap_or_default();
-        bail!("HTTP {status}: {}", v["error"]["message"].as_str().unwrap_or("error"));
+        bail!(
+            "HTTP {status}: {}",
+            v["error"]["message"].as_str().unwrap_or("error")
+        );
     }
     let mut answer = String::new();
     let mut out = std::io::stdout();
@@ -134,7 +145,10 @@ fn turn(
     Ok(answer)
 }
 
-pub fn chat(mut args: ChatArgs, serve_local: impl FnOnce(PathBuf) -> anyhow::Result<String>) -> anyhow::Result<()> {
+pub fn chat(
+    mut args: ChatArgs,
+    serve_local: impl FnOnce(PathBuf) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
     if let Some(file) = args.model_file.take() {
         args.server.url = serve_local(file)?;
         args.server.api_key = None;

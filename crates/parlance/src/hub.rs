@@ -79,7 +79,9 @@ pub fn download(spec: &str) -> anyhow::Result<PathBuf> {
     let Some(file) = pick_file(&files, quant) else {
         bail!(
             "-hf {spec}: no GGUF file{} in {repo} (files: {})",
-            quant.map(|q| format!(" matching {q:?}")).unwrap_or_default(),
+            quant
+                .map(|q| format!(" matching {q:?}"))
+                .unwrap_or_default(),
             files.join(", ")
         );
     };
@@ -112,7 +114,9 @@ pub fn download(spec: &str) -> anyhow::Result<PathBuf> {
     );
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = resp.read(&mut buf).with_context(|| format!("-hf {spec}: download interrupted"))?;
+        let n = resp
+            .read(&mut buf)
+            .with_context(|| format!("-hf {spec}: download interrupted"))?;
         if n == 0 {
             break;
         }
@@ -142,9 +146,18 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        assert_eq!(pick_file(&files, Some("q8_0")).as_deref(), Some("model-Q8_0.gguf"));
-        assert_eq!(pick_file(&files, None).as_deref(), Some("model-Q4_K_M.gguf"));
+        assert_eq!(
+            pick_file(&files, Some("q8_0")).as_deref(),
+            Some("model-Q8_0.gguf")
+        );
+        assert_eq!(
+            pick_file(&files, None).as_deref(),
+            Some("model-Q4_K_M.gguf")
+        );
         assert_eq!(pick_file(&files, Some("F16")), None);
-        assert_eq!(pick_file(&files[..2], None).as_deref(), Some("model-Q8_0.gguf"));
+        assert_eq!(
+            pick_file(&files[..2], None).as_deref(),
+            Some("model-Q8_0.gguf")
+        );
     }
 }

@@ -51,7 +51,9 @@ fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
 
 /// Serves one GGUF in-process on a loopback port for `parlance chat -m`; returns its API URL.
 fn serve_local(file: std::path::PathBuf) -> anyhow::Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let argv = [
         "parlance".to_string(),
         "serve".into(),
@@ -76,7 +78,8 @@ fn serve_local(file: std::path::PathBuf) -> anyhow::Result<String> {
             };
         }
         let healthy = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && reqwest::blocking::get(format!("{url}/health")).is_ok_and(|r| r.status().is_success());
+            && reqwest::blocking::get(format!("{url}/health"))
+                .is_ok_and(|r| r.status().is_success());
         if healthy {
             return Ok(format!("{url}/v1"));
         }
@@ -136,7 +139,19 @@ mod tests {
 
     #[test]
     fn llama_server_habits_parse() {
-        let argv = ["parlance", "serve", "-ngl", "99", "--jinja", "-hf", "a/b:Q4_K_M", "-v", "--metrics", "-n", "64"];
+        let argv = [
+            "parlance",
+            "serve",
+            "-ngl",
+            "99",
+            "--jinja",
+            "-hf",
+            "a/b:Q4_K_M",
+            "-v",
+            "--metrics",
+            "-n",
+            "64",
+        ];
         let cli = Cli::parse_from(normalize_args(argv.iter().map(|s| s.to_string())));
         let Command::Serve(s) = cli.command else {
             panic!("not serve")

@@ -118,21 +118,37 @@ pub struct ServeArgs {
 
     /// Seconds a connection has to send a whole request head, counted from when it is
     /// ready for one: bounds slow senders and idle keep-alive connections.
-    #[arg(long = "header-timeout", env = "PARLANCE_HEADER_TIMEOUT", default_value_t = 10.0)]
+    #[arg(
+        long = "header-timeout",
+        env = "PARLANCE_HEADER_TIMEOUT",
+        default_value_t = 10.0
+    )]
     pub header_timeout: f64,
 
     /// Open connections at most; more wait to be accepted.
-    #[arg(long = "max-connections", env = "PARLANCE_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(
+        long = "max-connections",
+        env = "PARLANCE_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
     pub max_connections: usize,
 
     /// Seconds running requests get to finish after Ctrl-C or SIGTERM; then they end
     /// with an error event. A second signal exits at once.
-    #[arg(long = "shutdown-timeout", env = "PARLANCE_SHUTDOWN_TIMEOUT", default_value_t = 10.0)]
+    #[arg(
+        long = "shutdown-timeout",
+        env = "PARLANCE_SHUTDOWN_TIMEOUT",
+        default_value_t = 10.0
+    )]
     pub shutdown_timeout: f64,
 
     /// Browser origin allowed to call the API (CORS), e.g. https://app.example.com;
     /// repeat for several, `*` for any. Without it, no CORS headers are sent.
-    #[arg(long = "cors-origin", env = "PARLANCE_CORS_ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "PARLANCE_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
     pub cors_origin: Vec<String>,
 
     /// Jinja chat template to use instead of the model's own, or `chatml`
@@ -146,7 +162,11 @@ pub struct ServeArgs {
 
     /// Layers to offload to a GPU (llama-server's -ngl). This build runs on the CPU:
     /// accepted so llama-server command lines work, and said so at startup.
-    #[arg(long = "n-gpu-layers", alias = "gpu-layers", env = "PARLANCE_N_GPU_LAYERS")]
+    #[arg(
+        long = "n-gpu-layers",
+        alias = "gpu-layers",
+        env = "PARLANCE_N_GPU_LAYERS"
+    )]
     pub n_gpu_layers: Option<i32>,
 
     /// Hugging Face repository to download a GGUF from (llama-server's -hf), as
@@ -374,7 +394,9 @@ async fn signals() {
         #[cfg(not(unix))]
         let mut term: Term = None;
         next_signal(&mut term).await;
-        eprintln!("shutdown requested: finishing running requests (send the signal again to exit now)");
+        eprintln!(
+            "shutdown requested: finishing running requests (send the signal again to exit now)"
+        );
         let _ = first_tx.send(());
         next_signal(&mut term).await;
         eprintln!("second signal: exiting now");

@@ -167,7 +167,9 @@ mod tests {
         let e = err(r#"{"model":"m","messages":[]}{}"#);
         assert_eq!(e.code.as_deref(), Some("invalid_json"));
         // Trailing whitespace is fine.
-        assert!(parse_json::<ChatCompletionRequest>(b"{\"model\":\"m\",\"messages\":[]} \n").is_ok());
+        assert!(
+            parse_json::<ChatCompletionRequest>(b"{\"model\":\"m\",\"messages\":[]} \n").is_ok()
+        );
     }
 
     #[test]

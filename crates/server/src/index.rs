@@ -29,7 +29,8 @@ pub async fn page(State(state): State<Arc<AppState>>) -> Response {
             .collect();
         format!("<h2>Models</h2><ul>{items}</ul>")
     } else {
-        "<p>This server needs an API key: <code>GET /v1/models</code> with it lists the models.</p>".to_string()
+        "<p>This server needs an API key: <code>GET /v1/models</code> with it lists the models.</p>"
+            .to_string()
     };
     let html = format!(
         r#"<!doctype html>

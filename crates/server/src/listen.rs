@@ -134,7 +134,10 @@ impl JsonParseErrors {
 /// The answer with a JSON body, when `head` is one of hyper's parse-error answers.
 fn rewrite_parse_error(head: &[u8]) -> Option<Vec<u8>> {
     let (status, message) = if head.starts_with(b"HTTP/1.1 400 ") {
-        (400, "The HTTP request could not be parsed (bad request line or header).")
+        (
+            400,
+            "The HTTP request could not be parsed (bad request line or header).",
+        )
     } else if head.starts_with(b"HTTP/1.1 414 ") {
         (414, "The request URI is too long.")
     } else if head.starts_with(b"HTTP/1.1 431 ") {
@@ -273,7 +276,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["code"], "headers_too_large");
         // Answers of the app itself are left alone.
-        assert!(rewrite_parse_error(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 80\r\n\r\n").is_none());
+        assert!(
+            rewrite_parse_error(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 80\r\n\r\n")
+                .is_none()
+        );
         assert!(rewrite_parse_error(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
     }
 }

@@ -66,7 +66,8 @@ impl RequestCtx {
 /// A request id a caller may choose: short, printable, no spaces.
 fn usable_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?.trim();
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| s.to_string())
 }
 
 pub async fn access_log(mut req: Request, next: Next) -> Response {
@@ -93,7 +94,12 @@ pub async fn access_log(mut req: Request, next: Next) -> Response {
         path,
         status: resp.status().as_u16(),
     };
-    resp.map(|body| Body::new(LoggedBody { inner: body, line: Some(line) }))
+    resp.map(|body| {
+        Body::new(LoggedBody {
+            inner: body,
+            line: Some(line),
+        })
+    })
 }
 
 struct LogLine {
@@ -105,7 +111,12 @@ struct LogLine {
 
 impl LogLine {
     fn write(self, complete: bool) {
-        let f = self.ctx.fields.lock().map(|mut g| std::mem::take(&mut *g)).unwrap_or_default();
+        let f = self
+            .ctx
+            .fields
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
         let outcome = match (&f.outcome, complete) {
             (Some(o), _) => o.as_str(),
             (None, true) => "complete",

@@ -1,5 +1,11 @@
 //! The HTTP layer driven in-process with a scripted backend: wire shapes, errors,
 //! auth and limits, independent of any model.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test and example code"
+)]
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -494,22 +500,46 @@ async fn gigachat_tokens_count() {
 
 #[tokio::test]
 async fn max_tokens_over_the_models_limit_is_400_naming_the_param() {
-    let (status, _, body) = send(app(), post("/v1/chat/completions", chat(json!({"max_tokens": 1001})))).await;
-    assert_eq!(status, 400);
-    let v = assert_openai_error(&body, Some("max_tokens_too_large"));
-    assert_eq!(v["error"]["param"], "max_tokens");
-    assert!(v["error"]["message"].as_str().unwrap().contains("1000"), "{body}");
     let (status, _, body) = send(
         app(),
-        post("/v1/chat/completions", chat(json!({"max_completion_tokens": 5000}))),
+        post("/v1/chat/completions", chat(json!({"max_tokens": 1001}))),
     )
     .await;
     assert_eq!(status, 400);
-    assert_eq!(assert_openai_error(&body, None)["error"]["param"], "max_completion_tokens");
-    let (status, _, body) = send(app(), post("/v1/chat/completions", chat(json!({"max_tokens": 1000})))).await;
+    let v = assert_openai_error(&body, Some("max_tokens_too_large"));
+    assert_eq!(v["error"]["param"], "max_tokens");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("1000"),
+        "{body}"
+    );
+    let (status, _, body) = send(
+        app(),
+        post(
+            "/v1/chat/completions",
+            chat(json!({"max_completion_tokens": 5000})),
+        ),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        assert_openai_error(&body, None)["error"]["param"],
+        "max_completion_tokens"
+    );
+    let (status, _, body) = send(
+        app(),
+        post("/v1/chat/completions", chat(json!({"max_tokens": 1000}))),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
-    let (_, _, body) = send(app(), Request::get("/v1/models/m").body(Body::empty()).unwrap()).await;
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["max_output_tokens"], 1000);
+    let (_, _, body) = send(
+        app(),
+        Request::get("/v1/models/m").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["max_output_tokens"],
+        1000
+    );
 }
 
 #[tokio::test]
@@ -518,7 +548,13 @@ async fn every_error_status_has_a_json_body() {
         let req = Request::get(uri).body(Body::empty()).unwrap();
         let (got, headers, body) = send(app(), req).await;
         assert_eq!(got, status, "{uri}: {body}");
-        assert!(headers["content-type"].to_str().unwrap().starts_with("application/json"), "{uri}");
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{uri}"
+        );
         assert_openai_error(&body, None);
     }
     // Trailing garbage after the JSON object.
@@ -533,11 +569,17 @@ async fn every_error_status_has_a_json_body() {
 
 #[tokio::test]
 async fn request_ids_are_echoed_or_made() {
-    let req = Request::get("/v1/models").header("x-request-id", "abc-123").body(Body::empty()).unwrap();
+    let req = Request::get("/v1/models")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .unwrap();
     let (_, headers, _) = send(app(), req).await;
     assert_eq!(headers["x-request-id"], "abc-123");
     let (_, headers, _) = send(app(), Request::get("/health").body(Body::empty()).unwrap()).await;
-    assert!(headers["x-request-id"].to_str().unwrap().starts_with("req_"));
+    assert!(headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
 }
 
 #[tokio::test]
@@ -547,15 +589,24 @@ async fn health_names_a_dead_model_with_503() {
     assert_eq!(status, 503);
     let v = assert_openai_error(&body, Some("model_unavailable"));
     assert_eq!(v["unavailable"], json!(["m"]));
-    assert!(v["error"]["message"].as_str().unwrap().contains("`m`"), "{body}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("`m`"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn index_page_is_html_with_the_models() {
     let (status, headers, body) = send(app(), Request::get("/").body(Body::empty()).unwrap()).await;
     assert_eq!(status, 200);
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
-    assert!(body.contains("<code>m</code>") && body.contains(env!("CARGO_PKG_VERSION")), "{body}");
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(
+        body.contains("<code>m</code>") && body.contains(env!("CARGO_PKG_VERSION")),
+        "{body}"
+    );
     // Behind keys the page is still there, without the model list.
     let (app, _) = app_with("ok", &["k"], None);
     let (status, _, body) = send(app, Request::get("/").body(Body::empty()).unwrap()).await;
@@ -567,7 +618,11 @@ async fn index_page_is_html_with_the_models() {
 async fn slow_backends_get_sse_headers_first_and_errors_as_events() {
     // Fast errors keep their HTTP status...
     let (app_busy, _) = app_with("busy", &[], None);
-    let (status, _, _) = send(app_busy, post("/v1/chat/completions", chat(json!({"stream": true})))).await;
+    let (status, _, _) = send(
+        app_busy,
+        post("/v1/chat/completions", chat(json!({"stream": true}))),
+    )
+    .await;
     assert_eq!(status, 429);
     // ...a backend still working after the grace period gets headers (and keep-alives)
     // at once; its error ends the stream as an error event.
@@ -581,7 +636,7 @@ async fn slow_backends_get_sse_headers_first_and_errors_as_events() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let data = sse_data(&String::from_utf8(body.to_vec()).unwrap());
+    let data = sse_data(std::str::from_utf8(&body).unwrap());
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "context_length_exceeded");
 }
@@ -592,7 +647,10 @@ async fn cors_is_off_unless_configured() {
         Request::options("/v1/chat/completions")
             .header("origin", "https://app.example")
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization,content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
             .body(Body::empty())
             .unwrap()
     };
@@ -601,7 +659,10 @@ async fn cors_is_off_unless_configured() {
     let mut router = Router::new();
     router
         .add(
-            ModelInfo { id: "m".into(), ..ModelInfo::default() },
+            ModelInfo {
+                id: "m".into(),
+                ..ModelInfo::default()
+            },
             Arc::new(Scripted::default()),
         )
         .unwrap();
@@ -610,5 +671,8 @@ async fn cors_is_off_unless_configured() {
     state.api_keys = vec!["k".into()];
     let (status, headers, _) = send(build_router(Arc::new(state)), preflight()).await;
     assert!(status.is_success(), "{status}");
-    assert_eq!(headers["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
 }

@@ -4,6 +4,12 @@
 //! calling the mock directly is the HTTP stack's.
 //!
 //! `bare_proxy UPSTREAM_URL PORT`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test and example code"
+)]
 
 use axum::body::{Body, Bytes};
 use axum::response::Response;

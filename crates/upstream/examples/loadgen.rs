@@ -5,6 +5,12 @@
 //! Prints one JSON line: rps, p50/p99/p999 in ms, errors.
 //!
 //! `loadgen URL KEY BODY_FILE CONC SECS RATE`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test and example code"
+)]
 
 use std::time::{Duration, Instant};
 

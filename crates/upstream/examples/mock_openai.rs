@@ -2,6 +2,12 @@
 //! whole or as an SSE stream of `CHUNKS` deltas, with no model behind it.
 //!
 //! `cargo run --release -p parlance-upstream --example mock_openai -- PORT [CHUNKS]`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test and example code"
+)]
 
 use axum::body::{Body, Bytes};
 use axum::http::header;

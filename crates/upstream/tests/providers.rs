@@ -1,5 +1,11 @@
 //! Each provider's mapping, both ways, against a mock upstream speaking its wire format;
 //! streams are cut into chunks of 1, 2, 5 and 64 bytes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test and example code"
+)]
 
 mod common;
 

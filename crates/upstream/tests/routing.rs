@@ -1,5 +1,11 @@
 //! The pool over real HTTP deployments: retries before the first byte, fallbacks,
 //! cooldown and recovery, balancing, and no retry once a stream has started.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test and example code"
+)]
 
 mod common;
 

@@ -688,7 +688,10 @@ mod tests {
                         _ => None,
                     })
                     .collect();
-                assert!(!shown.contains('{') && !shown.contains("<tool"), "{text:?} @ {cut_at}: {out:?}");
+                assert!(
+                    !shown.contains('{') && !shown.contains("<tool"),
+                    "{text:?} @ {cut_at}: {out:?}"
+                );
             }
         }
         // Not cut: a closed call that is garbage stays the model's text, and JSON that is

@@ -6,15 +6,15 @@ mod response;
 pub use request::to_ir;
 
 use crate::body::{parse_json_off_thread, read_limited};
-use crate::reqlog::RequestCtx;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::Extension;
 use crate::error::ApiError;
+use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use futures::StreamExt;
 use parlance_core::collect::collect;
@@ -53,7 +53,8 @@ pub async fn chat_completions(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| Error::invalid(format!("Invalid query string: {}", e.body_text())))?;
+    let Query(query) =
+        query.map_err(|e| Error::invalid(format!("Invalid query string: {}", e.body_text())))?;
     let bytes = read_limited(body, state.body_limit).await?;
     let wire_req: wire::ChatCompletionRequest = parse_json_off_thread(bytes).await?;
     ctx.set_model(&wire_req.model);
@@ -169,7 +170,10 @@ pub async fn get_model(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<wire::Model>, ApiError> {
     let Path(id) = id.map_err(|e| {
-        Error::invalid_param("model", format!("Invalid model id in the URL: {}", e.body_text()))
+        Error::invalid_param(
+            "model",
+            format!("Invalid model id in the URL: {}", e.body_text()),
+        )
     })?;
     let route = state.router.resolve(&id)?;
     Ok(Json(model_object(&route.info)))

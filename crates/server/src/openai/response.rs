@@ -1,11 +1,11 @@
 //! IR -> OpenAI wire: whole completions and the SSE chunk sequence.
 
+use crate::reqlog::RequestCtx;
 use futures::{Stream, StreamExt};
 use parlance_core::collect::Completion;
 use parlance_core::ir::{Delta, StreamEvent, TokenLogprob, Usage};
 use parlance_core::{Error, EventStream};
 use parlance_protocol::openai as wire;
-use crate::reqlog::RequestCtx;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

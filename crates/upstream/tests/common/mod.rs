@@ -1,6 +1,12 @@
 //! A scripted mock upstream on a loopback port: it records each request and answers
 //! with the next scripted reply: JSON, an SSE body cut into small chunks, a hang, or a
 //! connection reset in the middle of a stream.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test and example code"
+)]
 #![allow(dead_code)]
 
 use axum::body::Body;
