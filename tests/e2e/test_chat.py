@@ -240,6 +240,9 @@ def test_errors_are_openai_errors(server, client):
     assert e.value.body["param"] == "temperature" and e.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=40000)
+    assert e.value.body["code"] == "max_tokens_too_large" and e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello " * 17000}], max_tokens=16000)
     assert e.value.body["code"] == "context_length_exceeded"
     assert "maximum context length" in e.value.body["message"]
     with pytest.raises(openai.NotFoundError) as e:

@@ -76,6 +76,9 @@ pub struct Error {
     /// Worth trying again, here or on another deployment (connect errors, timeouts,
     /// 429 and 5xx from an upstream); bad input never is.
     pub retryable: bool,
+    /// The deployment that answered will keep failing this way (an upstream's 401,
+    /// 403 or 404: a bad key or an unknown model): try others, not this one again.
+    pub deployment_fault: bool,
 }
 
 impl Error {
@@ -87,6 +90,7 @@ impl Error {
             code: None,
             retry_after: None,
             retryable: false,
+            deployment_fault: false,
         }
     }
 
@@ -129,6 +133,13 @@ impl Error {
 
     pub fn retryable(mut self) -> Self {
         self.retryable = true;
+        self
+    }
+
+    /// Retryable elsewhere, never on the deployment that answered (see `deployment_fault`).
+    pub fn deployment_fault(mut self) -> Self {
+        self.retryable = true;
+        self.deployment_fault = true;
         self
     }
 

@@ -2,6 +2,7 @@
 //! the one error type, the `Backend` trait, the router, and chat templates.
 
 pub mod backend;
+pub mod blocking;
 pub mod collect;
 pub mod error;
 pub mod ir;

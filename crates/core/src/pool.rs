@@ -159,9 +159,10 @@ impl Pool {
 
     /// Picks among deployments not cooling down, preferring ones not yet tried; when
     /// all are cooling down, the one whose cooldown ends first (a half-open probe).
-    fn pick(&self, tried: &[usize]) -> Option<usize> {
+    fn pick(&self, tried: &[usize], excluded: &[usize]) -> Option<usize> {
         let now = Instant::now();
         let healthy: Vec<usize> = (0..self.slots.len())
+            .filter(|i| !excluded.contains(i))
             .filter(|&i| !self.slots[i].health.cooling(now) && self.slots[i].d.weight > 0)
             .collect();
         let fresh: Vec<usize> = healthy
@@ -176,7 +177,7 @@ impl Pool {
         } else {
             // Everything is cooling down: probe the one closest to recovery.
             return (0..self.slots.len())
-                .filter(|i| !tried.contains(i))
+                .filter(|i| !tried.contains(i) && !excluded.contains(i))
                 .min_by_key(|&i| *self.slots[i].health.cooldown_until.lock().ok()?);
         };
         Some(match self.policy.balance {
@@ -219,9 +220,13 @@ impl Pool {
     /// once its first event arrived, so every failure before it can still be retried.
     async fn try_deployments(&self, request: &ChatRequest) -> Result<EventStream, Error> {
         let mut tried: Vec<usize> = Vec::new();
+        // Deployments that failed in a way retrying cannot fix (bad key, unknown model).
+        let mut excluded: Vec<usize> = Vec::new();
         let mut last: Option<Error> = None;
         for attempt in 0..=self.policy.retries {
-            let Some(i) = self.pick(&tried) else { break };
+            let Some(i) = self.pick(&tried, &excluded) else {
+                break;
+            };
             if attempt > 0 {
                 let wait = self
                     .policy
@@ -268,8 +273,14 @@ impl Pool {
                     if !e.retryable {
                         return Err(e);
                     }
-                    slot.health
-                        .failed(self.policy.cooldown, self.policy.failure_threshold);
+                    if e.deployment_fault {
+                        // A bad key or model will not fix itself: bench it at once.
+                        excluded.push(i);
+                        slot.health.failed(self.policy.cooldown, 1);
+                    } else {
+                        slot.health
+                            .failed(self.policy.cooldown, self.policy.failure_threshold);
+                    }
                     tracing::warn!(model = %self.model, deployment = %slot.d.name, attempt, error = %e, "deployment failed");
                     last = Some(e);
                 }

@@ -164,8 +164,6 @@ struct Prepared {
 pub struct LocalModel {
     info: ModelInfo,
     prep: Arc<Prep>,
-    /// Bounds concurrent request preparation (CPU work) to the cores there are.
-    prep_permits: Arc<tokio::sync::Semaphore>,
     n_vocab: i32,
     slots: usize,
     max_queue: usize,
@@ -354,12 +352,10 @@ impl LocalModel {
                 .ok()
                 .filter(|m| !m.is_empty()),
         };
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(LocalModel {
             info,
             n_vocab: model.n_vocab(),
             prep: Arc::new(prep),
-            prep_permits: Arc::new(tokio::sync::Semaphore::new(cores)),
             slots,
             max_queue: cfg.max_queue,
             n_predict: cfg.n_predict,
@@ -419,20 +415,14 @@ impl LocalModel {
         Ok(())
     }
 
-    /// Runs CPU-heavy work on the blocking pool, at most one task per core at a time.
+    /// Runs CPU-heavy work off the async workers (see `parlance_core::blocking`).
     async fn off_thread<T: Send + 'static>(
         &self,
+        input_bytes: usize,
         work: impl FnOnce(&Prep) -> T + Send + 'static,
     ) -> Result<T, Error> {
-        let _permit = self
-            .prep_permits
-            .acquire()
-            .await
-            .map_err(|_| self.unavailable())?;
         let prep = Arc::clone(&self.prep);
-        tokio::task::spawn_blocking(move || work(&prep))
-            .await
-            .map_err(|e| Error::internal(format!("preparing the request failed: {e}")))
+        parlance_core::blocking::run(input_bytes, move || work(&prep)).await
     }
 }
 
@@ -448,16 +438,7 @@ impl Prep {
     /// Refuses, before any rendering or tokenizing, a request whose text alone needs
     /// more tokens than the context has: B bytes are at least B / max_piece_bytes tokens.
     fn check_size(&self, req: &ChatRequest, wanted: usize) -> Result<(), Error> {
-        let bytes: usize = req
-            .messages
-            .iter()
-            .flat_map(|m| &m.content)
-            .map(|p| match p {
-                ContentPart::Text(t) => t.len(),
-                ContentPart::Image(_) => 0,
-            })
-            .sum();
-        let at_least = bytes / self.max_piece_bytes;
+        let at_least = text_bytes(req) / self.max_piece_bytes;
         let ctx = self.ctx_per_seq as usize;
         if at_least + wanted > ctx {
             return Err(context_exceeded(ctx, at_least, wanted, "at least "));
@@ -495,6 +476,18 @@ impl Prep {
     }
 }
 
+/// Bytes of message text: the prompt is at least this long once rendered.
+fn text_bytes(req: &ChatRequest) -> usize {
+    req.messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .map(|p| match p {
+            ContentPart::Text(t) => t.len(),
+            ContentPart::Image(_) => 0,
+        })
+        .sum()
+}
+
 fn context_exceeded(ctx: usize, prompt: usize, wanted: usize, qualifier: &str) -> Error {
     Error::invalid_param(
         "messages",
@@ -513,8 +506,9 @@ impl Backend for LocalModel {
             return Err(self.unavailable());
         }
         let texts = texts.to_vec();
+        let bytes = texts.iter().map(String::len).sum();
         // Plain text, as a caller would send it: no BOS, special-token text not parsed.
-        self.off_thread(move |prep| {
+        self.off_thread(bytes, move |prep| {
             let vocab = prep.model.vocab();
             texts
                 .iter()
@@ -550,8 +544,14 @@ impl Backend for LocalModel {
         let tools_active = !req.tools.is_empty() && req.tool_choice != ToolChoice::None;
         // The context check is on what the caller asked for (one token when unsaid).
         let wanted = req.max_tokens.map_or(1, |m| m as usize);
+        let bytes = text_bytes(&req)
+            + req
+                .tools
+                .iter()
+                .map(|t| t.parameters.to_string().len())
+                .sum::<usize>();
         let (req, prepared) = self
-            .off_thread(move |prep| {
+            .off_thread(bytes, move |prep| {
                 let p = prep.prepare(&req, tools_active, wanted);
                 (req, p)
             })

@@ -197,3 +197,53 @@ mod tests {
         }
     }
 }
+
+/// Fuzzing (bounded, runs with `cargo test`): arbitrary bytes cut at arbitrary points.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn assemble(bytes: &[u8], cuts: &[usize], stops: &[String]) -> (String, bool) {
+        let mut a = TextAssembler::new(stops.to_vec());
+        let mut out = String::new();
+        let mut at = 0;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        points.push(bytes.len());
+        for p in points {
+            let r = a.push(&bytes[at..p]);
+            out.push_str(&r.text);
+            if r.stopped {
+                return (out, true);
+            }
+            at = p;
+        }
+        out.push_str(&a.finish());
+        (out, false)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn splits_never_change_the_text(bytes in proptest::collection::vec(any::<u8>(), 0..64),
+                                        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+                                        stop in "[a-cа-в]{1,3}") {
+            let stops = vec![stop.clone()];
+            let whole = assemble(&bytes, &[], &stops);
+            let split = assemble(&bytes, &cuts, &stops);
+            prop_assert_eq!(&whole, &split);
+            // The stop string itself never reaches the caller, nor a trailing U+FFFD
+            // from a cut character.
+            prop_assert!(!split.0.contains(&stop));
+        }
+
+        #[test]
+        fn valid_text_round_trips(text in "\\PC{0,40}", cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+            let (out, stopped) = assemble(text.as_bytes(), &cuts, &[]);
+            prop_assert!(!stopped);
+            prop_assert_eq!(out, text);
+        }
+    }
+}

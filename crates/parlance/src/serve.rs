@@ -309,8 +309,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         catalog::build(cfg, &env, &mut loader, &mut router).map_err(anyhow::Error::msg)?;
         keys.extend(cfg.server.api_keys.iter().cloned());
         if let Some(var) = &cfg.server.api_keys_env {
-            let v = std::env::var(var)
-                .with_context(|| format!("[server] api_keys_env: {var} is not set"))?;
+            let v = std::env::var(var.get_ref())
+                .with_context(|| format!("[server] api_keys_env: {} is not set", var.get_ref()))?;
             keys.extend(v.split(',').map(str::to_string));
         }
     }

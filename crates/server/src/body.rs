@@ -23,19 +23,15 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes,
     })
 }
 
-/// Bodies above this are parsed on the blocking pool: tens of MB of JSON take long
-/// enough to stall every other request on an async worker.
-const PARSE_INLINE_MAX: usize = 256 * 1024;
-
+/// Large bodies are parsed on the blocking pool: tens of MB of JSON take long enough
+/// to stall every other request on an async worker.
 pub async fn parse_json_off_thread<T: DeserializeOwned + Send + 'static>(
     bytes: axum::body::Bytes,
 ) -> Result<T, Error> {
-    if bytes.len() <= PARSE_INLINE_MAX {
+    if bytes.len() < parlance_core::blocking::LARGE {
         return parse_json(&bytes);
     }
-    tokio::task::spawn_blocking(move || parse_json(&bytes))
-        .await
-        .map_err(|e| Error::internal(format!("parsing the request body failed: {e}")))?
+    parlance_core::blocking::run(bytes.len(), move || parse_json(&bytes)).await?
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {

@@ -34,16 +34,22 @@ fn provider_config(
     let kind = p.kind;
     let base_url = p
         .base_url
-        .clone()
+        .as_ref()
+        .map(|u| u.get_ref().clone())
         .or_else(|| kind.default_base_url().map(str::to_string))
         .ok_or_else(|| format!("provider `{name}` needs base_url"))?;
     let api_key = match (&p.api_key_env, &p.api_key) {
-        (Some(var), _) => Some(env(var).filter(|k| !k.trim().is_empty()).ok_or_else(|| {
-            format!(
-                "provider `{name}`: environment variable {var} (api_key_env) is not set; \
-                 set it, or remove the provider and the models that use it"
-            )
-        })?),
+        (Some(var), _) => Some(
+            env(var.get_ref())
+                .filter(|k| !k.trim().is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "provider `{name}`: environment variable {} (api_key_env) is not set; \
+                 set it, or remove the provider and the models that use it",
+                        var.get_ref()
+                    )
+                })?,
+        ),
         (None, key) => key.clone(),
     };
     let d = Timeouts::default();
@@ -186,6 +192,7 @@ pub fn build(
     load_local: &mut LocalLoader<'_>,
     router: &mut Router,
 ) -> Result<(), String> {
+    cfg.check_env(env)?;
     let mut providers: HashMap<&str, Arc<Provider>> = HashMap::new();
     for (name, p) in &cfg.providers {
         providers.insert(name, Provider::new(provider_config(name, p, env)?)?);

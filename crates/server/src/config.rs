@@ -21,6 +21,9 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderSection>,
     #[serde(default)]
     pub models: Vec<ModelSection>,
+    /// The file's text, for line numbers in errors found after parsing.
+    #[serde(skip)]
+    source: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -30,16 +33,16 @@ pub struct ServerSection {
     #[serde(default)]
     pub api_keys: Vec<String>,
     /// An environment variable holding more keys, comma-separated.
-    pub api_keys_env: Option<String>,
+    pub api_keys_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSection {
     pub kind: ProviderKind,
-    pub base_url: Option<String>,
+    pub base_url: Option<Spanned<String>>,
     /// Name of the environment variable that holds the key (preferred).
-    pub api_key_env: Option<String>,
+    pub api_key_env: Option<Spanned<String>>,
     /// The key itself (for local servers that want any non-empty key).
     pub api_key: Option<String>,
     #[serde(default)]
@@ -143,6 +146,39 @@ pub struct DefaultsSection {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A base URL reqwest can call: http(s), a host, no query or fragment.
+fn check_base_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => {
+            let (name, after) = v6.split_once(']').ok_or("has an unclosed [ in its host")?;
+            (name, after.strip_prefix(':'))
+        }
+        None => match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    if name.is_empty() {
+        return Err("has no host");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err("has a port that is not a number 0-65535");
+    }
+    if rest.contains('?') || rest.contains('#') {
+        return Err("must not have a query or fragment");
+    }
+    if rest.contains(char::is_whitespace) {
+        return Err("must not contain spaces");
+    }
+    Ok(())
+}
+
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
@@ -156,9 +192,45 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         cfg.validate(text)?;
+        cfg.source = text.to_string();
         Ok(cfg)
+    }
+
+    /// Every environment variable the file names that is not set, all at once, each
+    /// with its line: one restart fixes them all.
+    pub fn check_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+        let line = |s: &Spanned<String>| line_of(&self.source, s.span().start);
+        let mut missing = Vec::new();
+        for (name, p) in &self.providers {
+            if let Some(var) = &p.api_key_env {
+                if env(var.get_ref()).is_none_or(|v| v.trim().is_empty()) {
+                    missing.push(format!(
+                        "line {}: provider `{name}`: api_key_env {} is not set",
+                        line(var),
+                        var.get_ref()
+                    ));
+                }
+            }
+        }
+        if let Some(var) = &self.server.api_keys_env {
+            if env(var.get_ref()).is_none() {
+                missing.push(format!(
+                    "line {}: [server] api_keys_env {} is not set",
+                    line(var),
+                    var.get_ref()
+                ));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{} environment variable(s) missing; set them, or remove what uses them:\n  {}",
+            missing.len(),
+            missing.join("\n  ")
+        ))
     }
 
     fn validate(&self, text: &str) -> Result<(), String> {
@@ -185,6 +257,15 @@ impl Config {
                 return Err(format!(
                     "provider `{name}`: max_tokens_param is for kind = \"openai\" only"
                 ));
+            }
+            if let Some(url) = &p.base_url {
+                check_base_url(url.get_ref()).map_err(|why| {
+                    format!(
+                        "{}: provider `{name}`: base_url {:?} {why}",
+                        at(&url.span()),
+                        url.get_ref()
+                    )
+                })?;
             }
             if p.kind == ProviderKind::OpenAi && p.base_url.is_none() {
                 return Err(format!(
@@ -299,6 +380,10 @@ mod tests {
         let cfg = Config::parse(text).unwrap();
         assert!(cfg.models.len() >= 4);
         assert!(cfg.providers.contains_key("gigachat"));
+        let minimal = Config::parse(include_str!("../../../parlance.minimal.toml")).unwrap();
+        assert_eq!(minimal.models.len(), 1);
+        // No secrets: it starts with an empty environment.
+        minimal.check_env(&|_| None).unwrap();
     }
 
     #[test]
@@ -331,5 +416,48 @@ mod tests {
             e.contains("fallback `p` is a preset") && e.contains("line 4"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_missing_env_var_is_reported_at_once_with_its_line() {
+        let cfg = Config::parse(
+            "[providers.a]\nkind = \"openai\"\nbase_url = \"http://h/v1\"\napi_key_env = \"A_KEY\"\n\n\
+             [providers.b]\nkind = \"anthropic\"\napi_key_env = \"B_KEY\"\n\n\
+             [server]\napi_keys_env = \"KEYS\"\n",
+        )
+        .unwrap();
+        let e = cfg.check_env(&|_| None).unwrap_err();
+        assert!(e.contains("3 environment variable"), "{e}");
+        assert!(e.contains("line 4: provider `a`: api_key_env A_KEY"), "{e}");
+        assert!(e.contains("line 8: provider `b`: api_key_env B_KEY"), "{e}");
+        assert!(e.contains("line 11: [server] api_keys_env KEYS"), "{e}");
+        assert!(cfg.check_env(&|_| Some("x".into())).is_ok());
+    }
+
+    #[test]
+    fn base_urls_are_checked_at_startup() {
+        for (url, why) in [
+            ("localhost:8000/v1", "http://"),
+            ("http:///v1", "no host"),
+            ("https://h:99999/v1", "port"),
+            ("http://h/v1?x=1", "query"),
+        ] {
+            let e = Config::parse(&format!(
+                "[providers.p]\nkind = \"openai\"\nbase_url = \"{url}\"\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains("line 3") && e.contains(why), "{url}: {e}");
+        }
+        for ok in [
+            "http://127.0.0.1:8000/v1",
+            "https://api.example.com/v1",
+            "http://[::1]:8080/v1",
+            "http://h",
+        ] {
+            Config::parse(&format!(
+                "[providers.p]\nkind = \"openai\"\nbase_url = \"{ok}\"\n"
+            ))
+            .unwrap();
+        }
     }
 }

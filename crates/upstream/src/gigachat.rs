@@ -1,6 +1,8 @@
 //! GigaChat's OAuth 2.0 client-credentials flow: the configured authorization key is
-//! exchanged for an access token (~30 min), cached, and refreshed a minute before it
-//! expires, or at once when the API answers 401.
+//! exchanged for an access token (~30 min), cached, and refreshed shortly before it
+//! expires (a tenth of its lifetime, at most a minute), or when the API answers 401.
+//! Refreshes are single-flight: requests that see the same token rejected together
+//! wait for one new token instead of each fetching their own.
 
 use crate::GigaChatAuth;
 use parlance_core::{Error, ErrorKind};
@@ -8,8 +10,14 @@ use serde::Deserialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
-/// Refresh this long before the token's stated expiry.
+/// Refresh at most this long before the token's stated expiry.
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+/// How long before expiry a token of this lifetime is refreshed: a tenth of the
+/// lifetime, at most [`REFRESH_MARGIN`], so short-lived tokens are still reused.
+fn refresh_margin_ms(lifetime_ms: u64) -> u64 {
+    (lifetime_ms / 10).min(REFRESH_MARGIN.as_millis() as u64)
+}
 
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -21,6 +29,7 @@ struct TokenResponse {
 struct Token {
     value: String,
     expires_at_ms: u64,
+    margin_ms: u64,
 }
 
 pub struct TokenSource {
@@ -42,19 +51,20 @@ impl TokenSource {
         }
     }
 
-    /// A token valid for at least the refresh margin; `force` discards the cached one
-    /// (the API just rejected it).
+    /// A token valid for at least its refresh margin. `rejected`: the token the API
+    /// just refused; a different cached one (another request already refreshed) is
+    /// used as it is.
     pub async fn token(
         &self,
         client: &reqwest::Client,
         key: &str,
         provider: &str,
-        force: bool,
+        rejected: Option<&str>,
     ) -> Result<String, Error> {
         let mut current = self.current.lock().await;
         if let Some(t) = current.as_ref() {
-            let fresh = t.expires_at_ms > now_ms() + REFRESH_MARGIN.as_millis() as u64;
-            if fresh && !force {
+            let fresh = t.expires_at_ms > now_ms() + t.margin_ms;
+            if fresh && rejected != Some(t.value.as_str()) {
                 return Ok(t.value.clone());
             }
         }
@@ -97,7 +107,20 @@ impl TokenSource {
         *current = Some(Token {
             value: t.access_token,
             expires_at_ms: t.expires_at,
+            margin_ms: refresh_margin_ms(t.expires_at.saturating_sub(now_ms())),
         });
         Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_scales_with_the_lifetime() {
+        assert_eq!(refresh_margin_ms(30 * 60_000), 60_000);
+        assert_eq!(refresh_margin_ms(60_000), 6_000);
+        assert_eq!(refresh_margin_ms(0), 0);
     }
 }

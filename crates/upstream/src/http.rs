@@ -16,7 +16,7 @@ pub async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error>
     let body = bytes::Bytes::from(
         serde_json::to_vec(&call.body).map_err(|e| Error::internal(e.to_string()))?,
     );
-    let mut refreshed = false;
+    let mut rejected: Option<String> = None;
     loop {
         let mut rb = p
             .client
@@ -26,7 +26,8 @@ pub async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error>
         for (k, v) in &call.extra_headers {
             rb = rb.header(*k, v);
         }
-        if let Some(key) = p.credential(refreshed).await? {
+        let key = p.credential(rejected.as_deref()).await?;
+        if let Some(key) = &key {
             rb = match call.auth {
                 AuthStyle::Bearer => rb.bearer_auth(key),
                 AuthStyle::XApiKey => rb.header("x-api-key", key),
@@ -39,8 +40,8 @@ pub async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error>
             return Ok(resp);
         }
         // An access token can expire between our refresh check and the upstream's: once.
-        if status == StatusCode::UNAUTHORIZED && p.token.is_some() && !refreshed {
-            refreshed = true;
+        if status == StatusCode::UNAUTHORIZED && p.token.is_some() && rejected.is_none() {
+            rejected = Some(key.unwrap_or_default());
             continue;
         }
         return Err(status_error(p, resp).await);
@@ -151,7 +152,7 @@ async fn status_error(p: &Provider, resp: reqwest::Response) -> Error {
         }
         408 => Error::new(ErrorKind::Timeout, msg).retryable(),
         // Our key or model name is wrong: not the caller's fault, another deployment may work.
-        401 | 403 | 404 => Error::new(ErrorKind::Upstream, msg).retryable(),
+        401 | 403 | 404 => Error::new(ErrorKind::Upstream, msg).deployment_fault(),
         _ if status.is_server_error() => Error::new(ErrorKind::Upstream, msg).retryable(),
         _ => Error::new(ErrorKind::Upstream, msg),
     };

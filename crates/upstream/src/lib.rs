@@ -163,8 +163,9 @@ impl Provider {
         self.cfg.kind
     }
 
-    /// The key, or for GigaChat a current access token.
-    async fn credential(&self, refresh: bool) -> Result<Option<String>, Error> {
+    /// The key, or for GigaChat a current access token (not `rejected`, the one the
+    /// API just refused).
+    async fn credential(&self, rejected: Option<&str>) -> Result<Option<String>, Error> {
         match &self.token {
             Some(source) => {
                 let key = self.cfg.api_key.as_deref().ok_or_else(|| {
@@ -174,7 +175,7 @@ impl Provider {
                     )
                 })?;
                 source
-                    .token(&self.client, key, &self.cfg.name, refresh)
+                    .token(&self.client, key, &self.cfg.name, rejected)
                     .await
                     .map(Some)
             }

@@ -160,3 +160,49 @@ mod tests {
         assert_eq!(decode_split(b"data:\n\n", &[]).len(), 1);
     }
 }
+
+/// Fuzzing (bounded, runs with `cargo test`): any bytes, cut anywhere, decode to the
+/// same events as when they arrive whole.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode(bytes: &[u8], cuts: &[usize]) -> Vec<SseEvent> {
+        let mut d = SseDecoder::new();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        points.push(bytes.len());
+        let mut out = Vec::new();
+        let mut at = 0;
+        for p in points {
+            out.extend(d.push(&bytes[at..p]));
+            at = p;
+        }
+        out.extend(d.finish());
+        out
+    }
+
+    fn streams() -> impl Strategy<Value = Vec<u8>> {
+        let pieces = prop_oneof![
+            Just(b"data: ".to_vec()),
+            Just(b"event: x\n".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b": comment\n".to_vec()),
+            Just("д😀".as_bytes().to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..6),
+        ];
+        proptest::collection::vec(pieces, 0..12).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn splits_never_change_the_events(bytes in streams(), cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+            prop_assert_eq!(decode(&bytes, &[]), decode(&bytes, &cuts));
+        }
+    }
+}

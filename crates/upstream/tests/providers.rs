@@ -827,3 +827,56 @@ async fn history_a_provider_cannot_take_is_a_400_naming_the_param() {
         "refused before any upstream call"
     );
 }
+
+#[tokio::test]
+async fn gigachat_short_lived_tokens_are_reused_and_refreshed_once_for_many_401s() {
+    let api = Mock::start().await;
+    let oauth = Mock::start().await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let auth = GigaChatAuth {
+        auth_url: format!("{}/api/v2/oauth", oauth.url),
+        scope: "GIGACHAT_API_PERS".into(),
+    };
+    let p = provider_with(
+        ProviderKind::GigaChat,
+        &format!("{}/api/v1", api.url),
+        Timeouts::default(),
+        Some(auth),
+    );
+    let b = model(&p, "GigaChat");
+    // A token that lives 60 s: a fixed one-minute margin would refetch it every time.
+    oauth.push(Reply::Json(
+        200,
+        json!({"access_token": "tok-1", "expires_at": now_ms + 60_000}),
+    ));
+    oauth.always(Reply::Json(
+        200,
+        json!({"access_token": "tok-2", "expires_at": now_ms + 60_000}),
+    ));
+    let answer = json!({"choices": [{"message": {"role": "assistant", "content": "Да"}, "index": 0, "finish_reason": "stop"}],
+        "created": 1, "model": "GigaChat:v1", "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}, "object": "chat.completion"});
+    for _ in 0..3 {
+        api.push(Reply::Json(200, answer.clone()));
+    }
+    for q in ["a", "b", "c"] {
+        run(&b, ask(q, false)).await.unwrap();
+    }
+    assert_eq!(oauth.count(), 1, "a 60 s token is reused");
+
+    // Ten requests in flight see the token rejected together: one refresh between them.
+    for _ in 0..10 {
+        api.push(Reply::Json(
+            401,
+            json!({"status": 401, "message": "Token has expired"}),
+        ));
+    }
+    api.always(Reply::Json(200, answer.clone()));
+    let all =
+        futures::future::join_all((0..10).map(|i| run(&b, ask(&format!("q{i}"), false)))).await;
+    assert!(all.iter().all(Result::is_ok), "{all:?}");
+    assert_eq!(oauth.count(), 2, "one refresh for ten 401s");
+    assert_eq!(api.last().headers["authorization"], "Bearer tok-2");
+}

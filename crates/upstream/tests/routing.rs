@@ -255,3 +255,35 @@ async fn streams_that_break_midway_bench_their_deployment() {
     );
     assert_eq!(a.count(), 3);
 }
+
+#[tokio::test]
+async fn a_bad_key_or_model_is_not_retried_on_the_same_deployment_and_benches_it() {
+    // One deployment: a 401 is tried once, not `retries` more times.
+    let a = Mock::start().await;
+    a.always(Reply::Json(401, json!({"error": {"message": "bad key"}})));
+    let lone: Arc<dyn Backend> =
+        Arc::new(Pool::new("m", vec![deployment(&a, "a", 1)], fast_policy()));
+    let e = run(&lone, ask("x", false)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Upstream);
+    assert_eq!(a.count(), 1, "a 401 is not retried on the same deployment");
+
+    // Two: the one answering 404 is skipped at once and benched for the next requests.
+    let (bad, good) = (Mock::start().await, Mock::start().await);
+    bad.always(Reply::Json(
+        404,
+        json!({"error": {"message": "no such model"}}),
+    ));
+    good.always(Reply::Json(200, ok_body("good")));
+    let pool: Arc<dyn Backend> = Arc::new(Pool::new(
+        "m",
+        vec![deployment(&bad, "bad", 1000), deployment(&good, "good", 1)],
+        fast_policy(),
+    ));
+    for _ in 0..5 {
+        assert_eq!(
+            run(&pool, ask("x", false)).await.unwrap().choices[0].content,
+            "good"
+        );
+    }
+    assert_eq!(bad.count(), 1, "benched after its first 404");
+}

@@ -520,3 +520,85 @@ mod tests {
         assert_eq!(r.sampling.logit_bias, vec![(50256, -100.0)]);
     }
 }
+
+/// Fuzzing (bounded, runs with `cargo test`): request bodies from arbitrary bytes and
+/// from JSON close to valid requests: every failure is a 4xx naming what is wrong,
+/// nothing panics.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::body::parse_json;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn values() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            "\\PC{0,8}".prop_map(Value::String),
+            Just(json!("user")),
+            Just(json!("function")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    const KEYS: &[&str] = &[
+        "messages",
+        "temperature",
+        "top_p",
+        "n",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "logit_bias",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "stream",
+        "seed",
+        "grammar",
+        "repetition_penalty",
+        "update_interval",
+        "top_k",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn arbitrary_bytes_are_4xx_or_a_request(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Err(e) = parse_json::<wire::ChatCompletionRequest>(&bytes) {
+                prop_assert!((400..500).contains(&e.status()));
+            }
+        }
+
+        #[test]
+        fn near_valid_requests_are_4xx_or_a_request(k in 0..KEYS.len(), v in values(), k2 in 0..KEYS.len(), v2 in values()) {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            body[KEYS[k]] = v;
+            body[KEYS[k2]] = v2;
+            let bytes = serde_json::to_vec(&body).unwrap();
+            match parse_json::<wire::ChatCompletionRequest>(&bytes) {
+                Err(e) => prop_assert!((400..500).contains(&e.status()) && e.status() != 404),
+                Ok(req) => {
+                    if let Err(e) = to_ir(req) {
+                        prop_assert_eq!(e.status(), 400);
+                        prop_assert!(!e.message.is_empty());
+                    }
+                }
+            }
+        }
+    }
+}

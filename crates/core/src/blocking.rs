@@ -1,0 +1,41 @@
+//! The one place CPU-heavy request work runs (parsing huge bodies, rendering templates,
+//! tokenizing, compiling grammars): tokio's blocking pool, never an async worker. Work
+//! on large inputs takes turns, at most cores - 1 at a time, so one core always stays
+//! free for the async workers that answer everything else (`/health` keeps answering in
+//! milliseconds while a 30 MB prompt is handled); work on small inputs goes straight
+//! through, so an ordinary request never queues behind a huge one.
+
+use crate::error::Error;
+use std::sync::OnceLock;
+use tokio::sync::Semaphore;
+
+fn permits() -> &'static Semaphore {
+    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Semaphore::new(cores.saturating_sub(1).max(1))
+    })
+}
+
+/// Inputs from this many bytes on count as large.
+pub const LARGE: usize = 256 * 1024;
+
+/// Runs `work`, whose input is `input_bytes` long, on the blocking pool.
+pub async fn run<T: Send + 'static>(
+    input_bytes: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    let _permit = if input_bytes >= LARGE {
+        Some(
+            permits()
+                .acquire()
+                .await
+                .map_err(|_| Error::internal("the CPU work pool is closed"))?,
+        )
+    } else {
+        None
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::internal(format!("CPU work failed: {e}")))
+}
