@@ -30,6 +30,9 @@ class Server:
         logs = pathlib.Path(os.environ.get("PARLANCE_E2E_LOGS", tempfile.gettempdir()))
         self.log_path = logs / f"parlance-e2e-{self.port}.log"
         self.log = open(self.log_path, "w")
+        if "--db" not in args:
+            # Each server its own store, not a parlance.db shared through the checkout.
+            args = (*args, "--db", f"sqlite://{tempfile.mkdtemp(prefix='parlance-db-')}/parlance.db")
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--port", str(self.port), *args],
             cwd=ROOT,

@@ -33,6 +33,28 @@ pub struct ModelInfo {
     /// for none (local models). `None`: no limit of Parlance's own.
     pub max_output_tokens: Option<u32>,
     pub capabilities: Capabilities,
+    /// USD per million tokens, for metering; `None`: free (local models).
+    pub price: Option<Price>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    /// Cached prompt tokens; default: the input price.
+    pub cached_input: Option<f64>,
+}
+
+impl Price {
+    pub fn cost(&self, u: &crate::ir::Usage) -> f64 {
+        let cached = f64::from(u.cached_tokens.min(u.prompt_tokens));
+        let fresh = f64::from(u.prompt_tokens) - cached;
+        (fresh * self.input
+            + cached * self.cached_input.unwrap_or(self.input)
+            + f64::from(u.completion_tokens) * self.output)
+            / 1_000_000.0
+    }
 }
 
 #[async_trait]

@@ -155,6 +155,74 @@ pub struct ChatRequest {
     pub debug: bool,
     /// Parameters the front door did not recognise; upstreams pass them through.
     pub extra: Map<String, Value>,
+    /// Who asked and how far the answer got; every layer sees it.
+    pub context: RequestContext,
+}
+
+/// Per-request facts that are not the request itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestContext {
+    pub request_id: String,
+    /// The stored key that authenticated the request, if any.
+    pub key_id: Option<String>,
+    /// Shared with the backend, which counts what it has done as it goes, so a request
+    /// cancelled or failed midway is still metered exactly.
+    pub progress: Progress,
+}
+
+/// Token counts a backend updates while it works (see [`RequestContext::progress`]).
+#[derive(Debug, Clone, Default)]
+pub struct Progress(std::sync::Arc<ProgressCounts>);
+
+#[derive(Debug, Default)]
+pub struct ProgressCounts {
+    pub prompt_tokens: std::sync::atomic::AtomicU32,
+    pub cached_tokens: std::sync::atomic::AtomicU32,
+    pub completion_tokens: std::sync::atomic::AtomicU32,
+    /// Set by backends that count exactly (the local engine); others leave it unset and
+    /// the meter estimates.
+    pub exact: std::sync::atomic::AtomicBool,
+    /// What served the request (`local/NAME`, `PROVIDER/MODEL`): the last deployment tried.
+    pub deployment: std::sync::Mutex<String>,
+}
+
+impl Progress {
+    pub fn counts(&self) -> &ProgressCounts {
+        &self.0
+    }
+
+    pub fn set_deployment(&self, name: impl Into<String>) {
+        if let Ok(mut d) = self.0.deployment.lock() {
+            *d = name.into();
+        }
+    }
+
+    pub fn deployment(&self) -> String {
+        self.0
+            .deployment
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
+    /// What the backend has reported so far, when it counts exactly.
+    pub fn usage(&self) -> Option<Usage> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.0;
+        c.exact.load(Relaxed).then(|| Usage {
+            prompt_tokens: c.prompt_tokens.load(Relaxed),
+            completion_tokens: c.completion_tokens.load(Relaxed),
+            cached_tokens: c.cached_tokens.load(Relaxed),
+            reasoning_tokens: 0,
+        })
+    }
+}
+
+/// Progress is a side channel: two requests are equal whatever their counters say.
+impl PartialEq for Progress {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -324,6 +324,7 @@ impl LocalModel {
             kind: "chat".to_string(),
             context_length: ctx_per_seq,
             max_output_tokens: Some(max_output),
+            price: None,
             capabilities: Capabilities {
                 chat: true,
                 vision: false,
@@ -570,6 +571,14 @@ impl Backend for LocalModel {
             .min((ctx - prompt.len()) as u32)
             .min(self.n_predict.unwrap_or(u32::MAX));
         let seed = req.sampling.seed.unwrap_or_else(rand::random);
+        let counts = req.context.progress.counts();
+        counts
+            .prompt_tokens
+            .store(prompt.len() as u32, Ordering::Relaxed);
+        counts.exact.store(true, Ordering::Relaxed);
+        req.context
+            .progress
+            .set_deployment(format!("local/{}", self.info.id));
 
         let choices: Vec<u32> = (0..req.n.max(1)).collect();
         let groups: Vec<Vec<u32>> = choices.chunks(self.slots).map(<[u32]>::to_vec).collect();
@@ -597,6 +606,7 @@ impl Backend for LocalModel {
                 tx,
                 enqueued,
                 crash,
+                progress: req.context.progress.clone(),
             };
             if self.jobs.send(job).is_err() {
                 return Err(self.unavailable());

@@ -14,7 +14,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use llguidance::Matcher;
-use parlance_core::ir::{Delta, FinishReason, SamplingParams, StreamEvent};
+use parlance_core::ir::{Delta, FinishReason, Progress, SamplingParams, StreamEvent};
 use parlance_core::Error;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -41,6 +41,8 @@ pub(crate) struct Job {
     pub enqueued: Instant,
     /// Test hook: panic when this job is admitted (see `Prep::crash_marker`).
     pub crash: bool,
+    /// The request's live token counts (exact metering of cancelled requests).
+    pub progress: Progress,
 }
 
 /// What the engine thread shares with request handlers for admission decisions.
@@ -320,6 +322,12 @@ impl<'m> Worker<'m> {
             self.trim(primary, own)
         };
 
+        if job.choices.contains(&0) {
+            job.progress
+                .counts()
+                .cached_tokens
+                .store(reused as u32, Ordering::Relaxed);
+        }
         let mut stats = JobStats {
             prompt_tokens: job.prompt.len() as u32,
             cached_tokens: reused as u32,
@@ -655,6 +663,12 @@ impl<'m> Worker<'m> {
         }
         run.generated += 1;
         active.stats.completion_tokens += 1;
+        active
+            .job
+            .progress
+            .counts()
+            .completion_tokens
+            .fetch_add(1, Ordering::Relaxed);
 
         let mut finish = None;
         let mut delta = Delta::default();

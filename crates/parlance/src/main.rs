@@ -3,6 +3,7 @@
 mod client;
 mod hub;
 mod serve;
+mod tenancy_cli;
 
 // The gateway path allocates per request and per streamed chunk; glibc malloc was ~18%
 // of its CPU under load.
@@ -25,11 +26,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (OpenAI chat completions, /v1/models, /health).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Chat in the terminal with a running server, or with a GGUF file (-m).
     Chat(client::ChatArgs),
     /// List the models a running server serves.
     Models(client::ServerArgs),
+    /// Manage API keys in the store.
+    #[command(subcommand)]
+    Keys(tenancy_cli::KeysCommand),
+    /// Usage from the store, grouped by key, model or day.
+    Usage(tenancy_cli::UsageArgs),
     /// Print the version.
     Version,
 }
@@ -68,7 +74,7 @@ fn serve_local(file: std::path::PathBuf) -> anyhow::Result<String> {
     else {
         anyhow::bail!("internal: serve arguments did not parse as serve");
     };
-    let server = std::thread::spawn(move || serve::run(args));
+    let server = std::thread::spawn(move || serve::run(*args));
     let url = format!("http://127.0.0.1:{port}");
     loop {
         if server.is_finished() {
@@ -90,9 +96,11 @@ fn serve_local(file: std::path::PathBuf) -> anyhow::Result<String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Chat(args) => client::chat(args, serve_local),
         Command::Models(args) => client::models(args),
+        Command::Keys(cmd) => tenancy_cli::keys(cmd),
+        Command::Usage(args) => tenancy_cli::usage(args),
         Command::Version => {
             println!("parlance {}", env!("CARGO_PKG_VERSION"));
             Ok(())

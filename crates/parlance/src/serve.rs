@@ -183,6 +183,16 @@ pub struct ServeArgs {
     #[arg(long = "metrics", hide = true)]
     pub metrics: bool,
 
+    /// The store for keys and usage: sqlite://PATH (default: parlance.db in the working
+    /// directory) or postgres://...; `none` turns keys of its own and metering off.
+    #[arg(long = "db", env = "PARLANCE_DB", default_value = crate::tenancy_cli::DEFAULT_DB)]
+    pub db: String,
+
+    /// Key of the admin API (/admin/..., Bearer); without it the admin API is off.
+    /// Setting it also makes every other request need a key.
+    #[arg(long = "admin-key", env = "PARLANCE_ADMIN_KEY")]
+    pub admin_key: Option<String>,
+
     /// Log more: every request and llama.cpp's own messages (same as PARLANCE_LOG=debug).
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
@@ -333,6 +343,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .collect();
     state.body_limit = args.body_limit;
     state.cors_origins = args.cors_origin.clone();
+    if args.db != "none" {
+        let admin_key = args.admin_key.clone().filter(|k| !k.trim().is_empty());
+        let tenancy = runtime
+            .block_on(parlance_tenancy::Tenancy::open(&args.db, admin_key))
+            .map_err(anyhow::Error::msg)?;
+        runtime.block_on(tenancy.refresh_has_keys());
+        // Keys made by the CLI or another replica close an open server within seconds.
+        let refresh = Arc::clone(&tenancy);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                refresh.refresh_has_keys().await;
+            }
+        });
+        state.tenancy = Some(tenancy);
+    } else if args.admin_key.is_some() {
+        bail!("--admin-key needs a store: drop --db none");
+    }
     let shutdown = state.shutdown.clone();
     let app = build_router(Arc::new(state));
     let limits = Limits {

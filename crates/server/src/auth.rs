@@ -8,9 +8,11 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parlance_core::{Error, ErrorKind};
+use parlance_tenancy::keys::KeyRecord;
+use parlance_tenancy::KeyRefused;
 use std::sync::Arc;
 
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         if let Some(k) = v
@@ -35,23 +37,86 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if state.api_keys.is_empty() {
-        return next.run(req).await;
+/// Who is calling, as the handlers see it (a request extension).
+#[derive(Clone)]
+pub enum Principal {
+    /// The server needs no key.
+    Open,
+    /// One of the static keys (`--api-key`, config): no limits.
+    Static,
+    /// A stored key, with its limits.
+    Key(Arc<KeyRecord>),
+}
+
+impl Principal {
+    pub fn key(&self) -> Option<&KeyRecord> {
+        match self {
+            Principal::Key(k) => Some(k),
+            _ => None,
+        }
     }
-    match presented_key(req.headers()) {
-        Some(k) if state.api_keys.iter().any(|valid| same(valid, k)) => next.run(req).await,
-        Some(_) => ApiError(
-            Error::new(ErrorKind::Authentication, "Incorrect API key provided.").with_code("invalid_api_key"),
-        )
-        .into_response(),
-        None => ApiError(
-            Error::new(
-                ErrorKind::Authentication,
+}
+
+fn unauthorized(message: &str, code: &str) -> Error {
+    Error::new(ErrorKind::Authentication, message).with_code(code)
+}
+
+async fn resolve(state: &AppState, presented: Option<&str>) -> Result<Principal, Error> {
+    let Some(k) = presented else {
+        return if state.is_open() {
+            Ok(Principal::Open)
+        } else {
+            Err(unauthorized(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (or x-api-key / x-goog-api-key).",
-            )
-            .with_code("missing_api_key"),
-        )
-        .into_response(),
+                "missing_api_key",
+            ))
+        };
+    };
+    if state.api_keys.iter().any(|valid| same(valid, k)) {
+        return Ok(Principal::Static);
+    }
+    if let Some(t) = &state.tenancy {
+        match t.authenticate(k).await {
+            Ok(Some(record)) => return Ok(Principal::Key(Arc::new(record))),
+            Ok(None) => {}
+            Err(KeyRefused::Revoked) => {
+                return Err(unauthorized(
+                    "This API key has been revoked.",
+                    "key_revoked",
+                ))
+            }
+            Err(KeyRefused::Expired) => {
+                return Err(unauthorized("This API key has expired.", "key_expired"))
+            }
+            Err(KeyRefused::Unknown) => {
+                return Err(unauthorized(
+                    "Incorrect API key provided.",
+                    "invalid_api_key",
+                ))
+            }
+        }
+    }
+    if state.is_open() {
+        // An open server takes whatever placeholder key an SDK insists on sending.
+        return Ok(Principal::Open);
+    }
+    Err(unauthorized(
+        "Incorrect API key provided.",
+        "invalid_api_key",
+    ))
+}
+
+pub async fn require_key(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let presented = presented_key(req.headers()).map(str::to_string);
+    match resolve(&state, presented.as_deref()).await {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(e) => ApiError(e).into_response(),
     }
 }

@@ -164,6 +164,7 @@ fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str
         max_output_tokens: m
             .max_output_tokens
             .or(local.and_then(|l| l.max_output_tokens)),
+        price: m.price,
         capabilities: Capabilities {
             vision: m.vision.unwrap_or(caps.vision),
             tools: m.tools.unwrap_or(caps.tools),

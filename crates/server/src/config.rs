@@ -104,6 +104,8 @@ pub struct ModelSection {
     pub context_length: Option<u32>,
     /// Most completion tokens a request may ask for (a larger max_tokens is a 400).
     pub max_output_tokens: Option<u32>,
+    /// USD per million tokens: `{ input, output, cached_input }`, for metering.
+    pub price: Option<parlance_core::Price>,
     pub vision: Option<bool>,
     pub tools: Option<bool>,
     /// Overrides `[routing]` for this model.

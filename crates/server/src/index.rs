@@ -15,7 +15,7 @@ fn escape(s: &str) -> String {
 
 pub async fn page(State(state): State<Arc<AppState>>) -> Response {
     // Model names are no secret on an open server; behind keys, /v1/models tells them.
-    let models = if state.api_keys.is_empty() {
+    let models = if state.is_open() {
         let items: String = state
             .router
             .models()

@@ -1,6 +1,7 @@
 //! Parlance's HTTP layer as a library: `build_router(state)` gives the whole app, so
 //! the binary serves it and tests drive it in-process.
 
+mod admin;
 mod auth;
 mod body;
 pub mod catalog;
@@ -8,10 +9,12 @@ pub mod config;
 mod error;
 mod index;
 pub mod listen;
+mod metering;
 pub mod openai;
 mod reqlog;
 pub mod shutdown;
 
+pub use admin::csv as usage_csv;
 pub use error::ApiError;
 pub use shutdown::Shutdown;
 
@@ -36,6 +39,8 @@ pub struct AppState {
     pub shutdown: Shutdown,
     /// Origins browsers may call from (`--cors-origin`); `*` for any. Empty: no CORS.
     pub cors_origins: Vec<String>,
+    /// Stored keys, limits and usage metering; `None`: static keys only, no metering.
+    pub tenancy: Option<Arc<parlance_tenancy::Tenancy>>,
 }
 
 impl AppState {
@@ -50,7 +55,13 @@ impl AppState {
             ),
             shutdown: Shutdown::default(),
             cors_origins: Vec::new(),
+            tenancy: None,
         }
+    }
+
+    /// True when callers need no key at all.
+    pub fn is_open(&self) -> bool {
+        self.api_keys.is_empty() && self.tenancy.as_ref().is_none_or(|t| !t.requires_keys())
     }
 }
 
@@ -83,6 +94,7 @@ fn api_routes() -> HttpRouter<Arc<AppState>> {
         .route("/models", get(openai::list_models))
         .route("/models/{*id}", get(openai::get_model))
         .route("/tokens/count", post(openai::count_tokens))
+        .route("/key", get(admin::own_key))
 }
 
 pub fn build_router(state: Arc<AppState>) -> HttpRouter {
@@ -99,6 +111,7 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
     let app = HttpRouter::new()
         .route("/", get(index::page))
         .route("/health", get(health))
+        .nest("/admin", admin::routes())
         .merge(protected)
         .fallback(openai::not_found)
         .method_not_allowed_fallback(openai::method_not_allowed)

@@ -105,6 +105,7 @@ fn app_with(
         kind: "chat".into(),
         context_length: 4096,
         max_output_tokens: Some(1000),
+        price: None,
         capabilities: Capabilities {
             chat: true,
             ..Capabilities::default()

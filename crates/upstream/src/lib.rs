@@ -204,6 +204,10 @@ impl Backend for UpstreamModel {
     async fn chat(&self, request: ChatRequest) -> Result<EventStream, Error> {
         let p = Arc::clone(&self.provider);
         let t = p.cfg.timeouts.clone();
+        request
+            .context
+            .progress
+            .set_deployment(format!("{}/{}", p.cfg.name, self.model));
         let call = p.dialect.build(&p.cfg.base_url, &self.model, &request)?;
         let first = async {
             let resp = http::send(&p, &call).await?;

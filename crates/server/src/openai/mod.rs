@@ -5,8 +5,10 @@ mod response;
 
 pub use request::to_ir;
 
+use crate::auth::Principal;
 use crate::body::{parse_json_off_thread, read_limited};
 use crate::error::ApiError;
+use crate::metering::{estimate_tokens, gate, metered, record_refusal, Meter};
 use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
@@ -20,6 +22,7 @@ use futures::StreamExt;
 use parlance_core::collect::collect;
 use parlance_core::{Error, EventStream, ModelInfo};
 use parlance_protocol::openai as wire;
+use parlance_tenancy::limits::RateHeaders;
 use response::{ResponseMeta, SsePayload, StreamOptions};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -50,6 +53,7 @@ fn debug_flag(query: &HashMap<String, String>) -> bool {
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -96,13 +100,61 @@ pub async fn chat_completions(
     let want_logprobs = req.logprobs.is_some();
     let backend = Arc::clone(&route.backend);
 
+    // Stored keys: allowed model, budget, limits; every request: a usage row.
+    let prompt_bytes = prompt_bytes(&req);
+    let cap = req
+        .max_tokens
+        .or(route.info.max_output_tokens)
+        .unwrap_or(1024);
+    let estimate = u64::from(estimate_tokens(prompt_bytes)) + u64::from(cap) * u64::from(n);
+    req.context.request_id = ctx.id.clone();
+    req.context.key_id = principal.key().map(|k| k.id.clone());
+    let mut meter = state.tenancy.as_ref().map(|t| {
+        let mut m = Meter::new(
+            Arc::clone(t),
+            &principal,
+            &route.info,
+            "openai",
+            stream,
+            req.context.progress.clone(),
+            Arc::clone(&ctx),
+        );
+        m.prompt_estimate = estimate_tokens(prompt_bytes);
+        m
+    });
+    let admitted = match gate(state.tenancy.as_ref(), &principal, &req.model, estimate).await {
+        Ok(a) => a,
+        Err((e, headers)) => {
+            record_refusal(meter, &e).await;
+            return Ok(with_rate_headers(ApiError(e).into_response(), &headers));
+        }
+    };
+    if let Some(m) = meter.as_mut() {
+        m.ticket = admitted.ticket;
+    }
+    let rate = admitted.headers;
+
     if !stream {
-        let events = backend.chat(req).await?;
+        let events = match backend.chat(req).await {
+            Ok(ev) => ev,
+            Err(e) => {
+                record_refusal(meter, &e).await;
+                return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
+            }
+        };
+        let events = match meter {
+            Some(m) => metered(events, m),
+            None => events,
+        };
         let events = state.shutdown.guard(events);
-        let done = collect(events, n).await?;
+        let done = match collect(events, n).await {
+            Ok(d) => d,
+            Err(e) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
+        };
         ctx.first_token();
         ctx.set_usage(done.usage);
-        return Ok(Json(response::completion(&meta, done, want_logprobs)).into_response());
+        let resp = Json(response::completion(&meta, done, want_logprobs)).into_response();
+        return Ok(with_rate_headers(resp, &rate));
     }
     let opts = StreamOptions {
         n,
@@ -116,11 +168,21 @@ pub async fn chat_completions(
     // proxies and clients with idle timeouts do not give up; its errors become events.
     let mut started = Box::pin(async move { backend.chat(req).await });
     let events: EventStream = tokio::select! {
-        r = &mut started => r?,
+        r = &mut started => match r {
+            Ok(events) => events,
+            Err(e) => {
+                record_refusal(meter, &e).await;
+                return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
+            }
+        },
         () = tokio::time::sleep(HEADERS_AFTER) => Box::pin(futures::stream::once(started).flat_map(|r| match r {
             Ok(events) => events,
             Err(e) => Box::pin(futures::stream::once(async move { Err(e) })) as EventStream,
         })),
+    };
+    let events = match meter {
+        Some(m) => metered(events, m),
+        None => events,
     };
     let events = state.shutdown.guard(events);
     let sse = response::chunks(meta, opts, events, ctx).map(|payload| {
@@ -133,9 +195,30 @@ pub async fn chat_completions(
             json!({"error": {"message": format!("could not encode a chunk: {e}"), "type": "server_error", "param": null, "code": null}}).to_string()
         })))
     });
-    Ok(Sse::new(sse)
+    let resp = Sse::new(sse)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
-        .into_response())
+        .into_response();
+    Ok(with_rate_headers(resp, &rate))
+}
+
+/// Bytes of text the prompt is made of (messages and tool schemas).
+fn prompt_bytes(req: &parlance_core::ir::ChatRequest) -> usize {
+    let text: usize = req.messages.iter().map(|m| m.joined_text().len()).sum();
+    text + req
+        .tools
+        .iter()
+        .map(|t| t.parameters.to_string().len())
+        .sum::<usize>()
+}
+
+/// OpenAI's `x-ratelimit-*` headers, for every answer to a limited key.
+pub fn with_rate_headers(mut resp: Response, headers: &RateHeaders) -> Response {
+    for (name, value) in headers.pairs() {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    resp
 }
 
 fn model_object(m: &ModelInfo) -> wire::Model {

@@ -189,6 +189,7 @@ pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error>
         user: req.user,
         debug: false,
         extra: req.extra,
+        context: Default::default(),
     })
 }
 

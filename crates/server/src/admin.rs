@@ -1,0 +1,406 @@
+//! The admin API (`/admin/...`, on only when an admin key is set, Bearer; 404
+//! otherwise) and `GET /v1/key`, where a key holder sees their own limits and usage.
+
+use crate::auth::{presented_key, Principal};
+use crate::body::{parse_json, read_limited};
+use crate::error::ApiError;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use parlance_core::{Error, ErrorKind};
+use parlance_tenancy::keys::{self, parse_duration_ms, KeyRecord};
+use parlance_tenancy::usage::{UsageFilter, UsageGroup, UsageTotals};
+use parlance_tenancy::{KeySpec, Tenancy};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/keys", get(list_keys).post(create_key))
+        .route(
+            "/keys/{id}",
+            get(get_key).patch(update_key).delete(revoke_key),
+        )
+        .route("/usage", get(usage))
+        .route("/usage.csv", get(usage_csv))
+}
+
+/// The tenancy, when the caller holds the admin key; 404 when there is no admin API.
+fn admin(state: &AppState, headers: &HeaderMap) -> Result<Arc<Tenancy>, Error> {
+    let Some(t) = state.tenancy.as_ref().filter(|t| t.admin_key.is_some()) else {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "Unknown endpoint: the admin API is off (start the server with --admin-key).",
+        )
+        .with_code("unknown_url"));
+    };
+    let expected = t.admin_key.as_deref().unwrap_or_default();
+    match presented_key(headers) {
+        Some(k) if keys::same(k, expected) => Ok(Arc::clone(t)),
+        _ => Err(Error::new(
+            ErrorKind::Authentication,
+            "The admin API needs the admin key as 'Authorization: Bearer KEY'.",
+        )
+        .with_code("invalid_admin_key")),
+    }
+}
+
+fn secs(ms: Option<i64>) -> Value {
+    ms.map_or(Value::Null, |v| json!(v / 1000))
+}
+
+/// A key as the API shows it: never the secret.
+async fn view(t: &Tenancy, k: &KeyRecord) -> Value {
+    let (tokens, usd) = t.spent(&k.id).await;
+    json!({
+        "object": "api_key",
+        "id": k.id,
+        "name": k.name,
+        "models": k.models,
+        "rpm": k.rpm,
+        "tpm": k.tpm,
+        "max_concurrent": k.max_concurrent,
+        "budget_tokens": k.budget_tokens,
+        "budget_usd": k.budget_usd,
+        "expires_at": secs(k.expires_at),
+        "metadata": k.metadata,
+        "created_at": k.created_at / 1000,
+        "revoked_at": secs(k.revoked_at),
+        "usage": {"tokens": tokens, "cost_usd": usd},
+        "remaining": {
+            "tokens": k.budget_tokens.map(|b| b.saturating_sub(tokens)),
+            "usd": k.budget_usd.map(|b| (b - usd).max(0.0)),
+        },
+    })
+}
+
+/// `expires_at` as Unix seconds, or `expires_in` as `30d` / `12h`.
+fn expiry(body: &Map<String, Value>) -> Result<Option<Option<i64>>, Error> {
+    if let Some(v) = body.get("expires_in") {
+        let text = v.as_str().unwrap_or_default();
+        let ms = parse_duration_ms(text).ok_or_else(|| {
+            Error::invalid_param(
+                "expires_in",
+                "'expires_in' must look like 30d, 12h, 45m or 3600s.",
+            )
+        })?;
+        return Ok(Some(Some(keys::now_ms() + ms)));
+    }
+    match body.get("expires_at") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(v) => v.as_i64().map(|s| Some(Some(s * 1000))).ok_or_else(|| {
+            Error::invalid_param("expires_at", "'expires_at' must be Unix seconds.")
+        }),
+    }
+}
+
+async fn create_key(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let t = admin(&state, &headers)?;
+    let bytes = read_limited(body, state.body_limit).await?;
+    let mut obj: Map<String, Value> = parse_json(&bytes)?;
+    let expires = expiry(&obj)?;
+    obj.remove("expires_at");
+    obj.remove("expires_in");
+    let mut spec: KeySpec = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| Error::invalid(format!("Invalid key: {e}")))?;
+    spec.expires_at_ms = expires.flatten();
+    let (record, key) = t
+        .create_key(spec)
+        .await
+        .map_err(|e| Error::invalid_param("name", e))?;
+    let mut v = view(&t, &record).await;
+    v["key"] = json!(key);
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn list_keys(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let t = admin(&state, &headers)?;
+    let keys = t.store.list_keys().await.map_err(Error::internal)?;
+    let mut data = Vec::with_capacity(keys.len());
+    for k in &keys {
+        data.push(view(&t, k).await);
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+async fn find(t: &Tenancy, id: &str) -> Result<KeyRecord, Error> {
+    t.store
+        .get_key(id)
+        .await
+        .map_err(Error::internal)?
+        .ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("No key with id `{id}`."))
+                .with_code("key_not_found")
+        })
+}
+
+async fn get_key(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let t = admin(&state, &headers)?;
+    let k = find(&t, &id).await?;
+    Ok(Json(view(&t, &k).await))
+}
+
+fn opt_u32(v: &Value, name: &str) -> Result<Option<u32>, Error> {
+    match v {
+        Value::Null => Ok(None),
+        v => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid_param(name, format!("'{name}' must be a whole number or null."))
+            }),
+    }
+}
+
+async fn update_key(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let t = admin(&state, &headers)?;
+    let mut k = find(&t, &id).await?;
+    let bytes = read_limited(body, state.body_limit).await?;
+    let obj: Map<String, Value> = parse_json(&bytes)?;
+    if let Some(e) = expiry(&obj)? {
+        k.expires_at = e;
+    }
+    for (name, v) in &obj {
+        match name.as_str() {
+            "name" => {
+                k.name = v
+                    .as_str()
+                    .filter(|s| !s.trim().is_empty())
+                    .ok_or_else(|| {
+                        Error::invalid_param("name", "'name' must be a non-empty string.")
+                    })?
+                    .to_string()
+            }
+            "models" => {
+                k.models = serde_json::from_value(v.clone()).map_err(|_| {
+                    Error::invalid_param("models", "'models' must be a list of model names.")
+                })?
+            }
+            "rpm" => k.rpm = opt_u32(v, "rpm")?,
+            "tpm" => k.tpm = opt_u32(v, "tpm")?,
+            "max_concurrent" => k.max_concurrent = opt_u32(v, "max_concurrent")?,
+            "budget_tokens" => {
+                k.budget_tokens = match v {
+                    Value::Null => None,
+                    v => Some(v.as_u64().ok_or_else(|| {
+                        Error::invalid_param(
+                            "budget_tokens",
+                            "'budget_tokens' must be a whole number or null.",
+                        )
+                    })?),
+                }
+            }
+            "budget_usd" => {
+                k.budget_usd = match v {
+                    Value::Null => None,
+                    v => Some(v.as_f64().ok_or_else(|| {
+                        Error::invalid_param("budget_usd", "'budget_usd' must be a number or null.")
+                    })?),
+                }
+            }
+            "metadata" => {
+                k.metadata = v.as_object().cloned().ok_or_else(|| {
+                    Error::invalid_param("metadata", "'metadata' must be an object.")
+                })?
+            }
+            "expires_at" | "expires_in" => {}
+            other => {
+                return Err(
+                    Error::invalid_param(other, format!("Unknown key field '{other}'.")).into(),
+                )
+            }
+        }
+    }
+    t.store.update_key(&k).await.map_err(Error::internal)?;
+    t.forget(&k.id);
+    Ok(Json(view(&t, &k).await))
+}
+
+async fn revoke_key(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let t = admin(&state, &headers)?;
+    find(&t, &id).await?;
+    t.store.revoke_key(&id).await.map_err(Error::internal)?;
+    t.forget(&id);
+    Ok(Json(
+        json!({"id": id, "object": "api_key", "revoked": true}),
+    ))
+}
+
+/// `from` / `to` as Unix seconds or `YYYY-MM-DD`.
+fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Error> {
+    let Some(v) = q.get(name).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(s) = v.parse::<i64>() {
+        return Ok(Some(s * 1000));
+    }
+    parse_date_ms(v).map(Some).ok_or_else(|| {
+        Error::invalid_param(
+            name,
+            format!("'{name}' must be Unix seconds or YYYY-MM-DD."),
+        )
+    })
+}
+
+/// Milliseconds at the start of a `YYYY-MM-DD` day (UTC).
+pub fn parse_date_ms(s: &str) -> Option<i64> {
+    let mut it = s.splitn(3, '-');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: i64 = it.next()?.parse().ok()?;
+    let d: i64 = it.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // days-from-civil
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400_000)
+}
+
+async fn totals(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Result<Vec<UsageTotals>, Error> {
+    let t = admin(state, headers)?;
+    let filter = UsageFilter {
+        key_id: q.get("key_id").filter(|v| !v.is_empty()).cloned(),
+        model: q.get("model").filter(|v| !v.is_empty()).cloned(),
+        from: time_param(q, "from")?,
+        to: time_param(q, "to")?,
+    };
+    let group = match q.get("group_by").map(String::as_str) {
+        None | Some("") | Some("key") => UsageGroup::Key,
+        Some("model") => UsageGroup::Model,
+        Some("day") => UsageGroup::Day,
+        Some(other) => {
+            return Err(Error::invalid_param(
+                "group_by",
+                format!("'group_by' must be key, model or day, got {other:?}."),
+            ))
+        }
+    };
+    t.store
+        .usage_totals(&filter, group)
+        .await
+        .map_err(Error::internal)
+}
+
+async fn usage(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let data = totals(&state, &headers, &q).await?;
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+pub fn csv(rows: &[UsageTotals]) -> String {
+    let mut out = String::from(
+        "group,requests,prompt_tokens,completion_tokens,cached_tokens,reasoning_tokens,cost_usd,errors,cancelled\n",
+    );
+    for r in rows {
+        let group = if r.group.contains([',', '"', '\n']) {
+            format!("\"{}\"", r.group.replace('"', "\"\""))
+        } else {
+            r.group.clone()
+        };
+        out.push_str(&format!(
+            "{group},{},{},{},{},{},{:.6},{},{}\n",
+            r.requests,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.cached_tokens,
+            r.reasoning_tokens,
+            r.cost_usd,
+            r.errors,
+            r.cancelled
+        ));
+    }
+    out
+}
+
+async fn usage_csv(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let data = totals(&state, &headers, &q).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        csv(&data),
+    )
+        .into_response())
+}
+
+/// `GET /v1/key`: the caller's own key, limits, usage and what is left of its budget.
+pub async fn own_key(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    match (principal.key(), state.tenancy.as_ref()) {
+        (Some(k), Some(t)) => Ok(Json(view(t, k).await)),
+        _ => Ok(Json(json!({
+            "object": "api_key",
+            "id": null,
+            "type": if matches!(principal, Principal::Static) { "static" } else { "open" },
+            "rpm": null, "tpm": null, "max_concurrent": null,
+            "budget_tokens": null, "budget_usd": null,
+        }))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_csv() {
+        assert_eq!(parse_date_ms("1970-01-02"), Some(86_400_000));
+        assert_eq!(
+            parse_date_ms("2025-11-23").map(|ms| ms / 86_400_000),
+            Some(20_415)
+        );
+        assert_eq!(parse_date_ms("2026-13-01"), None);
+        let rows = [UsageTotals {
+            group: "a,b".into(),
+            requests: 2,
+            ..UsageTotals::default()
+        }];
+        assert_eq!(
+            csv(&rows).lines().nth(1),
+            Some("\"a,b\",2,0,0,0,0,0.000000,0,0")
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! What every front door does for a stored key around the backend call: the gate
+//! before it (allowed model, budget, rate limits) and the meter after it (one usage
+//! row per request, committed before the answer's last byte; exact for local models
+//! even when the caller hangs up, estimated and marked so for upstreams that never
+//! said).
+
+use crate::auth::Principal;
+use crate::reqlog::RequestCtx;
+use futures::StreamExt;
+use parlance_core::ir::{Progress, StreamEvent, Usage};
+use parlance_core::{Error, ErrorKind, EventStream, ModelInfo};
+use parlance_tenancy::keys::now_ms;
+use parlance_tenancy::limits::{RateHeaders, Refused, Ticket};
+use parlance_tenancy::usage::UsageRow;
+use parlance_tenancy::Tenancy;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Rough tokens of text, for estimates: about four bytes a token.
+pub fn estimate_tokens(bytes: usize) -> u32 {
+    (bytes / 4).min(u32::MAX as usize) as u32
+}
+
+/// A request the gate let through.
+#[derive(Default)]
+pub struct Admitted {
+    pub ticket: Option<Ticket>,
+    pub headers: RateHeaders,
+}
+
+/// Checks a stored key's model allowlist, budget and rate limits; `estimate` is the
+/// tokens the request may use (prompt + completion cap).
+pub async fn gate(
+    tenancy: Option<&Arc<Tenancy>>,
+    principal: &Principal,
+    model: &str,
+    estimate: u64,
+) -> Result<Admitted, (Error, RateHeaders)> {
+    let (Some(t), Some(key)) = (tenancy, principal.key()) else {
+        return Ok(Admitted::default());
+    };
+    if !key.may_use(model) {
+        let e = Error::new(
+            ErrorKind::PermissionDenied,
+            format!("This API key may not use the model `{model}`."),
+        )
+        .with_param("model")
+        .with_code("model_not_allowed");
+        return Err((e, RateHeaders::default()));
+    }
+    if let Err(why) = t.check_budget(key).await {
+        let e = Error::new(
+            ErrorKind::RateLimited,
+            format!("You exceeded your current quota: {why}."),
+        )
+        .with_code("insufficient_quota");
+        return Err((e, RateHeaders::default()));
+    }
+    match t.limiter.admit(key, estimate) {
+        Ok((ticket, headers)) => Ok(Admitted {
+            ticket: Some(ticket),
+            headers,
+        }),
+        Err(d) => {
+            let what = match d.which {
+                Refused::Requests => format!("requests per minute (limit {})", d.limit),
+                Refused::Tokens => format!("tokens per minute (limit {})", d.limit),
+                Refused::Concurrency => format!("concurrent requests (limit {})", d.limit),
+            };
+            let e = Error::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "Rate limit reached for {what}. Please try again in {}s.",
+                    d.retry_after
+                ),
+            )
+            .with_code("rate_limit_exceeded")
+            .with_retry_after(d.retry_after);
+            Err((e, d.headers))
+        }
+    }
+}
+
+/// What the meter knows before the answer starts.
+pub struct Meter {
+    pub tenancy: Arc<Tenancy>,
+    pub row: UsageRow,
+    pub price: Option<parlance_core::Price>,
+    pub progress: Progress,
+    pub ticket: Option<Ticket>,
+    /// Estimated prompt tokens, when the backend never says.
+    pub prompt_estimate: u32,
+    pub ctx: Arc<RequestCtx>,
+}
+
+impl Meter {
+    pub fn new(
+        tenancy: Arc<Tenancy>,
+        principal: &Principal,
+        info: &ModelInfo,
+        front_door: &str,
+        streamed: bool,
+        progress: Progress,
+        ctx: Arc<RequestCtx>,
+    ) -> Meter {
+        Meter {
+            tenancy,
+            row: UsageRow {
+                at: now_ms(),
+                request_id: ctx.id.clone(),
+                key_id: principal.key().map(|k| k.id.clone()),
+                model: info.id.clone(),
+                front_door: front_door.to_string(),
+                streamed,
+                ..UsageRow::default()
+            },
+            price: info.price,
+            progress,
+            ticket: None,
+            prompt_estimate: 0,
+            ctx,
+        }
+    }
+
+    /// Fills in counts, cost and timings; `usage` is what the backend reported.
+    fn finish(
+        &mut self,
+        status: String,
+        usage: Option<Usage>,
+        streamed_bytes: usize,
+        started: Instant,
+        ttft: Option<Instant>,
+    ) -> UsageRow {
+        let (u, estimated) = match usage.or_else(|| self.progress.usage()) {
+            Some(u) => (u, false),
+            None => (
+                Usage {
+                    prompt_tokens: self.prompt_estimate,
+                    completion_tokens: estimate_tokens(streamed_bytes),
+                    ..Usage::default()
+                },
+                true,
+            ),
+        };
+        let mut row = std::mem::take(&mut self.row);
+        row.deployment = self.progress.deployment();
+        row.status = status;
+        row.prompt_tokens = u.prompt_tokens;
+        row.completion_tokens = u.completion_tokens;
+        row.cached_tokens = u.cached_tokens;
+        row.reasoning_tokens = u.reasoning_tokens;
+        row.cost_usd = self.price.map_or(0.0, |p| p.cost(&u));
+        row.latency_ms = started.elapsed().as_millis() as i64;
+        row.ttft_ms = ttft.map(|t| t.duration_since(started).as_millis() as i64);
+        row.estimated = estimated;
+        if let Some(t) = &self.ticket {
+            t.settle(u64::from(u.total()));
+        }
+        self.ctx.set_usage(u);
+        row
+    }
+}
+
+/// Records a row for a request that never reached the caller's answer (the stream was
+/// dropped: the caller left, or the server ended it).
+struct Unfinished {
+    meter: Option<Meter>,
+    started: Instant,
+    ttft: Option<Instant>,
+    bytes: usize,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(mut m) = self.meter.take() {
+            let row = m.finish(
+                "cancelled".into(),
+                None,
+                self.bytes,
+                self.started,
+                self.ttft,
+            );
+            let t = Arc::clone(&m.tenancy);
+            // Nobody is waiting for this answer: store it in the background.
+            tokio::spawn(async move {
+                let _ = t.record(row, false).await;
+            });
+        }
+    }
+}
+
+/// The backend's events, unchanged, with the request's usage row committed before the
+/// usage event passes (and so before the answer ends).
+pub fn metered(mut events: EventStream, meter: Meter) -> EventStream {
+    Box::pin(async_stream::stream! {
+        let mut guard = Unfinished { meter: Some(meter), started: Instant::now(), ttft: None, bytes: 0 };
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(StreamEvent::Delta { index, delta }) => {
+                    guard.ttft.get_or_insert_with(Instant::now);
+                    guard.bytes += delta.content.len() + delta.reasoning.len()
+                        + delta.tool_calls.iter().map(|t| t.arguments.len()).sum::<usize>();
+                    yield Ok(StreamEvent::Delta { index, delta });
+                }
+                Ok(StreamEvent::Usage(u)) => {
+                    if let Some(mut m) = guard.meter.take() {
+                        let row = m.finish("ok".into(), Some(u), guard.bytes, guard.started, guard.ttft);
+                        if let Err(e) = m.tenancy.record(row, true).await {
+                            tracing::error!("usage row not committed: {e}");
+                        }
+                    }
+                    yield Ok(StreamEvent::Usage(u));
+                }
+                Err(e) => {
+                    if let Some(mut m) = guard.meter.take() {
+                        let status = format!("error:{}", e.code.as_deref().unwrap_or("backend_error"));
+                        let row = m.finish(status, None, guard.bytes, guard.started, guard.ttft);
+                        if let Err(e) = m.tenancy.record(row, true).await {
+                            tracing::error!("usage row not committed: {e}");
+                        }
+                    }
+                    yield Err(e);
+                    return;
+                }
+                Ok(other) => yield Ok(other),
+            }
+        }
+        if let Some(mut m) = guard.meter.take() {
+            // Ended without a usage report: counted from progress, or estimated.
+            let row = m.finish("ok".into(), None, guard.bytes, guard.started, guard.ttft);
+            if let Err(e) = m.tenancy.record(row, true).await {
+                tracing::error!("usage row not committed: {e}");
+            }
+        }
+    })
+}
+
+/// A failure before any backend call (bad input, a refused key): its row.
+pub async fn record_refusal(meter: Option<Meter>, e: &Error) {
+    if let Some(mut m) = meter {
+        let status = format!("error:{}", e.code.as_deref().unwrap_or("error"));
+        let row = m.finish(status, Some(Usage::default()), 0, Instant::now(), None);
+        let _ = m.tenancy.record(row, true).await;
+    }
+}

@@ -1,0 +1,387 @@
+//! Keys and usage in SQL: SQLite by default (`sqlite://PATH`, WAL), Postgres with the
+//! same schema (`postgres://...`). sqlx's `Any` driver runs the same queries on both,
+//! written in the dialect both share (`$N` placeholders, times as Unix milliseconds).
+
+use crate::keys::{now_ms, KeyRecord};
+use crate::usage::{UsageFilter, UsageGroup, UsageRow, UsageTotals};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+/// Each step is applied once, in order, in its own transaction.
+const MIGRATIONS: &[&str] = &["CREATE TABLE keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        models TEXT NOT NULL,
+        rpm BIGINT,
+        tpm BIGINT,
+        max_concurrent BIGINT,
+        budget_tokens BIGINT,
+        budget_usd DOUBLE PRECISION,
+        expires_at BIGINT,
+        metadata TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    );
+    CREATE TABLE usage (
+        at BIGINT NOT NULL,
+        request_id TEXT NOT NULL,
+        key_id TEXT,
+        model TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        front_door TEXT NOT NULL,
+        streamed BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL,
+        reasoning_tokens BIGINT NOT NULL,
+        cost_usd DOUBLE PRECISION NOT NULL,
+        latency_ms BIGINT NOT NULL,
+        ttft_ms BIGINT,
+        estimated BIGINT NOT NULL
+    );
+    CREATE INDEX usage_key_at ON usage (key_id, at);
+    CREATE INDEX usage_at ON usage (at);"];
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    pub url: String,
+}
+
+fn db_err(e: sqlx::Error) -> String {
+    format!("database: {e}")
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Store, String> {
+        sqlx::any::install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        let url = if is_sqlite && !url.contains("mode=") {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}mode=rwc")
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if is_sqlite { 4 } else { 16 })
+            .connect(&url)
+            .await
+            .map_err(|e| format!("cannot open the database {}: {e}", redact(&url)))?;
+        if is_sqlite {
+            // WAL: readers never wait for the usage writer, and a committed row survives
+            // the process being killed.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await
+                .map_err(db_err)?;
+        }
+        let store = Store { pool, url };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), String> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS parlance_schema (version BIGINT NOT NULL)")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let done: i64 = sqlx::query("SELECT COUNT(*) FROM parlance_schema")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db_err)?;
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            for stmt in step.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(stmt).execute(&mut *tx).await.map_err(db_err)?;
+            }
+            sqlx::query("INSERT INTO parlance_schema (version) VALUES ($1)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    pub async fn insert_key(&self, k: &KeyRecord) -> Result<(), String> {
+        sqlx::query(
+            "INSERT INTO keys (id, name, secret_hash, models, rpm, tpm, max_concurrent, budget_tokens, budget_usd, expires_at, metadata, created_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&k.id)
+        .bind(&k.name)
+        .bind(&k.secret_hash)
+        .bind(serde_json::to_string(&k.models).unwrap_or_default())
+        .bind(k.rpm.map(i64::from))
+        .bind(k.tpm.map(i64::from))
+        .bind(k.max_concurrent.map(i64::from))
+        .bind(k.budget_tokens.map(|v| v as i64))
+        .bind(k.budget_usd)
+        .bind(k.expires_at)
+        .bind(serde_json::to_string(&k.metadata).unwrap_or_default())
+        .bind(k.created_at)
+        .bind(k.revoked_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Writes every field but the id, the secret and the creation time.
+    pub async fn update_key(&self, k: &KeyRecord) -> Result<(), String> {
+        sqlx::query(
+            "UPDATE keys SET name = $1, models = $2, rpm = $3, tpm = $4, max_concurrent = $5, budget_tokens = $6,
+             budget_usd = $7, expires_at = $8, metadata = $9, revoked_at = $10 WHERE id = $11",
+        )
+        .bind(&k.name)
+        .bind(serde_json::to_string(&k.models).unwrap_or_default())
+        .bind(k.rpm.map(i64::from))
+        .bind(k.tpm.map(i64::from))
+        .bind(k.max_concurrent.map(i64::from))
+        .bind(k.budget_tokens.map(|v| v as i64))
+        .bind(k.budget_usd)
+        .bind(k.expires_at)
+        .bind(serde_json::to_string(&k.metadata).unwrap_or_default())
+        .bind(k.revoked_at)
+        .bind(&k.id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub async fn revoke_key(&self, id: &str) -> Result<bool, String> {
+        let done =
+            sqlx::query("UPDATE keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now_ms())
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, String> {
+        let row = sqlx::query("SELECT * FROM keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| key_from_row(&r)).transpose()
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, String> {
+        let rows = sqlx::query("SELECT * FROM keys ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Writes rows in one transaction (the usage writer's group commit).
+    pub async fn insert_usage(&self, rows: &[UsageRow]) -> Result<(), String> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for u in rows {
+            sqlx::query(
+                "INSERT INTO usage (at, request_id, key_id, model, deployment, front_door, streamed, status, prompt_tokens,
+                 completion_tokens, cached_tokens, reasoning_tokens, cost_usd, latency_ms, ttft_ms, estimated)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            )
+            .bind(u.at)
+            .bind(&u.request_id)
+            .bind(&u.key_id)
+            .bind(&u.model)
+            .bind(&u.deployment)
+            .bind(&u.front_door)
+            .bind(i64::from(u.streamed))
+            .bind(&u.status)
+            .bind(i64::from(u.prompt_tokens))
+            .bind(i64::from(u.completion_tokens))
+            .bind(i64::from(u.cached_tokens))
+            .bind(i64::from(u.reasoning_tokens))
+            .bind(u.cost_usd)
+            .bind(u.latency_ms)
+            .bind(u.ttft_ms)
+            .bind(i64::from(u.estimated))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// Rows matching `filter`, newest first (for tests and exports).
+    pub async fn usage_rows(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
+        let (cond, binds) = filter.sql();
+        let sql = format!("SELECT * FROM usage WHERE {cond} ORDER BY at DESC");
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = b.bind_to(q);
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(usage_from_row).collect()
+    }
+
+    /// Totals per group (`key`, `model` or `day`).
+    pub async fn usage_totals(
+        &self,
+        filter: &UsageFilter,
+        group: UsageGroup,
+    ) -> Result<Vec<UsageTotals>, String> {
+        let (cond, binds) = filter.sql();
+        let group_by = group;
+        let by = match group {
+            UsageGroup::Key => "COALESCE(key_id, '-')",
+            UsageGroup::Model => "model",
+            UsageGroup::Day => "CAST(at / 86400000 AS TEXT)",
+        };
+        let sql = format!(
+            "SELECT {by} AS g, COUNT(*) AS requests, SUM(prompt_tokens) AS p, SUM(completion_tokens) AS c,
+             SUM(cached_tokens) AS ca, SUM(reasoning_tokens) AS r, SUM(cost_usd) AS cost,
+             SUM(CASE WHEN status LIKE 'error%' THEN 1 ELSE 0 END) AS errors,
+             SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END) AS cancelled
+             FROM usage WHERE {cond} GROUP BY {by} ORDER BY {by}"
+        );
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = b.bind_to(q);
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let int = |c: &str| -> Result<i64, sqlx::Error> {
+                    r.try_get::<Option<i64>, _>(c)
+                        .map(Option::unwrap_or_default)
+                };
+                let mut group: String = r.try_get("g").map_err(db_err)?;
+                if group_by == UsageGroup::Day {
+                    group = day_string(group.parse().unwrap_or_default());
+                }
+                Ok(UsageTotals {
+                    group,
+                    requests: int("requests").map_err(db_err)? as u64,
+                    prompt_tokens: int("p").map_err(db_err)? as u64,
+                    completion_tokens: int("c").map_err(db_err)? as u64,
+                    cached_tokens: int("ca").map_err(db_err)? as u64,
+                    reasoning_tokens: int("r").map_err(db_err)? as u64,
+                    cost_usd: r
+                        .try_get::<Option<f64>, _>("cost")
+                        .map_err(db_err)?
+                        .unwrap_or_default(),
+                    errors: int("errors").map_err(db_err)? as u64,
+                    cancelled: int("cancelled").map_err(db_err)? as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Tokens and money a key has spent so far.
+    pub async fn spent(&self, key_id: &str) -> Result<(u64, f64), String> {
+        let r = sqlx::query(
+            "SELECT SUM(prompt_tokens + completion_tokens) AS t, SUM(cost_usd) AS c FROM usage WHERE key_id = $1",
+        )
+        .bind(key_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let tokens: Option<i64> = r.try_get("t").map_err(db_err)?;
+        let cost: Option<f64> = r.try_get("c").map_err(db_err)?;
+        Ok((tokens.unwrap_or_default() as u64, cost.unwrap_or_default()))
+    }
+}
+
+/// `YYYY-MM-DD` of a day number since the Unix epoch (civil-from-days, proleptic Gregorian).
+pub fn day_string(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// A database URL with its password hidden, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+fn key_from_row(r: &AnyRow) -> Result<KeyRecord, String> {
+    let opt_u32 = |c: &str| -> Result<Option<u32>, String> {
+        Ok(r.try_get::<Option<i64>, _>(c)
+            .map_err(db_err)?
+            .map(|v| v.clamp(0, i64::from(u32::MAX)) as u32))
+    };
+    let models: String = r.try_get("models").map_err(db_err)?;
+    let metadata: String = r.try_get("metadata").map_err(db_err)?;
+    Ok(KeyRecord {
+        id: r.try_get("id").map_err(db_err)?,
+        name: r.try_get("name").map_err(db_err)?,
+        secret_hash: r.try_get("secret_hash").map_err(db_err)?,
+        models: serde_json::from_str(&models).unwrap_or_default(),
+        rpm: opt_u32("rpm")?,
+        tpm: opt_u32("tpm")?,
+        max_concurrent: opt_u32("max_concurrent")?,
+        budget_tokens: r
+            .try_get::<Option<i64>, _>("budget_tokens")
+            .map_err(db_err)?
+            .map(|v| v.max(0) as u64),
+        budget_usd: r.try_get("budget_usd").map_err(db_err)?,
+        expires_at: r.try_get("expires_at").map_err(db_err)?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        created_at: r.try_get("created_at").map_err(db_err)?,
+        revoked_at: r.try_get("revoked_at").map_err(db_err)?,
+    })
+}
+
+fn usage_from_row(r: &AnyRow) -> Result<UsageRow, String> {
+    let u32_of = |c: &str| -> Result<u32, String> {
+        Ok(r.try_get::<i64, _>(c)
+            .map_err(db_err)?
+            .clamp(0, i64::from(u32::MAX)) as u32)
+    };
+    Ok(UsageRow {
+        at: r.try_get("at").map_err(db_err)?,
+        request_id: r.try_get("request_id").map_err(db_err)?,
+        key_id: r.try_get("key_id").map_err(db_err)?,
+        model: r.try_get("model").map_err(db_err)?,
+        deployment: r.try_get("deployment").map_err(db_err)?,
+        front_door: r.try_get("front_door").map_err(db_err)?,
+        streamed: r.try_get::<i64, _>("streamed").map_err(db_err)? != 0,
+        status: r.try_get("status").map_err(db_err)?,
+        prompt_tokens: u32_of("prompt_tokens")?,
+        completion_tokens: u32_of("completion_tokens")?,
+        cached_tokens: u32_of("cached_tokens")?,
+        reasoning_tokens: u32_of("reasoning_tokens")?,
+        cost_usd: r.try_get("cost_usd").map_err(db_err)?,
+        latency_ms: r.try_get("latency_ms").map_err(db_err)?,
+        ttft_ms: r.try_get("ttft_ms").map_err(db_err)?,
+        estimated: r.try_get::<i64, _>("estimated").map_err(db_err)? != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_are_dates() {
+        assert_eq!(day_string(0), "1970-01-01");
+        assert_eq!(day_string(20_415), "2025-11-23");
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db"),
+            "postgres://***@h:5432/db"
+        );
+    }
+}

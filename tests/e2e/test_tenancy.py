@@ -1,0 +1,273 @@
+"""Keys, limits, budgets and usage metering through the real binary and the openai SDK,
+with the SQLite store read back directly."""
+
+import json
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import requests
+
+from conftest import BIN, MODEL, ROOT, Server
+
+ADMIN = "admin-secret-for-tests"
+
+
+class Tenant:
+    def __init__(self, *extra):
+        self.dir = tempfile.mkdtemp(prefix="parlance-tenancy-")
+        self.db_path = f"{self.dir}/p.db"
+        self.db = f"sqlite://{self.db_path}"
+        self.server = Server("-np", "4", "--db", self.db, "--admin-key", ADMIN, *extra)
+        self.url = self.server.url
+
+    def admin(self, method, path, **kw):
+        return requests.request(method, self.url + "/admin" + path, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30, **kw)
+
+    def key(self, **spec):
+        r = self.admin("POST", "/keys", json={"name": "t", **spec})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def client(self, key):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+    def rows(self, where="1=1", args=()):
+        con = sqlite3.connect(self.db_path, timeout=10)
+        con.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in con.execute(f"SELECT * FROM usage WHERE {where} ORDER BY at", args)]
+        finally:
+            con.close()
+
+
+@pytest.fixture(scope="module")
+def tenant():
+    t = Tenant()
+    yield t
+    t.server.stop()
+
+
+def ask(client, **kw):
+    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=kw.pop("max_tokens", 5), **kw)
+
+
+def test_admin_api_round_trip(tenant):
+    k = tenant.key(name="alice", models=[MODEL], rpm=100, tpm=100000, max_concurrent=4, budget_usd=5, expires_in="30d", metadata={"team": "ml"})
+    assert k["key"].startswith("sk-prl-") and k["id"] in k["key"]
+    listed = tenant.admin("GET", "/keys").json()["data"]
+    mine = next(x for x in listed if x["id"] == k["id"])
+    assert "key" not in mine and mine["metadata"] == {"team": "ml"} and mine["models"] == [MODEL]
+    assert k["key"] not in json.dumps(listed)
+    got = tenant.admin("GET", f"/keys/{k['id']}").json()
+    assert got["rpm"] == 100 and got["remaining"]["usd"] == 5
+    patched = tenant.admin("PATCH", f"/keys/{k['id']}", json={"rpm": 7, "name": "alice2", "budget_usd": None}).json()
+    assert patched["rpm"] == 7 and patched["name"] == "alice2" and patched["budget_usd"] is None
+    assert tenant.admin("PATCH", f"/keys/{k['id']}", json={"bogus": 1}).status_code == 400
+    assert tenant.admin("GET", "/keys/nope").status_code == 404
+    bad = requests.get(tenant.url + "/admin/keys", headers={"Authorization": "Bearer wrong"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_admin_key"
+    # The key works, and its holder sees it.
+    c = tenant.client(k["key"])
+    ask(c)
+    me = requests.get(tenant.url + "/v1/key", headers={"Authorization": f"Bearer {k['key']}"}).json()
+    assert me["id"] == k["id"] and me["usage"]["tokens"] > 0 and me["rpm"] == 7
+    # Revoked: refused within a second, on every request after.
+    assert tenant.admin("DELETE", f"/keys/{k['id']}").json()["revoked"] is True
+    time.sleep(1.1)
+    with pytest.raises(openai.AuthenticationError) as e:
+        ask(c)
+    assert e.value.body["code"] == "key_revoked"
+
+
+def test_admin_api_is_off_without_an_admin_key():
+    s = Server("-np", "1")
+    try:
+        r = requests.get(s.url + "/admin/keys")
+        assert r.status_code == 404 and r.json()["error"]["message"]
+    finally:
+        s.stop()
+
+
+def test_five_rpm_with_twenty_concurrent_requests(tenant):
+    k = tenant.key(rpm=5)
+    c = tenant.client(k["key"])
+
+    def one(_):
+        try:
+            r = c.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+            return 200, dict(r.headers)
+        except openai.RateLimitError as e:
+            return 429, dict(e.response.headers) | {"code": e.body["code"]}
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(20)))
+    codes = sorted(r[0] for r in results)
+    assert codes == [200] * 5 + [429] * 15, codes
+    for status, h in results:
+        assert h["x-ratelimit-limit-requests"] == "5"
+        assert "x-ratelimit-remaining-requests" in h and "x-ratelimit-reset-requests" in h
+        if status == 429:
+            assert int(h["retry-after"]) >= 1 and h["code"] == "rate_limit_exceeded"
+
+
+def test_tokens_per_minute(tenant):
+    k = tenant.key(tpm=60)
+    c = tenant.client(k["key"])
+    r = c.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+    assert r.headers["x-ratelimit-limit-tokens"] == "60"
+    used = r.parse().usage.total_tokens
+    # The reservation was settled to what was used; the next big ask does not fit.
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=60 - used + 30)
+    assert "tokens per minute" in e.value.body["message"]
+    assert int(e.value.response.headers["x-ratelimit-remaining-tokens"]) == 60 - used
+
+
+def test_budget_and_model_allowlist(tenant):
+    other = tenant.client(tenant.key(models=["some-other-model"])["key"])
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        ask(other)
+    assert e.value.body["code"] == "model_not_allowed" and MODEL in e.value.body["message"]
+    k = tenant.key(budget_tokens=40, models=[MODEL])
+    c = tenant.client(k["key"])
+    ask(c, max_tokens=20)  # ~30 prompt tokens + up to 20: the budget is used up
+    with pytest.raises(openai.RateLimitError) as e:
+        ask(c)
+    assert e.value.body["code"] == "insufficient_quota"
+    me = requests.get(tenant.url + "/v1/key", headers={"Authorization": f"Bearer {k['key']}"}).json()
+    assert me["remaining"]["tokens"] == 0
+
+
+def test_expiry(tenant):
+    r = tenant.admin("POST", "/keys", json={"name": "short", "expires_at": int(time.time()) + 2})
+    key = r.json()["key"]
+    ask(tenant.client(key))
+    time.sleep(3.2)
+    with pytest.raises(openai.AuthenticationError) as e:
+        ask(tenant.client(key))
+    assert e.value.body["code"] == "key_expired"
+
+
+def test_usage_rows_equal_the_answers(tenant):
+    k = tenant.key(name="meter")
+    c = tenant.client(k["key"])
+    whole = c.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=12)
+    whole_id = whole.headers["x-request-id"]
+    whole = whole.parse()
+    stream = c.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "Name a color."}], max_tokens=12, stream=True, stream_options={"include_usage": True}
+    )
+    stream_id = stream.headers["x-request-id"]
+    usage = None
+    for chunk in stream.parse():
+        usage = chunk.usage or usage
+    # Cancelled: the client reads a few chunks and hangs up.
+    r = requests.post(
+        tenant.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {k['key']}", "x-request-id": "cancel-me"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Go"}], "max_tokens": 400, "ignore_eos": True, "stream": True},
+        stream=True,
+    )
+    lines = r.iter_lines()
+    read = sum(1 for _, l in zip(range(30), lines) if l.startswith(b"data: "))
+    r.close()
+    # Failed: a grammar that breaks on its first token.
+    alts = " | ".join(f'"w{i}"' for i in range(2501))
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=5, extra_body={"grammar": "start: " + alts}, extra_headers={"x-request-id": "fail-me"})
+    time.sleep(1.0)
+    rows = {row["request_id"]: row for row in tenant.rows("key_id = ?", (k["id"],))}
+    w = rows[whole_id]
+    assert (w["status"], w["prompt_tokens"], w["completion_tokens"], w["cached_tokens"]) == (
+        "ok", whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.prompt_tokens_details.cached_tokens)
+    assert w["deployment"] == f"local/{MODEL}" and w["front_door"] == "openai" and w["streamed"] == 0 and w["estimated"] == 0
+    s = rows[stream_id]
+    assert (s["status"], s["prompt_tokens"], s["completion_tokens"], s["streamed"]) == ("ok", usage.prompt_tokens, usage.completion_tokens, 1)
+    x = rows["cancel-me"]
+    assert x["status"] == "cancelled" and x["estimated"] == 0
+    # Exact: every token generated until the cancel, at least what the client read.
+    assert read - 1 <= x["completion_tokens"] < 400, (read, x)
+    f = rows["fail-me"]
+    assert f["status"] == "error:constraint_failed" and f["estimated"] == 0
+
+
+def test_secrets_reach_neither_the_database_nor_the_log(tenant):
+    k = tenant.key(name="secretive")
+    ask(tenant.client(k["key"]))
+    secret = k["key"].rsplit("-", 1)[1]
+    time.sleep(0.5)
+    for path in (tenant.db_path, tenant.db_path + "-wal", tenant.server.log_path):
+        try:
+            data = open(path, "rb").read()
+        except FileNotFoundError:
+            continue
+        assert secret.encode() not in data, path
+        assert ADMIN.encode() not in data, path
+
+
+def test_kill_9_loses_no_completed_request():
+    t = Tenant()
+    try:
+        k = t.key(name="durable")
+        c = t.client(k["key"])
+        done, stop = [], threading.Event()
+
+        def worker():
+            while not stop.is_set():
+                try:
+                    r = c.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+                    done.append(r.headers["x-request-id"])
+                except Exception:
+                    return
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        [th.start() for th in threads]
+        time.sleep(3)
+        t.server.proc.send_signal(signal.SIGKILL)
+        stop.set()
+        [th.join() for th in threads]
+        t.server.proc.wait()
+        stored = {r["request_id"] for r in t.rows()}
+        assert len(done) > 5
+        assert set(done) <= stored, set(done) - stored
+    finally:
+        t.server.log.close()
+
+
+def test_cli_keys_and_usage_round_trip():
+    d = tempfile.mkdtemp(prefix="parlance-cli-")
+    db = f"sqlite://{d}/p.db"
+    run = lambda *a: subprocess.run([str(BIN), *a, "--db", db], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    s = Server("-np", "1", "--db", db)
+    try:
+        # An open server: no key needed yet.
+        assert requests.post(s.url + "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).status_code == 200
+        r = run("keys", "create", "--name", "cli", "--rpm", "50", "--models", MODEL, "--expires", "7d")
+        assert r.returncode == 0, r.stderr
+        key = r.stdout.strip()
+        assert key.startswith("sk-prl-")
+        listed = run("keys", "list")
+        assert "cli" in listed.stdout and key.rsplit("-", 1)[1] not in listed.stdout
+        # The server notices the key within seconds and closes to callers without one.
+        time.sleep(2.5)
+        assert requests.post(s.url + "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).status_code == 401
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0)
+        ask(c)
+        time.sleep(0.3)
+        usage = run("usage", "--by", "key", "--csv")
+        assert usage.returncode == 0 and usage.stdout.startswith("group,requests")
+        key_id = key.split("-")[2]
+        assert any(line.startswith(key_id + ",1,") for line in usage.stdout.splitlines()), usage.stdout
+        assert run("keys", "revoke", key_id).returncode == 0
+        time.sleep(1.1)
+        with pytest.raises(openai.AuthenticationError):
+            ask(c)
+    finally:
+        s.stop()
