@@ -271,3 +271,32 @@ def test_cli_keys_and_usage_round_trip():
             ask(c)
     finally:
         s.stop()
+
+
+def test_gigachat_sdk_with_oauth_tokens(tenant):
+    from gigachat import GigaChat
+
+    k = tenant.key(name="giga", rpm=1000)
+    with GigaChat(credentials=k["key"], auth_url=tenant.url + "/api/v2/oauth", base_url=tenant.url + "/api/v1", scope="GIGACHAT_API_PERS", verify_ssl_certs=False, model=MODEL) as giga:
+        r = giga.chat({"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 5})
+        assert r.choices[0].message.content is not None
+        assert [m.id_ for m in giga.get_models().data] == [MODEL]
+    tok = requests.post(tenant.url + "/api/v2/oauth", headers={"Authorization": f"Basic {k['key']}", "RqUID": "6f0b1291-c7f3-43c6-bb2e-9f3efb2dc98e"}, data={"scope": "GIGACHAT_API_PERS"}).json()
+    assert tok["access_token"].startswith("prl-at-") and tok["expires_at"] > time.time() * 1000 + 29 * 60 * 1000
+    me = requests.get(tenant.url + "/v1/key", headers={"Authorization": f"Bearer {tok['access_token']}"}).json()
+    assert me["id"] == k["id"] and me["rpm"] == 1000
+    assert requests.post(tenant.url + "/api/v2/oauth", headers={"Authorization": "Basic nonsense"}).status_code == 401
+    # Revoking the key revokes its tokens.
+    tenant.admin("DELETE", f"/keys/{k['id']}")
+    time.sleep(1.1)
+    r = requests.get(tenant.url + "/v1/key", headers={"Authorization": f"Bearer {tok['access_token']}"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "key_revoked"
+
+
+def test_metrics_need_the_admin_key_and_count_requests(tenant):
+    assert requests.get(tenant.url + "/metrics").status_code == 401
+    text = requests.get(tenant.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+    assert f'parlance_requests_total{{model="{MODEL}",front_door="openai",status="200"' in text
+    assert 'parlance_limit_rejections_total{reason="rpm"}' in text
+    assert f'parlance_busy_slots{{model="{MODEL}"}}' in text
+    assert "parlance_time_to_first_token_seconds_bucket" in text and "parlance_tokens_total" in text

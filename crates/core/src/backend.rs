@@ -37,6 +37,15 @@ pub struct ModelInfo {
     pub price: Option<Price>,
 }
 
+/// What a local model is doing right now (`/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Load {
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    pub busy_slots: usize,
+    pub slots: usize,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
@@ -67,6 +76,11 @@ pub trait Backend: Send + Sync {
     /// `/health` reports it and requests get a 503.
     fn health(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Queue and slot occupancy, for backends that have them (local models).
+    fn load(&self) -> Option<Load> {
+        None
     }
 
     /// Tokens in each text, as this model counts them (GigaChat's `POST /tokens/count`).

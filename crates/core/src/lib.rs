@@ -12,6 +12,6 @@ pub mod router;
 pub mod template;
 pub mod tools;
 
-pub use backend::{Backend, Capabilities, EventStream, ModelInfo, Price};
+pub use backend::{Backend, Capabilities, EventStream, Load, ModelInfo, Price};
 pub use error::{Error, ErrorKind};
 pub use router::Router;

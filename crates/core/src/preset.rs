@@ -87,6 +87,10 @@ impl Backend for Preset {
         self.inner.health()
     }
 
+    fn load(&self) -> Option<crate::backend::Load> {
+        self.inner.load()
+    }
+
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
         self.inner.count_tokens(texts).await
     }

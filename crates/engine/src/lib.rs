@@ -519,6 +519,15 @@ impl Backend for LocalModel {
         .await
     }
 
+    fn load(&self) -> Option<parlance_core::Load> {
+        let free = self.free.load(Ordering::Relaxed).min(self.slots);
+        Some(parlance_core::Load {
+            queued: self.queued.load(Ordering::Relaxed),
+            busy_slots: self.slots - free,
+            slots: self.slots,
+        })
+    }
+
     fn health(&self) -> Result<(), String> {
         if self.alive.load(Ordering::SeqCst) {
             Ok(())

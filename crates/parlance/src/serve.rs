@@ -178,8 +178,8 @@ pub struct ServeArgs {
     #[arg(long = "jinja", hide = true)]
     pub jinja: bool,
 
-    /// Prometheus metrics: not served yet (see the README); accepted for llama-server
-    /// command lines and said so at startup.
+    /// Prometheus metrics are always served at /metrics; accepted for llama-server
+    /// command lines.
     #[arg(long = "metrics", hide = true)]
     pub metrics: bool,
 
@@ -251,9 +251,6 @@ fn note_compat_flags(args: &ServeArgs) {
         eprintln!(
             "note: -ngl {n} ignored: this build runs on the CPU only (GPU backends are not compiled in)"
         );
-    }
-    if args.metrics {
-        eprintln!("note: --metrics: Prometheus metrics are not served by this version yet");
     }
 }
 
@@ -361,6 +358,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else if args.admin_key.is_some() {
         bail!("--admin-key needs a store: drop --db none");
     }
+    state.metrics = Some(parlance_server::observe::install().map_err(anyhow::Error::msg)?);
     let shutdown = state.shutdown.clone();
     let app = build_router(Arc::new(state));
     let limits = Limits {

@@ -404,3 +404,68 @@ mod tests {
         );
     }
 }
+
+/// GigaChat's `POST /api/v2/oauth`: `Authorization: Basic <a Parlance key, as it is>`
+/// (or base64 of it), form `scope=...`, `RqUID` -> `{access_token, expires_at}` (ms),
+/// a 30-minute token used as a Bearer key with the key's own limits.
+pub async fn oauth(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let Some(t) = state.tenancy.as_ref() else {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "Access tokens need the key store (--db).",
+        )
+        .with_code("unknown_url")
+        .into());
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("Bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or_default();
+    let decoded = decode_base64(presented).filter(|d| d.starts_with(keys::PREFIX));
+    let key = decoded.as_deref().unwrap_or(presented);
+    match t.issue_token(key).await {
+        Ok((token, expires_at)) => Ok(Json(
+            json!({"access_token": token, "expires_at": expires_at}),
+        )),
+        Err(why) => Err(Error::new(
+            ErrorKind::Authentication,
+            format!(
+                "Cannot issue a token: the key is {}.",
+                match why {
+                    parlance_tenancy::KeyRefused::Revoked => "revoked",
+                    parlance_tenancy::KeyRefused::Expired => "expired",
+                    parlance_tenancy::KeyRefused::Unknown => "not a valid Parlance key",
+                }
+            ),
+        )
+        .with_code("invalid_credentials")
+        .into()),
+    }
+}
+
+/// Standard base64 (GigaChat's credentials are base64 of `client_id:secret`).
+fn decode_base64(s: &str) -> Option<String> {
+    const TABLE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = TABLE.iter().position(|&t| t == c)? as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    String::from_utf8(out).ok()
+}

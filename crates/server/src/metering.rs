@@ -49,6 +49,7 @@ pub async fn gate(
         return Err((e, RateHeaders::default()));
     }
     if let Err(why) = t.check_budget(key).await {
+        metrics::counter!("parlance_limit_rejections_total", "reason" => "budget").increment(1);
         let e = Error::new(
             ErrorKind::RateLimited,
             format!("You exceeded your current quota: {why}."),
@@ -62,6 +63,12 @@ pub async fn gate(
             headers,
         }),
         Err(d) => {
+            let reason = match d.which {
+                Refused::Requests => "rpm",
+                Refused::Tokens => "tpm",
+                Refused::Concurrency => "concurrency",
+            };
+            metrics::counter!("parlance_limit_rejections_total", "reason" => reason).increment(1);
             let what = match d.which {
                 Refused::Requests => format!("requests per minute (limit {})", d.limit),
                 Refused::Tokens => format!("tokens per minute (limit {})", d.limit),

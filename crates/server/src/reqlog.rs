@@ -40,6 +40,10 @@ impl RequestCtx {
         }
     }
 
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     pub fn set_model(&self, model: &str) {
         self.with(|f| f.model = Some(model.to_string()));
     }
@@ -123,6 +127,16 @@ impl LogLine {
             (None, false) => "client_gone",
         };
         let u = f.usage.unwrap_or_default();
+        if self.path != "/metrics" && self.path != "/health" {
+            metrics::counter!(
+                "parlance_requests_total",
+                "model" => f.model.clone().unwrap_or_else(|| "-".into()),
+                "front_door" => crate::observe::front_door(&self.path),
+                "status" => self.status.to_string(),
+                "outcome" => outcome.to_string()
+            )
+            .increment(1);
+        }
         let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0;
         tracing::info!(
             target: "parlance::request",

@@ -5,6 +5,7 @@
 pub mod keys;
 pub mod limits;
 pub mod store;
+pub mod tokens;
 pub mod usage;
 
 use keys::{now_ms, KeyRecord};
@@ -57,12 +58,19 @@ pub struct Tenancy {
     spent: Mutex<HashMap<String, (u64, f64)>>,
     /// Whether the store holds any usable key: then every request needs one.
     has_keys: std::sync::atomic::AtomicBool,
+    /// Signs access tokens; shared by every replica through the store.
+    token_secret: String,
 }
 
 impl Tenancy {
     pub async fn open(db_url: &str, admin_key: Option<String>) -> Result<Arc<Tenancy>, String> {
         let store = Store::open(db_url).await?;
+        let fresh: String = (0..4)
+            .map(|_| format!("{:016x}", rand::random::<u64>()))
+            .collect();
+        let token_secret = store.setting_or_insert("token_secret", fresh).await?;
         Ok(Arc::new(Tenancy {
+            token_secret,
             recorder: Recorder::start(store.clone()),
             store,
             limiter: Arc::new(Limiter::default()),
@@ -117,6 +125,15 @@ impl Tenancy {
     /// The record of a presented key: `Ok(None)` when it is not a Parlance key at all
     /// (a static key, perhaps), an error when it is one that may not be used.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<KeyRecord>, KeyRefused> {
+        if presented.starts_with(tokens::PREFIX) {
+            let (id, expires) =
+                tokens::verify(&self.token_secret, presented).ok_or(KeyRefused::Unknown)?;
+            if expires <= now_ms() {
+                return Err(KeyRefused::Expired);
+            }
+            let record = self.key(&id).await.ok_or(KeyRefused::Unknown)?;
+            return usable(record).map(Some);
+        }
         let Some((id, secret)) = keys::parse(presented) else {
             return Ok(None);
         };
@@ -124,13 +141,27 @@ impl Tenancy {
         if !keys::same(&keys::hash(secret), &record.secret_hash) {
             return Err(KeyRefused::Unknown);
         }
-        if record.revoked_at.is_some() {
-            return Err(KeyRefused::Revoked);
+        usable(record).map(Some)
+    }
+
+    /// GigaChat's OAuth: an access token for a key (never for another token), valid 30
+    /// minutes or until the key expires, as `(token, expires_at ms)`.
+    pub async fn issue_token(&self, presented_key: &str) -> Result<(String, i64), KeyRefused> {
+        if presented_key.starts_with(tokens::PREFIX) {
+            return Err(KeyRefused::Unknown);
         }
-        if record.expired(now_ms()) {
-            return Err(KeyRefused::Expired);
+        let record = self
+            .authenticate(presented_key)
+            .await?
+            .ok_or(KeyRefused::Unknown)?;
+        let mut expires = now_ms() + tokens::LIFETIME_MS;
+        if let Some(e) = record.expires_at {
+            expires = expires.min(e);
         }
-        Ok(Some(record))
+        Ok((
+            tokens::issue(&self.token_secret, &record.id, expires),
+            expires,
+        ))
     }
 
     /// A key by id, from a cache at most [`KEY_TTL`] old.
@@ -211,6 +242,17 @@ impl Tenancy {
             Ok(())
         }
     }
+}
+
+/// A found key that may be used now.
+fn usable(record: KeyRecord) -> Result<KeyRecord, KeyRefused> {
+    if record.revoked_at.is_some() {
+        return Err(KeyRefused::Revoked);
+    }
+    if record.expired(now_ms()) {
+        return Err(KeyRefused::Expired);
+    }
+    Ok(record)
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 /// Each step is applied once, in order, in its own transaction.
-const MIGRATIONS: &[&str] = &["CREATE TABLE keys (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE keys (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         secret_hash TEXT NOT NULL,
@@ -42,7 +43,9 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE keys (
         estimated BIGINT NOT NULL
     );
     CREATE INDEX usage_key_at ON usage (key_id, at);
-    CREATE INDEX usage_at ON usage (at);"];
+    CREATE INDEX usage_at ON usage (at);",
+    "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
+];
 
 #[derive(Clone)]
 pub struct Store {
@@ -106,6 +109,24 @@ impl Store {
             tx.commit().await.map_err(db_err)?;
         }
         Ok(())
+    }
+
+    /// A setting, made from `make` the first time any replica asks for it.
+    pub async fn setting_or_insert(&self, name: &str, make: String) -> Result<String, String> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(make)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db_err)
     }
 
     pub async fn insert_key(&self, k: &KeyRecord) -> Result<(), String> {

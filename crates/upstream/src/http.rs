@@ -54,6 +54,15 @@ pub async fn read_body(p: &Provider, resp: reqwest::Response) -> Result<bytes::B
 
 fn transport_error(p: &Provider, e: &reqwest::Error) -> Error {
     let name = &p.cfg.name;
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "transport"
+    };
+    metrics::counter!("parlance_upstream_errors_total", "provider" => name.clone(), "kind" => kind)
+        .increment(1);
     let mut detail = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
@@ -120,6 +129,12 @@ fn error_message(body: &[u8]) -> String {
 
 async fn status_error(p: &Provider, resp: reqwest::Response) -> Error {
     let status = resp.status();
+    metrics::counter!(
+        "parlance_upstream_errors_total",
+        "provider" => p.cfg.name.clone(),
+        "kind" => format!("http_{}", status.as_u16())
+    )
+    .increment(1);
     let retry_after = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)

@@ -9,6 +9,7 @@ use crate::auth::Principal;
 use crate::body::{parse_json_off_thread, read_limited};
 use crate::error::ApiError;
 use crate::metering::{estimate_tokens, gate, metered, record_refusal, Meter};
+use crate::observe::observed;
 use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
@@ -146,6 +147,7 @@ pub async fn chat_completions(
             Some(m) => metered(events, m),
             None => events,
         };
+        let events = observed(events, meta.model.clone(), ctx.started());
         let events = state.shutdown.guard(events);
         let done = match collect(events, n).await {
             Ok(d) => d,
@@ -184,6 +186,7 @@ pub async fn chat_completions(
         Some(m) => metered(events, m),
         None => events,
     };
+    let events = observed(events, meta.model.clone(), ctx.started());
     let events = state.shutdown.guard(events);
     let sse = response::chunks(meta, opts, events, ctx).map(|payload| {
         let data = match payload {

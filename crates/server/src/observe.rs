@@ -1,0 +1,115 @@
+//! Prometheus metrics: what `GET /metrics` shows, and the stream observer that feeds
+//! time to first token, inter-token latency and token counts for every answer.
+
+use crate::AppState;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use parlance_core::ir::StreamEvent;
+use parlance_core::{Error, ErrorKind, EventStream};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Installs the process-wide recorder; the handle renders `/metrics`.
+pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    let buckets = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&buckets)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| format!("metrics: {e}"))
+}
+
+/// The front door a path belongs to, as a metrics label.
+pub fn front_door(path: &str) -> &'static str {
+    if path.ends_with("/chat/completions") {
+        "openai"
+    } else if path.starts_with("/admin") {
+        "admin"
+    } else if path.starts_with("/v1") || path.starts_with("/api/v1") {
+        "api"
+    } else {
+        "other"
+    }
+}
+
+/// Passes the events through, timing the first delta (from `started`) and the gaps
+/// between deltas, and counting the tokens of the usage report.
+pub fn observed(mut events: EventStream, model: String, started: Instant) -> EventStream {
+    Box::pin(async_stream::stream! {
+        let mut last: Option<Instant> = None;
+        while let Some(ev) = events.next().await {
+            match &ev {
+                Ok(StreamEvent::Delta { .. }) => {
+                    let now = Instant::now();
+                    match last {
+                        None => metrics::histogram!("parlance_time_to_first_token_seconds", "model" => model.clone())
+                            .record(now.duration_since(started).as_secs_f64()),
+                        Some(prev) => metrics::histogram!("parlance_inter_token_latency_seconds", "model" => model.clone())
+                            .record(now.duration_since(prev).as_secs_f64()),
+                    }
+                    last = Some(now);
+                }
+                Ok(StreamEvent::Usage(u)) => {
+                    metrics::counter!("parlance_tokens_total", "model" => model.clone(), "kind" => "prompt")
+                        .increment(u64::from(u.prompt_tokens));
+                    metrics::counter!("parlance_tokens_total", "model" => model.clone(), "kind" => "completion")
+                        .increment(u64::from(u.completion_tokens));
+                    metrics::counter!("parlance_tokens_total", "model" => model.clone(), "kind" => "cached")
+                        .increment(u64::from(u.cached_tokens));
+                }
+                _ => {}
+            }
+            yield ev;
+        }
+    })
+}
+
+/// `GET /metrics`: Prometheus text. Needs the admin key when one is set.
+pub async fn metrics_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(handle) = &state.metrics else {
+        return crate::ApiError(
+            Error::new(
+                ErrorKind::NotFound,
+                "Metrics are not enabled on this server.",
+            )
+            .with_code("unknown_url"),
+        )
+        .into_response();
+    };
+    if let Some(admin) = state.tenancy.as_ref().and_then(|t| t.admin_key.as_deref()) {
+        let ok = crate::auth::presented_key(&headers)
+            .is_some_and(|k| parlance_tenancy::keys::same(k, admin));
+        if !ok {
+            return crate::ApiError(
+                Error::new(
+                    ErrorKind::Authentication,
+                    "GET /metrics needs the admin key.",
+                )
+                .with_code("invalid_admin_key"),
+            )
+            .into_response();
+        }
+    }
+    for route in state.router.routes() {
+        if let Some(load) = route.backend.load() {
+            let model = route.info.id.clone();
+            metrics::gauge!("parlance_queue_depth", "model" => model.clone())
+                .set(load.queued as f64);
+            metrics::gauge!("parlance_busy_slots", "model" => model.clone())
+                .set(load.busy_slots as f64);
+            metrics::gauge!("parlance_slots", "model" => model).set(load.slots as f64);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
