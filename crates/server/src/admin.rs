@@ -381,30 +381,6 @@ pub async fn own_key(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_and_csv() {
-        assert_eq!(parse_date_ms("1970-01-02"), Some(86_400_000));
-        assert_eq!(
-            parse_date_ms("2025-11-23").map(|ms| ms / 86_400_000),
-            Some(20_415)
-        );
-        assert_eq!(parse_date_ms("2026-13-01"), None);
-        let rows = [UsageTotals {
-            group: "a,b".into(),
-            requests: 2,
-            ..UsageTotals::default()
-        }];
-        assert_eq!(
-            csv(&rows).lines().nth(1),
-            Some("\"a,b\",2,0,0,0,0,0.000000,0,0")
-        );
-    }
-}
-
 /// GigaChat's `POST /api/v2/oauth`: `Authorization: Basic <a Parlance key, as it is>`
 /// (or base64 of it), form `scope=...`, `RqUID` -> `{access_token, expires_at}` (ms),
 /// a 30-minute token used as a Bearer key with the key's own limits.
@@ -468,4 +444,28 @@ fn decode_base64(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_csv() {
+        assert_eq!(parse_date_ms("1970-01-02"), Some(86_400_000));
+        assert_eq!(
+            parse_date_ms("2025-11-23").map(|ms| ms / 86_400_000),
+            Some(20_415)
+        );
+        assert_eq!(parse_date_ms("2026-13-01"), None);
+        let rows = [UsageTotals {
+            group: "a,b".into(),
+            requests: 2,
+            ..UsageTotals::default()
+        }];
+        assert_eq!(
+            csv(&rows).lines().nth(1),
+            Some("\"a,b\",2,0,0,0,0,0.000000,0,0")
+        );
+    }
 }
