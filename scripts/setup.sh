@@ -14,6 +14,16 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 if [ "${1:-}" = "--test" ]; then
-  python3 -c "import openai, pytest, requests, jsonschema, langchain_openai" 2>/dev/null ||
-    python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema langchain-openai
+  # The replica tests start their own PostgreSQL and Redis (no system services).
+  need=()
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  command -v redis-server >/dev/null || need+=(redis-server)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]} ..." >&2
+    sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  python3 -c "import openai, pytest, requests, jsonschema, langchain_openai, gigachat" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema langchain-openai gigachat
 fi

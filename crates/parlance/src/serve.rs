@@ -188,6 +188,11 @@ pub struct ServeArgs {
     #[arg(long = "db", env = "PARLANCE_DB", default_value = crate::tenancy_cli::DEFAULT_DB)]
     pub db: String,
 
+    /// Redis for rate-limit counters shared by several replicas (redis://HOST:PORT);
+    /// without it each replica counts on its own.
+    #[arg(long = "redis", env = "PARLANCE_REDIS")]
+    pub redis: Option<String>,
+
     /// Key of the admin API (/admin/..., Bearer); without it the admin API is off.
     /// Setting it also makes every other request need a key.
     #[arg(long = "admin-key", env = "PARLANCE_ADMIN_KEY")]
@@ -343,7 +348,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.db != "none" {
         let admin_key = args.admin_key.clone().filter(|k| !k.trim().is_empty());
         let tenancy = runtime
-            .block_on(parlance_tenancy::Tenancy::open(&args.db, admin_key))
+            .block_on(parlance_tenancy::Tenancy::open_with(
+                &args.db,
+                admin_key,
+                args.redis.as_deref(),
+            ))
             .map_err(anyhow::Error::msg)?;
         runtime.block_on(tenancy.refresh_has_keys());
         // Keys made by the CLI or another replica close an open server within seconds.

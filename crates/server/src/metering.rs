@@ -57,7 +57,7 @@ pub async fn gate(
         .with_code("insufficient_quota");
         return Err((e, RateHeaders::default()));
     }
-    match t.limiter.admit(key, estimate) {
+    match t.admit(key, estimate).await {
         Ok((ticket, headers)) => Ok(Admitted {
             ticket: Some(ticket),
             headers,

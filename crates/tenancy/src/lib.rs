@@ -4,6 +4,7 @@
 
 pub mod keys;
 pub mod limits;
+pub mod shared_limits;
 pub mod store;
 pub mod tokens;
 pub mod usage;
@@ -51,6 +52,8 @@ pub struct Tenancy {
     pub store: Store,
     pub recorder: Recorder,
     pub limiter: Arc<Limiter>,
+    /// Limits kept in Redis for several replicas (`--redis`).
+    shared: Option<Arc<shared_limits::SharedLimiter>>,
     /// Bearer key of the admin API; `None`: the admin API is off.
     pub admin_key: Option<String>,
     cache: Mutex<HashMap<String, (Option<KeyRecord>, Instant)>>,
@@ -64,7 +67,23 @@ pub struct Tenancy {
 
 impl Tenancy {
     pub async fn open(db_url: &str, admin_key: Option<String>) -> Result<Arc<Tenancy>, String> {
+        Tenancy::open_with(db_url, admin_key, None).await
+    }
+
+    /// Also keeps the limits in Redis when `redis_url` is given.
+    pub async fn open_with(
+        db_url: &str,
+        admin_key: Option<String>,
+        redis_url: Option<&str>,
+    ) -> Result<Arc<Tenancy>, String> {
         let store = Store::open(db_url).await?;
+        let limiter = Arc::new(Limiter::default());
+        let shared = match redis_url {
+            Some(url) => {
+                Some(shared_limits::SharedLimiter::connect(url, Arc::clone(&limiter)).await?)
+            }
+            None => None,
+        };
         let fresh: String = (0..4)
             .map(|_| format!("{:016x}", rand::random::<u64>()))
             .collect();
@@ -73,12 +92,25 @@ impl Tenancy {
             token_secret,
             recorder: Recorder::start(store.clone()),
             store,
-            limiter: Arc::new(Limiter::default()),
+            limiter,
+            shared,
             admin_key,
             cache: Mutex::new(HashMap::new()),
             spent: Mutex::new(HashMap::new()),
             has_keys: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Lets a request of `key` through its limits (in Redis when configured).
+    pub async fn admit(
+        &self,
+        key: &KeyRecord,
+        estimate: u64,
+    ) -> Result<(limits::Ticket, limits::RateHeaders), limits::Denied> {
+        match &self.shared {
+            Some(s) => s.admit(key, estimate).await,
+            None => self.limiter.admit(key, estimate),
+        }
     }
 
     /// Whether callers must present a key: once an admin key is set or any key exists.

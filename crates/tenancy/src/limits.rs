@@ -106,11 +106,23 @@ pub struct Limiter {
 
 /// A request let through: holds its concurrency place and token reservation until
 /// settled or dropped.
-pub struct Ticket {
-    limiter: Arc<Limiter>,
-    key: String,
-    reservation: u64,
-    counts_tokens: bool,
+pub struct Ticket(TicketKind);
+
+type Settle = Box<dyn Fn(u64) + Send + Sync>;
+type Release = Box<dyn FnOnce() + Send + Sync>;
+
+enum TicketKind {
+    Local {
+        limiter: Arc<Limiter>,
+        key: String,
+        reservation: u64,
+        counts_tokens: bool,
+    },
+    /// Counted elsewhere (Redis): what settling and releasing do there.
+    Remote {
+        settle: Settle,
+        release: Option<Release>,
+    },
 }
 
 impl Limiter {
@@ -200,37 +212,61 @@ impl Limiter {
         }
         let headers = headers_now(st);
         Ok((
-            Ticket {
+            Ticket(TicketKind::Local {
                 limiter: Arc::clone(self),
                 key: key.id.clone(),
                 reservation: id,
                 counts_tokens: key.tpm.is_some(),
-            },
+            }),
             headers,
         ))
     }
 }
 
 impl Ticket {
+    pub(crate) fn remote(settle: Settle, release: Release) -> Ticket {
+        Ticket(TicketKind::Remote {
+            settle,
+            release: Some(release),
+        })
+    }
+
     /// Replaces the token reservation with what the request really used.
     pub fn settle(&self, actual: u64) {
-        if !self.counts_tokens {
-            return;
-        }
-        let mut keys = self.limiter.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(st) = keys.get_mut(&self.key) {
-            if let Some(entry) = st.tokens.iter_mut().find(|e| e.2 == self.reservation) {
-                entry.1 = actual;
+        match &self.0 {
+            TicketKind::Local {
+                limiter,
+                key,
+                reservation,
+                counts_tokens: true,
+            } => {
+                let mut keys = limiter.keys.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(st) = keys.get_mut(key) {
+                    if let Some(entry) = st.tokens.iter_mut().find(|e| e.2 == *reservation) {
+                        entry.1 = actual;
+                    }
+                }
             }
+            TicketKind::Local { .. } => {}
+            TicketKind::Remote { settle, .. } => settle(actual),
         }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut keys = self.limiter.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(st) = keys.get_mut(&self.key) {
-            st.in_flight = st.in_flight.saturating_sub(1);
+        match &mut self.0 {
+            TicketKind::Local { limiter, key, .. } => {
+                let mut keys = limiter.keys.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(st) = keys.get_mut(key.as_str()) {
+                    st.in_flight = st.in_flight.saturating_sub(1);
+                }
+            }
+            TicketKind::Remote { release, .. } => {
+                if let Some(r) = release.take() {
+                    r();
+                }
+            }
         }
     }
 }

@@ -87,10 +87,20 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), String> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS parlance_schema (version BIGINT NOT NULL)")
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        // Two replicas creating it at once can collide in Postgres' catalog: try again.
+        let mut created = Ok(());
+        for _ in 0..3 {
+            created =
+                sqlx::query("CREATE TABLE IF NOT EXISTS parlance_schema (version BIGINT NOT NULL)")
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ());
+            if created.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        created.map_err(db_err)?;
         let done: i64 = sqlx::query("SELECT COUNT(*) FROM parlance_schema")
             .fetch_one(&self.pool)
             .await
@@ -98,6 +108,21 @@ impl Store {
             .map_err(db_err)?;
         for (i, step) in MIGRATIONS.iter().enumerate().skip(done as usize) {
             let mut tx = self.pool.begin().await.map_err(db_err)?;
+            if self.url.starts_with("postgres") {
+                // Replicas starting together: one migrates, the others wait, then skip.
+                sqlx::query("SELECT pg_advisory_xact_lock(7240573)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let now_done: i64 = sqlx::query("SELECT COUNT(*) FROM parlance_schema")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .and_then(|r| r.try_get(0))
+                    .map_err(db_err)?;
+                if now_done > i as i64 {
+                    continue;
+                }
+            }
             for stmt in step.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                 sqlx::query(stmt).execute(&mut *tx).await.map_err(db_err)?;
             }
@@ -262,10 +287,11 @@ impl Store {
             UsageGroup::Day => "CAST(at / 86400000 AS TEXT)",
         };
         let sql = format!(
-            "SELECT {by} AS g, COUNT(*) AS requests, SUM(prompt_tokens) AS p, SUM(completion_tokens) AS c,
-             SUM(cached_tokens) AS ca, SUM(reasoning_tokens) AS r, SUM(cost_usd) AS cost,
-             SUM(CASE WHEN status LIKE 'error%' THEN 1 ELSE 0 END) AS errors,
-             SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END) AS cancelled
+            "SELECT {by} AS g, COUNT(*) AS requests, CAST(SUM(prompt_tokens) AS BIGINT) AS p,
+             CAST(SUM(completion_tokens) AS BIGINT) AS c, CAST(SUM(cached_tokens) AS BIGINT) AS ca,
+             CAST(SUM(reasoning_tokens) AS BIGINT) AS r, SUM(cost_usd) AS cost,
+             CAST(SUM(CASE WHEN status LIKE 'error%' THEN 1 ELSE 0 END) AS BIGINT) AS errors,
+             CAST(SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END) AS BIGINT) AS cancelled
              FROM usage WHERE {cond} GROUP BY {by} ORDER BY {by}"
         );
         let mut q = sqlx::query(&sql);
@@ -304,7 +330,7 @@ impl Store {
     /// Tokens and money a key has spent so far.
     pub async fn spent(&self, key_id: &str) -> Result<(u64, f64), String> {
         let r = sqlx::query(
-            "SELECT SUM(prompt_tokens + completion_tokens) AS t, SUM(cost_usd) AS c FROM usage WHERE key_id = $1",
+            "SELECT CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT) AS t, SUM(cost_usd) AS c FROM usage WHERE key_id = $1",
         )
         .bind(key_id)
         .fetch_one(&self.pool)

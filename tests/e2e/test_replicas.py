@@ -1,0 +1,148 @@
+"""Two replicas sharing Postgres (keys, usage) and Redis (limit counters), both started
+by the test on loopback ports with their own data directories: they behave as one
+service."""
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import requests
+
+from conftest import MODEL, Server, free_port
+
+ADMIN = "replica-admin-key"
+PG_BIN = (sorted(glob.glob("/usr/lib/postgresql/*/bin")) or ["/usr/lib/postgresql/15/bin"])[-1]
+
+
+def wait_port(port, timeout=30):
+    import socket
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    if not os.path.exists(f"{PG_BIN}/initdb"):
+        pytest.fail("PostgreSQL is not installed: scripts/setup.sh --test installs it")
+    d = tempfile.mkdtemp(prefix="parlance-pg-")
+    shutil.chown(d, "postgres", "postgres")
+    port = free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(as_pg + [f"{PG_BIN}/initdb", "-D", f"{d}/data", "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
+    subprocess.run(
+        as_pg + [f"{PG_BIN}/pg_ctl", "-D", f"{d}/data", "-l", f"{d}/log", "-w", "-o", f"-p {port} -k {d} -c listen_addresses=127.0.0.1", "start"],
+        check=True, capture_output=True,
+    )
+    yield f"postgres://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run(as_pg + [f"{PG_BIN}/pg_ctl", "-D", f"{d}/data", "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Redis:
+    def __init__(self):
+        self.port = free_port()
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def replicas(postgres):
+    redis = Redis()
+    common = ("-np", "4", "--queue", "256", "--db", postgres, "--redis", f"redis://127.0.0.1:{redis.port}", "--admin-key", ADMIN)
+    a = Server(*common)
+    b = Server(*common)
+    yield a, b, redis
+    a.stop()
+    b.stop()
+    redis.stop()
+
+
+def admin(server, method, path, **kw):
+    return requests.request(method, server.url + "/admin" + path, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30, **kw)
+
+
+def test_a_key_made_on_one_replica_works_on_the_other_and_revocation_spreads(replicas):
+    a, b, _ = replicas
+    k = admin(a, "POST", "/keys", json={"name": "shared"}).json()
+    cb = openai.OpenAI(base_url=b.url + "/v1", api_key=k["key"], max_retries=0)
+    cb.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert admin(b, "DELETE", f"/keys/{k['id']}").json()["revoked"]
+    time.sleep(1.05)
+    ca = openai.OpenAI(base_url=a.url + "/v1", api_key=k["key"], max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        ca.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+
+
+def test_a_100_rpm_key_gets_100_across_both_replicas(replicas):
+    a, b, _ = replicas
+    k = admin(a, "POST", "/keys", json={"name": "rpm100", "rpm": 100})
+    key = k.json()["key"]
+
+    def one(i):
+        server = (a, b)[i % 2]
+        r = requests.post(
+            server.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+            timeout=300,
+        )
+        return r.status_code, i % 2
+
+    with ThreadPoolExecutor(100) as pool:
+        results = list(pool.map(one, range(300)))
+    ok = [r for r in results if r[0] == 200]
+    assert len(ok) == 100, sorted(set(r[0] for r in results))
+    assert {r[1] for r in ok} == {0, 1}, "both replicas served"
+    assert all(code in (200, 429) for code, _ in results)
+    # Usage from both replicas lands in the one store.
+    time.sleep(0.5)
+    usage = admin(b, "GET", f"/usage?key_id={k.json()['id']}&group_by=key").json()["data"]
+    assert usage[0]["requests"] == 300 and usage[0]["errors"] == 200
+
+
+def test_without_redis_requests_still_flow_with_local_limits(replicas):
+    a, b, redis = replicas
+    k = admin(a, "POST", "/keys", json={"name": "no-redis", "rpm": 3}).json()
+    redis.stop()
+    try:
+        codes = []
+        for _ in range(4):
+            t0 = time.monotonic()
+            r = requests.post(
+                a.url + "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {k['key']}"},
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+                timeout=30,
+            )
+            codes.append(r.status_code)
+            assert time.monotonic() - t0 < 5, "no hang while Redis is down"
+        # Each replica falls back to its own counters with the key's full limit.
+        assert codes == [200, 200, 200, 429], codes
+        time.sleep(0.5)
+        usage = admin(a, "GET", f"/usage?key_id={k['id']}&group_by=key").json()["data"]
+        assert usage[0]["requests"] == 4, "no usage lost"
+    finally:
+        redis.start()
