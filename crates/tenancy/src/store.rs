@@ -70,6 +70,18 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if is_sqlite { 4 } else { 16 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        // With WAL, NORMAL keeps every committed row through a killed
+                        // process (only a power loss can take the last ones) and spares
+                        // an fsync per group commit.
+                        sqlx::query("PRAGMA synchronous=NORMAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout=5000").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await
             .map_err(|e| format!("cannot open the database {}: {e}", redact(&url)))?;
