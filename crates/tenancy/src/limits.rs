@@ -16,6 +16,8 @@ struct KeyState {
     requests: VecDeque<Instant>,
     /// (when, tokens, reservation id): reservations are settled in place.
     tokens: VecDeque<(Instant, u64, u64)>,
+    /// The sum of `tokens`, kept current so a check costs O(1), not O(window).
+    tokens_sum: u64,
     in_flight: u32,
 }
 
@@ -33,12 +35,14 @@ impl KeyState {
             .front()
             .is_some_and(|&(t, _, _)| now.duration_since(t) >= WINDOW)
         {
-            self.tokens.pop_front();
+            if let Some((_, n, _)) = self.tokens.pop_front() {
+                self.tokens_sum -= n;
+            }
         }
     }
 
     fn tokens_used(&self) -> u64 {
-        self.tokens.iter().map(|&(_, n, _)| n).sum()
+        self.tokens_sum
     }
 }
 
@@ -209,6 +213,7 @@ impl Limiter {
         }
         if key.tpm.is_some() {
             st.tokens.push_back((now, reserve, id));
+            st.tokens_sum += reserve;
         }
         let headers = headers_now(st);
         Ok((
@@ -242,7 +247,9 @@ impl Ticket {
             } => {
                 let mut keys = limiter.keys.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(st) = keys.get_mut(key) {
-                    if let Some(entry) = st.tokens.iter_mut().find(|e| e.2 == *reservation) {
+                    // Ids grow with time: search from the newest end, where it usually is.
+                    if let Some(entry) = st.tokens.iter_mut().rev().find(|e| e.2 == *reservation) {
+                        st.tokens_sum = st.tokens_sum - entry.1 + actual;
                         entry.1 = actual;
                     }
                 }

@@ -17,10 +17,11 @@ use std::time::Duration;
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 const WINDOW_MS: i64 = 60_000;
 
-/// KEYS: requests zset, tokens zset, tokens hash, in-flight counter.
+/// KEYS: requests zset, tokens zset, tokens hash, in-flight counter, tokens sum.
 /// ARGV: rpm, tpm, max concurrent (0: none), tokens to reserve, reservation id.
 /// Returns {verdict (0 ok, 1 rpm, 2 tpm, 3 concurrency), requests in window, tokens in
-/// window, oldest request ms, oldest tokens ms, now ms}.
+/// window, oldest request ms, oldest tokens ms, now ms}. Expired entries leave the
+/// running sum as they go, so each call costs O(1) amortised, not O(window).
 const ADMIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -28,21 +29,28 @@ local win = 60000
 local rpm, tpm, mc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local reserve, id = tonumber(ARGV[4]), ARGV[5]
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - win)
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - win)) do
-  redis.call('HDEL', KEYS[3], m)
+local used = tonumber(redis.call('GET', KEYS[5]) or '0')
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - win)
+if #old > 0 then
+  for _, m in ipairs(old) do
+    used = used - tonumber(redis.call('HGET', KEYS[3], m) or '0')
+    redis.call('HDEL', KEYS[3], m)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - win)
+  if used < 0 then used = 0 end
+  redis.call('SET', KEYS[5], used, 'PX', win)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - win)
 local nreq = redis.call('ZCARD', KEYS[1])
-local used = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[3])) do used = used + tonumber(v) end
 local inflight = tonumber(redis.call('GET', KEYS[4]) or '0')
 local oreq = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or now)
 local otok = tonumber(redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or now)
 if mc > 0 and inflight >= mc then return {3, nreq, used, oreq, otok, now} end
 if rpm > 0 and nreq >= rpm then return {1, nreq, used, oreq, otok, now} end
 if tpm > 0 and used + reserve > tpm then return {2, nreq, used, oreq, otok, now} end
-redis.call('INCR', KEYS[4])
-redis.call('PEXPIRE', KEYS[4], 600000)
+if mc > 0 then
+  redis.call('INCR', KEYS[4])
+  redis.call('PEXPIRE', KEYS[4], 600000)
+end
 if rpm > 0 then
   redis.call('ZADD', KEYS[1], now, id)
   redis.call('PEXPIRE', KEYS[1], win)
@@ -54,13 +62,20 @@ if tpm > 0 then
   redis.call('PEXPIRE', KEYS[2], win)
   redis.call('PEXPIRE', KEYS[3], win)
   used = used + reserve
+  redis.call('SET', KEYS[5], used, 'PX', win)
 end
 return {0, nreq, used, oreq, otok, now}
 ";
 
-/// KEYS: tokens hash. ARGV: reservation id, actual tokens.
+/// KEYS: tokens hash, tokens sum. ARGV: reservation id, actual tokens.
 const SETTLE: &str = r"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+local r = redis.call('HGET', KEYS[1], ARGV[1])
+if r then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  local sum = tonumber(redis.call('GET', KEYS[2]) or '0') - tonumber(r) + tonumber(ARGV[2])
+  if sum < 0 then sum = 0 end
+  redis.call('SET', KEYS[2], sum, 'KEEPTTL')
+end
 return 0
 ";
 
@@ -82,12 +97,13 @@ pub struct SharedLimiter {
     fallback: Arc<Limiter>,
 }
 
-fn keys_of(id: &str) -> [String; 4] {
+fn keys_of(id: &str) -> [String; 5] {
     [
         format!("parlance:{{{id}}}:req"),
         format!("parlance:{{{id}}}:tok"),
         format!("parlance:{{{id}}}:tokv"),
         format!("parlance:{{{id}}}:inflight"),
+        format!("parlance:{{{id}}}:toksum"),
     ]
 }
 
@@ -180,18 +196,24 @@ impl SharedLimiter {
             0 => {
                 let this = Arc::clone(self);
                 let tok_hash = k[2].clone();
+                let tok_sum = k[4].clone();
                 let inflight = k[3].clone();
                 let settle_id = id.clone();
                 let counts_tokens = key.tpm.is_some();
+                let counts_flight = key.max_concurrent.is_some();
                 let ticket = Ticket::remote(
                     Box::new(move |actual| {
                         if counts_tokens {
-                            this.spawn_settle(tok_hash.clone(), settle_id.clone(), actual);
+                            this.spawn_settle(&tok_hash, &tok_sum, &settle_id, actual);
                         }
                     }),
                     Box::new({
                         let this = Arc::clone(self);
-                        move || this.spawn_release(inflight)
+                        move || {
+                            if counts_flight {
+                                this.spawn_release(inflight)
+                            }
+                        }
                     }),
                 );
                 Ok((ticket, headers))
@@ -214,12 +236,13 @@ impl SharedLimiter {
         }
     }
 
-    fn spawn_settle(&self, tok_hash: String, id: String, actual: u64) {
+    fn spawn_settle(&self, tok_hash: &str, tok_sum: &str, id: &str, actual: u64) {
         let mut conn = self.conn.clone();
         let script = self.settle.clone();
+        let (tok_hash, tok_sum, id) = (tok_hash.to_string(), tok_sum.to_string(), id.to_string());
         tokio::spawn(async move {
             let mut inv = script.prepare_invoke();
-            inv.key(tok_hash).arg(id).arg(actual);
+            inv.key(tok_hash).key(tok_sum).arg(id).arg(actual);
             let _: Result<Result<i64, _>, _> =
                 tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await;
         });

@@ -76,8 +76,12 @@ impl Store {
                         // With WAL, NORMAL keeps every committed row through a killed
                         // process (only a power loss can take the last ones) and spares
                         // an fsync per group commit.
-                        sqlx::query("PRAGMA synchronous=NORMAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout=5000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous=NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout=5000")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -241,34 +245,50 @@ impl Store {
         rows.iter().map(key_from_row).collect()
     }
 
-    /// Writes rows in one transaction (the usage writer's group commit).
+    /// Writes rows in one transaction, as few statements as the placeholder limits
+    /// allow (the usage writer's group commit).
     pub async fn insert_usage(&self, rows: &[UsageRow]) -> Result<(), String> {
+        const COLS: usize = 16;
+        // SQLite takes at most 32766 placeholders a statement.
+        const PER_STATEMENT: usize = 1000;
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        for u in rows {
-            sqlx::query(
+        for chunk in rows.chunks(PER_STATEMENT) {
+            let mut sql = String::from(
                 "INSERT INTO usage (at, request_id, key_id, model, deployment, front_door, streamed, status, prompt_tokens,
-                 completion_tokens, cached_tokens, reasoning_tokens, cost_usd, latency_ms, ttft_ms, estimated)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-            )
-            .bind(u.at)
-            .bind(&u.request_id)
-            .bind(&u.key_id)
-            .bind(&u.model)
-            .bind(&u.deployment)
-            .bind(&u.front_door)
-            .bind(i64::from(u.streamed))
-            .bind(&u.status)
-            .bind(i64::from(u.prompt_tokens))
-            .bind(i64::from(u.completion_tokens))
-            .bind(i64::from(u.cached_tokens))
-            .bind(i64::from(u.reasoning_tokens))
-            .bind(u.cost_usd)
-            .bind(u.latency_ms)
-            .bind(u.ttft_ms)
-            .bind(i64::from(u.estimated))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+                 completion_tokens, cached_tokens, reasoning_tokens, cost_usd, latency_ms, ttft_ms, estimated) VALUES ",
+            );
+            for r in 0..chunk.len() {
+                sql.push_str(if r == 0 { "(" } else { ", (" });
+                for c in 0..COLS {
+                    if c > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push('$');
+                    sql.push_str(&(r * COLS + c + 1).to_string());
+                }
+                sql.push(')');
+            }
+            let mut q = sqlx::query(&sql);
+            for u in chunk {
+                q = q
+                    .bind(u.at)
+                    .bind(u.request_id.clone())
+                    .bind(u.key_id.clone())
+                    .bind(u.model.clone())
+                    .bind(u.deployment.clone())
+                    .bind(u.front_door.clone())
+                    .bind(i64::from(u.streamed))
+                    .bind(u.status.clone())
+                    .bind(i64::from(u.prompt_tokens))
+                    .bind(i64::from(u.completion_tokens))
+                    .bind(i64::from(u.cached_tokens))
+                    .bind(i64::from(u.reasoning_tokens))
+                    .bind(u.cost_usd)
+                    .bind(u.latency_ms)
+                    .bind(u.ttft_ms)
+                    .bind(i64::from(u.estimated));
+            }
+            q.execute(&mut *tx).await.map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)
     }
