@@ -300,3 +300,46 @@ def test_metrics_need_the_admin_key_and_count_requests(tenant):
     assert 'parlance_limit_rejections_total{reason="rpm"}' in text
     assert f'parlance_busy_slots{{model="{MODEL}"}}' in text
     assert "parlance_time_to_first_token_seconds_bucket" in text and "parlance_tokens_total" in text
+
+
+def test_usage_rows_of_an_upstream_model(tenant):
+    """A gateway (catalog model on an OpenAI-compatible upstream, here another Parlance)
+    meters what the upstream reports, priced from the catalog; a stream the caller
+    leaves is counted from what reached it, marked estimated."""
+    upstream = tenant.url + "/v1"
+    up_key = tenant.key(name="gateway-upstream")["key"]
+    d = tempfile.mkdtemp(prefix="parlance-gw-meter-")
+    cfg = f"{d}/gw.toml"
+    with open(cfg, "w") as f:
+        f.write(f'[providers.up]\nkind = "openai"\nbase_url = "{upstream}"\napi_key = "{up_key}"\n\n'
+                f'[[models]]\nname = "priced"\nprice = {{ input = 1000.0, output = 2000.0 }}\n'
+                f'deployments = [{{ provider = "up", model = "{MODEL}" }}]\n')
+    gw = Server("--config", cfg, "--db", f"sqlite://{d}/gw.db", "--admin-key", ADMIN)
+    try:
+        k = requests.post(gw.url + "/admin/keys", headers={"Authorization": f"Bearer {ADMIN}"}, json={"name": "gw"}).json()
+        c = openai.OpenAI(base_url=gw.url + "/v1", api_key=k["key"], max_retries=0)
+        r = c.chat.completions.with_raw_response.create(model="priced", messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=8)
+        rid, r = r.headers["x-request-id"], r.parse()
+        s = requests.post(
+            gw.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {k['key']}", "x-request-id": "gw-cancel"},
+            json={"model": "priced", "messages": [{"role": "user", "content": "Go"}], "max_tokens": 300, "ignore_eos": True, "stream": True},
+            stream=True,
+        )
+        lines = s.iter_lines()
+        got = sum(1 for _, l in zip(range(20), lines) if l.startswith(b"data: "))
+        s.close()
+        time.sleep(1.0)
+        con = sqlite3.connect(f"{d}/gw.db")
+        con.row_factory = sqlite3.Row
+        rows = {x["request_id"]: dict(x) for x in con.execute("SELECT * FROM usage")}
+        con.close()
+        w = rows[rid]
+        assert (w["prompt_tokens"], w["completion_tokens"], w["estimated"]) == (r.usage.prompt_tokens, r.usage.completion_tokens, 0)
+        assert w["deployment"] == f"up/{MODEL}" and w["status"] == "ok"
+        assert w["cost_usd"] == pytest.approx((r.usage.prompt_tokens * 1000 + r.usage.completion_tokens * 2000) / 1e6)
+        x = rows["gw-cancel"]
+        assert x["status"] == "cancelled" and x["estimated"] == 1 and x["completion_tokens"] >= 1, x
+        assert got >= 10
+    finally:
+        gw.stop()
