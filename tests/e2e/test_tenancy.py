@@ -343,3 +343,22 @@ def test_usage_rows_of_an_upstream_model(tenant):
         assert got >= 10
     finally:
         gw.stop()
+
+
+def test_json_request_log_names_the_key_id_never_the_key():
+    d = tempfile.mkdtemp(prefix="parlance-jsonlog-")
+    s = Server("-np", "1", "--db", f"sqlite://{d}/p.db", "--admin-key", ADMIN, "--log-format", "json")
+    try:
+        k = requests.post(s.url + "/admin/keys", headers={"Authorization": f"Bearer {ADMIN}"}, json={"name": "logged"}).json()
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key=k["key"], max_retries=0)
+        r = c.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        rid = r.headers["x-request-id"]
+        time.sleep(0.3)
+    finally:
+        s.stop()
+    lines = [json.loads(l) for l in s.log_path.read_text().splitlines() if l.startswith("{")]
+    line = next(l for l in lines if l.get("request_id") == rid)
+    assert line["key_id"] == k["id"] and line["model"] == MODEL and line["status"] == 200
+    assert line["completion_tokens"] >= 1 and "duration_ms" in line
+    text = s.log_path.read_text()
+    assert k["key"] not in text and ADMIN not in text

@@ -21,6 +21,12 @@ pub enum FlashAttn {
     Auto,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// TOML file with providers, the model catalog and routing (see
@@ -198,6 +204,11 @@ pub struct ServeArgs {
     #[arg(long = "admin-key", env = "PARLANCE_ADMIN_KEY")]
     pub admin_key: Option<String>,
 
+    /// `text` (default) or `json`: one JSON object a line (the per-request line has
+    /// request_id, key_id, model, status, tokens, ttft_ms, duration_ms).
+    #[arg(long = "log-format", env = "PARLANCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Log more: every request and llama.cpp's own messages (same as PARLANCE_LOG=debug).
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
@@ -215,7 +226,7 @@ fn default_model() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-fn init_logging(verbose: bool) {
+fn init_logging(verbose: bool, format: LogFormat) {
     use std::io::IsTerminal;
     let default = if verbose {
         "info,parlance=debug,parlance_server=debug,parlance_engine=debug,parlance_upstream=debug,llama-cpp-2=info"
@@ -224,12 +235,20 @@ fn init_logging(verbose: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARLANCE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colour codes only where a person reads them; files and journald get plain text.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        // Colour codes only where a person reads them; files and journald get plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }
 
 /// The template text `--chat-template` / `--chat-template-file` ask for.
@@ -260,7 +279,7 @@ fn note_compat_flags(args: &ServeArgs) {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.verbose);
+    init_logging(args.verbose, args.log_format);
     note_compat_flags(&args);
     let template = chat_template(&args)?;
     let config = match &args.config {

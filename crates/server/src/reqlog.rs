@@ -21,6 +21,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Default)]
 struct Fields {
     model: Option<String>,
+    /// The stored key's public id (never the key).
+    key_id: Option<String>,
     usage: Option<Usage>,
     ttft: Option<Duration>,
     outcome: Option<String>,
@@ -42,6 +44,10 @@ impl RequestCtx {
 
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    pub fn set_key(&self, key_id: &str) {
+        self.with(|f| f.key_id = Some(key_id.to_string()));
     }
 
     pub fn set_model(&self, model: &str) {
@@ -144,6 +150,7 @@ impl LogLine {
             method = %self.method,
             path = %self.path,
             model = %f.model.as_deref().unwrap_or("-"),
+            key_id = %f.key_id.as_deref().unwrap_or("-"),
             status = self.status,
             prompt_tokens = u.prompt_tokens,
             completion_tokens = u.completion_tokens,

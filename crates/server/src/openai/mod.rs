@@ -110,6 +110,9 @@ pub async fn chat_completions(
     let estimate = u64::from(estimate_tokens(prompt_bytes)) + u64::from(cap) * u64::from(n);
     req.context.request_id = ctx.id.clone();
     req.context.key_id = principal.key().map(|k| k.id.clone());
+    if let Some(k) = principal.key() {
+        ctx.set_key(&k.id);
+    }
     let mut meter = state.tenancy.as_ref().map(|t| {
         let mut m = Meter::new(
             Arc::clone(t),
