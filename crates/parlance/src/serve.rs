@@ -366,9 +366,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     state.cors_origins = args.cors_origin.clone();
     if args.db != "none" {
         let admin_key = args.admin_key.clone().filter(|k| !k.trim().is_empty());
+        // The default store lives beside the config file when there is one.
+        let db = match (&args.config, args.db == crate::tenancy_cli::DEFAULT_DB) {
+            (Some(cfg), true) => {
+                let dir = cfg
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                format!("sqlite://{}", dir.join("parlance.db").display())
+            }
+            _ => args.db.clone(),
+        };
         let tenancy = runtime
             .block_on(parlance_tenancy::Tenancy::open_with(
-                &args.db,
+                &db,
                 admin_key,
                 args.redis.as_deref(),
             ))

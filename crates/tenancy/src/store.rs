@@ -245,13 +245,12 @@ impl Store {
         rows.iter().map(key_from_row).collect()
     }
 
-    /// Writes rows in one transaction, as few statements as the placeholder limits
-    /// allow (the usage writer's group commit).
+    /// Writes rows in as few statements as the placeholder limits allow, each one
+    /// atomic on its own (the usage writer's group commit: no BEGIN/COMMIT round trips).
     pub async fn insert_usage(&self, rows: &[UsageRow]) -> Result<(), String> {
         const COLS: usize = 16;
         // SQLite takes at most 32766 placeholders a statement.
         const PER_STATEMENT: usize = 1000;
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
         for chunk in rows.chunks(PER_STATEMENT) {
             let mut sql = String::from(
                 "INSERT INTO usage (at, request_id, key_id, model, deployment, front_door, streamed, status, prompt_tokens,
@@ -288,9 +287,9 @@ impl Store {
                     .bind(u.ttft_ms)
                     .bind(i64::from(u.estimated));
             }
-            q.execute(&mut *tx).await.map_err(db_err)?;
+            q.execute(&self.pool).await.map_err(db_err)?;
         }
-        tx.commit().await.map_err(db_err)
+        Ok(())
     }
 
     /// Rows matching `filter`, newest first (for tests and exports).
