@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parlance_core::{Error, ErrorKind};
-use parlance_tenancy::keys::KeyRecord;
+use parlance_tenancy::keys::{same, KeyRecord};
 use parlance_tenancy::KeyRefused;
 use std::sync::Arc;
 
@@ -26,15 +26,6 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     ["x-api-key", "x-goog-api-key"]
         .iter()
         .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).map(str::trim))
-}
-
-/// Compares without an early exit, so timing does not leak how much of a key matched.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// Who is calling, as the handlers see it (a request extension).

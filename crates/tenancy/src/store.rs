@@ -171,9 +171,24 @@ impl Store {
     }
 
     pub async fn insert_key(&self, k: &KeyRecord) -> Result<(), String> {
+        self.save_key(k).await
+    }
+
+    /// Writes every field but the id, the secret and the creation time.
+    pub async fn update_key(&self, k: &KeyRecord) -> Result<(), String> {
+        self.save_key(k).await
+    }
+
+    /// One statement for both: a new key is inserted whole; an existing one keeps its
+    /// secret and creation time.
+    async fn save_key(&self, k: &KeyRecord) -> Result<(), String> {
         sqlx::query(
             "INSERT INTO keys (id, name, secret_hash, models, rpm, tpm, max_concurrent, budget_tokens, budget_usd, expires_at, metadata, created_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, models = excluded.models, rpm = excluded.rpm,
+             tpm = excluded.tpm, max_concurrent = excluded.max_concurrent, budget_tokens = excluded.budget_tokens,
+             budget_usd = excluded.budget_usd, expires_at = excluded.expires_at, metadata = excluded.metadata,
+             revoked_at = excluded.revoked_at",
         )
         .bind(&k.id)
         .bind(&k.name)
@@ -188,29 +203,6 @@ impl Store {
         .bind(serde_json::to_string(&k.metadata).unwrap_or_default())
         .bind(k.created_at)
         .bind(k.revoked_at)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-
-    /// Writes every field but the id, the secret and the creation time.
-    pub async fn update_key(&self, k: &KeyRecord) -> Result<(), String> {
-        sqlx::query(
-            "UPDATE keys SET name = $1, models = $2, rpm = $3, tpm = $4, max_concurrent = $5, budget_tokens = $6,
-             budget_usd = $7, expires_at = $8, metadata = $9, revoked_at = $10 WHERE id = $11",
-        )
-        .bind(&k.name)
-        .bind(serde_json::to_string(&k.models).unwrap_or_default())
-        .bind(k.rpm.map(i64::from))
-        .bind(k.tpm.map(i64::from))
-        .bind(k.max_concurrent.map(i64::from))
-        .bind(k.budget_tokens.map(|v| v as i64))
-        .bind(k.budget_usd)
-        .bind(k.expires_at)
-        .bind(serde_json::to_string(&k.metadata).unwrap_or_default())
-        .bind(k.revoked_at)
-        .bind(&k.id)
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
