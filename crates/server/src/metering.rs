@@ -187,11 +187,8 @@ impl Drop for Unfinished {
                 self.started,
                 self.ttft,
             );
-            let t = Arc::clone(&m.tenancy);
-            // Nobody is waiting for this answer: store it in the background.
-            tokio::spawn(async move {
-                let _ = t.record(row, false).await;
-            });
+            // Nobody is waiting for this answer: queue it for the writer.
+            m.tenancy.record_detached(row);
         }
     }
 }

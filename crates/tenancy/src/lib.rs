@@ -121,8 +121,7 @@ impl Tenancy {
     /// Reads again whether any unrevoked key exists (keys made by the CLI or another
     /// replica close an open server within the refresh period).
     pub async fn refresh_has_keys(&self) {
-        if let Ok(keys) = self.store.list_keys().await {
-            let any = keys.iter().any(|k| k.revoked_at.is_none());
+        if let Ok(any) = self.store.any_active_key().await {
             self.has_keys
                 .store(any, std::sync::atomic::Ordering::Relaxed);
         }
@@ -254,6 +253,20 @@ impl Tenancy {
             ));
         }
         Ok(())
+    }
+
+    /// Queues a row without waiting and without needing a runtime (for `Drop`): its
+    /// spend is counted now when the key's total is loaded, else read with it later.
+    pub fn record_detached(&self, row: UsageRow) {
+        if let Some(id) = &row.key_id {
+            if let Ok(mut m) = self.spent.lock() {
+                if let Some(e) = m.get_mut(id) {
+                    e.0 += u64::from(row.prompt_tokens) + u64::from(row.completion_tokens);
+                    e.1 += row.cost_usd;
+                }
+            }
+        }
+        self.recorder.record_later(row);
     }
 
     /// Stores a usage row (waiting for its commit when `wait`) and counts its spend.

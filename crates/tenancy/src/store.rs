@@ -229,6 +229,18 @@ impl Store {
         row.map(|r| key_from_row(&r)).transpose()
     }
 
+    /// Whether any key is neither revoked nor expired.
+    pub async fn any_active_key(&self) -> Result<bool, String> {
+        let row = sqlx::query(
+            "SELECT id FROM keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) LIMIT 1",
+        )
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(row.is_some())
+    }
+
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, String> {
         let rows = sqlx::query("SELECT * FROM keys ORDER BY created_at, id")
             .fetch_all(&self.pool)
