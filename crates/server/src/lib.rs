@@ -2,6 +2,7 @@
 //! the binary serves it and tests drive it in-process.
 
 mod admin;
+mod anthropic;
 mod auth;
 mod body;
 pub mod catalog;
@@ -99,6 +100,16 @@ fn api_routes() -> HttpRouter<Arc<AppState>> {
         .route("/models/{*id}", get(openai::get_model))
         .route("/tokens/count", post(openai::count_tokens))
         .route("/key", get(admin::own_key))
+        .route(
+            "/messages",
+            post(anthropic::messages)
+                .route_layer(axum::middleware::from_fn(anthropic::anthropic_errors)),
+        )
+        .route(
+            "/messages/count_tokens",
+            post(anthropic::count_tokens)
+                .route_layer(axum::middleware::from_fn(anthropic::anthropic_errors)),
+        )
 }
 
 pub fn build_router(state: Arc<AppState>) -> HttpRouter {

@@ -247,3 +247,94 @@ pub async fn record_refusal(meter: Option<Meter>, e: &Error) {
         let _ = m.tenancy.record(row, true).await;
     }
 }
+
+/// Bytes of text the prompt is made of (messages and tool schemas).
+pub fn prompt_bytes(req: &parlance_core::ir::ChatRequest) -> usize {
+    let text: usize = req.messages.iter().map(|m| m.joined_text().len()).sum();
+    text + req
+        .tools
+        .iter()
+        .map(|t| t.parameters.to_string().len())
+        .sum::<usize>()
+}
+
+/// OpenAI's `x-ratelimit-*` headers, for every answer to a limited key (every door
+/// sends them: the SDKs of all formats read them or ignore them).
+pub fn with_rate_headers(
+    mut resp: axum::response::Response,
+    headers: &RateHeaders,
+) -> axum::response::Response {
+    for (name, value) in headers.pairs() {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    resp
+}
+
+/// What every door does before calling the backend: fills the request context, checks
+/// a stored key's allowlist, budget and limits, and sets up the usage meter. `Err` is
+/// the refusal, already rendered (with its rate headers) and metered.
+pub async fn admit(
+    state: &crate::AppState,
+    ctx: &Arc<RequestCtx>,
+    principal: &Principal,
+    info: &ModelInfo,
+    req: &mut parlance_core::ir::ChatRequest,
+    front_door: &str,
+) -> Result<(Option<Meter>, RateHeaders), axum::response::Response> {
+    use axum::response::IntoResponse;
+    let bytes = prompt_bytes(req);
+    let cap = req.max_tokens.or(info.max_output_tokens).unwrap_or(1024);
+    let estimate = u64::from(estimate_tokens(bytes)) + u64::from(cap) * u64::from(req.n.max(1));
+    req.context.request_id = ctx.id.clone();
+    req.context.key_id = principal.key().map(|k| k.id.clone());
+    if let Some(k) = principal.key() {
+        ctx.set_key(&k.id);
+    }
+    let mut meter = state.tenancy.as_ref().map(|t| {
+        let mut m = Meter::new(
+            Arc::clone(t),
+            principal,
+            info,
+            front_door,
+            req.stream,
+            req.context.progress.clone(),
+            Arc::clone(ctx),
+        );
+        m.prompt_estimate = estimate_tokens(bytes);
+        m
+    });
+    match gate(state.tenancy.as_ref(), principal, &req.model, estimate).await {
+        Ok(a) => {
+            if let Some(m) = meter.as_mut() {
+                m.ticket = a.ticket;
+            }
+            Ok((meter, a.headers))
+        }
+        Err((e, headers)) => {
+            record_refusal(meter, &e).await;
+            Err(with_rate_headers(
+                crate::ApiError(e).into_response(),
+                &headers,
+            ))
+        }
+    }
+}
+
+/// The backend's events as every door passes them on: metered, timed for `/metrics`,
+/// and ended by a shutdown's deadline.
+pub fn watch(
+    state: &crate::AppState,
+    meter: Option<Meter>,
+    events: EventStream,
+    model: &str,
+    ctx: &RequestCtx,
+) -> EventStream {
+    let events = match meter {
+        Some(m) => metered(events, m),
+        None => events,
+    };
+    let events = crate::observe::observed(events, model.to_string(), ctx.started());
+    state.shutdown.guard(events)
+}

@@ -8,8 +8,7 @@ pub use request::to_ir;
 use crate::auth::Principal;
 use crate::body::{parse_json_off_thread, read_limited};
 use crate::error::ApiError;
-use crate::metering::{estimate_tokens, gate, metered, record_refusal, Meter};
-use crate::observe::observed;
+use crate::metering::{admit, record_refusal, watch, with_rate_headers};
 use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
@@ -23,7 +22,6 @@ use futures::StreamExt;
 use parlance_core::collect::collect;
 use parlance_core::{Error, EventStream, ModelInfo};
 use parlance_protocol::openai as wire;
-use parlance_tenancy::limits::RateHeaders;
 use response::{ResponseMeta, SsePayload, StreamOptions};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -101,42 +99,11 @@ pub async fn chat_completions(
     let want_logprobs = req.logprobs.is_some();
     let backend = Arc::clone(&route.backend);
 
-    // Stored keys: allowed model, budget, limits; every request: a usage row.
-    let prompt_bytes = prompt_bytes(&req);
-    let cap = req
-        .max_tokens
-        .or(route.info.max_output_tokens)
-        .unwrap_or(1024);
-    let estimate = u64::from(estimate_tokens(prompt_bytes)) + u64::from(cap) * u64::from(n);
-    req.context.request_id = ctx.id.clone();
-    req.context.key_id = principal.key().map(|k| k.id.clone());
-    if let Some(k) = principal.key() {
-        ctx.set_key(&k.id);
-    }
-    let mut meter = state.tenancy.as_ref().map(|t| {
-        let mut m = Meter::new(
-            Arc::clone(t),
-            &principal,
-            &route.info,
-            "openai",
-            stream,
-            req.context.progress.clone(),
-            Arc::clone(&ctx),
-        );
-        m.prompt_estimate = estimate_tokens(prompt_bytes);
-        m
-    });
-    let admitted = match gate(state.tenancy.as_ref(), &principal, &req.model, estimate).await {
+    let (meter, rate) = match admit(&state, &ctx, &principal, &route.info, &mut req, "openai").await
+    {
         Ok(a) => a,
-        Err((e, headers)) => {
-            record_refusal(meter, &e).await;
-            return Ok(with_rate_headers(ApiError(e).into_response(), &headers));
-        }
+        Err(resp) => return Ok(resp),
     };
-    if let Some(m) = meter.as_mut() {
-        m.ticket = admitted.ticket;
-    }
-    let rate = admitted.headers;
 
     if !stream {
         let events = match backend.chat(req).await {
@@ -146,12 +113,7 @@ pub async fn chat_completions(
                 return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
             }
         };
-        let events = match meter {
-            Some(m) => metered(events, m),
-            None => events,
-        };
-        let events = observed(events, meta.model.clone(), ctx.started());
-        let events = state.shutdown.guard(events);
+        let events = watch(&state, meter, events, &meta.model, &ctx);
         let done = match collect(events, n).await {
             Ok(d) => d,
             Err(e) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
@@ -185,12 +147,7 @@ pub async fn chat_completions(
             Err(e) => Box::pin(futures::stream::once(async move { Err(e) })) as EventStream,
         })),
     };
-    let events = match meter {
-        Some(m) => metered(events, m),
-        None => events,
-    };
-    let events = observed(events, meta.model.clone(), ctx.started());
-    let events = state.shutdown.guard(events);
+    let events = watch(&state, meter, events, &meta.model, &ctx);
     let sse = response::chunks(meta, opts, events, ctx).map(|payload| {
         let data = match payload {
             SsePayload::Chunk(c) => serde_json::to_string(&c),
@@ -205,26 +162,6 @@ pub async fn chat_completions(
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
         .into_response();
     Ok(with_rate_headers(resp, &rate))
-}
-
-/// Bytes of text the prompt is made of (messages and tool schemas).
-fn prompt_bytes(req: &parlance_core::ir::ChatRequest) -> usize {
-    let text: usize = req.messages.iter().map(|m| m.joined_text().len()).sum();
-    text + req
-        .tools
-        .iter()
-        .map(|t| t.parameters.to_string().len())
-        .sum::<usize>()
-}
-
-/// OpenAI's `x-ratelimit-*` headers, for every answer to a limited key.
-pub fn with_rate_headers(mut resp: Response, headers: &RateHeaders) -> Response {
-    for (name, value) in headers.pairs() {
-        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
-            resp.headers_mut().insert(name, v);
-        }
-    }
-    resp
 }
 
 fn model_object(m: &ModelInfo) -> wire::Model {
@@ -247,11 +184,19 @@ fn model_object(m: &ModelInfo) -> wire::Model {
     }
 }
 
-pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<wire::ModelList> {
+pub async fn list_models(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    // The Anthropic SDK lists models at the same path, with its version header.
+    if headers.contains_key("anthropic-version") {
+        return Json(crate::anthropic::models(&state)).into_response();
+    }
     Json(wire::ModelList {
         object: "list".into(),
         data: state.router.models().map(model_object).collect(),
     })
+    .into_response()
 }
 
 pub async fn get_model(

@@ -1,0 +1,196 @@
+//! The Anthropic front door: `POST /v1/messages` (whole and streamed),
+//! `POST /v1/messages/count_tokens`, Anthropic-shaped errors and model lists.
+
+mod request;
+mod response;
+
+use crate::auth::Principal;
+use crate::body::{parse_json_off_thread, read_limited};
+use crate::error::ApiError;
+use crate::metering::{admit, record_refusal, watch, with_rate_headers};
+use crate::reqlog::RequestCtx;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::StreamExt;
+use parlance_core::collect::collect;
+use parlance_core::Error;
+use parlance_protocol::anthropic as wire;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Anthropic's `error.type` for an HTTP status.
+fn error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// `{"type":"error","error":{"type","message"}}`
+pub fn render(e: &Error) -> Value {
+    json!({"type": "error", "error": {"type": error_type(e.status()), "message": e.message}})
+}
+
+/// Rewrites every error answer of this door (its own, and those of auth, limits and
+/// fallbacks, which speak OpenAI's shape) into Anthropic's.
+pub async fn anthropic_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 256 * 1024)
+        .await
+        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let message = v["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    let body = json!({"type": "error", "error": {"type": error_type(status.as_u16()), "message": message}}).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
+}
+
+pub async fn messages(
+    State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_limited(body, state.body_limit).await?;
+    let wire_req: wire::MessagesRequest = parse_json_off_thread(bytes).await?;
+    ctx.set_model(&wire_req.model);
+    let mut req = request::to_ir(wire_req)?;
+    let route = state.router.resolve(&req.model)?;
+    if let Some(limit) = route
+        .info
+        .max_output_tokens
+        .filter(|&l| req.max_tokens.is_some_and(|m| m > l))
+    {
+        return Err(Error::invalid_param(
+            "max_tokens",
+            format!("max_tokens: {} > {limit}, which is the maximum allowed number of output tokens for {}", req.max_tokens.unwrap_or(0), req.model),
+        )
+        .into());
+    }
+    let (meter, rate) =
+        match admit(&state, &ctx, &principal, &route.info, &mut req, "anthropic").await {
+            Ok(a) => a,
+            Err(resp) => return Ok(resp),
+        };
+    let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    let model = req.model.clone();
+    let stream = req.stream;
+    let events = match route.backend.chat(req).await {
+        Ok(ev) => ev,
+        Err(e) => {
+            record_refusal(meter, &e).await;
+            return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
+        }
+    };
+    let events = watch(&state, meter, events, &model, &ctx);
+    if !stream {
+        let done = match collect(events, 1).await {
+            Ok(d) => d,
+            Err(e) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
+        };
+        ctx.first_token();
+        ctx.set_usage(done.usage);
+        return Ok(with_rate_headers(
+            Json(response::message(&id, &model, done)).into_response(),
+            &rate,
+        ));
+    }
+    let sse = response::events(id, model, events, render).map(|(name, data)| {
+        Ok::<_, Infallible>(Event::default().event(name).data(data.to_string()))
+    });
+    let resp = Sse::new(sse)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(5))
+                .text("keep-alive"),
+        )
+        .into_response();
+    Ok(with_rate_headers(resp, &rate))
+}
+
+/// `POST /v1/messages/count_tokens`: the tokens of the request's text (system, messages,
+/// tool schemas) as the model counts plain text; the chat template's own tokens are
+/// not included.
+pub async fn count_tokens(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_limited(body, state.body_limit).await?;
+    let mut v: Value = parse_json_off_thread(bytes).await?;
+    // count_tokens takes no max_tokens; the request type wants one.
+    if v.get("max_tokens").is_none() {
+        v["max_tokens"] = json!(1);
+    }
+    let wire_req: wire::MessagesRequest =
+        serde_json::from_value(v).map_err(|e| Error::invalid(format!("Invalid request: {e}")))?;
+    let req = request::to_ir(wire_req)?;
+    let route = state.router.resolve(&req.model)?;
+    let mut texts: Vec<String> = req.messages.iter().map(|m| m.joined_text()).collect();
+    texts.extend(req.tools.iter().map(|t| t.parameters.to_string()));
+    texts.extend(
+        req.messages
+            .iter()
+            .flat_map(|m| m.tool_calls.iter().map(|c| c.arguments.clone())),
+    );
+    let counts = route.backend.count_tokens(&texts).await?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({"input_tokens": counts.iter().sum::<u32>()})),
+    )
+        .into_response())
+}
+
+/// `GET /v1/models` for callers that send `anthropic-version`.
+pub fn models(state: &AppState) -> Value {
+    let data: Vec<Value> = state
+        .router
+        .models()
+        .map(|m| json!({"type": "model", "id": m.id, "display_name": m.id, "created_at": rfc3339(m.created)}))
+        .collect();
+    json!({
+        "data": data,
+        "has_more": false,
+        "first_id": data.first().map(|m| m["id"].clone()),
+        "last_id": data.last().map(|m| m["id"].clone()),
+    })
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        parlance_tenancy::store::day_string(days),
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,271 @@
+//! Anthropic Messages request -> IR, validated once, parameters named as Anthropic does.
+
+use parlance_core::ir::{
+    ChatRequest, ContentPart, ImageSource, Message, ResponseFormat, Role, SamplingParams, ToolCall,
+    ToolChoice, ToolDef,
+};
+use parlance_core::Error;
+use parlance_protocol::anthropic as wire;
+use serde_json::Value;
+
+/// Text of a `system` value or a `tool_result` content: a string or text blocks.
+fn text_of(v: &Value, param: &str) -> Result<String, Error> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(blocks) => {
+            let mut out = String::new();
+            for (i, b) in blocks.iter().enumerate() {
+                match (
+                    b.get("type").and_then(Value::as_str),
+                    b.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => {
+                        if !out.is_empty() {
+                            out.push('\n');
+                        }
+                        out.push_str(t);
+                    }
+                    _ => {
+                        return Err(Error::invalid_param(
+                            format!("{param}.{i}"),
+                            format!("{param}.{i}: only text blocks are supported here"),
+                        ))
+                    }
+                }
+            }
+            Ok(out)
+        }
+        Value::Null => Ok(String::new()),
+        _ => Err(Error::invalid_param(
+            param,
+            format!("{param}: expected a string or a list of text blocks"),
+        )),
+    }
+}
+
+pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
+    if req.model.trim().is_empty() {
+        return Err(Error::invalid_param(
+            "model",
+            "model: a model name is required",
+        ));
+    }
+    if req.max_tokens == 0 {
+        return Err(Error::invalid_param(
+            "max_tokens",
+            "max_tokens: must be at least 1",
+        ));
+    }
+    if req.messages.is_empty() {
+        return Err(Error::invalid_param(
+            "messages",
+            "messages: at least one message is required",
+        ));
+    }
+    if let Some(t) = req.temperature.filter(|t| !(0.0..=1.0).contains(t)) {
+        return Err(Error::invalid_param(
+            "temperature",
+            format!("temperature: range: 0..1, got {t}"),
+        ));
+    }
+    if let Some(p) = req.top_p.filter(|p| !(0.0..=1.0).contains(p)) {
+        return Err(Error::invalid_param(
+            "top_p",
+            format!("top_p: range: 0..1, got {p}"),
+        ));
+    }
+    let mut messages = Vec::new();
+    if let Some(system) = &req.system {
+        let text = text_of(system, "system")?;
+        if !text.is_empty() {
+            messages.push(Message::text(Role::System, text));
+        }
+    }
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(Error::invalid_param(
+                    format!("messages.{i}.role"),
+                    format!("messages.{i}.role: must be \"user\" or \"assistant\", got {other:?}"),
+                ))
+            }
+        };
+        let blocks = match m.content {
+            wire::Content::Text(t) => vec![wire::ContentBlock::Text { text: t }],
+            wire::Content::Blocks(b) => b,
+        };
+        let mut msg = Message {
+            role,
+            content: Vec::new(),
+            name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            reasoning: None,
+        };
+        for (j, b) in blocks.into_iter().enumerate() {
+            let at = format!("messages.{i}.content.{j}");
+            match b {
+                wire::ContentBlock::Text { text } => msg.content.push(ContentPart::Text(text)),
+                wire::ContentBlock::Image { source } => {
+                    msg.content.push(ContentPart::Image(match source {
+                        wire::ImageSource::Base64 { media_type, data } => {
+                            ImageSource::Base64 { media_type, data }
+                        }
+                        wire::ImageSource::Url { url } => ImageSource::Url(url),
+                    }))
+                }
+                wire::ContentBlock::ToolUse { id, name, input } if role == Role::Assistant => {
+                    msg.tool_calls.push(ToolCall {
+                        id,
+                        name,
+                        arguments: input.to_string(),
+                    })
+                }
+                wire::ContentBlock::ToolResult {
+                    tool_use_id,
+                    content,
+                    ..
+                } if role == Role::User => {
+                    // Each result is a tool message of its own, answering its call.
+                    let text = text_of(
+                        content.as_ref().unwrap_or(&Value::Null),
+                        &format!("{at}.content"),
+                    )?;
+                    messages.push(Message {
+                        role: Role::Tool,
+                        content: vec![ContentPart::Text(text)],
+                        name: None,
+                        tool_calls: Vec::new(),
+                        tool_call_id: Some(tool_use_id),
+                        reasoning: None,
+                    });
+                }
+                wire::ContentBlock::Thinking { thinking, .. } if role == Role::Assistant => {
+                    msg.reasoning
+                        .get_or_insert_with(String::new)
+                        .push_str(&thinking);
+                }
+                wire::ContentBlock::RedactedThinking { .. } if role == Role::Assistant => {}
+                _ => {
+                    return Err(Error::invalid_param(
+                        format!("{at}.type"),
+                        format!(
+                            "{at}: this block type is not allowed in a {} message",
+                            role.as_str()
+                        ),
+                    ))
+                }
+            }
+        }
+        if !msg.content.is_empty() || !msg.tool_calls.is_empty() || msg.reasoning.is_some() {
+            messages.push(msg);
+        }
+    }
+    let tools: Vec<ToolDef> = req
+        .tools
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if !t.input_schema.is_object() {
+                return Err(Error::invalid_param(
+                    format!("tools.{i}.input_schema"),
+                    format!("tools.{i}.input_schema: must be a JSON Schema object"),
+                ));
+            }
+            Ok(ToolDef {
+                name: t.name,
+                description: t.description,
+                parameters: t.input_schema,
+                strict: false,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    for (i, t) in tools.iter().enumerate() {
+        if tools[..i].iter().any(|o| o.name == t.name) {
+            return Err(Error::invalid_param(
+                format!("tools.{i}.name"),
+                format!(
+                    "tools: tool names must be unique ({:?} appears twice)",
+                    t.name
+                ),
+            ));
+        }
+    }
+    let (tool_choice, parallel) = match req.tool_choice {
+        None => (
+            if tools.is_empty() {
+                ToolChoice::None
+            } else {
+                ToolChoice::Auto
+            },
+            true,
+        ),
+        Some(wire::ToolChoice::Auto {
+            disable_parallel_tool_use,
+        }) => (ToolChoice::Auto, disable_parallel_tool_use != Some(true)),
+        Some(wire::ToolChoice::Any {
+            disable_parallel_tool_use,
+        }) => (
+            ToolChoice::Required,
+            disable_parallel_tool_use != Some(true),
+        ),
+        Some(wire::ToolChoice::Tool {
+            name,
+            disable_parallel_tool_use,
+        }) => {
+            if !tools.iter().any(|t| t.name == name) {
+                return Err(Error::invalid_param(
+                    "tool_choice.name",
+                    format!("tool_choice.name: {name:?} is not among the tools"),
+                ));
+            }
+            (
+                ToolChoice::Named(name),
+                disable_parallel_tool_use != Some(true),
+            )
+        }
+        Some(wire::ToolChoice::None) => (ToolChoice::None, true),
+    };
+    if matches!(tool_choice, ToolChoice::Required) && tools.is_empty() {
+        return Err(Error::invalid_param(
+            "tool_choice",
+            "tool_choice: \"any\" needs tools",
+        ));
+    }
+    let mut extra = req.extra;
+    if let Some(t) = req.thinking {
+        extra.insert("thinking".into(), t);
+    }
+    let user = req
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("user_id"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(ChatRequest {
+        model: req.model,
+        messages,
+        sampling: SamplingParams {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k.filter(|&k| k > 0),
+            ..SamplingParams::default()
+        },
+        max_tokens: Some(req.max_tokens),
+        stop: req.stop_sequences,
+        n: 1,
+        stream: req.stream.unwrap_or(false),
+        tools,
+        tool_choice,
+        parallel_tool_calls: parallel,
+        response_format: ResponseFormat::Text,
+        logprobs: None,
+        ignore_eos: false,
+        user,
+        debug: false,
+        extra,
+        context: Default::default(),
+    })
+}

@@ -1,0 +1,171 @@
+//! IR -> Anthropic wire: a whole message, or the event sequence (message_start, ping,
+//! content_block_start / delta / stop per block, message_delta with stop_reason and
+//! usage, message_stop; an `error` event instead of a silent end).
+
+use futures::{Stream, StreamExt};
+use parlance_core::collect::Completion;
+use parlance_core::ir::{FinishReason, StreamEvent, Usage};
+use parlance_core::{Error, EventStream};
+use parlance_protocol::anthropic as wire;
+use serde_json::{json, Value};
+
+pub fn stop_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "end_turn",
+        FinishReason::Length => "max_tokens",
+        FinishReason::ToolCalls => "tool_use",
+        FinishReason::ContentFilter => "refusal",
+    }
+}
+
+pub fn usage(u: &Usage) -> wire::Usage {
+    let cached = u.cached_tokens.min(u.prompt_tokens);
+    wire::Usage {
+        // Anthropic counts cache reads apart from the input.
+        input_tokens: u.prompt_tokens - cached,
+        output_tokens: u.completion_tokens,
+        cache_creation_input_tokens: Some(0),
+        cache_read_input_tokens: Some(cached),
+    }
+}
+
+/// A tool call's arguments as the object Anthropic's `input` must be.
+fn input(arguments: &str) -> Value {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => json!({}),
+    }
+}
+
+pub fn message(id: &str, model: &str, done: Completion) -> Value {
+    let mut content: Vec<Value> = Vec::new();
+    let Some(choice) = done.choices.into_iter().next() else {
+        return json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": "end_turn", "stop_sequence": null, "usage": usage(&done.usage)});
+    };
+    if !choice.reasoning.is_empty() {
+        content.push(json!({"type": "thinking", "thinking": choice.reasoning, "signature": ""}));
+    }
+    if !choice.content.is_empty() {
+        content.push(json!({"type": "text", "text": choice.content}));
+    }
+    for c in &choice.tool_calls {
+        content.push(
+            json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input(&c.arguments)}),
+        );
+    }
+    json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(choice.finish_reason.unwrap_or(FinishReason::Stop)),
+        "stop_sequence": null,
+        "usage": usage(&done.usage),
+    })
+}
+
+/// One SSE event: its name and JSON data.
+pub type Sse = (&'static str, Value);
+
+#[derive(PartialEq)]
+enum Open {
+    None,
+    Text,
+    Thinking,
+    Tool,
+}
+
+/// The stop event of the open block, if one is open.
+fn close(open: &mut Open, index: i64) -> Option<Sse> {
+    if *open == Open::None {
+        return None;
+    }
+    *open = Open::None;
+    Some((
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": index}),
+    ))
+}
+
+pub fn events(
+    id: String,
+    model: String,
+    mut events: EventStream,
+    render: fn(&Error) -> Value,
+) -> impl Stream<Item = Sse> {
+    async_stream::stream! {
+        yield ("message_start", json!({"type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 0, "output_tokens": 0}}}));
+        yield ("ping", json!({"type": "ping"}));
+        let mut index: i64 = -1;
+        let mut open = Open::None;
+        let mut finish: Option<FinishReason> = None;
+        let mut done = false;
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(StreamEvent::Delta { index: 0, delta }) => {
+                    if !delta.reasoning.is_empty() {
+                        if open != Open::Thinking {
+                            if let Some(stop) = close(&mut open, index) { yield stop; }
+                            index += 1;
+                            open = Open::Thinking;
+                            yield ("content_block_start", json!({"type": "content_block_start", "index": index,
+                                "content_block": {"type": "thinking", "thinking": "", "signature": ""}}));
+                        }
+                        yield ("content_block_delta", json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "thinking_delta", "thinking": delta.reasoning}}));
+                    }
+                    if !delta.content.is_empty() {
+                        if open != Open::Text {
+                            if let Some(stop) = close(&mut open, index) { yield stop; }
+                            index += 1;
+                            open = Open::Text;
+                            yield ("content_block_start", json!({"type": "content_block_start", "index": index,
+                                "content_block": {"type": "text", "text": ""}}));
+                        }
+                        yield ("content_block_delta", json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "text_delta", "text": delta.content}}));
+                    }
+                    for call in delta.tool_calls {
+                        if let (Some(cid), Some(name)) = (call.id, call.name) {
+                            if let Some(stop) = close(&mut open, index) { yield stop; }
+                            index += 1;
+                            open = Open::Tool;
+                            yield ("content_block_start", json!({"type": "content_block_start", "index": index,
+                                "content_block": {"type": "tool_use", "id": cid, "name": name, "input": {}}}));
+                        }
+                        if !call.arguments.is_empty() && open == Open::Tool {
+                            yield ("content_block_delta", json!({"type": "content_block_delta", "index": index,
+                                "delta": {"type": "input_json_delta", "partial_json": call.arguments}}));
+                        }
+                    }
+                }
+                Ok(StreamEvent::Finish { index: 0, reason }) => {
+                    if let Some(stop) = close(&mut open, index) { yield stop; }
+                    finish = Some(reason);
+                }
+                Ok(StreamEvent::Usage(u)) => {
+                    if let Some(stop) = close(&mut open, index) { yield stop; }
+                    yield ("message_delta", json!({"type": "message_delta",
+                        "delta": {"stop_reason": stop_reason(finish.unwrap_or(FinishReason::Stop)), "stop_sequence": null},
+                        "usage": usage(&u)}));
+                    yield ("message_stop", json!({"type": "message_stop"}));
+                    done = true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    yield ("error", render(&e));
+                    return;
+                }
+            }
+        }
+        if !done {
+            let e = Error::internal("the backend ended the stream before it finished");
+            yield ("error", render(&e));
+        }
+    }
+}
