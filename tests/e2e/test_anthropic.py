@@ -96,3 +96,9 @@ def test_tool_use_round_trip_on_qwen(qwen_claude):
     r = qwen_claude.messages.create(model="qwen", max_tokens=64, tools=[WEATHER], tool_choice={"type": "none"}, messages=follow, extra_body={"temperature": 0})
     text = "".join(b.text for b in r.content if b.type == "text")
     assert "22" in text or "sunny" in text.lower(), r.content
+
+
+def test_auth_and_limit_errors_are_anthropic_shaped_too(server):
+    r = requests.post(server.url + "/v1/messages", headers={"x-api-key": "wrong", "anthropic-version": "2023-06-01"},
+                      json={"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 401 and r.json() == {"type": "error", "error": {"type": "authentication_error", "message": r.json()["error"]["message"]}}

@@ -111,6 +111,9 @@ pub struct FunctionDeclaration {
     /// Full JSON Schema (`parameters` takes only Gemini's OpenAPI subset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters_json_schema: Option<Value>,
+    /// The OpenAPI-subset schema (`"type": "OBJECT"`), the older field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

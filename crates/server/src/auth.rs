@@ -102,7 +102,16 @@ pub async fn require_key(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let presented = presented_key(req.headers()).map(str::to_string);
+    // Google's SDKs may send the key as `?key=` instead of a header.
+    let presented = presented_key(req.headers())
+        .map(str::to_string)
+        .or_else(|| {
+            req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("key="))
+                    .map(str::to_string)
+            })
+        });
     match resolve(&state, presented.as_deref()).await {
         Ok(principal) => {
             req.extensions_mut().insert(principal);

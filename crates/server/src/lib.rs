@@ -8,6 +8,7 @@ mod body;
 pub mod catalog;
 pub mod config;
 mod error;
+mod gemini;
 mod index;
 pub mod listen;
 mod metering;
@@ -97,27 +98,28 @@ fn api_routes() -> HttpRouter<Arc<AppState>> {
     HttpRouter::new()
         .route("/chat/completions", post(openai::chat_completions))
         .route("/models", get(openai::list_models))
-        .route("/models/{*id}", get(openai::get_model))
+        // GET: OpenAI's model object; POST `MODEL:generateContent`: Gemini's door.
+        .route("/models/{*id}", get(openai::get_model).post(gemini::action))
         .route("/tokens/count", post(openai::count_tokens))
         .route("/key", get(admin::own_key))
-        .route(
-            "/messages",
-            post(anthropic::messages)
-                .route_layer(axum::middleware::from_fn(anthropic::anthropic_errors)),
-        )
-        .route(
-            "/messages/count_tokens",
-            post(anthropic::count_tokens)
-                .route_layer(axum::middleware::from_fn(anthropic::anthropic_errors)),
-        )
+        .route("/messages", post(anthropic::messages))
+        .route("/messages/count_tokens", post(anthropic::count_tokens))
 }
 
 pub fn build_router(state: Arc<AppState>) -> HttpRouter {
     let api = api_routes();
-    // `/v1` for the OpenAI SDKs, `/api/v1` for NEXTgpt and GigaChat style base URLs.
+    let gemini = HttpRouter::new()
+        .route("/models", get(gemini::list_models))
+        .route(
+            "/models/{*name}",
+            get(gemini::get_model).post(gemini::action),
+        );
+    // `/v1` for the OpenAI SDKs, `/api/v1` for NEXTgpt and GigaChat style base URLs,
+    // `/v1beta` for Gemini's.
     let protected = HttpRouter::new()
         .nest("/v1", api.clone())
         .nest("/api/v1", api)
+        .nest("/v1beta", gemini)
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             auth::require_key,
@@ -135,13 +137,47 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
-        .layer(axum::middleware::from_fn(error::json_errors));
+        .layer(axum::middleware::from_fn(error::json_errors))
+        // Outside auth and the handlers: every error of a door, whoever made it, in
+        // that door's own shape.
+        .layer(axum::middleware::from_fn(door_errors));
     let app = match cors {
         Some(c) => app.layer(c),
         None => app,
     };
     app.layer(axum::middleware::from_fn(reqlog::access_log))
         .with_state(state)
+}
+
+/// Which front door a request is for, by its path and method.
+fn door_of(method: &axum::http::Method, path: &str) -> Door {
+    let path = path.strip_prefix("/api").unwrap_or(path);
+    if path.starts_with("/v1/messages") {
+        Door::Anthropic
+    } else if path.starts_with("/v1beta/")
+        || (method == axum::http::Method::POST
+            && path.starts_with("/v1/models/")
+            && path.contains(':'))
+    {
+        Door::Gemini
+    } else {
+        Door::OpenAi
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Door {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+async fn door_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match door_of(req.method(), req.uri().path()) {
+        Door::OpenAi => next.run(req).await,
+        Door::Anthropic => anthropic::anthropic_errors(req, next).await,
+        Door::Gemini => gemini::gemini_errors(req, next).await,
+    }
 }
 
 fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {

@@ -163,6 +163,7 @@ impl Dialect for GeminiDialect {
                         name: t.name.clone(),
                         description: t.description.clone(),
                         parameters_json_schema: Some(t.parameters.clone()),
+                        parameters: None,
                     })
                     .collect(),
             }];

@@ -192,6 +192,12 @@ pub async fn list_models(
     if headers.contains_key("anthropic-version") {
         return Json(crate::anthropic::models(&state)).into_response();
     }
+    // Google's SDKs list models at the same path with their key header.
+    if headers.contains_key("x-goog-api-key") {
+        return crate::gemini::list_models(State(state))
+            .await
+            .into_response();
+    }
     Json(wire::ModelList {
         object: "list".into(),
         data: state.router.models().map(model_object).collect(),
@@ -201,16 +207,22 @@ pub async fn list_models(
 
 pub async fn get_model(
     State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<wire::Model>, ApiError> {
+) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|e| {
         Error::invalid_param(
             "model",
             format!("Invalid model id in the URL: {}", e.body_text()),
         )
     })?;
+    if headers.contains_key("x-goog-api-key") {
+        return Ok(crate::gemini::get_model(State(state), Path(id))
+            .await?
+            .into_response());
+    }
     let route = state.router.resolve(&id)?;
-    Ok(Json(model_object(&route.info)))
+    Ok(Json(model_object(&route.info)).into_response())
 }
 
 /// GigaChat's `POST /tokens/count`: `{model, input: [strings]}` -> one count per string.

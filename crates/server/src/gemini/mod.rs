@@ -1,0 +1,299 @@
+//! The Gemini front door: `models/{model}:generateContent`, `:streamGenerateContent`
+//! (`?alt=sse`, or the default JSON array), `:countTokens`, and the model list, under
+//! `/v1beta` and `/v1`, with Gemini-shaped errors.
+
+mod request;
+
+use crate::auth::Principal;
+use crate::body::{parse_json_off_thread, read_limited};
+use crate::error::ApiError;
+use crate::metering::{admit, record_refusal, watch, with_rate_headers};
+use crate::reqlog::RequestCtx;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::{Stream, StreamExt};
+use parlance_core::collect::collect;
+use parlance_core::ir::{FinishReason, StreamEvent, ToolCallDelta, Usage};
+use parlance_core::{Error, ErrorKind, EventStream, ModelInfo};
+use parlance_protocol::gemini as wire;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn status_name(status: u16) -> &'static str {
+    match status {
+        400 | 413 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    }
+}
+
+fn render(e: &Error) -> Value {
+    json!({"error": {"code": e.status(), "message": e.message, "status": status_name(e.status())}})
+}
+
+/// Rewrites every error answer of this door into Gemini's `{"error":{code,message,status}}`.
+pub async fn gemini_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 256 * 1024)
+        .await
+        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let message = v["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    let body = json!({"error": {"code": status.as_u16(), "message": message, "status": status_name(status.as_u16())}}).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
+}
+
+fn finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop | FinishReason::ToolCalls => "STOP",
+        FinishReason::Length => "MAX_TOKENS",
+        FinishReason::ContentFilter => "SAFETY",
+    }
+}
+
+fn usage(u: &Usage) -> Value {
+    json!({"promptTokenCount": u.prompt_tokens, "candidatesTokenCount": u.completion_tokens,
+           "totalTokenCount": u.total(), "cachedContentTokenCount": u.cached_tokens})
+}
+
+fn call_part(name: &str, args: &str, id: &str) -> Value {
+    let args: Value = serde_json::from_str(args)
+        .ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    json!({"functionCall": {"id": id, "name": name, "args": args}})
+}
+
+fn model_object(m: &ModelInfo) -> Value {
+    json!({"name": format!("models/{}", m.id), "version": "1", "displayName": m.id,
+           "inputTokenLimit": m.context_length, "outputTokenLimit": m.max_output_tokens.unwrap_or(m.context_length),
+           "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"]})
+}
+
+pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"models": state.router.models().map(model_object).collect::<Vec<_>>()}))
+}
+
+/// `GET models/{model}`.
+pub async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = name.trim_start_matches("models/");
+    Ok(Json(model_object(&state.router.resolve(id)?.info)))
+}
+
+/// `POST models/{model}:{action}`.
+pub async fn action(
+    State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = name.trim_start_matches("models/");
+    let Some((model, verb)) = name.rsplit_once(':') else {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("models/{name}: expected models/MODEL:generateContent"),
+        )
+        .into());
+    };
+    let bytes = read_limited(body, state.body_limit).await?;
+    let wire_req: wire::GenerateContentRequest = parse_json_off_thread(bytes).await?;
+    ctx.set_model(model);
+    let stream = match verb {
+        "generateContent" => false,
+        "streamGenerateContent" => true,
+        "countTokens" => return count_tokens(&state, model, wire_req).await,
+        other => {
+            return Err(Error::new(ErrorKind::NotFound, format!("unknown method {other:?}")).into())
+        }
+    };
+    let mut req = request::to_ir(model, wire_req, stream)?;
+    let route = state.router.resolve(model)?;
+    if let (Some(asked), Some(limit)) = (req.max_tokens, route.info.max_output_tokens) {
+        if asked > limit {
+            return Err(Error::invalid_param(
+                "generationConfig.maxOutputTokens",
+                format!(
+                    "* generationConfig.maxOutputTokens: {asked} is more than this model's {limit}"
+                ),
+            )
+            .into());
+        }
+    }
+    let (meter, rate) = match admit(&state, &ctx, &principal, &route.info, &mut req, "gemini").await
+    {
+        Ok(a) => a,
+        Err(resp) => return Ok(resp),
+    };
+    let n = req.n;
+    let events = match route.backend.chat(req).await {
+        Ok(ev) => ev,
+        Err(e) => {
+            record_refusal(meter, &e).await;
+            return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
+        }
+    };
+    let events = watch(&state, meter, events, model, &ctx);
+    let version = model.to_string();
+    if !stream {
+        let done = match collect(events, n).await {
+            Ok(d) => d,
+            Err(e) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
+        };
+        ctx.first_token();
+        ctx.set_usage(done.usage);
+        let candidates: Vec<Value> = done
+            .choices
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut parts = Vec::new();
+                if !c.reasoning.is_empty() {
+                    parts.push(json!({"text": c.reasoning, "thought": true}));
+                }
+                if !c.content.is_empty() {
+                    parts.push(json!({"text": c.content}));
+                }
+                parts.extend(c.tool_calls.iter().map(|t| call_part(&t.name, &t.arguments, &t.id)));
+                json!({"content": {"role": "model", "parts": parts}, "index": i,
+                       "finishReason": finish_reason(c.finish_reason.unwrap_or(FinishReason::Stop))})
+            })
+            .collect();
+        let body = json!({"candidates": candidates, "usageMetadata": usage(&done.usage), "modelVersion": version});
+        return Ok(with_rate_headers(Json(body).into_response(), &rate));
+    }
+    let chunks = chunks(events, version);
+    let resp = if query.get("alt").map(String::as_str) == Some("sse") {
+        let body = chunks.map(|v| Ok::<_, std::convert::Infallible>(format!("data: {v}\r\n\r\n")));
+        (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            Body::from_stream(body),
+        )
+            .into_response()
+    } else {
+        // The default: one JSON array, its elements streamed as they come.
+        let mut first = true;
+        let body = chunks
+            .map(move |v| {
+                let sep = if first { "[" } else { ",\r\n" };
+                first = false;
+                format!("{sep}{v}")
+            })
+            .chain(futures::stream::once(async { "]".to_string() }))
+            .scan(false, |any, s| {
+                let out = if s == "]" && !*any {
+                    "[]".to_string()
+                } else {
+                    s
+                };
+                *any = true;
+                futures::future::ready(Some(out))
+            })
+            .map(Ok::<_, std::convert::Infallible>);
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            Body::from_stream(body),
+        )
+            .into_response()
+    };
+    Ok(with_rate_headers(resp, &rate))
+}
+
+/// Response objects as the stream goes: text as it comes, function calls whole (Gemini
+/// sends them whole), each choice's finishReason with the usage on the last object; an
+/// error ends the stream as an error object.
+fn chunks(mut events: EventStream, version: String) -> impl Stream<Item = Value> {
+    async_stream::stream! {
+        let mut calls: HashMap<u32, Vec<ToolCallDelta>> = HashMap::new();
+        let mut finished: Vec<(u32, FinishReason)> = Vec::new();
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(StreamEvent::Delta { index, delta }) => {
+                    let mut parts = Vec::new();
+                    if !delta.reasoning.is_empty() {
+                        parts.push(json!({"text": delta.reasoning, "thought": true}));
+                    }
+                    if !delta.content.is_empty() {
+                        parts.push(json!({"text": delta.content}));
+                    }
+                    let pending = calls.entry(index).or_default();
+                    for c in delta.tool_calls {
+                        match pending.iter_mut().find(|p| p.index == c.index) {
+                            Some(p) => p.arguments.push_str(&c.arguments),
+                            None => pending.push(c),
+                        }
+                    }
+                    if !parts.is_empty() {
+                        yield json!({"candidates": [{"content": {"role": "model", "parts": parts}, "index": index}], "modelVersion": version});
+                    }
+                }
+                Ok(StreamEvent::Finish { index, reason }) => finished.push((index, reason)),
+                Ok(StreamEvent::Usage(u)) => {
+                    let last = finished.len().saturating_sub(1);
+                    for (k, (index, reason)) in finished.drain(..).enumerate() {
+                        let parts: Vec<Value> = calls.remove(&index).unwrap_or_default().iter()
+                            .map(|c| call_part(c.name.as_deref().unwrap_or_default(), &c.arguments, c.id.as_deref().unwrap_or_default()))
+                            .collect();
+                        let mut obj = json!({"candidates": [{"content": {"role": "model", "parts": parts}, "index": index,
+                            "finishReason": finish_reason(reason)}], "modelVersion": version});
+                        if k == last {
+                            obj["usageMetadata"] = usage(&u);
+                        }
+                        yield obj;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    yield render(&e);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn count_tokens(
+    state: &AppState,
+    model: &str,
+    req: wire::GenerateContentRequest,
+) -> Result<Response, ApiError> {
+    // countTokens may also wrap the request as `generateContentRequest`.
+    let req = match req.extra.get("generateContentRequest") {
+        Some(inner) => serde_json::from_value(inner.clone())
+            .map_err(|e| Error::invalid(format!("generateContentRequest: {e}")))?,
+        None => req,
+    };
+    let ir = request::to_ir(model, req, false)?;
+    let route = state.router.resolve(model)?;
+    let mut texts: Vec<String> = ir.messages.iter().map(|m| m.joined_text()).collect();
+    texts.extend(ir.tools.iter().map(|t| t.parameters.to_string()));
+    let counts = route.backend.count_tokens(&texts).await?;
+    Ok(Json(json!({"totalTokens": counts.iter().sum::<u32>()})).into_response())
+}

@@ -1,0 +1,230 @@
+//! Gemini generateContent request -> IR, parameters named as Gemini does.
+
+use parlance_core::ir::{
+    ChatRequest, ContentPart, ImageSource, Message, ResponseFormat, Role, SamplingParams, ToolCall,
+    ToolChoice, ToolDef,
+};
+use parlance_core::Error;
+use parlance_protocol::gemini as wire;
+use serde_json::{json, Value};
+
+/// Gemini's OpenAPI-style schema (`"type": "OBJECT"`) as JSON Schema (`"object"`).
+fn json_schema(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| match (k.as_str(), v) {
+                    ("type", Value::String(t)) => (k.clone(), json!(t.to_ascii_lowercase())),
+                    _ => (k.clone(), json_schema(v)),
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(json_schema).collect()),
+        other => other.clone(),
+    }
+}
+
+pub fn to_ir(
+    model: &str,
+    req: wire::GenerateContentRequest,
+    stream: bool,
+) -> Result<ChatRequest, Error> {
+    if req.contents.is_empty() {
+        return Err(Error::invalid_param(
+            "contents",
+            "* GenerateContentRequest.contents: contents is not specified",
+        ));
+    }
+    let mut messages = Vec::new();
+    if let Some(sys) = &req.system_instruction {
+        let text: Vec<&str> = sys.parts.iter().filter_map(|p| p.text.as_deref()).collect();
+        if !text.is_empty() {
+            messages.push(Message::text(Role::System, text.join("\n")));
+        }
+    }
+    // Calls so far, newest last: a functionResponse without an id answers the latest
+    // call of its name.
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for (i, c) in req.contents.into_iter().enumerate() {
+        let role = match c.role.as_deref() {
+            None | Some("user") => Role::User,
+            Some("model") => Role::Assistant,
+            Some(other) => {
+                return Err(Error::invalid_param(
+                    format!("contents[{i}].role"),
+                    format!("* GenerateContentRequest.contents[{i}].role: must be \"user\" or \"model\", got {other:?}"),
+                ))
+            }
+        };
+        let mut msg = Message {
+            role,
+            content: Vec::new(),
+            name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            reasoning: None,
+        };
+        for (j, p) in c.parts.into_iter().enumerate() {
+            let at = format!("contents[{i}].parts[{j}]");
+            if let Some(t) = p.text {
+                if p.thought == Some(true) {
+                    msg.reasoning.get_or_insert_with(String::new).push_str(&t);
+                } else {
+                    msg.content.push(ContentPart::Text(t));
+                }
+            } else if let Some(b) = p.inline_data {
+                msg.content.push(ContentPart::Image(ImageSource::Base64 {
+                    media_type: b.mime_type,
+                    data: b.data,
+                }));
+            } else if let Some(f) = p.file_data {
+                msg.content
+                    .push(ContentPart::Image(ImageSource::Url(f.file_uri)));
+            } else if let Some(fc) = p.function_call {
+                let id = fc.id.unwrap_or_else(parlance_core::tools::new_call_id);
+                calls.push((id.clone(), fc.name.clone()));
+                msg.tool_calls.push(ToolCall {
+                    id,
+                    name: fc.name,
+                    arguments: fc.args.to_string(),
+                });
+            } else if let Some(fr) = p.function_response {
+                let id = fr
+                    .id
+                    .or_else(|| {
+                        calls
+                            .iter()
+                            .rev()
+                            .find(|(_, n)| *n == fr.name)
+                            .map(|(id, _)| id.clone())
+                    })
+                    .ok_or_else(|| {
+                        Error::invalid_param(
+                            format!("{at}.functionResponse.name"),
+                            format!(
+                                "* {at}: functionResponse {:?} answers no earlier functionCall",
+                                fr.name
+                            ),
+                        )
+                    })?;
+                messages.push(Message {
+                    role: Role::Tool,
+                    content: vec![ContentPart::Text(fr.response.to_string())],
+                    name: Some(fr.name),
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(id),
+                    reasoning: None,
+                });
+            } else {
+                return Err(Error::invalid_param(
+                    at.clone(),
+                    format!("* {at}: an empty or unsupported part"),
+                ));
+            }
+        }
+        if !msg.content.is_empty() || !msg.tool_calls.is_empty() || msg.reasoning.is_some() {
+            messages.push(msg);
+        }
+    }
+    let mut tools: Vec<ToolDef> = req
+        .tools
+        .iter()
+        .flat_map(|t| &t.function_declarations)
+        .map(|d| ToolDef {
+            name: d.name.clone(),
+            description: d.description.clone(),
+            parameters: d
+                .parameters_json_schema
+                .clone()
+                .or_else(|| d.parameters.as_ref().map(json_schema))
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            strict: false,
+        })
+        .collect();
+    let tool_choice = match req.tool_config.as_ref().map(|c| &c.function_calling_config) {
+        None => {
+            if tools.is_empty() {
+                ToolChoice::None
+            } else {
+                ToolChoice::Auto
+            }
+        }
+        Some(f) => {
+            if !f.allowed_function_names.is_empty() {
+                tools.retain(|t| f.allowed_function_names.contains(&t.name));
+            }
+            match f.mode.to_ascii_uppercase().as_str() {
+                "" | "AUTO" | "MODE_UNSPECIFIED" | "VALIDATED" => ToolChoice::Auto,
+                "NONE" => ToolChoice::None,
+                "ANY" if tools.len() == 1 => ToolChoice::Named(tools[0].name.clone()),
+                "ANY" if !tools.is_empty() => ToolChoice::Required,
+                "ANY" => {
+                    return Err(Error::invalid_param(
+                        "toolConfig",
+                        "* toolConfig: mode ANY needs function declarations",
+                    ))
+                }
+                other => {
+                    return Err(Error::invalid_param(
+                        "toolConfig.functionCallingConfig.mode",
+                        format!("* toolConfig.functionCallingConfig.mode: unknown mode {other:?}"),
+                    ))
+                }
+            }
+        }
+    };
+    let g = req.generation_config.unwrap_or_default();
+    if let Some(t) = g.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+        return Err(Error::invalid_param(
+            "generationConfig.temperature",
+            format!("* generationConfig.temperature: must be in [0, 2], got {t}"),
+        ));
+    }
+    let n = g.candidate_count.unwrap_or(1);
+    if !(1..=8).contains(&n) {
+        return Err(Error::invalid_param(
+            "generationConfig.candidateCount",
+            format!("* generationConfig.candidateCount: must be 1..8, got {n}"),
+        ));
+    }
+    let schema = g
+        .response_json_schema
+        .clone()
+        .or_else(|| g.extra.get("responseSchema").map(json_schema));
+    let response_format = match (g.response_mime_type.as_deref(), schema) {
+        (Some("application/json"), Some(schema)) => ResponseFormat::JsonSchema {
+            name: "response".into(),
+            schema,
+            strict: false,
+        },
+        (Some("application/json"), None) => ResponseFormat::JsonObject,
+        _ => ResponseFormat::Text,
+    };
+    Ok(ChatRequest {
+        model: model.to_string(),
+        messages,
+        sampling: SamplingParams {
+            temperature: g.temperature,
+            top_p: g.top_p,
+            top_k: g.top_k.filter(|&k| k > 0),
+            presence_penalty: g.presence_penalty,
+            frequency_penalty: g.frequency_penalty,
+            seed: g.seed.map(|s| s as u64),
+            ..SamplingParams::default()
+        },
+        max_tokens: g.max_output_tokens,
+        stop: g.stop_sequences,
+        n,
+        stream,
+        tools,
+        tool_choice,
+        parallel_tool_calls: true,
+        response_format,
+        logprobs: None,
+        ignore_eos: false,
+        user: None,
+        debug: false,
+        extra: req.extra,
+        context: Default::default(),
+    })
+}
