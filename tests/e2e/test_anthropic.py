@@ -102,3 +102,12 @@ def test_auth_and_limit_errors_are_anthropic_shaped_too(server):
     r = requests.post(server.url + "/v1/messages", headers={"x-api-key": "wrong", "anthropic-version": "2023-06-01"},
                       json={"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json() == {"type": "error", "error": {"type": "authentication_error", "message": r.json()["error"]["message"]}}
+
+
+def test_stream_given_as_a_string(server):
+    h = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    body = {"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+    r = requests.post(server.url + "/v1/messages", headers=h, json={**body, "stream": "True"})
+    assert r.headers["content-type"].startswith("text/event-stream") and "message_stop" in r.text
+    r = requests.post(server.url + "/v1/messages", headers=h, json={**body, "stream": "maybe"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error" and "stream" in r.json()["error"]["message"]

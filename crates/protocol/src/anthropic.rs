@@ -19,7 +19,11 @@ pub struct MessagesRequest {
     pub top_k: Option<i32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop_sequences: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::openai::lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stream: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<Tool>,

@@ -73,7 +73,7 @@ pub struct ChatCompletionRequest {
 }
 
 /// Accepts `true`, `"true"` and `"True"`: NEXTgpt's documented example streams with `"stream": "True"`.
-fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+pub(crate) fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum BoolLike {
