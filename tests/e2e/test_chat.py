@@ -322,3 +322,16 @@ def test_gigachat_tokens_count(server):
     assert [c["object"] for c in counts] == ["tokens", "tokens"]
     assert counts[0]["characters"] == len(text) and 5 < counts[0]["tokens"] < len(text)
     assert counts[1]["tokens"] > counts[1]["characters"] // 4
+
+
+def test_llama_server_tokenize_and_detokenize(server):
+    h = {"Authorization": f"Bearer {KEY}"}
+    text = "Hello, Sofia! Здравей."
+    toks = requests.post(server.url + "/tokenize", json={"content": text, "add_special": False}, headers=h).json()["tokens"]
+    assert toks and all(isinstance(t, int) for t in toks)
+    assert requests.post(server.url + "/detokenize", json={"tokens": toks}, headers=h).json()["content"] == text
+    pieces = requests.post(server.url + "/tokenize", json={"content": text, "add_special": False, "with_pieces": True}, headers=h).json()["tokens"]
+    assert [p["id"] for p in pieces] == toks
+    bad = requests.post(server.url + "/detokenize", json={"tokens": [10**9]}, headers=h)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
+    assert requests.post(server.url + "/tokenize", json={"content": "x", "model": "nope"}, headers=h).status_code == 404

@@ -83,6 +83,25 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Token ids of a text (llama-server's `/tokenize`); `special`: add BOS and parse
+    /// special-token text.
+    async fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, Error> {
+        let _ = (text, special);
+        Err(
+            Error::invalid("this model cannot tokenize (only local models can)")
+                .with_code("unsupported"),
+        )
+    }
+
+    /// The text of token ids (llama-server's `/detokenize`).
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, Error> {
+        let _ = tokens;
+        Err(
+            Error::invalid("this model cannot detokenize (only local models can)")
+                .with_code("unsupported"),
+        )
+    }
+
     /// Tokens in each text, as this model counts them (GigaChat's `POST /tokens/count`).
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
         let _ = texts;

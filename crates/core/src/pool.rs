@@ -345,6 +345,20 @@ impl Backend for Pool {
         Err(reasons.join("; "))
     }
 
+    async fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, Error> {
+        match self.slots.first() {
+            Some(s) => s.d.backend.tokenize(text, special).await,
+            None => Err(Error::model_not_found(&self.model)),
+        }
+    }
+
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, Error> {
+        match self.slots.first() {
+            Some(s) => s.d.backend.detokenize(tokens).await,
+            None => Err(Error::model_not_found(&self.model)),
+        }
+    }
+
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
         match self.slots.first() {
             Some(s) => s.d.backend.count_tokens(texts).await,

@@ -87,6 +87,14 @@ impl Backend for Preset {
         self.inner.health()
     }
 
+    async fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, Error> {
+        self.inner.tokenize(text, special).await
+    }
+
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, Error> {
+        self.inner.detokenize(tokens).await
+    }
+
     fn load(&self) -> Option<crate::backend::Load> {
         self.inner.load()
     }

@@ -519,6 +519,41 @@ impl Backend for LocalModel {
         .await
     }
 
+    async fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, Error> {
+        let text = text.to_string();
+        self.off_thread(text.len(), move |prep| {
+            prep.model
+                .vocab()
+                .tokenize(text.as_bytes(), special && prep.add_bos, special)
+                .iter()
+                .map(|t| t.0 as u32)
+                .collect()
+        })
+        .await
+    }
+
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, Error> {
+        if let Some(bad) = tokens.iter().find(|&&t| t >= self.n_vocab as u32) {
+            return Err(Error::invalid_param(
+                "tokens",
+                format!(
+                    "token id {bad} is outside this model's vocabulary (0..{})",
+                    self.n_vocab
+                ),
+            ));
+        }
+        let tokens = tokens.to_vec();
+        self.off_thread(tokens.len() * 8, move |prep| {
+            let vocab = prep.model.vocab();
+            let bytes: Vec<u8> = tokens
+                .iter()
+                .flat_map(|&t| vocab.token_to_piece(LlamaToken::new(t as i32), false, None))
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .await
+    }
+
     fn load(&self) -> Option<parlance_core::Load> {
         let free = self.free.load(Ordering::Relaxed).min(self.slots);
         Some(parlance_core::Load {

@@ -117,6 +117,8 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
     // `/v1` for the OpenAI SDKs, `/api/v1` for NEXTgpt and GigaChat style base URLs,
     // `/v1beta` for Gemini's.
     let protected = HttpRouter::new()
+        .route("/tokenize", post(openai::tokenize))
+        .route("/detokenize", post(openai::detokenize))
         .nest("/v1", api.clone())
         .nest("/api/v1", api)
         .nest("/v1beta", gemini)

@@ -263,3 +263,75 @@ pub async fn method_not_allowed() -> ApiError {
         "This endpoint does not accept that HTTP method.",
     ))
 }
+
+#[derive(serde::Deserialize)]
+pub struct TokenizeRequest {
+    /// Which model's tokenizer (default: the first model served).
+    #[serde(default)]
+    model: Option<String>,
+    content: String,
+    #[serde(default = "yes")]
+    add_special: bool,
+    #[serde(default)]
+    with_pieces: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn route_for<'a>(
+    state: &'a AppState,
+    model: Option<&str>,
+) -> Result<&'a parlance_core::router::Route, Error> {
+    match model {
+        Some(m) => state.router.resolve(m),
+        None => state
+            .router
+            .routes()
+            .next()
+            .ok_or_else(|| Error::model_not_found("(none)")),
+    }
+}
+
+/// llama-server's `POST /tokenize`: `{content, add_special?, with_pieces?, model?}` -> `{tokens}`.
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = read_limited(body, state.body_limit).await?;
+    let req: TokenizeRequest = parse_json_off_thread(bytes).await?;
+    let route = route_for(&state, req.model.as_deref())?;
+    let tokens = route
+        .backend
+        .tokenize(&req.content, req.add_special)
+        .await?;
+    if !req.with_pieces {
+        return Ok(Json(json!({"tokens": tokens})));
+    }
+    let mut pieces = Vec::with_capacity(tokens.len());
+    for &t in &tokens {
+        let piece = route.backend.detokenize(&[t]).await?;
+        pieces.push(json!({"id": t, "piece": piece}));
+    }
+    Ok(Json(json!({"tokens": pieces})))
+}
+
+#[derive(serde::Deserialize)]
+pub struct DetokenizeRequest {
+    #[serde(default)]
+    model: Option<String>,
+    tokens: Vec<u32>,
+}
+
+/// llama-server's `POST /detokenize`: `{tokens, model?}` -> `{content}`.
+pub async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = read_limited(body, state.body_limit).await?;
+    let req: DetokenizeRequest = parse_json_off_thread(bytes).await?;
+    let route = route_for(&state, req.model.as_deref())?;
+    let content = route.backend.detokenize(&req.tokens).await?;
+    Ok(Json(json!({"content": content})))
+}
