@@ -399,6 +399,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     state.metrics = Some(parlance_server::observe::install().map_err(anyhow::Error::msg)?);
     let shutdown = state.shutdown.clone();
+    let tenancy = state.tenancy.clone();
     let app = build_router(Arc::new(state));
     let limits = Limits {
         header_timeout: secs(args.header_timeout, "--header-timeout")?,
@@ -410,9 +411,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         println!("listening on http://{}", listener.local_addr()?);
         listen::serve(listener, app, limits, shutdown, signals()).await;
+        if let Some(t) = tenancy {
+            // Rows of requests that just ended (cancelled by the deadline) are stored.
+            let _ = tokio::time::timeout(Duration::from_secs(5), t.recorder.flush()).await;
+        }
         println!("stopped");
-        Ok(())
-    })
+        Ok::<(), anyhow::Error>(())
+    })?;
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // Engine threads may still be finishing a step: leave without the C++ static
+    // destructors that would run under their feet.
+    exit_now(0)
 }
 
 fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -449,6 +459,20 @@ async fn next_signal(term: &mut Term) {
     }
 }
 
+/// Ends the process without running exit handlers: `exit` would run llama.cpp's static
+/// destructors while an engine thread is still decoding, which can crash (measured: a
+/// SIGSEGV now and then instead of the exit code).
+fn exit_now(code: i32) -> ! {
+    #[cfg(unix)]
+    // SAFETY: `_exit` takes no pointers and does not return; skipping atexit handlers
+    // and destructors is the point.
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(code)
+}
+
 /// Resolves at the first Ctrl-C or SIGTERM; a second one exits the process at once.
 async fn signals() {
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
@@ -465,7 +489,7 @@ async fn signals() {
         let _ = first_tx.send(());
         next_signal(&mut term).await;
         eprintln!("second signal: exiting now");
-        std::process::exit(130);
+        exit_now(130);
     });
     let _ = first_rx.await;
 }

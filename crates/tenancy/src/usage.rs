@@ -112,10 +112,16 @@ impl UsageFilter {
 
 type Pending = (UsageRow, Option<oneshot::Sender<Result<(), String>>>);
 
+enum Msg {
+    Row(Box<Pending>),
+    /// Answered once every row sent before it is stored.
+    Flush(oneshot::Sender<()>),
+}
+
 /// Hands rows to the writer task.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::UnboundedSender<Pending>,
+    tx: mpsc::UnboundedSender<Msg>,
 }
 
 /// Rows per transaction at most.
@@ -123,17 +129,28 @@ const BATCH: usize = 512;
 
 impl Recorder {
     pub fn start(store: Store) -> Recorder {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         tokio::spawn(async move {
             let mut batch: Vec<Pending> = Vec::new();
+            let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
             while let Some(first) = rx.recv().await {
-                batch.push(first);
+                match first {
+                    Msg::Row(p) => batch.push(*p),
+                    Msg::Flush(f) => flushes.push(f),
+                }
                 // Everything that queued while the last commit ran goes into this one.
                 while batch.len() < BATCH {
                     match rx.try_recv() {
-                        Ok(p) => batch.push(p),
+                        Ok(Msg::Row(p)) => batch.push(*p),
+                        Ok(Msg::Flush(f)) => flushes.push(f),
                         Err(_) => break,
                     }
+                }
+                if batch.is_empty() {
+                    for f in flushes.drain(..) {
+                        let _ = f.send(());
+                    }
+                    continue;
                 }
                 let rows: Vec<UsageRow> = batch.iter().map(|(r, _)| r.clone()).collect();
                 let mut result = store.insert_usage(&rows).await;
@@ -155,6 +172,9 @@ impl Recorder {
                         let _ = ack.send(result.clone());
                     }
                 }
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
+                }
             }
         });
         Recorder { tx }
@@ -164,7 +184,7 @@ impl Recorder {
     pub async fn record(&self, row: UsageRow) -> Result<(), String> {
         let (ack, done) = oneshot::channel();
         self.tx
-            .send((row, Some(ack)))
+            .send(Msg::Row(Box::new((row, Some(ack)))))
             .map_err(|_| "the usage writer has stopped".to_string())?;
         done.await
             .map_err(|_| "the usage writer has stopped".to_string())?
@@ -172,6 +192,14 @@ impl Recorder {
 
     /// Queues a row without waiting (the caller is gone: nobody to answer).
     pub fn record_later(&self, row: UsageRow) {
-        let _ = self.tx.send((row, None));
+        let _ = self.tx.send(Msg::Row(Box::new((row, None))));
+    }
+
+    /// Waits until every row queued so far is stored (at shutdown).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
