@@ -41,6 +41,11 @@ def assert_json_error(r, status=None, code=None, param=None):
 
 
 def _watch_health(url, stop, worst, failures):
+    # The watcher measures the server, not its own turn on a busy 2-core machine.
+    try:
+        os.nice(-10)
+    except OSError:
+        pass
     session = requests.Session()
     while not stop.is_set():
         t = time.monotonic()

@@ -35,7 +35,32 @@ pub async fn run<T: Send + 'static>(
     } else {
         None
     };
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::internal(format!("CPU work failed: {e}")))
+    tokio::task::spawn_blocking(move || {
+        lower_priority();
+        work()
+    })
+    .await
+    .map_err(|e| Error::internal(format!("CPU work failed: {e}")))
+}
+
+/// Blocking-pool threads run request preparation at a lower OS priority than the
+/// threads that serve requests, so on a busy machine the scheduler favours answering
+/// (health checks, streams) over grinding through a huge prompt. Once per thread.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        thread_local! {
+            static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        DONE.with(|done| {
+            if !done.replace(true) {
+                // SAFETY: plain syscalls on the calling thread; Linux applies a nice value
+                // to one thread when given its thread id.
+                unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+                }
+            }
+        });
+    }
 }
