@@ -72,3 +72,31 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
     );
     Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }
+
+/// Re-renders an error answer (already JSON, see `json_errors`) in another door's shape,
+/// keeping its status, headers and message.
+pub async fn rewrite_errors(
+    resp: Response,
+    render: fn(u16, &str) -> serde_json::Value,
+) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 256 * 1024)
+        .await
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let message = v["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = render(status.as_u16(), &message).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}

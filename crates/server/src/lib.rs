@@ -175,11 +175,12 @@ enum Door {
 }
 
 async fn door_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    match door_of(req.method(), req.uri().path()) {
-        Door::OpenAi => next.run(req).await,
-        Door::Anthropic => anthropic::anthropic_errors(req, next).await,
-        Door::Gemini => gemini::gemini_errors(req, next).await,
-    }
+    let render: fn(u16, &str) -> serde_json::Value = match door_of(req.method(), req.uri().path()) {
+        Door::OpenAi => return next.run(req).await,
+        Door::Anthropic => anthropic::error_body,
+        Door::Gemini => gemini::error_body,
+    };
+    error::rewrite_errors(next.run(req).await, render).await
 }
 
 fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {

@@ -12,7 +12,7 @@ use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -41,36 +41,12 @@ fn error_type(status: u16) -> &'static str {
 
 /// `{"type":"error","error":{"type","message"}}`
 pub fn render(e: &Error) -> Value {
-    json!({"type": "error", "error": {"type": error_type(e.status()), "message": e.message}})
+    error_body(e.status(), &e.message)
 }
 
-/// Rewrites every error answer of this door (its own, and those of auth, limits and
-/// fallbacks, which speak OpenAI's shape) into Anthropic's.
-pub async fn anthropic_errors(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let resp = next.run(req).await;
-    let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    let bytes = axum::body::to_bytes(body, 256 * 1024)
-        .await
-        .unwrap_or_default();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let message = v["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-    let body = json!({"type": "error", "error": {"type": error_type(status.as_u16()), "message": message}}).to_string();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Response::from_parts(parts, Body::from(body))
+/// This door's error body for a status and message (see `error::door_errors`).
+pub fn error_body(status: u16, message: &str) -> Value {
+    json!({"type": "error", "error": {"type": error_type(status), "message": message}})
 }
 
 pub async fn messages(

@@ -12,7 +12,7 @@ use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::{Stream, StreamExt};
@@ -38,32 +38,12 @@ fn status_name(status: u16) -> &'static str {
 }
 
 fn render(e: &Error) -> Value {
-    json!({"error": {"code": e.status(), "message": e.message, "status": status_name(e.status())}})
+    error_body(e.status(), &e.message)
 }
 
-/// Rewrites every error answer of this door into Gemini's `{"error":{code,message,status}}`.
-pub async fn gemini_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let resp = next.run(req).await;
-    let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    let bytes = axum::body::to_bytes(body, 256 * 1024)
-        .await
-        .unwrap_or_default();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let message = v["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-    let body = json!({"error": {"code": status.as_u16(), "message": message, "status": status_name(status.as_u16())}}).to_string();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Response::from_parts(parts, Body::from(body))
+/// This door's error body for a status and message (see `error::door_errors`).
+pub fn error_body(status: u16, message: &str) -> Value {
+    json!({"error": {"code": status, "message": message, "status": status_name(status)}})
 }
 
 fn finish_reason(r: FinishReason) -> &'static str {
