@@ -10,43 +10,13 @@
 mod common;
 
 use common::*;
-use parlance_core::ir::{
-    ContentPart, FinishReason, ImageSource, Message, ResponseFormat, Role, ToolCall, ToolChoice,
-    ToolDef,
-};
+use parlance_core::ir::{FinishReason, Message, ResponseFormat, Role, ToolChoice};
 use parlance_core::ErrorKind;
 use parlance_upstream::{GigaChatAuth, ProviderKind, Timeouts};
 use serde_json::json;
 use std::time::Duration;
 
 const SPLITS: [usize; 4] = [1, 2, 5, 64];
-
-fn weather_tool() -> ToolDef {
-    ToolDef {
-        name: "get_weather".into(),
-        description: Some("Weather for a city".into()),
-        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
-        strict: false,
-    }
-}
-
-/// A conversation with a system prompt, an image, a tool call and its result.
-fn tool_history() -> Vec<Message> {
-    let mut user = Message::text(Role::User, "What is the weather here?");
-    user.content.push(ContentPart::Image(ImageSource::Base64 {
-        media_type: "image/png".into(),
-        data: "iVBORw0KGgo=".into(),
-    }));
-    let mut call = Message::text(Role::Assistant, "");
-    call.tool_calls.push(ToolCall {
-        id: "call_1".into(),
-        name: "get_weather".into(),
-        arguments: r#"{"city":"Sofia"}"#.into(),
-    });
-    let mut result = Message::text(Role::Tool, r#"{"temp_c":21}"#);
-    result.tool_call_id = Some("call_1".into());
-    vec![Message::text(Role::System, "Be brief."), user, call, result]
-}
 
 #[tokio::test]
 async fn openai_request_and_response_map_both_ways() {
@@ -478,82 +448,6 @@ async fn gemini_whole_answer_with_two_candidates() {
 }
 
 #[tokio::test]
-async fn gigachat_gets_caches_and_refreshes_its_access_token() {
-    let api = Mock::start().await;
-    let oauth = Mock::start().await;
-    let far = 4_000_000_000_000u64; // year 2096, in ms
-    let auth = GigaChatAuth {
-        auth_url: format!("{}/api/v2/oauth", oauth.url),
-        scope: "GIGACHAT_API_PERS".into(),
-    };
-    let p = provider_with(
-        ProviderKind::GigaChat,
-        &format!("{}/api/v1", api.url),
-        Timeouts::default(),
-        Some(auth),
-    );
-    let b = model(&p, "GigaChat");
-    oauth.push(Reply::Json(
-        200,
-        json!({"access_token": "tok-1", "expires_at": far}),
-    ));
-    let answer = json!({"choices": [{"message": {"role": "assistant", "content": "Да"}, "index": 0, "finish_reason": "stop"}],
-        "created": 1, "model": "GigaChat:v1", "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}, "object": "chat.completion"});
-    api.push(Reply::Json(200, answer.clone()));
-    api.push(Reply::Json(200, answer.clone()));
-    assert_eq!(
-        run(&b, ask("a", false)).await.unwrap().choices[0].content,
-        "Да"
-    );
-    run(&b, ask("b", false)).await.unwrap();
-    assert_eq!(oauth.count(), 1, "the token is cached");
-    let t = oauth.last();
-    assert_eq!(t.headers["authorization"], "Basic sk-upstream");
-    assert!(t.headers.contains_key("rquid"));
-    assert_eq!(t.raw, "scope=GIGACHAT_API_PERS");
-    assert_eq!(api.last().headers["authorization"], "Bearer tok-1");
-
-    // The API rejects the token: one refresh, one retry.
-    api.push(Reply::Json(
-        401,
-        json!({"status": 401, "message": "Token has expired"}),
-    ));
-    api.push(Reply::Json(200, answer.clone()));
-    oauth.push(Reply::Json(
-        200,
-        json!({"access_token": "tok-2", "expires_at": far}),
-    ));
-    run(&b, ask("c", false)).await.unwrap();
-    assert_eq!(oauth.count(), 2);
-    assert_eq!(api.last().headers["authorization"], "Bearer tok-2");
-
-    // Tools travel as GigaChat functions; a function_call answer is a tool call.
-    api.push(Reply::Json(200, json!({"choices": [{"message": {"role": "assistant", "content": "",
-        "function_call": {"name": "get_weather", "arguments": {"city": "Sofia"}}}, "index": 0, "finish_reason": "function_call"}],
-        "created": 1, "model": "GigaChat", "object": "chat.completion"})));
-    let mut req = ask("", false);
-    req.messages = tool_history();
-    req.tools = vec![weather_tool()];
-    let done = run(&b, req).await.unwrap();
-    assert_eq!(
-        done.choices[0].tool_calls[0].arguments,
-        r#"{"city":"Sofia"}"#
-    );
-    assert_eq!(done.choices[0].finish_reason, Some(FinishReason::ToolCalls));
-    let body = api.last().body;
-    assert_eq!(body["functions"][0]["name"], "get_weather");
-    assert_eq!(
-        body["messages"][2]["function_call"],
-        json!({"name": "get_weather", "arguments": {"city": "Sofia"}})
-    );
-    assert_eq!(body["messages"][3]["role"], "function");
-    assert_eq!(
-        body["messages"][3]["name"], "get_weather",
-        "named from the call it answers"
-    );
-}
-
-#[tokio::test]
 async fn upstream_http_errors_are_classified_with_their_status() {
     let mock = Mock::start().await;
     let p = provider(ProviderKind::OpenAi, &mock.url);
@@ -826,57 +720,4 @@ async fn history_a_provider_cannot_take_is_a_400_naming_the_param() {
         (0, 0),
         "refused before any upstream call"
     );
-}
-
-#[tokio::test]
-async fn gigachat_short_lived_tokens_are_reused_and_refreshed_once_for_many_401s() {
-    let api = Mock::start().await;
-    let oauth = Mock::start().await;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let auth = GigaChatAuth {
-        auth_url: format!("{}/api/v2/oauth", oauth.url),
-        scope: "GIGACHAT_API_PERS".into(),
-    };
-    let p = provider_with(
-        ProviderKind::GigaChat,
-        &format!("{}/api/v1", api.url),
-        Timeouts::default(),
-        Some(auth),
-    );
-    let b = model(&p, "GigaChat");
-    // A token that lives 60 s: a fixed one-minute margin would refetch it every time.
-    oauth.push(Reply::Json(
-        200,
-        json!({"access_token": "tok-1", "expires_at": now_ms + 60_000}),
-    ));
-    oauth.always(Reply::Json(
-        200,
-        json!({"access_token": "tok-2", "expires_at": now_ms + 60_000}),
-    ));
-    let answer = json!({"choices": [{"message": {"role": "assistant", "content": "Да"}, "index": 0, "finish_reason": "stop"}],
-        "created": 1, "model": "GigaChat:v1", "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}, "object": "chat.completion"});
-    for _ in 0..3 {
-        api.push(Reply::Json(200, answer.clone()));
-    }
-    for q in ["a", "b", "c"] {
-        run(&b, ask(q, false)).await.unwrap();
-    }
-    assert_eq!(oauth.count(), 1, "a 60 s token is reused");
-
-    // Ten requests in flight see the token rejected together: one refresh between them.
-    for _ in 0..10 {
-        api.push(Reply::Json(
-            401,
-            json!({"status": 401, "message": "Token has expired"}),
-        ));
-    }
-    api.always(Reply::Json(200, answer.clone()));
-    let all =
-        futures::future::join_all((0..10).map(|i| run(&b, ask(&format!("q{i}"), false)))).await;
-    assert!(all.iter().all(Result::is_ok), "{all:?}");
-    assert_eq!(oauth.count(), 2, "one refresh for ten 401s");
-    assert_eq!(api.last().headers["authorization"], "Bearer tok-2");
 }

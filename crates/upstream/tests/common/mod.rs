@@ -15,10 +15,10 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use parlance_core::collect::{collect, Completion};
-use parlance_core::ir::{ChatRequest, Message, Role};
+use parlance_core::ir::{ChatRequest, ContentPart, ImageSource, Message, Role, ToolCall, ToolDef};
 use parlance_core::{Backend, Error};
 use parlance_upstream::{Provider, ProviderConfig, ProviderKind, Timeouts, UpstreamModel};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -216,4 +216,31 @@ pub fn sse(events: &[(Option<&str>, Value)]) -> String {
         out.push_str(&format!("data: {data}\n\n"));
     }
     out
+}
+
+pub fn weather_tool() -> ToolDef {
+    ToolDef {
+        name: "get_weather".into(),
+        description: Some("Weather for a city".into()),
+        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+        strict: false,
+    }
+}
+
+/// A conversation with a system prompt, an image, a tool call and its result.
+pub fn tool_history() -> Vec<Message> {
+    let mut user = Message::text(Role::User, "What is the weather here?");
+    user.content.push(ContentPart::Image(ImageSource::Base64 {
+        media_type: "image/png".into(),
+        data: "iVBORw0KGgo=".into(),
+    }));
+    let mut call = Message::text(Role::Assistant, "");
+    call.tool_calls.push(ToolCall {
+        id: "call_1".into(),
+        name: "get_weather".into(),
+        arguments: r#"{"city":"Sofia"}"#.into(),
+    });
+    let mut result = Message::text(Role::Tool, r#"{"temp_c":21}"#);
+    result.tool_call_id = Some("call_1".into());
+    vec![Message::text(Role::System, "Be brief."), user, call, result]
 }
