@@ -112,7 +112,12 @@ def test_huge_prompts_are_refused_without_stalling_anything(server):
             assert_json_error(r, 400, "context_length_exceeded", "messages")
         assert count.status_code == 200 and count.json()[0]["tokens"] >= 1_000_000
         assert not watch.failures
-        assert watch.worst < 0.1, f"/health took {watch.worst * 1000:.0f} ms"
+        # The defect was 25-29 s. Here the test itself pushes 60 MB through loopback on
+        # the same 2 cores while the server parses and refuses it: measured worst cases
+        # were 30-150 ms (110-150 ms in about one full-suite run in three), CPU
+        # oversubscription rather than a blocked event loop. The campaign below keeps
+        # the 100 ms bound.
+        assert watch.worst < 0.25, f"/health took {watch.worst * 1000:.0f} ms"
     finally:
         big_server.stop()
 
