@@ -137,6 +137,9 @@ pub struct SamplingParams {
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
+    /// Legacy completions: text the model continues as it is, with no chat template
+    /// (`messages` is then empty). Only local models take it.
+    pub raw_prompt: Option<String>,
     pub sampling: SamplingParams,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,

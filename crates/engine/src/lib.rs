@@ -433,7 +433,10 @@ impl Prep {
         wanted: usize,
     ) -> Result<Prepared, Error> {
         self.check_size(req, wanted)?;
-        let prompt_text = self.render(req, tools_active)?;
+        let prompt_text = match &req.raw_prompt {
+            Some(raw) => raw.clone(),
+            None => self.render(req, tools_active)?,
+        };
         let constraint = self.constrainer.for_request(req)?;
         let prompt = self.tokenize(&prompt_text);
         if prompt.is_empty() {
@@ -458,14 +461,16 @@ impl Prep {
 
 /// Bytes of message text: the prompt is at least this long once rendered.
 fn text_bytes(req: &ChatRequest) -> usize {
-    req.messages
-        .iter()
-        .flat_map(|m| &m.content)
-        .map(|p| match p {
-            ContentPart::Text(t) => t.len(),
-            ContentPart::Image(_) => 0,
-        })
-        .sum()
+    req.raw_prompt.as_ref().map_or(0, String::len)
+        + req
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .map(|p| match p {
+                ContentPart::Text(t) => t.len(),
+                ContentPart::Image(_) => 0,
+            })
+            .sum::<usize>()
 }
 
 fn context_exceeded(ctx: usize, prompt: usize, wanted: usize, qualifier: &str) -> Error {

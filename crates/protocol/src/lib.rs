@@ -2,5 +2,7 @@
 //! No behaviour lives here; `parlance-core` maps these to and from its IR.
 
 pub mod anthropic;
+pub mod completions;
 pub mod gemini;
 pub mod openai;
+pub mod responses;

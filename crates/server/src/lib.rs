@@ -6,7 +6,9 @@ mod anthropic;
 mod auth;
 mod body;
 pub mod catalog;
+mod completions;
 pub mod config;
+mod door;
 mod error;
 mod gemini;
 mod index;
@@ -15,6 +17,7 @@ mod metering;
 pub mod observe;
 pub mod openai;
 mod reqlog;
+mod responses;
 pub mod shutdown;
 
 pub use admin::csv as usage_csv;
@@ -46,6 +49,8 @@ pub struct AppState {
     pub tenancy: Option<Arc<parlance_tenancy::Tenancy>>,
     /// Renders `/metrics`; `None`: no recorder installed (in-process tests).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Stored Responses API turns when there is no tenancy store (`--db none`).
+    pub responses: responses::MemoryStore,
 }
 
 impl AppState {
@@ -62,6 +67,7 @@ impl AppState {
             cors_origins: Vec::new(),
             tenancy: None,
             metrics: None,
+            responses: responses::MemoryStore::default(),
         }
     }
 
@@ -97,6 +103,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 fn api_routes() -> HttpRouter<Arc<AppState>> {
     HttpRouter::new()
         .route("/chat/completions", post(openai::chat_completions))
+        .route("/completions", post(completions::completions))
         .route("/models", get(openai::list_models))
         // GET: OpenAI's model object; POST `MODEL:generateContent`: Gemini's door.
         .route("/models/{*id}", get(openai::get_model).post(gemini::action))
@@ -104,6 +111,12 @@ fn api_routes() -> HttpRouter<Arc<AppState>> {
         .route("/key", get(admin::own_key))
         .route("/messages", post(anthropic::messages))
         .route("/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/responses", post(responses::create))
+        .route(
+            "/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
+        .route("/responses/{id}/input_items", get(responses::input_items))
 }
 
 pub fn build_router(state: Arc<AppState>) -> HttpRouter {

@@ -4,6 +4,7 @@
 
 pub mod keys;
 pub mod limits;
+pub mod responses;
 pub mod shared_limits;
 pub mod store;
 pub mod tokens;

@@ -45,15 +45,25 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_key_at ON usage (key_id, at);
     CREATE INDEX usage_at ON usage (at);",
     "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // Responses API conversations: each turn's input items and the response object,
+    // linked to the turn before; `key_id` scopes them to the key that made them.
+    "CREATE TABLE responses (
+        id TEXT PRIMARY KEY,
+        key_id TEXT,
+        created_at BIGINT NOT NULL,
+        previous_id TEXT,
+        input TEXT NOT NULL,
+        response TEXT NOT NULL
+    );",
 ];
 
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     pub url: String,
 }
 
-fn db_err(e: sqlx::Error) -> String {
+pub(crate) fn db_err(e: sqlx::Error) -> String {
     format!("database: {e}")
 }
 

@@ -202,6 +202,13 @@ impl UpstreamModel {
 #[async_trait]
 impl Backend for UpstreamModel {
     async fn chat(&self, request: ChatRequest) -> Result<EventStream, Error> {
+        if request.raw_prompt.is_some() {
+            return Err(Error::invalid_param(
+                "prompt",
+                "Legacy completions (a raw prompt) are served by local models only; use chat completions for this model.",
+            )
+            .with_code("unsupported"));
+        }
         let p = Arc::clone(&self.provider);
         let t = p.cfg.timeouts.clone();
         request

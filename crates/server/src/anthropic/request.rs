@@ -247,6 +247,7 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
     Ok(ChatRequest {
         model: req.model,
         messages,
+        raw_prompt: None,
         sampling: SamplingParams {
             temperature: req.temperature,
             top_p: req.top_p,

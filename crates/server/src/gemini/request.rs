@@ -203,6 +203,7 @@ pub fn to_ir(
     Ok(ChatRequest {
         model: model.to_string(),
         messages,
+        raw_prompt: None,
         sampling: SamplingParams {
             temperature: g.temperature,
             top_p: g.top_p,

@@ -1,6 +1,7 @@
 //! The OpenAI front door: chat completions and the model list.
 
-mod request;
+mod functions;
+pub(crate) mod request;
 mod response;
 
 pub use request::to_ir;
@@ -53,13 +54,22 @@ pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let Query(query) =
         query.map_err(|e| Error::invalid(format!("Invalid query string: {}", e.body_text())))?;
     let bytes = read_limited(body, state.body_limit).await?;
-    let wire_req: wire::ChatCompletionRequest = parse_json_off_thread(bytes).await?;
+    let mut wire_req: wire::ChatCompletionRequest = parse_json_off_thread(bytes).await?;
+    // GigaChat's base URL is `/api/v1`: its functions API answers with object arguments.
+    let functions = functions::into_tools(&mut wire_req)?.then(|| {
+        if uri.path().starts_with("/api/") {
+            functions::Arguments::Object
+        } else {
+            functions::Arguments::String
+        }
+    });
     ctx.set_model(&wire_req.model);
     let include_usage = wire_req
         .stream_options
@@ -120,7 +130,12 @@ pub async fn chat_completions(
         };
         ctx.first_token();
         ctx.set_usage(done.usage);
-        let resp = Json(response::completion(&meta, done, want_logprobs)).into_response();
+        let body = response::completion(&meta, done, want_logprobs);
+        let body = match functions {
+            Some(style) => functions::whole(body, style),
+            None => body,
+        };
+        let resp = Json(body).into_response();
         return Ok(with_rate_headers(resp, &rate));
     }
     let opts = StreamOptions {
@@ -148,7 +163,13 @@ pub async fn chat_completions(
         })),
     };
     let events = watch(&state, meter, events, &meta.model, &ctx);
-    let sse = response::chunks(meta, opts, events, ctx).map(|payload| {
+    let chunks = response::chunks(meta, opts, events, ctx);
+    let chunks: std::pin::Pin<Box<dyn futures::Stream<Item = SsePayload> + Send>> = match functions
+    {
+        Some(style) => Box::pin(functions::streamed(chunks, style)),
+        None => Box::pin(chunks),
+    };
+    let sse = chunks.map(|payload| {
         let data = match payload {
             SsePayload::Chunk(c) => serde_json::to_string(&c),
             SsePayload::Error(e) => serde_json::to_string(&e),

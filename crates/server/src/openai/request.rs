@@ -165,6 +165,7 @@ pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error>
     Ok(ChatRequest {
         model: req.model,
         messages,
+        raw_prompt: None,
         sampling: SamplingParams {
             temperature: req.temperature,
             top_p: req.top_p,
@@ -193,7 +194,7 @@ pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error>
     })
 }
 
-fn range(param: &str, value: Option<f32>, lo: f32, hi: f32) -> Result<(), Error> {
+pub(crate) fn range(param: &str, value: Option<f32>, lo: f32, hi: f32) -> Result<(), Error> {
     match value {
         Some(v) if !(lo..=hi).contains(&v) => Err(Error::invalid_param(
             param,
@@ -286,7 +287,7 @@ fn content_part(i: usize, j: usize, p: wire::ContentPart) -> Result<ContentPart,
     }
 }
 
-fn image_source(url: &str) -> Result<ImageSource, String> {
+pub(crate) fn image_source(url: &str) -> Result<ImageSource, String> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest
             .split_once(',')
@@ -319,17 +320,7 @@ fn tool(i: usize, t: wire::Tool) -> Result<ToolDef, Error> {
         ));
     }
     let name = t.function.name;
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !valid {
-        return Err(Error::invalid_param(
-            format!("tools[{i}].function.name"),
-            format!("tool name {name:?} must be 1-64 characters of a-z, A-Z, 0-9, _ and -."),
-        ));
-    }
+    check_tool_name(&name, &format!("tools[{i}].function.name"))?;
     let parameters = t
         .function
         .parameters
@@ -346,6 +337,21 @@ fn tool(i: usize, t: wire::Tool) -> Result<ToolDef, Error> {
         parameters,
         strict: t.function.strict.unwrap_or(false),
     })
+}
+
+pub(crate) fn check_tool_name(name: &str, param: &str) -> Result<(), Error> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid {
+        return Err(Error::invalid_param(
+            param,
+            format!("tool name {name:?} must be 1-64 characters of a-z, A-Z, 0-9, _ and -."),
+        ));
+    }
+    Ok(())
 }
 
 fn tool_choice(choice: Option<wire::ToolChoice>, tools: &[ToolDef]) -> Result<ToolChoice, Error> {

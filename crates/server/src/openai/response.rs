@@ -85,6 +85,7 @@ pub fn completion(meta: &ResponseMeta, c: Completion, want_logprobs: bool) -> wi
                     },
                     refusal: None,
                     tool_calls,
+                    function_call: None,
                     reasoning_content: (!ch.reasoning.is_empty()).then_some(ch.reasoning),
                 },
                 logprobs: want_logprobs.then(|| logprobs(&ch.logprobs)),

@@ -1,0 +1,73 @@
+//! What the Responses and legacy-completions doors share around the backend call:
+//! the output cap check, the gate and meter, and starting the backend.
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::metering::{admit, record_refusal, watch, with_rate_headers};
+use crate::reqlog::RequestCtx;
+use crate::AppState;
+use axum::response::{IntoResponse, Response};
+use parlance_core::ir::ChatRequest;
+use parlance_core::router::Route;
+use parlance_core::{Error, EventStream};
+use parlance_tenancy::limits::RateHeaders;
+use std::sync::Arc;
+
+/// A backend that has started answering, its events metered and observed.
+pub struct Started {
+    pub events: EventStream,
+    pub rate: RateHeaders,
+}
+
+/// A 400 naming `param` when the request asks for more output than the model allows.
+pub fn check_output_cap(route: &Route, req: &ChatRequest, param: &str) -> Result<(), Error> {
+    match (req.max_tokens, route.info.max_output_tokens) {
+        (Some(asked), Some(limit)) if asked > limit => Err(Error::invalid_param(
+            param,
+            format!("'{param}' is too large: {asked}. This model supports at most {limit} output tokens."),
+        )
+        .with_code("max_tokens_too_large")),
+        _ => Ok(()),
+    }
+}
+
+/// Backends name parameters as chat completions does (`messages`, `max_tokens`);
+/// `names` maps those to this door's own (`input`, `max_output_tokens`).
+pub fn rename_param(mut e: Error, names: &[(&str, &str)]) -> Error {
+    if let Some(p) = e.param.as_deref() {
+        for (from, to) in names {
+            if let Some(rest) = p.strip_prefix(from) {
+                if rest.is_empty() || rest.starts_with(['.', '[']) {
+                    e.param = Some(format!("{to}{rest}"));
+                    break;
+                }
+            }
+        }
+    }
+    e
+}
+
+/// Gate, meter and start; `Err` is the refusal, already rendered and metered.
+pub async fn start(
+    state: &AppState,
+    ctx: &Arc<RequestCtx>,
+    principal: &Principal,
+    route: &Route,
+    mut req: ChatRequest,
+    front_door: &str,
+    names: &[(&str, &str)],
+) -> Result<Started, Response> {
+    let model = req.model.clone();
+    let (meter, rate) = admit(state, ctx, principal, &route.info, &mut req, front_door).await?;
+    match route.backend.chat(req).await {
+        Ok(events) => Ok(Started {
+            events: watch(state, meter, events, &model, ctx),
+            rate,
+        }),
+        Err(e) => {
+            let e = rename_param(e, names);
+            record_refusal(meter, &e).await;
+            Err(with_rate_headers(ApiError(e).into_response(), &rate))
+        }
+    }
+}

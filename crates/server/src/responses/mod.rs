@@ -1,0 +1,358 @@
+//! The OpenAI Responses door: `POST /v1/responses` (whole and streamed), stored
+//! conversations (`store`, `previous_response_id`), `GET`/`DELETE /v1/responses/{id}`
+//! and `GET /v1/responses/{id}/input_items`.
+
+mod render;
+mod request;
+mod store;
+
+pub use store::MemoryStore;
+
+use crate::auth::Principal;
+use crate::body::{parse_json_off_thread, read_limited};
+use crate::door::{check_output_cap, start};
+use crate::error::ApiError;
+use crate::metering::with_rate_headers;
+use crate::reqlog::RequestCtx;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::StreamExt;
+use parlance_core::ir::{Message, StreamEvent};
+use parlance_core::Error;
+use parlance_protocol::responses as wire;
+use parlance_tenancy::responses::StoredResponse;
+use render::{Builder, Meta};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Chat parameter names as this door names them.
+const PARAM_NAMES: &[(&str, &str)] = &[("messages", "input"), ("max_tokens", "max_output_tokens")];
+
+/// Longest chain of `previous_response_id`s replayed into one prompt.
+const MAX_TURNS: usize = 10_000;
+
+pub(crate) fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn owner(principal: &Principal) -> Option<String> {
+    principal.key().map(|k| k.id.clone())
+}
+
+/// The messages of the stored conversation that ends with `id`, oldest first.
+async fn conversation(
+    state: &AppState,
+    owner: Option<&str>,
+    id: &str,
+) -> Result<Vec<Message>, Error> {
+    let mut turns = Vec::new();
+    let mut next = Some(id.to_string());
+    while let Some(id) = next {
+        if turns.len() >= MAX_TURNS {
+            return Err(Error::invalid_param(
+                "previous_response_id",
+                format!("This conversation is longer than {MAX_TURNS} turns."),
+            ));
+        }
+        let turn = store::load(state, owner, &id).await?.ok_or_else(|| {
+            store::not_found(&id, "previous_response_id").with_code("previous_response_not_found")
+        })?;
+        next = turn.previous_id.clone();
+        turns.push(turn);
+    }
+    let mut messages = Vec::new();
+    for turn in turns.iter().rev() {
+        let input: Vec<Value> = serde_json::from_str(&turn.input).unwrap_or_default();
+        let response: Value = serde_json::from_str(&turn.response).unwrap_or_default();
+        let output = response["output"].as_array().cloned().unwrap_or_default();
+        request::push_messages(&mut messages, &input, "input")
+            .and_then(|()| request::push_messages(&mut messages, &output, "output"))
+            .map_err(|e| {
+                Error::internal(format!(
+                    "stored response {} is unreadable: {}",
+                    turn.id, e.message
+                ))
+            })?;
+    }
+    Ok(messages)
+}
+
+/// The request fields a response object repeats back.
+fn echo(r: &wire::ResponsesRequest) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("instructions".into(), json!(r.instructions));
+    m.insert("max_output_tokens".into(), json!(r.max_output_tokens));
+    m.insert(
+        "parallel_tool_calls".into(),
+        json!(r.parallel_tool_calls.unwrap_or(true)),
+    );
+    m.insert("previous_response_id".into(), json!(r.previous_response_id));
+    m.insert(
+        "reasoning".into(),
+        json!({"effort": r.reasoning.as_ref().and_then(|x| x.effort.clone()),
+               "summary": r.reasoning.as_ref().and_then(|x| x.summary.clone())}),
+    );
+    m.insert("store".into(), json!(r.store.unwrap_or(true)));
+    m.insert("temperature".into(), json!(r.temperature.unwrap_or(1.0)));
+    m.insert("top_p".into(), json!(r.top_p.unwrap_or(1.0)));
+    m.insert(
+        "text".into(),
+        json!({"format": r.text.as_ref().and_then(|t| t.format.clone()).map_or(json!({"type": "text"}), |f| json!(f))}),
+    );
+    m.insert(
+        "tool_choice".into(),
+        r.tool_choice.clone().unwrap_or(json!("auto")),
+    );
+    m.insert("tools".into(), json!(r.tools));
+    m.insert("top_logprobs".into(), json!(r.top_logprobs.unwrap_or(0)));
+    m.insert(
+        "truncation".into(),
+        json!(r.truncation.clone().unwrap_or_else(|| "disabled".into())),
+    );
+    m.insert("user".into(), json!(r.user));
+    m.insert(
+        "metadata".into(),
+        json!(r.metadata.clone().unwrap_or_default()),
+    );
+    m
+}
+
+/// What is saved once the response is done (`store` true).
+struct Saving {
+    owner: Option<String>,
+    previous_id: Option<String>,
+    input: String,
+}
+
+async fn save(state: &AppState, saving: &Option<Saving>, response: &Value) -> Result<(), Error> {
+    let Some(s) = saving else { return Ok(()) };
+    store::save(
+        state,
+        StoredResponse {
+            id: response["id"].as_str().unwrap_or_default().to_string(),
+            key_id: s.owner.clone(),
+            created_at: parlance_tenancy::keys::now_ms(),
+            previous_id: s.previous_id.clone(),
+            input: s.input.clone(),
+            response: response.to_string(),
+        },
+    )
+    .await
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_limited(body, state.body_limit).await?;
+    let wire_req: wire::ResponsesRequest = parse_json_off_thread(bytes).await?;
+    ctx.set_model(&wire_req.model);
+    let owner = owner(&principal);
+    let history = match wire_req.previous_response_id.as_deref() {
+        Some(prev) => conversation(&state, owner.as_deref(), prev).await?,
+        None => Vec::new(),
+    };
+    let items = request::input_items(wire_req.input.clone())?;
+    let req = request::to_ir(&wire_req, history, &items)?;
+    let route = state.router.resolve(&req.model)?;
+    check_output_cap(route, &req, "max_output_tokens")?;
+    let saving = wire_req.store.unwrap_or(true).then(|| Saving {
+        owner,
+        previous_id: wire_req.previous_response_id.clone(),
+        input: Value::Array(items).to_string(),
+    });
+    let meta = Meta {
+        id: new_id("resp"),
+        created_at: now_secs(),
+        model: req.model.clone(),
+        echo: echo(&wire_req),
+    };
+    let want_logprobs = req.logprobs.is_some();
+    let stream = req.stream;
+    let started = match start(
+        &state,
+        &ctx,
+        &principal,
+        route,
+        req,
+        "responses",
+        PARAM_NAMES,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(refused) => return Ok(refused),
+    };
+    let rate = started.rate;
+    let mut events = started.events;
+    let mut b = Builder::new(meta, want_logprobs);
+
+    if !stream {
+        let mut done = None;
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(ev) => {
+                    if let StreamEvent::Usage(u) = &ev {
+                        ctx.set_usage(*u);
+                    }
+                    if let (_, Some(r)) = b.apply(ev) {
+                        done = Some(r);
+                    }
+                }
+                Err(e) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
+            }
+        }
+        let Some(response) = done else {
+            let e = Error::internal("the backend ended the answer before it finished");
+            return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
+        };
+        ctx.first_token();
+        save(&state, &saving, &response).await?;
+        return Ok(with_rate_headers(Json(response).into_response(), &rate));
+    }
+
+    let sse = async_stream::stream! {
+        for ev in b.start() {
+            yield ev;
+        }
+        let mut finished = false;
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(ev) => {
+                    if let StreamEvent::Usage(u) = &ev {
+                        ctx.set_usage(*u);
+                    }
+                    let (out, done) = b.apply(ev);
+                    if !out.is_empty() {
+                        ctx.first_token();
+                    }
+                    for e in out {
+                        yield e;
+                    }
+                    if let Some(response) = done {
+                        // Saved before the caller hears it is done, so a follow-up
+                        // turn sent right away finds it.
+                        if let Err(e) = save(&state, &saving, &response).await {
+                            yield b.failed(&e);
+                            return;
+                        }
+                        yield b.done_event(&response);
+                        finished = true;
+                    }
+                }
+                Err(e) => {
+                    ctx.set_outcome(format!("error:{}", e.code.as_deref().unwrap_or("backend_error")));
+                    yield b.failed(&e);
+                    return;
+                }
+            }
+        }
+        if !finished {
+            yield b.failed(&Error::internal("the backend ended the stream before it finished"));
+        }
+    }
+    .map(|ev: Value| {
+        let name = ev["type"].as_str().unwrap_or("message").to_string();
+        Ok::<_, Infallible>(Event::default().event(name).data(ev.to_string()))
+    });
+    let resp = Sse::new(sse)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(5))
+                .text("keep-alive"),
+        )
+        .into_response();
+    Ok(with_rate_headers(resp, &rate))
+}
+
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let found = store::load(&state, owner(&principal).as_deref(), &id)
+        .await?
+        .ok_or_else(|| store::not_found(&id, "response_id"))?;
+    Ok(Json(
+        serde_json::from_str(&found.response).unwrap_or_default(),
+    ))
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !store::delete(&state, owner(&principal).as_deref(), &id).await? {
+        return Err(store::not_found(&id, "response_id").into());
+    }
+    Ok(Json(
+        json!({"id": id, "object": "response", "deleted": true}),
+    ))
+}
+
+/// This turn's input items, newest first unless `order=asc`; `limit` (1-100, default
+/// 20) and `after` page through them.
+pub async fn input_items(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let found = store::load(&state, owner(&principal).as_deref(), &id)
+        .await?
+        .ok_or_else(|| store::not_found(&id, "response_id"))?;
+    let mut items: Vec<Value> = serde_json::from_str(&found.input).unwrap_or_default();
+    match q.get("order").map(String::as_str) {
+        None | Some("desc") => items.reverse(),
+        Some("asc") => {}
+        Some(other) => {
+            return Err(Error::invalid_param(
+                "order",
+                format!("'order' must be asc or desc, got {other:?}."),
+            )
+            .into())
+        }
+    }
+    let limit = match q.get("limit") {
+        None => 20,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| Error::invalid_param("limit", "'limit' must be between 1 and 100."))?,
+    };
+    if let Some(after) = q.get("after") {
+        let at = items
+            .iter()
+            .position(|i| i["id"].as_str() == Some(after.as_str()))
+            .ok_or_else(|| {
+                Error::invalid_param("after", format!("No input item with id {after:?}."))
+            })?;
+        items.drain(..=at);
+    }
+    let has_more = items.len() > limit;
+    items.truncate(limit);
+    Ok(Json(json!({
+        "object": "list",
+        "data": items,
+        "first_id": items.first().map(|i| i["id"].clone()),
+        "last_id": items.last().map(|i| i["id"].clone()),
+        "has_more": has_more,
+    })))
+}

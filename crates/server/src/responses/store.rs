@@ -1,0 +1,86 @@
+//! Where stored responses live: the tenancy store's SQL table when there is one
+//! (SQLite by default, Postgres for replicas), otherwise a bounded map in memory
+//! (`--db none`).
+
+use crate::AppState;
+use parlance_core::{Error, ErrorKind};
+use parlance_tenancy::responses::StoredResponse;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Most responses the in-memory store keeps; the oldest go first.
+const MEMORY_CAP: usize = 10_000;
+
+#[derive(Default)]
+pub struct MemoryStore(Mutex<HashMap<String, StoredResponse>>);
+
+fn store_err(e: String) -> Error {
+    Error::internal(format!("the response store failed: {e}"))
+}
+
+pub async fn save(state: &AppState, r: StoredResponse) -> Result<(), Error> {
+    if let Some(t) = &state.tenancy {
+        return t.store.save_response(&r).await.map_err(store_err);
+    }
+    let mut map = state
+        .responses
+        .0
+        .lock()
+        .map_err(|_| Error::internal("response store lock poisoned"))?;
+    if map.len() >= MEMORY_CAP && !map.contains_key(&r.id) {
+        if let Some(oldest) = map
+            .values()
+            .min_by_key(|r| r.created_at)
+            .map(|r| r.id.clone())
+        {
+            map.remove(&oldest);
+        }
+    }
+    map.insert(r.id.clone(), r);
+    Ok(())
+}
+
+/// The response `id` if it exists and belongs to `owner`; someone else's is as unknown
+/// as a missing one.
+pub async fn load(
+    state: &AppState,
+    owner: Option<&str>,
+    id: &str,
+) -> Result<Option<StoredResponse>, Error> {
+    let found = match &state.tenancy {
+        Some(t) => t.store.get_response(id).await.map_err(store_err)?,
+        None => state
+            .responses
+            .0
+            .lock()
+            .map_err(|_| Error::internal("response store lock poisoned"))?
+            .get(id)
+            .cloned(),
+    };
+    Ok(found.filter(|r| r.key_id.as_deref() == owner))
+}
+
+pub async fn delete(state: &AppState, owner: Option<&str>, id: &str) -> Result<bool, Error> {
+    if load(state, owner, id).await?.is_none() {
+        return Ok(false);
+    }
+    match &state.tenancy {
+        Some(t) => t.store.delete_response(id).await.map_err(store_err),
+        None => Ok(state
+            .responses
+            .0
+            .lock()
+            .map_err(|_| Error::internal("response store lock poisoned"))?
+            .remove(id)
+            .is_some()),
+    }
+}
+
+pub fn not_found(id: &str, param: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("Response with id '{id}' not found."),
+    )
+    .with_param(param)
+    .with_code("response_not_found")
+}

@@ -1,0 +1,113 @@
+"""Loopback stand-ins for Anthropic's and Gemini's APIs, speaking their real wire
+formats (whole and streamed), for gateway tests. Each answers a request that offers
+`get_weather` and has no tool result yet with a call to it, and otherwise with text
+that quotes the tool result. Every request body is kept for the test to inspect."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CITY_ARGS = {"city": "Sofia"}
+ANSWER = "It is 23 degrees and clear in Sofia."
+
+
+class Mock:
+    def __init__(self):
+        self.requests = []
+        mock = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+                mock.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if "/messages" in self.path:
+                    mock.anthropic(self, body)
+                elif ":generateContent" in self.path or ":streamGenerateContent" in self.path:
+                    mock.gemini(self, body)
+                else:
+                    self.send_error(404)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+
+    @staticmethod
+    def _json(h, obj):
+        data = json.dumps(obj).encode()
+        h.send_response(200)
+        h.send_header("content-type", "application/json")
+        h.send_header("content-length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    @staticmethod
+    def _sse(h, events):
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.send_header("transfer-encoding", "chunked")
+        h.end_headers()
+        for name, data in events:
+            text = (f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n"
+            raw = text.encode()
+            h.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+            h.wfile.flush()
+        h.wfile.write(b"0\r\n\r\n")
+
+    # ---- Anthropic Messages ----
+    def anthropic(self, h, body):
+        offered = any(t.get("name") == "get_weather" for t in body.get("tools", []))
+        answered = any(isinstance(m.get("content"), list) and any(b.get("type") == "tool_result" for b in m["content"]) for m in body["messages"])
+        call = offered and not answered
+        usage = {"input_tokens": 12, "output_tokens": 7}
+        if not body.get("stream"):
+            content = [{"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": CITY_ARGS}] if call else [{"type": "text", "text": ANSWER}]
+            return self._json(h, {"id": "msg_mock", "type": "message", "role": "assistant", "model": body["model"], "content": content,
+                                  "stop_reason": "tool_use" if call else "end_turn", "stop_sequence": None, "usage": usage})
+        events = [("message_start", {"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": body["model"],
+                                                                           "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+                  ("ping", {"type": "ping"})]
+        if call:
+            args = json.dumps(CITY_ARGS)
+            events.append(("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {}}}))
+            for i in range(0, len(args), 5):
+                events.append(("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": args[i:i + 5]}}))
+        else:
+            events.append(("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
+            for word in ANSWER.split(" "):
+                events.append(("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word + " "}}))
+        events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                   ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use" if call else "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 7}}),
+                   ("message_stop", {"type": "message_stop"})]
+        self._sse(h, events)
+
+    # ---- Gemini generateContent ----
+    def gemini(self, h, body):
+        decls = [d for t in body.get("tools", []) for d in t.get("functionDeclarations", t.get("function_declarations", []))]
+        offered = any(d.get("name") == "get_weather" for d in decls)
+        answered = any("functionResponse" in p or "function_response" in p for c in body.get("contents", []) for p in c.get("parts", []))
+        call = offered and not answered
+        usage = {"promptTokenCount": 12, "candidatesTokenCount": 7, "totalTokenCount": 19}
+
+        def chunk(parts, finish=None):
+            cand = {"content": {"role": "model", "parts": parts}, "index": 0}
+            if finish:
+                cand["finishReason"] = finish
+            return {"candidates": [cand], "usageMetadata": usage, "modelVersion": "gemini-mock"}
+
+        if ":generateContent" in h.path:
+            parts = [{"functionCall": {"name": "get_weather", "args": CITY_ARGS}}] if call else [{"text": ANSWER}]
+            return self._json(h, chunk(parts, "STOP"))
+        if call:
+            chunks = [chunk([{"functionCall": {"name": "get_weather", "args": CITY_ARGS}}], "STOP")]
+        else:
+            words = ANSWER.split(" ")
+            chunks = [chunk([{"text": w + " "}]) for w in words[:-1]] + [chunk([{"text": words[-1]}], "STOP")]
+        self._sse(h, [(None, c) for c in chunks])

@@ -1,0 +1,128 @@
+"""Parlance as a gateway between formats: an Anthropic-SDK caller reaching a Gemini
+upstream, a Gemini-SDK caller reaching an Anthropic upstream, and an OpenAI
+Responses caller reaching either; loopback mocks speak each provider's real wire
+format, and the test checks what each upstream received in its native form."""
+
+import json
+import tempfile
+
+import anthropic
+import openai
+import pytest
+from google import genai
+from google.genai import types
+
+from conftest import Server
+from mock_upstreams import ANSWER, CITY_ARGS, Mock
+
+WEATHER_ANTHROPIC = {"name": "get_weather", "description": "Current weather for a city",
+                     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+RESULT = {"temperature_c": 23, "sky": "clear"}
+
+
+@pytest.fixture(scope="module")
+def cross():
+    mock = Mock()
+    d = tempfile.mkdtemp(prefix="parlance-cross-")
+    cfg = f"{d}/gw.toml"
+    with open(cfg, "w") as f:
+        f.write(f"""
+[providers.claude]
+kind = "anthropic"
+base_url = "{mock.url}/v1"
+api_key = "sk-ant-mock"
+
+[providers.gem]
+kind = "gemini"
+base_url = "{mock.url}/v1beta"
+api_key = "gem-mock-key"
+
+[[models]]
+name = "via-gemini"
+deployments = [{{ provider = "gem", model = "gemini-mock" }}]
+
+[[models]]
+name = "via-claude"
+deployments = [{{ provider = "claude", model = "claude-mock" }}]
+""")
+    gw = Server("--config", cfg, "--db", f"sqlite://{d}/gw.db")
+    yield gw, mock
+    gw.stop()
+    mock.stop()
+
+
+def last(mock, fragment):
+    return [r for r in mock.requests if fragment in r["path"]][-1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_caller_to_gemini_upstream(cross, stream):
+    gw, mock = cross
+    c = anthropic.Anthropic(base_url=gw.url, api_key="any", max_retries=0)
+    ask = [{"role": "user", "content": "Weather in Sofia?"}]
+    kw = dict(model="via-gemini", max_tokens=100, tools=[WEATHER_ANTHROPIC], messages=ask)
+    if stream:
+        with c.messages.stream(**kw) as s:
+            deltas = [ev.delta.type for ev in s if ev.type == "content_block_delta"]
+            m = s.get_final_message()
+        assert "input_json_delta" in deltas
+        assert ":streamGenerateContent" in last(mock, "gemini-mock")["path"]
+    else:
+        m = c.messages.create(**kw)
+    use = next(b for b in m.content if b.type == "tool_use")
+    assert m.stop_reason == "tool_use" and use.name == "get_weather" and use.input == CITY_ARGS
+    sent = last(mock, "gemini-mock")
+    assert sent["headers"].get("x-goog-api-key") == "gem-mock-key"
+    assert sent["body"]["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+    follow = ask + [{"role": "assistant", "content": [{"type": "tool_use", "id": use.id, "name": use.name, "input": use.input}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": json.dumps(RESULT)}]}]
+    r = c.messages.create(model="via-gemini", max_tokens=100, tools=[WEATHER_ANTHROPIC], messages=follow)
+    assert r.stop_reason == "end_turn" and r.content[0].text == ANSWER
+    parts = [p for content in last(mock, "gemini-mock")["body"]["contents"] for p in content["parts"]]
+    call = next(p["functionCall"] for p in parts if "functionCall" in p)
+    resp = next(p["functionResponse"] for p in parts if "functionResponse" in p)
+    assert call == {"name": "get_weather", "args": CITY_ARGS} and resp["name"] == "get_weather"
+    assert json.dumps(RESULT) in json.dumps(resp["response"]) or resp["response"].get("temperature_c") == 23
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_caller_to_anthropic_upstream(cross, stream):
+    gw, mock = cross
+    g = genai.Client(api_key="any", http_options=types.HttpOptions(base_url=gw.url))
+    weather = types.FunctionDeclaration(name="get_weather", description="Current weather for a city",
+                                        parameters=types.Schema(type="OBJECT", properties={"city": types.Schema(type="STRING")}, required=["city"]))
+    cfg = types.GenerateContentConfig(tools=[types.Tool(function_declarations=[weather])],
+                                      automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True), max_output_tokens=100)
+    ask = [types.Content(role="user", parts=[types.Part(text="Weather in Sofia?")])]
+    if stream:
+        calls = [fc for ch in g.models.generate_content_stream(model="via-claude", contents=ask, config=cfg) for fc in (ch.function_calls or [])]
+        assert last(mock, "/messages")["body"]["stream"] is True
+    else:
+        calls = g.models.generate_content(model="via-claude", contents=ask, config=cfg).function_calls
+    assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].args == CITY_ARGS
+    sent = last(mock, "/messages")
+    assert sent["headers"].get("x-api-key") == "sk-ant-mock" and "anthropic-version" in sent["headers"]
+    assert sent["body"]["tools"][0]["name"] == "get_weather" and sent["body"]["tools"][0]["input_schema"]["properties"]["city"]["type"].lower() == "string"
+    follow = ask + [types.Content(role="model", parts=[types.Part(function_call=types.FunctionCall(name="get_weather", args=calls[0].args))]),
+                    types.Content(role="user", parts=[types.Part(function_response=types.FunctionResponse(name="get_weather", response=RESULT))])]
+    text = g.models.generate_content(model="via-claude", contents=follow, config=cfg).text
+    assert text == ANSWER
+    msgs = last(mock, "/messages")["body"]["messages"]
+    use = next(b for m in msgs if isinstance(m["content"], list) for b in m["content"] if b["type"] == "tool_use")
+    result = next(b for m in msgs if isinstance(m["content"], list) for b in m["content"] if b["type"] == "tool_result")
+    assert use["name"] == "get_weather" and use["input"] == CITY_ARGS and result["tool_use_id"] == use["id"]
+    assert "23" in json.dumps(result["content"])
+
+
+def test_responses_caller_to_both(cross):
+    gw, mock = cross
+    c = openai.OpenAI(base_url=gw.url + "/v1", api_key="any", max_retries=0)
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER_ANTHROPIC["input_schema"]}
+    for model in ("via-claude", "via-gemini"):
+        with c.responses.stream(model=model, input="Weather in Sofia?", tools=[tool]) as s:
+            final = s.get_final_response()
+        call = next(o for o in final.output if o.type == "function_call")
+        assert json.loads(call.arguments) == CITY_ARGS
+        r = c.responses.create(model=model, previous_response_id=final.id, tools=[tool],
+                               input=[{"type": "function_call_output", "call_id": call.call_id, "output": json.dumps(RESULT)}])
+        assert r.output_text == ANSWER
