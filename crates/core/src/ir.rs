@@ -168,6 +168,10 @@ pub struct RequestContext {
     pub request_id: String,
     /// The stored key that authenticated the request, if any.
     pub key_id: Option<String>,
+    /// The conversation this request continues (GigaChat's `X-Session-ID`, a stored
+    /// Responses conversation): a pool sends a conversation's turns to the same
+    /// deployment, whose prefix cache holds its history.
+    pub session: Option<String>,
     /// Shared with the backend, which counts what it has done as it goes, so a request
     /// cancelled or failed midway is still metered exactly.
     pub progress: Progress,

@@ -159,7 +159,7 @@ impl Pool {
 
     /// Picks among deployments not cooling down, preferring ones not yet tried; when
     /// all are cooling down, the one whose cooldown ends first (a half-open probe).
-    fn pick(&self, tried: &[usize], excluded: &[usize]) -> Option<usize> {
+    fn pick(&self, tried: &[usize], excluded: &[usize], session: Option<&str>) -> Option<usize> {
         let now = Instant::now();
         let healthy: Vec<usize> = (0..self.slots.len())
             .filter(|i| !excluded.contains(i))
@@ -180,6 +180,9 @@ impl Pool {
                 .filter(|i| !tried.contains(i) && !excluded.contains(i))
                 .min_by_key(|&i| *self.slots[i].health.cooldown_until.lock().ok()?);
         };
+        if let (Some(s), true) = (session, tried.is_empty()) {
+            return Some(self.sticky(&candidates, s));
+        }
         Some(match self.policy.balance {
             Balance::Weighted => self.weighted(&candidates),
             Balance::LeastInFlight => {
@@ -198,6 +201,25 @@ impl Pool {
                 self.weighted(&tied)
             }
         })
+    }
+
+    /// Rendezvous hashing: a session keeps its deployment while that one is healthy,
+    /// and only the sessions of a deployment that goes away move; weights still hold.
+    fn sticky(&self, candidates: &[usize], session: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let score = |i: usize| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (session, i, &self.slots[i].d.name).hash(&mut h);
+            // Uniform in (0, 1]; -w / ln(u) picks deployment i with probability w_i / W.
+            let u = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+            let u = u.max(f64::MIN_POSITIVE);
+            -(self.slots[i].d.weight.max(1) as f64) / u.ln()
+        };
+        candidates
+            .iter()
+            .copied()
+            .max_by(|&a, &b| score(a).total_cmp(&score(b)))
+            .unwrap_or(candidates[0])
     }
 
     fn weighted(&self, candidates: &[usize]) -> usize {
@@ -224,7 +246,7 @@ impl Pool {
         let mut excluded: Vec<usize> = Vec::new();
         let mut last: Option<Error> = None;
         for attempt in 0..=self.policy.retries {
-            let Some(i) = self.pick(&tried, &excluded) else {
+            let Some(i) = self.pick(&tried, &excluded, request.context.session.as_deref()) else {
                 break;
             };
             if attempt > 0 {

@@ -137,6 +137,9 @@ struct Slot {
     /// Tokens whose KV is in this sequence: kept after a job ends for prefix reuse.
     cached: Vec<LlamaToken>,
     run: Option<Run>,
+    /// The id of the last job this slot served: an idle slot used long ago is the one
+    /// a new conversation takes, so recent conversations keep their prefix.
+    last_used: u64,
 }
 
 struct ActiveJob {
@@ -181,6 +184,7 @@ impl<'m> Worker<'m> {
                 seq: i as i32,
                 cached: Vec::new(),
                 run: None,
+                last_used: 0,
             })
             .collect();
         Worker {
@@ -281,14 +285,22 @@ impl<'m> Worker<'m> {
         let id = self.next_job;
         self.next_job += 1;
 
-        // The free slot that already holds the longest prefix of this prompt.
+        // The free slot that already holds the longest prefix of this prompt; among
+        // equals (a new conversation), an empty one, else the least recently used, so
+        // a conversation's follow-up turn still finds its history in its slot.
+        let lru = |s: &Slot| (s.cached.is_empty(), std::cmp::Reverse(s.last_used));
         #[allow(
             clippy::expect_used,
             reason = "admit() starts a job only with at least as many free slots as its choices (>= 1)"
         )]
         let primary = *free
             .iter()
-            .max_by_key(|&&i| common_prefix(&self.slots[i].cached, &job.prompt))
+            .max_by_key(|&&i| {
+                (
+                    common_prefix(&self.slots[i].cached, &job.prompt),
+                    lru(&self.slots[i]),
+                )
+            })
             .expect("at least one free slot");
         // At least the last prompt token is decoded again: its logits start sampling.
         let limit = job.prompt.len() - 1;
@@ -335,12 +347,9 @@ impl<'m> Worker<'m> {
             ..JobStats::default()
         };
         let mut members = vec![primary];
-        members.extend(
-            free.iter()
-                .copied()
-                .filter(|&i| i != primary)
-                .take(job.choices.len() - 1),
-        );
+        let mut others: Vec<usize> = free.iter().copied().filter(|&i| i != primary).collect();
+        others.sort_by_key(|&i| std::cmp::Reverse(lru(&self.slots[i])));
+        members.extend(others.into_iter().take(job.choices.len() - 1));
         for (k, &slot_idx) in members.iter().enumerate() {
             if k > 0 {
                 self.trim(slot_idx, 0);
@@ -362,6 +371,7 @@ impl<'m> Worker<'m> {
             };
             let (sampler, shadow) = sampler::build(spec);
             let slot = &mut self.slots[slot_idx];
+            slot.last_used = id;
             slot.run = Some(Run {
                 job: id,
                 choice,
@@ -589,11 +599,12 @@ impl<'m> Worker<'m> {
         }
     }
 
-    /// Frees the KV of one idle slot's cached prefix; false when there is none.
+    /// Frees the KV of the least recently used idle slot's cached prefix; false when
+    /// there is none.
     fn evict_idle_cache(&mut self) -> bool {
         let idle = (0..self.slots.len())
             .filter(|&i| self.slots[i].run.is_none() && !self.slots[i].cached.is_empty())
-            .max_by_key(|&i| self.slots[i].cached.len());
+            .min_by_key(|&i| self.slots[i].last_used);
         match idle {
             Some(i) => {
                 self.trim(i, 0);

@@ -287,3 +287,34 @@ async fn a_bad_key_or_model_is_not_retried_on_the_same_deployment_and_benches_it
     }
     assert_eq!(bad.count(), 1, "benched after its first 404");
 }
+
+#[tokio::test]
+async fn a_session_stays_on_its_deployment_and_sessions_spread_by_weight() {
+    let (a, b) = (Mock::start().await, Mock::start().await);
+    a.always(Reply::Json(200, ok_body("a")));
+    b.always(Reply::Json(200, ok_body("b")));
+    let pool: Arc<dyn Backend> = Arc::new(Pool::new(
+        "m",
+        vec![deployment(&a, "a", 3), deployment(&b, "b", 1)],
+        fast_policy(),
+    ));
+    let with_session = |s: &str| {
+        let mut r = ask("x", false);
+        r.context.session = Some(s.to_string());
+        r
+    };
+    // Every turn of one conversation reaches the same deployment.
+    for s in ["conv-1", "conv-2", "conv-3"] {
+        let first = run(&pool, with_session(s)).await.unwrap().choices[0].content.clone();
+        for _ in 0..10 {
+            assert_eq!(run(&pool, with_session(s)).await.unwrap().choices[0].content, first);
+        }
+    }
+    // Different conversations still spread 3:1 (expected 300 of 400 turns on `a`).
+    let before = a.count();
+    for i in 0..400 {
+        run(&pool, with_session(&format!("s{i}"))).await.unwrap();
+    }
+    let on_a = a.count() - before;
+    assert!((240..=360).contains(&on_a), "a got {on_a}");
+}

@@ -55,6 +55,7 @@ pub async fn chat_completions(
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,
     axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    headers: axum::http::HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -86,6 +87,12 @@ pub async fn chat_completions(
     };
     let mut req = to_ir(wire_req)?;
     req.debug = debug_flag(&query);
+    // GigaChat's session header: the turns of one conversation stay on one deployment.
+    req.context.session = headers
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
 
     let route = state.router.resolve(&req.model)?;
     if let (Some(asked), Some(limit)) = (req.max_tokens, route.info.max_output_tokens) {

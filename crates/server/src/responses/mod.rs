@@ -52,12 +52,13 @@ fn owner(principal: &Principal) -> Option<String> {
     principal.key().map(|k| k.id.clone())
 }
 
-/// The messages of the stored conversation that ends with `id`, oldest first.
+/// The messages of the stored conversation that ends with `id`, oldest first, and
+/// the id of its first turn (the conversation's session).
 async fn conversation(
     state: &AppState,
     owner: Option<&str>,
     id: &str,
-) -> Result<Vec<Message>, Error> {
+) -> Result<(Vec<Message>, String), Error> {
     let mut turns = Vec::new();
     let mut next = Some(id.to_string());
     while let Some(id) = next {
@@ -73,6 +74,7 @@ async fn conversation(
         next = turn.previous_id.clone();
         turns.push(turn);
     }
+    let root = turns.last().map(|t| t.id.clone()).unwrap_or_default();
     let mut messages = Vec::new();
     for turn in turns.iter().rev() {
         let input: Vec<Value> = serde_json::from_str(&turn.input).unwrap_or_default();
@@ -87,7 +89,7 @@ async fn conversation(
                 ))
             })?;
     }
-    Ok(messages)
+    Ok((messages, root))
 }
 
 /// The request fields a response object repeats back.
@@ -163,12 +165,18 @@ pub async fn create(
     let wire_req: wire::ResponsesRequest = parse_json_off_thread(bytes).await?;
     ctx.set_model(&wire_req.model);
     let owner = owner(&principal);
-    let history = match wire_req.previous_response_id.as_deref() {
-        Some(prev) => conversation(&state, owner.as_deref(), prev).await?,
-        None => Vec::new(),
+    let (history, session) = match wire_req.previous_response_id.as_deref() {
+        Some(prev) => {
+            let (h, root) = conversation(&state, owner.as_deref(), prev).await?;
+            (h, Some(root))
+        }
+        None => (Vec::new(), None),
     };
     let items = request::input_items(wire_req.input.clone())?;
-    let req = request::to_ir(&wire_req, history, &items)?;
+    let mut req = request::to_ir(&wire_req, history, &items)?;
+    let id = new_id("resp");
+    // A conversation is named by its first response: every turn hashes alike.
+    req.context.session = Some(session.unwrap_or_else(|| id.clone()));
     let route = state.router.resolve(&req.model)?;
     check_output_cap(route, &req, "max_output_tokens")?;
     let saving = wire_req.store.unwrap_or(true).then(|| Saving {
@@ -177,7 +185,7 @@ pub async fn create(
         input: Value::Array(items).to_string(),
     });
     let meta = Meta {
-        id: new_id("resp"),
+        id,
         created_at: now_secs(),
         model: req.model.clone(),
         echo: echo(&wire_req),
