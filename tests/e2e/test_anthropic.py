@@ -111,3 +111,20 @@ def test_stream_given_as_a_string(server):
     assert r.headers["content-type"].startswith("text/event-stream") and "message_stop" in r.text
     r = requests.post(server.url + "/v1/messages", headers=h, json={**body, "stream": "maybe"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error" and "stream" in r.json()["error"]["message"]
+
+
+def test_stop_sequence_is_reported(claude):
+    kw = dict(model=MODEL, max_tokens=30, messages=[{"role": "user", "content": "Count from one to ten in words."}], extra_body={"temperature": 0})
+    full = claude.messages.create(**kw).content[0].text
+    words = full.split()
+    assert len(words) > 3, full
+    stop = words[2]
+    m = claude.messages.create(stop_sequences=[stop, "zzzz-never"], **kw)
+    assert m.stop_reason == "stop_sequence" and m.stop_sequence == stop
+    assert m.content[0].text == full[:full.index(stop)]
+    with claude.messages.stream(stop_sequences=[stop], **kw) as s:
+        final = s.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
+    # Without a matched stop sequence, the answer ends its turn with none named.
+    plain = claude.messages.create(**dict(kw, max_tokens=200))
+    assert plain.stop_sequence is None

@@ -14,6 +14,8 @@ pub struct CompletedChoice {
     pub tool_calls: Vec<ToolCall>,
     pub logprobs: Vec<TokenLogprob>,
     pub finish_reason: Option<FinishReason>,
+    /// The stop sequence that ended it, when one did.
+    pub stop_sequence: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -58,8 +60,14 @@ impl Completion {
                     call.arguments.push_str(&d.arguments);
                 }
             }
-            StreamEvent::Finish { index, reason } => {
-                self.choice(index).finish_reason = Some(reason)
+            StreamEvent::Finish {
+                index,
+                reason,
+                stop_sequence,
+            } => {
+                let c = self.choice(index);
+                c.finish_reason = Some(reason);
+                c.stop_sequence = stop_sequence;
             }
             StreamEvent::Usage(u) => self.usage = u,
             StreamEvent::Debug(v) => self.debug = Some(v),
@@ -121,10 +129,12 @@ mod tests {
             Ok(StreamEvent::Finish {
                 index: 0,
                 reason: FinishReason::Stop,
+                stop_sequence: None,
             }),
             Ok(StreamEvent::Finish {
                 index: 1,
                 reason: FinishReason::ToolCalls,
+                stop_sequence: None,
             }),
             Ok(StreamEvent::Usage(Usage {
                 prompt_tokens: 3,

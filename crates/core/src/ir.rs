@@ -319,8 +319,16 @@ impl Usage {
 /// `Finish`. After all choices: one `Usage`, then optionally one `Debug`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
-    Delta { index: u32, delta: Delta },
-    Finish { index: u32, reason: FinishReason },
+    Delta {
+        index: u32,
+        delta: Delta,
+    },
+    Finish {
+        index: u32,
+        reason: FinishReason,
+        /// The caller's stop sequence that ended the choice, when one did.
+        stop_sequence: Option<String>,
+    },
     Usage(Usage),
     Debug(Value),
 }

@@ -77,6 +77,10 @@ pub struct LocalModelConfig {
     /// A Jinja chat template to use instead of the one in the GGUF.
     pub chat_template: Option<String>,
     pub flash_attention: FlashAttention,
+    /// Batch-invariant numerics (`--deterministic`): a seeded request gives the same
+    /// text alone or batched with others, at the cost of small micro-batches (slow
+    /// long prefills) and a pad token for a lone seeded sequence (see `worker::UBATCH`).
+    pub deterministic: bool,
 }
 
 impl LocalModelConfig {
@@ -94,6 +98,7 @@ impl LocalModelConfig {
             max_output_tokens: None,
             chat_template: None,
             flash_attention: FlashAttention::On,
+            deterministic: false,
         }
     }
 }
@@ -225,7 +230,11 @@ impl LocalModel {
             // n choices share their prompt's cells, and a full pool is handled by the worker.
             .with_n_ctx(NonZeroU32::new(ctx_per_seq))
             .with_n_batch(cfg.n_batch as u32)
-            .with_n_ubatch(worker::UBATCH as u32)
+            .with_n_ubatch(if cfg.deterministic {
+                worker::UBATCH as u32
+            } else {
+                cfg.n_batch as u32
+            })
             // One extra sequence for the worker's pad token.
             .with_n_seq_max(slots as u32 + 1)
             .with_kv_unified(true)
@@ -241,6 +250,7 @@ impl LocalModel {
             ctx_per_seq: ctx_per_seq as usize,
             n_batch: cfg.n_batch.max(slots),
             prefill_chunk: cfg.prefill_chunk.max(1),
+            deterministic: cfg.deterministic,
             eog_tokens,
             preserved: [
                 "<tool_call>",

@@ -8,6 +8,8 @@ pub struct Pushed {
     pub text: String,
     /// A stop string matched: `text` ends right before it and generation must end.
     pub stopped: bool,
+    /// Which one (the earliest in the text).
+    pub matched: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -35,15 +37,17 @@ impl TextAssembler {
         let hit = self
             .stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
-        if let Some(at) = hit {
+            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|&(at, _)| at);
+        if let Some((at, stop)) = hit {
+            let matched = Some(stop.clone());
             let mut text = std::mem::take(&mut self.held);
             text.truncate(at);
             self.partial.clear();
             return Pushed {
                 text,
                 stopped: true,
+                matched,
             };
         }
 
@@ -54,6 +58,7 @@ impl TextAssembler {
         Pushed {
             text,
             stopped: false,
+            matched: None,
         }
     }
 

@@ -81,13 +81,16 @@ pub(crate) struct WorkerConfig {
     /// Prompt tokens per step while other sequences are generating, so a long
     /// prompt cannot freeze their streams.
     pub prefill_chunk: usize,
+    /// Micro-batches of 2..=UBATCH tokens (see `UBATCH`); otherwise llama.cpp's own.
+    pub deterministic: bool,
     pub eog_tokens: Vec<LlamaToken>,
     /// Control tokens whose text parsers need (`<tool_call>` and kin); every other
     /// control token renders as nothing.
     pub preserved: Vec<LlamaToken>,
 }
 
-/// Most tokens llama.cpp computes at once (its n_ubatch). Together with the pad token
+/// Most tokens llama.cpp computes at once (its n_ubatch) in `--deterministic` mode;
+/// otherwise n_ubatch is n_batch. Together with the pad token
 /// below, every micro-batch holds 2..=63 tokens, which keeps ggml's CPU flash attention
 /// on its one per-query path: 64+ queries switch it to a tiled kernel and a single query
 /// over 512+ cells to a split-KV kernel, and each rounds differently. A sequence's
@@ -507,7 +510,7 @@ impl<'m> Worker<'m> {
             job.and_then(|j| self.jobs.get(&j))
                 .is_some_and(|a| a.job.sampling.seed.is_some())
         });
-        if seeded && self.batch.n_tokens() as usize % UBATCH == 1 {
+        if self.cfg.deterministic && seeded && self.batch.n_tokens() as usize % UBATCH == 1 {
             // A one-token micro-batch would take the split-KV path (see UBATCH): pad it
             // with a throwaway token in a sequence of its own, one cell, no logits. Only
             // seeded requests pay for it (~15% slower decoding when alone).
@@ -553,7 +556,7 @@ impl<'m> Worker<'m> {
                                 slot,
                                 "KV cache full: ending the longest sequence early"
                             );
-                            self.end_run(slot, FinishReason::Length, Delta::default());
+                            self.end_run(slot, FinishReason::Length, Delta::default(), None);
                         }
                     }
                 }
@@ -682,6 +685,7 @@ impl<'m> Worker<'m> {
             .fetch_add(1, Ordering::Relaxed);
 
         let mut finish = None;
+        let mut matched = None;
         let mut delta = Delta::default();
         if vocab.is_eog(tok) && !active.job.ignore_eos {
             finish = Some(FinishReason::Stop);
@@ -701,6 +705,7 @@ impl<'m> Worker<'m> {
             }
             if pushed.stopped {
                 finish = Some(FinishReason::Stop);
+                matched = pushed.matched;
             } else if run.generated >= active.job.max_tokens
                 || slot.cached.len() >= self.cfg.ctx_per_seq
             {
@@ -711,7 +716,7 @@ impl<'m> Worker<'m> {
             delta.content = pushed.text;
         }
         match finish {
-            Some(reason) => self.end_run(i, reason, delta),
+            Some(reason) => self.end_run(i, reason, delta, matched),
             None if !delta.is_empty() => {
                 let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta {
                     index: run.choice,
@@ -724,7 +729,13 @@ impl<'m> Worker<'m> {
 
     /// Ends one choice: flushes its text, sends its finish, frees its slot, and
     /// completes the job when it was the last choice running.
-    fn end_run(&mut self, i: usize, reason: FinishReason, mut delta: Delta) {
+    fn end_run(
+        &mut self,
+        i: usize,
+        reason: FinishReason,
+        mut delta: Delta,
+        stop_sequence: Option<String>,
+    ) {
         let Some(mut run) = self.slots[i].run.take() else {
             return;
         };
@@ -746,10 +757,11 @@ impl<'m> Worker<'m> {
                 .tx
                 .send(JobEvent::Event(StreamEvent::Delta { index, delta }));
         }
-        let _ = active
-            .job
-            .tx
-            .send(JobEvent::Event(StreamEvent::Finish { index, reason }));
+        let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Finish {
+            index,
+            reason,
+            stop_sequence,
+        }));
         active.live -= 1;
         if active.live == 0 {
             self.complete(run.job);

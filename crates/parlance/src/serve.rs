@@ -95,6 +95,13 @@ pub struct ServeArgs {
     )]
     pub prefill_chunk: usize,
 
+    /// Batch-invariant sampling: a seeded request gives the same text alone or batched
+    /// with others (as vLLM's and SGLang's deterministic modes), at the cost of small
+    /// micro-batches: long prompts prefill several times slower. Off: a seed repeats
+    /// an answer only under the same batch composition (e.g. alone).
+    #[arg(long, env = "PARLANCE_DETERMINISTIC")]
+    pub deterministic: bool,
+
     /// Flash attention (`-fa` works too); faster on CPU for batched decoding.
     #[arg(long = "flash-attn", env = "PARLANCE_FLASH_ATTN", value_enum, default_value_t = FlashAttn::On)]
     pub flash_attn: FlashAttn,
@@ -517,6 +524,7 @@ fn load_local(
     cfg.n_predict = args.n_predict.filter(|&n| n > 0);
     cfg.max_output_tokens = args.max_output_tokens.filter(|&n| n > 0);
     cfg.chat_template = template.clone();
+    cfg.deterministic = args.deterministic;
     cfg.flash_attention = match args.flash_attn {
         FlashAttn::On => FlashAttention::On,
         FlashAttn::Off => FlashAttention::Off,

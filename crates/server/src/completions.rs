@@ -190,7 +190,7 @@ fn merged(streams: Vec<EventStream>, n: u32) -> EventStream {
         while let Some((p, ev)) = all.next().await {
             match ev {
                 Ok(StreamEvent::Delta { index, delta }) => yield Ok(StreamEvent::Delta { index: p * n + index, delta }),
-                Ok(StreamEvent::Finish { index, reason }) => yield Ok(StreamEvent::Finish { index: p * n + index, reason }),
+                Ok(StreamEvent::Finish { index, reason, stop_sequence }) => yield Ok(StreamEvent::Finish { index: p * n + index, reason, stop_sequence }),
                 Ok(StreamEvent::Usage(u)) => {
                     usage.prompt_tokens += u.prompt_tokens;
                     usage.completion_tokens += u.completion_tokens;
@@ -320,7 +320,7 @@ pub async fn completions(
                     let lp = want_logprobs.then(|| logprobs_json(&delta.logprobs, offset));
                     yield chunk(json!([{"text": text, "index": index, "logprobs": lp, "finish_reason": null}]), Value::Null);
                 }
-                Ok(StreamEvent::Finish { index, reason }) => {
+                Ok(StreamEvent::Finish { index, reason, .. }) => {
                     yield chunk(json!([{"text": "", "index": index, "logprobs": null, "finish_reason": finish_str(reason)}]), Value::Null);
                 }
                 Ok(StreamEvent::Usage(u)) => {

@@ -58,6 +58,7 @@ impl Backend for Scripted {
                 events.push(Ok(StreamEvent::Finish {
                     index: i,
                     reason: FinishReason::Stop,
+                    stop_sequence: None,
                 }));
             }
         }

@@ -228,6 +228,7 @@ impl Dialect for AnthropicDialect {
         out.push(StreamEvent::Finish {
             index: 0,
             reason: finish_reason(resp.stop_reason.as_deref(), json_tool),
+            stop_sequence: resp.stop_sequence,
         });
         out.push(StreamEvent::Usage(usage(
             &resp.usage,
@@ -273,6 +274,7 @@ struct EventMapper {
     input: wire::Usage,
     output: u32,
     stop: Option<String>,
+    stop_sequence: Option<String>,
     finished: bool,
 }
 
@@ -335,6 +337,9 @@ impl StreamMapper for EventMapper {
                 if d.stop_reason.is_some() {
                     self.stop = d.stop_reason;
                 }
+                if d.stop_sequence.is_some() {
+                    self.stop_sequence = d.stop_sequence;
+                }
                 if let Some(u) = usage {
                     self.output = u.output_tokens;
                 }
@@ -343,6 +348,7 @@ impl StreamMapper for EventMapper {
                 out.push(StreamEvent::Finish {
                     index: 0,
                     reason: finish_reason(self.stop.as_deref(), self.json_tool),
+                    stop_sequence: self.stop_sequence.take(),
                 });
                 self.finished = true;
                 return Ok(true);

@@ -291,6 +291,7 @@ impl ResponseMapper {
                 out.push(StreamEvent::Finish {
                     index,
                     reason: finish_reason(&r, has_calls),
+                    stop_sequence: None,
                 });
                 self.finishes.mark(index);
             }
@@ -304,6 +305,7 @@ impl ResponseMapper {
                 out.push(StreamEvent::Finish {
                     index,
                     reason: FinishReason::ContentFilter,
+                    stop_sequence: None,
                 });
                 self.finishes.mark(index);
             }

@@ -227,7 +227,11 @@ pub fn parse_body(body: &[u8], n: u32) -> Result<Vec<StreamEvent>, Error> {
             out.push(StreamEvent::Delta { index, delta: d });
         }
         let reason = finish_reason(c.finish_reason.as_deref().unwrap_or("stop"), has_calls);
-        out.push(StreamEvent::Finish { index, reason });
+        out.push(StreamEvent::Finish {
+            index,
+            reason,
+            stop_sequence: None,
+        });
         finishes.mark(index);
     }
     finishes.check()?;
@@ -286,6 +290,7 @@ impl StreamMapper for ChunkMapper {
                 out.push(StreamEvent::Finish {
                     index,
                     reason: finish_reason(&r, has_calls),
+                    stop_sequence: None,
                 });
                 self.finishes.mark(index);
             }

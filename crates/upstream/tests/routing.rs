@@ -305,9 +305,14 @@ async fn a_session_stays_on_its_deployment_and_sessions_spread_by_weight() {
     };
     // Every turn of one conversation reaches the same deployment.
     for s in ["conv-1", "conv-2", "conv-3"] {
-        let first = run(&pool, with_session(s)).await.unwrap().choices[0].content.clone();
+        let first = run(&pool, with_session(s)).await.unwrap().choices[0]
+            .content
+            .clone();
         for _ in 0..10 {
-            assert_eq!(run(&pool, with_session(s)).await.unwrap().choices[0].content, first);
+            assert_eq!(
+                run(&pool, with_session(s)).await.unwrap().choices[0].content,
+                first
+            );
         }
     }
     // Different conversations still spread 3:1 (expected 300 of 400 turns on `a`).

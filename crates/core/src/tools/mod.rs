@@ -146,7 +146,7 @@ pub fn parse_tool_calls(
                         yield Ok(StreamEvent::Delta { index, delta: out });
                     }
                 }
-                Ok(StreamEvent::Finish { index, reason }) if (index as usize) < parsers.len() => {
+                Ok(StreamEvent::Finish { index, reason, stop_sequence }) if (index as usize) < parsers.len() => {
                     let i = index as usize;
                     let cut = reason == FinishReason::Length;
                     let mut out = to_delta(parsers[i].finish(cut), &mut calls[i], &mut open[i], &mut blank[i], Delta::default());
@@ -157,7 +157,7 @@ pub fn parse_tool_calls(
                         yield Ok(StreamEvent::Delta { index, delta: out });
                     }
                     let reason = if calls[i] > 0 && reason == FinishReason::Stop { FinishReason::ToolCalls } else { reason };
-                    yield Ok(StreamEvent::Finish { index, reason });
+                    yield Ok(StreamEvent::Finish { index, reason, stop_sequence });
                 }
                 other => yield other,
             }

@@ -9,8 +9,10 @@ use parlance_core::{Error, EventStream};
 use parlance_protocol::anthropic as wire;
 use serde_json::{json, Value};
 
-pub fn stop_reason(r: FinishReason) -> &'static str {
+/// `stop_sequence` when a caller's stop sequence ended the answer.
+pub fn stop_reason(r: FinishReason, stop_sequence: Option<&str>) -> &'static str {
     match r {
+        FinishReason::Stop if stop_sequence.is_some() => "stop_sequence",
         FinishReason::Stop => "end_turn",
         FinishReason::Length => "max_tokens",
         FinishReason::ToolCalls => "tool_use",
@@ -60,8 +62,8 @@ pub fn message(id: &str, model: &str, done: Completion) -> Value {
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": stop_reason(choice.finish_reason.unwrap_or(FinishReason::Stop)),
-        "stop_sequence": null,
+        "stop_reason": stop_reason(choice.finish_reason.unwrap_or(FinishReason::Stop), choice.stop_sequence.as_deref()),
+        "stop_sequence": choice.stop_sequence,
         "usage": usage(&done.usage),
     })
 }
@@ -104,6 +106,7 @@ pub fn events(
         let mut index: i64 = -1;
         let mut open = Open::None;
         let mut finish: Option<FinishReason> = None;
+        let mut matched: Option<String> = None;
         let mut done = false;
         while let Some(ev) = events.next().await {
             match ev {
@@ -144,14 +147,15 @@ pub fn events(
                         }
                     }
                 }
-                Ok(StreamEvent::Finish { index: 0, reason }) => {
+                Ok(StreamEvent::Finish { index: 0, reason, stop_sequence }) => {
                     if let Some(stop) = close(&mut open, index) { yield stop; }
                     finish = Some(reason);
+                    matched = stop_sequence;
                 }
                 Ok(StreamEvent::Usage(u)) => {
                     if let Some(stop) = close(&mut open, index) { yield stop; }
                     yield ("message_delta", json!({"type": "message_delta",
-                        "delta": {"stop_reason": stop_reason(finish.unwrap_or(FinishReason::Stop)), "stop_sequence": null},
+                        "delta": {"stop_reason": stop_reason(finish.unwrap_or(FinishReason::Stop), matched.as_deref()), "stop_sequence": matched},
                         "usage": usage(&u)}));
                     yield ("message_stop", json!({"type": "message_stop"}));
                     done = true;

@@ -234,7 +234,7 @@ fn chunks(mut events: EventStream, version: String) -> impl Stream<Item = Value>
                         yield json!({"candidates": [{"content": {"role": "model", "parts": parts}, "index": index}], "modelVersion": version});
                     }
                 }
-                Ok(StreamEvent::Finish { index, reason }) => finished.push((index, reason)),
+                Ok(StreamEvent::Finish { index, reason, .. }) => finished.push((index, reason)),
                 Ok(StreamEvent::Usage(u)) => {
                     let last = finished.len().saturating_sub(1);
                     for (k, (index, reason)) in finished.drain(..).enumerate() {

@@ -213,7 +213,7 @@ pub fn chunks(
                         None => yield SsePayload::Chunk(chunk(&meta, &opts, vec![delta_choice(index, delta, opts.want_logprobs)])),
                     }
                 }
-                Ok(StreamEvent::Finish { index, reason }) => {
+                Ok(StreamEvent::Finish { index, reason, .. }) => {
                     let i = index as usize;
                     if i >= finished.len() || finished[i] {
                         continue;

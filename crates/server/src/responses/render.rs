@@ -227,7 +227,9 @@ impl Builder {
         let mut out = Vec::new();
         match ev {
             StreamEvent::Delta { index: 0, delta } => self.delta(delta, &mut out),
-            StreamEvent::Finish { index: 0, reason } => {
+            StreamEvent::Finish {
+                index: 0, reason, ..
+            } => {
                 self.finish = Some(reason);
                 self.close(&mut out);
             }
