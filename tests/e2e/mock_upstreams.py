@@ -9,6 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CITY_ARGS = {"city": "Sofia"}
 ANSWER = "It is 23 degrees and clear in Sofia."
+THOUGHT = "The user wants the weather; I should call the tool."
+SIGNATURE = "EqQBCgIYAhIM-mock-signature"
 
 
 class Mock:
@@ -66,25 +68,38 @@ class Mock:
         offered = any(t.get("name") == "get_weather" for t in body.get("tools", []))
         answered = any(isinstance(m.get("content"), list) and any(b.get("type") == "tool_result" for b in m["content"]) for m in body["messages"])
         call = offered and not answered
-        usage = {"input_tokens": 12, "output_tokens": 7}
+        think = bool(body.get("thinking"))
+        # A stop sequence the caller gave that the answer would contain ends it there.
+        stop = next((s for s in body.get("stop_sequences", []) if s in ANSWER), None)
+        text = ANSWER[:ANSWER.index(stop)] if stop else ANSWER
+        usage = {"input_tokens": 12, "output_tokens": 7, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 2}
+        stop_reason = "tool_use" if call else ("stop_sequence" if stop else "end_turn")
         if not body.get("stream"):
-            content = [{"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": CITY_ARGS}] if call else [{"type": "text", "text": ANSWER}]
+            content = [{"type": "thinking", "thinking": THOUGHT, "signature": SIGNATURE}] if think else []
+            content += [{"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": CITY_ARGS}] if call else [{"type": "text", "text": text}]
             return self._json(h, {"id": "msg_mock", "type": "message", "role": "assistant", "model": body["model"], "content": content,
-                                  "stop_reason": "tool_use" if call else "end_turn", "stop_sequence": None, "usage": usage})
+                                  "stop_reason": stop_reason, "stop_sequence": stop, "usage": usage})
         events = [("message_start", {"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": body["model"],
-                                                                           "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+                                                                           "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}}),
                   ("ping", {"type": "ping"})]
+        k = 0
+        if think:
+            events += [("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+                       ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": THOUGHT}}),
+                       ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": SIGNATURE}}),
+                       ("content_block_stop", {"type": "content_block_stop", "index": 0})]
+            k = 1
         if call:
             args = json.dumps(CITY_ARGS)
-            events.append(("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {}}}))
+            events.append(("content_block_start", {"type": "content_block_start", "index": k, "content_block": {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {}}}))
             for i in range(0, len(args), 5):
-                events.append(("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": args[i:i + 5]}}))
+                events.append(("content_block_delta", {"type": "content_block_delta", "index": k, "delta": {"type": "input_json_delta", "partial_json": args[i:i + 5]}}))
         else:
-            events.append(("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
-            for word in ANSWER.split(" "):
-                events.append(("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word + " "}}))
-        events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
-                   ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use" if call else "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 7}}),
+            events.append(("content_block_start", {"type": "content_block_start", "index": k, "content_block": {"type": "text", "text": ""}}))
+            for i in range(0, len(text), 6):
+                events.append(("content_block_delta", {"type": "content_block_delta", "index": k, "delta": {"type": "text_delta", "text": text[i:i + 6]}}))
+        events += [("content_block_stop", {"type": "content_block_stop", "index": k}),
+                   ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop}, "usage": {"output_tokens": 7}}),
                    ("message_stop", {"type": "message_stop"})]
         self._sse(h, events)
 

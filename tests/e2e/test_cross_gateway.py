@@ -13,7 +13,7 @@ from google import genai
 from google.genai import types
 
 from conftest import Server
-from mock_upstreams import ANSWER, CITY_ARGS, Mock
+from mock_upstreams import ANSWER, CITY_ARGS, SIGNATURE, THOUGHT, Mock
 
 WEATHER_ANTHROPIC = {"name": "get_weather", "description": "Current weather for a city",
                      "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -126,3 +126,50 @@ def test_responses_caller_to_both(cross):
         r = c.responses.create(model=model, previous_response_id=final.id, tools=[tool],
                                input=[{"type": "function_call_output", "call_id": call.call_id, "output": json.dumps(RESULT)}])
         assert r.output_text == ANSWER
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_thinking_signatures_stop_sequences_and_cache_usage_pass_through(cross, stream):
+    gw, mock = cross
+    c = anthropic.Anthropic(base_url=gw.url, api_key="any", max_retries=0)
+    ask = [{"role": "user", "content": "Weather in Sofia?"}]
+    kw = dict(model="via-claude", max_tokens=4096, tools=[WEATHER_ANTHROPIC], messages=ask, thinking={"type": "enabled", "budget_tokens": 2048})
+    if stream:
+        with c.messages.stream(**kw) as s:
+            deltas = [ev.delta.type for ev in s if ev.type == "content_block_delta"]
+            m = s.get_final_message()
+        assert "signature_delta" in deltas and "thinking_delta" in deltas
+    else:
+        m = c.messages.create(**kw)
+    assert last(mock, "/messages")["body"]["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    thinking = next(b for b in m.content if b.type == "thinking")
+    assert thinking.thinking == THOUGHT and thinking.signature == SIGNATURE
+    assert m.usage.cache_creation_input_tokens == 3 and m.usage.cache_read_input_tokens == 2 and m.usage.input_tokens == 12
+    use = next(b for b in m.content if b.type == "tool_use")
+    # The next turn sends the signed thinking back, first, and a failed tool result.
+    follow = ask + [{"role": "assistant", "content": [{"type": "thinking", "thinking": thinking.thinking, "signature": thinking.signature},
+                                                      {"type": "tool_use", "id": use.id, "name": use.name, "input": use.input}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "service down", "is_error": True}]}]
+    r = c.messages.create(model="via-claude", max_tokens=4096, tools=[WEATHER_ANTHROPIC], messages=follow, stop_sequences=["degrees"])
+    sent = last(mock, "/messages")["body"]["messages"]
+    assistant = next(m for m in sent if m["role"] == "assistant")
+    assert assistant["content"][0] == {"type": "thinking", "thinking": THOUGHT, "signature": SIGNATURE}
+    result = next(b for m in sent if isinstance(m["content"], list) for b in m["content"] if b["type"] == "tool_result")
+    assert result["is_error"] is True
+    assert r.stop_reason == "stop_sequence" and r.stop_sequence == "degrees" and r.content[-1].text == ANSWER[:ANSWER.index("degrees")]
+
+
+def test_reasoning_settings_cross_formats(cross):
+    gw, mock = cross
+    # Anthropic's thinking budget reaches Gemini as thinkingBudget.
+    c = anthropic.Anthropic(base_url=gw.url, api_key="any", max_retries=0)
+    c.messages.create(model="via-gemini", max_tokens=100, messages=[{"role": "user", "content": "Hi"}], thinking={"type": "enabled", "budget_tokens": 2048})
+    assert last(mock, "gemini-mock")["body"]["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 2048, "includeThoughts": True}
+    # OpenAI's reasoning_effort reaches Anthropic as a thinking budget, and Gemini's
+    # thinkingBudget reaches Anthropic the same way.
+    o = openai.OpenAI(base_url=gw.url + "/v1", api_key="any", max_retries=0)
+    o.chat.completions.create(model="via-claude", messages=[{"role": "user", "content": "Hi"}], max_tokens=20000, reasoning_effort="high")
+    assert last(mock, "/messages")["body"]["thinking"] == {"type": "enabled", "budget_tokens": 16384}
+    g = genai.Client(api_key="any", http_options=types.HttpOptions(base_url=gw.url))
+    g.models.generate_content(model="via-claude", contents="Hi", config=types.GenerateContentConfig(max_output_tokens=4096, thinking_config=types.ThinkingConfig(thinking_budget=1500)))
+    assert last(mock, "/messages")["body"]["thinking"] == {"type": "enabled", "budget_tokens": 1500}

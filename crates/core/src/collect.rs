@@ -11,6 +11,7 @@ use serde_json::Value;
 pub struct CompletedChoice {
     pub content: String,
     pub reasoning: String,
+    pub reasoning_signature: String,
     pub tool_calls: Vec<ToolCall>,
     pub logprobs: Vec<TokenLogprob>,
     pub finish_reason: Option<FinishReason>,
@@ -40,6 +41,7 @@ impl Completion {
                 let c = self.choice(index);
                 c.content.push_str(&delta.content);
                 c.reasoning.push_str(&delta.reasoning);
+                c.reasoning_signature.push_str(&delta.reasoning_signature);
                 c.logprobs.extend(delta.logprobs);
                 for d in delta.tool_calls {
                     let slot = d.index as usize;

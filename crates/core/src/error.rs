@@ -1,7 +1,7 @@
 //! The one error type. Every failure, wherever it starts, becomes an [`Error`] with a
-//! kind; the kind decides the HTTP status, and each wire format's body is rendered here.
+//! kind; the kind decides the HTTP status. Each front door renders it in its own wire
+//! format (the server crate), naming parameters in its own terms.
 
-use parlance_protocol::openai::{ErrorObject, ErrorResponse};
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,21 +44,6 @@ impl ErrorKind {
             ErrorKind::Upstream => 502,
             ErrorKind::Unavailable => 503,
             ErrorKind::Timeout => 504,
-        }
-    }
-
-    /// OpenAI's `error.type` vocabulary.
-    fn openai_type(self) -> &'static str {
-        match self {
-            ErrorKind::InvalidRequest
-            | ErrorKind::NotFound
-            | ErrorKind::MethodNotAllowed
-            | ErrorKind::PayloadTooLarge => "invalid_request_error",
-            ErrorKind::Authentication => "authentication_error",
-            ErrorKind::PermissionDenied => "permission_error",
-            ErrorKind::RateLimited => "rate_limit_error",
-            ErrorKind::Internal | ErrorKind::Upstream | ErrorKind::Timeout => "server_error",
-            ErrorKind::Unavailable => "service_unavailable",
         }
     }
 }
@@ -146,35 +131,6 @@ impl Error {
     pub fn status(&self) -> u16 {
         self.kind.status()
     }
-
-    /// The OpenAI body as a JSON value, for answers that add fields beside `error`.
-    pub fn to_openai_value(&self) -> serde_json::Value {
-        serde_json::to_value(self.to_openai()).unwrap_or_default()
-    }
-
-    /// OpenAI's `error.type` for an HTTP status that did not come from an [`Error`].
-    pub fn openai_type_for_status(status: u16) -> &'static str {
-        match status {
-            401 => "authentication_error",
-            403 => "permission_error",
-            429 => "rate_limit_error",
-            503 => "service_unavailable",
-            500..=599 => "server_error",
-            _ => "invalid_request_error",
-        }
-    }
-
-    /// `{"error":{"message","type","param","code"}}`
-    pub fn to_openai(&self) -> ErrorResponse {
-        ErrorResponse {
-            error: ErrorObject {
-                message: self.message.clone(),
-                kind: self.kind.openai_type().to_string(),
-                param: self.param.clone(),
-                code: self.code.clone(),
-            },
-        }
-    }
 }
 
 impl fmt::Display for Error {
@@ -190,19 +146,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn openai_body_has_all_four_fields() {
-        let e = Error::invalid_param("temperature", "temperature must be between 0 and 2");
-        let v = serde_json::to_value(e.to_openai()).unwrap();
-        assert_eq!(v["error"]["type"], "invalid_request_error");
-        assert_eq!(v["error"]["param"], "temperature");
-        assert!(v["error"]["code"].is_null());
-        assert_eq!(e.status(), 400);
-    }
-
-    #[test]
     fn not_found_model_is_404_with_code() {
         let e = Error::model_not_found("nope");
         assert_eq!(e.status(), 404);
-        assert_eq!(e.to_openai().error.code.as_deref(), Some("model_not_found"));
+        assert_eq!(e.code.as_deref(), Some("model_not_found"));
+        assert_eq!(e.param.as_deref(), Some("model"));
     }
 }

@@ -54,6 +54,11 @@ pub struct Message {
     pub tool_calls: Vec<ToolCall>,
     pub tool_call_id: Option<String>,
     pub reasoning: Option<String>,
+    /// The provider's signature over `reasoning` (Anthropic's thinking blocks), which
+    /// it needs back, unchanged, in later turns.
+    pub reasoning_signature: Option<String>,
+    /// A tool result that reports a failure (Anthropic's `is_error`).
+    pub is_error: bool,
 }
 
 impl Message {
@@ -65,6 +70,8 @@ impl Message {
             tool_calls: Vec::new(),
             tool_call_id: None,
             reasoning: None,
+            reasoning_signature: None,
+            is_error: false,
         }
     }
 
@@ -118,6 +125,46 @@ pub enum ResponseFormat {
     Grammar(String),
 }
 
+/// How much a reasoning model should think; unset fields: the model's default. Each
+/// provider takes one of the two and the other is derived on the way out.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Reasoning {
+    /// OpenAI's effort words: `none`, `minimal`, `low`, `medium`, `high`.
+    pub effort: Option<String>,
+    /// Thinking tokens (Anthropic's `budget_tokens`, Gemini's `thinkingBudget`); 0: off.
+    pub budget_tokens: Option<u32>,
+}
+
+impl Reasoning {
+    /// The budget asked for, or one derived from the effort on this provider's scale
+    /// (tokens for low, medium and high).
+    pub fn budget(&self, scale: [u32; 3]) -> Option<u32> {
+        self.budget_tokens
+            .or_else(|| match self.effort.as_deref()? {
+                "none" => Some(0),
+                "minimal" | "low" => Some(scale[0]),
+                "medium" => Some(scale[1]),
+                "high" => Some(scale[2]),
+                _ => None,
+            })
+    }
+
+    /// The effort asked for, or the nearest one to a budget.
+    pub fn effort(&self) -> Option<String> {
+        self.effort.clone().or_else(|| {
+            self.budget_tokens.map(|b| {
+                match b {
+                    0 => "none",
+                    1..=2048 => "low",
+                    2049..=12000 => "medium",
+                    _ => "high",
+                }
+                .to_string()
+            })
+        })
+    }
+}
+
 /// Sampling knobs. `None` means "the model's or deployment's default".
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SamplingParams {
@@ -150,6 +197,7 @@ pub struct ChatRequest {
     pub tool_choice: ToolChoice,
     pub parallel_tool_calls: bool,
     pub response_format: ResponseFormat,
+    pub reasoning: Reasoning,
     /// `Some(k)`: return logprobs with the top `k` alternatives per token.
     pub logprobs: Option<u32>,
     pub ignore_eos: bool,
@@ -220,7 +268,7 @@ impl Progress {
             prompt_tokens: c.prompt_tokens.load(Relaxed),
             completion_tokens: c.completion_tokens.load(Relaxed),
             cached_tokens: c.cached_tokens.load(Relaxed),
-            reasoning_tokens: 0,
+            ..Usage::default()
         })
     }
 }
@@ -239,17 +287,6 @@ pub enum FinishReason {
     Length,
     ToolCalls,
     ContentFilter,
-}
-
-impl FinishReason {
-    pub fn as_openai(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::ToolCalls => "tool_calls",
-            FinishReason::ContentFilter => "content_filter",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -280,6 +317,8 @@ pub struct ToolCallDelta {
 pub struct Delta {
     pub content: String,
     pub reasoning: String,
+    /// A signature over the reasoning so far (see `Message::reasoning_signature`).
+    pub reasoning_signature: String,
     pub tool_calls: Vec<ToolCallDelta>,
     pub logprobs: Vec<TokenLogprob>,
 }
@@ -295,6 +334,7 @@ impl Delta {
     pub fn is_empty(&self) -> bool {
         self.content.is_empty()
             && self.reasoning.is_empty()
+            && self.reasoning_signature.is_empty()
             && self.tool_calls.is_empty()
             && self.logprobs.is_empty()
     }
@@ -306,6 +346,9 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// Prompt tokens served from a cache instead of being computed.
     pub cached_tokens: u32,
+    /// Prompt tokens written to a provider's cache this time (Anthropic's
+    /// `cache_creation_input_tokens`); part of `prompt_tokens`.
+    pub cache_creation_tokens: u32,
     pub reasoning_tokens: u32,
 }
 

@@ -676,7 +676,7 @@ impl Backend for LocalModel {
                 prompt_tokens,
                 completion_tokens: stats.iter().map(|s| s.completion_tokens).sum(),
                 cached_tokens: stats[0].cached_tokens,
-                reasoning_tokens: 0,
+                ..Usage::default()
             };
             yield Ok(StreamEvent::Usage(usage));
             if let Some(prompt) = debug {

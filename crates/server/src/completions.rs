@@ -333,13 +333,13 @@ pub async fn completions(
                 Ok(StreamEvent::Debug(_)) => {}
                 Err(e) => {
                     ctx.set_outcome(format!("error:{}", e.code.as_deref().unwrap_or("backend_error")));
-                    yield e.to_openai_value();
+                    yield crate::error::openai_value(&e);
                     return;
                 }
             }
         }
         if !finished {
-            yield Error::internal("the backend ended the stream before it finished").to_openai_value();
+            yield crate::error::openai_value(&Error::internal("the backend ended the stream before it finished"));
             return;
         }
         yield Value::String("[DONE]".into());

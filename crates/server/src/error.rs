@@ -1,9 +1,56 @@
-//! Renders the core error as an HTTP response in the OpenAI wire format.
+//! The OpenAI wire format's errors, in one place: the core error as an HTTP response
+//! and as a stream's error event. Handlers answer with these; the Anthropic and
+//! Gemini doors re-render them in their own shapes (`rewrite_errors`).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use parlance_core::Error;
+use parlance_core::{Error, ErrorKind};
+use parlance_protocol::openai::{ErrorObject, ErrorResponse};
+
+/// OpenAI's `error.type` vocabulary.
+fn openai_type(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidRequest
+        | ErrorKind::NotFound
+        | ErrorKind::MethodNotAllowed
+        | ErrorKind::PayloadTooLarge => "invalid_request_error",
+        ErrorKind::Authentication => "authentication_error",
+        ErrorKind::PermissionDenied => "permission_error",
+        ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::Internal | ErrorKind::Upstream | ErrorKind::Timeout => "server_error",
+        ErrorKind::Unavailable => "service_unavailable",
+    }
+}
+
+/// OpenAI's `error.type` for an HTTP status that did not come from an [`Error`].
+fn openai_type_for_status(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        503 => "service_unavailable",
+        500..=599 => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// `{"error":{"message","type","param","code"}}`
+pub fn openai_body(e: &Error) -> ErrorResponse {
+    ErrorResponse {
+        error: ErrorObject {
+            message: e.message.clone(),
+            kind: openai_type(e.kind).to_string(),
+            param: e.param.clone(),
+            code: e.code.clone(),
+        },
+    }
+}
+
+/// The OpenAI body as a JSON value, for answers that add fields beside `error`.
+pub fn openai_value(e: &Error) -> serde_json::Value {
+    serde_json::to_value(openai_body(e)).unwrap_or_default()
+}
 
 pub struct ApiError(pub Error);
 
@@ -20,7 +67,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self.0, "request failed");
         }
-        let mut resp = (status, Json(self.0.to_openai())).into_response();
+        let mut resp = (status, Json(openai_body(&self.0))).into_response();
         if let Some(secs) = self.0.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -61,7 +108,7 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
     };
     let body = serde_json::json!({"error": {
         "message": message,
-        "type": Error::openai_type_for_status(status.as_u16()),
+        "type": openai_type_for_status(status.as_u16()),
         "param": null,
         "code": null,
     }});
@@ -99,4 +146,21 @@ pub async fn rewrite_errors(
     );
     let body = render(status.as_u16(), &message).to_string();
     Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_body_has_all_four_fields() {
+        let e = Error::invalid_param("temperature", "temperature must be between 0 and 2");
+        let v = openai_value(&e);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "temperature");
+        assert!(v["error"]["code"].is_null());
+        assert_eq!(e.status(), 400);
+        let v = openai_value(&Error::model_not_found("nope"));
+        assert_eq!(v["error"]["code"], "model_not_found");
+    }
 }

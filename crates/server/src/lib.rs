@@ -92,9 +92,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         .map(|(m, why)| format!("model `{m}` is unavailable: {why}"))
         .collect::<Vec<_>>()
         .join("; ");
-    let mut body = Error::new(ErrorKind::Unavailable, message)
-        .with_code("model_unavailable")
-        .to_openai_value();
+    let e = Error::new(ErrorKind::Unavailable, message).with_code("model_unavailable");
+    let mut body = error::openai_value(&e);
     body["status"] = json!("unavailable");
     body["unavailable"] = json!(down.iter().map(|(m, _)| m).collect::<Vec<_>>());
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()

@@ -55,7 +55,16 @@ fn messages(req: &ChatRequest) -> Result<(Option<String>, Vec<wire::Message>), E
             }
             Role::User => ("user", blocks(m)),
             Role::Assistant => {
-                let mut b = blocks(m);
+                let mut b = Vec::new();
+                // Thinking goes back only with its signature: Anthropic refuses it
+                // otherwise, and it must come first.
+                if let (Some(thinking), Some(signature)) = (&m.reasoning, &m.reasoning_signature) {
+                    b.push(wire::ContentBlock::Thinking {
+                        thinking: thinking.clone(),
+                        signature: Some(signature.clone()),
+                    });
+                }
+                b.extend(blocks(m));
                 for (k, c) in m.tool_calls.iter().enumerate() {
                     b.push(wire::ContentBlock::ToolUse {
                         id: c.id.clone(),
@@ -70,7 +79,7 @@ fn messages(req: &ChatRequest) -> Result<(Option<String>, Vec<wire::Message>), E
                 vec![wire::ContentBlock::ToolResult {
                     tool_use_id: m.tool_call_id.clone().unwrap_or_default(),
                     content: Some(Value::String(m.joined_text())),
-                    is_error: None,
+                    is_error: m.is_error.then_some(true),
                 }],
             ),
         };
@@ -175,14 +184,12 @@ impl Dialect for AnthropicDialect {
         if let Some(user) = &req.user {
             body.metadata = Some(json!({"user_id": user}));
         }
+        // Anthropic's smallest thinking budget is 1024 tokens.
         body.thinking = req.extra.get("thinking").cloned().or_else(|| {
-            let budget = match req.extra.get("reasoning_effort")?.as_str()? {
-                "low" | "minimal" => 1024,
-                "medium" => 4096,
-                "high" => 16384,
-                _ => return None,
-            };
-            Some(json!({"type": "enabled", "budget_tokens": budget}))
+            match req.reasoning.budget([1024, 4096, 16384])? {
+                0 => None,
+                b => Some(json!({"type": "enabled", "budget_tokens": b.max(1024)})),
+            }
         });
         for key in ["metadata", "service_tier", "top_k"] {
             if let Some(v) = req.extra.get(key) {
@@ -207,8 +214,14 @@ impl Dialect for AnthropicDialect {
                 wire::ContentBlock::ToolUse { input, .. } if json_tool => {
                     delta.content.push_str(&input.to_string())
                 }
-                wire::ContentBlock::Thinking { thinking, .. } => {
-                    delta.reasoning.push_str(&thinking)
+                wire::ContentBlock::Thinking {
+                    thinking,
+                    signature,
+                } => {
+                    delta.reasoning.push_str(&thinking);
+                    delta
+                        .reasoning_signature
+                        .push_str(signature.as_deref().unwrap_or(""));
                 }
                 wire::ContentBlock::ToolUse { id, name, input } => {
                     delta.tool_calls.push(ToolCallDelta {
@@ -261,6 +274,7 @@ fn usage(u: &wire::Usage, output: u32) -> Usage {
         prompt_tokens: u.input_tokens + read + u.cache_creation_input_tokens.unwrap_or(0),
         completion_tokens: output,
         cached_tokens: read,
+        cache_creation_tokens: u.cache_creation_input_tokens.unwrap_or(0),
         reasoning_tokens: 0,
     }
 }
@@ -331,7 +345,9 @@ impl StreamMapper for EventMapper {
                         arguments: partial_json,
                     });
                 }
-                wire::BlockDelta::SignatureDelta { .. } => {}
+                wire::BlockDelta::SignatureDelta { signature } => {
+                    delta.reasoning_signature = signature
+                }
             },
             wire::StreamEvent::MessageDelta { delta: d, usage } => {
                 if d.stop_reason.is_some() {

@@ -136,13 +136,7 @@ impl Dialect for GeminiDialect {
         }
         // Thinking: Gemini's own `thinking_config`, else OpenAI's `reasoning_effort`.
         gc.thinking_config = req.extra.get("thinking_config").cloned().or_else(|| {
-            let budget = match req.extra.get("reasoning_effort")?.as_str()? {
-                "none" => 0,
-                "low" | "minimal" => 1024,
-                "medium" => 8192,
-                "high" => 24576,
-                _ => return None,
-            };
+            let budget = req.reasoning.budget([1024, 8192, 24576])?;
             Some(json!({"thinkingBudget": budget, "includeThoughts": budget > 0}))
         });
         let mut body = wire::GenerateContentRequest {
@@ -249,6 +243,7 @@ impl ResponseMapper {
                 completion_tokens: u.candidates_token_count + u.thoughts_token_count,
                 cached_tokens: u.cached_content_token_count,
                 reasoning_tokens: u.thoughts_token_count,
+                cache_creation_tokens: 0,
             };
         }
         if resp.candidates.is_empty() && resp.prompt_feedback.is_some() {

@@ -235,6 +235,9 @@ impl Dialect for OpenAiDialect {
             o.insert("ignore_eos".into(), json!(true));
         }
         put(&mut o, "user", req.user.as_ref());
+        if let Some(effort) = req.reasoning.effort() {
+            o.insert("reasoning_effort".into(), json!(effort));
+        }
         if req.stream {
             o.insert("stream".into(), json!(true));
             if !self.gigachat {

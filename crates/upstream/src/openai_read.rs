@@ -140,6 +140,7 @@ fn usage(u: WireUsage) -> Usage {
             .completion_tokens_details
             .and_then(|d| d.reasoning_tokens)
             .unwrap_or(0),
+        cache_creation_tokens: 0,
     }
 }
 
@@ -182,8 +183,8 @@ fn delta(msg: Msg, lp: Option<Logprobs>, mut first_of: impl FnMut(u32) -> bool) 
             .filter(|r| !r.is_empty())
             .or(msg.reasoning)
             .unwrap_or_default(),
-        tool_calls: Vec::new(),
         logprobs: logprobs(lp),
+        ..Delta::default()
     };
     for (k, call) in msg.tool_calls.unwrap_or_default().into_iter().enumerate() {
         let index = call.index.unwrap_or(k as u32);

@@ -1,8 +1,8 @@
 //! Anthropic Messages request -> IR, validated once, parameters named as Anthropic does.
 
 use parlance_core::ir::{
-    ChatRequest, ContentPart, ImageSource, Message, ResponseFormat, Role, SamplingParams, ToolCall,
-    ToolChoice, ToolDef,
+    ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role,
+    SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
 use parlance_protocol::anthropic as wire;
@@ -103,6 +103,8 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
             tool_calls: Vec::new(),
             tool_call_id: None,
             reasoning: None,
+            reasoning_signature: None,
+            is_error: false,
         };
         for (j, b) in blocks.into_iter().enumerate() {
             let at = format!("messages.{i}.content.{j}");
@@ -126,7 +128,7 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
                 wire::ContentBlock::ToolResult {
                     tool_use_id,
                     content,
-                    ..
+                    is_error,
                 } if role == Role::User => {
                     // Each result is a tool message of its own, answering its call.
                     let text = text_of(
@@ -140,12 +142,20 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
                         tool_calls: Vec::new(),
                         tool_call_id: Some(tool_use_id),
                         reasoning: None,
+                        reasoning_signature: None,
+                        is_error: is_error == Some(true),
                     });
                 }
-                wire::ContentBlock::Thinking { thinking, .. } if role == Role::Assistant => {
+                wire::ContentBlock::Thinking {
+                    thinking,
+                    signature,
+                } if role == Role::Assistant => {
                     msg.reasoning
                         .get_or_insert_with(String::new)
                         .push_str(&thinking);
+                    if signature.is_some() {
+                        msg.reasoning_signature = signature;
+                    }
                 }
                 wire::ContentBlock::RedactedThinking { .. } if role == Role::Assistant => {}
                 _ => {
@@ -234,10 +244,37 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
             "tool_choice: \"any\" needs tools",
         ));
     }
-    let mut extra = req.extra;
-    if let Some(t) = req.thinking {
-        extra.insert("thinking".into(), t);
-    }
+    let extra = req.extra;
+    // `{"type":"enabled","budget_tokens":N}` or `{"type":"disabled"}`.
+    let reasoning = match &req.thinking {
+        None | Some(Value::Null) => Reasoning::default(),
+        Some(t) => match t.get("type").and_then(Value::as_str) {
+            Some("disabled") => Reasoning {
+                budget_tokens: Some(0),
+                ..Reasoning::default()
+            },
+            Some("enabled") => Reasoning {
+                budget_tokens: Some(
+                    t.get("budget_tokens")
+                        .and_then(Value::as_u64)
+                        .and_then(|b| u32::try_from(b).ok())
+                        .ok_or_else(|| {
+                            Error::invalid_param(
+                                "thinking.budget_tokens",
+                                "thinking.budget_tokens: Field required (a whole number of tokens)",
+                            )
+                        })?,
+                ),
+                ..Reasoning::default()
+            },
+            _ => {
+                return Err(Error::invalid_param(
+                    "thinking.type",
+                    "thinking.type: Input should be 'enabled' or 'disabled'",
+                ))
+            }
+        },
+    };
     let user = req
         .metadata
         .as_ref()
@@ -248,6 +285,7 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
         model: req.model,
         messages,
         raw_prompt: None,
+        reasoning,
         sampling: SamplingParams {
             temperature: req.temperature,
             top_p: req.top_p,

@@ -22,11 +22,12 @@ pub fn stop_reason(r: FinishReason, stop_sequence: Option<&str>) -> &'static str
 
 pub fn usage(u: &Usage) -> wire::Usage {
     let cached = u.cached_tokens.min(u.prompt_tokens);
+    let created = u.cache_creation_tokens.min(u.prompt_tokens - cached);
     wire::Usage {
-        // Anthropic counts cache reads apart from the input.
-        input_tokens: u.prompt_tokens - cached,
+        // Anthropic counts cache reads and writes apart from the input.
+        input_tokens: u.prompt_tokens - cached - created,
         output_tokens: u.completion_tokens,
-        cache_creation_input_tokens: Some(0),
+        cache_creation_input_tokens: Some(created),
         cache_read_input_tokens: Some(cached),
     }
 }
@@ -46,7 +47,7 @@ pub fn message(id: &str, model: &str, done: Completion) -> Value {
             "stop_reason": "end_turn", "stop_sequence": null, "usage": usage(&done.usage)});
     };
     if !choice.reasoning.is_empty() {
-        content.push(json!({"type": "thinking", "thinking": choice.reasoning, "signature": ""}));
+        content.push(json!({"type": "thinking", "thinking": choice.reasoning, "signature": choice.reasoning_signature}));
     }
     if !choice.content.is_empty() {
         content.push(json!({"type": "text", "text": choice.content}));
@@ -121,6 +122,11 @@ pub fn events(
                         }
                         yield ("content_block_delta", json!({"type": "content_block_delta", "index": index,
                             "delta": {"type": "thinking_delta", "thinking": delta.reasoning}}));
+                    }
+                    // A provider's signature closes its thinking block.
+                    if !delta.reasoning_signature.is_empty() && open == Open::Thinking {
+                        yield ("content_block_delta", json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "signature_delta", "signature": delta.reasoning_signature}}));
                     }
                     if !delta.content.is_empty() {
                         if open != Open::Text {

@@ -1,8 +1,8 @@
 //! Gemini generateContent request -> IR, parameters named as Gemini does.
 
 use parlance_core::ir::{
-    ChatRequest, ContentPart, ImageSource, Message, ResponseFormat, Role, SamplingParams, ToolCall,
-    ToolChoice, ToolDef,
+    ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role,
+    SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
 use parlance_protocol::gemini as wire;
@@ -63,6 +63,8 @@ pub fn to_ir(
             tool_calls: Vec::new(),
             tool_call_id: None,
             reasoning: None,
+            reasoning_signature: None,
+            is_error: false,
         };
         for (j, p) in c.parts.into_iter().enumerate() {
             let at = format!("contents[{i}].parts[{j}]");
@@ -114,6 +116,8 @@ pub fn to_ir(
                     tool_calls: Vec::new(),
                     tool_call_id: Some(id),
                     reasoning: None,
+                    reasoning_signature: None,
+                    is_error: false,
                 });
             } else {
                 return Err(Error::invalid_param(
@@ -204,6 +208,21 @@ pub fn to_ir(
         model: model.to_string(),
         messages,
         raw_prompt: None,
+        // thinkingBudget -1 is Gemini's "dynamic": the model's default.
+        reasoning: Reasoning {
+            budget_tokens: g
+                .thinking_config
+                .as_ref()
+                .and_then(|t| t.get("thinkingBudget").or_else(|| t.get("thinking_budget")))
+                .and_then(Value::as_u64)
+                .and_then(|b| u32::try_from(b).ok()),
+            effort: g
+                .thinking_config
+                .as_ref()
+                .and_then(|t| t.get("thinkingLevel").or_else(|| t.get("thinking_level")))
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase),
+        },
         sampling: SamplingParams {
             temperature: g.temperature,
             top_p: g.top_p,

@@ -2,8 +2,8 @@
 //! re-check ranges or shapes.
 
 use parlance_core::ir::{
-    ChatRequest, ContentPart, ImageSource, Message, ResponseFormat, Role, SamplingParams, ToolCall,
-    ToolChoice, ToolDef,
+    ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role,
+    SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
 use parlance_protocol::openai as wire;
@@ -162,10 +162,24 @@ pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error>
         }
     };
 
+    let reasoning = match req.extra.remove("reasoning_effort") {
+        None | Some(Value::Null) => Reasoning::default(),
+        Some(Value::String(e)) => Reasoning {
+            effort: Some(e),
+            ..Reasoning::default()
+        },
+        Some(_) => {
+            return Err(Error::invalid_param(
+                "reasoning_effort",
+                "'reasoning_effort' must be one of none, minimal, low, medium, high.",
+            ))
+        }
+    };
     Ok(ChatRequest {
         model: req.model,
         messages,
         raw_prompt: None,
+        reasoning,
         sampling: SamplingParams {
             temperature: req.temperature,
             top_p: req.top_p,
@@ -255,6 +269,8 @@ fn message(i: usize, m: wire::ChatMessage) -> Result<Message, Error> {
         tool_calls,
         tool_call_id: m.tool_call_id,
         reasoning: m.reasoning_content,
+        reasoning_signature: None,
+        is_error: false,
     })
 }
 

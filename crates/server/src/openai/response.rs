@@ -3,7 +3,7 @@
 use crate::reqlog::RequestCtx;
 use futures::{Stream, StreamExt};
 use parlance_core::collect::Completion;
-use parlance_core::ir::{Delta, StreamEvent, TokenLogprob, Usage};
+use parlance_core::ir::{Delta, FinishReason, StreamEvent, TokenLogprob, Usage};
 use parlance_core::{Error, EventStream};
 use parlance_protocol::openai as wire;
 use std::sync::Arc;
@@ -16,6 +16,16 @@ pub struct ResponseMeta {
     pub created: u64,
     pub model: String,
     pub fingerprint: String,
+}
+
+/// OpenAI's `finish_reason`.
+pub fn finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
+    }
 }
 
 pub fn usage(u: &Usage) -> wire::Usage {
@@ -89,7 +99,7 @@ pub fn completion(meta: &ResponseMeta, c: Completion, want_logprobs: bool) -> wi
                     reasoning_content: (!ch.reasoning.is_empty()).then_some(ch.reasoning),
                 },
                 logprobs: want_logprobs.then(|| logprobs(&ch.logprobs)),
-                finish_reason: ch.finish_reason.map(|r| r.as_openai().to_string()),
+                finish_reason: ch.finish_reason.map(|r| finish_reason(r).to_string()),
             }
         })
         .collect();
@@ -227,7 +237,7 @@ pub fn chunks(
                         index,
                         delta: wire::Delta::default(),
                         logprobs: None,
-                        finish_reason: Some(reason.as_openai().to_string()),
+                        finish_reason: Some(finish_reason(reason).to_string()),
                     }]));
                 }
                 Ok(StreamEvent::Usage(u)) => {
@@ -246,14 +256,14 @@ pub fn chunks(
                 }
                 Err(e) => {
                     ctx.set_outcome(format!("error:{}", e.code.as_deref().unwrap_or("stream_error")));
-                    yield SsePayload::Error(e.to_openai());
+                    yield SsePayload::Error(crate::error::openai_body(&e));
                     return;
                 }
             }
         }
         if let Some(i) = finished.iter().position(|f| !f) {
             let e = Error::internal(format!("the backend ended the stream before choice {i} finished"));
-            yield SsePayload::Error(e.to_openai());
+            yield SsePayload::Error(crate::error::openai_body(&e));
             return;
         }
         if !usage_seen {

@@ -22,6 +22,7 @@ enum Open {
     Reasoning {
         id: String,
         text: String,
+        signature: String,
     },
     Message {
         id: String,
@@ -97,13 +98,21 @@ impl Builder {
         };
         match std::mem::replace(&mut self.open, Open::None) {
             Open::None => {}
-            Open::Reasoning { id, text } => {
+            Open::Reasoning {
+                id,
+                text,
+                signature,
+            } => {
                 out.push(self.event(
                     "response.reasoning_text.done",
                     json!({"item_id": id, "output_index": i, "content_index": 0, "text": text}),
                 ));
-                let item = json!({"type": "reasoning", "id": id, "summary": [], "status": status,
+                let mut item = json!({"type": "reasoning", "id": id, "summary": [], "status": status,
                     "content": [{"type": "reasoning_text", "text": text}]});
+                // A provider's signature, needed back in later turns.
+                if !signature.is_empty() {
+                    item["encrypted_content"] = json!(signature);
+                }
                 out.push(self.event(
                     "response.output_item.done",
                     json!({"output_index": i, "item": item.clone()}),
@@ -154,14 +163,18 @@ impl Builder {
                 self.open = Open::Reasoning {
                     id,
                     text: String::new(),
+                    signature: String::new(),
                 };
             }
             let i = self.index();
-            if let Open::Reasoning { id, text } = &mut self.open {
+            if let Open::Reasoning { id, text, .. } = &mut self.open {
                 text.push_str(&d.reasoning);
                 let body = json!({"item_id": id, "output_index": i, "content_index": 0, "delta": d.reasoning});
                 out.push(self.event("response.reasoning_text.delta", body));
             }
+        }
+        if let Open::Reasoning { signature, .. } = &mut self.open {
+            signature.push_str(&d.reasoning_signature);
         }
         if !d.content.is_empty() {
             if !matches!(self.open, Open::Message { .. }) {

@@ -4,8 +4,8 @@
 
 use crate::openai::request::{check_tool_name, image_source, range};
 use parlance_core::ir::{
-    ChatRequest, ContentPart, Message, ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice,
-    ToolDef,
+    ChatRequest, ContentPart, Message, Reasoning, ResponseFormat, Role, SamplingParams, ToolCall,
+    ToolChoice, ToolDef,
 };
 use parlance_core::Error;
 use parlance_protocol::responses as wire;
@@ -74,7 +74,22 @@ pub fn push_messages(out: &mut Vec<Message>, items: &[Value], at: &str) -> Resul
             .and_then(Value::as_str)
             .unwrap_or("message");
         match kind {
-            "message" => out.push(message(item, &param)?),
+            "message" => {
+                let m = message(item, &param)?;
+                // The reasoning item before an answer belongs to that answer's turn.
+                match out.last_mut() {
+                    Some(last)
+                        if m.role == Role::Assistant
+                            && last.role == Role::Assistant
+                            && last.reasoning.is_some()
+                            && last.content.is_empty()
+                            && last.tool_calls.is_empty() =>
+                    {
+                        last.content = m.content
+                    }
+                    _ => out.push(m),
+                }
+            }
             "function_call" => {
                 let call = ToolCall {
                     id: str_field(item, "call_id", &param)?.to_string(),
@@ -117,8 +132,30 @@ pub fn push_messages(out: &mut Vec<Message>, items: &[Value], at: &str) -> Resul
                     ..Message::text(Role::Tool, output)
                 });
             }
-            // Reasoning the model showed earlier is not fed back to it.
-            "reasoning" => {}
+            // Earlier reasoning goes back with the turn it led to: providers that sign
+            // it (`encrypted_content`) need it in later turns.
+            "reasoning" => {
+                let text: String = item["content"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .chain(item["summary"].as_array().into_iter().flatten())
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect();
+                let signature = item
+                    .get("encrypted_content")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string);
+                if !text.is_empty() || signature.is_some() {
+                    out.push(Message {
+                        content: Vec::new(),
+                        reasoning: Some(text),
+                        reasoning_signature: signature,
+                        ..Message::text(Role::Assistant, "")
+                    });
+                }
+            }
             other => {
                 return Err(Error::invalid_param(
                     format!("{param}.type"),
@@ -370,9 +407,6 @@ pub fn to_ir(
     let tools = tools(&req.tools)?;
     let tool_choice = tool_choice(req.tool_choice.as_ref(), &tools)?;
     let mut extra = req.extra.clone();
-    if let Some(effort) = req.reasoning.as_ref().and_then(|r| r.effort.clone()) {
-        extra.insert("reasoning_effort".into(), json!(effort));
-    }
     for own in [
         "include",
         "background",
@@ -386,6 +420,10 @@ pub fn to_ir(
         model: req.model.clone(),
         messages,
         raw_prompt: None,
+        reasoning: Reasoning {
+            effort: req.reasoning.as_ref().and_then(|r| r.effort.clone()),
+            ..Reasoning::default()
+        },
         sampling: SamplingParams {
             temperature: req.temperature,
             top_p: req.top_p,
