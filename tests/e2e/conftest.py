@@ -88,7 +88,11 @@ def tiny_server():
 
 @pytest.fixture(scope="session")
 def qwen():
-    """Qwen2.5-Coder-0.5B-Instruct: a native Hermes tool template."""
-    s = Server("-m", str(ROOT / "models" / "qwen2.5-coder-0.5b-instruct.gguf"), "--alias", "qwen", "-np", "4", "-c", "8192", "--n-predict", "512")
+    """Qwen2.5-Coder-0.5B-Instruct: a native Hermes tool template. Its tool round trips
+    are greedy answers of a 0.5B model, some on a knife's edge (the Gemini follow-up
+    flips between answering and calling again with the last bits of the logits), so
+    this server runs --deterministic: what it answers does not depend on which tests
+    ran before or alongside. The other servers run the default mode."""
+    s = Server("-m", str(ROOT / "models" / "qwen2.5-coder-0.5b-instruct.gguf"), "--alias", "qwen", "-np", "4", "-c", "8192", "--n-predict", "512", "--deterministic")
     yield OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=300)
     s.stop()

@@ -180,6 +180,24 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
 }
 
+impl SamplingParams {
+    /// Fills what is unset here from `d` (a deployment's or preset's defaults); the
+    /// one place that lists the knobs besides their definition.
+    pub fn fill_from(&mut self, d: &SamplingParams) {
+        self.temperature = self.temperature.or(d.temperature);
+        self.top_p = self.top_p.or(d.top_p);
+        self.top_k = self.top_k.or(d.top_k);
+        self.min_p = self.min_p.or(d.min_p);
+        self.presence_penalty = self.presence_penalty.or(d.presence_penalty);
+        self.frequency_penalty = self.frequency_penalty.or(d.frequency_penalty);
+        self.repetition_penalty = self.repetition_penalty.or(d.repetition_penalty);
+        self.seed = self.seed.or(d.seed);
+        if self.logit_bias.is_empty() {
+            self.logit_bias = d.logit_bias.clone();
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChatRequest {
     pub model: String,

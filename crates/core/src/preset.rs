@@ -24,15 +24,7 @@ impl Defaults {
     }
 
     pub fn apply(&self, req: &mut ChatRequest) {
-        let (s, d) = (&mut req.sampling, &self.sampling);
-        s.temperature = s.temperature.or(d.temperature);
-        s.top_p = s.top_p.or(d.top_p);
-        s.top_k = s.top_k.or(d.top_k);
-        s.min_p = s.min_p.or(d.min_p);
-        s.presence_penalty = s.presence_penalty.or(d.presence_penalty);
-        s.frequency_penalty = s.frequency_penalty.or(d.frequency_penalty);
-        s.repetition_penalty = s.repetition_penalty.or(d.repetition_penalty);
-        s.seed = s.seed.or(d.seed);
+        req.sampling.fill_from(&self.sampling);
         req.max_tokens = req.max_tokens.or(self.max_tokens);
         if req.stop.is_empty() {
             req.stop = self.stop.clone();

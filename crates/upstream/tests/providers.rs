@@ -368,7 +368,7 @@ async fn gemini_request_and_stream_map_both_ways() {
             strict: true,
         };
         req.max_tokens = Some(64);
-        req.extra.insert("reasoning_effort".into(), json!("low"));
+        req.reasoning.effort = Some("low".into());
         let done = run(&b, req).await.unwrap();
         let c = &done.choices[0];
         assert_eq!(
