@@ -12,7 +12,7 @@ use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
@@ -23,7 +23,6 @@ use parlance_protocol::openai as chat_wire;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// OpenAI's default when `max_tokens` is unsaid.
 const DEFAULT_MAX_TOKENS: u32 = 16;
@@ -351,12 +350,5 @@ pub async fn completions(
         };
         Ok::<_, Infallible>(Event::default().data(data))
     });
-    let resp = Sse::new(sse)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_secs(5))
-                .text("keep-alive"),
-        )
-        .into_response();
-    Ok(with_rate_headers(resp, &rate))
+    Ok(crate::door::sse_response(sse, &rate))
 }

@@ -6,12 +6,16 @@ use crate::error::ApiError;
 use crate::metering::{admit, record_refusal, watch, with_rate_headers};
 use crate::reqlog::RequestCtx;
 use crate::AppState;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::Stream;
 use parlance_core::ir::ChatRequest;
 use parlance_core::router::Route;
 use parlance_core::{Error, EventStream};
 use parlance_tenancy::limits::RateHeaders;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A backend that has started answering, its events metered and observed.
 pub struct Started {
@@ -70,4 +74,19 @@ pub async fn start(
             Err(with_rate_headers(ApiError(e).into_response(), &rate))
         }
     }
+}
+
+/// How often an SSE comment keeps a connection alive while a prompt is prefilled.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// A streamed answer: its events, keep-alive comments while it is quiet, and the
+/// caller's rate headers.
+pub fn sse_response(
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    rate: &RateHeaders,
+) -> Response {
+    let resp = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+        .into_response();
+    with_rate_headers(resp, rate)
 }

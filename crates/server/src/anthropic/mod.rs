@@ -13,7 +13,7 @@ use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
@@ -23,7 +23,6 @@ use parlance_protocol::anthropic as wire;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Anthropic's `error.type` for an HTTP status.
 fn error_type(status: u16) -> &'static str {
@@ -102,14 +101,7 @@ pub async fn messages(
     let sse = response::events(id, model, events, render).map(|(name, data)| {
         Ok::<_, Infallible>(Event::default().event(name).data(data.to_string()))
     });
-    let resp = Sse::new(sse)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_secs(5))
-                .text("keep-alive"),
-        )
-        .into_response();
-    Ok(with_rate_headers(resp, &rate))
+    Ok(crate::door::sse_response(sse, &rate))
 }
 
 /// `POST /v1/messages/count_tokens`: the tokens of the request's text (system, messages,

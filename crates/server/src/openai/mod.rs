@@ -15,7 +15,7 @@ use crate::AppState;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
@@ -29,9 +29,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// How often an SSE comment keeps a connection alive while a prompt is prefilled.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// How long a streamed request may wait for its backend to start before the SSE
 /// headers go out anyway (errors after that arrive as error events).
@@ -186,10 +183,7 @@ pub async fn chat_completions(
             json!({"error": {"message": format!("could not encode a chunk: {e}"), "type": "server_error", "param": null, "code": null}}).to_string()
         })))
     });
-    let resp = Sse::new(sse)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
-        .into_response();
-    Ok(with_rate_headers(resp, &rate))
+    Ok(crate::door::sse_response(sse, &rate))
 }
 
 fn model_object(m: &ModelInfo) -> wire::Model {

@@ -381,6 +381,14 @@ fn tool_choice(choice: Option<wire::ToolChoice>, tools: &[ToolDef]) -> Result<To
         },
         Some(wire::ToolChoice::Named(n)) => ToolChoice::Named(n.function.name),
     };
+    check_tool_choice(choice, tools)
+}
+
+/// A choice that needs tools must have them, and a named one must be among them.
+pub(crate) fn check_tool_choice(
+    choice: ToolChoice,
+    tools: &[ToolDef],
+) -> Result<ToolChoice, Error> {
     match &choice {
         ToolChoice::Required if tools.is_empty() => Err(Error::invalid_param(
             "tool_choice",

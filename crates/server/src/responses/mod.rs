@@ -17,7 +17,7 @@ use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
@@ -30,7 +30,6 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Chat parameter names as this door names them.
 const PARAM_NAMES: &[(&str, &str)] = &[("messages", "input"), ("max_tokens", "max_output_tokens")];
@@ -278,14 +277,7 @@ pub async fn create(
         let name = ev["type"].as_str().unwrap_or("message").to_string();
         Ok::<_, Infallible>(Event::default().event(name).data(ev.to_string()))
     });
-    let resp = Sse::new(sse)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_secs(5))
-                .text("keep-alive"),
-        )
-        .into_response();
-    Ok(with_rate_headers(resp, &rate))
+    Ok(crate::door::sse_response(sse, &rate))
 }
 
 pub async fn get(

@@ -2,7 +2,7 @@
 //! `previous_response_id`) become messages; parameters are named as the Responses API
 //! names them (`input[2].content[0]`, `text.format`, `max_output_tokens`).
 
-use crate::openai::request::{check_tool_name, image_source, range};
+use crate::openai::request::{check_tool_choice, check_tool_name, image_source, range};
 use parlance_core::ir::{
     ChatRequest, ContentPart, Message, Reasoning, ResponseFormat, Role, SamplingParams, ToolCall,
     ToolChoice, ToolDef,
@@ -317,19 +317,7 @@ fn tool_choice(choice: Option<&Value>, tools: &[ToolDef]) -> Result<ToolChoice, 
             }
         },
     };
-    match &choice {
-        ToolChoice::Required if tools.is_empty() => Err(Error::invalid_param(
-            "tool_choice",
-            "'tool_choice' is \"required\" but no 'tools' were given.",
-        )),
-        ToolChoice::Named(name) if !tools.iter().any(|t| &t.name == name) => {
-            Err(Error::invalid_param(
-                "tool_choice",
-                format!("'tool_choice' names {name:?}, which is not among 'tools'."),
-            ))
-        }
-        _ => Ok(choice),
-    }
+    check_tool_choice(choice, tools)
 }
 
 fn text_format(text: Option<&wire::TextConfig>) -> Result<ResponseFormat, Error> {
