@@ -92,6 +92,8 @@ def main():
     ap.add_argument("--deterministic", action="store_true", help="also Parlance --deterministic")
     ap.add_argument("--parlance", default=os.environ.get("PARLANCE_BIN", str(ROOT / "target" / "release" / "parlance")))
     ap.add_argument("--llama-server", default=None)
+    ap.add_argument("--parlance-args", default="", help="extra flags for Parlance, e.g. '--prefill-chunk 64'")
+    ap.add_argument("--skip-llama-server", action="store_true")
     args = ap.parse_args()
     llama_bin = args.llama_server or subprocess.check_output([str(ROOT / "bench" / "build-llama-server.sh")], text=True).strip().splitlines()[-1]
     common = ["-m", args.model, "-t", str(args.threads), "-c", str(args.ctx), "-np", str(args.slots), "-fa", "on"]
@@ -100,10 +102,12 @@ def main():
     ports["llama-server"] = free_port()
     cmds["llama-server"] = [llama_bin, *common, "-tb", str(args.threads), "--kv-unified", "--port", str(ports["llama-server"]), "--alias", "bench"]
     ports["parlance"] = free_port()
-    cmds["parlance"] = [args.parlance, "serve", *common, "--port", str(ports["parlance"]), "--alias", "bench", "--db", "none"]
+    cmds["parlance"] = [args.parlance, "serve", *common, *args.parlance_args.split(), "--port", str(ports["parlance"]), "--alias", "bench", "--db", "none"]
     if args.deterministic:
         ports["parlance --deterministic"] = free_port()
         cmds["parlance --deterministic"] = [*cmds["parlance"][:-6], "--port", str(ports["parlance --deterministic"]), "--alias", "bench", "--db", "none", "--deterministic"]
+    if args.skip_llama_server:
+        del cmds["llama-server"]
     results = {name: {"alone": [], "loaded": [], "idle": [], "busy": []} for name in cmds}
     # One server at a time (each gets the whole machine), taking turns round by round.
     for r in range(args.rounds):
@@ -128,8 +132,8 @@ def main():
     med = {n: {k: statistics.median(v) for k, v in res.items()} for n, res in results.items()}
     for n, m in med.items():
         print(f"| {n} | {m['alone']:.2f} s | {m['loaded']:.2f} s | {m['idle'] * 1000:.0f} ms | {m['busy'] * 1000:.0f} ms | {m['busy'] / m['idle']:.1f}x |")
-    base = med["llama-server"]
-    for n, m in med.items():
+    base = med.get("llama-server")
+    for n, m in med.items() if base else []:
         if n != "llama-server":
             print(f"\n{n} / llama-server: TTFT alone {m['alone'] / base['alone']:.2f}x, with 7 streams {m['loaded'] / base['loaded']:.2f}x")
 
