@@ -118,6 +118,8 @@ def test_errors_in_openai_shape(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=MODEL, input="word " * 40000, max_output_tokens=8)
     assert e.value.body["code"] == "context_length_exceeded" and e.value.body["param"] == "input"
+    missing = requests.post(str(client.base_url) + "responses", headers={"Authorization": f"Bearer {KEY}"}, json={"input": "x"})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"
     bad = openai.OpenAI(base_url=str(client.base_url), api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.responses.create(model=MODEL, input="x")
