@@ -44,6 +44,9 @@ def wait_healthy(url, proc, timeout=120):
     raise RuntimeError(f"{url}: not healthy after {timeout}s")
 
 
+SEED = None
+
+
 def one_stream(url, model, prompt, tokens, out):
     body = {
         "model": model,
@@ -53,6 +56,8 @@ def one_stream(url, model, prompt, tokens, out):
         "stream": True,
         "ignore_eos": True,
     }
+    if SEED is not None:
+        body["seed"] = SEED
     start = time.perf_counter()
     ttft = None
     pieces = 0
@@ -107,7 +112,10 @@ def main():
     ap.add_argument("--parlance", default=os.environ.get("PARLANCE_BIN", str(ROOT / "target" / "release" / "parlance")))
     ap.add_argument("--llama-server", default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
+    ap.add_argument("--seed", type=int, default=None, help="send this seed with every request")
     args = ap.parse_args()
+    global SEED
+    SEED = args.seed
 
     llama_bin = args.llama_server or subprocess.check_output([str(ROOT / "bench" / "build-llama-server.sh")], text=True).strip().splitlines()[-1]
     common = ["-m", args.model, "-t", str(args.threads), "-c", str(args.ctx)]
@@ -145,7 +153,7 @@ def main():
 
     lines = [
         f"Model `{pathlib.Path(args.model).name}`, {args.threads} threads, {args.slots} slots, context {args.ctx}, "
-        f"{args.tokens} tokens per request (ignore_eos, streaming), {args.rounds} rounds; median of rounds for tok/s.",
+        f"{args.tokens} tokens per request (ignore_eos, streaming{', seed ' + str(args.seed) if args.seed is not None else ''}), {args.rounds} rounds; median of rounds for tok/s.",
         "",
         "| clients | server | aggregate tok/s | TTFT p50 (s) | TTFT p99 (s) |",
         "|---|---|---|---|---|",
