@@ -74,20 +74,30 @@ async fn conversation(
         turns.push(turn);
     }
     let root = turns.last().map(|t| t.id.clone()).unwrap_or_default();
-    let mut messages = Vec::new();
-    for turn in turns.iter().rev() {
-        let input: Vec<Value> = serde_json::from_str(&turn.input).unwrap_or_default();
-        let response: Value = serde_json::from_str(&turn.response).unwrap_or_default();
-        let output = response["output"].as_array().cloned().unwrap_or_default();
-        request::push_messages(&mut messages, &input, "input")
-            .and_then(|()| request::push_messages(&mut messages, &output, "output"))
-            .map_err(|e| {
-                Error::internal(format!(
-                    "stored response {} is unreadable: {}",
-                    turn.id, e.message
-                ))
-            })?;
-    }
+    // A long conversation is megabytes of JSON: parsed off the async workers.
+    let bytes: usize = turns.iter().map(|t| t.input.len() + t.response.len()).sum();
+    let replay = move || {
+        let mut messages = Vec::new();
+        for turn in turns.iter().rev() {
+            let input: Vec<Value> = serde_json::from_str(&turn.input).unwrap_or_default();
+            let response: Value = serde_json::from_str(&turn.response).unwrap_or_default();
+            let output = response["output"].as_array().cloned().unwrap_or_default();
+            request::push_messages(&mut messages, &input, "input")
+                .and_then(|()| request::push_messages(&mut messages, &output, "output"))
+                .map_err(|e| {
+                    Error::internal(format!(
+                        "stored response {} is unreadable: {}",
+                        turn.id, e.message
+                    ))
+                })?;
+        }
+        Ok::<_, Error>(messages)
+    };
+    let messages = if bytes < parlance_core::blocking::LARGE {
+        replay()?
+    } else {
+        parlance_core::blocking::run(bytes, replay).await??
+    };
     Ok((messages, root))
 }
 
