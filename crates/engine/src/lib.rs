@@ -4,6 +4,7 @@
 
 mod checks;
 mod constraint;
+mod job;
 mod logprobs;
 mod sampler;
 mod text;
@@ -14,6 +15,7 @@ pub(crate) use checks::in_vocab;
 use checks::{check_gguf, check_logit_bias};
 use constraint::Constrainer;
 use futures::StreamExt;
+use job::{Job, JobEvent, JobStats, WorkerConfig};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -34,7 +36,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use worker::{Job, JobEvent, JobStats, Worker, WorkerConfig};
+use worker::Worker;
 
 /// Large enough for the `max_tokens: 16384` that the BgGPT examples send.
 pub const DEFAULT_CTX: u32 = 32768;
@@ -79,7 +81,7 @@ pub struct LocalModelConfig {
     pub flash_attention: FlashAttention,
     /// Batch-invariant numerics (`--deterministic`): a seeded request gives the same
     /// text alone or batched with others, at the cost of small micro-batches (slow
-    /// long prefills) and a pad token for a lone seeded sequence (see `worker::UBATCH`).
+    /// long prefills) and a pad token for a lone seeded sequence (see `job::UBATCH`).
     pub deterministic: bool,
 }
 
@@ -231,7 +233,7 @@ impl LocalModel {
             .with_n_ctx(NonZeroU32::new(ctx_per_seq))
             .with_n_batch(cfg.n_batch as u32)
             .with_n_ubatch(if cfg.deterministic {
-                worker::UBATCH as u32
+                job::UBATCH as u32
             } else {
                 cfg.n_batch as u32
             })
@@ -269,7 +271,7 @@ impl LocalModel {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
         let alive = Arc::new(AtomicBool::new(true));
-        let counters = worker::Counters {
+        let counters = job::Counters {
             queued: Arc::new(AtomicUsize::new(0)),
             free: Arc::new(AtomicUsize::new(slots)),
             alive: Arc::clone(&alive),

@@ -4,6 +4,7 @@
 //! or templating, and nothing here waits on a client: output goes into unbounded
 //! per-job channels, and a closed channel frees the job's slots at the next step.
 
+use crate::job::{Counters, Job, JobEvent, JobStats, WorkerConfig, UBATCH};
 use crate::logprobs::token_logprob;
 use crate::sampler::{self, SamplerSpec};
 use crate::text::TextAssembler;
@@ -14,89 +15,12 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use llguidance::Matcher;
-use parlance_core::ir::{Delta, FinishReason, Progress, SamplingParams, StreamEvent};
+use parlance_core::ir::{Delta, FinishReason, StreamEvent};
 use parlance_core::Error;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::mpsc::UnboundedSender;
-
-/// One unit of work: a prompt and the choices that share its prefill.
-pub(crate) struct Job {
-    pub prompt: Vec<LlamaToken>,
-    /// Choice indices this job produces (a request with `n` > slots is split).
-    pub choices: Vec<u32>,
-    pub sampling: SamplingParams,
-    pub seed: u64,
-    pub max_tokens: u32,
-    pub stop: Vec<String>,
-    pub ignore_eos: bool,
-    /// Grammar every choice must follow (each choice gets its own copy).
-    pub constraint: Option<Matcher>,
-    /// Top alternatives to report per token, when logprobs were asked for.
-    pub logprobs: Option<u32>,
-    pub tx: UnboundedSender<JobEvent>,
-    pub enqueued: Instant,
-    /// Test hook: panic when this job is admitted (see `Prep::crash_marker`).
-    pub crash: bool,
-    /// The request's live token counts (exact metering of cancelled requests).
-    pub progress: Progress,
-}
-
-/// What the engine thread shares with request handlers for admission decisions.
-#[derive(Clone)]
-pub(crate) struct Counters {
-    /// Jobs sent and not yet given slots (waiting, in the channel or the queue).
-    pub queued: Arc<AtomicUsize>,
-    /// Slots with no running sequence.
-    pub free: Arc<AtomicUsize>,
-    /// False once the engine thread has stopped.
-    pub alive: Arc<AtomicBool>,
-}
-
-pub(crate) enum JobEvent {
-    Event(StreamEvent),
-    /// All of the job's choices have finished.
-    Done(JobStats),
-    Failed(Error),
-}
-
-#[derive(Debug, Clone, Default)]
-pub(crate) struct JobStats {
-    pub prompt_tokens: u32,
-    pub cached_tokens: u32,
-    pub completion_tokens: u32,
-    pub queue: Duration,
-    pub prefill: Duration,
-    pub decode: Duration,
-    pub slots: Vec<i32>,
-}
-
-pub(crate) struct WorkerConfig {
-    pub slots: usize,
-    pub ctx_per_seq: usize,
-    pub n_batch: usize,
-    /// Prompt tokens per step while other sequences are generating, so a long
-    /// prompt cannot freeze their streams.
-    pub prefill_chunk: usize,
-    /// Micro-batches of 2..=UBATCH tokens (see `UBATCH`); otherwise llama.cpp's own.
-    pub deterministic: bool,
-    pub eog_tokens: Vec<LlamaToken>,
-    /// Control tokens whose text parsers need (`<tool_call>` and kin); every other
-    /// control token renders as nothing.
-    pub preserved: Vec<LlamaToken>,
-}
-
-/// Most tokens llama.cpp computes at once (its n_ubatch) in `--deterministic` mode;
-/// otherwise n_ubatch is n_batch. Together with the pad token
-/// below, every micro-batch holds 2..=63 tokens, which keeps ggml's CPU flash attention
-/// on its one per-query path: 64+ queries switch it to a tiled kernel and a single query
-/// over 512+ cells to a split-KV kernel, and each rounds differently. A sequence's
-/// numbers then do not depend on what shares its batch, so a seeded request gives the
-/// same text alone or under load.
-pub(crate) const UBATCH: usize = 63;
+use std::time::Instant;
 
 enum Entry {
     /// The last sampled token of a generating sequence.
