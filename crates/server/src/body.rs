@@ -23,6 +23,14 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes,
     })
 }
 
+/// A request body read under `limit` and parsed as JSON (see `parse_json_off_thread`).
+pub async fn read_json<T: DeserializeOwned + Send + 'static>(
+    body: Body,
+    limit: usize,
+) -> Result<T, Error> {
+    parse_json_off_thread(read_limited(body, limit).await?).await
+}
+
 /// Large bodies are parsed on the blocking pool: tens of MB of JSON take long enough
 /// to stall every other request on an async worker.
 pub async fn parse_json_off_thread<T: DeserializeOwned + Send + 'static>(

@@ -4,7 +4,7 @@
 //! prompt as OpenAI numbers them.
 
 use crate::auth::Principal;
-use crate::body::{parse_json_off_thread, read_limited};
+use crate::body::read_json;
 use crate::door::{check_output_cap, start, Started};
 use crate::error::ApiError;
 use crate::metering::with_rate_headers;
@@ -215,8 +215,7 @@ pub async fn completions(
     Extension(principal): Extension<Principal>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_limited(body, state.body_limit).await?;
-    let wire_req: wire::CompletionRequest = parse_json_off_thread(bytes).await?;
+    let wire_req: wire::CompletionRequest = read_json(body, state.body_limit).await?;
     ctx.set_model(&wire_req.model);
     let base = to_ir(&wire_req)?;
     let route = state.router.resolve(&base.model)?;

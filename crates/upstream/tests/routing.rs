@@ -145,8 +145,8 @@ async fn cooled_down_deployment_recovers() {
     );
 }
 
-#[tokio::test]
-async fn weighted_split_and_least_in_flight() {
+/// Two healthy deployments answering "a" and "b", weighted 3:1.
+async fn three_to_one() -> (Mock, Mock, Arc<dyn Backend>) {
     let (a, b) = (Mock::start().await, Mock::start().await);
     a.always(Reply::Json(200, ok_body("a")));
     b.always(Reply::Json(200, ok_body("b")));
@@ -155,6 +155,12 @@ async fn weighted_split_and_least_in_flight() {
         vec![deployment(&a, "a", 3), deployment(&b, "b", 1)],
         fast_policy(),
     ));
+    (a, b, pool)
+}
+
+#[tokio::test]
+async fn weighted_split_and_least_in_flight() {
+    let (a, _b, pool) = three_to_one().await;
     for _ in 0..400 {
         run(&pool, ask("x", false)).await.unwrap();
     }
@@ -290,14 +296,7 @@ async fn a_bad_key_or_model_is_not_retried_on_the_same_deployment_and_benches_it
 
 #[tokio::test]
 async fn a_session_stays_on_its_deployment_and_sessions_spread_by_weight() {
-    let (a, b) = (Mock::start().await, Mock::start().await);
-    a.always(Reply::Json(200, ok_body("a")));
-    b.always(Reply::Json(200, ok_body("b")));
-    let pool: Arc<dyn Backend> = Arc::new(Pool::new(
-        "m",
-        vec![deployment(&a, "a", 3), deployment(&b, "b", 1)],
-        fast_policy(),
-    ));
+    let (a, _b, pool) = three_to_one().await;
     let with_session = |s: &str| {
         let mut r = ask("x", false);
         r.context.session = Some(s.to_string());

@@ -5,7 +5,7 @@ mod request;
 mod response;
 
 use crate::auth::Principal;
-use crate::body::{parse_json_off_thread, read_limited};
+use crate::body::read_json;
 use crate::error::ApiError;
 use crate::metering::{admit, record_refusal, watch, with_rate_headers};
 use crate::reqlog::RequestCtx;
@@ -54,8 +54,7 @@ pub async fn messages(
     Extension(principal): Extension<Principal>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_limited(body, state.body_limit).await?;
-    let wire_req: wire::MessagesRequest = parse_json_off_thread(bytes).await?;
+    let wire_req: wire::MessagesRequest = read_json(body, state.body_limit).await?;
     ctx.set_model(&wire_req.model);
     let mut req = request::to_ir(wire_req)?;
     let route = state.router.resolve(&req.model)?;
@@ -111,8 +110,7 @@ pub async fn count_tokens(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_limited(body, state.body_limit).await?;
-    let mut v: Value = parse_json_off_thread(bytes).await?;
+    let mut v: Value = read_json(body, state.body_limit).await?;
     // count_tokens takes no max_tokens; the request type wants one.
     if v.get("max_tokens").is_none() {
         v["max_tokens"] = json!(1);

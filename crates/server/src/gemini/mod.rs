@@ -5,7 +5,7 @@
 mod request;
 
 use crate::auth::Principal;
-use crate::body::{parse_json_off_thread, read_limited};
+use crate::body::read_json;
 use crate::error::ApiError;
 use crate::metering::{admit, record_refusal, watch, with_rate_headers};
 use crate::reqlog::RequestCtx;
@@ -103,8 +103,7 @@ pub async fn action(
         )
         .into());
     };
-    let bytes = read_limited(body, state.body_limit).await?;
-    let wire_req: wire::GenerateContentRequest = parse_json_off_thread(bytes).await?;
+    let wire_req: wire::GenerateContentRequest = read_json(body, state.body_limit).await?;
     ctx.set_model(model);
     let stream = match verb {
         "generateContent" => false,

@@ -7,7 +7,7 @@ mod response;
 pub use request::to_ir;
 
 use crate::auth::Principal;
-use crate::body::{parse_json_off_thread, read_limited};
+use crate::body::read_json;
 use crate::error::ApiError;
 use crate::metering::{admit, record_refusal, watch, with_rate_headers};
 use crate::reqlog::RequestCtx;
@@ -58,8 +58,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let Query(query) =
         query.map_err(|e| Error::invalid(format!("Invalid query string: {}", e.body_text())))?;
-    let bytes = read_limited(body, state.body_limit).await?;
-    let mut wire_req: wire::ChatCompletionRequest = parse_json_off_thread(bytes).await?;
+    let mut wire_req: wire::ChatCompletionRequest = read_json(body, state.body_limit).await?;
     // GigaChat's base URL is `/api/v1`: its functions API answers with object arguments.
     let functions = functions::into_tools(&mut wire_req)?.then(|| {
         if uri.path().starts_with("/api/") {
@@ -252,8 +251,7 @@ pub async fn count_tokens(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<Vec<wire::TokensCount>>, ApiError> {
-    let bytes = read_limited(body, state.body_limit).await?;
-    let req: wire::TokensCountRequest = parse_json_off_thread(bytes).await?;
+    let req: wire::TokensCountRequest = read_json(body, state.body_limit).await?;
     let route = state.router.resolve(&req.model)?;
     let counts = route.backend.count_tokens(&req.input).await?;
     Ok(Json(
@@ -321,8 +319,7 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = read_limited(body, state.body_limit).await?;
-    let req: TokenizeRequest = parse_json_off_thread(bytes).await?;
+    let req: TokenizeRequest = read_json(body, state.body_limit).await?;
     let route = route_for(&state, req.model.as_deref())?;
     let tokens = route
         .backend
@@ -351,8 +348,7 @@ pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = read_limited(body, state.body_limit).await?;
-    let req: DetokenizeRequest = parse_json_off_thread(bytes).await?;
+    let req: DetokenizeRequest = read_json(body, state.body_limit).await?;
     let route = route_for(&state, req.model.as_deref())?;
     let content = route.backend.detokenize(&req.tokens).await?;
     Ok(Json(json!({"content": content})))

@@ -9,7 +9,7 @@ mod store;
 pub use store::MemoryStore;
 
 use crate::auth::Principal;
-use crate::body::{parse_json_off_thread, read_limited};
+use crate::body::read_json;
 use crate::door::{check_output_cap, start};
 use crate::error::ApiError;
 use crate::metering::with_rate_headers;
@@ -170,8 +170,7 @@ pub async fn create(
     Extension(principal): Extension<Principal>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_limited(body, state.body_limit).await?;
-    let wire_req: wire::ResponsesRequest = parse_json_off_thread(bytes).await?;
+    let wire_req: wire::ResponsesRequest = read_json(body, state.body_limit).await?;
     ctx.set_model(&wire_req.model);
     let owner = owner(&principal);
     let (history, session) = match wire_req.previous_response_id.as_deref() {
