@@ -96,6 +96,24 @@ def test_a_key_made_on_one_replica_works_on_the_other_and_revocation_spreads(rep
         ca.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
 
 
+def test_a_conversation_started_on_one_replica_continues_on_the_other(replicas):
+    a, b, _ = replicas
+    k = admin(a, "POST", "/keys", json={"name": "talker"}).json()
+    ca = openai.OpenAI(base_url=a.url + "/v1", api_key=k["key"], max_retries=0)
+    cb = openai.OpenAI(base_url=b.url + "/v1", api_key=k["key"], max_retries=0)
+    first = ca.responses.create(model=MODEL, input="My name is Boyan.", max_output_tokens=4)
+    second = cb.responses.create(model=MODEL, previous_response_id=first.id, input="And yours?", max_output_tokens=4)
+    third = ca.responses.create(model=MODEL, previous_response_id=second.id, input="What is my name?", max_output_tokens=4)
+    # The whole chain is replayed from Postgres: each turn's prompt holds the ones before.
+    assert first.usage.input_tokens < second.usage.input_tokens < third.usage.input_tokens
+    assert cb.responses.retrieve(third.id).previous_response_id == second.id
+    # A turn deleted on one replica breaks the chain on the other, naming that turn.
+    cb.responses.delete(second.id)
+    with pytest.raises(openai.NotFoundError) as e:
+        ca.responses.create(model=MODEL, previous_response_id=third.id, input="again", max_output_tokens=4)
+    assert second.id in e.value.body["message"] and e.value.body["param"] == "previous_response_id"
+
+
 def test_a_100_rpm_key_gets_100_across_both_replicas(replicas):
     a, b, _ = replicas
     k = admin(a, "POST", "/keys", json={"name": "rpm100", "rpm": 100})

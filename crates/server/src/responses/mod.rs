@@ -58,20 +58,22 @@ async fn conversation(
     owner: Option<&str>,
     id: &str,
 ) -> Result<(Vec<Message>, String), Error> {
-    let mut turns = Vec::new();
-    let mut next = Some(id.to_string());
-    while let Some(id) = next {
-        if turns.len() >= MAX_TURNS {
-            return Err(Error::invalid_param(
-                "previous_response_id",
-                format!("This conversation is longer than {MAX_TURNS} turns."),
-            ));
-        }
-        let turn = store::load(state, owner, &id).await?.ok_or_else(|| {
-            store::not_found(&id, "previous_response_id").with_code("previous_response_not_found")
-        })?;
-        next = turn.previous_id.clone();
-        turns.push(turn);
+    // One more than allowed, to tell a long conversation from a complete one.
+    let turns = store::chain(state, owner, id, MAX_TURNS + 1).await?;
+    if turns.len() > MAX_TURNS {
+        return Err(Error::invalid_param(
+            "previous_response_id",
+            format!("This conversation is longer than {MAX_TURNS} turns."),
+        ));
+    }
+    // The walk stops at a missing (deleted, or another key's) turn: name it.
+    let missing = match turns.last() {
+        None => Some(id.to_string()),
+        Some(t) => t.previous_id.clone(),
+    };
+    if let Some(missing) = missing {
+        return Err(store::not_found(&missing, "previous_response_id")
+            .with_code("previous_response_not_found"));
     }
     let root = turns.last().map(|t| t.id.clone()).unwrap_or_default();
     // A long conversation is megabytes of JSON: parsed off the async workers.

@@ -60,6 +60,40 @@ pub async fn load(
     Ok(found.filter(|r| r.key_id.as_deref() == owner))
 }
 
+/// The conversation ending with `id`, newest turn first, at most `limit` turns. A turn
+/// that is missing or someone else's ends the walk there (the caller sees where).
+pub async fn chain(
+    state: &AppState,
+    owner: Option<&str>,
+    id: &str,
+    limit: usize,
+) -> Result<Vec<StoredResponse>, Error> {
+    let mut turns = match &state.tenancy {
+        Some(t) => t.store.response_chain(id, limit).await.map_err(store_err)?,
+        None => {
+            let map = state
+                .responses
+                .0
+                .lock()
+                .map_err(|_| Error::internal("response store lock poisoned"))?;
+            let mut turns: Vec<StoredResponse> = Vec::new();
+            let mut next = Some(id.to_string());
+            while let Some(r) = next
+                .and_then(|id| map.get(&id))
+                .filter(|_| turns.len() < limit)
+            {
+                next = r.previous_id.clone();
+                turns.push(r.clone());
+            }
+            turns
+        }
+    };
+    if let Some(foreign) = turns.iter().position(|t| t.key_id.as_deref() != owner) {
+        turns.truncate(foreign);
+    }
+    Ok(turns)
+}
+
 pub async fn delete(state: &AppState, owner: Option<&str>, id: &str) -> Result<bool, Error> {
     if load(state, owner, id).await?.is_none() {
         return Ok(false);
