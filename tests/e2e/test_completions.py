@@ -79,3 +79,9 @@ def test_errors(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="word " * 40000, max_tokens=4)
     assert e.value.body["code"] == "context_length_exceeded" and e.value.body["param"] == "prompt"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt=[10**9], max_tokens=4)
+    assert e.value.body["param"] == "prompt"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt=[[1, 2]] * 17, max_tokens=4)
+    assert e.value.body["param"] == "prompt" and "at most 16" in e.value.body["message"]

@@ -57,6 +57,18 @@ def test_errors(server):
         assert "404" in str(e.value) or getattr(e.value, "status_code", None) == 404
 
 
+def test_bad_functions_are_named_as_functions(server):
+    import requests
+    h = {"Authorization": f"Bearer {KEY}"}
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    r = requests.post(server.url + "/api/v1/chat/completions", headers=h, json={**ask, "functions": [{"name": "bad name!"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "functions[0].name"
+    r = requests.post(server.url + "/api/v1/chat/completions", headers=h, json={**ask, "functions": [{"name": "f"}], "function_call": {"name": "g"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "function_call"
+    r = requests.post(server.url + "/api/v1/chat/completions", headers=h, json={**ask, "functions": "nope"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "functions"
+
+
 def test_functions_round_trip_on_qwen(qwen):
     url = str(qwen.base_url).rstrip("/").removesuffix("/v1") + "/api/v1"
     weather = Function(name="get_weather", description="Current weather for a city",

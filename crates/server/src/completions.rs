@@ -29,6 +29,22 @@ const DEFAULT_MAX_TOKENS: u32 = 16;
 const MAX_PROMPTS: usize = 16;
 const MAX_LOGPROBS: u32 = 5;
 
+fn too_many(n: usize) -> Error {
+    Error::invalid_param(
+        "prompt",
+        format!("'prompt' takes at most {MAX_PROMPTS} prompts, got {n}."),
+    )
+}
+
+/// Token ids as text; a bad id is named as this door names it (`prompt`).
+async fn detokenize(route: &parlance_core::router::Route, ids: &[u32]) -> Result<String, Error> {
+    route
+        .backend
+        .detokenize(ids)
+        .await
+        .map_err(|e| crate::door::rename_param(e, &[("tokens", "prompt")]))
+}
+
 /// The prompts as text; token-id prompts are detokenized by the model.
 async fn prompts(
     route: &parlance_core::router::Route,
@@ -54,31 +70,24 @@ async fn prompts(
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect(),
         Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
-            vec![
-                route
-                    .backend
-                    .detokenize(&ids(&items).ok_or_else(bad)?)
-                    .await?,
-            ]
+            vec![detokenize(route, &ids(&items).ok_or_else(bad)?).await?]
         }
         Some(Value::Array(items)) => {
+            // Counted before any is detokenized.
+            if items.len() > MAX_PROMPTS {
+                return Err(too_many(items.len()));
+            }
             let mut out = Vec::new();
             for item in items {
                 let toks = item.as_array().and_then(|a| ids(a)).ok_or_else(bad)?;
-                out.push(route.backend.detokenize(&toks).await?);
+                out.push(detokenize(route, &toks).await?);
             }
             out
         }
         Some(_) => return Err(bad()),
     };
     if out.len() > MAX_PROMPTS {
-        return Err(Error::invalid_param(
-            "prompt",
-            format!(
-                "'prompt' takes at most {MAX_PROMPTS} prompts, got {}.",
-                out.len()
-            ),
-        ));
+        return Err(too_many(out.len()));
     }
     Ok(out)
 }
@@ -264,11 +273,8 @@ pub async fn completions(
     let mut events = merged(streams, n);
     let prompt_count = prompts.len() as u32;
     let echo_of = move |i: u32| {
-        if echo {
-            prompts[(i / n) as usize].clone()
-        } else {
-            String::new()
-        }
+        let prompt = prompts.get((i / n) as usize).filter(|_| echo);
+        prompt.cloned().unwrap_or_default()
     };
 
     if !stream {

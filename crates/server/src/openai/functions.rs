@@ -135,6 +135,21 @@ pub fn into_tools(req: &mut wire::ChatCompletionRequest) -> Result<bool, Error> 
     Ok(true)
 }
 
+/// A validation error of the tools this request became, named as the caller wrote
+/// it (`functions[0].name`, `function_call`).
+pub fn rename(mut e: Error) -> Error {
+    if let Some(p) = e.param.take() {
+        e.param = Some(if let Some(rest) = p.strip_prefix("tools") {
+            format!("functions{}", rest.replacen(".function.", ".", 1))
+        } else if p == "tool_choice" {
+            "function_call".to_string()
+        } else {
+            p
+        });
+    }
+    e
+}
+
 fn call_json(name: &str, arguments: &str, style: Arguments) -> Value {
     let args = match style {
         Arguments::String => json!(arguments),
@@ -244,6 +259,16 @@ mod tests {
             Some(call.id.as_str())
         );
         assert!(!req.extra.contains_key("functions"));
+    }
+
+    #[test]
+    fn tool_errors_are_named_as_functions() {
+        let e = rename(Error::invalid_param("tools[1].function.name", "bad name"));
+        assert_eq!(e.param.as_deref(), Some("functions[1].name"));
+        let e = rename(Error::invalid_param("tool_choice", "unknown"));
+        assert_eq!(e.param.as_deref(), Some("function_call"));
+        let e = rename(Error::invalid_param("temperature", "range"));
+        assert_eq!(e.param.as_deref(), Some("temperature"));
     }
 
     #[test]

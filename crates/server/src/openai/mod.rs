@@ -81,7 +81,10 @@ pub async fn chat_completions(
     } else {
         "max_tokens"
     };
-    let mut req = to_ir(wire_req)?;
+    let mut req = match to_ir(wire_req) {
+        Err(e) if functions.is_some() => return Err(functions::rename(e).into()),
+        other => other?,
+    };
     req.debug = debug_flag(&query);
     // GigaChat's session header: the turns of one conversation stay on one deployment.
     req.context.session = headers
