@@ -35,7 +35,9 @@ def test_generate_and_stream_agree(gem):
 
 def test_raw_wire_forms(server):
     url = f"{server.url}/v1beta/models/{MODEL}:streamGenerateContent"
-    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 3}}
+    # Greedy, so both forms carry the same answer: sampled, one answer can be an emoji
+    # (three tokens, one event) and the other three words (three events).
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 3, "temperature": 0}}
     # The default stream is one JSON array; ?key= authenticates too.
     r = requests.post(url + f"?key={KEY}", json=body)
     arr = r.json()
