@@ -38,12 +38,44 @@ pub struct ModelInfo {
 }
 
 /// What a local model is doing right now (`/metrics`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Load {
     /// Requests waiting for a slot.
     pub queued: usize,
     pub busy_slots: usize,
     pub slots: usize,
+    /// Tokens generated since the model loaded (a rate is two readings apart).
+    pub generated_tokens: u64,
+}
+
+/// One deployment of a pool as it stands now (the admin console's live view).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DeploymentState {
+    pub name: String,
+    pub weight: u32,
+    pub in_flight: usize,
+    /// Attempts sent to it since start, and how many of them failed.
+    pub attempts: u64,
+    pub failures: u64,
+    /// Failures in a row; at the pool's threshold it cools down.
+    pub consecutive_failures: u32,
+    /// Milliseconds of cooldown left; `None` while it takes requests.
+    pub cooldown_ms: Option<u64>,
+    /// Why it cannot serve at all (a dead engine), if so.
+    pub down: Option<String>,
+    pub load: Option<Load>,
+}
+
+/// What a backend is made of, for the admin console's catalog.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Composition {
+    /// Set by a preset.
+    pub system_prompt: Option<String>,
+    /// A preset's defaults as `name=value`.
+    pub defaults: Vec<String>,
+    pub deployments: Vec<DeploymentState>,
+    /// Models tried, in order, when every deployment fails.
+    pub fallbacks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, Serialize)]
@@ -81,6 +113,12 @@ pub trait Backend: Send + Sync {
     /// Queue and slot occupancy, for backends that have them (local models).
     fn load(&self) -> Option<Load> {
         None
+    }
+
+    /// Its deployments, presets and fallbacks; a plain backend is one anonymous
+    /// deployment, shown by its load alone.
+    fn composition(&self) -> Composition {
+        Composition::default()
     }
 
     /// Token ids of a text (llama-server's `/tokenize`); `special`: add BOS and parse

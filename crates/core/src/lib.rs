@@ -12,6 +12,8 @@ pub mod router;
 pub mod template;
 pub mod tools;
 
-pub use backend::{Backend, Capabilities, EventStream, Load, ModelInfo, Price};
+pub use backend::{
+    Backend, Capabilities, Composition, DeploymentState, EventStream, Load, ModelInfo, Price,
+};
 pub use error::{Error, ErrorKind};
 pub use router::Router;

@@ -8,7 +8,7 @@ use crate::error::{Error, ErrorKind};
 use crate::ir::ChatRequest;
 use async_trait::async_trait;
 use futures::StreamExt;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,8 @@ struct Health {
     name: String,
     in_flight: AtomicUsize,
     failures: AtomicU32,
+    attempts: AtomicU64,
+    failed_total: AtomicU64,
     cooldown_until: Mutex<Option<Instant>>,
 }
 
@@ -86,6 +88,7 @@ impl Health {
     }
 
     fn failed(&self, cooldown: Duration, threshold: u32) {
+        self.failed_total.fetch_add(1, Ordering::Relaxed);
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         // Past the threshold every failure (including the half-open probe after a
         // cooldown) starts a new cooldown.
@@ -131,6 +134,8 @@ impl Pool {
                         name: d.name.clone(),
                         in_flight: AtomicUsize::new(0),
                         failures: AtomicU32::new(0),
+                        attempts: AtomicU64::new(0),
+                        failed_total: AtomicU64::new(0),
                         cooldown_until: Mutex::new(None),
                     }),
                     d,
@@ -266,6 +271,7 @@ impl Pool {
             tried.push(i);
             let slot = &self.slots[i];
             slot.health.in_flight.fetch_add(1, Ordering::Relaxed);
+            slot.health.attempts.fetch_add(1, Ordering::Relaxed);
             let guard = InFlight(Arc::clone(&slot.health));
             match first_event(slot.d.backend.chat(request.clone()).await).await {
                 Ok(stream) => {
@@ -350,6 +356,58 @@ impl Backend for Pool {
             }
         }
         Err(err)
+    }
+
+    /// The local deployments' slots and queues, summed (`None`: all are upstreams).
+    fn load(&self) -> Option<crate::backend::Load> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.d.backend.load())
+            .reduce(|a, b| crate::backend::Load {
+                queued: a.queued + b.queued,
+                busy_slots: a.busy_slots + b.busy_slots,
+                slots: a.slots + b.slots,
+                generated_tokens: a.generated_tokens + b.generated_tokens,
+            })
+    }
+
+    fn composition(&self) -> crate::backend::Composition {
+        let now = Instant::now();
+        let deployments = self
+            .slots
+            .iter()
+            .map(|s| {
+                let h = &s.health;
+                let cooldown_ms = h
+                    .cooldown_until
+                    .lock()
+                    .ok()
+                    .and_then(|c| *c)
+                    .filter(|until| *until > now)
+                    .map(|until| until.duration_since(now).as_millis() as u64);
+                crate::backend::DeploymentState {
+                    name: s.d.name.clone(),
+                    weight: s.d.weight,
+                    in_flight: h.in_flight.load(Ordering::Relaxed),
+                    attempts: h.attempts.load(Ordering::Relaxed),
+                    failures: h.failed_total.load(Ordering::Relaxed),
+                    consecutive_failures: h.failures.load(Ordering::Relaxed),
+                    cooldown_ms,
+                    down: s.d.backend.health().err(),
+                    load: s.d.backend.load(),
+                }
+            })
+            .collect();
+        let fallbacks = self
+            .fallbacks
+            .get()
+            .map(|f| f.iter().map(|p| p.model.clone()).collect())
+            .unwrap_or_default();
+        crate::backend::Composition {
+            deployments,
+            fallbacks,
+            ..Default::default()
+        }
     }
 
     /// Healthy while any deployment can serve.

@@ -23,6 +23,30 @@ impl Defaults {
         *self == Defaults::default()
     }
 
+    /// `name=value` of each default set, for the admin console.
+    pub fn summary(&self) -> Vec<String> {
+        let s = &self.sampling;
+        let mut out: Vec<String> = [
+            ("temperature", s.temperature),
+            ("top_p", s.top_p),
+            ("min_p", s.min_p),
+            ("presence_penalty", s.presence_penalty),
+            ("frequency_penalty", s.frequency_penalty),
+            ("repetition_penalty", s.repetition_penalty),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| v.map(|v| format!("{n}={v}")))
+        .collect();
+        out.extend(s.top_k.map(|v| format!("top_k={v}")));
+        out.extend(s.seed.map(|v| format!("seed={v}")));
+        out.extend(self.max_tokens.map(|v| format!("max_tokens={v}")));
+        if !self.stop.is_empty() {
+            out.push(format!("stop={:?}", self.stop));
+        }
+        out.extend(self.extra.iter().map(|(k, v)| format!("{k}={v}")));
+        out
+    }
+
     pub fn apply(&self, req: &mut ChatRequest) {
         req.sampling.fill_from(&self.sampling);
         req.max_tokens = req.max_tokens.or(self.max_tokens);
@@ -89,6 +113,13 @@ impl Backend for Preset {
 
     fn load(&self) -> Option<crate::backend::Load> {
         self.inner.load()
+    }
+
+    fn composition(&self) -> crate::backend::Composition {
+        let mut c = self.inner.composition();
+        c.system_prompt = self.system_prompt.clone();
+        c.defaults = self.defaults.summary();
+        c
     }
 
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {

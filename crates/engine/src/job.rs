@@ -5,7 +5,7 @@ use llama_cpp_2::token::LlamaToken;
 use llguidance::Matcher;
 use parlance_core::ir::{Progress, SamplingParams, StreamEvent};
 use parlance_core::Error;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
@@ -41,6 +41,8 @@ pub(crate) struct Counters {
     pub free: Arc<AtomicUsize>,
     /// False once the engine thread has stopped.
     pub alive: Arc<AtomicBool>,
+    /// Tokens sampled since load, for the console's tokens/s.
+    pub generated: Arc<AtomicU64>,
 }
 
 pub(crate) enum JobEvent {

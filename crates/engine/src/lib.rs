@@ -162,6 +162,7 @@ pub struct LocalModel {
     free: Arc<AtomicUsize>,
     /// False once the engine thread has stopped (it panicked).
     alive: Arc<AtomicBool>,
+    generated: Arc<std::sync::atomic::AtomicU64>,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -275,6 +276,7 @@ impl LocalModel {
             queued: Arc::new(AtomicUsize::new(0)),
             free: Arc::new(AtomicUsize::new(slots)),
             alive: Arc::clone(&alive),
+            generated: Arc::default(),
         };
         let thread_model = Arc::clone(&model);
         let thread_counters = counters.clone();
@@ -355,6 +357,7 @@ impl LocalModel {
             queued: counters.queued,
             free: counters.free,
             alive,
+            generated: counters.generated,
             jobs,
         })
     }
@@ -556,6 +559,7 @@ impl Backend for LocalModel {
             queued: self.queued.load(Ordering::Relaxed),
             busy_slots: self.slots - free,
             slots: self.slots,
+            generated_tokens: self.generated.load(Ordering::Relaxed),
         })
     }
 

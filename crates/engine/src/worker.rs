@@ -601,6 +601,7 @@ impl<'m> Worker<'m> {
         }
         run.generated += 1;
         active.stats.completion_tokens += 1;
+        self.counters.generated.fetch_add(1, Ordering::Relaxed);
         active
             .job
             .progress

@@ -28,10 +28,13 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/usage", get(usage))
         .route("/usage.csv", get(usage_csv))
+        .route("/usage/series", get(crate::dashboard::usage_series))
+        .route("/usage/latency", get(crate::dashboard::usage_latency))
+        .route("/status", get(crate::dashboard::status))
 }
 
 /// The tenancy, when the caller holds the admin key; 404 when there is no admin API.
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<Arc<Tenancy>, Error> {
+pub(crate) fn admin(state: &AppState, headers: &HeaderMap) -> Result<Arc<Tenancy>, Error> {
     let Some(t) = state.tenancy.as_ref().filter(|t| t.admin_key.is_some()) else {
         return Err(Error::new(
             ErrorKind::NotFound,
@@ -288,18 +291,23 @@ pub fn parse_date_ms(s: &str) -> Option<i64> {
     Some((era * 146_097 + doe - 719_468) * 86_400_000)
 }
 
+/// `key_id`, `model`, `from`, `to` of a usage query.
+pub(crate) fn usage_filter(q: &HashMap<String, String>) -> Result<UsageFilter, Error> {
+    Ok(UsageFilter {
+        key_id: q.get("key_id").filter(|v| !v.is_empty()).cloned(),
+        model: q.get("model").filter(|v| !v.is_empty()).cloned(),
+        from: time_param(q, "from")?,
+        to: time_param(q, "to")?,
+    })
+}
+
 async fn totals(
     state: &AppState,
     headers: &HeaderMap,
     q: &HashMap<String, String>,
 ) -> Result<Vec<UsageTotals>, Error> {
     let t = admin(state, headers)?;
-    let filter = UsageFilter {
-        key_id: q.get("key_id").filter(|v| !v.is_empty()).cloned(),
-        model: q.get("model").filter(|v| !v.is_empty()).cloned(),
-        from: time_param(q, "from")?,
-        to: time_param(q, "to")?,
-    };
+    let filter = usage_filter(q)?;
     let group = match q.get("group_by").map(String::as_str) {
         None | Some("") | Some("key") => UsageGroup::Key,
         Some("model") => UsageGroup::Model,

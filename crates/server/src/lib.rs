@@ -8,10 +8,11 @@ mod body;
 pub mod catalog;
 mod completions;
 pub mod config;
+mod console;
+mod dashboard;
 mod door;
 mod error;
 mod gemini;
-mod index;
 pub mod listen;
 mod metering;
 pub mod observe;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Stored Responses API turns when there is no tenancy store (`--db none`).
     pub responses: responses::MemoryStore,
+    /// When the server started (the console's uptime).
+    pub started: std::time::Instant,
 }
 
 impl AppState {
@@ -68,6 +71,7 @@ impl AppState {
             tenancy: None,
             metrics: None,
             responses: responses::MemoryStore::default(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -140,7 +144,10 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
         ));
     let cors = cors_layer(&state.cors_origins);
     let app = HttpRouter::new()
-        .route("/", get(index::page))
+        .route("/", get(console::playground))
+        .route("/admin", get(console::admin))
+        .route("/admin/", get(console::admin))
+        .route("/console/{file}", get(console::asset))
         .route("/health", get(health))
         .route("/metrics", get(observe::metrics_page))
         .route("/api/v2/oauth", post(admin::oauth))

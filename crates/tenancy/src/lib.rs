@@ -9,6 +9,7 @@ pub mod shared_limits;
 pub mod store;
 pub mod tokens;
 pub mod usage;
+pub mod usage_stats;
 
 use keys::{now_ms, KeyRecord};
 use limits::Limiter;

@@ -1,0 +1,321 @@
+"""The web console in a real browser: Debian's headless Chromium driven by Selenium,
+against the real binary and the default model. Screenshots of each page go to
+$PARLANCE_SCREENSHOTS (default target/console-screenshots)."""
+
+import os
+import pathlib
+import re
+import tempfile
+import time
+
+import openai
+import pytest
+import requests
+from openai import OpenAI
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from conftest import MODEL, ROOT, Server
+
+SHOTS = pathlib.Path(os.environ.get("PARLANCE_SCREENSHOTS", ROOT / "target" / "console-screenshots"))
+ADMIN = "console-admin-key"
+GGUF = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def chromium_binary():
+    for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"):
+        if os.path.exists(p):
+            return p
+    raise RuntimeError("no Chromium: scripts/setup.sh --test installs Debian's chromium and chromium-driver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium_binary()
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900", "--lang=en-US"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    driver.set_page_load_timeout(30)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def wait(driver, cond, timeout=60, what="condition"):
+    # Re-rendered tables and messages replace their elements: a stale handle is a retry.
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: cond(d), message=what)
+
+
+def shot(driver, name):
+    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def no_console_errors(driver):
+    # CSP violations and script errors land in the browser log as SEVERE; failed
+    # requests (the wrong admin key's 401) are the network's, asserted where made.
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not errors, errors
+
+
+def assistant_messages(driver):
+    return driver.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant")
+
+
+def last_answer(driver, part=".body"):
+    # Read in the page: a streaming message is re-rendered every frame, so element
+    # handles go stale between finding and reading.
+    return driver.execute_script(
+        "const m = [...document.querySelectorAll('#messages .msg.assistant')].pop();"
+        "return m ? m.querySelector(arguments[0]).textContent : '';", part)
+
+
+def send(driver, text):
+    box = driver.find_element(By.ID, "prompt")
+    box.clear()
+    box.send_keys(text)
+    box.send_keys(Keys.ENTER)
+
+
+def finished(driver):
+    return driver.find_element(By.ID, "stop-button").get_attribute("hidden") is not None and not driver.find_elements(By.CSS_SELECTOR, ".msg.streaming")
+
+
+def busy_slots(url, model):
+    text = requests.get(url + "/metrics", timeout=5).text
+    m = re.search(r'^parlance_busy_slots\{model="%s"\} (\d+)' % re.escape(model), text, re.M)
+    return int(m.group(1)) if m else None
+
+
+@pytest.fixture(scope="module")
+def catalog_server():
+    cfg = pathlib.Path(tempfile.mkdtemp(prefix="parlance-console-")) / "parlance.toml"
+    cfg.write_text(f"""
+[[models]]
+name = "smol"
+aliases = ["smol-latest"]
+deployments = [{{ gguf = "{GGUF}" }}]
+
+[[models]]
+name = "smol-pirate"
+base = "smol"
+system_prompt = "You are a pirate. Answer like one."
+defaults = {{ temperature = 0.3 }}
+""")
+    s = Server("--config", str(cfg), "-np", "2")
+    yield s
+    s.stop()
+
+
+def test_playground_streams_stops_edits_and_switches_models(browser, catalog_server):
+    d, url = browser, catalog_server.url
+    d.get(url + "/")
+    wait(d, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 3, what="models listed")
+    names = [o.text for o in Select(d.find_element(By.ID, "model")).options]
+    assert names == ["smol", "smol-latest", "smol-pirate"], names
+    Select(d.find_element(By.ID, "model")).select_by_visible_text("smol")
+    d.find_element(By.ID, "max_tokens").send_keys("600")
+    d.find_element(By.ID, "temperature").send_keys("0.8")
+
+    # The answer streams in: its text grows while the request is open.
+    send(d, "Write a very long story about a dragon who learns to bake bread.")
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant.streaming .body p"), what="first tokens")
+    first = len(last_answer(d))
+    wait(d, lambda d: len(last_answer(d)) > first + 20, what="more tokens")
+    assert busy_slots(url, "smol") == 1
+    shot(d, "playground-streaming")
+
+    # Stop cancels the request and the server frees the slot.
+    d.find_element(By.ID, "stop-button").click()
+    wait(d, finished, what="stopped")
+    stats = last_answer(d, ".stats")
+    assert "finish: stopped" in stats and "tokens/s" in stats and "first token" in stats, stats
+    wait(d, lambda _: busy_slots(url, "smol") == 0, timeout=10, what="slot freed")
+
+    # Another model: the preset answers under its own name.
+    Select(d.find_element(By.ID, "model")).select_by_visible_text("smol-pirate")
+    d.find_element(By.ID, "max_tokens").clear()
+    d.find_element(By.ID, "max_tokens").send_keys("12")
+    send(d, "Say hello.")
+    wait(d, lambda d: len(assistant_messages(d)) == 2 and finished(d), what="second answer")
+    stats = last_answer(d, ".stats")
+    assert stats.startswith("smol-pirate") and "12 tokens" in stats and "finish: length" in stats, stats
+    assert last_answer(d).strip()
+
+    # Regenerate replaces the last answer; editing a question drops what followed it.
+    before = last_answer(d, ".stats")
+    assistant_messages(d)[-1].find_element(By.XPATH, ".//button[text()='Regenerate']").click()
+    wait(d, lambda d: len(assistant_messages(d)) == 2 and finished(d), what="regenerated")
+    assert last_answer(d, ".stats").startswith("smol-pirate"), before
+    users = d.find_elements(By.CSS_SELECTOR, "#messages .msg.user")
+    users[0].find_element(By.XPATH, ".//button[text()='Edit']").click()
+    ta = users[0].find_element(By.CSS_SELECTOR, "textarea")
+    ta.clear()
+    ta.send_keys("Name three colours.")
+    users[0].find_element(By.XPATH, ".//button[text()='Save and send']").click()
+    wait(d, lambda d: len(assistant_messages(d)) == 1 and finished(d), what="edited answer")
+    assert d.find_elements(By.CSS_SELECTOR, "#messages .msg.user")[0].text.count("Name three colours.") == 1
+    shot(d, "playground")
+
+    # Conversations survive a reload (local storage) and export as JSON.
+    d.refresh()
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#messages .msg")) == 2, what="conversation restored")
+    stored = d.execute_script("return JSON.parse(localStorage.getItem('parlance.conversations'))")
+    assert stored[0]["messages"][0]["content"] == "Name three colours." and stored[0]["model"] == "smol-pirate"
+    no_console_errors(d)
+
+
+def test_markdown_is_rendered_as_dom_never_as_html(browser, catalog_server):
+    d = browser
+    d.get(catalog_server.url + "/")
+    html = d.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import('/console/markdown.js').then((m) => {
+          const box = document.createElement('div');
+          box.append(m.renderMarkdown('# Title\\n\\nSome **bold** and `code` <img src=x onerror=alert(1)>\\n\\n```python\\ndef f():\\n    return "s"  # note\\n```\\n- one\\n- two'));
+          done(box.innerHTML);
+        });
+    """)
+    assert "<strong>bold</strong>" in html and "<code>code</code>" in html, html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "<img" not in html, html
+    assert '<span class="tok-kw">def</span>' in html and '<span class="tok-str">"s"</span>' in html, html
+    assert '<span class="tok-com"># note</span>' in html and "<li>one</li>" in html, html
+
+
+def test_console_assets_are_embedded_with_a_strict_policy(catalog_server):
+    r = requests.get(catalog_server.url + "/console/playground.js")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+    again = requests.get(catalog_server.url + "/console/playground.js", headers={"If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+    page = requests.get(catalog_server.url + "/admin")
+    assert page.status_code == 200 and "<script" in page.text and "<script>" not in page.text
+    assert page.headers["content-security-policy"] == csp and page.headers["x-frame-options"] == "DENY"
+    missing = requests.get(catalog_server.url + "/console/nope.js")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_url"
+
+
+@pytest.fixture(scope="module")
+def admin_server():
+    s = Server("-np", "2", "--admin-key", ADMIN)
+    yield s
+    s.stop()
+
+
+def tab(d, name):
+    d.find_element(By.ID, f"tab-{name}").click()
+    wait(d, lambda d: d.find_element(By.ID, f"panel-{name}").get_attribute("hidden") is None, what=f"{name} tab")
+
+
+def test_admin_creates_a_key_sees_its_usage_and_revokes_it(browser, admin_server):
+    d, url = browser, admin_server.url
+    d.get(url + "/admin")
+    wait(d, lambda d: d.find_element(By.ID, "login").is_displayed(), what="login form")
+    d.find_element(By.ID, "admin-key").send_keys("wrong" + Keys.ENTER)
+    wait(d, lambda d: d.find_element(By.ID, "login-error").is_displayed(), what="refused")
+    assert "admin key" in d.find_element(By.ID, "login-error").text
+    d.find_element(By.ID, "admin-key").clear()
+    d.find_element(By.ID, "admin-key").send_keys(ADMIN + Keys.ENTER)
+    wait(d, lambda d: d.find_element(By.ID, "dash").is_displayed(), what="dashboard")
+
+    # Create a key; it is shown once.
+    d.find_element(By.ID, "k-name").send_keys("browser-key")
+    d.find_element(By.ID, "k-rpm").send_keys("100")
+    d.find_element(By.CSS_SELECTOR, "#create-key button[type=submit]").click()
+    wait(d, lambda d: d.find_element(By.ID, "new-key").is_displayed(), what="new key")
+    key = d.find_element(By.ID, "new-key-value").text.strip()
+    assert len(key) > 20
+    row = wait(d, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr") if "browser-key" in r.text], what="key listed")[0]
+    assert "100 rpm" in row.text and "active" in row.text and key not in d.find_element(By.ID, "keys-table").text
+    shot(d, "admin-keys")
+
+    # The key works with the official SDK...
+    client = OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
+    assert r.usage.completion_tokens == 5
+    # ...and in the playground, entered once and kept in local storage.
+    d.get(url + "/")
+    d.find_element(By.ID, "key-button").click()
+    d.find_element(By.ID, "key-input").send_keys(key + Keys.ENTER)
+    wait(d, lambda d: MODEL in [o.text for o in Select(d.find_element(By.ID, "model")).options], what="models with the key")
+    d.find_element(By.ID, "new-chat").click()
+    d.find_element(By.ID, "max_tokens").clear()
+    d.find_element(By.ID, "max_tokens").send_keys("6")
+    send(d, "Hello there")
+    wait(d, lambda d: len(assistant_messages(d)) == 1 and finished(d), what="answer with the key")
+    assert "6 tokens" in last_answer(d, ".stats")
+
+    # Usage by key: the chart and the totals show both requests.
+    d.get(url + "/admin")
+    wait(d, lambda d: d.find_element(By.ID, "dash").is_displayed(), what="still logged in")
+    tab(d, "usage")
+    Select(d.find_element(By.ID, "u-group")).select_by_value("key")
+
+    def usage_row(d):
+        rows = [r for r in d.find_elements(By.CSS_SELECTOR, "#totals-table tbody tr") if "browser-key" in r.text]
+        return rows and rows[0].find_elements(By.TAG_NAME, "td")[1].text == "2" and rows[0]
+
+    def legend_ok(d):
+        d.find_element(By.ID, "u-refresh").click()
+        return "browser-key" in d.find_element(By.CSS_SELECTOR, "#chart-requests .legend").text and usage_row(d)
+
+    wait(d, legend_ok, timeout=20, what="usage of the key")
+    assert "browser-key" in d.find_element(By.CSS_SELECTOR, "#chart-requests .legend").text
+    assert d.find_elements(By.CSS_SELECTOR, "#chart-requests svg polyline")
+    latency = d.find_element(By.ID, "latency-table").text
+    assert MODEL in latency, latency
+    shot(d, "admin-usage")
+
+    # Live: the local model's slots and the tokens generated.
+    tab(d, "live")
+    card = wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, f'#live [data-model="{MODEL}"]'), what="live card")[0]
+    assert "of 2" in card.find_element(By.CSS_SELECTOR, '[data-field="busy"]').text
+    shot(d, "admin-live")
+    tab(d, "catalog")
+    wait(d, lambda d: MODEL in d.find_element(By.ID, "catalog-table").text, what="catalog")
+
+    # Revoke: the SDK gets 401 at once.
+    tab(d, "keys")
+    row = wait(d, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr") if "browser-key" in r.text], what="key row")[0]
+    row.find_element(By.XPATH, ".//button[text()='Revoke']").click()
+    d.switch_to.alert.accept()
+    wait(d, lambda d: any("browser-key" in r.text and "revoked" in r.text for r in d.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr")), what="revoked")
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
+    no_console_errors(d)
+
+
+def test_admin_status_and_series_api(admin_server):
+    h = {"Authorization": f"Bearer {ADMIN}"}
+    s = requests.get(admin_server.url + "/admin/status", headers=h).json()
+    m = next(m for m in s["models"] if m["id"] == MODEL)
+    assert m["load"]["slots"] == 2 and m["down"] is None and "generated_tokens" in m["load"]
+    assert requests.get(admin_server.url + "/admin/status").status_code == 401
+    bad = requests.get(admin_server.url + "/admin/usage/series?bucket=week", headers=h)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "bucket"
+    bad = requests.get(admin_server.url + "/admin/usage/series?group_by=day", headers=h)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
+    # Two requests of one key land in its minute buckets, each bucket aligned.
+    t0 = int(time.time())
+    key = requests.post(admin_server.url + "/admin/keys", headers=h, json={"name": "series"}).json()["key"]
+    key_id = requests.get(admin_server.url + "/v1/key", headers={"Authorization": f"Bearer {key}"}).json()["id"]
+    c = OpenAI(base_url=admin_server.url + "/v1", api_key=key, max_retries=0, timeout=60)
+    for _ in range(2):
+        c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        pts = requests.get(admin_server.url + f"/admin/usage/series?bucket=minute&group_by=key&from={t0 - 60}", headers=h).json()
+        mine = [p for p in pts["data"] if p["group"] == key_id]
+        if sum(p["requests"] for p in mine) == 2:
+            break
+        time.sleep(0.2)
+    assert pts["bucket_s"] == 60 and sum(p["requests"] for p in mine) == 2, pts
+    assert all(p["t"] % 60 == 0 for p in mine) and sum(p["tokens"] for p in mine) > 6
+    lat = requests.get(admin_server.url + "/admin/usage/latency", headers=h).json()["data"]
+    row = next(r for r in lat if r["model"] == MODEL)
+    assert row["requests"] >= 2 and 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
