@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Parlance needs on a fresh Debian/Ubuntu machine:
-# cmake and clang for llama.cpp, Python packages for the end-to-end tests.
+# cmake and clang for llama.cpp; with --test also PostgreSQL, Redis, Chromium and the
+# Python packages for the end-to-end tests.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null || need+=(cmake)
@@ -18,12 +19,15 @@ if [ "${1:-}" = "--test" ]; then
   need=()
   [ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   command -v redis-server >/dev/null || need+=(redis-server)
+  # The web console's tests drive Debian's headless Chromium (no browser download).
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v chromedriver >/dev/null || need+=(chromium-driver)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} ..." >&2
     sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
   fi
-  python3 -c "import openai, pytest, requests, jsonschema, langchain_openai, gigachat, anthropic, google.genai" 2>/dev/null ||
-    python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema langchain-openai gigachat anthropic google-genai
+  python3 -c "import openai, pytest, requests, jsonschema, langchain_openai, gigachat, anthropic, google.genai, selenium" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema langchain-openai gigachat anthropic google-genai selenium
 fi

@@ -11,4 +11,7 @@ cargo build --release -p parlance
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+# The console tests' screenshots land beside the build, e.g. for CI to keep.
+export PARLANCE_SCREENSHOTS="${PARLANCE_SCREENSHOTS:-$target_dir/console-screenshots}"
 PARLANCE_BIN="$target_dir/release/parlance" python3 -m pytest -q tests/e2e "$@"
+echo "console screenshots: $PARLANCE_SCREENSHOTS"

@@ -241,8 +241,8 @@ function loadRows(load, id, now) {
   ];
 }
 
-function deploymentTable(ds, now) {
-  return el("table", {}, el("thead", {}, el("tr", {}, ...["Deployment", "Weight", "In flight", "Attempts", "Error rate", "State"].map((h) => el("th", { scope: "col" }, h)))),
+function deploymentTable(ds) {
+  return el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, ...["Deployment", "Weight", "In flight", "Attempts", "Error rate", "State"].map((h) => el("th", { scope: "col" }, h)))),
     el("tbody", {}, ...ds.map((d) => {
       const state = d.down ? `down: ${d.down}` : d.cooldown_ms ? `cooling down ${fmt(d.cooldown_ms / 1000, 1)} s` : "healthy";
       return el("tr", {},
@@ -251,8 +251,7 @@ function deploymentTable(ds, now) {
         el("td", { class: "num" }, fmt(d.attempts)),
         el("td", { class: "num" }, d.attempts ? `${fmt((100 * d.failures) / d.attempts, 1)}% (${d.failures})` : "–"),
         el("td", { class: d.down || d.cooldown_ms ? "state-bad" : "state-ok" }, state));
-    })));
-  void now;
+    }))));
 }
 
 async function loadLive() {
@@ -267,7 +266,7 @@ async function loadLive() {
     ...(m.deployments.filter((d) => d.load).length > 1
       ? m.deployments.filter((d) => d.load).flatMap((d) => [el("p", { class: "muted" }, d.name), ...loadRows(d.load, `${m.id}/${d.name}`, now)])
       : []),
-    m.deployments.length ? deploymentTable(m.deployments, now) : (m.load ? null : el("p", { class: "muted" }, "No live state.")))));
+    m.deployments.length ? deploymentTable(m.deployments) : (m.load ? null : el("p", { class: "muted" }, "No live state.")))));
 }
 
 async function loadCatalog() {

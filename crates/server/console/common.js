@@ -31,7 +31,7 @@ export class ApiError extends Error {
 /** The message of any door's error body (OpenAI, Anthropic, Gemini shapes). */
 export function errorMessage(body, status) {
   const e = body && body.error;
-  if (e && typeof e === "object" && e.message) return e.message;
+  if (e && typeof e === "object" && e.message) return e.param ? `${e.message} (${e.param})` : e.message;
   if (typeof e === "string") return e;
   return `HTTP ${status}`;
 }

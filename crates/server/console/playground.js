@@ -164,7 +164,6 @@ function statsText(s) {
 }
 
 function messageNode(m, index) {
-  const c = conv();
   const busy = !!state.controller;
   const actions = el("span", { class: "actions" });
   if (!busy && m.role === "user") actions.append(el("button", { type: "button", class: "ghost", onclick: () => editMessage(index) }, "Edit"));
@@ -185,7 +184,6 @@ function messageNode(m, index) {
     ...(m.images || []).map((src) => el("img", { class: "attached", src, alt: "attached image" })),
     m.error ? el("p", { class: "error", role: "alert" }, m.error) : null,
     m.role === "assistant" ? el("div", { class: "stats" }, statsText(m.stats)) : null);
-  void c;
   return node;
 }
 

@@ -15,13 +15,41 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 
 /// (name, content type, bytes) of every asset under `/console/`.
 const ASSETS: &[(&str, &str, &[u8])] = &[
-    ("style.css", "text/css; charset=utf-8", include_bytes!("../console/style.css")),
-    ("common.js", "text/javascript; charset=utf-8", include_bytes!("../console/common.js")),
-    ("markdown.js", "text/javascript; charset=utf-8", include_bytes!("../console/markdown.js")),
-    ("chart.js", "text/javascript; charset=utf-8", include_bytes!("../console/chart.js")),
-    ("playground.js", "text/javascript; charset=utf-8", include_bytes!("../console/playground.js")),
-    ("admin.js", "text/javascript; charset=utf-8", include_bytes!("../console/admin.js")),
-    ("favicon.svg", "image/svg+xml", include_bytes!("../console/favicon.svg")),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../console/style.css"),
+    ),
+    (
+        "common.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../console/common.js"),
+    ),
+    (
+        "markdown.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../console/markdown.js"),
+    ),
+    (
+        "chart.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../console/chart.js"),
+    ),
+    (
+        "playground.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../console/playground.js"),
+    ),
+    (
+        "admin.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../console/admin.js"),
+    ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_bytes!("../console/favicon.svg"),
+    ),
 ];
 
 const PLAYGROUND: &str = include_str!("../console/playground.html");
@@ -43,12 +71,18 @@ fn etags() -> &'static [String] {
 
 fn security_headers(resp: &mut Response) {
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 

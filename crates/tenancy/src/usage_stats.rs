@@ -122,7 +122,9 @@ impl Store {
         for r in &rows {
             let model: String = r.try_get("model").map_err(db_err)?;
             let entry = by_model.entry(model).or_default();
-            entry.0.push(r.try_get::<i64, _>("latency_ms").map_err(db_err)?);
+            entry
+                .0
+                .push(r.try_get::<i64, _>("latency_ms").map_err(db_err)?);
             if let Some(t) = r.try_get::<Option<i64>, _>("ttft_ms").map_err(db_err)? {
                 entry.1.push(t);
             }
