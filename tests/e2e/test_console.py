@@ -24,6 +24,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from conftest import MODEL, ROOT, Server
+from mock_upstreams import ANSWER, THOUGHT, Mock
 
 SHOTS = pathlib.Path(os.environ.get("PARLANCE_SCREENSHOTS", ROOT / "target" / "console-screenshots"))
 ADMIN = "console-admin-key"
@@ -97,8 +98,18 @@ def busy_slots(url, model):
 
 @pytest.fixture(scope="module")
 def catalog_server():
+    mock = Mock()
     cfg = pathlib.Path(tempfile.mkdtemp(prefix="parlance-console-")) / "parlance.toml"
     cfg.write_text(f"""
+[providers.claude]
+kind = "anthropic"
+base_url = "{mock.url}/v1"
+api_key = "sk-ant-mock"
+
+[[models]]
+name = "claude-mock"
+deployments = [{{ provider = "claude", model = "claude-sonnet-4-5" }}]
+
 [[models]]
 name = "smol"
 aliases = ["smol-latest"]
@@ -118,14 +129,15 @@ deployments = [{{ gguf = "{GGUF}" }}]
     s = Server("--config", str(cfg), "-np", "2")
     yield s
     s.stop()
+    mock.stop()
 
 
 def test_playground_streams_stops_edits_and_switches_models(browser, catalog_server):
     d, url = browser, catalog_server.url
     d.get(url + "/")
-    wait(d, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 4, what="models listed")
+    wait(d, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 5, what="models listed")
     names = [o.text for o in Select(d.find_element(By.ID, "model")).options]
-    assert names == ["smol", "smol-latest", "smol-pirate", "smol-vision"], names
+    assert names == ["claude-mock", "smol", "smol-latest", "smol-pirate", "smol-vision"], names
     Select(d.find_element(By.ID, "model")).select_by_visible_text("smol")
     d.find_element(By.ID, "max_tokens").send_keys("600")
     d.find_element(By.ID, "temperature").send_keys("0.8")
@@ -188,7 +200,7 @@ def copied(d, button):
 def test_copy_as_code_runs_and_schema_and_images_reach_the_server(browser, catalog_server):
     d, url = browser, catalog_server.url
     d.get(url + "/")
-    wait(d, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 4, what="models listed")
+    wait(d, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 5, what="models listed")
     d.find_element(By.ID, "new-chat").click()
     Select(d.find_element(By.ID, "model")).select_by_visible_text("smol")
     assert not d.find_element(By.ID, "attach-label").is_displayed()
@@ -246,6 +258,35 @@ def test_copy_as_code_runs_and_schema_and_images_reach_the_server(browser, catal
         shot(d, "playground-phone")
     finally:
         d.set_window_size(1280, 900)
+    no_console_errors(d)
+
+
+def test_an_upstream_model_with_reasoning_and_tool_calls(browser, catalog_server):
+    d = browser
+    d.get(catalog_server.url + "/")
+    wait(d, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 5, what="models listed")
+    d.find_element(By.ID, "new-chat").click()
+    Select(d.find_element(By.ID, "model")).select_by_visible_text("claude-mock")
+    Select(d.find_element(By.ID, "reasoning_effort")).select_by_visible_text("low")
+    send(d, "What is the weather in Sofia?")
+    wait(d, lambda d: len(assistant_messages(d)) == 1 and finished(d), what="upstream answer")
+    assert last_answer(d).strip() == ANSWER
+    # The reasoning is there, folded.
+    details = assistant_messages(d)[0].find_element(By.CSS_SELECTOR, "details.reasoning")
+    visible = "return arguments[0].querySelector('.reasoning-text').checkVisibility()"
+    assert details.get_attribute("open") is None and not d.execute_script(visible, details)
+    details.find_element(By.TAG_NAME, "summary").click()
+    assert d.execute_script(visible, details) and THOUGHT in details.text
+    # Offered a tool, the model calls it; the call is shown.
+    d.find_element(By.ID, "new-chat").click()
+    d.find_element(By.CSS_SELECTOR, "#advanced summary").click()
+    d.find_element(By.ID, "tools").send_keys('[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]')
+    send(d, "Weather in Sofia?")
+    wait(d, lambda d: len(assistant_messages(d)) == 1 and finished(d), what="tool call")
+    assert 'get_weather({"city": "Sofia"})' in last_answer(d), last_answer(d)
+    assert "finish: tool_calls" in last_answer(d, ".stats")
+    d.find_element(By.ID, "tools").clear()
+    d.find_element(By.CSS_SELECTOR, "#advanced summary").click()
     no_console_errors(d)
 
 
@@ -327,6 +368,15 @@ def test_admin_creates_a_key_sees_its_usage_and_revokes_it(browser, admin_server
     assert len(key) > 20
     row = wait(d, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr") if "browser-key" in r.text], what="key listed")[0]
     assert "100 rpm" in row.text and "active" in row.text and key not in d.find_element(By.ID, "keys-table").text
+    # Edit its limits and allowed models in place.
+    row.find_element(By.XPATH, ".//button[text()='Edit']").click()
+    rpm = d.find_element(By.CSS_SELECTOR, '#keys-table input[aria-label="Requests per minute"]')
+    rpm.clear()
+    rpm.send_keys("50")
+    d.find_element(By.CSS_SELECTOR, '#keys-table input[aria-label="Allowed models"]').send_keys(f"{MODEL}, balanced")
+    d.find_element(By.XPATH, "//table[@id='keys-table']//button[text()='Save']").click()
+    row = wait(d, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr") if "browser-key" in r.text and "50 rpm" in r.text], what="edited")[0]
+    assert f"{MODEL}, balanced" in row.text, row.text
     shot(d, "admin-keys")
 
     # The key works with the official SDK...

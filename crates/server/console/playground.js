@@ -96,6 +96,7 @@ function requestBody(c, stream = true) {
     const v = numberOf(id);
     if (v !== undefined) body[name] = v;
   }
+  if ($("reasoning_effort").value) body.reasoning_effort = $("reasoning_effort").value;
   const stop = $("stop").value.split(",").map((s) => s.trim()).filter(Boolean);
   if (stop.length) body.stop = stop;
   const tools = parseJsonField("tools", "Tools");
@@ -111,11 +112,11 @@ function requestBody(c, stream = true) {
 
 function settingsOf() {
   const s = {};
-  for (const id of ["temperature", "top_p", "max_tokens", "seed", "stop", "system", "tools", "schema"]) s[id] = $(id).value;
+  for (const id of ["temperature", "top_p", "max_tokens", "seed", "reasoning_effort", "stop", "system", "tools", "schema"]) s[id] = $(id).value;
   return s;
 }
 function applySettings(s = {}) {
-  for (const id of ["temperature", "top_p", "max_tokens", "seed", "stop", "system", "tools", "schema"]) $(id).value = s[id] ?? "";
+  for (const id of ["temperature", "top_p", "max_tokens", "seed", "reasoning_effort", "stop", "system", "tools", "schema"]) $(id).value = s[id] ?? "";
 }
 
 // ---- conversations -------------------------------------------------------------
@@ -179,7 +180,7 @@ function messageNode(m, index) {
   }
   const node = el("article", { class: `msg ${m.role}${m.streaming ? " streaming" : ""}`, "data-index": index, "aria-label": `${m.role} message` },
     el("div", { class: "who" }, m.role === "user" ? "You" : "Assistant", actions),
-    m.reasoning ? el("details", { class: "reasoning" }, el("summary", {}, "Reasoning"), m.reasoning) : null,
+    m.reasoning ? el("details", { class: "reasoning" }, el("summary", {}, "Reasoning"), el("div", { class: "reasoning-text" }, m.reasoning)) : null,
     body,
     ...(m.images || []).map((src) => el("img", { class: "attached", src, alt: "attached image" })),
     m.error ? el("p", { class: "error", role: "alert" }, m.error) : null,
@@ -304,7 +305,8 @@ async function generate() {
     if (first !== null) {
       m.stats.ttft_ms = Math.round(first - started);
       const secs = (end - first) / 1000;
-      if (secs > 0 && m.stats.completion_tokens > 1) m.stats.tps = (m.stats.completion_tokens - 1) / secs;
+      // A burst (an upstream's buffered answer) has no meaningful rate.
+      if (secs > 0.05 && m.stats.completion_tokens > 1) m.stats.tps = (m.stats.completion_tokens - 1) / secs;
     }
     m.streaming = false;
     state.controller = null;
