@@ -93,6 +93,35 @@ def round_(url, model, clients, tokens, round_no):
     return {"tok_s": clients * tokens / wall, "ttfts": [r["ttft"] for r in results]}
 
 
+def batched_bench(binary, model, threads, ctx, tokens, parallel):
+    """llama-batched-bench's generation rate (S_TG t/s) per parallel sequence count:
+    llama.cpp's kernels decoding with no server, sampling or HTTP around them."""
+    cmd = [binary, "-m", model, "-t", str(threads), "-tb", str(threads), "-c", str(ctx), "-b", "2048", "-ub", "512",
+           "-npp", "32", "-ntg", str(tokens), "-npl", ",".join(map(str, parallel)), "-fa", "on", "--kv-unified"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"llama-batched-bench failed: {out.stderr[-2000:]}")
+    rates = {}
+    header = None
+    for line in out.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if "S_TG t/s" in cells:
+            header = cells
+        elif header and len(cells) == len(header) and cells[0].isdigit():
+            rates[int(cells[header.index("B")])] = float(cells[header.index("S_TG t/s")])
+    return rates
+
+
+def rss_mb(pid):
+    """Resident and peak resident memory of a process, in MB."""
+    fields = {}
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM"):
+            fields[k] = int(v.split()[0]) / 1024
+    return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+
+
 def pct(values, p):
     values = sorted(values)
     k = (len(values) - 1) * p / 100
@@ -113,6 +142,7 @@ def main():
     ap.add_argument("--llama-server", default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
     ap.add_argument("--seed", type=int, default=None, help="send this seed with every request")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip llama-batched-bench")
     args = ap.parse_args()
     global SEED
     SEED = args.seed
@@ -139,6 +169,8 @@ def main():
         stats = {(n, c): {"tok_s": [], "ttfts": []} for n in servers for c in clients}
         for name, (url, _) in servers.items():  # warm-up
             round_(url, "bench", 2, 16, -1)
+        ceiling = {c: [] for c in clients}
+        batched = str(pathlib.Path(llama_bin).with_name("llama-batched-bench"))
         for r in range(args.rounds):
             for c in clients:
                 for name, (url, _) in servers.items():
@@ -146,6 +178,13 @@ def main():
                     stats[(name, c)]["tok_s"].append(res["tok_s"])
                     stats[(name, c)]["ttfts"].extend(res["ttfts"])
                     print(f"round {r} {name:12} clients={c}: {res['tok_s']:.1f} tok/s", file=sys.stderr)
+            if not args.no_ceiling:
+                # Interleaved with the servers' rounds, so all three see the same machine.
+                rates = batched_bench(batched, args.model, args.threads, args.ctx, args.tokens, clients)
+                for c in clients:
+                    ceiling[c].append(rates[c])
+                print(f"round {r} llama-batched-bench: {rates}", file=sys.stderr)
+        memory = {name: rss_mb(p.pid) for name, p in procs.items()}
     finally:
         for p in procs.values():
             p.terminate()
@@ -169,6 +208,17 @@ def main():
         ratios.append(f"| {c} | {p[0] / l[0]:.2f}x | {p[1] / l[1]:.2f}x | {p[2] / l[2]:.2f}x |")
     lines += ["", "Parlance / llama-server (throughput: higher is better; TTFT: lower is better):", "",
               "| clients | tok/s ratio | TTFT p50 ratio | TTFT p99 ratio |", "|---|---|---|---|", *ratios]
+    if not args.no_ceiling:
+        lines += ["", "Against the kernels' ceiling (`llama-batched-bench` generation rate, S_TG, `-npp 32 -fa on`, "
+                  "same threads and context, best of rounds; the servers' tok/s are medians and include prompt processing):", "",
+                  "| streams | llama-batched-bench tok/s | llama-server / ceiling | Parlance / ceiling |", "|---|---|---|---|"]
+        for c in clients:
+            best = max(ceiling[c])
+            lines.append(f"| {c} | {best:.1f} | {statistics.median(stats[('llama-server', c)]['tok_s']) / best:.2f}x | "
+                         f"{statistics.median(stats[('parlance', c)]['tok_s']) / best:.2f}x |")
+    lines += ["", "Memory after the run (MB; RSS now / peak):", "", "| server | RSS | peak RSS |", "|---|---|---|"]
+    lines += [f"| {name} | {rss:.0f} | {peak:.0f} |" for name, (rss, peak) in memory.items()]
+    lines.append(f"\nParlance peak RSS - llama-server peak RSS: {memory['parlance'][1] - memory['llama-server'][1]:+.0f} MB")
     text = "\n".join(lines) + "\n"
     pathlib.Path(args.out).write_text(text)
     print(text)

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
-scripts/fetch-models.sh smollm2 qwen2.5-coder
+scripts/fetch-models.sh smollm2 qwen2.5-coder gemma3
 cargo fmt --all --check
 cargo build --release -p parlance
 # --release shares the build with the binary above (llama.cpp is compiled once).

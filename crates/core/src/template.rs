@@ -9,6 +9,33 @@ use serde_json::{json, Value};
 /// Used when a model ships no template of its own.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Gemma's turn format (Gemma 2 and 3, BgGPT), for GGUFs that ship no template: no
+/// system role, so a system message opens the first user turn, as Google's own
+/// template does; the assistant's role is `model`.
+pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
+{%- if messages and messages[0]['role'] == 'system' -%}\
+{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}\
+{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}\
+{%- for message in loop_messages -%}\
+{%- set role = 'model' if message['role'] == 'assistant' else 'user' -%}\
+{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}\
+{%- if message['content'] is string -%}{{ message['content'] | trim }}\
+{%- else -%}{%- for item in message['content'] -%}\
+{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}{%- else -%}{{ item['text'] | trim }}{%- endif -%}\
+{%- endfor -%}{%- endif -%}\
+{{ '<end_of_turn>\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
+/// The built-in template for a model that ships none, by its GGUF architecture.
+pub fn fallback_template(architecture: &str) -> &'static str {
+    if architecture.starts_with("gemma") {
+        GEMMA_TEMPLATE
+    } else {
+        CHATML_TEMPLATE
+    }
+}
+
 /// Prefix that marks errors raised by the template itself via `raise_exception`:
 /// those are about the caller's messages (a 400), anything else is a template bug.
 const RAISED: &str = "template raised: ";
@@ -148,6 +175,29 @@ mod tests {
             .unwrap();
         assert!(out.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"));
         assert!(out.ends_with("<|im_start|>user\nЗдравей<|im_end|>\n<|im_start|>assistant\n"));
+    }
+
+    #[test]
+    fn gemma_fallback_folds_the_system_prompt_into_the_first_user_turn() {
+        assert_eq!(fallback_template("gemma3"), GEMMA_TEMPLATE);
+        assert_eq!(fallback_template("llama"), CHATML_TEMPLATE);
+        let t = ChatTemplate::new(GEMMA_TEMPLATE, "<bos>", "<eos>").unwrap();
+        let out = t
+            .render(
+                &[
+                    Message::text(Role::System, "Be brief."),
+                    Message::text(Role::User, " Hi "),
+                    Message::text(Role::Assistant, "Hello!"),
+                    Message::text(Role::User, "Bye"),
+                ],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n\
+             <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
     }
 
     #[test]

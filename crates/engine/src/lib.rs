@@ -4,6 +4,8 @@
 
 mod checks;
 mod constraint;
+mod device;
+pub use device::gpu_devices;
 mod job;
 mod logprobs;
 mod sampler;
@@ -18,14 +20,13 @@ use futures::StreamExt;
 use job::{Job, JobEvent, JobStats, WorkerConfig};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use llguidance::Matcher;
 use parlance_core::ir::{
     ChatRequest, ContentPart, Message, Role, StreamEvent, ToolChoice, ToolDef, Usage,
 };
-use parlance_core::template::{ChatTemplate, CHATML_TEMPLATE};
+use parlance_core::template::{fallback_template, ChatTemplate};
 use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo};
 use serde_json::json;
@@ -83,6 +84,8 @@ pub struct LocalModelConfig {
     /// text alone or batched with others, at the cost of small micro-batches (slow
     /// long prefills) and a pad token for a lone seeded sequence (see `job::UBATCH`).
     pub deterministic: bool,
+    /// Layers offloaded to a GPU (`-ngl`); `None`: llama.cpp's default (all).
+    pub n_gpu_layers: Option<u32>,
 }
 
 impl LocalModelConfig {
@@ -101,6 +104,7 @@ impl LocalModelConfig {
             chat_template: None,
             flash_attention: FlashAttention::On,
             deterministic: false,
+            n_gpu_layers: None,
         }
     }
 }
@@ -149,6 +153,8 @@ struct Prepared {
 
 pub struct LocalModel {
     info: ModelInfo,
+    /// Where its layers run, as the load message says it.
+    placement: String,
     prep: Arc<Prep>,
     n_vocab: i32,
     slots: usize,
@@ -184,8 +190,10 @@ impl LocalModel {
         let path = &cfg.path;
         check_gguf(path)?;
         let backend = llama_backend()?;
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+        let params = device::model_params(cfg.n_gpu_layers);
+        let model = LlamaModel::load_from_file(backend, path, &params)
             .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        let placement = device::placement(cfg.n_gpu_layers, model.n_layer());
         let model = Arc::new(model);
         let vocab = model.vocab();
 
@@ -195,7 +203,12 @@ impl LocalModel {
                 .chat_template(None)
                 .ok()
                 .and_then(|t| t.to_string().ok())
-                .unwrap_or_else(|| CHATML_TEMPLATE.to_string()),
+                .unwrap_or_else(|| {
+                    let arch = model
+                        .meta_val_str("general.architecture")
+                        .unwrap_or_default();
+                    fallback_template(&arch).to_string()
+                }),
         };
         let piece = |t: LlamaToken| {
             String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
@@ -348,6 +361,7 @@ impl LocalModel {
         };
         Ok(LocalModel {
             info,
+            placement,
             n_vocab: model.n_vocab(),
             prep: Arc::new(prep),
             slots,
@@ -364,6 +378,11 @@ impl LocalModel {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// `on the CPU` or `N of M layers on DEVICE`.
+    pub fn placement(&self) -> &str {
+        &self.placement
     }
 
     fn check_supported(&self, req: &ChatRequest) -> Result<(), Error> {

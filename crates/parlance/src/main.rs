@@ -164,9 +164,21 @@ mod tests {
         let Command::Serve(s) = cli.command else {
             panic!("not serve")
         };
-        assert_eq!(s.n_gpu_layers, Some(99));
+        assert_eq!(s.n_gpu_layers, vec![99]);
         assert_eq!(s.n_predict, Some(64));
         assert_eq!(s.hf_repo, vec!["a/b:Q4_K_M"]);
         assert!(s.jinja && s.verbose && s.metrics);
+        // Per model, in order; -1 (all) is a value, not a flag.
+        let argv = ["parlance", "serve", "-ngl", "-1", "-ngl", "0"];
+        let cli = Cli::parse_from(normalize_args(argv.iter().map(|s| s.to_string())));
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.n_gpu_layers, vec![-1, 0]);
+        assert_eq!(serve::ngl_at(&s.n_gpu_layers, 1), Some(0));
+        assert_eq!(serve::ngl_at(&[20], 3), Some(20));
+        assert_eq!(serve::ngl_at(&[], 0), None);
+        assert_eq!(serve::gpu_layers(Some(-1)), None);
+        assert_eq!(serve::gpu_layers(Some(99)), Some(99));
     }
 }

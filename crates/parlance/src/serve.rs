@@ -173,14 +173,17 @@ pub struct ServeArgs {
     #[arg(long = "chat-template-file", env = "PARLANCE_CHAT_TEMPLATE_FILE")]
     pub chat_template_file: Option<PathBuf>,
 
-    /// Layers to offload to a GPU (llama-server's -ngl). This build runs on the CPU:
-    /// accepted so llama-server command lines work, and said so at startup.
+    /// Layers to offload to a GPU (llama-server's -ngl; 99 or -1: all). One value for
+    /// every model, or one per -m in order. Needs a build with a GPU backend
+    /// (`--features vulkan`, `cuda` or `metal`); the CPU build says so and runs on the CPU.
     #[arg(
         long = "n-gpu-layers",
         alias = "gpu-layers",
-        env = "PARLANCE_N_GPU_LAYERS"
+        env = "PARLANCE_N_GPU_LAYERS",
+        value_delimiter = ',',
+        allow_negative_numbers = true
     )]
-    pub n_gpu_layers: Option<i32>,
+    pub n_gpu_layers: Vec<i32>,
 
     /// Hugging Face repository to download a GGUF from (llama-server's -hf), as
     /// `owner/repo` or `owner/repo:QUANT` (e.g. `:Q4_K_M`); served like -m.
@@ -276,18 +279,39 @@ fn chat_template(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     }
 }
 
-/// Says which llama-server flags this build takes only for compatibility.
-fn note_compat_flags(args: &ServeArgs) {
-    if let Some(n) = args.n_gpu_layers.filter(|&n| n != 0) {
+/// The `-ngl` value for the model at position `i`: its own, or the single one for all.
+pub(crate) fn ngl_at(values: &[i32], i: usize) -> Option<i32> {
+    match values {
+        [one] => Some(*one),
+        many => many.get(i).copied(),
+    }
+}
+
+/// A GPU build's `-ngl` for a model; negative means all (llama.cpp's default).
+pub(crate) fn gpu_layers(n: Option<i32>) -> Option<u32> {
+    n.and_then(|n| u32::try_from(n).ok())
+}
+
+/// Says when `-ngl` cannot take effect: no GPU backend in this build, or no GPU found.
+fn note_gpu(args: &ServeArgs) {
+    if args.n_gpu_layers.iter().all(|&n| n == 0) {
+        return;
+    }
+    if !cfg!(any(feature = "cuda", feature = "vulkan", feature = "metal")) {
         eprintln!(
-            "note: -ngl {n} ignored: this build runs on the CPU only (GPU backends are not compiled in)"
+            "note: -ngl ignored: this build has no GPU backend (build with --features vulkan, cuda or metal); running on the CPU"
         );
+        return;
+    }
+    #[cfg(feature = "local")]
+    if parlance_engine::gpu_devices().is_empty() {
+        eprintln!("note: -ngl given but no GPU device was found; running on the CPU");
     }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.verbose, args.log_format);
-    note_compat_flags(&args);
+    note_gpu(&args);
     let template = chat_template(&args)?;
     let config = match &args.config {
         Some(path) => Some(Config::load(path).map_err(anyhow::Error::msg)?),
@@ -300,7 +324,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
     std_listener.set_nonblocking(true)?;
 
-    let mut models: Vec<(PathBuf, Option<String>)> = Vec::new();
+    // (file, public name, -ngl) of each -m / -hf model.
+    let mut models: Vec<(PathBuf, Option<String>, Option<i32>)> = Vec::new();
     let hf_models = args
         .hf_repo
         .iter()
@@ -318,7 +343,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .first()
             .cloned()
             .unwrap_or_else(|| DEFAULT_MODEL_NAME.to_string());
-        models.push((path, Some(alias)));
+        models.push((path, Some(alias), args.n_gpu_layers.first().copied()));
     } else {
         let given: Vec<PathBuf> = args.model.iter().cloned().chain(hf_models).collect();
         if args.alias.len() > given.len() {
@@ -328,9 +353,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 given.len()
             );
         }
+        if args.n_gpu_layers.len() > given.len().max(1) {
+            bail!(
+                "{} --n-gpu-layers values given for {} -m: give one for all, or one per model in order",
+                args.n_gpu_layers.len(),
+                given.len()
+            );
+        }
         for (i, path) in given.into_iter().enumerate() {
             let alias = args.alias.get(i).cloned();
-            models.push((path, alias));
+            models.push((path, alias, ngl_at(&args.n_gpu_layers, i)));
         }
     }
 
@@ -343,7 +375,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut keys = args.api_key.clone();
     if let Some(cfg) = &config {
         let env = |name: &str| std::env::var(name).ok();
-        let mut loader = |path: &Path| load_local(&args, &template, path, None);
+        // A deployment's own n_gpu_layers, else the one -ngl given for all.
+        let all = match args.n_gpu_layers.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        };
+        let mut loader =
+            |path: &Path, ngl: Option<i32>| load_local(&args, &template, path, None, ngl.or(all));
         catalog::build(cfg, &env, &mut loader, &mut router).map_err(anyhow::Error::msg)?;
         keys.extend(cfg.server.api_keys.iter().cloned());
         if let Some(var) = &cfg.server.api_keys_env {
@@ -352,9 +390,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             keys.extend(v.split(',').map(str::to_string));
         }
     }
-    for (path, alias) in models {
+    for (path, alias, ngl) in models {
         let (info, backend) =
-            load_local(&args, &template, &path, alias).map_err(anyhow::Error::msg)?;
+            load_local(&args, &template, &path, alias, ngl).map_err(anyhow::Error::msg)?;
         router.add(info, backend).map_err(anyhow::Error::msg)?;
     }
     if router.models().next().is_none() {
@@ -507,6 +545,7 @@ fn load_local(
     template: &Option<String>,
     path: &Path,
     alias: Option<String>,
+    n_gpu_layers: Option<i32>,
 ) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
     use parlance_engine::{FlashAttention, LocalModel, LocalModelConfig};
     let started = Instant::now();
@@ -525,6 +564,7 @@ fn load_local(
     cfg.max_output_tokens = args.max_output_tokens.filter(|&n| n > 0);
     cfg.chat_template = template.clone();
     cfg.deterministic = args.deterministic;
+    cfg.n_gpu_layers = gpu_layers(n_gpu_layers);
     cfg.flash_attention = match args.flash_attn {
         FlashAttn::On => FlashAttention::On,
         FlashAttn::Off => FlashAttention::Off,
@@ -533,9 +573,10 @@ fn load_local(
     let model = LocalModel::load(cfg)?;
     let info = model.info().clone();
     println!(
-        "model `{}` ready in {:.1}s on the CPU: context {} tokens shared by {} slots, at most {} output tokens per request",
+        "model `{}` ready in {:.1}s {}: context {} tokens shared by {} slots, at most {} output tokens per request",
         info.id,
         started.elapsed().as_secs_f32(),
+        model.placement(),
         info.context_length,
         args.parallel.max(1),
         info.max_output_tokens.unwrap_or(info.context_length)
@@ -549,6 +590,7 @@ fn load_local(
     _: &Option<String>,
     path: &Path,
     _: Option<String>,
+    _: Option<i32>,
 ) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
     let _ = Instant::now();
     Err(format!(

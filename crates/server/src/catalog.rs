@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Loads a GGUF file for a `gguf = "..."` deployment.
-pub type LocalLoader<'a> = dyn FnMut(&Path) -> Result<(ModelInfo, Arc<dyn Backend>), String> + 'a;
+/// Its second argument is the deployment's `n_gpu_layers`.
+pub type LocalLoader<'a> =
+    dyn FnMut(&Path, Option<i32>) -> Result<(ModelInfo, Arc<dyn Backend>), String> + 'a;
 
 fn secs(v: Option<f64>, default: Duration) -> Duration {
     v.filter(|s| *s > 0.0)
@@ -186,6 +188,8 @@ fn with_preset(
     }
 }
 
+type Loaded = (ModelInfo, Arc<dyn Backend>);
+
 /// Adds every catalog model (and its aliases) to `router`.
 pub fn build(
     cfg: &Config,
@@ -198,7 +202,8 @@ pub fn build(
     for (name, p) in &cfg.providers {
         providers.insert(name, Provider::new(provider_config(name, p, env)?)?);
     }
-    let mut locals: HashMap<PathBuf, (ModelInfo, Arc<dyn Backend>)> = HashMap::new();
+    // One engine per file and offload setting, shared by every model naming both.
+    let mut locals: HashMap<(PathBuf, Option<i32>), Loaded> = HashMap::new();
     let mut pools: HashMap<&str, Arc<Pool>> = HashMap::new();
     let mut routes: HashMap<&str, (ModelInfo, Arc<dyn Backend>)> = HashMap::new();
 
@@ -209,12 +214,13 @@ pub fn build(
         let mut first_provider = None;
         for d in &m.deployments {
             let (label, backend) = if let Some(path) = &d.gguf {
-                if !locals.contains_key(path) {
-                    let loaded = load_local(path)
+                let k = (path.clone(), d.n_gpu_layers);
+                if !locals.contains_key(&k) {
+                    let loaded = load_local(path, d.n_gpu_layers)
                         .map_err(|e| format!("model `{name}`: {}: {e}", path.display()))?;
-                    locals.insert(path.clone(), loaded);
+                    locals.insert(k.clone(), loaded);
                 }
-                let (li, b) = &locals[path];
+                let (li, b) = &locals[&k];
                 local_info.get_or_insert_with(|| li.clone());
                 (format!("local/{}", path.display()), Arc::clone(b))
             } else {

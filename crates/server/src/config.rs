@@ -121,6 +121,8 @@ pub struct DeploymentSection {
     pub model: Option<String>,
     /// ...or a local GGUF file served by the built-in engine.
     pub gguf: Option<PathBuf>,
+    /// With `gguf`: layers offloaded to a GPU (a GPU build's -ngl; -1: all).
+    pub n_gpu_layers: Option<i32>,
     #[serde(default = "one")]
     pub weight: u32,
 }
@@ -327,6 +329,12 @@ impl Config {
                                 at(&p.span())
                             ));
                         }
+                        if d.n_gpu_layers.is_some() {
+                            return Err(format!(
+                                "{}: model `{name}`: `n_gpu_layers` is for gguf deployments (a provider places its own layers)",
+                                at(&p.span())
+                            ));
+                        }
                     }
                     (None, Some(_)) => {
                         if d.model.is_some() {
@@ -418,6 +426,21 @@ mod tests {
             e.contains("fallback `p` is a preset") && e.contains("line 4"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn gpu_layers_belong_to_gguf_deployments() {
+        let ok = Config::parse(
+            "[[models]]\nname = \"a\"\ndeployments = [{ gguf = \"x.gguf\", n_gpu_layers = 20 }]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.models[0].deployments[0].n_gpu_layers, Some(20));
+        let e = Config::parse(
+            "[providers.x]\nkind = \"openai\"\nbase_url = \"http://h/v1\"\n\n[[models]]\nname = \"a\"\n\
+             deployments = [{ provider = \"x\", model = \"m\", n_gpu_layers = 20 }]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("n_gpu_layers") && e.contains("line 7"), "{e}");
     }
 
     #[test]
