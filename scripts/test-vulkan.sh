@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 need=()
 command -v glslc >/dev/null || need+=(glslc)
+command -v vulkaninfo >/dev/null || need+=(vulkan-tools)
 [ -e /usr/include/vulkan/vulkan.h ] || need+=(libvulkan-dev)
 ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
 [ -e /usr/share/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake ] || need+=(spirv-headers)
@@ -53,5 +54,9 @@ fi
 scripts/fetch-models.sh smollm2
 export CARGO_TARGET_DIR="${PARLANCE_VULKAN_TARGET:-$cache/target-vulkan}"
 cargo build --release -p parlance --features vulkan
+# ggml skips CPU-type Vulkan devices; when the software driver is all there is, name it.
+if ! vulkaninfo --summary 2>/dev/null | grep deviceType | grep -qv PHYSICAL_DEVICE_TYPE_CPU; then
+  export GGML_VK_VISIBLE_DEVICES="${GGML_VK_VISIBLE_DEVICES:-0}"
+fi
 PARLANCE_GPU_TEST=vulkan PARLANCE_BIN="$CARGO_TARGET_DIR/release/parlance" \
   python3 -m pytest -q tests/e2e/test_gpu.py "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints, Rust unit and in-process HTTP tests, then
-# the end-to-end suite that drives the real binary with the official openai SDK.
+# the end-to-end suite that drives the real binary with the official SDKs and a browser,
+# then the Vulkan (GPU offload) build and its tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -15,3 +16,8 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 export PARLANCE_SCREENSHOTS="${PARLANCE_SCREENSHOTS:-$target_dir/console-screenshots}"
 PARLANCE_BIN="$target_dir/release/parlance" python3 -m pytest -q tests/e2e "$@"
 echo "console screenshots: $PARLANCE_SCREENSHOTS"
+# GPU offload through llama.cpp's Vulkan backend (software Vulkan without a GPU): its own
+# build and target dir, ~10 minutes the first time. PARLANCE_SKIP_VULKAN=1 skips it.
+if [ "${PARLANCE_SKIP_VULKAN:-0}" != 1 ]; then
+  scripts/test-vulkan.sh
+fi

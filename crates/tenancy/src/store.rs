@@ -306,15 +306,24 @@ impl Store {
         Ok(())
     }
 
+    /// Runs a query whose `$N` placeholders are a usage filter's binds.
+    pub(crate) async fn fetch_filtered(
+        &self,
+        sql: &str,
+        binds: &[crate::usage::Bind],
+    ) -> Result<Vec<AnyRow>, String> {
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = b.bind_to(q);
+        }
+        q.fetch_all(&self.pool).await.map_err(db_err)
+    }
+
     /// Rows matching `filter`, newest first (for tests and exports).
     pub async fn usage_rows(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
         let (cond, binds) = filter.sql();
         let sql = format!("SELECT * FROM usage WHERE {cond} ORDER BY at DESC");
-        let mut q = sqlx::query(&sql);
-        for b in &binds {
-            q = b.bind_to(q);
-        }
-        let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = self.fetch_filtered(&sql, &binds).await?;
         rows.iter().map(usage_from_row).collect()
     }
 
@@ -339,11 +348,7 @@ impl Store {
              CAST(SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END) AS BIGINT) AS cancelled
              FROM usage WHERE {cond} GROUP BY {by} ORDER BY {by}"
         );
-        let mut q = sqlx::query(&sql);
-        for b in &binds {
-            q = b.bind_to(q);
-        }
-        let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = self.fetch_filtered(&sql, &binds).await?;
         rows.iter()
             .map(|r| {
                 let int = |c: &str| -> Result<i64, sqlx::Error> {

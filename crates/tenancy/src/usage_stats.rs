@@ -80,11 +80,7 @@ impl Store {
              CAST(SUM(CASE WHEN status LIKE 'error%' THEN 1 ELSE 0 END) AS BIGINT) AS errors
              FROM usage WHERE {cond} GROUP BY at / {bucket_ms}, {by} ORDER BY b, g"
         );
-        let mut q = sqlx::query(&sql);
-        for b in &binds {
-            q = b.bind_to(q);
-        }
-        let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = self.fetch_filtered(&sql, &binds).await?;
         rows.iter()
             .map(|r| {
                 let int = |c: &str| -> Result<i64, String> {
@@ -113,11 +109,7 @@ impl Store {
         let sql = format!(
             "SELECT model, latency_ms, ttft_ms FROM usage WHERE {cond} ORDER BY at DESC LIMIT {LATENCY_ROWS}"
         );
-        let mut q = sqlx::query(&sql);
-        for b in &binds {
-            q = b.bind_to(q);
-        }
-        let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = self.fetch_filtered(&sql, &binds).await?;
         let mut by_model: BTreeMap<String, (Vec<i64>, Vec<i64>)> = BTreeMap::new();
         for r in &rows {
             let model: String = r.try_get("model").map_err(db_err)?;
