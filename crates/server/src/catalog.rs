@@ -9,6 +9,7 @@ use parlance_core::ir::SamplingParams;
 use parlance_core::pool::{Deployment, Pool, PoolPolicy};
 use parlance_core::preset::{Defaults, Preset};
 use parlance_core::{Backend, Capabilities, ModelInfo, Router};
+use parlance_upstream::images::{parse_ranges, ImageFetcher, ImagePolicy};
 use parlance_upstream::{
     GigaChatAuth, Provider, ProviderConfig, ProviderKind, Timeouts, UpstreamModel,
 };
@@ -32,6 +33,7 @@ fn provider_config(
     name: &str,
     p: &ProviderSection,
     env: &dyn Fn(&str) -> Option<String>,
+    images: &Arc<ImageFetcher>,
 ) -> Result<ProviderConfig, String> {
     let kind = p.kind;
     let base_url = p
@@ -92,6 +94,7 @@ fn provider_config(
             total: secs(p.total_timeout, d.total),
         },
         gigachat,
+        images: Some(Arc::clone(images)),
     })
 }
 
@@ -198,9 +201,20 @@ pub fn build(
     router: &mut Router,
 ) -> Result<(), String> {
     cfg.check_env(env)?;
+    let mut image_policy = ImagePolicy {
+        allow_private: parse_ranges(&cfg.images.allow_private)?,
+        ..ImagePolicy::default()
+    };
+    if let Some(max) = cfg.images.max_bytes {
+        image_policy.max_bytes = max;
+    }
+    let images = ImageFetcher::new(image_policy)?;
     let mut providers: HashMap<&str, Arc<Provider>> = HashMap::new();
     for (name, p) in &cfg.providers {
-        providers.insert(name, Provider::new(provider_config(name, p, env)?)?);
+        providers.insert(
+            name,
+            Provider::new(provider_config(name, p, env, &images)?)?,
+        );
     }
     // One engine per file and offload setting, shared by every model naming both.
     let mut locals: HashMap<(PathBuf, Option<i32>), Loaded> = HashMap::new();

@@ -10,6 +10,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+/// `[images]`: how Parlance fetches `http(s)` images for providers that need the bytes.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesSection {
+    /// Private ranges image URLs may point to (refused by default), e.g. `["10.0.0.0/8"]`.
+    #[serde(default)]
+    pub allow_private: Vec<String>,
+    /// Largest image fetched, in bytes (default 20 MiB).
+    pub max_bytes: Option<usize>,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -21,6 +32,8 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderSection>,
     #[serde(default)]
     pub models: Vec<ModelSection>,
+    #[serde(default)]
+    pub images: ImagesSection,
     /// The file's text, for line numbers in errors found after parsing.
     #[serde(skip)]
     source: String,

@@ -7,6 +7,7 @@ mod dialect;
 mod gemini;
 mod gigachat;
 mod http;
+pub mod images;
 mod openai;
 mod openai_read;
 pub mod sse;
@@ -91,6 +92,9 @@ pub struct ProviderConfig {
     /// Send the token cap as `max_completion_tokens` (OpenAI's gpt-5 and o-series accept
     /// only that) instead of `max_tokens`.
     pub max_completion_tokens: bool,
+    /// Fetches `http(s)` images for providers that take only inline bytes (Gemini);
+    /// `None`: such URLs go as they came.
+    pub images: Option<Arc<images::ImageFetcher>>,
 }
 
 /// One configured provider: its HTTP client and wire dialect, shared by all its models.
@@ -201,7 +205,7 @@ impl UpstreamModel {
 
 #[async_trait]
 impl Backend for UpstreamModel {
-    async fn chat(&self, request: ChatRequest) -> Result<EventStream, Error> {
+    async fn chat(&self, mut request: ChatRequest) -> Result<EventStream, Error> {
         if request.raw_prompt.is_some() {
             return Err(Error::invalid_param(
                 "prompt",
@@ -210,6 +214,10 @@ impl Backend for UpstreamModel {
             .with_code("unsupported"));
         }
         let p = Arc::clone(&self.provider);
+        // Gemini reads `fileData` only from its own Files API: other URLs go inline.
+        if let (ProviderKind::Gemini, Some(fetcher)) = (p.cfg.kind, &p.cfg.images) {
+            fetcher.inline_images(&mut request).await?;
+        }
         let t = p.cfg.timeouts.clone();
         request
             .context

@@ -178,6 +178,7 @@ async fn the_token_cap_goes_by_the_name_the_upstream_takes() {
         gigachat: None,
         ca_cert: None,
         max_completion_tokens: true,
+        images: None,
     })
     .unwrap();
     mock.push(Reply::Json(200, answer));

@@ -181,6 +181,7 @@ pub fn provider_with(
         gigachat,
         ca_cert: None,
         max_completion_tokens: false,
+        images: None,
     })
     .unwrap()
 }
