@@ -16,8 +16,7 @@ pub async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error>
     let body = bytes::Bytes::from(
         serde_json::to_vec(&call.body).map_err(|e| Error::internal(e.to_string()))?,
     );
-    let mut rejected: Option<String> = None;
-    loop {
+    authorized(p, call.auth, || {
         let mut rb = p
             .client
             .post(&call.url)
@@ -26,9 +25,37 @@ pub async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error>
         for (k, v) in &call.extra_headers {
             rb = rb.header(*k, v);
         }
+        rb
+    })
+    .await
+}
+
+/// A multipart POST with the provider's Bearer credential (GigaChat's file upload);
+/// `form` is called again for the retry after a 401.
+pub async fn send_multipart(
+    p: &Provider,
+    url: &str,
+    form: impl Fn() -> reqwest::multipart::Form,
+) -> Result<reqwest::Response, Error> {
+    authorized(p, AuthStyle::Bearer, || {
+        p.client.post(url).multipart(form())
+    })
+    .await
+}
+
+/// Sends what `build` makes with the credential presented as `auth`; an access token
+/// can expire between our refresh check and the upstream's, so a 401 retries once.
+async fn authorized(
+    p: &Provider,
+    auth: AuthStyle,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, Error> {
+    let mut rejected: Option<String> = None;
+    loop {
+        let mut rb = build();
         let key = p.credential(rejected.as_deref()).await?;
         if let Some(key) = &key {
-            rb = match call.auth {
+            rb = match auth {
                 AuthStyle::Bearer => rb.bearer_auth(key),
                 AuthStyle::XApiKey => rb.header("x-api-key", key),
                 AuthStyle::GoogApiKey => rb.header("x-goog-api-key", key),
@@ -39,7 +66,6 @@ pub async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error>
         if status.is_success() {
             return Ok(resp);
         }
-        // An access token can expire between our refresh check and the upstream's: once.
         if status == StatusCode::UNAUTHORIZED && p.token.is_some() && rejected.is_none() {
             rejected = Some(key.unwrap_or_default());
             continue;

@@ -6,6 +6,7 @@ mod anthropic;
 mod dialect;
 mod gemini;
 mod gigachat;
+mod gigachat_files;
 mod http;
 pub mod images;
 mod openai;
@@ -223,7 +224,10 @@ impl Backend for UpstreamModel {
             .context
             .progress
             .set_deployment(format!("{}/{}", p.cfg.name, self.model));
-        let call = p.dialect.build(&p.cfg.base_url, &self.model, &request)?;
+        let mut call = p.dialect.build(&p.cfg.base_url, &self.model, &request)?;
+        if p.cfg.kind == ProviderKind::GigaChat {
+            gigachat_files::attach_images(&p, &mut request, &mut call.body).await?;
+        }
         let first = async {
             let resp = http::send(&p, &call).await?;
             // Some servers ignore `stream: true` (or report an error) with a plain JSON

@@ -65,7 +65,9 @@ async fn gigachat_gets_caches_and_refreshes_its_access_token() {
     assert_eq!(oauth.count(), 2);
     assert_eq!(api.last().headers["authorization"], "Bearer tok-2");
 
-    // Tools travel as GigaChat functions; a function_call answer is a tool call.
+    // Tools travel as GigaChat functions; a function_call answer is a tool call. The
+    // history's image is uploaded first and named in the user turn's attachments.
+    api.push(Reply::Json(200, json!({"id": "file-7", "object": "file"})));
     api.push(Reply::Json(200, json!({"choices": [{"message": {"role": "assistant", "content": "",
         "function_call": {"name": "get_weather", "arguments": {"city": "Sofia"}}}, "index": 0, "finish_reason": "function_call"}],
         "created": 1, "model": "GigaChat", "object": "chat.completion"})));
@@ -80,6 +82,8 @@ async fn gigachat_gets_caches_and_refreshes_its_access_token() {
     assert_eq!(done.choices[0].finish_reason, Some(FinishReason::ToolCalls));
     let body = api.last().body;
     assert_eq!(body["functions"][0]["name"], "get_weather");
+    assert_eq!(body["messages"][1]["attachments"], json!(["file-7"]));
+    assert_eq!(body["messages"][1]["content"], "What is the weather here?");
     assert_eq!(
         body["messages"][2]["function_call"],
         json!({"name": "get_weather", "arguments": {"city": "Sofia"}})
@@ -142,4 +146,58 @@ async fn gigachat_short_lived_tokens_are_reused_and_refreshed_once_for_many_401s
     assert!(all.iter().all(Result::is_ok), "{all:?}");
     assert_eq!(oauth.count(), 2, "one refresh for ten 401s");
     assert_eq!(api.last().headers["authorization"], "Bearer tok-2");
+}
+
+#[tokio::test]
+async fn gigachat_images_are_uploaded_files_named_in_attachments() {
+    use parlance_core::ir::{ContentPart, ImageSource};
+    let api = Mock::start().await;
+    let oauth = Mock::start().await;
+    let auth = GigaChatAuth {
+        auth_url: format!("{}/api/v2/oauth", oauth.url),
+        scope: "GIGACHAT_API_PERS".into(),
+    };
+    let p = provider_with(
+        ProviderKind::GigaChat,
+        &format!("{}/api/v1", api.url),
+        Timeouts::default(),
+        Some(auth),
+    );
+    oauth.push(Reply::Json(
+        200,
+        json!({"access_token": "tok-1", "expires_at": 4_000_000_000_000u64}),
+    ));
+    api.push(Reply::Json(
+        200,
+        json!({"id": "6f0b1291-file", "object": "file", "bytes": 12, "created_at": 1, "filename": "image.png", "purpose": "general"}),
+    ));
+    api.push(Reply::Json(
+        200,
+        json!({"choices": [{"message": {"role": "assistant", "content": "Красный квадрат"}, "index": 0, "finish_reason": "stop"}],
+            "created": 1, "model": "GigaChat-Max", "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}, "object": "chat.completion"}),
+    ));
+    let mut req = ask("Что на картинке?", false);
+    req.messages[0]
+        .content
+        .push(ContentPart::Image(ImageSource::Base64 {
+            media_type: "image/png".into(),
+            data: "iVBORw0KGgpwbmc=".into(),
+        }));
+    let out = run(&model(&p, "GigaChat-Max"), req).await.unwrap();
+    assert_eq!(out.choices[0].content, "Красный квадрат");
+    let reqs = api.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 2);
+    let upload = &reqs[0];
+    assert_eq!(upload.path, "/api/v1/files");
+    assert_eq!(upload.headers["authorization"], "Bearer tok-1");
+    assert!(upload.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("multipart/form-data"));
+    assert!(upload.raw.contains("name=\"purpose\"") && upload.raw.contains("general"));
+    assert!(upload.raw.contains("filename=\"image.png\"") && upload.raw.contains("PNG"));
+    assert_eq!(
+        reqs[1].body["messages"][0],
+        json!({"role": "user", "content": "Что на картинке?", "attachments": ["6f0b1291-file"]})
+    );
 }

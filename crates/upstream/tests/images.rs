@@ -1,5 +1,11 @@
 //! The image fetcher against a loopback image server: what it fetches, and every way
 //! a URL can try to reach an address it must not (literal, by name, by redirect).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test and example code"
+)]
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
