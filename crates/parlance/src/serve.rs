@@ -298,8 +298,10 @@ fn note_gpu(args: &ServeArgs) {
         return;
     }
     if !cfg!(any(feature = "cuda", feature = "vulkan", feature = "metal")) {
+        let given: Vec<String> = args.n_gpu_layers.iter().map(i32::to_string).collect();
         eprintln!(
-            "note: -ngl ignored: this build has no GPU backend (build with --features vulkan, cuda or metal); running on the CPU"
+            "note: -ngl {} ignored: this build has no GPU backend (build with --features vulkan, cuda or metal); running on the CPU",
+            given.join(",")
         );
         return;
     }
