@@ -30,7 +30,13 @@ minor=$(sed -n 's/^#define VK_HEADER_VERSION_COMPLETE VK_MAKE_API_VERSION(0, 1, 
 if [ "${minor:-0}" -lt 3 ] || { [ "$minor" -eq 3 ] && [ "${patch:-0}" -lt 261 ]; }; then
   headers="$cache/vulkan-headers/include"
   if [ ! -f "$headers/vulkan/vulkan.hpp" ]; then
-    mirror=$(grep -rhoE '^(deb|URIs:) +[^ ]*debian[^ ]*' /etc/apt/sources.list /etc/apt/sources.list.d 2>/dev/null | awk '{print $NF}' | grep -v security | head -1)
+    # `|| true`: under pipefail a missing sources.list would end the script here.
+    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
+      grep -oE '^(deb|URIs:) +[^ ]*debian[^ ]*' | awk '{print $NF}' | grep -v security | head -n1 || true)
+    if [ -z "$mirror" ]; then
+      echo "Vulkan headers >= 1.3.261 are needed and no Debian mirror is configured to fetch them from" >&2
+      exit 1
+    fi
     suite="${PARLANCE_VULKAN_SUITE:-trixie}"
     tmp=$(mktemp -d)
     echo "deb $mirror $suite main" > "$tmp/sources.list"
