@@ -335,7 +335,8 @@ api_key = "none"
 [[models]]
 name = "balanced"
 aliases = ["balanced-latest"]
-deployments = [{{ gguf = "{GGUF}" }}, {{ provider = "dead", model = "gone" }}]
+# Weighted 100:1 so the first request tries the dead one (then cooled down, it is skipped).
+deployments = [{{ gguf = "{GGUF}" }}, {{ provider = "dead", model = "gone", weight = 100 }}]
 routing = {{ cooldown_after = 1, cooldown_secs = 60 }}
 """)
     s = Server("-m", GGUF, "-a", MODEL, "--config", str(cfg), "-np", "2", "--admin-key", ADMIN)
@@ -432,7 +433,7 @@ def test_admin_creates_a_key_sees_its_usage_and_revokes_it(browser, admin_server
     shot(d, "admin-live")
     tab(d, "catalog")
     row = wait(d, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#catalog-table tbody tr") if r.text.startswith("balanced")], what="catalog")[0]
-    assert "balanced-latest" in row.text and "dead/gone (weight 1)" in row.text, row.text
+    assert "balanced-latest" in row.text and "dead/gone (weight 100)" in row.text, row.text
     assert MODEL in d.find_element(By.ID, "catalog-table").text
 
     # Revoke: the SDK gets 401 at once.
