@@ -74,10 +74,13 @@ struct Health {
 
 impl Health {
     fn cooling(&self, now: Instant) -> bool {
-        self.cooldown_until
-            .lock()
-            .map(|c| c.is_some_and(|until| until > now))
-            .unwrap_or(false)
+        self.cooldown_left(now).is_some()
+    }
+
+    /// How much of its cooldown is left; `None` while it takes requests.
+    fn cooldown_left(&self, now: Instant) -> Option<Duration> {
+        let until = (*self.cooldown_until.lock().ok()?)?;
+        (until > now).then(|| until.duration_since(now))
     }
 
     fn succeeded(&self) {
@@ -378,13 +381,7 @@ impl Backend for Pool {
             .iter()
             .map(|s| {
                 let h = &s.health;
-                let cooldown_ms = h
-                    .cooldown_until
-                    .lock()
-                    .ok()
-                    .and_then(|c| *c)
-                    .filter(|until| *until > now)
-                    .map(|until| until.duration_since(now).as_millis() as u64);
+                let cooldown_ms = h.cooldown_left(now).map(|d| d.as_millis() as u64);
                 crate::backend::DeploymentState {
                     name: s.d.name.clone(),
                     weight: s.d.weight,

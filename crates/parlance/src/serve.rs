@@ -281,9 +281,14 @@ fn chat_template(args: &ServeArgs) -> anyhow::Result<Option<String>> {
 
 /// The `-ngl` value for the model at position `i`: its own, or the single one for all.
 pub(crate) fn ngl_at(values: &[i32], i: usize) -> Option<i32> {
+    ngl_for_all(values).or_else(|| values.get(i).copied())
+}
+
+/// The `-ngl` value given once, for every model (catalog deployments included).
+fn ngl_for_all(values: &[i32]) -> Option<i32> {
     match values {
         [one] => Some(*one),
-        many => many.get(i).copied(),
+        _ => None,
     }
 }
 
@@ -345,7 +350,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .first()
             .cloned()
             .unwrap_or_else(|| DEFAULT_MODEL_NAME.to_string());
-        models.push((path, Some(alias), args.n_gpu_layers.first().copied()));
+        models.push((path, Some(alias), ngl_at(&args.n_gpu_layers, 0)));
     } else {
         let given: Vec<PathBuf> = args.model.iter().cloned().chain(hf_models).collect();
         if args.alias.len() > given.len() {
@@ -378,10 +383,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(cfg) = &config {
         let env = |name: &str| std::env::var(name).ok();
         // A deployment's own n_gpu_layers, else the one -ngl given for all.
-        let all = match args.n_gpu_layers.as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        };
+        let all = ngl_for_all(&args.n_gpu_layers);
         let mut loader =
             |path: &Path, ngl: Option<i32>| load_local(&args, &template, path, None, ngl.or(all));
         catalog::build(cfg, &env, &mut loader, &mut router).map_err(anyhow::Error::msg)?;

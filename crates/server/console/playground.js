@@ -4,6 +4,8 @@ import { $, el, api, sseEvents, toast, copyText, download, fmt, ApiError } from 
 import { renderMarkdown } from "./markdown.js";
 
 const STORE = "parlance.conversations";
+// The form fields a conversation remembers.
+const SETTINGS = ["temperature", "top_p", "max_tokens", "seed", "reasoning_effort", "stop", "system", "tools", "schema"];
 const KEY = "parlance.key";
 const state = {
   models: [],
@@ -112,11 +114,11 @@ function requestBody(c, stream = true) {
 
 function settingsOf() {
   const s = {};
-  for (const id of ["temperature", "top_p", "max_tokens", "seed", "reasoning_effort", "stop", "system", "tools", "schema"]) s[id] = $(id).value;
+  for (const id of SETTINGS) s[id] = $(id).value;
   return s;
 }
 function applySettings(s = {}) {
-  for (const id of ["temperature", "top_p", "max_tokens", "seed", "reasoning_effort", "stop", "system", "tools", "schema"]) $(id).value = s[id] ?? "";
+  for (const id of SETTINGS) $(id).value = s[id] ?? "";
 }
 
 // ---- conversations -------------------------------------------------------------

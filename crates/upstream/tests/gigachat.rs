@@ -15,21 +15,26 @@ use parlance_core::ir::FinishReason;
 use parlance_upstream::{GigaChatAuth, ProviderKind, Timeouts};
 use serde_json::json;
 
+/// A GigaChat provider whose API and token endpoint are these two mocks.
+fn gigachat(api: &Mock, oauth: &Mock) -> std::sync::Arc<parlance_upstream::Provider> {
+    let auth = GigaChatAuth {
+        auth_url: format!("{}/api/v2/oauth", oauth.url),
+        scope: "GIGACHAT_API_PERS".into(),
+    };
+    provider_with(
+        ProviderKind::GigaChat,
+        &format!("{}/api/v1", api.url),
+        Timeouts::default(),
+        Some(auth),
+    )
+}
+
 #[tokio::test]
 async fn gigachat_gets_caches_and_refreshes_its_access_token() {
     let api = Mock::start().await;
     let oauth = Mock::start().await;
     let far = 4_000_000_000_000u64; // year 2096, in ms
-    let auth = GigaChatAuth {
-        auth_url: format!("{}/api/v2/oauth", oauth.url),
-        scope: "GIGACHAT_API_PERS".into(),
-    };
-    let p = provider_with(
-        ProviderKind::GigaChat,
-        &format!("{}/api/v1", api.url),
-        Timeouts::default(),
-        Some(auth),
-    );
+    let p = gigachat(&api, &oauth);
     let b = model(&p, "GigaChat");
     oauth.push(Reply::Json(
         200,
@@ -103,16 +108,7 @@ async fn gigachat_short_lived_tokens_are_reused_and_refreshed_once_for_many_401s
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let auth = GigaChatAuth {
-        auth_url: format!("{}/api/v2/oauth", oauth.url),
-        scope: "GIGACHAT_API_PERS".into(),
-    };
-    let p = provider_with(
-        ProviderKind::GigaChat,
-        &format!("{}/api/v1", api.url),
-        Timeouts::default(),
-        Some(auth),
-    );
+    let p = gigachat(&api, &oauth);
     let b = model(&p, "GigaChat");
     // A token that lives 60 s: a fixed one-minute margin would refetch it every time.
     oauth.push(Reply::Json(
@@ -153,16 +149,7 @@ async fn gigachat_images_are_uploaded_files_named_in_attachments() {
     use parlance_core::ir::{ContentPart, ImageSource};
     let api = Mock::start().await;
     let oauth = Mock::start().await;
-    let auth = GigaChatAuth {
-        auth_url: format!("{}/api/v2/oauth", oauth.url),
-        scope: "GIGACHAT_API_PERS".into(),
-    };
-    let p = provider_with(
-        ProviderKind::GigaChat,
-        &format!("{}/api/v1", api.url),
-        Timeouts::default(),
-        Some(auth),
-    );
+    let p = gigachat(&api, &oauth);
     oauth.push(Reply::Json(
         200,
         json!({"access_token": "tok-1", "expires_at": 4_000_000_000_000u64}),
