@@ -98,6 +98,15 @@ impl Price {
     }
 }
 
+/// Turns a request's `http(s)` image URLs into inline bytes, for backends that need
+/// the bytes themselves (local vision models). The fetcher (with its SSRF rules)
+/// lives with the HTTP clients; backends get it as this trait.
+#[async_trait]
+pub trait InlineImages: Send + Sync + std::fmt::Debug {
+    /// Replaces every URL image by its bytes; a failure is a 400 naming the part.
+    async fn inline_images(&self, request: &mut ChatRequest) -> Result<(), Error>;
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync {
     /// Starts generating. Errors that are known before the first token (bad input for

@@ -1,6 +1,7 @@
 //! What request handlers and the engine thread exchange: jobs going in, events and
 //! stats coming out, the counters admission reads, and the thread's configuration.
 
+use crate::vision::Media;
 use llama_cpp_2::token::LlamaToken;
 use llguidance::Matcher;
 use parlance_core::ir::{Progress, SamplingParams, StreamEvent};
@@ -12,7 +13,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// One unit of work: a prompt and the choices that share its prefill.
 pub(crate) struct Job {
+    /// Text tokens, with placeholders at the images' positions.
     pub prompt: Vec<LlamaToken>,
+    /// The prompt's images, in order (see `vision`).
+    pub media: Arc<Vec<Media>>,
     /// Choice indices this job produces (a request with `n` > slots is split).
     pub choices: Vec<u32>,
     pub sampling: SamplingParams,

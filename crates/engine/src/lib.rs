@@ -10,6 +10,7 @@ mod job;
 mod logprobs;
 mod sampler;
 mod text;
+mod vision;
 mod worker;
 
 use async_trait::async_trait;
@@ -28,7 +29,7 @@ use parlance_core::ir::{
 };
 use parlance_core::template::{fallback_template, ChatTemplate};
 use parlance_core::tools::{self, ToolSyntax};
-use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo};
+use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, InlineImages, ModelInfo};
 use serde_json::json;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use vision::{ImageInput, Media, Vision};
 use worker::Worker;
 
 /// Large enough for the `max_tokens: 16384` that the BgGPT examples send.
@@ -86,6 +88,11 @@ pub struct LocalModelConfig {
     pub deterministic: bool,
     /// Layers offloaded to a GPU (`-ngl`); `None`: llama.cpp's default (all).
     pub n_gpu_layers: Option<u32>,
+    /// The vision projector (mmproj GGUF) that lets this model take images.
+    pub mmproj: Option<PathBuf>,
+    /// Fetches `http(s)` images for it (with the server's SSRF rules); without one,
+    /// only data URLs are taken.
+    pub image_fetcher: Option<Arc<dyn InlineImages>>,
 }
 
 impl LocalModelConfig {
@@ -105,6 +112,8 @@ impl LocalModelConfig {
             flash_attention: FlashAttention::On,
             deterministic: false,
             n_gpu_layers: None,
+            mmproj: None,
+            image_fetcher: None,
         }
     }
 }
@@ -124,6 +133,8 @@ fn llama_backend() -> Result<&'static LlamaBackend, String> {
 /// What preparing a request needs (template, tokenizer, grammar compiler): shared with
 /// the blocking pool, where that CPU work runs instead of on the async workers.
 struct Prep {
+    /// Before `model`: the projector points into it.
+    vision: Option<Arc<Vision>>,
     model: Arc<LlamaModel>,
     template: ChatTemplate,
     /// Whether the template renders `tools` itself; otherwise tools are described in
@@ -147,6 +158,7 @@ struct Prep {
 struct Prepared {
     prompt_text: String,
     prompt: Vec<LlamaToken>,
+    media: Vec<Media>,
     constraint: Option<Matcher>,
     crash: bool,
 }
@@ -170,6 +182,7 @@ pub struct LocalModel {
     alive: Arc<AtomicBool>,
     generated: Arc<std::sync::atomic::AtomicU64>,
     jobs: mpsc::Sender<Job>,
+    image_fetcher: Option<Arc<dyn InlineImages>>,
 }
 
 /// Marks the engine dead when its thread ends, however it ends (a panic unwinds through it).
@@ -195,6 +208,15 @@ impl LocalModel {
             .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         let placement = device::placement(cfg.n_gpu_layers, model.n_layer());
         let model = Arc::new(model);
+        let vision = match &cfg.mmproj {
+            Some(p) => Some(Arc::new(Vision::load(
+                p,
+                &model,
+                cfg.threads,
+                cfg.n_gpu_layers != Some(0),
+            )?)),
+            None => None,
+        };
         let vocab = model.vocab();
 
         let template_src = match &cfg.chat_template {
@@ -292,6 +314,7 @@ impl LocalModel {
             generated: Arc::default(),
         };
         let thread_model = Arc::clone(&model);
+        let thread_vision = vision.clone();
         let thread_counters = counters.clone();
         let guard = AliveGuard(Arc::clone(&alive), id.clone());
         std::thread::Builder::new()
@@ -307,7 +330,8 @@ impl LocalModel {
                 match context {
                     Ok(ctx) => {
                         let _ = ready_tx.send(Ok(()));
-                        Worker::new(model, ctx, worker_cfg, rx, thread_counters).run();
+                        Worker::new(model, ctx, worker_cfg, rx, thread_counters, thread_vision)
+                            .run();
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -333,7 +357,7 @@ impl LocalModel {
             price: None,
             capabilities: Capabilities {
                 chat: true,
-                vision: false,
+                vision: vision.is_some(),
                 tools: true,
                 json_schema: true,
                 logprobs: true,
@@ -346,6 +370,7 @@ impl LocalModel {
             .unwrap_or(1)
             .max(1);
         let prep = Prep {
+            vision,
             add_bos: vocab.should_add_bos(),
             model: Arc::clone(&model),
             template,
@@ -373,6 +398,7 @@ impl LocalModel {
             alive,
             generated: counters.generated,
             jobs,
+            image_fetcher: cfg.image_fetcher.clone(),
         })
     }
 
@@ -386,7 +412,8 @@ impl LocalModel {
     }
 
     fn check_supported(&self, req: &ChatRequest) -> Result<(), Error> {
-        if let Some(i) = req.messages.iter().position(|m| m.has_images()) {
+        let images = req.messages.iter().position(Message::has_images);
+        if let (Some(i), None) = (images, &self.prep.vision) {
             return Err(Error::invalid_param(
                 format!("messages[{i}].content"),
                 format!("model `{}` does not accept images", self.info.id),
@@ -467,12 +494,23 @@ impl Prep {
         wanted: usize,
     ) -> Result<Prepared, Error> {
         self.check_size(req, wanted)?;
+        let (messages, images) = match &req.raw_prompt {
+            None if req.messages.iter().any(Message::has_images) => {
+                vision::take_images(&req.messages)?
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
         let prompt_text = match &req.raw_prompt {
             Some(raw) => raw.clone(),
-            None => self.render(req, tools_active)?,
+            None if images.is_empty() => self.render(&req.messages, req, tools_active)?,
+            None => self.render(&messages, req, tools_active)?,
         };
         let constraint = self.constrainer.for_request(req)?;
-        let prompt = self.tokenize(&prompt_text);
+        let (prompt, media) = if images.is_empty() {
+            (self.tokenize(&prompt_text), Vec::new())
+        } else {
+            self.tokenize_with_images(&prompt_text, images)?
+        };
         if prompt.is_empty() {
             return Err(Error::invalid_param("messages", "the prompt is empty"));
         }
@@ -487,6 +525,7 @@ impl Prep {
         Ok(Prepared {
             prompt_text,
             prompt,
+            media,
             constraint,
             crash,
         })
@@ -595,6 +634,12 @@ impl Backend for LocalModel {
             return Err(self.unavailable());
         }
         self.check_supported(&req)?;
+        let mut req = req;
+        if self.prep.vision.is_some() {
+            if let Some(fetcher) = &self.image_fetcher {
+                fetcher.inline_images(&mut req).await?;
+            }
+        }
         if let Some(m) = req.max_tokens.filter(|&m| m > self.max_output) {
             return Err(Error::invalid_param(
                 "max_tokens",
@@ -623,6 +668,7 @@ impl Backend for LocalModel {
         let Prepared {
             prompt_text,
             prompt,
+            media,
             mut constraint,
             crash,
         } = prepared?;
@@ -643,6 +689,7 @@ impl Backend for LocalModel {
             .progress
             .set_deployment(format!("local/{}", self.info.id));
 
+        let media = Arc::new(media);
         let choices: Vec<u32> = (0..req.n.max(1)).collect();
         let groups: Vec<Vec<u32>> = choices.chunks(self.slots).map(<[u32]>::to_vec).collect();
         self.reserve(groups.len())?;
@@ -658,6 +705,7 @@ impl Backend for LocalModel {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let job = Job {
                 prompt: prompt.clone(),
+                media: Arc::clone(&media),
                 choices: group.clone(),
                 sampling: req.sampling.clone(),
                 seed,
@@ -735,20 +783,67 @@ impl LocalModel {
 }
 
 impl Prep {
-    fn render(&self, req: &ChatRequest, tools_active: bool) -> Result<String, Error> {
+    /// Renders `messages` (the request's, or those with images as markers).
+    fn render(
+        &self,
+        messages: &[Message],
+        req: &ChatRequest,
+        tools_active: bool,
+    ) -> Result<String, Error> {
         let offered: &[ToolDef] = if tools_active { &req.tools } else { &[] };
         if self.template_tools {
-            return self.template.render(&req.messages, offered);
+            return self.template.render(messages, offered);
         }
-        let tool_history = req
-            .messages
+        let tool_history = messages
             .iter()
             .any(|m| m.role == Role::Tool || !m.tool_calls.is_empty());
         if tools_active || tool_history {
-            let messages: Vec<Message> = tools::inline_tools(&req.messages, offered);
+            let messages: Vec<Message> = tools::inline_tools(messages, offered);
             return self.template.render(&messages, &[]);
         }
-        self.template.render(&req.messages, &[])
+        self.template.render(messages, &[])
+    }
+
+    /// Tokens of a rendered prompt whose images are markers: text between them is
+    /// tokenized as mtmd would, each image becomes a span of placeholders.
+    fn tokenize_with_images(
+        &self,
+        text: &str,
+        images: Vec<ImageInput>,
+    ) -> Result<(Vec<LlamaToken>, Vec<Media>), Error> {
+        let marker = Vision::marker();
+        let segments: Vec<&str> = text.split(marker).collect();
+        let Some(vision) = self.vision.as_ref().filter(|_| segments.len() == images.len() + 1)
+        else {
+            return Err(Error::invalid_param(
+                "messages",
+                format!("the text contains `{marker}`, which marks where images go for this model; remove it"),
+            ));
+        };
+        let mut tokens = self.tokenize(segments[0]);
+        let mut media = Vec::with_capacity(images.len());
+        for (image, segment) in images.into_iter().zip(&segments[1..]) {
+            let chunks = vision.image(&image.bytes).map_err(|why| {
+                Error::invalid_param(&image.at, format!("The image cannot be used: {why}."))
+                    .with_code("invalid_image")
+            })?;
+            let len = chunks.total_tokens();
+            media.push(Media {
+                start: tokens.len(),
+                len,
+                chunks,
+            });
+            tokens.extend(vision::placeholders(&image.bytes, len));
+            tokens.extend(self.model.vocab().tokenize(segment.as_bytes(), false, true));
+        }
+        // Sampling starts from the last prompt token's logits, which an image has not.
+        if media.last().is_some_and(|m| m.start + m.len == tokens.len()) {
+            return Err(Error::invalid_param(
+                "messages",
+                "the prompt ends with an image; add text after it",
+            ));
+        }
+        Ok((tokens, media))
     }
 }
 

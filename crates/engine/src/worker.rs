@@ -8,6 +8,7 @@ use crate::job::{Counters, Job, JobEvent, JobStats, WorkerConfig, UBATCH};
 use crate::logprobs::token_logprob;
 use crate::sampler::{self, SamplerSpec};
 use crate::text::TextAssembler;
+use crate::vision::{floor_to_media, EvalFailure, Vision};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
@@ -20,6 +21,7 @@ use parlance_core::Error;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::Instant;
 
 enum Entry {
@@ -32,6 +34,9 @@ enum Entry {
         from: usize,
         to: usize,
     },
+    /// The job's image `index`, evaluated by the projector in a decode of its own
+    /// (a batch holds tokens or embeddings, not both).
+    Image { slot: usize, job: u64, index: usize },
 }
 
 enum Phase {
@@ -88,6 +93,7 @@ pub(crate) struct Worker<'m> {
     next_job: u64,
     rx: Receiver<Job>,
     counters: Counters,
+    vision: Option<Arc<Vision>>,
 }
 
 impl Drop for Worker<'_> {
@@ -105,6 +111,7 @@ impl<'m> Worker<'m> {
         cfg: WorkerConfig,
         rx: Receiver<Job>,
         counters: Counters,
+        vision: Option<Arc<Vision>>,
     ) -> Self {
         let slots = (0..cfg.slots)
             .map(|i| Slot {
@@ -125,6 +132,7 @@ impl<'m> Worker<'m> {
             next_job: 0,
             rx,
             counters,
+            vision,
         }
     }
 
@@ -212,36 +220,35 @@ impl<'m> Worker<'m> {
         let id = self.next_job;
         self.next_job += 1;
 
-        // The free slot that already holds the longest prefix of this prompt; among
-        // equals (a new conversation), an empty one, else the least recently used, so
-        // a conversation's follow-up turn still finds its history in its slot.
+        // At least the last prompt token is decoded again: its logits start sampling.
+        let limit = job.prompt.len() - 1;
+        // A cached prefix ends at an image's edge, never inside it.
+        let reusable = |cached: &[LlamaToken]| {
+            floor_to_media(&job.media, common_prefix(cached, &job.prompt).min(limit))
+        };
+        // The free slot whose whole cache this prompt continues (a conversation's next
+        // turn), the longest such; otherwise an empty one, else the least recently
+        // used. Cells another slot shares with the prompt are borrowed below, so a new
+        // conversation does not cut short a cached one by taking its slot.
         let lru = |s: &Slot| (s.cached.is_empty(), std::cmp::Reverse(s.last_used));
+        let continued = |s: &Slot| {
+            let n = reusable(&s.cached);
+            (!s.cached.is_empty() && n == s.cached.len()).then_some(n)
+        };
         #[allow(
             clippy::expect_used,
             reason = "admit() starts a job only with at least as many free slots as its choices (>= 1)"
         )]
         let primary = *free
             .iter()
-            .max_by_key(|&&i| {
-                (
-                    common_prefix(&self.slots[i].cached, &job.prompt),
-                    lru(&self.slots[i]),
-                )
-            })
+            .max_by_key(|&&i| (continued(&self.slots[i]), lru(&self.slots[i])))
             .expect("at least one free slot");
-        // At least the last prompt token is decoded again: its logits start sampling.
-        let limit = job.prompt.len() - 1;
-        let own = common_prefix(&self.slots[primary].cached, &job.prompt).min(limit);
+        let own = reusable(&self.slots[primary].cached);
         // Another slot, busy or idle, may hold more of this prompt (a shared system
-        // prompt, say): with a unified KV cache its cells can be shared instead of
-        // computed again.
+        // prompt, an earlier turn): with a unified KV cache its cells can be shared
+        // instead of computed again.
         let (donor, shared) = (0..self.slots.len())
-            .map(|i| {
-                (
-                    i,
-                    common_prefix(&self.slots[i].cached, &job.prompt).min(limit),
-                )
-            })
+            .map(|i| (i, reusable(&self.slots[i].cached)))
             .max_by_key(|&(_, n)| n)
             .unwrap_or((primary, 0));
         let reused = if donor != primary && shared > own {
@@ -382,11 +389,23 @@ impl<'m> Worker<'m> {
             })
             .collect();
         order.sort_unstable();
+        let mut image_planned = false;
         for (job, slot, next) in order {
+            let active = &self.jobs[&job].job;
+            let image = active.media.iter().position(|m| m.start >= next);
+            if let Some(index) = image.filter(|&k| active.media[k].start == next) {
+                // One image per step: an image costs the others' streams about as
+                // much as a prompt chunk of its size.
+                if !image_planned {
+                    image_planned = true;
+                    plan.push(Entry::Image { slot, job, index });
+                }
+                continue;
+            }
             if prefill_budget == 0 {
                 break;
             }
-            let len = self.jobs[&job].job.prompt.len();
+            let len = image.map_or(active.prompt.len(), |k| active.media[k].start);
             let take = (len - next).min(prefill_budget);
             prefill_budget -= take;
             plan.push(Entry::Prompt {
@@ -424,12 +443,13 @@ impl<'m> Worker<'m> {
                     }
                     logits.push((to == prompt.len()).then(|| self.batch.n_tokens() - 1));
                 }
+                Entry::Image { .. } => logits.push(None),
             }
         }
         let seeded = plan.iter().any(|e| {
             let job = match *e {
                 Entry::Token { slot, .. } => self.slots[slot].run.as_ref().map(|r| r.job),
-                Entry::Prompt { job, .. } => Some(job),
+                Entry::Prompt { job, .. } | Entry::Image { job, .. } => Some(job),
             };
             job.and_then(|j| self.jobs.get(&j))
                 .is_some_and(|a| a.job.sampling.seed.is_some())
@@ -447,6 +467,15 @@ impl<'m> Worker<'m> {
 
     fn step(&mut self) {
         let mut plan = self.plan();
+        // Images first, in decodes of their own: the token decode's logits must be
+        // the last ones computed before sampling.
+        plan.retain(|e| match *e {
+            Entry::Image { slot, job, index } => {
+                self.eval_image(slot, job, index);
+                false
+            }
+            _ => true,
+        });
         let logits = loop {
             if plan.is_empty() {
                 return;
@@ -471,7 +500,7 @@ impl<'m> Worker<'m> {
                         .enumerate()
                         .max_by_key(|(_, e)| match e {
                             Entry::Token { slot, .. } => self.slots[*slot].cached.len(),
-                            Entry::Prompt { .. } => 0,
+                            Entry::Prompt { .. } | Entry::Image { .. } => 0,
                         })
                         .map(|(k, _)| k);
                     if let Some(k) = victim {
@@ -515,6 +544,7 @@ impl<'m> Worker<'m> {
                         run.logits_at = at;
                     }
                 }
+                Entry::Image { .. } => {}
             }
         }
         self.promote_finished_prefills();
@@ -522,6 +552,47 @@ impl<'m> Worker<'m> {
             let at = self.slots[i].run.as_mut().and_then(|r| r.logits_at.take());
             if let Some(at) = at {
                 self.sample(i, at);
+            }
+        }
+    }
+
+    /// Evaluates a job's image into its primary slot's sequence, where its prefill has
+    /// reached it; a full KV pool first gives up idle prefix caches, as `step` does.
+    fn eval_image(&mut self, slot: usize, job: u64, index: usize) {
+        let Some(active) = self.jobs.get(&job) else {
+            return;
+        };
+        let media = Arc::clone(&active.job.media);
+        let Some(m) = media.get(index) else { return };
+        let Some(vision) = self.vision.clone() else {
+            self.fail_job(job, Error::internal("an image reached a model without a projector"));
+            return;
+        };
+        let seq = self.slots[slot].seq;
+        let n_batch = self.cfg.n_batch as i32;
+        let mut result = vision.eval(m, &mut self.ctx, seq, n_batch);
+        while result == Err(EvalFailure::NoRoom) && self.evict_idle_cache() {
+            self.trim(slot, m.start);
+            result = vision.eval(m, &mut self.ctx, seq, n_batch);
+        }
+        match result {
+            Ok(()) => {
+                let end = m.start + m.len;
+                let s = &mut self.slots[slot];
+                s.cached.extend_from_slice(&active_prompt(&self.jobs, job)[m.start..end]);
+                if let Some(run) = s.run.as_mut() {
+                    run.phase = Phase::Prefill { next: end };
+                }
+            }
+            Err(e) => {
+                // Whatever part of the image reached the KV cache goes.
+                self.trim(slot, m.start);
+                tracing::warn!(job, "image evaluation failed: {e}");
+                self.fail_job(
+                    job,
+                    Error::internal(format!("the image could not be evaluated: {e}"))
+                        .with_code("image_failed"),
+                );
             }
         }
     }
@@ -724,6 +795,10 @@ impl<'m> Worker<'m> {
             }
         }
     }
+}
+
+fn active_prompt(jobs: &HashMap<u64, ActiveJob>, job: u64) -> &[LlamaToken] {
+    jobs.get(&job).map_or(&[], |a| a.job.prompt.as_slice())
 }
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {

@@ -5,6 +5,7 @@ use clap::{Args, ValueEnum};
 use parlance_core::{Backend, ModelInfo, Router};
 use parlance_server::config::Config;
 use parlance_server::listen::{self, Limits};
+use parlance_server::catalog::LocalSpec;
 use parlance_server::{build_router, catalog, AppState, DEFAULT_BODY_LIMIT};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -185,6 +186,11 @@ pub struct ServeArgs {
     )]
     pub n_gpu_layers: Vec<i32>,
 
+    /// Vision projector (mmproj GGUF) of the model at the same position in the -m
+    /// list (llama-server's --mmproj): that model then takes images.
+    #[arg(long = "mmproj", env = "PARLANCE_MMPROJ", value_delimiter = ',')]
+    pub mmproj: Vec<PathBuf>,
+
     /// Hugging Face repository to download a GGUF from (llama-server's -hf), as
     /// `owner/repo` or `owner/repo:QUANT` (e.g. `:Q4_K_M`); served like -m.
     #[arg(long = "hf-repo", env = "PARLANCE_HF_REPO")]
@@ -331,8 +337,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
     std_listener.set_nonblocking(true)?;
 
-    // (file, public name, -ngl) of each -m / -hf model.
-    let mut models: Vec<(PathBuf, Option<String>, Option<i32>)> = Vec::new();
+    // What to load and the public name of each -m / -hf model.
+    let mut models: Vec<(LocalSpec, Option<String>)> = Vec::new();
     let hf_models = args
         .hf_repo
         .iter()
@@ -350,7 +356,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .first()
             .cloned()
             .unwrap_or_else(|| DEFAULT_MODEL_NAME.to_string());
-        models.push((path, Some(alias), ngl_at(&args.n_gpu_layers, 0)));
+        let spec = LocalSpec {
+            path,
+            n_gpu_layers: ngl_at(&args.n_gpu_layers, 0),
+            mmproj: args.mmproj.first().cloned(),
+        };
+        models.push((spec, Some(alias)));
     } else {
         let given: Vec<PathBuf> = args.model.iter().cloned().chain(hf_models).collect();
         if args.alias.len() > given.len() {
@@ -367,9 +378,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 given.len()
             );
         }
+        if args.mmproj.len() > given.len().max(1) {
+            bail!(
+                "{} --mmproj given for {} -m: each projector belongs to the model at its position",
+                args.mmproj.len(),
+                given.len()
+            );
+        }
         for (i, path) in given.into_iter().enumerate() {
-            let alias = args.alias.get(i).cloned();
-            models.push((path, alias, ngl_at(&args.n_gpu_layers, i)));
+            let spec = LocalSpec {
+                path,
+                n_gpu_layers: ngl_at(&args.n_gpu_layers, i),
+                mmproj: args.mmproj.get(i).cloned(),
+            };
+            models.push((spec, args.alias.get(i).cloned()));
         }
     }
 
@@ -380,12 +402,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _entered = runtime.enter();
     let mut router = Router::new();
     let mut keys = args.api_key.clone();
+    // Local vision models fetch http(s) images with the same SSRF rules as providers.
+    let images: Arc<dyn parlance_core::InlineImages> =
+        catalog::image_fetcher(config.as_ref()).map_err(anyhow::Error::msg)?;
     if let Some(cfg) = &config {
         let env = |name: &str| std::env::var(name).ok();
         // A deployment's own n_gpu_layers, else the one -ngl given for all.
         let all = ngl_for_all(&args.n_gpu_layers);
-        let mut loader =
-            |path: &Path, ngl: Option<i32>| load_local(&args, &template, path, None, ngl.or(all));
+        let mut loader = |spec: &LocalSpec| {
+            let spec = LocalSpec {
+                n_gpu_layers: spec.n_gpu_layers.or(all),
+                ..spec.clone()
+            };
+            load_local(&args, &template, &spec, None, &images)
+        };
         catalog::build(cfg, &env, &mut loader, &mut router).map_err(anyhow::Error::msg)?;
         keys.extend(cfg.server.api_keys.iter().cloned());
         if let Some(var) = &cfg.server.api_keys_env {
@@ -394,9 +424,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             keys.extend(v.split(',').map(str::to_string));
         }
     }
-    for (path, alias, ngl) in models {
+    for (spec, alias) in models {
         let (info, backend) =
-            load_local(&args, &template, &path, alias, ngl).map_err(anyhow::Error::msg)?;
+            load_local(&args, &template, &spec, alias, &images).map_err(anyhow::Error::msg)?;
         router.add(info, backend).map_err(anyhow::Error::msg)?;
     }
     if router.models().next().is_none() {
@@ -547,14 +577,16 @@ async fn signals() {
 fn load_local(
     args: &ServeArgs,
     template: &Option<String>,
-    path: &Path,
+    spec: &LocalSpec,
     alias: Option<String>,
-    n_gpu_layers: Option<i32>,
+    images: &Arc<dyn parlance_core::InlineImages>,
 ) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
     use parlance_engine::{FlashAttention, LocalModel, LocalModelConfig};
     let started = Instant::now();
-    println!("loading {} ...", path.display());
-    let mut cfg = LocalModelConfig::new(path);
+    println!("loading {} ...", spec.path.display());
+    let mut cfg = LocalModelConfig::new(&spec.path);
+    cfg.mmproj = spec.mmproj.clone();
+    cfg.image_fetcher = Some(Arc::clone(images));
     cfg.alias = alias;
     cfg.ctx = args.ctx;
     cfg.slots = args.parallel.max(1);
@@ -568,7 +600,7 @@ fn load_local(
     cfg.max_output_tokens = args.max_output_tokens.filter(|&n| n > 0);
     cfg.chat_template = template.clone();
     cfg.deterministic = args.deterministic;
-    cfg.n_gpu_layers = gpu_layers(n_gpu_layers);
+    cfg.n_gpu_layers = gpu_layers(spec.n_gpu_layers);
     cfg.flash_attention = match args.flash_attn {
         FlashAttn::On => FlashAttention::On,
         FlashAttn::Off => FlashAttention::Off,
@@ -576,8 +608,12 @@ fn load_local(
     };
     let model = LocalModel::load(cfg)?;
     let info = model.info().clone();
+    let vision = match &spec.mmproj {
+        Some(p) => format!(", images through {}", p.display()),
+        None => String::new(),
+    };
     println!(
-        "model `{}` ready in {:.1}s {}: context {} tokens shared by {} slots, at most {} output tokens per request",
+        "model `{}` ready in {:.1}s {}{vision}: context {} tokens shared by {} slots, at most {} output tokens per request",
         info.id,
         started.elapsed().as_secs_f32(),
         model.placement(),
@@ -592,13 +628,13 @@ fn load_local(
 fn load_local(
     _: &ServeArgs,
     _: &Option<String>,
-    path: &Path,
+    spec: &LocalSpec,
     _: Option<String>,
-    _: Option<i32>,
+    _: &Arc<dyn parlance_core::InlineImages>,
 ) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
     let _ = Instant::now();
     Err(format!(
         "{}: this binary was built without the `local` feature and cannot load GGUF models",
-        path.display()
+        spec.path.display()
     ))
 }

@@ -14,14 +14,35 @@ use parlance_upstream::{
     GigaChatAuth, Provider, ProviderConfig, ProviderKind, Timeouts, UpstreamModel,
 };
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// What a `gguf = "..."` deployment asks of the engine; one engine per distinct spec.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LocalSpec {
+    pub path: PathBuf,
+    /// The deployment's `n_gpu_layers`.
+    pub n_gpu_layers: Option<i32>,
+    /// The deployment's vision projector.
+    pub mmproj: Option<PathBuf>,
+}
+
 /// Loads a GGUF file for a `gguf = "..."` deployment.
-/// Its second argument is the deployment's `n_gpu_layers`.
 pub type LocalLoader<'a> =
-    dyn FnMut(&Path, Option<i32>) -> Result<(ModelInfo, Arc<dyn Backend>), String> + 'a;
+    dyn FnMut(&LocalSpec) -> Result<(ModelInfo, Arc<dyn Backend>), String> + 'a;
+
+/// The `http(s)` image fetcher `[images]` configures (defaults without a config file).
+pub fn image_fetcher(cfg: Option<&Config>) -> Result<Arc<ImageFetcher>, String> {
+    let mut policy = ImagePolicy::default();
+    if let Some(images) = cfg.map(|c| &c.images) {
+        policy.allow_private = parse_ranges(&images.allow_private)?;
+        if let Some(max) = images.max_bytes {
+            policy.max_bytes = max;
+        }
+    }
+    ImageFetcher::new(policy)
+}
 
 fn secs(v: Option<f64>, default: Duration) -> Duration {
     v.filter(|s| *s > 0.0)
@@ -201,14 +222,7 @@ pub fn build(
     router: &mut Router,
 ) -> Result<(), String> {
     cfg.check_env(env)?;
-    let mut image_policy = ImagePolicy {
-        allow_private: parse_ranges(&cfg.images.allow_private)?,
-        ..ImagePolicy::default()
-    };
-    if let Some(max) = cfg.images.max_bytes {
-        image_policy.max_bytes = max;
-    }
-    let images = ImageFetcher::new(image_policy)?;
+    let images = image_fetcher(Some(cfg))?;
     let mut providers: HashMap<&str, Arc<Provider>> = HashMap::new();
     for (name, p) in &cfg.providers {
         providers.insert(
@@ -216,8 +230,8 @@ pub fn build(
             Provider::new(provider_config(name, p, env, &images)?)?,
         );
     }
-    // One engine per file and offload setting, shared by every model naming both.
-    let mut locals: HashMap<(PathBuf, Option<i32>), Loaded> = HashMap::new();
+    // One engine per file, offload and projector, shared by every model naming them.
+    let mut locals: HashMap<LocalSpec, Loaded> = HashMap::new();
     let mut pools: HashMap<&str, Arc<Pool>> = HashMap::new();
     let mut routes: HashMap<&str, (ModelInfo, Arc<dyn Backend>)> = HashMap::new();
 
@@ -228,9 +242,13 @@ pub fn build(
         let mut first_provider = None;
         for d in &m.deployments {
             let (label, backend) = if let Some(path) = &d.gguf {
-                let k = (path.clone(), d.n_gpu_layers);
+                let k = LocalSpec {
+                    path: path.clone(),
+                    n_gpu_layers: d.n_gpu_layers,
+                    mmproj: d.mmproj.clone(),
+                };
                 if !locals.contains_key(&k) {
-                    let loaded = load_local(path, d.n_gpu_layers)
+                    let loaded = load_local(&k)
                         .map_err(|e| format!("model `{name}`: {}: {e}", path.display()))?;
                     locals.insert(k.clone(), loaded);
                 }

@@ -136,6 +136,8 @@ pub struct DeploymentSection {
     pub gguf: Option<PathBuf>,
     /// With `gguf`: layers offloaded to a GPU (a GPU build's -ngl; -1: all).
     pub n_gpu_layers: Option<i32>,
+    /// With `gguf`: its vision projector (mmproj GGUF), so it takes images.
+    pub mmproj: Option<PathBuf>,
     #[serde(default = "one")]
     pub weight: u32,
 }
@@ -348,6 +350,12 @@ impl Config {
                                 at(&p.span())
                             ));
                         }
+                        if d.mmproj.is_some() {
+                            return Err(format!(
+                                "{}: model `{name}`: `mmproj` is for gguf deployments (a provider brings its own vision)",
+                                at(&p.span())
+                            ));
+                        }
                     }
                     (None, Some(_)) => {
                         if d.model.is_some() {
@@ -454,6 +462,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("n_gpu_layers") && e.contains("line 7"), "{e}");
+    }
+
+    #[test]
+    fn a_projector_belongs_to_gguf_deployments() {
+        let ok = Config::parse(
+            "[[models]]\nname = \"a\"\ndeployments = [{ gguf = \"x.gguf\", mmproj = \"p.gguf\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.models[0].deployments[0].mmproj.as_deref(),
+            Some(std::path::Path::new("p.gguf"))
+        );
+        let e = Config::parse(
+            "[providers.x]\nkind = \"openai\"\nbase_url = \"http://h/v1\"\n\n[[models]]\nname = \"a\"\n\
+             deployments = [{ provider = \"x\", model = \"m\", mmproj = \"p.gguf\" }]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("`mmproj` is for gguf") && e.contains("line 7"), "{e}");
     }
 
     #[test]

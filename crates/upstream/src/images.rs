@@ -259,6 +259,13 @@ impl ImageFetcher {
     }
 }
 
+#[async_trait::async_trait]
+impl parlance_core::InlineImages for ImageFetcher {
+    async fn inline_images(&self, request: &mut ChatRequest) -> Result<(), Error> {
+        ImageFetcher::inline_images(self, request).await
+    }
+}
+
 /// The image type of `bytes` by its magic number.
 fn sniff(bytes: &[u8]) -> Option<&'static str> {
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
