@@ -270,6 +270,27 @@ def test_bad_projectors_stop_the_server_with_a_reason(args, message):
     assert message in p.stdout + p.stderr, p.stdout + p.stderr
 
 
+def test_gemma3_with_a_projector_wraps_each_image_in_its_own_tokens(tmp_path):
+    """BgGPT's family: Gemma 3's <start_of_image>/<end_of_image> are single tokens of
+    its vocabulary, placed around the embeddings by mtmd, and its template's turns."""
+    gemma = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
+    if not gemma.exists():
+        raise RuntimeError("scripts/fetch-models.sh gemma3 puts the model in models/")
+    proj = tmp_path / "mmproj-gemma.gguf"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make-test-mmproj.py"), str(gemma), str(proj)], check=True, capture_output=True)
+    s = Server("-m", str(gemma), "--mmproj", str(proj), "-a", "gemma-vision", "--db", "none", "-np", "2", "-c", "4096", "-t", "2")
+    try:
+        cc = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=120)
+        r = ask(cc, "gemma-vision", data_url(RED), max_tokens=6)
+        assert r.choices[0].finish_reason in ("stop", "length")
+        text_only = cc.chat.completions.create(model="gemma-vision", max_tokens=1, messages=[
+            {"role": "user", "content": "What colour is this?"}])
+        assert tokens(s, "<start_of_image>", "gemma-vision") == 1
+        assert r.usage.prompt_tokens == text_only.usage.prompt_tokens + IMAGE_TOKENS + 2
+    finally:
+        s.stop()
+
+
 @pytest.mark.skipif(not (os.environ.get("PARLANCE_VLM") and os.environ.get("PARLANCE_MMPROJ")),
                     reason="set PARLANCE_VLM=model.gguf PARLANCE_MMPROJ=mmproj.gguf to run on a real vision model")
 def test_a_real_vision_model_sees_a_red_square():

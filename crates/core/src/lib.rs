@@ -13,8 +13,8 @@ pub mod template;
 pub mod tools;
 
 pub use backend::{
-    Backend, Capabilities, Composition, DeploymentState, EventStream, InlineImages, Load, ModelInfo,
-    Price,
+    Backend, Capabilities, Composition, DeploymentState, EventStream, InlineImages, Load,
+    ModelInfo, Price,
 };
 pub use error::{Error, ErrorKind};
 pub use router::Router;

@@ -29,7 +29,9 @@ use parlance_core::ir::{
 };
 use parlance_core::template::{fallback_template, ChatTemplate};
 use parlance_core::tools::{self, ToolSyntax};
-use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, InlineImages, ModelInfo};
+use parlance_core::{
+    Backend, Capabilities, Error, ErrorKind, EventStream, InlineImages, ModelInfo,
+};
 use serde_json::json;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -813,7 +815,10 @@ impl Prep {
     ) -> Result<(Vec<LlamaToken>, Vec<Media>), Error> {
         let marker = Vision::marker();
         let segments: Vec<&str> = text.split(marker).collect();
-        let Some(vision) = self.vision.as_ref().filter(|_| segments.len() == images.len() + 1)
+        let Some(vision) = self
+            .vision
+            .as_ref()
+            .filter(|_| segments.len() == images.len() + 1)
         else {
             return Err(Error::invalid_param(
                 "messages",
@@ -837,7 +842,10 @@ impl Prep {
             tokens.extend(self.model.vocab().tokenize(segment.as_bytes(), false, true));
         }
         // Sampling starts from the last prompt token's logits, which an image has not.
-        if media.last().is_some_and(|m| m.start + m.len == tokens.len()) {
+        if media
+            .last()
+            .is_some_and(|m| m.start + m.len == tokens.len())
+        {
             return Err(Error::invalid_param(
                 "messages",
                 "the prompt ends with an image; add text after it",

@@ -275,7 +275,11 @@ mod tests {
         for &b in bytes {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -283,7 +287,9 @@ mod tests {
 
     #[test]
     fn undecodable_and_oversized_images_say_why() {
-        assert!(decode_rgb(b"not an image").unwrap_err().contains("JPEG, PNG"));
+        assert!(decode_rgb(b"not an image")
+            .unwrap_err()
+            .contains("JPEG, PNG"));
         // A valid PNG header claiming 100000 x 100000 pixels: refused before allocating.
         let mut ihdr = b"IHDR".to_vec();
         ihdr.extend_from_slice(&100_000u32.to_be_bytes());

@@ -565,7 +565,10 @@ impl<'m> Worker<'m> {
         let media = Arc::clone(&active.job.media);
         let Some(m) = media.get(index) else { return };
         let Some(vision) = self.vision.clone() else {
-            self.fail_job(job, Error::internal("an image reached a model without a projector"));
+            self.fail_job(
+                job,
+                Error::internal("an image reached a model without a projector"),
+            );
             return;
         };
         let seq = self.slots[slot].seq;
@@ -579,7 +582,8 @@ impl<'m> Worker<'m> {
             Ok(()) => {
                 let end = m.start + m.len;
                 let s = &mut self.slots[slot];
-                s.cached.extend_from_slice(&active_prompt(&self.jobs, job)[m.start..end]);
+                s.cached
+                    .extend_from_slice(&active_prompt(&self.jobs, job)[m.start..end]);
                 if let Some(run) = s.run.as_mut() {
                     run.phase = Phase::Prefill { next: end };
                 }

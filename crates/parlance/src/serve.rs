@@ -3,9 +3,9 @@
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use parlance_core::{Backend, ModelInfo, Router};
+use parlance_server::catalog::LocalSpec;
 use parlance_server::config::Config;
 use parlance_server::listen::{self, Limits};
-use parlance_server::catalog::LocalSpec;
 use parlance_server::{build_router, catalog, AppState, DEFAULT_BODY_LIMIT};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -479,7 +479,10 @@ mod tests {
              deployments = [{ provider = \"x\", model = \"m\", mmproj = \"p.gguf\" }]\n",
         )
         .unwrap_err();
-        assert!(e.contains("`mmproj` is for gguf") && e.contains("line 7"), "{e}");
+        assert!(
+            e.contains("`mmproj` is for gguf") && e.contains("line 7"),
+            "{e}"
+        );
     }
 
     #[test]
