@@ -9,7 +9,7 @@ The weights are random (seeded), so answers describe nothing; but they do depend
 the image: two different images give different embeddings and so different greedy
 answers, the same image the same ones.
 
-Usage: scripts/make-test-mmproj.py LM.gguf OUT.gguf [--seed N]
+Usage: scripts/make-test-mmproj.py LM.gguf OUT.gguf [--seed N] [--image-size PX]
 """
 import argparse
 import sys
@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import gguf
 
-IMAGE_SIZE = 64  # pixels per side after mtmd's resize
+IMAGE_SIZE = 64  # pixels per side after mtmd's resize (--image-size)
 PATCH = 8  # 8x8 patches of 8x8 pixels
 MERGE = 2  # Gemma 3's average pooling: (64/8/2)^2 = 16 tokens per image
 N_EMBD = 64
@@ -38,7 +38,9 @@ def main() -> int:
     ap.add_argument("lm")
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="a multiple of 16; (size/16)^2 tokens per image")
     args = ap.parse_args()
+    size = args.image_size
     n_text = lm_embedding_length(args.lm)
     rng = np.random.default_rng(args.seed)
 
@@ -50,7 +52,7 @@ def main() -> int:
     w.add_string("general.description", "random weights, for tests only")
     w.add_bool("clip.has_vision_encoder", True)
     w.add_string("clip.projector_type", "gemma3")
-    w.add_uint32("clip.vision.image_size", IMAGE_SIZE)
+    w.add_uint32("clip.vision.image_size", size)
     w.add_uint32("clip.vision.patch_size", PATCH)
     w.add_uint32("clip.vision.embedding_length", N_EMBD)
     w.add_uint32("clip.vision.feed_forward_length", N_FF)
@@ -63,7 +65,7 @@ def main() -> int:
     w.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
     w.add_bool("clip.use_gelu", True)
 
-    n_patches = (IMAGE_SIZE // PATCH) ** 2
+    n_patches = (size // PATCH) ** 2
     # numpy shapes are GGUF's dimensions reversed.
     w.add_tensor("v.patch_embd.weight", rand(N_EMBD, 3, PATCH, PATCH, scale=0.2))
     w.add_tensor("v.patch_embd.bias", rand(N_EMBD, scale=0.02))
@@ -91,7 +93,7 @@ def main() -> int:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    print(f"wrote {args.out}: {N_LAYER}-layer ViT, {(IMAGE_SIZE // PATCH // MERGE) ** 2} tokens per image, projected to {n_text}")
+    print(f"wrote {args.out}: {N_LAYER}-layer ViT, {(size // PATCH // MERGE) ** 2} tokens per image, projected to {n_text}")
     return 0
 
 

@@ -246,6 +246,42 @@ def test_the_anthropic_door_takes_base64_images_for_a_local_model(vis):
     assert "JPEG, PNG" in e.value.body["error"]["message"]
 
 
+def test_the_gemini_and_responses_doors_take_images_for_a_local_model(vis, first_red):
+    s, _ = vis
+    b64 = base64.b64encode(RED).decode()
+    g = requests.post(s.url + "/v1beta/models/smol-vision:generateContent", timeout=60, json={
+        "contents": [{"role": "user", "parts": [{"text": "What colour is this?"}, {"inline_data": {"mime_type": "image/png", "data": b64}}]}],
+        "generationConfig": {"maxOutputTokens": 4}})
+    assert g.status_code == 200, g.text
+    assert g.json()["usageMetadata"]["promptTokenCount"] == first_red.usage.prompt_tokens
+    r = requests.post(s.url + "/v1/responses", timeout=60, json={"model": "smol-vision", "max_output_tokens": 4, "store": False, "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "What colour is this?"}, {"type": "input_image", "image_url": data_url(RED)}]}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["input_tokens"] == first_red.usage.prompt_tokens
+    bad = requests.post(s.url + "/v1beta/models/smol-vision:generateContent", timeout=60, json={
+        "contents": [{"role": "user", "parts": [{"text": "Hi"}, {"inline_data": {"mime_type": "image/png", "data": base64.b64encode(b"nope").decode()}}]}]})
+    assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT", bad.text
+
+
+def test_an_image_wider_than_the_micro_batch_is_a_400_not_a_crash(tmp_path):
+    """Gemma 3's image embeddings attend to each other both ways, so they must fit one
+    llama.cpp micro-batch (llama.cpp aborts the process otherwise): --deterministic's
+    is 63 and this projector's images take 64."""
+    proj = tmp_path / "mmproj-64.gguf"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make-test-mmproj.py"), str(LM), str(proj), "--image-size", "128"], check=True, capture_output=True)
+    s = Server("-m", str(LM), "--mmproj", str(proj), "-a", "wide", "--deterministic", "--db", "none", "-np", "2", "-t", "2")
+    try:
+        cc = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=120)
+        with pytest.raises(openai.BadRequestError) as e:
+            ask(cc, "wide", data_url(RED))
+        body = e.value.body
+        assert body["param"] == "messages[0].content[1]" and "64 positions" in body["message"] and "63" in body["message"], body
+        assert requests.get(s.url + "/health", timeout=5).status_code == 200
+        assert cc.chat.completions.create(model="wide", max_tokens=2, messages=[{"role": "user", "content": "Hi"}]).choices
+    finally:
+        s.stop()
+
+
 def test_mmproj_on_the_command_line(mmproj, first_red):
     cli = Server("-m", str(LM), "--mmproj", mmproj, "-a", "cli-vision", "--db", "none", "-np", "2", "-t", "2")
     try:

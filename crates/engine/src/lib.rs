@@ -137,6 +137,9 @@ fn llama_backend() -> Result<&'static LlamaBackend, String> {
 struct Prep {
     /// Before `model`: the projector points into it.
     vision: Option<Arc<Vision>>,
+    /// Most positions one image may take: llama.cpp's micro-batch, for a projector
+    /// whose image must be decoded in one (see `Vision::non_causal`).
+    image_limit: usize,
     model: Arc<LlamaModel>,
     template: ChatTemplate,
     /// Whether the template renders `tools` itself; otherwise tools are described in
@@ -265,16 +268,17 @@ impl LocalModel {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
 
+        let n_ubatch = if cfg.deterministic {
+            job::UBATCH
+        } else {
+            cfg.n_batch
+        };
         let params = LlamaContextParams::default()
             // One pool for all slots (unified KV): a single request may use all of it,
             // n choices share their prompt's cells, and a full pool is handled by the worker.
             .with_n_ctx(NonZeroU32::new(ctx_per_seq))
             .with_n_batch(cfg.n_batch as u32)
-            .with_n_ubatch(if cfg.deterministic {
-                job::UBATCH as u32
-            } else {
-                cfg.n_batch as u32
-            })
+            .with_n_ubatch(n_ubatch as u32)
             // One extra sequence for the worker's pad token.
             .with_n_seq_max(slots as u32 + 1)
             .with_kv_unified(true)
@@ -371,7 +375,12 @@ impl LocalModel {
             .max()
             .unwrap_or(1)
             .max(1);
+        let image_limit = match &vision {
+            Some(v) if v.non_causal => n_ubatch,
+            _ => usize::MAX,
+        };
         let prep = Prep {
+            image_limit,
             vision,
             add_bos: vocab.should_add_bos(),
             model: Arc::clone(&model),
@@ -833,6 +842,17 @@ impl Prep {
                     .with_code("invalid_image")
             })?;
             let len = chunks.total_tokens();
+            if len > self.image_limit {
+                return Err(Error::invalid_param(
+                    &image.at,
+                    format!(
+                        "The image takes {len} positions, which this model evaluates together, but this server's micro-batch holds {} (-b/--batch-size; --deterministic caps it at {}).",
+                        self.image_limit,
+                        job::UBATCH
+                    ),
+                )
+                .with_code("invalid_image"));
+            }
             media.push(Media {
                 start: tokens.len(),
                 len,

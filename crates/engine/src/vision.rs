@@ -29,6 +29,9 @@ const MAX_ALLOC: u64 = 512 << 20;
 /// thread-safe) and the engine thread (evaluating them, which needs it alone).
 pub(crate) struct Vision {
     ctx: RwLock<MtmdContext>,
+    /// Whether an image's embeddings attend to each other both ways (Gemma 3): then
+    /// all of them must be in one llama.cpp micro-batch, or llama.cpp aborts.
+    pub non_causal: bool,
     /// mtmd keeps a pointer to the text model: declared after `ctx`, so it is dropped after.
     _model: Arc<LlamaModel>,
 }
@@ -98,6 +101,7 @@ impl Vision {
             ));
         }
         Ok(Vision {
+            non_causal: ctx.decode_use_non_causal(),
             ctx: RwLock::new(ctx),
             _model: Arc::clone(model),
         })
