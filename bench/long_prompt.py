@@ -60,8 +60,9 @@ def stream_gaps(url, i, stop, gaps, lock):
             last = now
 
 
-def under_load(url, prompt, streams=7):
-    """ITL p99 of `streams` running streams: idle (before), and while `prompt` prefills."""
+def gaps_during(url, work, streams):
+    """Runs `work()` while `streams` streams generate; returns its result and their
+    inter-token gaps in the 3 s before it (idle) and while it ran."""
     stop, lock, gaps = threading.Event(), threading.Lock(), []
     threads = [threading.Thread(target=stream_gaps, args=(url, i, stop, gaps, lock), daemon=True) for i in range(streams)]
     for t in threads:
@@ -70,7 +71,7 @@ def under_load(url, prompt, streams=7):
     t0 = time.perf_counter()
     time.sleep(3)
     t1 = time.perf_counter()
-    first = ttft(url, prompt)
+    result = work()
     t2 = time.perf_counter()
     stop.set()
     for t in threads:
@@ -78,6 +79,12 @@ def under_load(url, prompt, streams=7):
     with lock:
         idle = [g for at, g in gaps if t0 <= at < t1]
         busy = [g for at, g in gaps if t1 <= at <= t2]
+    return result, idle, busy
+
+
+def under_load(url, prompt, streams=7):
+    """ITL p99 of `streams` running streams: idle (before), and while `prompt` prefills."""
+    first, idle, busy = gaps_during(url, lambda: ttft(url, prompt), streams)
     nan = float("nan")
     return first, pct(idle, 99) if idle else nan, pct(busy, 99) if busy else nan
 

@@ -27,7 +27,7 @@ import requests
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench import free_port, pct, wait_healthy  # noqa: E402
-from long_prompt import stream_gaps  # noqa: E402
+from long_prompt import gaps_during  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -58,26 +58,14 @@ def image_ttft(url, n):
 
 
 def under_images(url, first_image, streams=4, images=4):
-    stop, lock, gaps = threading.Event(), threading.Lock(), []
-    threads = [threading.Thread(target=stream_gaps, args=(url, i, stop, gaps, lock), daemon=True) for i in range(streams)]
-    for t in threads:
-        t.start()
-    time.sleep(3)
-    t0 = time.perf_counter()
-    time.sleep(3)
-    t1 = time.perf_counter()
-    senders = [threading.Thread(target=image_ttft, args=(url, first_image + k)) for k in range(images)]
-    for s in senders:
-        s.start()
-    for s in senders:
-        s.join()
-    t2 = time.perf_counter()
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
-    with lock:
-        idle = [g for at, g in gaps if t0 <= at < t1]
-        busy = [g for at, g in gaps if t1 <= at <= t2]
+    def send():
+        senders = [threading.Thread(target=image_ttft, args=(url, first_image + k)) for k in range(images)]
+        for s in senders:
+            s.start()
+        for s in senders:
+            s.join()
+
+    _, idle, busy = gaps_during(url, send, streams)
     return pct(idle, 99), pct(busy, 99), max(busy)
 
 
