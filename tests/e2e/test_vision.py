@@ -119,14 +119,16 @@ def test_models_say_which_take_images_and_a_text_model_refuses_them(vis, c):
 def test_an_image_takes_its_tokens_in_the_prompt_and_steers_the_answer(vis, c, first_red):
     s, _ = vis
     red = first_red
+    red_again = ask(c, "smol-vision", data_url(RED))
     text_only = c.chat.completions.create(model="smol-vision", messages=[{"role": "user", "content": "What colour is this?"}], temperature=0, max_tokens=4)
     # Gemma 3's projector wraps the embeddings in <start_of_image> ... <end_of_image>
     # text, which SmolLM2 tokenizes as plain text.
     wrap = tokens(s, "<start_of_image>") + tokens(s, "<end_of_image>")
     assert red.usage.prompt_tokens == text_only.usage.prompt_tokens + IMAGE_TOKENS + wrap
     blue = ask(c, "smol-vision", data_url(BLUE))
-    red_again = ask(c, "smol-vision", data_url(RED))
     assert red.choices[0].message.content != blue.choices[0].message.content
+    # A different picture shares only the text before it.
+    assert blue.usage.prompt_tokens_details.cached_tokens < red.usage.prompt_tokens - IMAGE_TOKENS
     # The same picture again is a prefix-cache hit: its cells are known by its bytes.
     # (Its text is not compared: greedy text can differ between a cached and a fresh
     # prefill. test_mmproj_on_the_command_line compares two fresh ones.)

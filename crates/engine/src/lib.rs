@@ -842,11 +842,12 @@ impl Prep {
                     .with_code("invalid_image")
             })?;
             let len = chunks.total_tokens();
-            if len > self.image_limit {
+            let wide = vision::widest_image(&chunks);
+            if wide > self.image_limit {
                 return Err(Error::invalid_param(
                     &image.at,
                     format!(
-                        "The image takes {len} positions, which this model evaluates together, but this server's micro-batch holds {} (-b/--batch-size; --deterministic caps it at {}).",
+                        "The image takes {wide} positions, which this model evaluates together, but this server's micro-batch holds {} (-b/--batch-size; --deterministic caps it at {}).",
                         self.image_limit,
                         job::UBATCH
                     ),

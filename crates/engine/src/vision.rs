@@ -10,7 +10,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::mtmd::{
     mtmd_default_marker, MtmdBitmap, MtmdContext, MtmdContextParams, MtmdEvalError,
-    MtmdInputChunks, MtmdInputText,
+    MtmdInputChunkType, MtmdInputChunks, MtmdInputText,
 };
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::ir::{ContentPart, ImageSource, Message};
@@ -155,6 +155,17 @@ impl Vision {
             Err(MtmdEvalError::EvalFailure(code)) => Err(EvalFailure::Other(code)),
         }
     }
+}
+
+/// The most positions one image chunk of `chunks` takes (without the text mtmd puts
+/// around it, which is decoded apart).
+pub(crate) fn widest_image(chunks: &MtmdInputChunks) -> usize {
+    (0..chunks.len())
+        .filter_map(|i| chunks.get(i))
+        .filter(|c| c.chunk_type() != MtmdInputChunkType::Text)
+        .map(|c| c.n_tokens())
+        .max()
+        .unwrap_or(0)
 }
 
 /// The image's pixels as RGB; JPEG, PNG, WebP and GIF (its first frame).

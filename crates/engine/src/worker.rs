@@ -226,22 +226,20 @@ impl<'m> Worker<'m> {
         let reusable = |cached: &[LlamaToken]| {
             floor_to_media(&job.media, common_prefix(cached, &job.prompt).min(limit))
         };
-        // The free slot whose whole cache this prompt continues (a conversation's next
-        // turn), the longest such; otherwise an empty one, else the least recently
-        // used. Cells another slot shares with the prompt are borrowed below, so a new
-        // conversation does not cut short a cached one by taking its slot.
+        // The free slot that already holds the longest prefix of this prompt; among
+        // equals (a new conversation), an empty one, else the least recently used, so
+        // a conversation's follow-up turn still finds its history in its slot. (Taking
+        // an empty slot and borrowing the shared cells instead would spare the other
+        // conversation's cache, but changes where a repeated prompt's cells land, and
+        // with them the last bits of its numerics: a seeded repeat would not repeat.)
         let lru = |s: &Slot| (s.cached.is_empty(), std::cmp::Reverse(s.last_used));
-        let continued = |s: &Slot| {
-            let n = reusable(&s.cached);
-            (!s.cached.is_empty() && n == s.cached.len()).then_some(n)
-        };
         #[allow(
             clippy::expect_used,
             reason = "admit() starts a job only with at least as many free slots as its choices (>= 1)"
         )]
         let primary = *free
             .iter()
-            .max_by_key(|&&i| (continued(&self.slots[i]), lru(&self.slots[i])))
+            .max_by_key(|&&i| (reusable(&self.slots[i].cached), lru(&self.slots[i])))
             .expect("at least one free slot");
         let own = reusable(&self.slots[primary].cached);
         // Another slot, busy or idle, may hold more of this prompt (a shared system
