@@ -12,6 +12,7 @@ an image, not a real vision encoder.
 
 import argparse
 import base64
+import json
 import os
 import pathlib
 import statistics
@@ -52,8 +53,10 @@ def image_ttft(url, n):
     with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=900) as r:
         r.raise_for_status()
         for line in r.iter_lines():
-            if line.startswith(b"data: ") and b'"content":"' in line:
-                return time.perf_counter() - start
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                ch = json.loads(line[6:])
+                if any(c.get("delta", {}).get("content") for c in ch.get("choices", [])):
+                    return time.perf_counter() - start
     return float("nan")
 
 
