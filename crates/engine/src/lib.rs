@@ -8,6 +8,7 @@ mod device;
 pub use device::gpu_devices;
 mod job;
 mod logprobs;
+mod prep;
 mod sampler;
 mod text;
 mod vision;
@@ -23,15 +24,13 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use llguidance::Matcher;
-use parlance_core::ir::{
-    ChatRequest, ContentPart, Message, Role, StreamEvent, ToolChoice, ToolDef, Usage,
-};
+use parlance_core::ir::{ChatRequest, Message, StreamEvent, ToolChoice, Usage};
 use parlance_core::template::{fallback_template, ChatTemplate};
 use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::{
     Backend, Capabilities, Error, ErrorKind, EventStream, InlineImages, ModelInfo,
 };
+use prep::{text_bytes, Prep, Prepared};
 use serde_json::json;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -40,7 +39,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use vision::{ImageInput, Media, Vision};
+use vision::Vision;
 use worker::Worker;
 
 /// Large enough for the `max_tokens: 16384` that the BgGPT examples send.
@@ -130,42 +129,6 @@ fn llama_backend() -> Result<&'static LlamaBackend, String> {
         })
         .as_ref()
         .map_err(Clone::clone)
-}
-
-/// What preparing a request needs (template, tokenizer, grammar compiler): shared with
-/// the blocking pool, where that CPU work runs instead of on the async workers.
-struct Prep {
-    /// Before `model`: the projector points into it.
-    vision: Option<Arc<Vision>>,
-    /// Most positions one image may take: llama.cpp's micro-batch, for a projector
-    /// whose image must be decoded in one (see `Vision::non_causal`).
-    image_limit: usize,
-    model: Arc<LlamaModel>,
-    template: ChatTemplate,
-    /// Whether the template renders `tools` itself; otherwise tools are described in
-    /// the system prompt and calls are asked for in Hermes syntax.
-    template_tools: bool,
-    tool_syntax: ToolSyntax,
-    constrainer: Constrainer,
-    /// BOS text, to avoid a double BOS when the template already writes one.
-    bos_text: String,
-    add_bos: bool,
-    /// The longest token's text in bytes: a prompt of B bytes has at least
-    /// B / this many tokens, so an oversized prompt is refused without tokenizing it.
-    max_piece_bytes: usize,
-    ctx_per_seq: u32,
-    /// Test hook (PARLANCE_TEST_ENGINE_PANIC): a prompt containing this text makes the
-    /// engine thread panic, so tests can see how a dead engine is reported.
-    crash_marker: Option<String>,
-}
-
-/// A prepared request: what the engine thread needs, computed off the async workers.
-struct Prepared {
-    prompt_text: String,
-    prompt: Vec<LlamaToken>,
-    media: Vec<Media>,
-    constraint: Option<Matcher>,
-    crash: bool,
 }
 
 pub struct LocalModel {
@@ -478,96 +441,6 @@ impl LocalModel {
     }
 }
 
-impl Prep {
-    fn tokenize(&self, prompt: &str) -> Vec<LlamaToken> {
-        let add_bos =
-            self.add_bos && (self.bos_text.is_empty() || !prompt.starts_with(&self.bos_text));
-        self.model
-            .vocab()
-            .tokenize(prompt.as_bytes(), add_bos, true)
-    }
-
-    /// Refuses, before any rendering or tokenizing, a request whose text alone needs
-    /// more tokens than the context has: B bytes are at least B / max_piece_bytes tokens.
-    fn check_size(&self, req: &ChatRequest, wanted: usize) -> Result<(), Error> {
-        let at_least = text_bytes(req) / self.max_piece_bytes;
-        let ctx = self.ctx_per_seq as usize;
-        if at_least + wanted > ctx {
-            return Err(context_exceeded(ctx, at_least, wanted, "at least "));
-        }
-        Ok(())
-    }
-
-    fn prepare(
-        &self,
-        req: &ChatRequest,
-        tools_active: bool,
-        wanted: usize,
-    ) -> Result<Prepared, Error> {
-        self.check_size(req, wanted)?;
-        let (messages, images) = match &req.raw_prompt {
-            None if req.messages.iter().any(Message::has_images) => {
-                vision::take_images(&req.messages)?
-            }
-            _ => (Vec::new(), Vec::new()),
-        };
-        let prompt_text = match &req.raw_prompt {
-            Some(raw) => raw.clone(),
-            None if images.is_empty() => self.render(&req.messages, req, tools_active)?,
-            None => self.render(&messages, req, tools_active)?,
-        };
-        let constraint = self.constrainer.for_request(req)?;
-        let (prompt, media) = if images.is_empty() {
-            (self.tokenize(&prompt_text), Vec::new())
-        } else {
-            self.tokenize_with_images(&prompt_text, images)?
-        };
-        if prompt.is_empty() {
-            return Err(Error::invalid_param("messages", "the prompt is empty"));
-        }
-        let ctx = self.ctx_per_seq as usize;
-        if prompt.len() + wanted > ctx {
-            return Err(context_exceeded(ctx, prompt.len(), wanted, ""));
-        }
-        let crash = self
-            .crash_marker
-            .as_ref()
-            .is_some_and(|m| prompt_text.contains(m.as_str()));
-        Ok(Prepared {
-            prompt_text,
-            prompt,
-            media,
-            constraint,
-            crash,
-        })
-    }
-}
-
-/// Bytes of message text: the prompt is at least this long once rendered.
-fn text_bytes(req: &ChatRequest) -> usize {
-    req.raw_prompt.as_ref().map_or(0, String::len)
-        + req
-            .messages
-            .iter()
-            .flat_map(|m| &m.content)
-            .map(|p| match p {
-                ContentPart::Text(t) => t.len(),
-                ContentPart::Image(_) => 0,
-            })
-            .sum::<usize>()
-}
-
-fn context_exceeded(ctx: usize, prompt: usize, wanted: usize, qualifier: &str) -> Error {
-    Error::invalid_param(
-        "messages",
-        format!(
-            "This model's maximum context length is {ctx} tokens. However, you requested {qualifier}{} tokens ({qualifier}{prompt} in the messages, {wanted} in the completion). Please reduce the length of the messages or completion.",
-            prompt + wanted,
-        ),
-    )
-    .with_code("context_length_exceeded")
-}
-
 #[async_trait]
 impl Backend for LocalModel {
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
@@ -664,7 +537,9 @@ impl Backend for LocalModel {
         let tools_active = !req.tools.is_empty() && req.tool_choice != ToolChoice::None;
         // The context check is on what the caller asked for (one token when unsaid).
         let wanted = req.max_tokens.map_or(1, |m| m as usize);
+        // Images are decoded there too: big ones take turns like big prompts.
         let bytes = text_bytes(&req)
+            + vision::image_bytes(&req.messages)
             + req
                 .tools
                 .iter()
@@ -790,89 +665,6 @@ impl Backend for LocalModel {
 impl LocalModel {
     fn ctx_per_seq(&self) -> usize {
         self.prep.ctx_per_seq as usize
-    }
-}
-
-impl Prep {
-    /// Renders `messages` (the request's, or those with images as markers).
-    fn render(
-        &self,
-        messages: &[Message],
-        req: &ChatRequest,
-        tools_active: bool,
-    ) -> Result<String, Error> {
-        let offered: &[ToolDef] = if tools_active { &req.tools } else { &[] };
-        if self.template_tools {
-            return self.template.render(messages, offered);
-        }
-        let tool_history = messages
-            .iter()
-            .any(|m| m.role == Role::Tool || !m.tool_calls.is_empty());
-        if tools_active || tool_history {
-            let messages: Vec<Message> = tools::inline_tools(messages, offered);
-            return self.template.render(&messages, &[]);
-        }
-        self.template.render(messages, &[])
-    }
-
-    /// Tokens of a rendered prompt whose images are markers: text between them is
-    /// tokenized as mtmd would, each image becomes a span of placeholders.
-    fn tokenize_with_images(
-        &self,
-        text: &str,
-        images: Vec<ImageInput>,
-    ) -> Result<(Vec<LlamaToken>, Vec<Media>), Error> {
-        let marker = Vision::marker();
-        let segments: Vec<&str> = text.split(marker).collect();
-        let Some(vision) = self
-            .vision
-            .as_ref()
-            .filter(|_| segments.len() == images.len() + 1)
-        else {
-            return Err(Error::invalid_param(
-                "messages",
-                format!("the text contains `{marker}`, which marks where images go for this model; remove it"),
-            ));
-        };
-        let mut tokens = self.tokenize(segments[0]);
-        let mut media = Vec::with_capacity(images.len());
-        for (image, segment) in images.into_iter().zip(&segments[1..]) {
-            let chunks = vision.image(&image.bytes).map_err(|why| {
-                Error::invalid_param(&image.at, format!("The image cannot be used: {why}."))
-                    .with_code("invalid_image")
-            })?;
-            let len = chunks.total_tokens();
-            let wide = vision::widest_image(&chunks);
-            if wide > self.image_limit {
-                return Err(Error::invalid_param(
-                    &image.at,
-                    format!(
-                        "The image takes {wide} positions, which this model evaluates together, but this server's micro-batch holds {} (-b/--batch-size; --deterministic caps it at {}).",
-                        self.image_limit,
-                        job::UBATCH
-                    ),
-                )
-                .with_code("invalid_image"));
-            }
-            media.push(Media {
-                start: tokens.len(),
-                len,
-                chunks,
-            });
-            tokens.extend(vision::placeholders(&image.bytes, len));
-            tokens.extend(self.model.vocab().tokenize(segment.as_bytes(), false, true));
-        }
-        // Sampling starts from the last prompt token's logits, which an image has not.
-        if media
-            .last()
-            .is_some_and(|m| m.start + m.len == tokens.len())
-        {
-            return Err(Error::invalid_param(
-                "messages",
-                "the prompt ends with an image; add text after it",
-            ));
-        }
-        Ok((tokens, media))
     }
 }
 
