@@ -31,7 +31,11 @@ def long_prompt(n):
 
 
 def ttft(url, prompt):
-    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "temperature": 0, "stream": True}
+    return first_token(url, {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "temperature": 0, "stream": True})
+
+
+def first_token(url, body):
+    """Seconds until a streamed chat completion's first piece of content."""
     start = time.perf_counter()
     with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=900) as r:
         r.raise_for_status()

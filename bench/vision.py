@@ -12,7 +12,6 @@ an image, not a real vision encoder.
 
 import argparse
 import base64
-import json
 import os
 import pathlib
 import statistics
@@ -21,14 +20,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import zlib
 
-import requests
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench import free_port, pct, wait_healthy  # noqa: E402
-from long_prompt import gaps_during  # noqa: E402
+from long_prompt import first_token, gaps_during  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,15 +46,7 @@ def image_ttft(url, n):
     body = {"model": "bench", "max_tokens": 4, "temperature": 0, "stream": True, "messages": [{"role": "user", "content": [
         {"type": "text", "text": "Describe this picture."},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png(rgb)).decode()}}]}]}
-    start = time.perf_counter()
-    with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=900) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if line.startswith(b"data: ") and line != b"data: [DONE]":
-                ch = json.loads(line[6:])
-                if any(c.get("delta", {}).get("content") for c in ch.get("choices", [])):
-                    return time.perf_counter() - start
-    return float("nan")
+    return first_token(url, body)
 
 
 def under_images(url, first_image, streams=4, images=4):
