@@ -60,6 +60,7 @@ def one_stream(url, model, prompt, tokens, out):
         body["seed"] = SEED
     start = time.perf_counter()
     ttft = None
+    last = None
     pieces = 0
     with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=600) as r:
         r.raise_for_status()
@@ -70,9 +71,13 @@ def one_stream(url, model, prompt, tokens, out):
             for c in chunk.get("choices", []):
                 if c.get("delta", {}).get("content"):
                     pieces += 1
+                    last = time.perf_counter() - start
                     if ttft is None:
-                        ttft = time.perf_counter() - start
-    out.append({"ttft": ttft or float("nan"), "elapsed": time.perf_counter() - start, "pieces": pieces})
+                        ttft = last
+    # Generation rate after the first token, as llama-batched-bench's S_TG leaves the
+    # prompt out.
+    gen = (pieces - 1) / (last - ttft) if pieces > 1 and last > ttft else float("nan")
+    out.append({"ttft": ttft or float("nan"), "elapsed": time.perf_counter() - start, "pieces": pieces, "gen": gen})
 
 
 def round_(url, model, clients, tokens, round_no):
@@ -90,14 +95,14 @@ def round_(url, model, clients, tokens, round_no):
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {"tok_s": clients * tokens / wall, "ttfts": [r["ttft"] for r in results]}
+    return {"tok_s": clients * tokens / wall, "gen_s": sum(r["gen"] for r in results), "ttfts": [r["ttft"] for r in results]}
 
 
-def batched_bench(binary, model, threads, ctx, tokens, parallel):
+def batched_bench(binary, model, threads, ctx, tokens, parallel, fa):
     """llama-batched-bench's generation rate (S_TG t/s) per parallel sequence count:
     llama.cpp's kernels decoding with no server, sampling or HTTP around them."""
     cmd = [binary, "-m", model, "-t", str(threads), "-tb", str(threads), "-c", str(ctx), "-b", "2048", "-ub", "512",
-           "-npp", "32", "-ntg", str(tokens), "-npl", ",".join(map(str, parallel)), "-fa", "on", "--kv-unified"]
+           "-npp", "32", "-ntg", str(tokens), "-npl", ",".join(map(str, parallel)), "-fa", fa, "--kv-unified"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"llama-batched-bench failed: {out.stderr[-2000:]}")
@@ -142,6 +147,7 @@ def main():
     ap.add_argument("--llama-server", default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
     ap.add_argument("--seed", type=int, default=None, help="send this seed with every request")
+    ap.add_argument("--flash-attn", default="on", choices=["on", "off"], help="-fa for both servers and the ceiling")
     ap.add_argument("--no-ceiling", action="store_true", help="skip llama-batched-bench")
     args = ap.parse_args()
     global SEED
@@ -153,11 +159,11 @@ def main():
     servers = {
         "llama-server": (
             f"http://127.0.0.1:{lp}",
-            [llama_bin, *common, "-tb", str(args.threads), "-np", str(args.slots), "--kv-unified", "-fa", "on", "--port", str(lp), "--alias", "bench"],
+            [llama_bin, *common, "-tb", str(args.threads), "-np", str(args.slots), "--kv-unified", "-fa", args.flash_attn, "--port", str(lp), "--alias", "bench"],
         ),
         "parlance": (
             f"http://127.0.0.1:{pp}",
-            [args.parlance, "serve", *common, "-np", str(args.slots), "-fa", "on", "--port", str(pp), "--alias", "bench"],
+            [args.parlance, "serve", *common, "-np", str(args.slots), "-fa", args.flash_attn, "--port", str(pp), "--alias", "bench"],
         ),
     }
     procs = {}
@@ -166,7 +172,7 @@ def main():
             procs[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_healthy(url, procs[name])
         clients = [int(c) for c in args.clients.split(",")]
-        stats = {(n, c): {"tok_s": [], "ttfts": []} for n in servers for c in clients}
+        stats = {(n, c): {"tok_s": [], "gen_s": [], "ttfts": []} for n in servers for c in clients}
         for name, (url, _) in servers.items():  # warm-up
             round_(url, "bench", 2, 16, -1)
         ceiling = {c: [] for c in clients}
@@ -176,11 +182,12 @@ def main():
                 for name, (url, _) in servers.items():
                     res = round_(url, "bench", c, args.tokens, r)
                     stats[(name, c)]["tok_s"].append(res["tok_s"])
+                    stats[(name, c)]["gen_s"].append(res["gen_s"])
                     stats[(name, c)]["ttfts"].extend(res["ttfts"])
-                    print(f"round {r} {name:12} clients={c}: {res['tok_s']:.1f} tok/s", file=sys.stderr)
+                    print(f"round {r} {name:12} clients={c}: {res['tok_s']:.1f} tok/s, generating {res['gen_s']:.1f}", file=sys.stderr)
             if not args.no_ceiling:
                 # Interleaved with the servers' rounds, so all three see the same machine.
-                rates = batched_bench(batched, args.model, args.threads, args.ctx, args.tokens, clients)
+                rates = batched_bench(batched, args.model, args.threads, args.ctx, args.tokens, clients, args.flash_attn)
                 for c in clients:
                     ceiling[c].append(rates[c])
                 print(f"round {r} llama-batched-bench: {rates}", file=sys.stderr)
@@ -191,31 +198,34 @@ def main():
             p.wait()
 
     lines = [
-        f"Model `{pathlib.Path(args.model).name}`, {args.threads} threads, {args.slots} slots, context {args.ctx}, "
+        f"Model `{pathlib.Path(args.model).name}`, {args.threads} threads, flash attention {args.flash_attn}, {args.slots} slots, context {args.ctx}, "
         f"{args.tokens} tokens per request (ignore_eos, streaming{', seed ' + str(args.seed) if args.seed is not None else ''}), {args.rounds} rounds; median of rounds for tok/s.",
         "",
-        "| clients | server | aggregate tok/s | TTFT p50 (s) | TTFT p99 (s) |",
-        "|---|---|---|---|---|",
+        "| clients | server | aggregate tok/s | generation tok/s | TTFT p50 (s) | TTFT p99 (s) |",
+        "|---|---|---|---|---|---|",
     ]
     ratios = []
     for c in clients:
         row = {}
         for name in servers:
             s = stats[(name, c)]
-            row[name] = (statistics.median(s["tok_s"]), pct(s["ttfts"], 50), pct(s["ttfts"], 99))
-            lines.append(f"| {c} | {name} | {row[name][0]:.1f} | {row[name][1]:.3f} | {row[name][2]:.3f} |")
+            row[name] = (statistics.median(s["tok_s"]), pct(s["ttfts"], 50), pct(s["ttfts"], 99), statistics.median(s["gen_s"]))
+            lines.append(f"| {c} | {name} | {row[name][0]:.1f} | {row[name][3]:.1f} | {row[name][1]:.3f} | {row[name][2]:.3f} |")
         p, l = row["parlance"], row["llama-server"]
-        ratios.append(f"| {c} | {p[0] / l[0]:.2f}x | {p[1] / l[1]:.2f}x | {p[2] / l[2]:.2f}x |")
-    lines += ["", "Parlance / llama-server (throughput: higher is better; TTFT: lower is better):", "",
-              "| clients | tok/s ratio | TTFT p50 ratio | TTFT p99 ratio |", "|---|---|---|---|", *ratios]
+        ratios.append(f"| {c} | {p[0] / l[0]:.2f}x | {p[3] / l[3]:.2f}x | {p[1] / l[1]:.2f}x | {p[2] / l[2]:.2f}x |")
+    lines += ["", "Aggregate: all tokens over the round's wall time, prompts included. Generation: each stream's tokens after its "
+              "first over the time since its first, summed over the streams.", "",
+              "Parlance / llama-server (throughput: higher is better; TTFT: lower is better):", "",
+              "| clients | tok/s ratio | generation ratio | TTFT p50 ratio | TTFT p99 ratio |", "|---|---|---|---|---|", *ratios]
     if not args.no_ceiling:
-        lines += ["", "Against the kernels' ceiling (`llama-batched-bench` generation rate, S_TG, `-npp 32 -fa on`, "
-                  "same threads and context, best of rounds; the servers' tok/s are medians and include prompt processing):", "",
-                  "| streams | llama-batched-bench tok/s | llama-server / ceiling | Parlance / ceiling |", "|---|---|---|---|"]
+        lines += ["", f"Against the kernels' ceiling (`llama-batched-bench` generation rate, S_TG, `-npp 32 -fa {args.flash_attn}`, "
+                  "same threads and context; median and best of rounds): the servers' generation rates (medians) over it.", "",
+                  "| streams | ceiling median | ceiling best | llama-server / median | Parlance / median | Parlance / best |",
+                  "|---|---|---|---|---|---|"]
         for c in clients:
-            best = max(ceiling[c])
-            lines.append(f"| {c} | {best:.1f} | {statistics.median(stats[('llama-server', c)]['tok_s']) / best:.2f}x | "
-                         f"{statistics.median(stats[('parlance', c)]['tok_s']) / best:.2f}x |")
+            mid, best = statistics.median(ceiling[c]), max(ceiling[c])
+            lg, pg = statistics.median(stats[('llama-server', c)]['gen_s']), statistics.median(stats[('parlance', c)]['gen_s'])
+            lines.append(f"| {c} | {mid:.1f} | {best:.1f} | {lg / mid:.2f}x | {pg / mid:.2f}x | {pg / best:.2f}x |")
     lines += ["", "Memory after the run (MB; RSS now / peak):", "", "| server | RSS | peak RSS |", "|---|---|---|"]
     lines += [f"| {name} | {rss:.0f} | {peak:.0f} |" for name, (rss, peak) in memory.items()]
     lines.append(f"\nParlance peak RSS - llama-server peak RSS: {memory['parlance'][1] - memory['llama-server'][1]:+.0f} MB")

@@ -103,11 +103,12 @@ def main():
     ap.add_argument("--deterministic", action="store_true", help="also Parlance --deterministic")
     ap.add_argument("--parlance", default=os.environ.get("PARLANCE_BIN", str(ROOT / "target" / "release" / "parlance")))
     ap.add_argument("--llama-server", default=None)
+    ap.add_argument("--flash-attn", default="on", choices=["on", "off"], help="-fa for both servers")
     ap.add_argument("--parlance-args", default="", help="extra flags for Parlance, e.g. '--prefill-chunk 64'")
     ap.add_argument("--skip-llama-server", action="store_true")
     args = ap.parse_args()
     llama_bin = args.llama_server or subprocess.check_output([str(ROOT / "bench" / "build-llama-server.sh")], text=True).strip().splitlines()[-1]
-    common = ["-m", args.model, "-t", str(args.threads), "-c", str(args.ctx), "-np", str(args.slots), "-fa", "on"]
+    common = ["-m", args.model, "-t", str(args.threads), "-c", str(args.ctx), "-np", str(args.slots), "-fa", args.flash_attn]
     ports = {}
     cmds = {}
     ports["llama-server"] = free_port()

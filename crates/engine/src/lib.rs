@@ -6,6 +6,7 @@ mod checks;
 mod constraint;
 mod device;
 pub use device::gpu_devices;
+mod draw;
 mod job;
 mod logprobs;
 mod prep;

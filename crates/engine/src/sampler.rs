@@ -1,11 +1,14 @@
 //! One sampler chain per sequence, built from the request's parameters. Each chain has
 //! its own seeded RNG, so a seeded request gives the same text whatever runs beside it.
 
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use llguidance::Matcher;
 use parlance_core::ir::SamplingParams;
+
+pub use crate::draw::Direct;
 
 /// OpenAI's default temperature, used when neither the request nor the model sets one.
 pub const DEFAULT_TEMPERATURE: f32 = 1.0;
@@ -27,26 +30,30 @@ pub struct SamplerSpec<'a> {
 /// llguidance sampler stops masking silently when the matcher fails, so the worker
 /// feeds the shadow every sampled token and ends the request with an error the moment
 /// the output leaves the grammar.
-pub fn build(spec: SamplerSpec<'_>) -> (LlamaSampler, Option<Matcher>) {
+pub fn build(spec: SamplerSpec<'_>) -> (Sampler, Option<Matcher>) {
     let p = spec.params;
+    let mut pairs: Vec<(i32, f32)> = crate::in_vocab(&p.logit_bias, spec.n_vocab);
+    if spec.ignore_eos {
+        pairs.extend(spec.eog_tokens.iter().map(|t| (t.0, f32::NEG_INFINITY)));
+    }
+    let temperature = p.temperature.unwrap_or(DEFAULT_TEMPERATURE);
+    if !needs_chain(p, spec.constraint.is_some()) {
+        return (
+            Sampler::Direct(Direct::new(pairs, temperature, spec.seed)),
+            None,
+        );
+    }
+
     let mut chain = Vec::new();
     let mut shadow = None;
     if let Some(m) = spec.constraint {
         shadow = Some(m.deep_clone());
         chain.push(LlamaSampler::from(m));
     }
-
-    let mut biases: Vec<LlamaLogitBias> = crate::in_vocab(&p.logit_bias, spec.n_vocab)
+    let biases: Vec<LlamaLogitBias> = pairs
         .into_iter()
         .map(|(tok, bias)| LlamaLogitBias::new(LlamaToken::new(tok), bias))
         .collect();
-    if spec.ignore_eos {
-        biases.extend(
-            spec.eog_tokens
-                .iter()
-                .map(|&t| LlamaLogitBias::new(t, f32::NEG_INFINITY)),
-        );
-    }
     if !biases.is_empty() {
         chain.push(LlamaSampler::logit_bias(spec.n_vocab, &biases));
     }
@@ -64,7 +71,6 @@ pub fn build(spec: SamplerSpec<'_>) -> (LlamaSampler, Option<Matcher>) {
         ));
     }
 
-    let temperature = p.temperature.unwrap_or(DEFAULT_TEMPERATURE);
     if temperature <= 0.0 {
         chain.push(LlamaSampler::greedy());
     } else {
@@ -80,7 +86,37 @@ pub fn build(spec: SamplerSpec<'_>) -> (LlamaSampler, Option<Matcher>) {
         chain.push(LlamaSampler::temp(temperature));
         chain.push(LlamaSampler::dist(spec.seed));
     }
-    (LlamaSampler::chain_simple(chain), shadow)
+    (Sampler::Chain(LlamaSampler::chain_simple(chain)), shadow)
+}
+
+/// Grammars and penalties keep state across tokens, and truncation needs sorted
+/// candidates: those go through llama.cpp's chain; the rest is [`Direct`].
+fn needs_chain(p: &SamplingParams, constrained: bool) -> bool {
+    let penalised = p.repetition_penalty.is_some_and(|v| v != 1.0)
+        || p.frequency_penalty.is_some_and(|v| v != 0.0)
+        || p.presence_penalty.is_some_and(|v| v != 0.0);
+    let truncated = p.top_k.is_some_and(|k| k > 0)
+        || p.top_p.is_some_and(|v| v < 1.0)
+        || p.min_p.is_some_and(|v| v > 0.0);
+    let greedy = p.temperature.unwrap_or(DEFAULT_TEMPERATURE) <= 0.0;
+    constrained || penalised || (truncated && !greedy)
+}
+
+/// A sequence's sampler: llama.cpp's chain for grammars, penalties and truncation
+/// (top-k/top-p/min-p), else [`Direct`].
+pub enum Sampler {
+    Chain(LlamaSampler),
+    Direct(Direct),
+}
+
+impl Sampler {
+    /// Samples from the logits at batch index `at` of the last decode.
+    pub fn sample(&mut self, ctx: &LlamaContext<'_>, at: i32) -> LlamaToken {
+        match self {
+            Sampler::Chain(chain) => chain.sample(ctx, at),
+            Sampler::Direct(direct) => LlamaToken::new(direct.sample(ctx.get_logits_ith(at))),
+        }
+    }
 }
 
 /// Advances the shadow matcher by one sampled token; the grammar's error if the token
@@ -93,4 +129,58 @@ pub fn follow(shadow: &mut Matcher, tok: LlamaToken) -> Option<String> {
     shadow
         .get_error()
         .map(|e| crate::constraint::reason(&e).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_temperature_sampling_skips_the_chain() {
+        let plain = SamplingParams {
+            temperature: Some(0.8),
+            top_p: Some(1.0),
+            ..SamplingParams::default()
+        };
+        assert!(!needs_chain(&plain, false));
+        assert!(needs_chain(&plain, true), "a grammar");
+        for p in [
+            SamplingParams {
+                top_p: Some(0.9),
+                ..plain.clone()
+            },
+            SamplingParams {
+                top_k: Some(40),
+                ..plain.clone()
+            },
+            SamplingParams {
+                min_p: Some(0.05),
+                ..plain.clone()
+            },
+            SamplingParams {
+                frequency_penalty: Some(0.5),
+                ..plain.clone()
+            },
+            SamplingParams {
+                repetition_penalty: Some(1.1),
+                ..plain.clone()
+            },
+        ] {
+            assert!(needs_chain(&p, false), "{p:?}");
+        }
+        // Greedy ignores truncation, not penalties.
+        let greedy = SamplingParams {
+            temperature: Some(0.0),
+            top_p: Some(0.5),
+            ..plain.clone()
+        };
+        assert!(!needs_chain(&greedy, false));
+        assert!(needs_chain(
+            &SamplingParams {
+                presence_penalty: Some(1.0),
+                ..greedy
+            },
+            false
+        ));
+    }
 }

@@ -8,14 +8,13 @@ mod kv;
 
 use crate::job::{Counters, Job, JobEvent, JobStats, WorkerConfig, UBATCH};
 use crate::logprobs::token_logprob;
-use crate::sampler::{self, SamplerSpec};
+use crate::sampler::{self, Sampler, SamplerSpec};
 use crate::text::TextAssembler;
 use crate::vision::{floor_to_media, Vision};
 use llama_cpp_2::context::session::SeqState;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use llguidance::Matcher;
@@ -56,7 +55,7 @@ struct Run {
     job: u64,
     choice: u32,
     phase: Phase,
-    sampler: LlamaSampler,
+    sampler: Sampler,
     /// The grammar matcher's shadow (see `sampler::build`).
     shadow: Option<Matcher>,
     text: TextAssembler,
