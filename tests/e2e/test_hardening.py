@@ -417,6 +417,8 @@ def test_startup_mistakes_are_reported_clearly(server, tmp_path):
     assert r.returncode != 0 and "not a GGUF model file" in r.stderr, r.stderr
     r = run_bin("serve", "--port", str(free_port()), "--chat-template", "nonsense")
     assert r.returncode != 0 and "chat-template" in r.stderr
+    r = run_bin("serve", "--port", str(free_port()), "--deterministic", "-fa", "off")
+    assert r.returncode != 0 and "--deterministic needs flash attention on" in r.stderr, r.stderr
 
 
 def test_llama_server_flags_are_accepted():
@@ -571,3 +573,52 @@ def test_malformed_input_campaign(one_thread_server):
             assert_json_error(r)
     assert not watch.failures
     assert watch.worst < 0.1, f"/health took {watch.worst * 1000:.0f} ms"
+
+
+def test_paced_prefill_finishes_and_streams_keep_flowing():
+    # --prefill-pace sizes each step's prompt chunk from measured step times; a
+    # mistake there shows as a prompt that never finishes (chunks of 0) or streams
+    # that stop while it prefills.
+    s = Server("-np", "3", "-fa", "off", "--prefill-pace", "1.5")
+    try:
+        stamps, done = [[], []], []
+
+        def stream(i):
+            body = {"model": MODEL, "messages": [{"role": "user", "content": f"Story {i}"}], "max_tokens": 48,
+                    "temperature": 0.8, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+            finish = tokens = None
+            with requests.post(s.url + "/v1/chat/completions", json=body, stream=True, timeout=120) as r:
+                for line in r.iter_lines():
+                    if line.startswith(b"data: {"):
+                        chunk = json.loads(line[6:])
+                        ch = chunk["choices"]
+                        # A token that ends inside a UTF-8 character has no text of its own.
+                        if ch and ch[0]["delta"].get("content"):
+                            stamps[i].append(time.perf_counter())
+                        if ch and ch[0].get("finish_reason"):
+                            finish = ch[0]["finish_reason"]
+                        if chunk.get("usage"):
+                            tokens = chunk["usage"]["completion_tokens"]
+            done.append((tokens, finish))
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        while min(len(x) for x in stamps) < 4:
+            time.sleep(0.05)
+        long_prompt = " ".join(f"Line {i}: the keeper logged ship {i * 7 % 31}." for i in range(160))
+        start = time.perf_counter()
+        r = requests.post(s.url + "/v1/chat/completions", json={
+            "model": MODEL, "messages": [{"role": "user", "content": long_prompt}], "max_tokens": 4, "temperature": 0}, timeout=300)
+        end = time.perf_counter()
+        for t in threads:
+            t.join(timeout=120)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["usage"]["prompt_tokens"] > 1500 and body["choices"][0]["finish_reason"] in ("length", "stop")
+        assert sorted(done) == [(48, "length"), (48, "length")], done
+        # Both streams got tokens while the long prompt was being prefilled.
+        for x in stamps:
+            assert sum(start < t < end for t in x) >= 3, (start, end, x)
+    finally:
+        s.stop()

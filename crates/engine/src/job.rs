@@ -74,6 +74,7 @@ pub(crate) struct WorkerConfig {
     /// Prompt tokens per step while other sequences are generating, so a long
     /// prompt cannot freeze their streams.
     pub prefill_chunk: usize,
+    pub prefill_pace: f32,
     /// Micro-batches of 2..=UBATCH tokens (see `UBATCH`); otherwise llama.cpp's own.
     pub deterministic: bool,
     pub eog_tokens: Vec<LlamaToken>,

@@ -73,6 +73,9 @@ pub struct LocalModelConfig {
     pub n_batch: usize,
     /// Prompt tokens per step while other sequences generate.
     pub prefill_chunk: usize,
+    /// Above 1: size those chunks so a step takes at most this many times a step
+    /// without prompt tokens (see `worker::pace`); otherwise `prefill_chunk`.
+    pub prefill_pace: f32,
     /// Jobs that may wait for a slot before new ones get 429.
     pub max_queue: usize,
     /// Server-wide cap on generated tokens per choice (llama-server's `--n-predict`):
@@ -107,6 +110,7 @@ impl LocalModelConfig {
             threads: std::thread::available_parallelism().map_or(4, |n| n.get() as i32),
             n_batch: 512,
             prefill_chunk: 256,
+            prefill_pace: 0.0,
             max_queue: 64,
             n_predict: None,
             max_output_tokens: None,
@@ -170,6 +174,11 @@ impl LocalModel {
     /// Loads the GGUF and starts its engine thread; returns once the context exists.
     pub fn load(cfg: LocalModelConfig) -> Result<Self, String> {
         let path = &cfg.path;
+        if cfg.deterministic && !matches!(cfg.flash_attention, FlashAttention::On) {
+            // Its batch invariance is argued from flash attention's kernels (job::UBATCH);
+            // matrix-product attention changes shape with every micro-batch.
+            return Err("--deterministic needs flash attention on (-fa on)".to_string());
+        }
         check_gguf(path)?;
         let backend = llama_backend()?;
         let params = device::model_params(cfg.n_gpu_layers);
@@ -258,6 +267,7 @@ impl LocalModel {
             ctx_per_seq: ctx_per_seq as usize,
             n_batch: cfg.n_batch.max(slots),
             prefill_chunk: cfg.prefill_chunk.max(1),
+            prefill_pace: cfg.prefill_pace,
             deterministic: cfg.deterministic,
             eog_tokens,
             preserved: [

@@ -5,6 +5,7 @@
 //! per-job channels, and a closed channel frees the job's slots at the next step.
 
 mod kv;
+mod pace;
 
 use crate::job::{Counters, Job, JobEvent, JobStats, WorkerConfig, UBATCH};
 use crate::logprobs::token_logprob;
@@ -99,6 +100,7 @@ pub(crate) struct Worker<'m> {
     rx: Receiver<Job>,
     counters: Counters,
     vision: Option<Arc<Vision>>,
+    pace: pace::Pacer,
 }
 
 impl Drop for Worker<'_> {
@@ -127,6 +129,7 @@ impl<'m> Worker<'m> {
                 last_used: 0,
             })
             .collect();
+        let pace = pace::Pacer::new(cfg.prefill_pace);
         Worker {
             model,
             ctx,
@@ -139,6 +142,7 @@ impl<'m> Worker<'m> {
             rx,
             counters,
             vision,
+            pace,
         }
     }
 
@@ -359,7 +363,7 @@ impl<'m> Worker<'m> {
         let mut prefill_budget = if plan.is_empty() {
             budget
         } else {
-            budget.min(self.cfg.prefill_chunk)
+            budget.min(self.pace.chunk(self.cfg.prefill_chunk))
         };
         let mut order: Vec<(u64, usize, usize)> = self
             .slots
@@ -467,8 +471,23 @@ impl<'m> Worker<'m> {
                 return;
             }
             let logits = self.fill(&plan);
+            let started = Instant::now();
             match self.ctx.decode(&mut self.batch) {
-                Ok(()) => break logits,
+                Ok(()) => {
+                    let generating = plan
+                        .iter()
+                        .filter(|e| matches!(e, Entry::Token { .. }))
+                        .count();
+                    let prompt: usize = plan
+                        .iter()
+                        .map(|e| match *e {
+                            Entry::Prompt { from, to, .. } => to - from,
+                            _ => 0,
+                        })
+                        .sum();
+                    self.pace.observe(generating, prompt, started.elapsed());
+                    break logits;
+                }
                 // The KV pool is full. llama.cpp leaves it untouched on this error, so
                 // make room and retry: first drop idle prefix caches, then postpone
                 // prompt chunks, and only as a last resort end the longest sequence.

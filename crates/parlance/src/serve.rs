@@ -96,6 +96,18 @@ pub struct ServeArgs {
     )]
     pub prefill_chunk: usize,
 
+    /// Pace prompt chunks while others stream: each step with prompt tokens takes at
+    /// most this many times a step without (measured as it runs), so their tokens keep
+    /// flowing at that rate during a long prefill; 0: fixed --prefill-chunk chunks.
+    /// On CPU, pair it with `-fa off`: flash attention makes chunks under 64 tokens
+    /// several times dearer per token (see README, Long prompts).
+    #[arg(
+        long = "prefill-pace",
+        env = "PARLANCE_PREFILL_PACE",
+        default_value_t = 0.0
+    )]
+    pub prefill_pace: f32,
+
     /// Batch-invariant sampling: a seeded request gives the same text alone or batched
     /// with others (as vLLM's and SGLang's deterministic modes), at the cost of small
     /// micro-batches: long prompts prefill several times slower. Off: a seed repeats
@@ -595,6 +607,7 @@ fn load_local(
     }
     cfg.n_batch = args.batch.max(32);
     cfg.prefill_chunk = args.prefill_chunk;
+    cfg.prefill_pace = args.prefill_pace;
     cfg.max_queue = args.queue;
     cfg.n_predict = args.n_predict.filter(|&n| n > 0);
     cfg.max_output_tokens = args.max_output_tokens.filter(|&n| n > 0);
