@@ -625,6 +625,7 @@ impl Backend for LocalModel {
         let expected = receivers.len();
         let prompt_tokens = prompt.len() as u32;
         let debug = req.debug.then_some(prompt_text);
+        let alive = Arc::clone(&self.alive);
         let stream = async_stream::stream! {
             let mut merged = futures::stream::select_all(receivers);
             let mut stats: Vec<JobStats> = Vec::with_capacity(expected);
@@ -639,6 +640,12 @@ impl Backend for LocalModel {
                 }
             }
             if stats.len() < expected {
+                // The worker ends every job it holds with Done or Failed, so a channel
+                // closed early means its thread is going down. A panic can drop the job
+                // (a local of the panicking frame) before the thread's guard clears
+                // `alive`: clear it here too, so /health already says so when this
+                // caller sees its 503.
+                alive.store(false, Ordering::SeqCst);
                 yield Err(Error::new(ErrorKind::Unavailable, "the engine stopped before finishing this request").with_code("model_unavailable"));
                 return;
             }
