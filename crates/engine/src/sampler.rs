@@ -37,7 +37,7 @@ pub fn build(spec: SamplerSpec<'_>) -> (Sampler, Option<Matcher>) {
         pairs.extend(spec.eog_tokens.iter().map(|t| (t.0, f32::NEG_INFINITY)));
     }
     let temperature = p.temperature.unwrap_or(DEFAULT_TEMPERATURE);
-    if !needs_chain(p, spec.constraint.is_some()) {
+    if !needs_chain(p, temperature, spec.constraint.is_some()) {
         return (
             Sampler::Direct(Direct::new(pairs, temperature, spec.seed)),
             None,
@@ -91,14 +91,14 @@ pub fn build(spec: SamplerSpec<'_>) -> (Sampler, Option<Matcher>) {
 
 /// Grammars and penalties keep state across tokens, and truncation needs sorted
 /// candidates: those go through llama.cpp's chain; the rest is [`Direct`].
-fn needs_chain(p: &SamplingParams, constrained: bool) -> bool {
+fn needs_chain(p: &SamplingParams, temperature: f32, constrained: bool) -> bool {
     let penalised = p.repetition_penalty.is_some_and(|v| v != 1.0)
         || p.frequency_penalty.is_some_and(|v| v != 0.0)
         || p.presence_penalty.is_some_and(|v| v != 0.0);
     let truncated = p.top_k.is_some_and(|k| k > 0)
         || p.top_p.is_some_and(|v| v < 1.0)
         || p.min_p.is_some_and(|v| v > 0.0);
-    let greedy = p.temperature.unwrap_or(DEFAULT_TEMPERATURE) <= 0.0;
+    let greedy = temperature <= 0.0;
     constrained || penalised || (truncated && !greedy)
 }
 
@@ -142,8 +142,8 @@ mod tests {
             top_p: Some(1.0),
             ..SamplingParams::default()
         };
-        assert!(!needs_chain(&plain, false));
-        assert!(needs_chain(&plain, true), "a grammar");
+        assert!(!needs_chain(&plain, 0.8, false));
+        assert!(needs_chain(&plain, 0.8, true), "a grammar");
         for p in [
             SamplingParams {
                 top_p: Some(0.9),
@@ -166,7 +166,7 @@ mod tests {
                 ..plain.clone()
             },
         ] {
-            assert!(needs_chain(&p, false), "{p:?}");
+            assert!(needs_chain(&p, 0.8, false), "{p:?}");
         }
         // Greedy ignores truncation, not penalties.
         let greedy = SamplingParams {
@@ -174,12 +174,13 @@ mod tests {
             top_p: Some(0.5),
             ..plain.clone()
         };
-        assert!(!needs_chain(&greedy, false));
+        assert!(!needs_chain(&greedy, 0.0, false));
         assert!(needs_chain(
             &SamplingParams {
                 presence_penalty: Some(1.0),
                 ..greedy
             },
+            0.0,
             false
         ));
     }

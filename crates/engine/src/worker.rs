@@ -474,18 +474,15 @@ impl<'m> Worker<'m> {
             let started = Instant::now();
             match self.ctx.decode(&mut self.batch) {
                 Ok(()) => {
-                    let generating = plan
-                        .iter()
-                        .filter(|e| matches!(e, Entry::Token { .. }))
-                        .count();
-                    let prompt: usize = plan
-                        .iter()
-                        .map(|e| match *e {
-                            Entry::Prompt { from, to, .. } => to - from,
-                            _ => 0,
-                        })
-                        .sum();
-                    self.pace.observe(generating, prompt, started.elapsed());
+                    if self.pace.enabled() {
+                        let took = started.elapsed();
+                        let (generating, prompt) = plan.iter().fold((0, 0), |(g, p), e| match *e {
+                            Entry::Token { .. } => (g + 1, p),
+                            Entry::Prompt { from, to, .. } => (g, p + to - from),
+                            Entry::Image { .. } => (g, p),
+                        });
+                        self.pace.observe(generating, prompt, took);
+                    }
                     break logits;
                 }
                 // The KV pool is full. llama.cpp leaves it untouched on this error, so
