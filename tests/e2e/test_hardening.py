@@ -419,6 +419,9 @@ def test_startup_mistakes_are_reported_clearly(server, tmp_path):
     assert r.returncode != 0 and "chat-template" in r.stderr
     r = run_bin("serve", "--port", str(free_port()), "--deterministic", "-fa", "off")
     assert r.returncode != 0 and "--deterministic needs flash attention on" in r.stderr, r.stderr
+    for pace in ("0.5", "-2", "nan", "inf"):
+        r = run_bin("serve", "--port", str(free_port()), f"--prefill-pace={pace}")
+        assert r.returncode != 0 and "is not a pace" in r.stderr, (pace, r.stderr)
 
 
 def test_llama_server_flags_are_accepted():

@@ -37,23 +37,36 @@ impl Direct {
 
     /// The sampled token id.
     pub fn sample(&mut self, logits: &[f32]) -> i32 {
+        if self.temperature > 0.0 && logits.len() > 1 {
+            if let Some(tok) = self.draw(logits) {
+                return tok;
+            }
+        }
+        // Greedy; also the limit of a temperature so small that logits / t overflow.
+        self.scale(logits, 1.0);
+        first_max(&self.scratch) as i32
+    }
+
+    /// `scratch` = (logits + biases) / t, llama.cpp's order (biases, then temperature).
+    fn scale(&mut self, logits: &[f32], t: f32) {
         let x = &mut self.scratch;
         x.clear();
-        let greedy = self.temperature <= 0.0 || logits.len() < 2;
-        // llama.cpp's order: biases, then the temperature ((l + b) / t).
-        let t = if greedy { 1.0 } else { self.temperature };
         x.extend(logits.iter().map(|&l| l / t));
         for &(i, b) in &self.biases {
             if let Some(v) = x.get_mut(i) {
                 *v += b / t;
             }
         }
-        if greedy {
-            return first_max(x) as i32;
-        }
+    }
+
+    /// A draw from softmax(scratch); None when the scaled logits have no finite
+    /// maximum (everything banned, an overflow, NaN).
+    fn draw(&mut self, logits: &[f32]) -> Option<i32> {
+        self.scale(logits, self.temperature);
+        let x = &mut self.scratch;
         let max = max_of(x);
-        if max == f32::NEG_INFINITY || max.is_nan() {
-            return first_max(x) as i32;
+        if !max.is_finite() {
+            return None;
         }
         // Separate passes: fused into one loop, the compiler stopped vectorizing.
         x.iter_mut().for_each(|v| *v = exp_neg(*v - max));
@@ -71,14 +84,14 @@ impl Direct {
             for (i, &p) in x[start..(start + BLOCK).min(x.len())].iter().enumerate() {
                 cum += f64::from(p);
                 if cum > target && p > 0.0 {
-                    return (start + i) as i32;
+                    return Some((start + i) as i32);
                 }
             }
             break;
         }
         // Only rounding gets here (the target within an ulp of the total): the last
         // token that has any probability.
-        x.iter().rposition(|&p| p > 0.0).unwrap_or(0) as i32
+        Some(x.iter().rposition(|&p| p > 0.0).unwrap_or(0) as i32)
     }
 }
 
@@ -230,6 +243,19 @@ mod tests {
             assert!(t == 0 || t == 3, "{t}");
         }
         assert_eq!(Direct::new(vec![(0, 10.0)], 0.0, 1).sample(&logits), 0);
+    }
+
+    #[test]
+    fn a_temperature_too_small_to_divide_by_is_greedy() {
+        // 5 / 1e-39 and 3 / 1e-39 both overflow to +inf: the limit is the argmax.
+        let logits = [3.0f32, 1.0, 5.0, -2.0];
+        let mut d = Direct::new(Vec::new(), 1e-39, 9);
+        for _ in 0..100 {
+            assert_eq!(d.sample(&logits), 2);
+        }
+        let mut all_banned =
+            Direct::new(vec![(0, f32::NEG_INFINITY), (1, f32::NEG_INFINITY)], 0.8, 9);
+        assert_eq!(all_banned.sample(&[1.0, 2.0]), 0);
     }
 
     #[test]

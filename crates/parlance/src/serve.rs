@@ -104,7 +104,8 @@ pub struct ServeArgs {
     #[arg(
         long = "prefill-pace",
         env = "PARLANCE_PREFILL_PACE",
-        default_value_t = 0.0
+        default_value_t = 0.0,
+        value_parser = pace_ratio
     )]
     pub prefill_pace: f32,
 
@@ -243,6 +244,16 @@ pub struct ServeArgs {
 }
 
 /// The default model, looked up in ./models and next to the binary's checkout.
+/// 0 (off) or a finite ratio above 1: a step cannot take less than a step.
+fn pace_ratio(v: &str) -> Result<f32, String> {
+    match v.trim().parse::<f32>() {
+        Ok(r) if r == 0.0 || (r.is_finite() && r > 1.0) => Ok(r),
+        _ => Err(format!(
+            "`{v}` is not a pace: 0 (off) or a ratio above 1, e.g. 2"
+        )),
+    }
+}
+
 fn default_model() -> Option<PathBuf> {
     let mut candidates = vec![PathBuf::from(DEFAULT_MODEL_FILE)];
     if let Ok(exe) = std::env::current_exe() {
