@@ -681,6 +681,9 @@ impl<'m> Worker<'m> {
         let Some(mut run) = self.slots[i].run.take() else {
             return;
         };
+        // Before the caller can have its answer: /metrics must not show this slot busy
+        // to a client that already holds the finished response.
+        self.publish_free();
         let Some(active) = self.jobs.get_mut(&run.job) else {
             return;
         };
@@ -722,24 +725,26 @@ impl<'m> Worker<'m> {
 
     /// Ends one job with an error; its slots keep their KV for prefix reuse.
     fn fail_job(&mut self, job_id: u64, err: Error) {
-        if let Some(a) = self.jobs.remove(&job_id) {
-            let _ = a.job.tx.send(JobEvent::Failed(err));
-        }
         for slot in &mut self.slots {
             if slot.run.as_ref().is_some_and(|r| r.job == job_id) {
                 slot.run = None;
             }
         }
+        self.publish_free();
+        if let Some(a) = self.jobs.remove(&job_id) {
+            let _ = a.job.tx.send(JobEvent::Failed(err));
+        }
     }
 
     fn fail_all(&mut self, err: Error) {
-        for (_, a) in self.jobs.drain() {
-            let _ = a.job.tx.send(JobEvent::Failed(err.clone()));
-        }
         for i in 0..self.slots.len() {
             if self.slots[i].run.take().is_some() {
                 self.trim(i, 0);
             }
+        }
+        self.publish_free();
+        for (_, a) in self.jobs.drain() {
+            let _ = a.job.tx.send(JobEvent::Failed(err.clone()));
         }
     }
 }
