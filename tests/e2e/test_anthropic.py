@@ -128,3 +128,16 @@ def test_stop_sequence_is_reported(claude):
     # Without a matched stop sequence, the answer ends its turn with none named.
     plain = claude.messages.create(**dict(kw, max_tokens=200))
     assert plain.stop_sequence is None
+
+
+def test_message_start_carries_the_prompts_token_count(claude):
+    # It said input_tokens: 0; Anthropic sends the real count there, before any token.
+    kw = dict(model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "A fresh question about turtles, please."}])
+    with claude.messages.stream(**kw) as s:
+        start = next(e for e in s if e.type == "message_start")
+        for _ in s:
+            pass
+        final = s.get_final_message()
+    u = final.usage
+    prompt = u.input_tokens + (u.cache_read_input_tokens or 0) + (u.cache_creation_input_tokens or 0)
+    assert start.message.usage.input_tokens == prompt > 5

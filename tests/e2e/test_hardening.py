@@ -361,6 +361,18 @@ def test_one_plain_log_line_per_request(server):
     assert KEY not in log
 
 
+def test_a_caller_cannot_forge_log_lines(server):
+    forged = "nope\n2026-01-01T00:00:00Z  INFO parlance::request: request request_id=forged status=200 \x1b]0;owned\x07"
+    r = post(server, {"model": forged, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
+    assert r.status_code == 404
+    time.sleep(0.3)
+    log = server.log_path.read_bytes()
+    assert b"\x1b" not in log and b"\x07" not in log
+    lines = log.decode().splitlines()
+    assert not any(l.startswith("2026-01-01T00:00:00Z") for l in lines)
+    assert any("model=nope\\n2026-01-01" in l for l in lines)
+
+
 # First run: graceful shutdown with a deadline, and a second signal exits at once.
 def test_shutdown_ends_running_streams_with_an_error_event_after_the_deadline():
     s = Server("-np", "1", "--shutdown-timeout", "1")

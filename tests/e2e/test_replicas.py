@@ -164,3 +164,67 @@ def test_without_redis_requests_still_flow_with_local_limits(replicas):
         assert usage[0]["requests"] == 4, "no usage lost"
     finally:
         redis.start()
+
+
+def test_a_budget_is_shared_by_both_replicas(replicas):
+    a, b, _ = replicas
+    k = admin(a, "POST", "/keys", json={"name": "budget-shared", "budget_tokens": 300}).json()
+
+    def one(i):
+        r = requests.post(
+            (a, b)[i % 2].url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {k['key']}"},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 20},
+            timeout=300,
+        )
+        return r.status_code, r.json()
+
+    with ThreadPoolExecutor(30) as pool:
+        results = list(pool.map(one, range(30)))
+    ok = [body["usage"]["total_tokens"] for code, body in results if code == 200]
+    assert ok and all(code in (200, 429) for code, _ in results)
+    # Each replica used to count only its own spend (671 tokens of 300).
+    assert sum(ok) <= 300 + max(ok), (sum(ok), len(ok))
+    # A later request on either replica sees the spend of both.
+    time.sleep(0.5)
+    for s in (a, b):
+        r = requests.post(s.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {k['key']}"},
+                          json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300}, timeout=60)
+        if sum(ok) >= 300:
+            assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
+
+
+def test_a_killed_replica_gives_its_concurrency_places_back_within_seconds(replicas, postgres):
+    a, b, redis = replicas
+    c = Server("-np", "4", "--db", postgres, "--redis", f"redis://127.0.0.1:{redis.port}", "--admin-key", ADMIN)
+    k = admin(a, "POST", "/keys", json={"name": "conc2", "max_concurrent": 2}).json()
+    auth = {"Authorization": f"Bearer {k['key']}"}
+    long = {"model": MODEL, "messages": [{"role": "user", "content": "Count to a thousand."}], "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    short = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+    def hold_place():
+        try:
+            with requests.post(c.url + "/v1/chat/completions", headers=auth, json=long, stream=True, timeout=120) as r:
+                for _ in r.iter_lines():
+                    pass
+        except requests.RequestException:
+            pass
+
+    import threading
+
+    for _ in range(2):
+        threading.Thread(target=hold_place, daemon=True).start()
+    deadline = time.time() + 30
+    while requests.post(b.url + "/v1/chat/completions", headers=auth, json=short, timeout=30).status_code != 429:
+        assert time.time() < deadline, "the two streams on the third replica never held both places"
+        time.sleep(0.2)
+    c.proc.kill()
+    c.proc.wait()
+    killed = time.time()
+    while True:
+        r = requests.post(b.url + "/v1/chat/completions", headers=auth, json=short, timeout=30)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 429 and time.time() - killed < 15, "a dead replica's places never lapsed"
+        time.sleep(0.25)
+    c.stop()

@@ -269,6 +269,38 @@ def test_cli_keys_and_usage_round_trip():
         time.sleep(1.1)
         with pytest.raises(openai.AuthenticationError):
             ask(c)
+        # Its last key revoked, the server stays closed (it once opened to everyone here).
+        time.sleep(2.5)
+        assert requests.post(s.url + "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).status_code == 401
+    finally:
+        s.stop()
+
+
+def test_a_server_never_reopens_when_its_last_key_expires_or_is_deleted():
+    d = tempfile.mkdtemp(prefix="parlance-closed-")
+    db = f"sqlite://{d}/p.db"
+    run = lambda *a: subprocess.run([str(BIN), *a, "--db", db], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = run("keys", "create", "--name", "brief", "--expires", "3s")
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip()
+    s = Server("-np", "1", "--db", db)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    try:
+        assert requests.post(s.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        time.sleep(5.5)  # expired, and the server's 2 s refresh has run since
+        assert requests.post(s.url + "/v1/chat/completions", json=body).status_code == 401
+        assert requests.post(s.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}).json()["error"]["code"] == "key_expired"
+    finally:
+        s.stop()
+    # Its key rows deleted by hand: a restarted server is still closed.
+    con = sqlite3.connect(f"{d}/p.db")
+    con.execute("DELETE FROM keys")
+    con.commit()
+    con.close()
+    s = Server("-np", "1", "--db", db)
+    try:
+        r = requests.post(s.url + "/v1/chat/completions", json=body)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
     finally:
         s.stop()
 
@@ -362,3 +394,46 @@ def test_json_request_log_names_the_key_id_never_the_key():
     assert line["completion_tokens"] >= 1 and "duration_ms" in line
     text = s.log_path.read_text()
     assert k["key"] not in text and ADMIN not in text
+
+
+def _concurrent_asks(tenant, key, n=30, max_tokens=20):
+    def one(_):
+        r = requests.post(
+            tenant.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": max_tokens},
+            timeout=300,
+        )
+        return r.status_code, r.json()
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_a_token_budget_is_held_for_requests_in_flight(tenant):
+    # 30 concurrent requests on a 300-token budget all passed and spent ~1,400 tokens
+    # when budgets were only checked; each now holds its estimate until it settles.
+    k = tenant.key(name="budget300", budget_tokens=300)
+    results = _concurrent_asks(tenant, k["key"])
+    codes = [c for c, _ in results]
+    assert set(codes) <= {200, 429} and 200 in codes, codes
+    assert all(b["error"]["code"] == "insufficient_quota" for c, b in results if c == 429)
+    time.sleep(0.5)
+    rows = tenant.rows("key_id = ? AND status = 'ok'", (k["id"],))
+    assert len(rows) == codes.count(200)
+    spent = sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows)
+    biggest = max(r["prompt_tokens"] + r["completion_tokens"] for r in rows)
+    assert spent <= 300 + biggest, (spent, len(rows))
+
+
+def test_tpm_counts_the_rendered_prompt_under_concurrency(tenant):
+    # The byte estimate of "Say hi." is 1 token; the rendered prompt is ~30 (the
+    # template and its default system prompt). 17 of 30 passed a 300 TPM limit.
+    k = tenant.key(name="tpm300", tpm=300)
+    results = _concurrent_asks(tenant, k["key"])
+    codes = [c for c, _ in results]
+    assert set(codes) <= {200, 429} and 200 in codes, codes
+    used = sum(b["usage"]["total_tokens"] for c, b in results if c == 200)
+    assert used <= 300, (used, codes.count(200))
+    refused = [b for c, b in results if c == 429]
+    assert refused and all(b["error"]["code"] == "rate_limit_exceeded" for b in refused)

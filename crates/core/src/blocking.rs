@@ -6,29 +6,32 @@
 //! through, so an ordinary request never queues behind a huge one.
 
 use crate::error::Error;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 
-fn permits() -> &'static Semaphore {
-    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
-    PERMITS.get_or_init(|| {
+fn permits() -> Arc<Semaphore> {
+    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    Arc::clone(PERMITS.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Semaphore::new(cores.saturating_sub(1).max(1))
-    })
+        Arc::new(Semaphore::new(cores.saturating_sub(1).max(1)))
+    }))
 }
 
 /// Inputs from this many bytes on count as large.
 pub const LARGE: usize = 256 * 1024;
 
-/// Runs `work`, whose input is `input_bytes` long, on the blocking pool.
+/// Runs `work`, whose input is `input_bytes` long, on the blocking pool. A large
+/// input's turn belongs to the work, not to the caller: a caller that hangs up does not
+/// free it while its work still runs (three abandoned prompts once kept three threads
+/// busy beside the ones admitted after them).
 pub async fn run<T: Send + 'static>(
     input_bytes: usize,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Error> {
-    let _permit = if input_bytes >= LARGE {
+    let permit = if input_bytes >= LARGE {
         Some(
             permits()
-                .acquire()
+                .acquire_owned()
                 .await
                 .map_err(|_| Error::internal("the CPU work pool is closed"))?,
         )
@@ -36,6 +39,7 @@ pub async fn run<T: Send + 'static>(
         None
     };
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         lower_priority();
         work()
     })

@@ -257,6 +257,25 @@ pub struct ProgressCounts {
     pub exact: std::sync::atomic::AtomicBool,
     /// What served the request (`local/NAME`, `PROVIDER/MODEL`): the last deployment tried.
     pub deployment: std::sync::Mutex<String>,
+    /// Checks the request's limits again once its prompt is counted (see
+    /// [`Progress::prompt_counted`]).
+    pub prompt_gate: std::sync::Mutex<Option<PromptGate>>,
+}
+
+/// What the limits say once a backend knows a prompt's exact token count, before any
+/// work is queued: the estimate made from bytes is replaced by the count, and a request
+/// that no longer fits is refused there.
+#[derive(Clone)]
+pub struct PromptGate(
+    pub  std::sync::Arc<
+        dyn Fn(u32) -> futures::future::BoxFuture<'static, Result<(), crate::Error>> + Send + Sync,
+    >,
+);
+
+impl std::fmt::Debug for PromptGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PromptGate")
+    }
 }
 
 impl Progress {
@@ -276,6 +295,23 @@ impl Progress {
             .lock()
             .map(|d| d.clone())
             .unwrap_or_default()
+    }
+
+    pub fn set_prompt_gate(&self, gate: PromptGate) {
+        if let Ok(mut g) = self.0.prompt_gate.lock() {
+            *g = Some(gate);
+        }
+    }
+
+    /// A backend that counts prompts exactly calls this before queueing the work: the
+    /// limits are checked again with `prompt_tokens` (once per request: a retry on
+    /// another deployment is not charged twice).
+    pub async fn prompt_counted(&self, prompt_tokens: u32) -> Result<(), crate::Error> {
+        let gate = self.0.prompt_gate.lock().ok().and_then(|mut g| g.take());
+        match gate {
+            Some(g) => (g.0)(prompt_tokens).await,
+            None => Ok(()),
+        }
     }
 
     /// What the backend has reported so far, when it counts exactly.

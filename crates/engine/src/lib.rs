@@ -11,6 +11,7 @@ mod job;
 mod logprobs;
 mod prep;
 mod sampler;
+mod special;
 mod text;
 mod vision;
 mod worker;
@@ -365,6 +366,7 @@ impl LocalModel {
             bos_text,
             max_piece_bytes,
             ctx_per_seq,
+            specials: special::Specials::of(&model),
             crash_marker: std::env::var("PARLANCE_TEST_ENGINE_PANIC")
                 .ok()
                 .filter(|m| !m.is_empty()),
@@ -474,12 +476,12 @@ impl Backend for LocalModel {
     async fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, Error> {
         let text = text.to_string();
         self.off_thread(text.len(), move |prep| {
-            prep.model
-                .vocab()
-                .tokenize(text.as_bytes(), special && prep.add_bos, special)
-                .iter()
-                .map(|t| t.0 as u32)
-                .collect()
+            let tokens = if special {
+                prep.tokenize_part(&text, 0, &[], prep.add_bos)
+            } else {
+                prep.model.vocab().tokenize(text.as_bytes(), false, false)
+            };
+            tokens.iter().map(|t| t.0 as u32).collect()
         })
         .await
     }
@@ -585,6 +587,11 @@ impl Backend for LocalModel {
         req.context
             .progress
             .set_deployment(format!("local/{}", self.info.id));
+        // The limits see the exact prompt before any slot or queue place is taken.
+        req.context
+            .progress
+            .prompt_counted(prompt.len() as u32)
+            .await?;
 
         let media = Arc::new(media);
         let choices: Vec<u32> = (0..req.n.max(1)).collect();

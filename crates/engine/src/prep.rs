@@ -4,6 +4,7 @@
 
 use crate::constraint::Constrainer;
 use crate::job;
+use crate::special::{self, Piece, Specials};
 use crate::vision::{self, ImageInput, Media, Vision};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
@@ -12,6 +13,7 @@ use parlance_core::ir::{ChatRequest, ContentPart, Message, Role, ToolDef};
 use parlance_core::template::ChatTemplate;
 use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::Error;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// What preparing a request needs (template, tokenizer, grammar compiler): shared with
@@ -36,6 +38,7 @@ pub(crate) struct Prep {
     /// B / this many tokens, so an oversized prompt is refused without tokenizing it.
     pub(crate) max_piece_bytes: usize,
     pub(crate) ctx_per_seq: u32,
+    pub(crate) specials: Specials,
     /// Test hook (PARLANCE_TEST_ENGINE_PANIC): a prompt containing this text makes the
     /// engine thread panic, so tests can see how a dead engine is reported.
     pub(crate) crash_marker: Option<String>,
@@ -50,12 +53,60 @@ pub(crate) struct Prepared {
     pub(crate) crash: bool,
 }
 impl Prep {
-    pub(crate) fn tokenize(&self, prompt: &str) -> Vec<LlamaToken> {
-        let add_bos =
-            self.add_bos && (self.bos_text.is_empty() || !prompt.starts_with(&self.bos_text));
-        self.model
-            .vocab()
-            .tokenize(prompt.as_bytes(), add_bos, true)
+    /// Tokens of `text` (which starts at `offset` in the prompt), special-token text
+    /// parsed only outside the prompt's `plain` ranges.
+    pub(crate) fn tokenize_part(
+        &self,
+        text: &str,
+        offset: usize,
+        plain: &[Range<usize>],
+        add_bos: bool,
+    ) -> Vec<LlamaToken> {
+        let vocab = self.model.vocab();
+        let local: Vec<Range<usize>> = plain
+            .iter()
+            .filter(|r| r.end > offset && r.start < offset + text.len())
+            .map(|r| r.start.max(offset) - offset..r.end.min(offset + text.len()) - offset)
+            .collect();
+        let mut tokens = Vec::with_capacity(text.len() / 3 + 2);
+        if add_bos {
+            tokens.push(vocab.bos());
+        }
+        for piece in self.specials.split(text, &local) {
+            match piece {
+                Piece::Token(t) => tokens.push(t),
+                Piece::Text(t) => tokens.extend(vocab.tokenize(t.as_bytes(), false, false)),
+            }
+        }
+        tokens
+    }
+
+    /// Where the messages' texts are in the rendered prompt: tokenized as text there. A
+    /// text the template changed is refused if it holds special-token text, which could
+    /// then not be kept from acting as markup.
+    fn plain_spans(&self, prompt: &str, messages: &[Message]) -> Result<Vec<Range<usize>>, Error> {
+        let texts = messages.iter().flat_map(|m| {
+            m.content.iter().filter_map(|p| match p {
+                ContentPart::Text(t) => Some(t.as_str()),
+                ContentPart::Image(_) => None,
+            })
+        });
+        let (spans, missing) = special::content_spans(prompt, texts);
+        if let Some(bad) = missing.iter().find(|t| self.specials.found_in(t)) {
+            let at = messages
+                .iter()
+                .position(|m| {
+                    m.content
+                        .iter()
+                        .any(|p| matches!(p, ContentPart::Text(t) if t == bad))
+                })
+                .unwrap_or(0);
+            return Err(Error::invalid_param(
+                &format!("messages[{at}].content"),
+                "the text contains a control token of this model's chat template (such as an end-of-turn marker), which this template does not keep as plain text; remove it",
+            ));
+        }
+        Ok(spans)
     }
 
     /// Refuses, before any rendering or tokenizing, a request whose text alone needs
@@ -88,10 +139,19 @@ impl Prep {
             None => self.render(&messages, req, tools_active)?,
         };
         let constraint = self.constrainer.for_request(req)?;
+        let plain = match &req.raw_prompt {
+            Some(_) => Vec::new(),
+            None => self.plain_spans(&prompt_text, &req.messages)?,
+        };
         let (prompt, media) = if images.is_empty() {
-            (self.tokenize(&prompt_text), Vec::new())
+            let add_bos = self.add_bos
+                && (self.bos_text.is_empty() || !prompt_text.starts_with(&self.bos_text));
+            (
+                self.tokenize_part(&prompt_text, 0, &plain, add_bos),
+                Vec::new(),
+            )
         } else {
-            self.tokenize_with_images(&prompt_text, images)?
+            self.tokenize_with_images(&prompt_text, &plain, images)?
         };
         if prompt.is_empty() {
             return Err(Error::invalid_param("messages", "the prompt is empty"));
@@ -165,6 +225,7 @@ impl Prep {
     pub(crate) fn tokenize_with_images(
         &self,
         text: &str,
+        plain: &[Range<usize>],
         images: Vec<ImageInput>,
     ) -> Result<(Vec<LlamaToken>, Vec<Media>), Error> {
         let marker = Vision::marker();
@@ -179,9 +240,13 @@ impl Prep {
                 format!("the text contains `{marker}`, which marks where images go for this model; remove it"),
             ));
         };
-        let mut tokens = self.tokenize(segments[0]);
+        let add_bos =
+            self.add_bos && (self.bos_text.is_empty() || !text.starts_with(&self.bos_text));
+        let mut tokens = self.tokenize_part(segments[0], 0, plain, add_bos);
         let mut media = Vec::with_capacity(images.len());
+        let mut offset = segments[0].len();
         for (image, segment) in images.into_iter().zip(&segments[1..]) {
+            offset += marker.len();
             let chunks = vision.image(&image.bytes).map_err(|why| {
                 Error::invalid_param(&image.at, format!("The image cannot be used: {why}."))
                     .with_code("invalid_image")
@@ -205,7 +270,8 @@ impl Prep {
                 chunks,
             });
             tokens.extend(vision::placeholders(&image.bytes, len));
-            tokens.extend(self.model.vocab().tokenize(segment.as_bytes(), false, true));
+            tokens.extend(self.tokenize_part(segment, offset, plain, false));
+            offset += segment.len();
         }
         // Sampling starts from the last prompt token's logits, which an image has not.
         if media

@@ -2,6 +2,7 @@
 
 mod client;
 mod hub;
+mod logwriter;
 mod serve;
 mod tenancy_cli;
 

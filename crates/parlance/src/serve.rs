@@ -284,9 +284,13 @@ fn init_logging(verbose: bool, format: LogFormat) {
             .with_current_span(false)
             .try_init(),
         // Colour codes only where a person reads them; files and journald get plain text.
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
+        LogFormat::Text => {
+            let colours = std::io::stderr().is_terminal();
+            builder
+                .with_ansi(colours)
+                .with_writer(crate::logwriter::Escaping { colours })
+                .try_init()
+        }
     };
 }
 

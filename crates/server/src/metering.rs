@@ -7,13 +7,16 @@
 use crate::auth::Principal;
 use crate::reqlog::RequestCtx;
 use futures::StreamExt;
+use parlance_core::ir::PromptGate;
 use parlance_core::ir::{Progress, StreamEvent, Usage};
 use parlance_core::{Error, ErrorKind, EventStream, ModelInfo};
+use parlance_tenancy::budget::{Estimate, Exhausted, Hold};
 use parlance_tenancy::keys::now_ms;
 use parlance_tenancy::limits::{RateHeaders, Refused, Ticket};
 use parlance_tenancy::usage::UsageRow;
 use parlance_tenancy::Tenancy;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Rough tokens of text, for estimates: about four bytes a token.
@@ -24,17 +27,18 @@ pub fn estimate_tokens(bytes: usize) -> u32 {
 /// A request the gate let through.
 #[derive(Default)]
 pub struct Admitted {
-    pub ticket: Option<Ticket>,
+    pub ticket: Option<Arc<Ticket>>,
+    pub hold: Option<Hold>,
     pub headers: RateHeaders,
 }
 
-/// Checks a stored key's model allowlist, budget and rate limits; `estimate` is the
-/// tokens the request may use (prompt + completion cap).
+/// Checks a stored key's model allowlist, budget and rate limits, holding `want` (the
+/// tokens and dollars the request may spend: prompt + completion cap) against them.
 pub async fn gate(
     tenancy: Option<&Arc<Tenancy>>,
     principal: &Principal,
     model: &str,
-    estimate: u64,
+    want: Estimate,
 ) -> Result<Admitted, (Error, RateHeaders)> {
     let (Some(t), Some(key)) = (tenancy, principal.key()) else {
         return Ok(Admitted::default());
@@ -48,18 +52,14 @@ pub async fn gate(
         .with_code("model_not_allowed");
         return Err((e, RateHeaders::default()));
     }
-    if let Err(why) = t.check_budget(key).await {
-        metrics::counter!("parlance_limit_rejections_total", "reason" => "budget").increment(1);
-        let e = Error::new(
-            ErrorKind::RateLimited,
-            format!("You exceeded your current quota: {why}."),
-        )
-        .with_code("insufficient_quota");
-        return Err((e, RateHeaders::default()));
-    }
-    match t.admit(key, estimate).await {
+    let hold = t
+        .reserve_budget(key, want)
+        .await
+        .map_err(|why| (quota_error(&why), RateHeaders::default()))?;
+    match t.admit(key, want.tokens).await {
         Ok((ticket, headers)) => Ok(Admitted {
-            ticket: Some(ticket),
+            ticket: Some(Arc::new(ticket)),
+            hold: Some(hold),
             headers,
         }),
         Err(d) => {
@@ -74,17 +74,76 @@ pub async fn gate(
                 Refused::Tokens => format!("tokens per minute (limit {})", d.limit),
                 Refused::Concurrency => format!("concurrent requests (limit {})", d.limit),
             };
-            let e = Error::new(
-                ErrorKind::RateLimited,
-                format!(
-                    "Rate limit reached for {what}. Please try again in {}s.",
-                    d.retry_after
-                ),
-            )
-            .with_code("rate_limit_exceeded")
-            .with_retry_after(d.retry_after);
-            Err((e, d.headers))
+            Err((rate_error(&what, d.retry_after), d.headers))
         }
+    }
+}
+
+fn quota_error(why: &Exhausted) -> Error {
+    metrics::counter!("parlance_limit_rejections_total", "reason" => "budget").increment(1);
+    Error::new(
+        ErrorKind::RateLimited,
+        format!("You exceeded your current quota: {why}."),
+    )
+    .with_code("insufficient_quota")
+}
+
+fn rate_error(what: &str, retry_after: u64) -> Error {
+    Error::new(
+        ErrorKind::RateLimited,
+        format!("Rate limit reached for {what}. Please try again in {retry_after}s."),
+    )
+    .with_code("rate_limit_exceeded")
+    .with_retry_after(retry_after)
+}
+
+/// The limits checked again once the backend has counted the prompt: the TPM
+/// reservation and the budget hold move from the byte estimate to the count.
+fn prompt_gate(
+    ticket: Option<Arc<Ticket>>,
+    hold: Arc<Mutex<Option<Hold>>>,
+    completion: u64,
+    price: Option<parlance_core::Price>,
+) -> PromptGate {
+    PromptGate(Arc::new(move |prompt_tokens| {
+        let (ticket, hold) = (ticket.clone(), Arc::clone(&hold));
+        Box::pin(async move {
+            let want = estimate_of(u64::from(prompt_tokens), completion, price);
+            if let Some(t) = &ticket {
+                if let Err(limit) = t.resize(want.tokens).await {
+                    metrics::counter!("parlance_limit_rejections_total", "reason" => "tpm")
+                        .increment(1);
+                    let what = format!(
+                        "tokens per minute (limit {limit}; this prompt is {prompt_tokens} tokens)"
+                    );
+                    return Err(rate_error(&what, 1));
+                }
+            }
+            let taken = hold.lock().ok().and_then(|mut h| h.take());
+            if let Some(mut h) = taken {
+                let resized = h.resize(want).await;
+                if let Ok(mut slot) = hold.lock() {
+                    *slot = Some(h);
+                }
+                resized.map_err(|why| quota_error(&why))?;
+            }
+            Ok(())
+        })
+    }))
+}
+
+/// Tokens and dollars a request may spend.
+fn estimate_of(prompt: u64, completion: u64, price: Option<parlance_core::Price>) -> Estimate {
+    let usd = price.map_or(0.0, |p| {
+        p.cost(&Usage {
+            prompt_tokens: prompt.min(u64::from(u32::MAX)) as u32,
+            completion_tokens: completion.min(u64::from(u32::MAX)) as u32,
+            ..Usage::default()
+        })
+    });
+    Estimate {
+        tokens: prompt + completion,
+        usd,
     }
 }
 
@@ -94,7 +153,9 @@ pub struct Meter {
     pub row: UsageRow,
     pub price: Option<parlance_core::Price>,
     pub progress: Progress,
-    pub ticket: Option<Ticket>,
+    pub ticket: Option<Arc<Ticket>>,
+    /// The budget held for this request; released after its row counts the spend.
+    pub hold: Arc<Mutex<Option<Hold>>>,
     /// Estimated prompt tokens, when the backend never says.
     pub prompt_estimate: u32,
     pub ctx: Arc<RequestCtx>,
@@ -124,6 +185,7 @@ impl Meter {
             price: info.price,
             progress,
             ticket: None,
+            hold: Arc::default(),
             prompt_estimate: 0,
             ctx,
         }
@@ -163,8 +225,23 @@ impl Meter {
         if let Some(t) = &self.ticket {
             t.settle(u64::from(u.total()));
         }
+        if let Some(h) = self.hold.lock().ok().as_mut().and_then(|h| h.as_mut()) {
+            h.set_actual(Estimate {
+                tokens: u64::from(u.total()),
+                usd: row.cost_usd,
+            });
+        }
         self.ctx.set_usage(u);
         row
+    }
+}
+
+/// The budget hold ends with the meter, after its row has counted the spend (the
+/// prompt gate may still hold the shared slot: it is emptied here).
+impl Drop for Meter {
+    fn drop(&mut self) {
+        let hold = self.hold.lock().ok().and_then(|mut h| h.take());
+        drop(hold);
     }
 }
 
@@ -248,6 +325,18 @@ pub async fn record_refusal(meter: Option<Meter>, e: &Error) {
     }
 }
 
+/// Whether a key's limits depend on the prompt's size.
+fn limits_prompt(k: &parlance_tenancy::keys::KeyRecord) -> bool {
+    k.tpm.is_some() || k.budget_tokens.is_some() || k.budget_usd.is_some()
+}
+
+/// Tokens a chat template adds around the text, for upstreams (local models count the
+/// rendered prompt exactly before the work is queued): a few per message, as OpenAI
+/// documents for its own templates.
+fn template_overhead(req: &parlance_core::ir::ChatRequest) -> u64 {
+    3 + 4 * req.messages.len() as u64
+}
+
 /// Bytes of text the prompt is made of (messages and tool schemas).
 pub fn prompt_bytes(req: &parlance_core::ir::ChatRequest) -> usize {
     let text: usize = req.messages.iter().map(|m| m.joined_text().len()).sum();
@@ -286,7 +375,12 @@ pub async fn admit(
     use axum::response::IntoResponse;
     let bytes = prompt_bytes(req);
     let cap = req.max_tokens.or(info.max_output_tokens).unwrap_or(1024);
-    let estimate = u64::from(estimate_tokens(bytes)) + u64::from(cap) * u64::from(req.n.max(1));
+    let completion = u64::from(cap) * u64::from(req.n.max(1));
+    let want = estimate_of(
+        u64::from(estimate_tokens(bytes)) + template_overhead(req),
+        completion,
+        info.price,
+    );
     req.context.request_id = ctx.id.clone();
     req.context.key_id = principal.key().map(|k| k.id.clone());
     if let Some(k) = principal.key() {
@@ -305,10 +399,22 @@ pub async fn admit(
         m.prompt_estimate = estimate_tokens(bytes);
         m
     });
-    match gate(state.tenancy.as_ref(), principal, &req.model, estimate).await {
+    match gate(state.tenancy.as_ref(), principal, &req.model, want).await {
         Ok(a) => {
             if let Some(m) = meter.as_mut() {
+                if let Ok(mut h) = m.hold.lock() {
+                    *h = a.hold;
+                }
                 m.ticket = a.ticket;
+                if principal.key().is_some_and(limits_prompt) {
+                    let g = prompt_gate(
+                        m.ticket.clone(),
+                        Arc::clone(&m.hold),
+                        completion,
+                        info.price,
+                    );
+                    req.context.progress.set_prompt_gate(g);
+                }
             }
             Ok((meter, a.headers))
         }

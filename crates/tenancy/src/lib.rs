@@ -2,6 +2,7 @@
 //! kept in a SQL store. No HTTP here: the server crate turns this into routes,
 //! headers and error bodies.
 
+pub mod budget;
 pub mod keys;
 pub mod limits;
 pub mod responses;
@@ -22,6 +23,10 @@ use usage::{Recorder, UsageRow};
 /// How long a looked-up key is trusted before it is read again: revocation and edits
 /// made elsewhere (another replica, the CLI) take effect within this.
 const KEY_TTL: Duration = Duration::from_secs(1);
+
+/// Found keys cached at most: beyond this, stale ones are dropped, then lookups go
+/// uncached until the cache has room (every entry is at most [`KEY_TTL`] old).
+const KEY_CACHE_MAX: usize = 10_000;
 
 /// Why a presented Parlance key is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +64,10 @@ pub struct Tenancy {
     /// Bearer key of the admin API; `None`: the admin API is off.
     pub admin_key: Option<String>,
     cache: Mutex<HashMap<String, (Option<KeyRecord>, Instant)>>,
-    /// Tokens and dollars spent per key, loaded once from the store, then kept current.
-    spent: Mutex<HashMap<String, (u64, f64)>>,
-    /// Whether the store holds any usable key: then every request needs one.
+    /// Tokens and dollars spent per key (loaded once from the store, then kept current)
+    /// and held by requests in flight.
+    spent: budget::SpendMap,
+    /// Whether the store has ever held a key: then every request needs one.
     has_keys: std::sync::atomic::AtomicBool,
     /// Signs access tokens; shared by every replica through the store.
     token_secret: String,
@@ -98,7 +104,7 @@ impl Tenancy {
             shared,
             admin_key,
             cache: Mutex::new(HashMap::new()),
-            spent: Mutex::new(HashMap::new()),
+            spent: budget::SpendMap::default(),
             has_keys: std::sync::atomic::AtomicBool::new(false),
         }))
     }
@@ -115,17 +121,19 @@ impl Tenancy {
         }
     }
 
-    /// Whether callers must present a key: once an admin key is set or any key exists.
+    /// Whether callers must present a key: once an admin key is set or the store has
+    /// ever held a key (revoking or expiring the last one never reopens the server).
     pub fn requires_keys(&self) -> bool {
         self.admin_key.is_some() || self.has_keys.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Reads again whether any unrevoked key exists (keys made by the CLI or another
-    /// replica close an open server within the refresh period).
+    /// Reads again whether the store requires keys (keys made by the CLI or another
+    /// replica close an open server within the refresh period). Only ever closes: a
+    /// failed or stale read never opens a server that was closed.
     pub async fn refresh_has_keys(&self) {
-        if let Ok(any) = self.store.any_active_key().await {
+        if let Ok(true) = self.store.keys_required().await {
             self.has_keys
-                .store(any, std::sync::atomic::Ordering::Relaxed);
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -163,6 +171,10 @@ impl Tenancy {
                 tokens::verify(&self.token_secret, presented).ok_or(KeyRefused::Unknown)?;
             if expires <= now_ms() {
                 return Err(KeyRefused::Expired);
+            }
+            // Never issued for longer: a token claiming more was not made here.
+            if expires > now_ms() + tokens::LIFETIME_MS + 60_000 {
+                return Err(KeyRefused::Unknown);
             }
             let record = self.key(&id).await.ok_or(KeyRefused::Unknown)?;
             return usable(record).map(Some);
@@ -213,10 +225,22 @@ impl Tenancy {
                 return None;
             }
         };
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(id.to_string(), (fetched.clone(), Instant::now()));
+        // Only found keys are cached: ids are the caller's choice, and caching misses let
+        // random ids grow memory without bound. Stale entries go when the cache is full.
+        if let (Some(found), Ok(mut cache)) = (&fetched, self.cache.lock()) {
+            if cache.len() >= KEY_CACHE_MAX {
+                cache.retain(|_, (_, at)| at.elapsed() < KEY_TTL);
+            }
+            if cache.len() < KEY_CACHE_MAX {
+                cache.insert(id.to_string(), (Some(found.clone()), Instant::now()));
+            }
         }
         fetched
+    }
+
+    /// How many key lookups are cached (bounded by [`KEY_CACHE_MAX`]).
+    pub fn cached_keys(&self) -> usize {
+        self.cache.lock().map_or(0, |c| c.len())
     }
 
     /// Drops a key from the cache after it changed here.
@@ -228,33 +252,61 @@ impl Tenancy {
 
     /// Tokens and dollars a key has spent.
     pub async fn spent(&self, id: &str) -> (u64, f64) {
+        let s = self.spend(id).await;
+        (s.tokens, s.usd)
+    }
+
+    /// A key's spend, loaded from the store the first time.
+    async fn spend(&self, id: &str) -> budget::Spend {
         if let Some(s) = self.spent.lock().ok().and_then(|m| m.get(id).copied()) {
             return s;
         }
-        let from_db = self.store.spent(id).await.unwrap_or_default();
-        if let Ok(mut m) = self.spent.lock() {
-            return *m.entry(id.to_string()).or_insert(from_db);
+        let (tokens, usd) = self.store.spent(id).await.unwrap_or_default();
+        let loaded = budget::Spend {
+            tokens,
+            usd,
+            ..budget::Spend::default()
+        };
+        match self.spent.lock() {
+            Ok(mut m) => *m.entry(id.to_string()).or_insert(loaded),
+            Err(_) => loaded,
         }
-        from_db
     }
 
-    /// The budget a key has left: `Err` naming the one used up.
-    pub async fn check_budget(&self, k: &KeyRecord) -> Result<(), String> {
+    /// Holds `want` (capped at what is left) against the key's budgets until the hold
+    /// drops, or says which budget is used up. Keys without budgets hold nothing.
+    pub async fn reserve_budget(
+        &self,
+        k: &KeyRecord,
+        want: budget::Estimate,
+    ) -> Result<budget::Hold, budget::Exhausted> {
         if k.budget_tokens.is_none() && k.budget_usd.is_none() {
-            return Ok(());
+            return Ok(budget::Hold::none());
         }
-        let (tokens, usd) = self.spent(&k.id).await;
-        if let Some(b) = k.budget_tokens.filter(|&b| tokens >= b) {
-            return Err(format!(
-                "this key's token budget of {b} is used up ({tokens} spent)"
-            ));
+        if let Some(shared) = &self.shared {
+            if let Some(answer) = shared.reserve_budget(k, want, &self.store).await {
+                return answer;
+            }
+            // Redis unreachable: this replica's own counters, as for the rate limits.
         }
-        if let Some(b) = k.budget_usd.filter(|&b| usd >= b) {
-            return Err(format!(
-                "this key's budget of ${b:.2} is used up (${usd:.4} spent)"
-            ));
-        }
-        Ok(())
+        self.spend(&k.id).await;
+        let mut m = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let s = m.entry(k.id.clone()).or_default();
+        let budgets = budget::Budgets::of(k);
+        let held = budget::hold_for(
+            &budgets,
+            s.tokens.saturating_add(s.held_tokens),
+            s.usd + s.held_usd,
+            want,
+        )?;
+        s.held_tokens += held.tokens;
+        s.held_usd += held.usd;
+        Ok(budget::Hold(budget::HoldKind::Local {
+            spent: std::sync::Arc::clone(&self.spent),
+            key: k.id.clone(),
+            budgets,
+            held,
+        }))
     }
 
     /// Queues a row without waiting and without needing a runtime (for `Drop`): its
@@ -263,8 +315,8 @@ impl Tenancy {
         if let Some(id) = &row.key_id {
             if let Ok(mut m) = self.spent.lock() {
                 if let Some(e) = m.get_mut(id) {
-                    e.0 += u64::from(row.prompt_tokens) + u64::from(row.completion_tokens);
-                    e.1 += row.cost_usd;
+                    e.tokens += u64::from(row.prompt_tokens) + u64::from(row.completion_tokens);
+                    e.usd += row.cost_usd;
                 }
             }
         }
@@ -275,11 +327,11 @@ impl Tenancy {
     pub async fn record(&self, row: UsageRow, wait: bool) -> Result<(), String> {
         if let Some(id) = &row.key_id {
             let tokens = u64::from(row.prompt_tokens) + u64::from(row.completion_tokens);
-            let current = self.spent(id).await;
+            self.spend(id).await;
             if let Ok(mut m) = self.spent.lock() {
-                let e = m.entry(id.clone()).or_insert(current);
-                e.0 += tokens;
-                e.1 += row.cost_usd;
+                let e = m.entry(id.clone()).or_default();
+                e.tokens += tokens;
+                e.usd += row.cost_usd;
             }
         }
         if wait {
@@ -305,6 +357,50 @@ fn usable(record: KeyRecord) -> Result<KeyRecord, KeyRefused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn concurrent_holds_never_promise_more_than_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("b.db").display());
+        let t = Tenancy::open(&url, None).await.unwrap();
+        let (rec, _) = t
+            .create_key(KeySpec {
+                name: "b".into(),
+                budget_tokens: Some(300),
+                ..KeySpec::default()
+            })
+            .await
+            .unwrap();
+        let want = budget::Estimate {
+            tokens: 120,
+            usd: 0.0,
+        };
+        let mut held = Vec::new();
+        for _ in 0..30 {
+            if let Ok(h) = t.reserve_budget(&rec, want).await {
+                held.push(h);
+            }
+        }
+        // 120 + 120 + the 60 left.
+        assert_eq!(held.len(), 3);
+        // A hold grown past what is left is refused only when nothing is left.
+        assert!(held[2].resize(want).await.is_ok());
+        held.pop();
+        assert!(t.reserve_budget(&rec, want).await.is_ok());
+        // Spend counted by its row, then the hold ends: what is left is what was not spent.
+        let row = UsageRow {
+            key_id: Some(rec.id.clone()),
+            prompt_tokens: 250,
+            ..UsageRow::default()
+        };
+        t.record(row, true).await.unwrap();
+        held.clear();
+        let h = t.reserve_budget(&rec, want).await.unwrap();
+        let budget::HoldKind::Local { held: got, .. } = &h.0 else {
+            panic!("a local hold")
+        };
+        assert_eq!(got.tokens, 50);
+    }
 
     #[tokio::test]
     async fn keys_round_trip_through_sqlite_and_usage_is_grouped() {
@@ -349,10 +445,16 @@ mod tests {
             t.record(row, true).await.unwrap();
         }
         assert_eq!(t.spent(&rec.id).await, (120, 1.5));
+        let want = budget::Estimate {
+            tokens: 10,
+            usd: 0.0,
+        };
         assert!(t
-            .check_budget(&got)
+            .reserve_budget(&got, want)
             .await
-            .unwrap_err()
+            .err()
+            .unwrap()
+            .to_string()
             .contains("token budget"));
         let by_model = t
             .store
@@ -379,6 +481,29 @@ mod tests {
         assert!(t.store.revoke_key(&rec.id).await.unwrap());
         t.forget(&rec.id);
         assert_eq!(t.authenticate(&key).await.unwrap_err(), KeyRefused::Revoked);
+        // A genuine signature on a lifetime longer than any issued is refused.
+        let ten_years = tokens::issue(&t.token_secret, &rec.id, now_ms() + 315_360_000_000);
+        assert_eq!(
+            t.authenticate(&ten_years).await.unwrap_err(),
+            KeyRefused::Unknown
+        );
+        // Unknown ids are not cached (callers choose them).
+        for i in 0..50 {
+            let fake = format!("sk-prl-{:012}-{}", i, "a".repeat(32));
+            assert_eq!(
+                t.authenticate(&fake).await.unwrap_err(),
+                KeyRefused::Unknown
+            );
+        }
+        assert_eq!(t.cached_keys(), 1);
+        // Its only key revoked, the store still requires keys, also when opened again.
+        t.refresh_has_keys().await;
+        assert!(t.requires_keys());
+        let again = Tenancy::open(&url, None).await.unwrap();
+        assert!(!again.requires_keys());
+        again.refresh_has_keys().await;
+        assert!(again.requires_keys());
+        drop(again);
         // The secret is nowhere in the database file.
         let secret = key.rsplit('-').next().unwrap();
         drop(t);

@@ -114,6 +114,9 @@ pub struct Ticket(TicketKind);
 
 type Settle = Box<dyn Fn(u64) + Send + Sync>;
 type Release = Box<dyn FnOnce() + Send + Sync>;
+/// Moves a reservation to a new estimate; `Err(limit)` when it no longer fits.
+pub(crate) type ResizeTokens =
+    Box<dyn Fn(u64) -> futures::future::BoxFuture<'static, Result<(), u64>> + Send + Sync>;
 
 enum TicketKind {
     Local {
@@ -121,9 +124,11 @@ enum TicketKind {
         key: String,
         reservation: u64,
         counts_tokens: bool,
+        tpm: u64,
     },
     /// Counted elsewhere (Redis): what settling and releasing do there.
     Remote {
+        resize: Option<ResizeTokens>,
         settle: Settle,
         release: Option<Release>,
     },
@@ -222,6 +227,7 @@ impl Limiter {
                 key: key.id.clone(),
                 reservation: id,
                 counts_tokens: key.tpm.is_some(),
+                tpm: key.tpm.map_or(0, u64::from),
             }),
             headers,
         ))
@@ -229,11 +235,48 @@ impl Limiter {
 }
 
 impl Ticket {
-    pub(crate) fn remote(settle: Settle, release: Release) -> Ticket {
+    pub(crate) fn remote(resize: Option<ResizeTokens>, settle: Settle, release: Release) -> Ticket {
         Ticket(TicketKind::Remote {
+            resize,
             settle,
             release: Some(release),
         })
+    }
+
+    /// Reserves `estimate` instead of the first estimate (once the prompt is counted),
+    /// capped at the limit as when admitted; `Err(limit)` when the larger reservation no
+    /// longer fits the window (a smaller one always does).
+    pub async fn resize(&self, estimate: u64) -> Result<(), u64> {
+        match &self.0 {
+            TicketKind::Local {
+                limiter,
+                key,
+                reservation,
+                counts_tokens: true,
+                tpm,
+            } => {
+                let new = estimate.min(*tpm);
+                let mut keys = limiter.keys.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(st) = keys.get_mut(key) else {
+                    return Ok(());
+                };
+                let Some(entry) = st.tokens.iter_mut().rev().find(|e| e.2 == *reservation) else {
+                    return Ok(());
+                };
+                let others = st.tokens_sum - entry.1;
+                if new > entry.1 && others + new > *tpm {
+                    return Err(*tpm);
+                }
+                st.tokens_sum = others + new;
+                entry.1 = new;
+                Ok(())
+            }
+            TicketKind::Local { .. } => Ok(()),
+            TicketKind::Remote {
+                resize: Some(r), ..
+            } => r(estimate).await,
+            TicketKind::Remote { .. } => Ok(()),
+        }
     }
 
     /// Replaces the token reservation with what the request really used.
@@ -244,6 +287,7 @@ impl Ticket {
                 key,
                 reservation,
                 counts_tokens: true,
+                ..
             } => {
                 let mut keys = limiter.keys.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(st) = keys.get_mut(key) {
@@ -330,6 +374,20 @@ mod tests {
         // Bigger than the limit: reserves the whole limit instead of never passing.
         let l2 = Arc::new(Limiter::default());
         assert!(l2.admit(&k, 10_000).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_reservation_grows_only_while_it_fits() {
+        let l = Arc::new(Limiter::default());
+        let k = key(None, Some(100), None);
+        let (a, _) = l.admit(&k, 10).unwrap();
+        let (b, _) = l.admit(&k, 10).unwrap();
+        assert_eq!(a.resize(60).await, Ok(()));
+        assert_eq!(b.resize(50).await, Err(100));
+        assert_eq!(b.resize(40).await, Ok(()));
+        assert_eq!(a.resize(5).await, Ok(()));
+        let (_c, h) = l.admit(&k, 50).unwrap();
+        assert_eq!(h.tokens.unwrap().1, 5);
     }
 
     #[test]

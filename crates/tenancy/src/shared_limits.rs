@@ -7,8 +7,10 @@
 //! keep flowing and are never stalled or lost (usage goes to the database either way),
 //! at the price of up to N times the limit over N replicas until Redis is back.
 
+use crate::budget::{Budgets, Estimate, Exhausted, Hold, HoldKind};
 use crate::keys::KeyRecord;
-use crate::limits::{Denied, Limiter, RateHeaders, Refused, Ticket};
+use crate::limits::{Denied, Limiter, RateHeaders, Refused, ResizeTokens, Ticket};
+use crate::store::Store;
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,8 +19,10 @@ use std::time::Duration;
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 const WINDOW_MS: i64 = 60_000;
 
-/// KEYS: requests zset, tokens zset, tokens hash, in-flight counter, tokens sum.
-/// ARGV: rpm, tpm, max concurrent (0: none), tokens to reserve, reservation id.
+/// KEYS: requests zset, tokens zset, tokens hash, in-flight leases zset, tokens sum.
+/// ARGV: rpm, tpm, max concurrent (0: none), tokens to reserve, reservation id, lease ms.
+/// A place in flight is a lease (member: reservation id, score: expiry) that its replica
+/// renews; a killed replica's places lapse within [`LEASE`].
 /// Returns {verdict (0 ok, 1 rpm, 2 tpm, 3 concurrency), requests in window, tokens in
 /// window, oldest request ms, oldest tokens ms, now ms}. Expired entries leave the
 /// running sum as they go, so each call costs O(1) amortised, not O(window).
@@ -27,8 +31,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local win = 60000
 local rpm, tpm, mc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local reserve, id = tonumber(ARGV[4]), ARGV[5]
+local reserve, id, lease = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - win)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local used = tonumber(redis.call('GET', KEYS[5]) or '0')
 local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - win)
 if #old > 0 then
@@ -41,15 +46,15 @@ if #old > 0 then
   redis.call('SET', KEYS[5], used, 'PX', win)
 end
 local nreq = redis.call('ZCARD', KEYS[1])
-local inflight = tonumber(redis.call('GET', KEYS[4]) or '0')
+local inflight = redis.call('ZCARD', KEYS[4])
 local oreq = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or now)
 local otok = tonumber(redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or now)
 if mc > 0 and inflight >= mc then return {3, nreq, used, oreq, otok, now} end
 if rpm > 0 and nreq >= rpm then return {1, nreq, used, oreq, otok, now} end
 if tpm > 0 and used + reserve > tpm then return {2, nreq, used, oreq, otok, now} end
 if mc > 0 then
-  redis.call('INCR', KEYS[4])
-  redis.call('PEXPIRE', KEYS[4], 600000)
+  redis.call('ZADD', KEYS[4], now + lease, id)
+  redis.call('PEXPIRE', KEYS[4], 3600000)
 end
 if rpm > 0 then
   redis.call('ZADD', KEYS[1], now, id)
@@ -67,6 +72,20 @@ end
 return {0, nreq, used, oreq, otok, now}
 ";
 
+/// KEYS: tokens hash, tokens sum. ARGV: reservation id, new reservation, TPM limit.
+/// Grows a reservation only while it fits (returns 1 and the tokens used when not);
+/// shrinking always succeeds.
+const RESIZE: &str = r"
+local r = redis.call('HGET', KEYS[1], ARGV[1])
+if not r then return {0, 0} end
+local sum = tonumber(redis.call('GET', KEYS[2]) or '0')
+local new, old, tpm = tonumber(ARGV[2]), tonumber(r), tonumber(ARGV[3])
+if new > old and sum - old + new > tpm then return {1, sum} end
+redis.call('HSET', KEYS[1], ARGV[1], new)
+redis.call('SET', KEYS[2], math.max(0, sum - old + new), 'KEEPTTL')
+return {0, sum - old + new}
+";
+
 /// KEYS: tokens hash, tokens sum. ARGV: reservation id, actual tokens.
 const SETTLE: &str = r"
 local r = redis.call('HGET', KEYS[1], ARGV[1])
@@ -79,10 +98,83 @@ end
 return 0
 ";
 
-/// KEYS: in-flight counter.
-const RELEASE: &str = r"
-local v = tonumber(redis.call('GET', KEYS[1]) or '0')
-if v > 0 then redis.call('DECR', KEYS[1]) end
+/// How long a place in flight or a budget hold outlives its replica's last renewal.
+pub const LEASE: Duration = Duration::from_secs(6);
+
+/// KEYS: spent hash (`t`, `u`), holds hash (`ID:t`, `ID:u`, totals `_t`, `_u`), hold
+/// leases zset. ARGV: token budget (-1: none), USD budget (-1: none), tokens wanted, USD
+/// wanted, hold id, lease ms, then the store's spent tokens and USD when loading.
+/// Returns {'-1'} when the spend must be loaded from the store first, {'1', spent} or
+/// {'2', spent} when a budget is used up, {'0', tokens held, USD held}.
+const RESERVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local bt, bu = tonumber(ARGV[1]), tonumber(ARGV[2])
+local wt, wu = tonumber(ARGV[3]), tonumber(ARGV[4])
+local id, lease = ARGV[5], tonumber(ARGV[6])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if not ARGV[7] then return {'-1'} end
+  redis.call('HSET', KEYS[1], 't', ARGV[7], 'u', ARGV[8])
+  -- Reloaded from the store now and then, so a lost settle cannot drift for long.
+  redis.call('PEXPIRE', KEYS[1], 3600000)
+end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+-- The same id again: a resize, so its old hold is taken back first.
+if redis.call('HEXISTS', KEYS[2], id .. ':t') == 1 then table.insert(dead, id) end
+for _, m in ipairs(dead) do
+  local ht = tonumber(redis.call('HGET', KEYS[2], m .. ':t') or '0')
+  local hu = tonumber(redis.call('HGET', KEYS[2], m .. ':u') or '0')
+  redis.call('HINCRBY', KEYS[2], '_t', -ht)
+  redis.call('HINCRBYFLOAT', KEYS[2], '_u', -hu)
+  redis.call('HDEL', KEYS[2], m .. ':t', m .. ':u')
+end
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  redis.call('ZREM', KEYS[3], id)
+end
+local st = tonumber(redis.call('HGET', KEYS[1], 't') or '0') + tonumber(redis.call('HGET', KEYS[2], '_t') or '0')
+local su = tonumber(redis.call('HGET', KEYS[1], 'u') or '0') + tonumber(redis.call('HGET', KEYS[2], '_u') or '0')
+if bt >= 0 and st >= bt then return {'1', tostring(st)} end
+if bu >= 0 and su >= bu then return {'2', tostring(su)} end
+local ht, hu = 0, 0
+if bt >= 0 then ht = math.min(wt, bt - st) end
+if bu >= 0 then hu = math.max(0, math.min(wu, bu - su)) end
+redis.call('HSET', KEYS[2], id .. ':t', ht, id .. ':u', tostring(hu))
+redis.call('HINCRBY', KEYS[2], '_t', ht)
+redis.call('HINCRBYFLOAT', KEYS[2], '_u', tostring(hu))
+redis.call('ZADD', KEYS[3], now + lease, id)
+redis.call('PEXPIRE', KEYS[2], 3600000)
+redis.call('PEXPIRE', KEYS[3], 3600000)
+return {'0', tostring(ht), tostring(hu)}
+";
+
+/// KEYS: lease zsets. ARGV: lease ms, then each zset's member. Renews leases not yet
+/// released (XX), on Redis' clock as every other script.
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i, k in ipairs(KEYS) do
+  redis.call('ZADD', k, 'XX', now + tonumber(ARGV[1]), ARGV[i + 1])
+  redis.call('PEXPIRE', k, 3600000)
+end
+return 0
+";
+
+/// KEYS: as [`RESERVE`]. ARGV: hold id, actual tokens, actual USD. Ends the hold and
+/// counts the actual spend (also when the hold had lapsed).
+const SETTLE_BUDGET: &str = r"
+local ht = redis.call('HGET', KEYS[2], ARGV[1] .. ':t')
+if ht then
+  local hu = redis.call('HGET', KEYS[2], ARGV[1] .. ':u') or '0'
+  redis.call('HINCRBY', KEYS[2], '_t', -tonumber(ht))
+  redis.call('HINCRBYFLOAT', KEYS[2], '_u', -tonumber(hu))
+  redis.call('HDEL', KEYS[2], ARGV[1] .. ':t', ARGV[1] .. ':u')
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 't', ARGV[2])
+  redis.call('HINCRBYFLOAT', KEYS[1], 'u', ARGV[3])
+end
 return 0
 ";
 
@@ -90,7 +182,12 @@ pub struct SharedLimiter {
     conn: ConnectionManager,
     admit: redis::Script,
     settle: redis::Script,
-    release: redis::Script,
+    reserve: redis::Script,
+    settle_budget: redis::Script,
+    resize: redis::Script,
+    renew: redis::Script,
+    /// Leases this replica holds, as (zset, member): renewed until released.
+    leases: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Makes reservation ids unique across replicas.
     replica: u64,
     next: AtomicU64,
@@ -102,8 +199,16 @@ fn keys_of(id: &str) -> [String; 5] {
         format!("parlance:{{{id}}}:req"),
         format!("parlance:{{{id}}}:tok"),
         format!("parlance:{{{id}}}:tokv"),
-        format!("parlance:{{{id}}}:inflight"),
+        format!("parlance:{{{id}}}:flight"),
         format!("parlance:{{{id}}}:toksum"),
+    ]
+}
+
+fn budget_keys_of(id: &str) -> [String; 3] {
+    [
+        format!("parlance:{{{id}}}:spent"),
+        format!("parlance:{{{id}}}:holds"),
+        format!("parlance:{{{id}}}:holdlease"),
     ]
 }
 
@@ -125,11 +230,65 @@ impl SharedLimiter {
             conn,
             admit: redis::Script::new(ADMIT),
             settle: redis::Script::new(SETTLE),
-            release: redis::Script::new(RELEASE),
+            reserve: redis::Script::new(RESERVE),
+            settle_budget: redis::Script::new(SETTLE_BUDGET),
+            renew: redis::Script::new(RENEW),
+            resize: redis::Script::new(RESIZE),
+            leases: std::sync::Mutex::default(),
             replica: rand::random(),
             next: AtomicU64::new(0),
             fallback,
-        }))
+        })
+        .start_renewing())
+    }
+
+    /// Renews this replica's leases a few times per [`LEASE`], while it lives.
+    fn start_renewing(self: Arc<Self>) -> Arc<Self> {
+        let weak = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE / 4);
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                let held: Vec<(String, String)> = this
+                    .leases
+                    .lock()
+                    .map(|l| l.iter().cloned().collect())
+                    .unwrap_or_default();
+                if held.is_empty() {
+                    continue;
+                }
+                let mut inv = this.renew.prepare_invoke();
+                inv.arg(LEASE.as_millis() as u64);
+                for (zset, member) in &held {
+                    inv.key(zset).arg(member);
+                }
+                let mut conn = this.conn.clone();
+                let _: Result<Result<i64, _>, _> =
+                    tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await;
+            }
+        });
+        self
+    }
+
+    fn hold_lease(&self, zset: &str, member: &str) {
+        if let Ok(mut l) = self.leases.lock() {
+            l.insert((zset.to_string(), member.to_string()));
+        }
+    }
+
+    fn drop_lease(&self, zset: &str, member: &str) {
+        if let Ok(mut l) = self.leases.lock() {
+            l.remove(&(zset.to_string(), member.to_string()));
+        }
+    }
+
+    fn new_id(&self) -> String {
+        format!(
+            "{:x}-{}",
+            self.replica,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     pub async fn admit(
@@ -141,11 +300,7 @@ impl SharedLimiter {
             return self.fallback.admit(key, estimate);
         }
         let reserve = key.tpm.map_or(0, |tpm| estimate.min(u64::from(tpm)));
-        let id = format!(
-            "{:x}-{}",
-            self.replica,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = self.new_id();
         let k = keys_of(&key.id);
         let mut conn = self.conn.clone();
         let mut inv = self.admit.prepare_invoke();
@@ -156,7 +311,8 @@ impl SharedLimiter {
             .arg(key.tpm.unwrap_or(0))
             .arg(key.max_concurrent.unwrap_or(0))
             .arg(reserve)
-            .arg(&id);
+            .arg(&id)
+            .arg(LEASE.as_millis() as u64);
         let answer: Result<Vec<i64>, String> =
             match tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await {
                 Ok(Ok(v)) => Ok(v),
@@ -201,7 +357,13 @@ impl SharedLimiter {
                 let settle_id = id.clone();
                 let counts_tokens = key.tpm.is_some();
                 let counts_flight = key.max_concurrent.is_some();
+                if counts_flight {
+                    self.hold_lease(&inflight, &id);
+                }
+                let release_id = id.clone();
+                let resize = counts_tokens.then(|| self.resizer(&k, &id, key.tpm.unwrap_or(0)));
                 let ticket = Ticket::remote(
+                    resize,
                     Box::new(move |actual| {
                         if counts_tokens {
                             this.spawn_settle(&tok_hash, &tok_sum, &settle_id, actual);
@@ -211,7 +373,7 @@ impl SharedLimiter {
                         let this = Arc::clone(self);
                         move || {
                             if counts_flight {
-                                this.spawn_release(inflight)
+                                this.spawn_release(inflight, release_id)
                             }
                         }
                     }),
@@ -236,6 +398,28 @@ impl SharedLimiter {
         }
     }
 
+    fn resizer(self: &Arc<Self>, k: &[String; 5], id: &str, tpm: u32) -> ResizeTokens {
+        let this = Arc::clone(self);
+        let (tok_hash, tok_sum, id) = (k[2].clone(), k[4].clone(), id.to_string());
+        Box::new(move |estimate| {
+            let new = estimate.min(u64::from(tpm));
+            let mut conn = this.conn.clone();
+            let script = this.resize.clone();
+            let (tok_hash, tok_sum, id) = (tok_hash.clone(), tok_sum.clone(), id.clone());
+            Box::pin(async move {
+                let mut inv = script.prepare_invoke();
+                inv.key(&tok_hash).key(&tok_sum).arg(&id).arg(new).arg(tpm);
+                match tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async::<Vec<i64>>(&mut conn))
+                    .await
+                {
+                    Ok(Ok(v)) if v.first() == Some(&1) => Err(u64::from(tpm)),
+                    // Unreachable: the first reservation stands.
+                    _ => Ok(()),
+                }
+            })
+        })
+    }
+
     fn spawn_settle(&self, tok_hash: &str, tok_sum: &str, id: &str, actual: u64) {
         let mut conn = self.conn.clone();
         let script = self.settle.clone();
@@ -248,14 +432,144 @@ impl SharedLimiter {
         });
     }
 
-    fn spawn_release(&self, inflight: String) {
+    fn spawn_release(&self, inflight: String, id: String) {
+        self.drop_lease(&inflight, &id);
         let mut conn = self.conn.clone();
-        let script = self.release.clone();
-        tokio::spawn(async move {
-            let mut inv = script.prepare_invoke();
-            inv.key(inflight);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime left (shutting down): the lease lapses by itself
+        };
+        rt.spawn(async move {
+            let cmd = redis::cmd("ZREM").arg(&inflight).arg(&id).clone();
             let _: Result<Result<i64, _>, _> =
-                tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await;
+                tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async(&mut conn)).await;
         });
+    }
+
+    /// Holds a budget in Redis; `None` when Redis cannot be reached (the caller falls
+    /// back to this replica's own counters).
+    pub(crate) async fn reserve_budget(
+        self: &Arc<Self>,
+        key: &KeyRecord,
+        want: Estimate,
+        store: &Store,
+    ) -> Option<Result<Hold, Exhausted>> {
+        let id = self.new_id();
+        let budgets = Budgets::of(key);
+        if let Err(e) = self
+            .hold_in_redis(&key.id, budgets, want, &id, store)
+            .await?
+        {
+            return Some(Err(e));
+        }
+        self.hold_lease(&budget_keys_of(&key.id)[2], &id);
+        Some(Ok(self.remote_hold(
+            key.id.clone(),
+            budgets,
+            id,
+            store.clone(),
+        )))
+    }
+
+    /// Runs [`RESERVE`] for hold `id` (a new one, or one to resize), loading the key's
+    /// spend from the store when Redis has none.
+    async fn hold_in_redis(
+        &self,
+        key_id: &str,
+        budgets: Budgets,
+        want: Estimate,
+        id: &str,
+        store: &Store,
+    ) -> Option<Result<(), Exhausted>> {
+        let names = budget_keys_of(key_id);
+        let mut loaded: Option<(u64, f64)> = None;
+        for _ in 0..2 {
+            let mut inv = self.reserve.prepare_invoke();
+            for n in &names {
+                inv.key(n);
+            }
+            inv.arg(budgets.tokens.map_or(-1.0, |b| b as f64))
+                .arg(budgets.usd.unwrap_or(-1.0))
+                .arg(want.tokens)
+                .arg(want.usd)
+                .arg(id)
+                .arg(LEASE.as_millis() as u64);
+            if let Some((t, u)) = loaded {
+                inv.arg(t).arg(u);
+            }
+            let mut conn = self.conn.clone();
+            let v: Vec<String> =
+                match tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => return self.unreachable(&e.to_string()),
+                    Err(_) => return self.unreachable("timed out"),
+                };
+            let spent = || v.get(1).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+            return match v.first().map(String::as_str) {
+                Some("-1") => {
+                    loaded = Some(store.spent(key_id).await.ok()?);
+                    continue;
+                }
+                Some("0") => Some(Ok(())),
+                Some("1") => Some(Err(Exhausted::Tokens {
+                    budget: budgets.tokens.unwrap_or(0),
+                    spent: spent() as u64,
+                })),
+                Some("2") => Some(Err(Exhausted::Usd {
+                    budget: budgets.usd.unwrap_or(0.0),
+                    spent: spent(),
+                })),
+                _ => self.unreachable("bad answer"),
+            };
+        }
+        None
+    }
+
+    fn unreachable<T>(&self, why: &str) -> Option<T> {
+        tracing::warn!("Redis unavailable ({why}): budgets held in this replica's own counters");
+        None
+    }
+
+    fn remote_hold(
+        self: &Arc<Self>,
+        key_id: String,
+        budgets: Budgets,
+        id: String,
+        store: Store,
+    ) -> Hold {
+        let names = budget_keys_of(&key_id);
+        let resize = {
+            let (this, id) = (Arc::clone(self), id.clone());
+            move |want: Estimate| {
+                let (this, id, key_id, store) =
+                    (Arc::clone(&this), id.clone(), key_id.clone(), store.clone());
+                Box::pin(async move {
+                    this.hold_in_redis(&key_id, budgets, want, &id, &store)
+                        .await
+                }) as futures::future::BoxFuture<'static, _>
+            }
+        };
+        let this = Arc::clone(self);
+        let release = move |actual: Estimate| {
+            this.drop_lease(&names[2], &id);
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let mut conn = this.conn.clone();
+            let script = this.settle_budget.clone();
+            rt.spawn(async move {
+                let mut inv = script.prepare_invoke();
+                for n in &names {
+                    inv.key(n);
+                }
+                inv.arg(&id).arg(actual.tokens).arg(actual.usd);
+                let _: Result<Result<i64, _>, _> =
+                    tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await;
+            });
+        };
+        Hold(HoldKind::Remote {
+            resize: Box::new(resize),
+            release: Some(Box::new(release)),
+            actual: Estimate::default(),
+        })
     }
 }

@@ -55,6 +55,9 @@ const MIGRATIONS: &[&str] = &[
         input TEXT NOT NULL,
         response TEXT NOT NULL
     );",
+    // A store that has held a key stays closed (see `Store::keys_required`): stores from
+    // before this marker are closed if they hold any key row.
+    "INSERT INTO settings (name, value) SELECT 'keys_required', '1' WHERE EXISTS (SELECT 1 FROM keys);",
 ];
 
 #[derive(Clone)]
@@ -180,7 +183,9 @@ impl Store {
             .map_err(db_err)
     }
 
+    /// Also marks the store as one that requires keys from now on.
     pub async fn insert_key(&self, k: &KeyRecord) -> Result<(), String> {
+        self.setting_or_insert("keys_required", "1".into()).await?;
         self.save_key(k).await
     }
 
@@ -239,12 +244,14 @@ impl Store {
         row.map(|r| key_from_row(&r)).transpose()
     }
 
-    /// Whether any key is neither revoked nor expired.
-    pub async fn any_active_key(&self) -> Result<bool, String> {
+    /// Whether callers need a key: once the store has held one, forever. A server whose
+    /// last key was revoked, expired or deleted must not fall back to being open, so this
+    /// is a marker written with the first key, not a count of the usable ones.
+    pub async fn keys_required(&self) -> Result<bool, String> {
         let row = sqlx::query(
-            "SELECT id FROM keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) LIMIT 1",
+            "SELECT name FROM settings WHERE name = 'keys_required'
+             UNION ALL SELECT id FROM keys LIMIT 1",
         )
-        .bind(now_ms())
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;

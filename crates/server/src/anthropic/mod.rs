@@ -77,6 +77,7 @@ pub async fn messages(
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
     let model = req.model.clone();
     let stream = req.stream;
+    let progress = req.context.progress.clone();
     let events = match route.backend.chat(req).await {
         Ok(ev) => ev,
         Err(e) => {
@@ -97,7 +98,9 @@ pub async fn messages(
             &rate,
         ));
     }
-    let sse = response::events(id, model, events, render).map(|(name, data)| {
+    // A local model has counted the prompt by now, as Anthropic's message_start says it.
+    let input_tokens = progress.usage().map_or(0, |u| u.prompt_tokens);
+    let sse = response::events(id, model, input_tokens, events, render).map(|(name, data)| {
         Ok::<_, Infallible>(Event::default().event(name).data(data.to_string()))
     });
     Ok(crate::door::sse_response(sse, &rate))

@@ -95,6 +95,7 @@ fn close(open: &mut Open, index: i64) -> Option<Sse> {
 pub fn events(
     id: String,
     model: String,
+    input_tokens: u32,
     mut events: EventStream,
     render: fn(&Error) -> Value,
 ) -> impl Stream<Item = Sse> {
@@ -102,7 +103,7 @@ pub fn events(
         yield ("message_start", json!({"type": "message_start", "message": {
             "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 0, "output_tokens": 0}}}));
+            "usage": {"input_tokens": input_tokens, "output_tokens": 0}}}));
         yield ("ping", json!({"type": "ping"}));
         let mut index: i64 = -1;
         let mut open = Open::None;

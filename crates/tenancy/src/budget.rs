@@ -1,0 +1,225 @@
+//! Budgets reserved before the call and settled after it, as TPM is: a request takes a
+//! hold on its estimated spend (capped at what is left), so concurrent requests cannot
+//! all pass a budget that only one of them fits, and a key is never overdrawn by more
+//! than one request's actual cost beyond its estimate.
+//!
+//! On one replica the holds live here, beside the key's committed spend; with Redis
+//! ([`crate::shared_limits`]) both live there, each hold under a lease its replica
+//! renews, so a killed replica's holds lapse in seconds.
+
+use crate::keys::KeyRecord;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Committed spend and open holds of one key.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Spend {
+    pub tokens: u64,
+    pub usd: f64,
+    pub held_tokens: u64,
+    pub held_usd: f64,
+}
+
+/// What a request may spend at most, as estimated before the call.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Estimate {
+    pub tokens: u64,
+    pub usd: f64,
+}
+
+/// The budget a key has used up, for its refusal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Exhausted {
+    Tokens { budget: u64, spent: u64 },
+    Usd { budget: f64, spent: f64 },
+}
+
+impl std::fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exhausted::Tokens { budget, spent } => write!(
+                f,
+                "this key's token budget of {budget} is used up ({spent} spent or reserved by requests in flight)"
+            ),
+            Exhausted::Usd { budget, spent } => write!(
+                f,
+                "this key's budget of ${budget:.2} is used up (${spent:.4} spent or reserved by requests in flight)"
+            ),
+        }
+    }
+}
+
+/// The part of `want` that fits under a budget with `used` committed or held; `Err`
+/// when nothing is left. A request bigger than what is left holds the rest, so it can
+/// still pass (and overdraw by at most its own actual cost).
+pub(crate) fn hold_for(
+    key: &Budgets,
+    used_tokens: u64,
+    used_usd: f64,
+    want: Estimate,
+) -> Result<Estimate, Exhausted> {
+    let mut hold = Estimate::default();
+    if let Some(budget) = key.tokens {
+        if used_tokens >= budget {
+            return Err(Exhausted::Tokens {
+                budget,
+                spent: used_tokens,
+            });
+        }
+        hold.tokens = want.tokens.min(budget - used_tokens);
+    }
+    if let Some(budget) = key.usd {
+        if used_usd >= budget {
+            return Err(Exhausted::Usd {
+                budget,
+                spent: used_usd,
+            });
+        }
+        hold.usd = want.usd.clamp(0.0, budget - used_usd);
+    }
+    Ok(hold)
+}
+
+/// A key's budgets.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Budgets {
+    pub tokens: Option<u64>,
+    pub usd: Option<f64>,
+}
+
+impl Budgets {
+    pub fn of(key: &KeyRecord) -> Budgets {
+        Budgets {
+            tokens: key.budget_tokens,
+            usd: key.budget_usd,
+        }
+    }
+}
+
+pub(crate) type SpendMap = Arc<Mutex<HashMap<String, Spend>>>;
+
+/// A request's hold on its key's budget; dropping it ends the hold (its actual spend
+/// is counted by the usage row, before the hold is dropped).
+pub struct Hold(pub(crate) HoldKind);
+
+type Release = Box<dyn FnOnce(Estimate) + Send + Sync>;
+/// Holds a new amount in place of the old one; `None`: the store could not be reached.
+pub(crate) type Resize = Box<
+    dyn Fn(Estimate) -> futures::future::BoxFuture<'static, Option<Result<(), Exhausted>>>
+        + Send
+        + Sync,
+>;
+
+pub(crate) enum HoldKind {
+    None,
+    Local {
+        spent: SpendMap,
+        key: String,
+        budgets: Budgets,
+        held: Estimate,
+    },
+    /// Held in Redis: the closures move it and settle it there.
+    Remote {
+        resize: Resize,
+        release: Option<Release>,
+        actual: Estimate,
+    },
+}
+
+impl Hold {
+    pub fn none() -> Hold {
+        Hold(HoldKind::None)
+    }
+
+    /// Holds `want` instead of the first estimate (once the prompt is counted), capped
+    /// at what is left as when it was made; `Err` when nothing is left any more.
+    pub async fn resize(&mut self, want: Estimate) -> Result<(), Exhausted> {
+        match &mut self.0 {
+            HoldKind::None => Ok(()),
+            HoldKind::Local {
+                spent,
+                key,
+                budgets,
+                held,
+            } => {
+                let mut m = spent.lock().unwrap_or_else(|p| p.into_inner());
+                let s = m.entry(key.clone()).or_default();
+                let others_t = (s.tokens + s.held_tokens).saturating_sub(held.tokens);
+                let others_u = s.usd + (s.held_usd - held.usd).max(0.0);
+                let new = hold_for(budgets, others_t, others_u, want)?;
+                s.held_tokens = s.held_tokens.saturating_sub(held.tokens) + new.tokens;
+                s.held_usd = (s.held_usd - held.usd).max(0.0) + new.usd;
+                *held = new;
+                Ok(())
+            }
+            // Redis unreachable now: the first hold stands.
+            HoldKind::Remote { resize, .. } => resize(want).await.unwrap_or(Ok(())),
+        }
+    }
+
+    /// What the request really spent, for a hold kept elsewhere (Redis counts the spend
+    /// when the hold ends; here the usage row counts it).
+    pub fn set_actual(&mut self, actual: Estimate) {
+        if let HoldKind::Remote { actual: a, .. } = &mut self.0 {
+            *a = actual;
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        match &mut self.0 {
+            HoldKind::None => {}
+            HoldKind::Local {
+                spent, key, held, ..
+            } => {
+                let mut m = spent.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(s) = m.get_mut(key.as_str()) {
+                    s.held_tokens = s.held_tokens.saturating_sub(held.tokens);
+                    s.held_usd = (s.held_usd - held.usd).max(0.0);
+                }
+            }
+            HoldKind::Remote {
+                release, actual, ..
+            } => {
+                if let Some(r) = release.take() {
+                    r(*actual);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_are_capped_at_what_is_left_and_refused_when_nothing_is() {
+        let k = Budgets {
+            tokens: Some(300),
+            usd: Some(1.0),
+        };
+        let want = Estimate {
+            tokens: 120,
+            usd: 0.5,
+        };
+        assert_eq!(hold_for(&k, 0, 0.0, want), Ok(want));
+        let h = hold_for(&k, 250, 0.8, want).unwrap();
+        assert_eq!(h.tokens, 50);
+        assert!((h.usd - 0.2).abs() < 1e-9);
+        assert!(matches!(
+            hold_for(&k, 300, 0.0, want),
+            Err(Exhausted::Tokens { .. })
+        ));
+        assert!(matches!(
+            hold_for(&k, 0, 1.0, want),
+            Err(Exhausted::Usd { .. })
+        ));
+        let free = Budgets::default();
+        assert_eq!(
+            hold_for(&free, u64::MAX, 1e9, want),
+            Ok(Estimate::default())
+        );
+    }
+}
