@@ -95,3 +95,14 @@ def test_callers_that_hang_up_leave_no_work_behind(roomy):
     idle = cpu_seconds(roomy.proc.pid) - before
     assert idle < 0.3, f"{idle:.2f} CPU-seconds a second after the callers left"
     assert requests.get(roomy.url + "/health", timeout=5).status_code == 200
+
+
+def test_a_refused_request_with_an_unread_body_says_the_connection_closes(server):
+    # A 401 sent without reading a 64 KB body dropped the keep-alive connection silently,
+    # and the client's next request on it failed (8 in 4,000).
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 65536}]})
+    with requests.Session() as s:
+        for _ in range(20):
+            r = s.post(server.url + "/v1/chat/completions", data=body, headers={"content-type": "application/json", "Authorization": "Bearer wrong"}, timeout=30)
+            assert r.status_code == 401 and r.headers.get("connection") == "close"
+            assert s.get(server.url + "/health", timeout=30).status_code == 200

@@ -417,7 +417,11 @@ def test_a_token_budget_is_held_for_requests_in_flight(tenant):
     results = _concurrent_asks(tenant, k["key"])
     codes = [c for c, _ in results]
     assert set(codes) <= {200, 429} and 200 in codes, codes
-    assert all(b["error"]["code"] == "insufficient_quota" for c, b in results if c == 429)
+    # Used up, or held by the requests in flight (worth a retry once they settle).
+    for c, b in results:
+        if c == 429:
+            e = b["error"]
+            assert e["code"] in ("insufficient_quota", "rate_limit_exceeded") and "budget" in e["message"], e
     time.sleep(0.5)
     rows = tenant.rows("key_id = ? AND status = 'ok'", (k["id"],))
     assert len(rows) == codes.count(200)

@@ -13,6 +13,7 @@ use parlance_core::ir::{ChatRequest, ContentPart, Message, Role, ToolDef};
 use parlance_core::template::ChatTemplate;
 use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::Error;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -72,9 +73,18 @@ impl Prep {
         if add_bos {
             tokens.push(vocab.bos());
         }
+        // Each call into llama.cpp's tokenizer has a fixed cost that dwarfs a short
+        // piece's own; a prompt of many turns repeats the same short markup pieces.
+        let mut short: HashMap<&str, Vec<LlamaToken>> = HashMap::new();
         for piece in self.specials.split(text, &local) {
             match piece {
                 Piece::Token(t) => tokens.push(t),
+                Piece::Text(t) if t.len() <= 64 => {
+                    let ids = short
+                        .entry(t)
+                        .or_insert_with(|| vocab.tokenize(t.as_bytes(), false, false));
+                    tokens.extend_from_slice(ids);
+                }
                 Piece::Text(t) => tokens.extend(vocab.tokenize(t.as_bytes(), false, false)),
             }
         }

@@ -117,6 +117,25 @@ pub async fn require_key(
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
-        Err(e) => ApiError(e).into_response(),
+        Err(e) => {
+            let mut resp = ApiError(e).into_response();
+            // The body is not read: say the connection ends, or a keep-alive client sends
+            // its next request on a connection the server is about to drop.
+            if has_body(req.headers()) {
+                resp.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            resp
+        }
     }
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }

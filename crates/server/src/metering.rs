@@ -81,11 +81,20 @@ pub async fn gate(
 
 fn quota_error(why: &Exhausted) -> Error {
     metrics::counter!("parlance_limit_rejections_total", "reason" => "budget").increment(1);
-    Error::new(
-        ErrorKind::RateLimited,
-        format!("You exceeded your current quota: {why}."),
-    )
-    .with_code("insufficient_quota")
+    match why {
+        // Budget is left once the requests in flight settle: worth a retry.
+        Exhausted::TokensInFlight { .. } | Exhausted::UsdInFlight { .. } => Error::new(
+            ErrorKind::RateLimited,
+            format!("Budget reserved by requests in flight: {why}."),
+        )
+        .with_code("rate_limit_exceeded")
+        .with_retry_after(1),
+        _ => Error::new(
+            ErrorKind::RateLimited,
+            format!("You exceeded your current quota: {why}."),
+        )
+        .with_code("insufficient_quota"),
+    }
 }
 
 fn rate_error(what: &str, retry_after: u64) -> Error {

@@ -30,8 +30,26 @@ pub struct Estimate {
 /// The budget a key has used up, for its refusal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Exhausted {
-    Tokens { budget: u64, spent: u64 },
-    Usd { budget: f64, spent: f64 },
+    Tokens {
+        budget: u64,
+        spent: u64,
+    },
+    Usd {
+        budget: f64,
+        spent: f64,
+    },
+    /// Something is left, but less than this request may spend while others hold the
+    /// rest (only refused once the prompt is counted; see [`hold_for`]).
+    TokensInFlight {
+        budget: u64,
+        left: u64,
+        want: u64,
+    },
+    UsdInFlight {
+        budget: f64,
+        left: f64,
+        want: f64,
+    },
 }
 
 impl std::fmt::Display for Exhausted {
@@ -45,37 +63,51 @@ impl std::fmt::Display for Exhausted {
                 f,
                 "this key's budget of ${budget:.2} is used up (${spent:.4} spent or reserved by requests in flight)"
             ),
+            Exhausted::TokensInFlight { budget, left, want } => write!(
+                f,
+                "this request may use {want} tokens but only {left} of this key's token budget of {budget} are left while other requests are in flight; retry when they finish or lower max_tokens"
+            ),
+            Exhausted::UsdInFlight { budget, left, want } => write!(
+                f,
+                "this request may cost ${want:.4} but only ${left:.4} of this key's budget of ${budget:.2} is left while other requests are in flight; retry when they finish or lower max_tokens"
+            ),
         }
     }
 }
 
-/// The part of `want` that fits under a budget with `used` committed or held; `Err`
-/// when nothing is left. A request bigger than what is left holds the rest, so it can
-/// still pass (and overdraw by at most its own actual cost).
+/// What a request may hold of `want` under a key's budgets, with `committed` spent and
+/// `others` held by other requests in flight; `Err` when nothing is left. A request
+/// bigger than what is left holds the rest when it is admitted (so a lone request may
+/// still pass, and overdraw by at most its own actual cost); once its prompt is counted
+/// (`recount`), it may keep such a capped hold only while no other request holds any,
+/// so at most one request at a time can overdraw.
 pub(crate) fn hold_for(
     key: &Budgets,
-    used_tokens: u64,
-    used_usd: f64,
+    committed: (u64, f64),
+    others: (u64, f64),
     want: Estimate,
+    recount: bool,
 ) -> Result<Estimate, Exhausted> {
     let mut hold = Estimate::default();
     if let Some(budget) = key.tokens {
-        if used_tokens >= budget {
+        let used = committed.0.saturating_add(others.0);
+        if used >= budget || (recount && others.0 > 0 && used + want.tokens > budget) {
             return Err(Exhausted::Tokens {
                 budget,
-                spent: used_tokens,
+                spent: used,
             });
         }
-        hold.tokens = want.tokens.min(budget - used_tokens);
+        hold.tokens = want.tokens.min(budget - used);
     }
     if let Some(budget) = key.usd {
-        if used_usd >= budget {
+        let used = committed.1 + others.1;
+        if used >= budget || (recount && others.1 > 0.0 && used + want.usd > budget) {
             return Err(Exhausted::Usd {
                 budget,
-                spent: used_usd,
+                spent: used,
             });
         }
-        hold.usd = want.usd.clamp(0.0, budget - used_usd);
+        hold.usd = want.usd.clamp(0.0, budget - used);
     }
     Ok(hold)
 }
@@ -131,8 +163,8 @@ impl Hold {
         Hold(HoldKind::None)
     }
 
-    /// Holds `want` instead of the first estimate (once the prompt is counted), capped
-    /// at what is left as when it was made; `Err` when nothing is left any more.
+    /// Holds `want` instead of the first estimate, once the prompt is counted (see
+    /// [`hold_for`]); `Err` when it no longer fits.
     pub async fn resize(&mut self, want: Estimate) -> Result<(), Exhausted> {
         match &mut self.0 {
             HoldKind::None => Ok(()),
@@ -144,9 +176,11 @@ impl Hold {
             } => {
                 let mut m = spent.lock().unwrap_or_else(|p| p.into_inner());
                 let s = m.entry(key.clone()).or_default();
-                let others_t = (s.tokens + s.held_tokens).saturating_sub(held.tokens);
-                let others_u = s.usd + (s.held_usd - held.usd).max(0.0);
-                let new = hold_for(budgets, others_t, others_u, want)?;
+                let others = (
+                    s.held_tokens.saturating_sub(held.tokens),
+                    (s.held_usd - held.usd).max(0.0),
+                );
+                let new = hold_for(budgets, (s.tokens, s.usd), others, want, true)?;
                 s.held_tokens = s.held_tokens.saturating_sub(held.tokens) + new.tokens;
                 s.held_usd = (s.held_usd - held.usd).max(0.0) + new.usd;
                 *held = new;
@@ -204,21 +238,28 @@ mod tests {
             tokens: 120,
             usd: 0.5,
         };
-        assert_eq!(hold_for(&k, 0, 0.0, want), Ok(want));
-        let h = hold_for(&k, 250, 0.8, want).unwrap();
+        let none = (0, 0.0);
+        assert_eq!(hold_for(&k, none, none, want, false), Ok(want));
+        let h = hold_for(&k, (200, 0.5), (50, 0.3), want, false).unwrap();
         assert_eq!(h.tokens, 50);
         assert!((h.usd - 0.2).abs() < 1e-9);
+        // Recounted: capped only when no other request holds anything.
+        assert_eq!(
+            hold_for(&k, (250, 0.8), none, want, true).unwrap().tokens,
+            50
+        );
+        assert!(hold_for(&k, (200, 0.5), (50, 0.3), want, true).is_err());
         assert!(matches!(
-            hold_for(&k, 300, 0.0, want),
+            hold_for(&k, (300, 0.0), none, want, false),
             Err(Exhausted::Tokens { .. })
         ));
         assert!(matches!(
-            hold_for(&k, 0, 1.0, want),
+            hold_for(&k, none, (0, 1.0), want, false),
             Err(Exhausted::Usd { .. })
         ));
         let free = Budgets::default();
         assert_eq!(
-            hold_for(&free, u64::MAX, 1e9, want),
+            hold_for(&free, (u64::MAX, 1e9), none, want, true),
             Ok(Estimate::default())
         );
     }

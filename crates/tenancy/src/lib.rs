@@ -295,9 +295,10 @@ impl Tenancy {
         let budgets = budget::Budgets::of(k);
         let held = budget::hold_for(
             &budgets,
-            s.tokens.saturating_add(s.held_tokens),
-            s.usd + s.held_usd,
+            (s.tokens, s.usd),
+            (s.held_tokens, s.held_usd),
             want,
+            false,
         )?;
         s.held_tokens += held.tokens;
         s.held_usd += held.usd;
@@ -383,8 +384,8 @@ mod tests {
         }
         // 120 + 120 + the 60 left.
         assert_eq!(held.len(), 3);
-        // A hold grown past what is left is refused only when nothing is left.
-        assert!(held[2].resize(want).await.is_ok());
+        // Grown past what is left while others hold some: refused.
+        assert!(held[2].resize(want).await.is_err());
         held.pop();
         assert!(t.reserve_budget(&rec, want).await.is_ok());
         // Spend counted by its row, then the hold ends: what is left is what was not spent.

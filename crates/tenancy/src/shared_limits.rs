@@ -105,7 +105,8 @@ pub const LEASE: Duration = Duration::from_secs(6);
 /// leases zset. ARGV: token budget (-1: none), USD budget (-1: none), tokens wanted, USD
 /// wanted, hold id, lease ms, then the store's spent tokens and USD when loading.
 /// Returns {'-1'} when the spend must be loaded from the store first, {'1', spent} or
-/// {'2', spent} when a budget is used up, {'0', tokens held, USD held}.
+/// {'2', spent} when a budget is used up, {'3', used} or {'4', used} when a recounted
+/// hold no longer fits while others hold the rest, {'0', tokens held, USD held}.
 const RESERVE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -119,8 +120,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('PEXPIRE', KEYS[1], 3600000)
 end
 local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
--- The same id again: a resize, so its old hold is taken back first.
-if redis.call('HEXISTS', KEYS[2], id .. ':t') == 1 then table.insert(dead, id) end
+-- The same id again: a recount, so its old hold is taken back first.
+local recount = redis.call('HEXISTS', KEYS[2], id .. ':t') == 1
+if recount then table.insert(dead, id) end
 for _, m in ipairs(dead) do
   local ht = tonumber(redis.call('HGET', KEYS[2], m .. ':t') or '0')
   local hu = tonumber(redis.call('HGET', KEYS[2], m .. ':u') or '0')
@@ -132,10 +134,15 @@ if #dead > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   redis.call('ZREM', KEYS[3], id)
 end
-local st = tonumber(redis.call('HGET', KEYS[1], 't') or '0') + tonumber(redis.call('HGET', KEYS[2], '_t') or '0')
-local su = tonumber(redis.call('HGET', KEYS[1], 'u') or '0') + tonumber(redis.call('HGET', KEYS[2], '_u') or '0')
+local ot = tonumber(redis.call('HGET', KEYS[2], '_t') or '0')
+local ou = tonumber(redis.call('HGET', KEYS[2], '_u') or '0')
+local st = tonumber(redis.call('HGET', KEYS[1], 't') or '0') + ot
+local su = tonumber(redis.call('HGET', KEYS[1], 'u') or '0') + ou
+-- As budget::hold_for: a recounted hold is capped only while no other is held.
 if bt >= 0 and st >= bt then return {'1', tostring(st)} end
 if bu >= 0 and su >= bu then return {'2', tostring(su)} end
+if bt >= 0 and recount and ot > 0 and st + wt > bt then return {'3', tostring(st)} end
+if bu >= 0 and recount and ou > 1e-12 and su + wu > bu then return {'4', tostring(su)} end
 local ht, hu = 0, 0
 if bt >= 0 then ht = math.min(wt, bt - st) end
 if bu >= 0 then hu = math.max(0, math.min(wu, bu - su)) end
@@ -518,6 +525,22 @@ impl SharedLimiter {
                     budget: budgets.usd.unwrap_or(0.0),
                     spent: spent(),
                 })),
+                Some("3") => {
+                    let budget = budgets.tokens.unwrap_or(0);
+                    Some(Err(Exhausted::TokensInFlight {
+                        budget,
+                        left: budget.saturating_sub(spent() as u64),
+                        want: want.tokens,
+                    }))
+                }
+                Some("4") => {
+                    let budget = budgets.usd.unwrap_or(0.0);
+                    Some(Err(Exhausted::UsdInFlight {
+                        budget,
+                        left: (budget - spent()).max(0.0),
+                        want: want.usd,
+                    }))
+                }
                 _ => self.unreachable("bad answer"),
             };
         }
