@@ -441,3 +441,33 @@ def test_tpm_counts_the_rendered_prompt_under_concurrency(tenant):
     assert used <= 300, (used, codes.count(200))
     refused = [b for c, b in results if c == 429]
     assert refused and all(b["error"]["code"] == "rate_limit_exceeded" for b in refused)
+
+
+COUNTING = [
+    ("/v1/tokens/count", {"model": MODEL, "input": ["hello there"]}),
+    ("/v1/messages/count_tokens", {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}),
+    (f"/v1beta/models/{MODEL}:countTokens", {"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}),
+    ("/tokenize", {"model": MODEL, "content": "hello"}),
+    ("/detokenize", {"model": MODEL, "tokens": [1, 2]}),
+]
+
+
+def test_counting_endpoints_keep_the_allowlist_and_request_limits_and_are_metered(tenant):
+    # They skipped every limit and wrote no usage row.
+    other = tenant.key(name="other-model", models=["some-other-model"])
+    for path, body in COUNTING:
+        r = requests.post(tenant.url + path, json=body, headers={"Authorization": f"Bearer {other['key']}"}, timeout=30)
+        assert r.status_code == 403, (path, r.status_code, r.text)
+    k = tenant.key(name="count-rpm", rpm=len(COUNTING), budget_tokens=1)
+    for path, body in COUNTING:
+        r = requests.post(tenant.url + path, json=body, headers={"Authorization": f"Bearer {k['key']}"}, timeout=30)
+        # A token budget does not apply to counting, which spends none.
+        assert r.status_code == 200, (path, r.status_code, r.text)
+    r = requests.post(tenant.url + "/tokenize", json={"content": "hi"}, headers={"Authorization": f"Bearer {k['key']}"}, timeout=30)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    time.sleep(0.5)
+    rows = tenant.rows("key_id = ?", (k["id"],))
+    assert len(rows) == len(COUNTING) + 1
+    assert all(r["prompt_tokens"] == 0 and r["completion_tokens"] == 0 for r in rows)
+    assert sorted({r["front_door"] for r in rows}) == ["anthropic", "gemini", "openai"]
+    assert [r["status"] for r in rows].count("ok") == len(COUNTING)

@@ -53,7 +53,7 @@ impl Specials {
             });
         }
         for list in &mut by_first {
-            list.sort_by(|a, b| b.text.len().cmp(&a.text.len()));
+            list.sort_by_key(|s| std::cmp::Reverse(s.text.len()));
         }
         Specials { by_first }
     }

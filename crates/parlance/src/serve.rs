@@ -233,6 +233,12 @@ pub struct ServeArgs {
     #[arg(long = "admin-key", env = "PARLANCE_ADMIN_KEY")]
     pub admin_key: Option<String>,
 
+    /// Server secret that signs access tokens (GigaChat OAuth); every replica needs the
+    /// same one. Default: the admin key, else a file beside a SQLite store
+    /// (`<db>.secret`). Changing it revokes every token issued (they live 30 minutes).
+    #[arg(long = "secret", env = "PARLANCE_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
     /// `text` (default) or `json`: one JSON object a line (the per-request line has
     /// request_id, key_id, model, status, tokens, ttft_ms, duration_ms).
     #[arg(long = "log-format", env = "PARLANCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -488,6 +494,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 &db,
                 admin_key,
                 args.redis.as_deref(),
+                args.secret.clone().filter(|s| !s.trim().is_empty()),
             ))
             .map_err(anyhow::Error::msg)?;
         runtime.block_on(tenancy.refresh_has_keys());

@@ -38,7 +38,7 @@ pub async fn gate(
     tenancy: Option<&Arc<Tenancy>>,
     principal: &Principal,
     model: &str,
-    want: Estimate,
+    want: Option<Estimate>,
 ) -> Result<Admitted, (Error, RateHeaders)> {
     let (Some(t), Some(key)) = (tenancy, principal.key()) else {
         return Ok(Admitted::default());
@@ -52,14 +52,19 @@ pub async fn gate(
         .with_code("model_not_allowed");
         return Err((e, RateHeaders::default()));
     }
-    let hold = t
-        .reserve_budget(key, want)
-        .await
-        .map_err(|why| (quota_error(&why), RateHeaders::default()))?;
-    match t.admit(key, want.tokens).await {
+    // `None`: work that spends no tokens (counting), held to request limits only.
+    let hold = match want {
+        Some(want) => Some(
+            t.reserve_budget(key, want)
+                .await
+                .map_err(|why| (quota_error(&why), RateHeaders::default()))?,
+        ),
+        None => None,
+    };
+    match t.admit(key, want.map_or(0, |w| w.tokens)).await {
         Ok((ticket, headers)) => Ok(Admitted {
             ticket: Some(Arc::new(ticket)),
-            hold: Some(hold),
+            hold,
             headers,
         }),
         Err(d) => {
@@ -408,7 +413,7 @@ pub async fn admit(
         m.prompt_estimate = estimate_tokens(bytes);
         m
     });
-    match gate(state.tenancy.as_ref(), principal, &req.model, want).await {
+    match gate(state.tenancy.as_ref(), principal, &req.model, Some(want)).await {
         Ok(a) => {
             if let Some(m) = meter.as_mut() {
                 if let Ok(mut h) = m.hold.lock() {
@@ -435,6 +440,54 @@ pub async fn admit(
             ))
         }
     }
+}
+
+/// What the counting endpoints (`/v1/tokens/count`, `count_tokens`, `:countTokens`,
+/// `/tokenize`, `/detokenize`) go through: a stored key's model allowlist and request
+/// limits (RPM, concurrency; not token budgets), then `work`, metered as one zero-token
+/// usage row whatever its outcome.
+pub async fn counted<T>(
+    state: &crate::AppState,
+    ctx: &Arc<RequestCtx>,
+    principal: &Principal,
+    info: &ModelInfo,
+    front_door: &str,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    if let Some(k) = principal.key() {
+        ctx.set_key(&k.id);
+    }
+    let meter = state.tenancy.as_ref().map(|t| {
+        Meter::new(
+            Arc::clone(t),
+            principal,
+            info,
+            front_door,
+            false,
+            Progress::default(),
+            Arc::clone(ctx),
+        )
+    });
+    let admitted = match gate(state.tenancy.as_ref(), principal, &info.id, None).await {
+        Ok(a) => a,
+        Err((e, _)) => {
+            record_refusal(meter, &e).await;
+            return Err(e);
+        }
+    };
+    let result = work.await;
+    match (&result, meter) {
+        (Err(e), meter) => record_refusal(meter, e).await,
+        (Ok(_), Some(mut m)) => {
+            let row = m.finish("ok".into(), Some(Usage::default()), 0, Instant::now(), None);
+            if let Err(e) = m.tenancy.record(row, true).await {
+                tracing::error!("usage row not committed: {e}");
+            }
+        }
+        (Ok(_), None) => {}
+    }
+    drop(admitted);
+    result
 }
 
 /// The backend's events as every door passes them on: metered, timed for `/metrics`,

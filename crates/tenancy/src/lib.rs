@@ -69,20 +69,23 @@ pub struct Tenancy {
     spent: budget::SpendMap,
     /// Whether the store has ever held a key: then every request needs one.
     has_keys: std::sync::atomic::AtomicBool,
-    /// Signs access tokens; shared by every replica through the store.
+    /// Signs access tokens; derived from the server secret, never stored.
     token_secret: String,
 }
 
 impl Tenancy {
     pub async fn open(db_url: &str, admin_key: Option<String>) -> Result<Arc<Tenancy>, String> {
-        Tenancy::open_with(db_url, admin_key, None).await
+        Tenancy::open_with(db_url, admin_key, None, None).await
     }
 
-    /// Also keeps the limits in Redis when `redis_url` is given.
+    /// Also keeps the limits in Redis when `redis_url` is given. `secret` signs access
+    /// tokens (every replica needs the same); without one it is the admin key, else a
+    /// file beside a SQLite store, else made for this process alone.
     pub async fn open_with(
         db_url: &str,
         admin_key: Option<String>,
         redis_url: Option<&str>,
+        secret: Option<String>,
     ) -> Result<Arc<Tenancy>, String> {
         let store = Store::open(db_url).await?;
         let limiter = Arc::new(Limiter::default());
@@ -92,10 +95,18 @@ impl Tenancy {
             }
             None => None,
         };
-        let fresh: String = (0..4)
-            .map(|_| format!("{:016x}", rand::random::<u64>()))
-            .collect();
-        let token_secret = store.setting_or_insert("token_secret", fresh).await?;
+        let server_secret = match (secret, &admin_key, store.sqlite_path()) {
+            (Some(s), _, _) => s,
+            (None, Some(admin), _) => admin.clone(),
+            (None, None, Some(path)) => tokens::secret_beside(&path)?,
+            (None, None, None) => {
+                tracing::warn!("no --secret: access tokens (GigaChat OAuth) are accepted only by the replica that issued them, until it restarts");
+                (0..4)
+                    .map(|_| format!("{:016x}", rand::random::<u64>()))
+                    .collect()
+            }
+        };
+        let token_secret = tokens::signing_key(&server_secret);
         Ok(Arc::new(Tenancy {
             token_secret,
             recorder: Recorder::start(store.clone()),
@@ -507,10 +518,15 @@ mod tests {
         drop(again);
         // The secret is nowhere in the database file.
         let secret = key.rsplit('-').next().unwrap();
+        // Nor is the token-signing key (a copy of the database must not mint tokens).
+        let signing = t.token_secret.clone();
         drop(t);
         for f in std::fs::read_dir(dir.path()).unwrap() {
             let bytes = std::fs::read(f.unwrap().path()).unwrap();
             assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+            assert!(!bytes
+                .windows(signing.len())
+                .any(|w| w == signing.as_bytes()));
         }
     }
 }

@@ -58,6 +58,8 @@ const MIGRATIONS: &[&str] = &[
     // A store that has held a key stays closed (see `Store::keys_required`): stores from
     // before this marker are closed if they hold any key row.
     "INSERT INTO settings (name, value) SELECT 'keys_required', '1' WHERE EXISTS (SELECT 1 FROM keys);",
+    // The token-signing secret no longer lives in the database (see `tokens::signing_key`).
+    "DELETE FROM settings WHERE name = 'token_secret';",
 ];
 
 #[derive(Clone)]
@@ -163,6 +165,19 @@ impl Store {
             tx.commit().await.map_err(db_err)?;
         }
         Ok(())
+    }
+
+    /// The file a SQLite store lives in; `None` for other stores.
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        let rest = self
+            .url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.url.strip_prefix("sqlite:"))?;
+        let path = rest
+            .split('?')
+            .next()
+            .filter(|p| !p.is_empty() && *p != ":memory:")?;
+        Some(std::path::PathBuf::from(path))
     }
 
     /// A setting, made from `make` the first time any replica asks for it.

@@ -29,6 +29,48 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The signing key for tokens, derived from a server secret (never stored): a copy of
+/// the database alone cannot mint tokens.
+pub fn signing_key(server_secret: &str) -> String {
+    hex(&hmac(
+        server_secret.as_bytes(),
+        b"parlance access tokens v1",
+    ))
+}
+
+/// The server secret when none is configured: kept in a file beside a SQLite store
+/// (`<db>.secret`, owner-only), made on first use.
+pub fn secret_beside(db_path: &std::path::Path) -> Result<String, String> {
+    let mut name = db_path.as_os_str().to_owned();
+    name.push(".secret");
+    let path = std::path::PathBuf::from(name);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        if !s.trim().is_empty() {
+            return Ok(s.trim().to_string());
+        }
+    }
+    let fresh: String = (0..4)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut f) => {
+            use std::io::Write;
+            f.write_all(fresh.as_bytes())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(fresh)
+        }
+        // Another process made it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 pub fn issue(secret: &str, key_id: &str, expires_ms: i64) -> String {
     let body = format!("{key_id}.{expires_ms}");
     format!(

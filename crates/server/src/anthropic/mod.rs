@@ -7,7 +7,7 @@ mod response;
 use crate::auth::Principal;
 use crate::body::read_json;
 use crate::error::ApiError;
-use crate::metering::{admit, record_refusal, watch, with_rate_headers};
+use crate::metering::{admit, counted, record_refusal, watch, with_rate_headers};
 use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
@@ -111,6 +111,8 @@ pub async fn messages(
 /// not included.
 pub async fn count_tokens(
     State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let mut v: Value = read_json(body, state.body_limit).await?;
@@ -121,6 +123,7 @@ pub async fn count_tokens(
     let wire_req: wire::MessagesRequest =
         serde_json::from_value(v).map_err(|e| Error::invalid(format!("Invalid request: {e}")))?;
     let req = request::to_ir(wire_req)?;
+    ctx.set_model(&req.model);
     let route = state.router.resolve(&req.model)?;
     let mut texts: Vec<String> = req.messages.iter().map(|m| m.joined_text()).collect();
     texts.extend(req.tools.iter().map(|t| t.parameters.to_string()));
@@ -129,7 +132,8 @@ pub async fn count_tokens(
             .iter()
             .flat_map(|m| m.tool_calls.iter().map(|c| c.arguments.clone())),
     );
-    let counts = route.backend.count_tokens(&texts).await?;
+    let work = route.backend.count_tokens(&texts);
+    let counts = counted(&state, &ctx, &principal, &route.info, "anthropic", work).await?;
     Ok((
         StatusCode::OK,
         Json(json!({"input_tokens": counts.iter().sum::<u32>()})),

@@ -7,7 +7,7 @@ mod request;
 use crate::auth::Principal;
 use crate::body::read_json;
 use crate::error::ApiError;
-use crate::metering::{admit, record_refusal, watch, with_rate_headers};
+use crate::metering::{admit, counted, record_refusal, watch, with_rate_headers};
 use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
@@ -108,7 +108,7 @@ pub async fn action(
     let stream = match verb {
         "generateContent" => false,
         "streamGenerateContent" => true,
-        "countTokens" => return count_tokens(&state, model, wire_req).await,
+        "countTokens" => return count_tokens(&state, &ctx, &principal, model, wire_req).await,
         other => {
             return Err(Error::new(ErrorKind::NotFound, format!("unknown method {other:?}")).into())
         }
@@ -260,6 +260,8 @@ fn chunks(mut events: EventStream, version: String) -> impl Stream<Item = Value>
 
 async fn count_tokens(
     state: &AppState,
+    ctx: &Arc<RequestCtx>,
+    principal: &Principal,
     model: &str,
     req: wire::GenerateContentRequest,
 ) -> Result<Response, ApiError> {
@@ -273,6 +275,7 @@ async fn count_tokens(
     let route = state.router.resolve(model)?;
     let mut texts: Vec<String> = ir.messages.iter().map(|m| m.joined_text()).collect();
     texts.extend(ir.tools.iter().map(|t| t.parameters.to_string()));
-    let counts = route.backend.count_tokens(&texts).await?;
+    let work = route.backend.count_tokens(&texts);
+    let counts = counted(state, ctx, principal, &route.info, "gemini", work).await?;
     Ok(Json(json!({"totalTokens": counts.iter().sum::<u32>()})).into_response())
 }

@@ -9,7 +9,7 @@ pub use request::to_ir;
 use crate::auth::Principal;
 use crate::body::read_json;
 use crate::error::ApiError;
-use crate::metering::{admit, record_refusal, watch, with_rate_headers};
+use crate::metering::{admit, counted, record_refusal, watch, with_rate_headers};
 use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
@@ -252,11 +252,22 @@ pub async fn get_model(
 /// GigaChat's `POST /tokens/count`: `{model, input: [strings]}` -> one count per string.
 pub async fn count_tokens(
     State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
     body: Body,
 ) -> Result<Json<Vec<wire::TokensCount>>, ApiError> {
     let req: wire::TokensCountRequest = read_json(body, state.body_limit).await?;
+    ctx.set_model(&req.model);
     let route = state.router.resolve(&req.model)?;
-    let counts = route.backend.count_tokens(&req.input).await?;
+    let counts = counted(
+        &state,
+        &ctx,
+        &principal,
+        &route.info,
+        "openai",
+        route.backend.count_tokens(&req.input),
+    )
+    .await?;
     Ok(Json(
         req.input
             .iter()
@@ -320,23 +331,30 @@ fn route_for<'a>(
 /// llama-server's `POST /tokenize`: `{content, add_special?, with_pieces?, model?}` -> `{tokens}`.
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let req: TokenizeRequest = read_json(body, state.body_limit).await?;
     let route = route_for(&state, req.model.as_deref())?;
-    let tokens = route
-        .backend
-        .tokenize(&req.content, req.add_special)
-        .await?;
-    if !req.with_pieces {
-        return Ok(Json(json!({"tokens": tokens})));
-    }
-    let mut pieces = Vec::with_capacity(tokens.len());
-    for &t in &tokens {
-        let piece = route.backend.detokenize(&[t]).await?;
-        pieces.push(json!({"id": t, "piece": piece}));
-    }
-    Ok(Json(json!({"tokens": pieces})))
+    ctx.set_model(&route.info.id);
+    let work = async {
+        let tokens = route
+            .backend
+            .tokenize(&req.content, req.add_special)
+            .await?;
+        if !req.with_pieces {
+            return Ok(json!({"tokens": tokens}));
+        }
+        let mut pieces = Vec::with_capacity(tokens.len());
+        for &t in &tokens {
+            let piece = route.backend.detokenize(&[t]).await?;
+            pieces.push(json!({"id": t, "piece": piece}));
+        }
+        Ok(json!({"tokens": pieces}))
+    };
+    let answer = counted(&state, &ctx, &principal, &route.info, "openai", work).await?;
+    Ok(Json(answer))
 }
 
 #[derive(serde::Deserialize)]
@@ -349,10 +367,14 @@ pub struct DetokenizeRequest {
 /// llama-server's `POST /detokenize`: `{tokens, model?}` -> `{content}`.
 pub async fn detokenize(
     State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let req: DetokenizeRequest = read_json(body, state.body_limit).await?;
     let route = route_for(&state, req.model.as_deref())?;
-    let content = route.backend.detokenize(&req.tokens).await?;
+    ctx.set_model(&route.info.id);
+    let work = route.backend.detokenize(&req.tokens);
+    let content = counted(&state, &ctx, &principal, &route.info, "openai", work).await?;
     Ok(Json(json!({"content": content})))
 }
