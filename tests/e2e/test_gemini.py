@@ -96,3 +96,33 @@ def test_function_calling_on_qwen(qwen_gem):
     )
     text = qwen_gem.models.generate_content(model="qwen", contents=follow, config=off).text or ""
     assert "22" in text or "sunny" in text.lower(), text
+
+
+def test_snake_case_fields_from_the_sdk_are_read(qwen_gem):
+    # The SDK sends `parameters_json_schema` in snake_case; it was ignored and a forced
+    # call came back with args: {}.
+    weather = types.FunctionDeclaration(
+        name="get_weather", description="Current weather for a city",
+        parameters_json_schema={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    )
+    cfg = types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[weather])],
+        tool_config=types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode="ANY")),
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        temperature=0, max_output_tokens=64,
+    )
+    r = qwen_gem.models.generate_content(model="qwen", contents="What is the weather in Sofia?", config=cfg)
+    assert r.function_calls and r.function_calls[0].args.get("city"), r
+
+
+def test_both_spellings_on_the_wire_and_unknown_fields_are_400(server):
+    url = f"{server.url}/v1beta/models/{MODEL}:generateContent"
+    auth = {"x-goog-api-key": KEY}
+    camel = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 2, "temperature": 0}}
+    snake = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generation_config": {"max_output_tokens": 2, "temperature": 0}}
+    a = requests.post(url, json=camel, headers=auth, timeout=60).json()
+    b = requests.post(url, json=snake, headers=auth, timeout=60).json()
+    assert a["usageMetadata"]["candidatesTokenCount"] == b["usageMetadata"]["candidatesTokenCount"] == 2
+    r = requests.post(url, json={**camel, "generationConfig": {"maxTokens": 2}}, headers=auth, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert 'Unknown name "maxTokens"' in r.json()["error"]["message"], r.text

@@ -233,3 +233,12 @@ def test_a_killed_replica_gives_its_concurrency_places_back_within_seconds(repli
         assert r.status_code == 429 and time.time() - killed < 15, "a dead replica's places never lapsed"
         time.sleep(0.25)
     c.stop()
+
+
+def test_postgres_never_shows_its_errors_and_nul_is_refused(replicas):
+    a, _, _ = replicas
+    r = admin(a, "POST", "/keys", json={"name": "nul\x00name"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "name"
+    k = admin(a, "POST", "/keys", json={"name": "fine"}).json()
+    r = admin(a, "PATCH", f"/keys/{k['id']}", json={"name": "nul\x00name"})
+    assert r.status_code == 400 and "database" not in r.text.lower()

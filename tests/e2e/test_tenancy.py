@@ -471,3 +471,31 @@ def test_counting_endpoints_keep_the_allowlist_and_request_limits_and_are_metere
     assert all(r["prompt_tokens"] == 0 and r["completion_tokens"] == 0 for r in rows)
     assert sorted({r["front_door"] for r in rows}) == ["anthropic", "gemini", "openai"]
     assert [r["status"] for r in rows].count("ok") == len(COUNTING)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("budget_tokens", 2**63),
+    ("budget_tokens", -1),
+    ("budget_usd", -5),
+    ("expires_at", 2**63 - 1),
+    ("expires_at", 0),
+    ("expires_in", "99999999999d"),
+    ("name", "a\x00b"),
+    ("name", ""),
+    ("rpm", 2**32),
+    ("models", ["ok", "bad\x00"]),
+])
+def test_admin_api_refuses_values_it_cannot_keep(tenant, field, value):
+    # 2^63 tokens read back as 0 (the key refused), i64::MAX expiry made a key born
+    # expired, a negative budget was accepted; create and PATCH now say which field.
+    body = {"name": "v", field: value}
+    r = tenant.admin("POST", "/keys", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    k = tenant.key(name="to-patch")
+    r = tenant.admin("PATCH", f"/keys/{k['id']}", json={field: value})
+    assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+
+
+def test_usage_time_filters_out_of_range_are_400(tenant):
+    r = tenant.admin("GET", "/usage?from=9223372036854775807")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "from"

@@ -340,3 +340,54 @@ def test_a_real_vision_model_sees_a_red_square():
         assert "red" in r.choices[0].message.content.lower(), r.choices[0].message.content
     finally:
         s.stop()
+
+
+BAD_B64 = "@@not base64@@"
+
+
+def test_image_errors_name_the_part_in_each_doors_own_terms(vis):
+    # Anthropic and Gemini lost the part (OpenAI says messages[0].content[1]); Responses
+    # named input[1].content[1] for input[0] when instructions were set.
+    s, _ = vis
+    a = requests.post(s.url + "/v1/messages", timeout=60, json={"model": "smol-vision", "max_tokens": 4, "system": "Be brief.", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": BAD_B64}}]}]})
+    assert a.status_code == 400 and a.json()["error"]["message"].startswith("messages.0.content.1: "), a.text
+    g = requests.post(s.url + "/v1beta/models/smol-vision:generateContent", timeout=60, json={
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "contents": [{"role": "user", "parts": [{"text": "Hi"}, {"inline_data": {"mime_type": "image/png", "data": BAD_B64}}]}]})
+    assert g.status_code == 400 and g.json()["error"]["message"].startswith("contents[0].parts[1]: "), g.text
+    r = requests.post(s.url + "/v1/responses", timeout=60, json={"model": "smol-vision", "instructions": "Be brief.", "store": False, "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "Hi"}, {"type": "input_image", "image_url": "data:image/png;base64," + BAD_B64}]}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[0].content[1]", r.text
+    o = requests.post(s.url + "/v1/chat/completions", timeout=60, json={"model": "smol-vision", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64," + BAD_B64}}]}]})
+    assert o.status_code == 400 and o.json()["error"]["param"] == "messages[1].content[1]", o.text
+
+
+def test_gemini_takes_url_safe_base64_as_its_sdk_sends_it(vis, first_red):
+    s, _ = vis
+    # A picture whose standard base64 has '+' or '/', so the URL-safe one differs.
+    pic = next(p for p in (png((r, 40, 200)) for r in range(256)) if set("+/") & set(base64.b64encode(p).decode()))
+    safe = base64.urlsafe_b64encode(pic).decode().rstrip("=")
+    assert "-" in safe or "_" in safe
+    g = requests.post(s.url + "/v1beta/models/smol-vision:generateContent", timeout=60, json={
+        "contents": [{"role": "user", "parts": [{"text": "What colour is this?"}, {"inline_data": {"mime_type": "image/png", "data": safe}}]}],
+        "generationConfig": {"maxOutputTokens": 2}})
+    assert g.status_code == 200, g.text
+    assert g.json()["usageMetadata"]["promptTokenCount"] == first_red.usage.prompt_tokens
+
+
+def test_token_counts_include_images(vis, first_red):
+    # count_tokens / countTokens gave the same count with or without an image.
+    s, _ = vis
+    b64 = base64.b64encode(RED).decode()
+    text = {"role": "user", "content": [{"type": "text", "text": "What colour is this?"}]}
+    with_image = {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64}}, text["content"][0]]}
+    # As generation counts it: the projector's tokens and its wrapper text.
+    image = IMAGE_TOKENS + tokens(s, "<start_of_image>") + tokens(s, "<end_of_image>")
+    count = lambda m: requests.post(s.url + "/v1/messages/count_tokens", json={"model": "smol-vision", "messages": [m]}, timeout=60).json()["input_tokens"]
+    assert count(with_image) - count(text) == image
+    gcount = lambda parts: requests.post(s.url + "/v1beta/models/smol-vision:countTokens", json={"contents": [{"role": "user", "parts": parts}]}, timeout=60).json()["totalTokens"]
+    q = {"text": "What colour is this?"}
+    assert gcount([q, {"inline_data": {"mime_type": "image/png", "data": b64}}]) - gcount([q]) == image

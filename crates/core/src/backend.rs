@@ -149,6 +149,13 @@ pub trait Backend: Send + Sync {
         )
     }
 
+    /// Prompt tokens the images take, as this model counts them (token counting
+    /// endpoints); 0 where the backend cannot tell before generating (upstreams).
+    async fn count_image_tokens(&self, images: &[crate::ir::ImageSource]) -> Result<u32, Error> {
+        let _ = images;
+        Ok(0)
+    }
+
     /// Tokens in each text, as this model counts them (GigaChat's `POST /tokens/count`).
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
         let _ = texts;

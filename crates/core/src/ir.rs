@@ -224,8 +224,88 @@ pub struct ChatRequest {
     pub debug: bool,
     /// Parameters the front door did not recognise; upstreams pass them through.
     pub extra: Map<String, Value>,
+    /// Where its messages came from in the caller's request (set by the doors).
+    pub origins: PartOrigins,
     /// Who asked and how far the answer got; every layer sees it.
     pub context: RequestContext,
+}
+
+/// Where the IR's messages and their parts came from in the caller's request, in its
+/// own wire terms (`messages.1.content.0`, `contents[0].parts[1]`, `input[0]`): the IR
+/// adds messages (a system prompt, tool results) and splits others, so an IR path like
+/// `messages[2].content[1]` must be looked up, not renamed, to name what the caller sent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartOrigins {
+    messages: Vec<(usize, String)>,
+    parts: Vec<(usize, usize, String)>,
+}
+
+impl PartOrigins {
+    pub fn message(&mut self, index: usize, path: impl Into<String>) {
+        self.messages.push((index, path.into()));
+    }
+
+    pub fn part(&mut self, message: usize, part: usize, path: impl Into<String>) {
+        self.parts.push((message, part, path.into()));
+    }
+
+    /// One message written before the others (a preset's system prompt).
+    pub fn message_inserted(&mut self, at: usize) {
+        for (m, _) in &mut self.messages {
+            *m += usize::from(*m >= at);
+        }
+        for (m, _, _) in &mut self.parts {
+            *m += usize::from(*m >= at);
+        }
+    }
+
+    /// One part written before the others of `message`.
+    pub fn part_inserted(&mut self, message: usize, at: usize) {
+        for (m, p, _) in &mut self.parts {
+            *p += usize::from(*m == message && *p >= at);
+        }
+    }
+
+    /// Each message and part named by its own IR path (a door whose wire messages are
+    /// the IR's, one to one, such as OpenAI's).
+    pub fn one_to_one(messages: &[Message], name: &str) -> PartOrigins {
+        let mut o = PartOrigins::default();
+        for (i, m) in messages.iter().enumerate() {
+            o.message(i, format!("{name}[{i}]"));
+            for j in 0..m.content.len() {
+                o.part(i, j, format!("{name}[{i}].content[{j}]"));
+            }
+        }
+        o
+    }
+
+    /// The caller's name for an IR parameter path, when it is about a message.
+    pub fn name(&self, param: &str) -> Option<String> {
+        let rest = param.strip_prefix("messages[")?;
+        let (i, rest) = rest.split_once(']')?;
+        let i: usize = i.parse().ok()?;
+        if let Some(after) = rest.strip_prefix(".content[") {
+            if let Some((j, tail)) = after.split_once(']') {
+                if let Ok(j) = j.parse::<usize>() {
+                    if let Some((_, _, path)) =
+                        self.parts.iter().find(|(m, p, _)| *m == i && *p == j)
+                    {
+                        return Some(format!("{path}{tail}"));
+                    }
+                }
+            }
+        }
+        let (_, path) = self.messages.iter().find(|(m, _)| *m == i)?;
+        Some(format!("{path}{rest}"))
+    }
+
+    /// `e` with its parameter named as the caller wrote it (unchanged when unknown).
+    pub fn rename(&self, mut e: crate::Error) -> crate::Error {
+        if let Some(named) = e.param.as_deref().and_then(|p| self.name(p)) {
+            e.param = Some(named);
+        }
+        e
+    }
 }
 
 /// Per-request facts that are not the request itself.

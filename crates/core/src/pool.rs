@@ -442,4 +442,11 @@ impl Backend for Pool {
             None => Err(Error::model_not_found(&self.model)),
         }
     }
+
+    async fn count_image_tokens(&self, images: &[crate::ir::ImageSource]) -> Result<u32, Error> {
+        match self.slots.first() {
+            Some(s) => s.d.backend.count_image_tokens(images).await,
+            None => Err(Error::model_not_found(&self.model)),
+        }
+    }
 }

@@ -83,10 +83,13 @@ impl Preset {
                     first
                         .content
                         .insert(0, ContentPart::Text(format!("{prompt}\n\n")));
+                    req.origins.part_inserted(0, 0);
                 }
-                _ => req
-                    .messages
-                    .insert(0, Message::text(Role::System, prompt.clone())),
+                _ => {
+                    req.messages
+                        .insert(0, Message::text(Role::System, prompt.clone()));
+                    req.origins.message_inserted(0);
+                }
             }
         }
     }
@@ -124,6 +127,10 @@ impl Backend for Preset {
 
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
         self.inner.count_tokens(texts).await
+    }
+
+    async fn count_image_tokens(&self, images: &[crate::ir::ImageSource]) -> Result<u32, Error> {
+        self.inner.count_image_tokens(images).await
     }
 }
 

@@ -190,7 +190,7 @@ mod tests {
             ]
         );
         // Without spans every special text is a token.
-        assert_eq!(s.split(&prompt, &[]).len(), 8);
+        assert_eq!(s.split(&prompt, &[]).len(), 7);
         assert!(s.found_in(user) && !s.found_in("plain <|im_x|>"));
         // LSTRIP drops the whitespace before.
         assert_eq!(

@@ -265,6 +265,38 @@ pub(crate) fn floor_to_media(media: &[Media], n: usize) -> usize {
         .map_or(n, |m| m.start)
 }
 
+/// Prompt positions each inline image takes (what generation adds for it); images
+/// given by URL are not fetched to be counted, and count 0.
+pub(crate) fn count_tokens(prep: &crate::prep::Prep, images: &[ImageSource]) -> Result<u32, Error> {
+    let Some(vision) = &prep.vision else {
+        return Ok(0);
+    };
+    let mut total = 0u32;
+    for (i, image) in images.iter().enumerate() {
+        let ImageSource::Base64 { data, .. } = image else {
+            continue;
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| {
+                Error::invalid_param(
+                    format!("images[{i}]"),
+                    format!("The image's base64 data is invalid: {e}."),
+                )
+                .with_code("invalid_image")
+            })?;
+        let chunks = vision.image(&bytes).map_err(|why| {
+            Error::invalid_param(
+                format!("images[{i}]"),
+                format!("The image cannot be used: {why}."),
+            )
+            .with_code("invalid_image")
+        })?;
+        total = total.saturating_add(chunks.total_tokens() as u32);
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,25 +82,126 @@ async fn view(t: &Tenancy, k: &KeyRecord) -> Value {
     })
 }
 
+/// Latest expiry accepted: the year 9999, so milliseconds never overflow.
+const LAST_EXPIRY_S: i64 = 253_402_300_799;
+
 /// `expires_at` as Unix seconds, or `expires_in` as `30d` / `12h`.
 fn expiry(body: &Map<String, Value>) -> Result<Option<Option<i64>>, Error> {
     if let Some(v) = body.get("expires_in") {
         let text = v.as_str().unwrap_or_default();
-        let ms = parse_duration_ms(text).ok_or_else(|| {
-            Error::invalid_param(
-                "expires_in",
-                "'expires_in' must look like 30d, 12h, 45m or 3600s.",
-            )
-        })?;
-        return Ok(Some(Some(keys::now_ms() + ms)));
+        let at = parse_duration_ms(text)
+            .filter(|&ms| ms > 0)
+            .and_then(|ms| keys::now_ms().checked_add(ms))
+            .filter(|&at| at <= LAST_EXPIRY_S * 1000)
+            .ok_or_else(|| {
+                Error::invalid_param(
+                    "expires_in",
+                    "'expires_in' must look like 30d, 12h, 45m or 3600s, and end before the year 10000.",
+                )
+            })?;
+        return Ok(Some(Some(at)));
     }
     match body.get("expires_at") {
         None => Ok(None),
         Some(Value::Null) => Ok(Some(None)),
-        Some(v) => v.as_i64().map(|s| Some(Some(s * 1000))).ok_or_else(|| {
-            Error::invalid_param("expires_at", "'expires_at' must be Unix seconds.")
-        }),
+        Some(v) => v
+            .as_i64()
+            .filter(|s| (1..=LAST_EXPIRY_S).contains(s))
+            .map(|s| Some(Some(s * 1000)))
+            .ok_or_else(|| {
+                Error::invalid_param(
+                    "expires_at",
+                    "'expires_at' must be Unix seconds before the year 10000.",
+                )
+            }),
     }
+}
+
+/// Text that the store can keep (Postgres refuses NUL) and a person can read.
+fn text_field(v: &Value, name: &str) -> Result<String, Error> {
+    v.as_str()
+        .filter(|s| !s.trim().is_empty() && s.len() <= 256 && !s.contains('\0'))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::invalid_param(
+                name,
+                format!("'{name}' must be a non-empty string of at most 256 bytes, without NUL."),
+            )
+        })
+}
+
+/// Sets the fields `obj` names on `k`, each checked; the same for create and update.
+fn apply_fields(k: &mut KeyRecord, obj: &Map<String, Value>) -> Result<(), Error> {
+    if let Some(e) = expiry(obj)? {
+        k.expires_at = e;
+    }
+    for (name, v) in obj {
+        match name.as_str() {
+            "name" => k.name = text_field(v, "name")?,
+            "models" => {
+                let list = v.as_array().ok_or_else(|| {
+                    Error::invalid_param("models", "'models' must be a list of model names.")
+                })?;
+                k.models = list
+                    .iter()
+                    .map(|m| text_field(m, "models"))
+                    .collect::<Result<_, _>>()?;
+            }
+            "rpm" => k.rpm = opt_u32(v, "rpm")?,
+            "tpm" => k.tpm = opt_u32(v, "tpm")?,
+            "max_concurrent" => k.max_concurrent = opt_u32(v, "max_concurrent")?,
+            "budget_tokens" => {
+                k.budget_tokens = match v {
+                    Value::Null => None,
+                    // The store keeps a signed 64-bit number.
+                    v => Some(
+                        v.as_u64()
+                            .filter(|&n| i64::try_from(n).is_ok())
+                            .ok_or_else(|| {
+                                Error::invalid_param(
+                                    "budget_tokens",
+                                    "'budget_tokens' must be a whole number below 2^63, or null.",
+                                )
+                            })?,
+                    ),
+                }
+            }
+            "budget_usd" => {
+                k.budget_usd = match v {
+                    Value::Null => None,
+                    v => Some(
+                        v.as_f64()
+                            .filter(|x| x.is_finite() && *x >= 0.0)
+                            .ok_or_else(|| {
+                                Error::invalid_param(
+                                    "budget_usd",
+                                    "'budget_usd' must be a number of dollars, 0 or more, or null.",
+                                )
+                            })?,
+                    ),
+                }
+            }
+            "metadata" => {
+                k.metadata = v.as_object().cloned().ok_or_else(|| {
+                    Error::invalid_param("metadata", "'metadata' must be an object.")
+                })?
+            }
+            "expires_at" | "expires_in" => {}
+            other => {
+                return Err(Error::invalid_param(
+                    other,
+                    format!("Unknown key field '{other}'."),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A store failure, logged whole; the caller sees no database text.
+pub(crate) fn store_error(e: String) -> Error {
+    tracing::error!("admin API: {e}");
+    Error::internal("The key store could not be read or written; see the server log.")
 }
 
 async fn create_key(
@@ -110,17 +211,24 @@ async fn create_key(
 ) -> Result<Response, ApiError> {
     let t = admin(&state, &headers)?;
     let bytes = read_limited(body, state.body_limit).await?;
-    let mut obj: Map<String, Value> = parse_json(&bytes)?;
-    let expires = expiry(&obj)?;
-    obj.remove("expires_at");
-    obj.remove("expires_in");
-    let mut spec: KeySpec = serde_json::from_value(Value::Object(obj))
-        .map_err(|e| Error::invalid(format!("Invalid key: {e}")))?;
-    spec.expires_at_ms = expires.flatten();
-    let (record, key) = t
-        .create_key(spec)
-        .await
-        .map_err(|e| Error::invalid_param("name", e))?;
+    let obj: Map<String, Value> = parse_json(&bytes)?;
+    let mut k = KeyRecord::default();
+    apply_fields(&mut k, &obj)?;
+    if k.name.is_empty() {
+        return Err(Error::invalid_param("name", "A key needs a 'name'.").into());
+    }
+    let spec = KeySpec {
+        name: k.name,
+        models: k.models,
+        rpm: k.rpm,
+        tpm: k.tpm,
+        max_concurrent: k.max_concurrent,
+        budget_tokens: k.budget_tokens,
+        budget_usd: k.budget_usd,
+        expires_at_ms: k.expires_at,
+        metadata: k.metadata,
+    };
+    let (record, key) = t.create_key(spec).await.map_err(store_error)?;
     let mut v = view(&t, &record).await;
     v["key"] = json!(key);
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -131,7 +239,7 @@ async fn list_keys(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let t = admin(&state, &headers)?;
-    let keys = t.store.list_keys().await.map_err(Error::internal)?;
+    let keys = t.store.list_keys().await.map_err(store_error)?;
     let mut data = Vec::with_capacity(keys.len());
     for k in &keys {
         data.push(view(&t, k).await);
@@ -143,7 +251,7 @@ async fn find(t: &Tenancy, id: &str) -> Result<KeyRecord, Error> {
     t.store
         .get_key(id)
         .await
-        .map_err(Error::internal)?
+        .map_err(store_error)?
         .ok_or_else(|| {
             Error::new(ErrorKind::NotFound, format!("No key with id `{id}`."))
                 .with_code("key_not_found")
@@ -183,61 +291,8 @@ async fn update_key(
     let mut k = find(&t, &id).await?;
     let bytes = read_limited(body, state.body_limit).await?;
     let obj: Map<String, Value> = parse_json(&bytes)?;
-    if let Some(e) = expiry(&obj)? {
-        k.expires_at = e;
-    }
-    for (name, v) in &obj {
-        match name.as_str() {
-            "name" => {
-                k.name = v
-                    .as_str()
-                    .filter(|s| !s.trim().is_empty())
-                    .ok_or_else(|| {
-                        Error::invalid_param("name", "'name' must be a non-empty string.")
-                    })?
-                    .to_string()
-            }
-            "models" => {
-                k.models = serde_json::from_value(v.clone()).map_err(|_| {
-                    Error::invalid_param("models", "'models' must be a list of model names.")
-                })?
-            }
-            "rpm" => k.rpm = opt_u32(v, "rpm")?,
-            "tpm" => k.tpm = opt_u32(v, "tpm")?,
-            "max_concurrent" => k.max_concurrent = opt_u32(v, "max_concurrent")?,
-            "budget_tokens" => {
-                k.budget_tokens = match v {
-                    Value::Null => None,
-                    v => Some(v.as_u64().ok_or_else(|| {
-                        Error::invalid_param(
-                            "budget_tokens",
-                            "'budget_tokens' must be a whole number or null.",
-                        )
-                    })?),
-                }
-            }
-            "budget_usd" => {
-                k.budget_usd = match v {
-                    Value::Null => None,
-                    v => Some(v.as_f64().ok_or_else(|| {
-                        Error::invalid_param("budget_usd", "'budget_usd' must be a number or null.")
-                    })?),
-                }
-            }
-            "metadata" => {
-                k.metadata = v.as_object().cloned().ok_or_else(|| {
-                    Error::invalid_param("metadata", "'metadata' must be an object.")
-                })?
-            }
-            "expires_at" | "expires_in" => {}
-            other => {
-                return Err(
-                    Error::invalid_param(other, format!("Unknown key field '{other}'.")).into(),
-                )
-            }
-        }
-    }
-    t.store.update_key(&k).await.map_err(Error::internal)?;
+    apply_fields(&mut k, &obj)?;
+    t.store.update_key(&k).await.map_err(store_error)?;
     t.forget(&k.id);
     Ok(Json(view(&t, &k).await))
 }
@@ -249,7 +304,7 @@ async fn revoke_key(
 ) -> Result<Json<Value>, ApiError> {
     let t = admin(&state, &headers)?;
     find(&t, &id).await?;
-    t.store.revoke_key(&id).await.map_err(Error::internal)?;
+    t.store.revoke_key(&id).await.map_err(store_error)?;
     t.forget(&id);
     Ok(Json(
         json!({"id": id, "object": "api_key", "revoked": true}),
@@ -262,7 +317,10 @@ fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Er
         return Ok(None);
     };
     if let Ok(s) = v.parse::<i64>() {
-        return Ok(Some(s * 1000));
+        return s
+            .checked_mul(1000)
+            .map(Some)
+            .ok_or_else(|| Error::invalid_param(name, format!("'{name}' is out of range.")));
     }
     parse_date_ms(v).map(Some).ok_or_else(|| {
         Error::invalid_param(
@@ -322,7 +380,7 @@ async fn totals(
     t.store
         .usage_totals(&filter, group)
         .await
-        .map_err(Error::internal)
+        .map_err(store_error)
 }
 
 async fn usage(

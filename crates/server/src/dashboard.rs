@@ -100,7 +100,7 @@ pub async fn usage_series(
         .store
         .usage_series(&filter, bucket, group)
         .await
-        .map_err(Error::internal)?;
+        .map_err(crate::admin::store_error)?;
     Ok(Json(
         json!({"object": "list", "bucket_s": bucket, "data": data}),
     ))
@@ -118,6 +118,6 @@ pub async fn usage_latency(
         .store
         .usage_latency(&filter)
         .await
-        .map_err(Error::internal)?;
+        .map_err(crate::admin::store_error)?;
     Ok(Json(json!({"object": "list", "data": data})))
 }

@@ -63,13 +63,15 @@ pub async fn start(
 ) -> Result<Started, Response> {
     let model = req.model.clone();
     let (meter, rate) = admit(state, ctx, principal, &route.info, &mut req, front_door).await?;
+    let origins = req.origins.clone();
     match route.backend.chat(req).await {
         Ok(events) => Ok(Started {
             events: watch(state, meter, events, &model, ctx),
             rate,
         }),
         Err(e) => {
-            let e = rename_param(e, names);
+            // Parts first, by where they came from; then this door's parameter names.
+            let e = rename_param(origins.rename(e), names);
             record_refusal(meter, &e).await;
             Err(with_rate_headers(ApiError(e).into_response(), &rate))
         }
@@ -89,4 +91,35 @@ pub fn sse_response(
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
         .into_response();
     with_rate_headers(resp, rate)
+}
+
+/// Prompt tokens the request's images take on its model (token counting endpoints);
+/// an unusable image is a 400 naming its part as the caller sent it.
+pub async fn image_tokens(route: &Route, req: &ChatRequest) -> Result<u32, Error> {
+    let mut paths = Vec::new();
+    let mut images = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
+        for (j, p) in m.content.iter().enumerate() {
+            if let parlance_core::ir::ContentPart::Image(source) = p {
+                paths.push(format!("messages[{i}].content[{j}]"));
+                images.push(source.clone());
+            }
+        }
+    }
+    route
+        .backend
+        .count_image_tokens(&images)
+        .await
+        .map_err(|mut e| {
+            let k = e
+                .param
+                .as_deref()
+                .and_then(|p| p.strip_prefix("images["))
+                .and_then(|p| p.strip_suffix(']'))
+                .and_then(|k| k.parse::<usize>().ok());
+            if let Some(path) = k.and_then(|k| paths.get(k)) {
+                e.param = Some(path.clone());
+            }
+            req.origins.rename(e)
+        })
 }

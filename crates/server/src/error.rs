@@ -135,10 +135,18 @@ pub async fn rewrite_errors(
         .await
         .unwrap_or_default();
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let message = v["error"]["message"]
+    let mut message = v["error"]["message"]
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    // These doors' error bodies have no `param`: the message names it, as theirs do
+    // (`messages.0.content.1: ...`).
+    if let Some(param) = v["error"]["param"]
+        .as_str()
+        .filter(|p| !message.contains(*p))
+    {
+        message = format!("{param}: {message}");
+    }
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,

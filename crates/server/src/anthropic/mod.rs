@@ -78,9 +78,11 @@ pub async fn messages(
     let model = req.model.clone();
     let stream = req.stream;
     let progress = req.context.progress.clone();
+    let origins = req.origins.clone();
     let events = match route.backend.chat(req).await {
         Ok(ev) => ev,
         Err(e) => {
+            let e = origins.rename(e);
             record_refusal(meter, &e).await;
             return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
         }
@@ -132,13 +134,13 @@ pub async fn count_tokens(
             .iter()
             .flat_map(|m| m.tool_calls.iter().map(|c| c.arguments.clone())),
     );
-    let work = route.backend.count_tokens(&texts);
-    let counts = counted(&state, &ctx, &principal, &route.info, "anthropic", work).await?;
-    Ok((
-        StatusCode::OK,
-        Json(json!({"input_tokens": counts.iter().sum::<u32>()})),
-    )
-        .into_response())
+    let work = async {
+        let texts = route.backend.count_tokens(&texts).await?;
+        let images = crate::door::image_tokens(route, &req).await?;
+        Ok(texts.iter().sum::<u32>() + images)
+    };
+    let count = counted(&state, &ctx, &principal, &route.info, "anthropic", work).await?;
+    Ok((StatusCode::OK, Json(json!({"input_tokens": count}))).into_response())
 }
 
 /// `GET /v1/models` for callers that send `anthropic-version`.

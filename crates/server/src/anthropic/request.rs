@@ -1,7 +1,7 @@
 //! Anthropic Messages request -> IR, validated once, parameters named as Anthropic does.
 
 use parlance_core::ir::{
-    ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role,
+    ChatRequest, ContentPart, ImageSource, Message, PartOrigins, Reasoning, ResponseFormat, Role,
     SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
@@ -75,9 +75,11 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
         ));
     }
     let mut messages = Vec::new();
+    let mut origins = PartOrigins::default();
     if let Some(system) = &req.system {
         let text = text_of(system, "system")?;
         if !text.is_empty() {
+            origins.message(messages.len(), "system");
             messages.push(Message::text(Role::System, text));
         }
     }
@@ -106,11 +108,17 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
             reasoning_signature: None,
             is_error: false,
         };
+        // (part index in `msg`, the caller's path of that block)
+        let mut parts_at: Vec<(usize, String)> = Vec::new();
         for (j, b) in blocks.into_iter().enumerate() {
             let at = format!("messages.{i}.content.{j}");
             match b {
-                wire::ContentBlock::Text { text } => msg.content.push(ContentPart::Text(text)),
+                wire::ContentBlock::Text { text } => {
+                    parts_at.push((msg.content.len(), at));
+                    msg.content.push(ContentPart::Text(text))
+                }
                 wire::ContentBlock::Image { source } => {
+                    parts_at.push((msg.content.len(), at));
                     msg.content.push(ContentPart::Image(match source {
                         wire::ImageSource::Base64 { media_type, data } => {
                             ImageSource::Base64 { media_type, data }
@@ -135,6 +143,8 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
                         content.as_ref().unwrap_or(&Value::Null),
                         &format!("{at}.content"),
                     )?;
+                    origins.message(messages.len(), at.clone());
+                    origins.part(messages.len(), 0, format!("{at}.content"));
                     messages.push(Message {
                         role: Role::Tool,
                         content: vec![ContentPart::Text(text)],
@@ -170,6 +180,10 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
             }
         }
         if !msg.content.is_empty() || !msg.tool_calls.is_empty() || msg.reasoning.is_some() {
+            origins.message(messages.len(), format!("messages.{i}"));
+            for (part, at) in parts_at {
+                origins.part(messages.len(), part, at);
+            }
             messages.push(msg);
         }
     }
@@ -282,6 +296,7 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
         .and_then(Value::as_str)
         .map(str::to_string);
     Ok(ChatRequest {
+        origins,
         model: req.model,
         messages,
         raw_prompt: None,

@@ -2,6 +2,7 @@
 //! (`?alt=sse`, or the default JSON array), `:countTokens`, and the model list, under
 //! `/v1beta` and `/v1`, with Gemini-shaped errors.
 
+mod fields;
 mod request;
 
 use crate::auth::Principal;
@@ -103,7 +104,9 @@ pub async fn action(
         )
         .into());
     };
-    let wire_req: wire::GenerateContentRequest = read_json(body, state.body_limit).await?;
+    let raw: serde_json::Value = read_json(body, state.body_limit).await?;
+    let wire_req: wire::GenerateContentRequest = serde_json::from_value(fields::normalize(raw)?)
+        .map_err(|e| Error::invalid(format!("Invalid JSON payload received. {e}")))?;
     ctx.set_model(model);
     let stream = match verb {
         "generateContent" => false,
@@ -132,9 +135,11 @@ pub async fn action(
         Err(resp) => return Ok(resp),
     };
     let n = req.n;
+    let origins = req.origins.clone();
     let events = match route.backend.chat(req).await {
         Ok(ev) => ev,
         Err(e) => {
+            let e = origins.rename(e);
             record_refusal(meter, &e).await;
             return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
         }
@@ -275,7 +280,11 @@ async fn count_tokens(
     let route = state.router.resolve(model)?;
     let mut texts: Vec<String> = ir.messages.iter().map(|m| m.joined_text()).collect();
     texts.extend(ir.tools.iter().map(|t| t.parameters.to_string()));
-    let work = route.backend.count_tokens(&texts);
-    let counts = counted(state, ctx, principal, &route.info, "gemini", work).await?;
-    Ok(Json(json!({"totalTokens": counts.iter().sum::<u32>()})).into_response())
+    let work = async {
+        let texts = route.backend.count_tokens(&texts).await?;
+        let images = crate::door::image_tokens(route, &ir).await?;
+        Ok(texts.iter().sum::<u32>() + images)
+    };
+    let count = counted(state, ctx, principal, &route.info, "gemini", work).await?;
+    Ok(Json(json!({"totalTokens": count})).into_response())
 }

@@ -1,7 +1,7 @@
 //! Gemini generateContent request -> IR, parameters named as Gemini does.
 
 use parlance_core::ir::{
-    ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role,
+    ChatRequest, ContentPart, ImageSource, Message, PartOrigins, Reasoning, ResponseFormat, Role,
     SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
@@ -36,9 +36,11 @@ pub fn to_ir(
         ));
     }
     let mut messages = Vec::new();
+    let mut origins = PartOrigins::default();
     if let Some(sys) = &req.system_instruction {
         let text: Vec<&str> = sys.parts.iter().filter_map(|p| p.text.as_deref()).collect();
         if !text.is_empty() {
+            origins.message(messages.len(), "systemInstruction");
             messages.push(Message::text(Role::System, text.join("\n")));
         }
     }
@@ -66,20 +68,24 @@ pub fn to_ir(
             reasoning_signature: None,
             is_error: false,
         };
+        let mut parts_at: Vec<(usize, String)> = Vec::new();
         for (j, p) in c.parts.into_iter().enumerate() {
             let at = format!("contents[{i}].parts[{j}]");
             if let Some(t) = p.text {
                 if p.thought == Some(true) {
                     msg.reasoning.get_or_insert_with(String::new).push_str(&t);
                 } else {
+                    parts_at.push((msg.content.len(), at));
                     msg.content.push(ContentPart::Text(t));
                 }
             } else if let Some(b) = p.inline_data {
+                parts_at.push((msg.content.len(), at));
                 msg.content.push(ContentPart::Image(ImageSource::Base64 {
                     media_type: b.mime_type,
-                    data: b.data,
+                    data: standard_base64(b.data),
                 }));
             } else if let Some(f) = p.file_data {
+                parts_at.push((msg.content.len(), at));
                 msg.content
                     .push(ContentPart::Image(ImageSource::Url(f.file_uri)));
             } else if let Some(fc) = p.function_call {
@@ -109,6 +115,7 @@ pub fn to_ir(
                             ),
                         )
                     })?;
+                origins.message(messages.len(), at.clone());
                 messages.push(Message {
                     role: Role::Tool,
                     content: vec![ContentPart::Text(fr.response.to_string())],
@@ -127,6 +134,10 @@ pub fn to_ir(
             }
         }
         if !msg.content.is_empty() || !msg.tool_calls.is_empty() || msg.reasoning.is_some() {
+            origins.message(messages.len(), format!("contents[{i}]"));
+            for (part, at) in parts_at {
+                origins.part(messages.len(), part, at);
+            }
             messages.push(msg);
         }
     }
@@ -205,6 +216,7 @@ pub fn to_ir(
         _ => ResponseFormat::Text,
     };
     Ok(ChatRequest {
+        origins,
         model: model.to_string(),
         messages,
         raw_prompt: None,
@@ -247,4 +259,26 @@ pub fn to_ir(
         extra: req.extra,
         context: Default::default(),
     })
+}
+
+/// Gemini takes base64 in either alphabet (the google-genai SDK sends the URL-safe one,
+/// `-` and `_`) and with or without padding; the IR carries the standard alphabet.
+fn standard_base64(data: String) -> String {
+    if !data.contains(['-', '_']) && data.len() % 4 == 0 {
+        return data;
+    }
+    let mut s: String = data
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    let unpadded = s.trim_end_matches('=').len();
+    s.truncate(unpadded);
+    while s.len() % 4 != 0 {
+        s.push('=');
+    }
+    s
 }

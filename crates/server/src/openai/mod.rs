@@ -121,10 +121,13 @@ pub async fn chat_completions(
         Err(resp) => return Ok(resp),
     };
 
+    // A preset may add a system message: errors name the parts as the caller sent them.
+    let origins = req.origins.clone();
     if !stream {
         let events = match backend.chat(req).await {
             Ok(ev) => ev,
             Err(e) => {
+                let e = origins.rename(e);
                 record_refusal(meter, &e).await;
                 return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
             }
@@ -159,6 +162,7 @@ pub async fn chat_completions(
         r = &mut started => match r {
             Ok(events) => events,
             Err(e) => {
+                let e = origins.rename(e);
                 record_refusal(meter, &e).await;
                 return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
             }

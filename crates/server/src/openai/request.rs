@@ -2,7 +2,7 @@
 //! re-check ranges or shapes.
 
 use parlance_core::ir::{
-    ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role,
+    ChatRequest, ContentPart, ImageSource, Message, PartOrigins, Reasoning, ResponseFormat, Role,
     SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
@@ -177,6 +177,7 @@ pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error>
     };
     Ok(ChatRequest {
         model: req.model,
+        origins: PartOrigins::one_to_one(&messages, "messages"),
         messages,
         raw_prompt: None,
         reasoning,

@@ -84,8 +84,8 @@ async fn conversation(
             let input: Vec<Value> = serde_json::from_str(&turn.input).unwrap_or_default();
             let response: Value = serde_json::from_str(&turn.response).unwrap_or_default();
             let output = response["output"].as_array().cloned().unwrap_or_default();
-            request::push_messages(&mut messages, &input, "input")
-                .and_then(|()| request::push_messages(&mut messages, &output, "output"))
+            request::push_messages(&mut messages, &input, "input", None)
+                .and_then(|()| request::push_messages(&mut messages, &output, "output", None))
                 .map_err(|e| {
                     Error::internal(format!(
                         "stored response {} is unreadable: {}",

@@ -4,8 +4,8 @@
 
 use crate::openai::request::{check_tool_choice, check_tool_name, image_source, range};
 use parlance_core::ir::{
-    ChatRequest, ContentPart, Message, Reasoning, ResponseFormat, Role, SamplingParams, ToolCall,
-    ToolChoice, ToolDef,
+    ChatRequest, ContentPart, Message, PartOrigins, Reasoning, ResponseFormat, Role,
+    SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
 use parlance_protocol::responses as wire;
@@ -65,10 +65,37 @@ pub fn input_items(input: Option<Value>) -> Result<Vec<Value>, Error> {
 }
 
 /// Appends the messages of `items` (input items, or a stored response's output items)
-/// to `out`; `at` names the list in errors (`input`).
-pub fn push_messages(out: &mut Vec<Message>, items: &[Value], at: &str) -> Result<(), Error> {
+/// to `out`; `at` names the list in errors (`input`), and `origins`, when given,
+/// records which item each message came from.
+pub fn push_messages(
+    out: &mut Vec<Message>,
+    items: &[Value],
+    at: &str,
+    mut origins: Option<&mut PartOrigins>,
+) -> Result<(), Error> {
     for (i, item) in items.iter().enumerate() {
         let param = format!("{at}[{i}]");
+        let before = out.len();
+        let parts_before = out.last().map_or(0, |m| m.content.len());
+        push_item(out, item, &param)?;
+        if let Some(o) = origins.as_deref_mut() {
+            // A new message, or this item merged into the last one (calls of one turn,
+            // an answer after its reasoning).
+            let index = out.len().saturating_sub(1);
+            let first_part = if out.len() > before { 0 } else { parts_before };
+            o.message(index, param.clone());
+            let parts = out.last().map_or(0, |m| m.content.len());
+            for (j, part) in (first_part..parts).enumerate() {
+                o.part(index, part, format!("{param}.content[{j}]"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One input item's message(s), appended to `out`.
+fn push_item(out: &mut Vec<Message>, item: &Value, param: &str) -> Result<(), Error> {
+    {
         let kind = item
             .get("type")
             .and_then(Value::as_str)
@@ -377,12 +404,14 @@ pub fn to_ir(
         ));
     }
     let mut messages = Vec::new();
+    let mut origins = PartOrigins::default();
     // Instructions are not carried over from a previous response: each turn's own.
     if let Some(i) = req.instructions.as_deref().filter(|i| !i.is_empty()) {
+        origins.message(0, "instructions");
         messages.push(Message::text(Role::System, i));
     }
     messages.extend(history);
-    push_messages(&mut messages, items, "input")?;
+    push_messages(&mut messages, items, "input", Some(&mut origins))?;
     if !messages
         .iter()
         .any(|m| m.role != Role::System && (!m.content.is_empty() || !m.tool_calls.is_empty()))
@@ -405,6 +434,7 @@ pub fn to_ir(
         extra.remove(own);
     }
     Ok(ChatRequest {
+        origins,
         model: req.model.clone(),
         messages,
         raw_prompt: None,
