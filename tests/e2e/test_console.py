@@ -482,3 +482,94 @@ def test_admin_status_and_series_api(admin_server):
     lat = requests.get(admin_server.url + "/admin/usage/latency", headers=h).json()["data"]
     row = next(r for r in lat if r["model"] == MODEL)
     assert row["requests"] >= 2 and 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
+
+
+def test_acceptance_suite_defects_in_the_console(browser):
+    # Found by the console acceptance suite: copied Python rewrote true/false/null inside
+    # strings, the chat title ignored an edited first question, empty "New chat" entries
+    # piled up, the key behind copied code went unsaid, a wrong key read as a missing one,
+    # the Keys table widened the page at 390 px, upstream models showed context 0, and
+    # an all-zero cost axis read 0.0001 / 0.0001 / 0.0000.
+    cfg = pathlib.Path(tempfile.mkdtemp(prefix="parlance-console-")) / "parlance.toml"
+    cfg.write_text(f"""
+[providers.far]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "none"
+
+[[models]]
+name = "far-away"
+deployments = [{{ provider = "far", model = "gone" }}]
+
+[[models]]
+name = "smol"
+deployments = [{{ gguf = "{GGUF}" }}]
+""")
+    s = Server("--config", str(cfg), "-np", "2", "--admin-key", ADMIN, "--api-key", "right-key")
+    d, url = browser, s.url
+    try:
+        d.get(url + "/")
+        d.execute_script("localStorage.clear()")
+        d.get(url + "/")
+        wait(d, lambda d: d.find_element(By.ID, "error").is_displayed(), what="missing key")
+        assert "needs an API key" in d.find_element(By.ID, "error").text
+        d.find_element(By.ID, "key-button").click()
+        d.find_element(By.ID, "key-input").send_keys("wrong-key" + Keys.ENTER)
+        wait(d, lambda d: "refused" in d.find_element(By.ID, "error").text, what="wrong key said so")
+        d.find_element(By.ID, "key-button").click()
+        d.find_element(By.ID, "key-input").clear()
+        d.find_element(By.ID, "key-input").send_keys("right-key" + Keys.ENTER)
+        wait(d, lambda d: "smol" in [o.text for o in Select(d.find_element(By.ID, "model")).options], what="models")
+        assert d.find_element(By.ID, "key-note").is_displayed()
+        Select(d.find_element(By.ID, "model")).select_by_visible_text("smol")
+        for _ in range(3):
+            d.find_element(By.ID, "new-chat").click()
+        titles = [b.text for b in d.find_elements(By.CSS_SELECTOR, "#conversations .open")]
+        assert titles.count("New chat") == 1, titles
+
+        question = 'Is it true that null is false? Say "true" or "false".'
+        d.find_element(By.ID, "max_tokens").clear()
+        d.find_element(By.ID, "max_tokens").send_keys("3")
+        d.find_element(By.ID, "prompt").send_keys(question)
+        py = copied(d, "python")
+        assert json.dumps(question) in py and '"max_tokens": 3' in py, py
+        env = {**os.environ, "PARLANCE_API_KEY": "right-key"}
+        out = subprocess.run([sys.executable, "-c", py], capture_output=True, text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr
+
+        send(d, "First question")
+        wait(d, lambda d: len(assistant_messages(d)) == 1 and finished(d), what="answer")
+        d.find_element(By.XPATH, "//article[contains(@class,'user')]//button[text()='Edit']").click()
+        box = d.find_element(By.CSS_SELECTOR, "#messages textarea")
+        box.clear()
+        box.send_keys("Edited question")
+        d.find_element(By.XPATH, "//button[text()='Save and send']").click()
+        wait(d, lambda d: finished(d) and "Edited question" in [b.text for b in d.find_elements(By.CSS_SELECTOR, "#conversations .open")], what="title follows the edit")
+
+        d.get(url + "/admin")
+        wait(d, lambda d: d.find_element(By.ID, "login").is_displayed(), what="login form")
+        # (An empty key is the form's own `required` check.)
+        d.find_element(By.ID, "admin-key").send_keys("wrong" + Keys.ENTER)
+        wait(d, lambda d: "refused" in d.find_element(By.ID, "login-error").text, what="wrong admin key")
+        d.find_element(By.ID, "admin-key").clear()
+        d.find_element(By.ID, "admin-key").send_keys(ADMIN + Keys.ENTER)
+        wait(d, lambda d: d.find_element(By.ID, "dash").is_displayed(), what="dashboard")
+        requests.post(url + "/admin/keys", json={"name": "a-key-with-a-rather-long-name-for-a-phone"}, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+        d.refresh()
+        wait(d, lambda d: any("a-key-with" in r.text for r in d.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr")), what="key listed")
+        d.set_window_size(390, 844)
+        try:
+            assert d.execute_script("return document.documentElement.scrollWidth") <= 390
+            shot(d, "admin-keys-phone")
+        finally:
+            d.set_window_size(1280, 900)
+        tab(d, "catalog")
+        row = wait(d, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#catalog-table tbody tr") if "far-away" in r.text], what="catalog")[0]
+        assert row.find_elements(By.TAG_NAME, "td")[3].text.startswith("unknown"), row.text
+        tab(d, "usage")
+        ticks = wait(d, lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#chart-cost svg text')].map(t => t.textContent)"), what="cost axis")
+        y_ticks = ticks[:3]
+        assert len(set(y_ticks)) == 3, ticks
+    finally:
+        s.stop()

@@ -27,6 +27,11 @@ async function guarded(fn) {
 // ---- login -----------------------------------------------------------------------
 
 async function login(keyValue) {
+  if (!keyValue) {
+    $("login-error").textContent = "Enter the admin key (the server's --admin-key).";
+    $("login-error").hidden = false;
+    return;
+  }
   sessionStorage.setItem(KEY, keyValue);
   try {
     await call("/admin/status");
@@ -34,7 +39,9 @@ async function login(keyValue) {
     sessionStorage.removeItem(KEY);
     const msg = e instanceof ApiError && e.status === 404
       ? "The admin API is off: start the server with --admin-key."
-      : e.message;
+      : e instanceof ApiError && e.status === 401
+        ? "That admin key was refused: it is not this server's --admin-key."
+        : e.message;
     $("login-error").textContent = msg;
     $("login-error").hidden = false;
     return;
@@ -275,7 +282,8 @@ async function loadCatalog() {
     el("td", {}, el("code", {}, m.id), el("br"), el("span", { class: "muted" }, m.owned_by)),
     el("td", {}, m.aliases.join(", ") || "–"),
     el("td", {}, m.kind),
-    el("td", { class: "num" }, fmt(m.context_length), m.max_output_tokens ? el("span", { class: "muted" }, ` (out ${fmt(m.max_output_tokens)})`) : null),
+    // Upstream models' context is the provider's, unknown here unless the catalog says.
+    el("td", { class: "num" }, m.context_length ? fmt(m.context_length) : "unknown", m.max_output_tokens ? el("span", { class: "muted" }, ` (out ${fmt(m.max_output_tokens)})`) : null),
     el("td", {}, Object.entries(m.capabilities).filter(([, v]) => v).map(([k]) => k).join(", ")),
     el("td", {}, m.price ? `${m.price.input} / ${m.price.output}` : "free"),
     el("td", {}, m.system_prompt ? el("div", {}, el("em", {}, "System: "), m.system_prompt) : null, m.defaults.length ? el("div", {}, m.defaults.join(", ")) : null, !m.system_prompt && !m.defaults.length ? "–" : null),

@@ -25,8 +25,12 @@ function timeLabel(t, span) {
 export function lineChart(container, { series, from, to, label, digits = 0 }) {
   container.replaceChildren();
   const W = 560, H = 200, L = 48, R = 10, T = 10, B = 26;
-  // Counts get at least a 0..1 axis; money may be fractions of a cent.
-  const max = Math.max(digits ? 1e-4 : 1, ...series.flatMap((s) => s.points.map((p) => p[1])));
+  // Counts get at least a 0..1 axis; money may be fractions of a cent, and an axis of
+  // nothing but zeros is 0..1 too, not 0.0001 / 0.0001 / 0.0000.
+  const top = Math.max(0, ...series.flatMap((s) => s.points.map((p) => p[1])));
+  const max = digits ? (top > 0 ? top : 1) : Math.max(1, top);
+  // Enough decimals that the half-way tick differs from the others.
+  const tickDigits = max >= 10 ? 0 : digits ? Math.max(digits, Math.ceil(-Math.log10(max / 2)) + 1) : 1;
   const x = (t) => L + ((t - from) / Math.max(1, to - from)) * (W - L - R);
   const y = (v) => T + (1 - v / max) * (H - T - B);
   const total = series.reduce((a, s) => a + s.points.reduce((b, p) => b + p[1], 0), 0);
@@ -34,7 +38,7 @@ export function lineChart(container, { series, from, to, label, digits = 0 }) {
   root.append(svg("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
   root.append(svg("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
   for (const f of [0, 0.5, 1]) {
-    root.append(svg("text", { x: L - 6, y: y(max * f) + 4, "text-anchor": "end" }, fmt(max * f, max * f < 10 ? digits || 1 : 0)));
+    root.append(svg("text", { x: L - 6, y: y(max * f) + 4, "text-anchor": "end" }, fmt(max * f, tickDigits)));
   }
   for (const f of [0, 0.5, 1]) {
     const t = from + (to - from) * f;

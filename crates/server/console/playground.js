@@ -34,6 +34,7 @@ function showError(text) {
 
 async function loadModels() {
   const select = $("model");
+  $("key-note").hidden = !key();
   try {
     const list = await api("/v1/models", { key: key() });
     state.models = list.data || [];
@@ -41,7 +42,9 @@ async function loadModels() {
   } catch (e) {
     state.models = [];
     showError(e instanceof ApiError && e.status === 401
-      ? "This server needs an API key: set one with the API key button."
+      ? (key()
+        ? `The API key was refused: ${e.message} Set another with the API key button.`
+        : "This server needs an API key: set one with the API key button.")
       : `Cannot list models: ${e.message}`);
   }
   const keep = conv()?.model || select.value;
@@ -123,7 +126,16 @@ function applySettings(s = {}) {
 
 // ---- conversations -------------------------------------------------------------
 
+const titleOf = (text) => text.trim().slice(0, 40) || "New chat";
+
 function newConversation() {
+  // An empty chat is reused, not piled up: "New chat" again opens the one there is.
+  const empty = state.conversations.find((x) => x.messages.length === 0);
+  if (empty) {
+    openConversation(empty.id);
+    $("prompt").focus();
+    return;
+  }
   const c = { id: crypto.randomUUID(), title: "New chat", created: Date.now(), model: $("model").value, settings: settingsOf(), messages: [] };
   state.conversations.unshift(c);
   state.current = c.id;
@@ -212,6 +224,8 @@ function editMessage(index) {
   const ta = el("textarea", { rows: 3, "aria-label": "Edit message" }, m.content);
   const saveBtn = el("button", { type: "button", onclick: () => {
     m.content = ta.value;
+    // The title is the first question: it follows an edit of it.
+    if (index === c.messages.findIndex((x) => x.role === "user")) c.title = titleOf(ta.value);
     c.messages.length = index + 1;
     save();
     generate();
@@ -236,7 +250,7 @@ async function send() {
   let c = conv();
   if (!c) { newConversation(); c = conv(); }
   c.messages.push({ role: "user", content: text, images: state.attached.length ? state.attached : undefined });
-  if (c.title === "New chat") c.title = text.trim().slice(0, 40);
+  if (c.title === "New chat") c.title = titleOf(text);
   state.attached = [];
   $("attached").textContent = "";
   $("prompt").value = "";
@@ -323,6 +337,25 @@ function stop() {
 
 // ---- copy as code ----------------------------------------------------------------
 
+/** A JSON value as a Python literal: True / False / None only where JSON has them,
+ * never inside strings (JSON's string escapes are valid Python). */
+export function pyLiteral(v, indent = 0) {
+  const pad = " ".repeat(indent + 4);
+  const end = " ".repeat(indent);
+  if (v === null || v === undefined) return "None";
+  if (v === true) return "True";
+  if (v === false) return "False";
+  if (typeof v === "number") return Number.isFinite(v) ? String(v) : "None";
+  if (typeof v === "string") return JSON.stringify(v);
+  if (Array.isArray(v)) {
+    return v.length ? `[\n${v.map((x) => pad + pyLiteral(x, indent + 4)).join(",\n")}\n${end}]` : "[]";
+  }
+  const entries = Object.entries(v);
+  return entries.length
+    ? `{\n${entries.map(([k, x]) => `${pad}${JSON.stringify(k)}: ${pyLiteral(x, indent + 4)}`).join(",\n")}\n${end}}`
+    : "{}";
+}
+
 function snippet(kind) {
   const c = conv() || { messages: [] };
   const body = requestBody(c, false);
@@ -335,7 +368,7 @@ function snippet(kind) {
     return `curl ${base}/v1/chat/completions \\\n  -H 'Content-Type: application/json'${auth} \\\n  -d '${json.replaceAll("'", "'\\''")}'`;
   }
   if (kind === "python") {
-    const py = JSON.stringify(body, null, 4).replace(/\btrue\b/g, "True").replace(/\bfalse\b/g, "False").replace(/\bnull\b/g, "None");
+    const py = pyLiteral(body);
     const keyExpr = key() ? `os.environ["PARLANCE_API_KEY"]` : `"unused"`;
     return `import os\nfrom openai import OpenAI\n\nclient = OpenAI(base_url="${base}/v1", api_key=${keyExpr})\nresponse = client.chat.completions.create(**${py})\nprint(response.choices[0].message.content)\n`;
   }
@@ -369,7 +402,12 @@ function init() {
     new Blob([JSON.stringify(state.conversations, null, 2)], { type: "application/json" })));
   for (const b of document.querySelectorAll("[data-copy]")) {
     b.addEventListener("click", () => {
-      try { copyText(snippet(b.dataset.copy)); } catch (e) { showError(e.message); }
+      try {
+        // The key is never copied: the snippet reads it from the environment.
+        copyText(snippet(b.dataset.copy)).then(() => {
+          if (key()) toast("Copied: it reads your key from PARLANCE_API_KEY (export PARLANCE_API_KEY=... first)");
+        });
+      } catch (e) { showError(e.message); }
     });
   }
   $("attach").addEventListener("change", async (e) => {
