@@ -168,6 +168,12 @@ def test_without_redis_requests_still_flow_with_local_limits(replicas):
 
 def test_a_budget_is_shared_by_both_replicas(replicas):
     a, b, _ = replicas
+    # Redis was restarted by the test before: each replica's first call on its old
+    # connection fails (and falls back to its own counters, tested there); warm both.
+    warm = admin(a, "POST", "/keys", json={"name": "warm", "rpm": 1000}).json()
+    for s in (a, b, a, b):
+        requests.post(s.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {warm['key']}"},
+                      json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}, timeout=60)
     k = admin(a, "POST", "/keys", json={"name": "budget-shared", "budget_tokens": 300}).json()
 
     def one(i):
@@ -207,22 +213,24 @@ def test_a_killed_replica_gives_its_concurrency_places_back_within_seconds(repli
     long = {"model": MODEL, "messages": [{"role": "user", "content": "Count to a thousand."}], "max_tokens": 4000, "ignore_eos": True, "stream": True}
     short = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
-    def hold_place():
+    import threading
+
+    streaming = [threading.Event(), threading.Event()]
+
+    def hold_place(started):
         try:
             with requests.post(c.url + "/v1/chat/completions", headers=auth, json=long, stream=True, timeout=120) as r:
+                assert r.status_code == 200, r.text
                 for _ in r.iter_lines():
-                    pass
+                    started.set()
         except requests.RequestException:
             pass
 
-    import threading
-
-    for _ in range(2):
-        threading.Thread(target=hold_place, daemon=True).start()
-    deadline = time.time() + 30
-    while requests.post(b.url + "/v1/chat/completions", headers=auth, json=short, timeout=30).status_code != 429:
-        assert time.time() < deadline, "the two streams on the third replica never held both places"
-        time.sleep(0.2)
+    for ev in streaming:
+        threading.Thread(target=hold_place, args=(ev,), daemon=True).start()
+    assert all(ev.wait(30) for ev in streaming), "the two streams on the third replica did not start"
+    r = requests.post(b.url + "/v1/chat/completions", headers=auth, json=short, timeout=30)
+    assert r.status_code == 429, "both places are held on the third replica"
     c.proc.kill()
     c.proc.wait()
     killed = time.time()

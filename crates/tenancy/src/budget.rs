@@ -134,7 +134,7 @@ pub(crate) type SpendMap = Arc<Mutex<HashMap<String, Spend>>>;
 /// is counted by the usage row, before the hold is dropped).
 pub struct Hold(pub(crate) HoldKind);
 
-type Release = Box<dyn FnOnce(Estimate) + Send + Sync>;
+pub(crate) type Release = Box<dyn FnOnce(Estimate) + Send + Sync>;
 /// Holds a new amount in place of the old one; `None`: the store could not be reached.
 pub(crate) type Resize = Box<
     dyn Fn(Estimate) -> futures::future::BoxFuture<'static, Option<Result<(), Exhausted>>>
@@ -149,6 +149,10 @@ pub(crate) enum HoldKind {
         key: String,
         budgets: Budgets,
         held: Estimate,
+        /// Held here because Redis could not be reached: the spend still goes to Redis
+        /// when the hold ends, so the other replicas see it.
+        mirror: Option<Release>,
+        actual: Estimate,
     },
     /// Held in Redis: the closures move it and settle it there.
     Remote {
@@ -173,6 +177,7 @@ impl Hold {
                 key,
                 budgets,
                 held,
+                ..
             } => {
                 let mut m = spent.lock().unwrap_or_else(|p| p.into_inner());
                 let s = m.entry(key.clone()).or_default();
@@ -194,8 +199,9 @@ impl Hold {
     /// What the request really spent, for a hold kept elsewhere (Redis counts the spend
     /// when the hold ends; here the usage row counts it).
     pub fn set_actual(&mut self, actual: Estimate) {
-        if let HoldKind::Remote { actual: a, .. } = &mut self.0 {
-            *a = actual;
+        match &mut self.0 {
+            HoldKind::Remote { actual: a, .. } | HoldKind::Local { actual: a, .. } => *a = actual,
+            HoldKind::None => {}
         }
     }
 }
@@ -205,12 +211,22 @@ impl Drop for Hold {
         match &mut self.0 {
             HoldKind::None => {}
             HoldKind::Local {
-                spent, key, held, ..
+                spent,
+                key,
+                held,
+                mirror,
+                actual,
+                ..
             } => {
-                let mut m = spent.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(s) = m.get_mut(key.as_str()) {
-                    s.held_tokens = s.held_tokens.saturating_sub(held.tokens);
-                    s.held_usd = (s.held_usd - held.usd).max(0.0);
+                {
+                    let mut m = spent.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(s) = m.get_mut(key.as_str()) {
+                        s.held_tokens = s.held_tokens.saturating_sub(held.tokens);
+                        s.held_usd = (s.held_usd - held.usd).max(0.0);
+                    }
+                }
+                if let Some(m) = mirror.take() {
+                    m(*actual);
                 }
             }
             HoldKind::Remote {

@@ -294,11 +294,14 @@ impl Tenancy {
         if k.budget_tokens.is_none() && k.budget_usd.is_none() {
             return Ok(budget::Hold::none());
         }
+        let mut mirror = None;
         if let Some(shared) = &self.shared {
             if let Some(answer) = shared.reserve_budget(k, want, &self.store).await {
                 return answer;
             }
-            // Redis unreachable: this replica's own counters, as for the rate limits.
+            // Redis unreachable: this replica's own counters, as for the rate limits,
+            // and the spend sent to Redis when the request ends.
+            mirror = Some(shared.spend_mirror(&k.id));
         }
         self.spend(&k.id).await;
         let mut m = self.spent.lock().unwrap_or_else(|p| p.into_inner());
@@ -318,6 +321,8 @@ impl Tenancy {
             key: k.id.clone(),
             budgets,
             held,
+            mirror,
+            actual: budget::Estimate::default(),
         }))
     }
 

@@ -234,6 +234,23 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    /// Runs `f` on a key's token sum and one reservation's tokens, under the lock;
+    /// `None` when the reservation has left the window.
+    fn with_reservation<T>(
+        &self,
+        key: &str,
+        reservation: u64,
+        f: impl FnOnce(&mut u64, &mut u64) -> T,
+    ) -> Option<T> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let st = keys.get_mut(key)?;
+        // Ids grow with time: search from the newest end, where it usually is.
+        let entry = st.tokens.iter_mut().rev().find(|e| e.2 == reservation)?;
+        Some(f(&mut st.tokens_sum, &mut entry.1))
+    }
+}
+
 impl Ticket {
     pub(crate) fn remote(resize: Option<ResizeTokens>, settle: Settle, release: Release) -> Ticket {
         Ticket(TicketKind::Remote {
@@ -256,20 +273,17 @@ impl Ticket {
                 tpm,
             } => {
                 let new = estimate.min(*tpm);
-                let mut keys = limiter.keys.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(st) = keys.get_mut(key) else {
-                    return Ok(());
-                };
-                let Some(entry) = st.tokens.iter_mut().rev().find(|e| e.2 == *reservation) else {
-                    return Ok(());
-                };
-                let others = st.tokens_sum - entry.1;
-                if new > entry.1 && others + new > *tpm {
-                    return Err(*tpm);
-                }
-                st.tokens_sum = others + new;
-                entry.1 = new;
-                Ok(())
+                limiter
+                    .with_reservation(key, *reservation, |sum, held| {
+                        let others = *sum - *held;
+                        if new > *held && others + new > *tpm {
+                            return Err(*tpm);
+                        }
+                        *sum = others + new;
+                        *held = new;
+                        Ok(())
+                    })
+                    .unwrap_or(Ok(()))
             }
             TicketKind::Local { .. } => Ok(()),
             TicketKind::Remote {
@@ -289,14 +303,10 @@ impl Ticket {
                 counts_tokens: true,
                 ..
             } => {
-                let mut keys = limiter.keys.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(st) = keys.get_mut(key) {
-                    // Ids grow with time: search from the newest end, where it usually is.
-                    if let Some(entry) = st.tokens.iter_mut().rev().find(|e| e.2 == *reservation) {
-                        st.tokens_sum = st.tokens_sum - entry.1 + actual;
-                        entry.1 = actual;
-                    }
-                }
+                limiter.with_reservation(key, *reservation, |sum, held| {
+                    *sum = *sum - *held + actual;
+                    *held = actual;
+                });
             }
             TicketKind::Local { .. } => {}
             TicketKind::Remote { settle, .. } => settle(actual),

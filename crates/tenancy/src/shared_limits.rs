@@ -547,6 +547,30 @@ impl SharedLimiter {
         None
     }
 
+    /// Counts a spend held locally (Redis was unreachable at admission) in Redis once
+    /// the request ends: [`SETTLE_BUDGET`] with an id that holds nothing.
+    pub(crate) fn spend_mirror(self: &Arc<Self>, key_id: &str) -> crate::budget::Release {
+        let this = Arc::clone(self);
+        let names = budget_keys_of(key_id);
+        let id = self.new_id();
+        Box::new(move |actual: Estimate| {
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let mut conn = this.conn.clone();
+            let script = this.settle_budget.clone();
+            rt.spawn(async move {
+                let mut inv = script.prepare_invoke();
+                for n in &names {
+                    inv.key(n);
+                }
+                inv.arg(&id).arg(actual.tokens).arg(actual.usd);
+                let _: Result<Result<i64, _>, _> =
+                    tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await;
+            });
+        })
+    }
+
     fn unreachable<T>(&self, why: &str) -> Option<T> {
         tracing::warn!("Redis unavailable ({why}): budgets held in this replica's own counters");
         None
