@@ -268,7 +268,9 @@ def test_models_endpoints(client):
     assert MODEL in ids
     m = client.models.retrieve(MODEL)
     assert m.owned_by and m.created
-    assert m.model_extra["context_length"] == 32768
+    # SmolLM2's training context (8192) would leave no room for this server's
+    # --max-output-tokens 16384: that plus 1024 for the prompt.
+    assert m.model_extra["context_length"] == 16384 + 1024
 
 
 def test_nextgpt_debug_and_api_prefix(server):

@@ -44,8 +44,19 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use vision::Vision;
 use worker::Worker;
 
-/// Large enough for the `max_tokens: 16384` that the BgGPT examples send.
+/// The longest default context: a model trained on more gets this unless `-c` says.
 pub const DEFAULT_CTX: u32 = 32768;
+
+/// Prompt room kept beside `--max-output-tokens` when it sets the default context.
+const PROMPT_ROOM: u32 = 1024;
+
+/// llama-server's `-c 0`: the context the model was trained on (positions past it are
+/// extrapolated), capped at [`DEFAULT_CTX`]; more when `--max-output-tokens` asks for
+/// longer answers than that leaves room for (the BgGPT examples' `max_tokens: 16384`).
+pub fn default_ctx(train_ctx: u32, max_output_tokens: Option<u32>) -> u32 {
+    let wanted = max_output_tokens.map_or(0, |m| m.saturating_add(PROMPT_ROOM));
+    train_ctx.max(wanted).min(DEFAULT_CTX).max(64)
+}
 
 /// Generated tokens per choice when a request sets no `max_tokens`, and the most it may
 /// ask for, unless configured (capped by the model's training context): a request
@@ -65,7 +76,7 @@ pub struct LocalModelConfig {
     /// Public model name; defaults to the file name without `.gguf`.
     pub alias: Option<String>,
     /// Context window in tokens: the KV cache all slots share, and so the most one
-    /// request (prompt + completion) can use. Default [`DEFAULT_CTX`].
+    /// request (prompt + completion) can use. Default [`default_ctx`].
     pub ctx: Option<u32>,
     /// Sequences decoded together.
     pub slots: usize,
@@ -222,7 +233,10 @@ impl LocalModel {
         let eog_tokens: Vec<LlamaToken> = vocab.tokens().filter(|&t| vocab.is_eog(t)).collect();
 
         let train_ctx = model.n_ctx_train();
-        let ctx_per_seq = cfg.ctx.unwrap_or(DEFAULT_CTX).max(64);
+        let ctx_per_seq = cfg
+            .ctx
+            .unwrap_or_else(|| default_ctx(train_ctx, cfg.max_output_tokens))
+            .max(64);
         if ctx_per_seq > train_ctx {
             tracing::info!(
                 ctx_per_seq,
@@ -733,4 +747,20 @@ fn debug_info(prompt: &str, stats: &[JobStats]) -> serde_json::Value {
             "decode_tokens_per_second": per_sec(completion, s.decode),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_context_is_the_training_one_unless_answers_need_more() {
+        // SmolLM2 (8192): no extrapolated positions by default.
+        assert_eq!(default_ctx(8192, None), 8192);
+        assert_eq!(default_ctx(8192, Some(4096)), 8192);
+        // --max-output-tokens 16384 (the BgGPT examples) with room for the prompt.
+        assert_eq!(default_ctx(8192, Some(16384)), 17408);
+        assert_eq!(default_ctx(131_072, None), DEFAULT_CTX);
+        assert_eq!(default_ctx(0, None), 64);
+    }
 }

@@ -55,7 +55,8 @@ pub struct ServeArgs {
     )]
     pub alias: Vec<String>,
 
-    /// Context window in tokens (default 32768): the KV cache that all slots of a model
+    /// Context window in tokens (default: the model's training context, capped at 32768;
+    /// at least --max-output-tokens + 1024): the KV cache that all slots of a model
     /// share, as llama-server's unified cache, so one request may use all of it.
     /// Prompt + max_tokens beyond it is a 400 `context_length_exceeded`.
     #[arg(short = 'c', long = "ctx-size", env = "PARLANCE_CTX")]

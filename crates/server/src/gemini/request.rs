@@ -264,7 +264,7 @@ pub fn to_ir(
 /// Gemini takes base64 in either alphabet (the google-genai SDK sends the URL-safe one,
 /// `-` and `_`) and with or without padding; the IR carries the standard alphabet.
 fn standard_base64(data: String) -> String {
-    if !data.contains(['-', '_']) && data.len() % 4 == 0 {
+    if !data.contains(['-', '_']) && data.len().is_multiple_of(4) {
         return data;
     }
     let mut s: String = data
@@ -277,7 +277,7 @@ fn standard_base64(data: String) -> String {
         .collect();
     let unpadded = s.trim_end_matches('=').len();
     s.truncate(unpadded);
-    while s.len() % 4 != 0 {
+    while !s.len().is_multiple_of(4) {
         s.push('=');
     }
     s

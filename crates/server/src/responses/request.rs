@@ -102,7 +102,7 @@ fn push_item(out: &mut Vec<Message>, item: &Value, param: &str) -> Result<(), Er
             .unwrap_or("message");
         match kind {
             "message" => {
-                let m = message(item, &param)?;
+                let m = message(item, param)?;
                 // The reasoning item before an answer belongs to that answer's turn.
                 match out.last_mut() {
                     Some(last)
@@ -119,8 +119,8 @@ fn push_item(out: &mut Vec<Message>, item: &Value, param: &str) -> Result<(), Er
             }
             "function_call" => {
                 let call = ToolCall {
-                    id: str_field(item, "call_id", &param)?.to_string(),
-                    name: str_field(item, "name", &param)?.to_string(),
+                    id: str_field(item, "call_id", param)?.to_string(),
+                    name: str_field(item, "name", param)?.to_string(),
                     arguments: item
                         .get("arguments")
                         .and_then(Value::as_str)
@@ -140,7 +140,7 @@ fn push_item(out: &mut Vec<Message>, item: &Value, param: &str) -> Result<(), Er
                 }
             }
             "function_call_output" => {
-                let call_id = str_field(item, "call_id", &param)?.to_string();
+                let call_id = str_field(item, "call_id", param)?.to_string();
                 let output = match item.get("output") {
                     Some(Value::String(s)) => s.clone(),
                     Some(Value::Array(parts)) => parts
