@@ -55,7 +55,7 @@ const PROMPT_ROOM: u32 = 1024;
 /// longer answers than that leaves room for (the BgGPT examples' `max_tokens: 16384`).
 pub fn default_ctx(train_ctx: u32, max_output_tokens: Option<u32>) -> u32 {
     let wanted = max_output_tokens.map_or(0, |m| m.saturating_add(PROMPT_ROOM));
-    train_ctx.max(wanted).min(DEFAULT_CTX).max(64)
+    train_ctx.max(wanted).clamp(64, DEFAULT_CTX)
 }
 
 /// Generated tokens per choice when a request sets no `max_tokens`, and the most it may
