@@ -164,7 +164,7 @@ def test_fallback_model_answers_when_every_deployment_is_down(gw):
 
 
 def test_upstream_errors_reach_the_caller_clearly(gw):
-    # Valid for the gateway, too long for the upstream's 32768-token context.
+    # Valid for the gateway, too long for the upstream's context (17,408 tokens).
     with pytest.raises(openai.BadRequestError) as e:
         gw.chat.completions.create(model="chain", messages=[{"role": "user", "content": "hello " * 40000}], max_tokens=4)
     body = e.value.body

@@ -383,6 +383,12 @@ impl Progress {
         }
     }
 
+    /// Drops an unused gate (and the limits' tickets it holds) when the request ends.
+    pub fn clear_prompt_gate(&self) {
+        let gate = self.0.prompt_gate.lock().ok().and_then(|mut g| g.take());
+        drop(gate);
+    }
+
     /// A backend that counts prompts exactly calls this before queueing the work: the
     /// limits are checked again with `prompt_tokens` (once per request: a retry on
     /// another deployment is not charged twice).

@@ -250,12 +250,14 @@ impl Meter {
     }
 }
 
-/// The budget hold ends with the meter, after its row has counted the spend (the
-/// prompt gate may still hold the shared slot: it is emptied here).
+/// The budget hold ends with the meter, after its row has counted the spend.
 impl Drop for Meter {
     fn drop(&mut self) {
         let hold = self.hold.lock().ok().and_then(|mut h| h.take());
         drop(hold);
+        // A backend that never counted the prompt (an upstream) left the gate, and the
+        // ticket in it, in the request's progress, which may outlive this meter.
+        self.progress.clear_prompt_gate();
     }
 }
 
