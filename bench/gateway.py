@@ -109,7 +109,13 @@ def main() -> None:
         '[[models]]\nname = "mock"\ndeployments = [{ provider = "mock", model = "mock" }]\n'
     )
     env = dict(os.environ, PARLANCE_LOG="error")
-    start([str(PARLANCE), "serve", "--config", str(cfg), "--port", str(gw_port), "--api-key", KEY], "parlance", env)
+    # The default store (SQLite, a usage row per request), in the run's own folder; and
+    # the same without a store (keyless, no metering).
+    start([str(PARLANCE), "serve", "--config", str(cfg), "--port", str(gw_port), "--api-key", KEY,
+           "--db", f"sqlite://{logs}/parlance.db"], "parlance", env)
+    nodb_port = free_port()
+    start([str(PARLANCE), "serve", "--config", str(cfg), "--port", str(nodb_port), "--api-key", KEY,
+           "--db", "none"], "parlance-nodb", env)
 
     llm_cfg = pathlib.Path(logs) / "litellm.yaml"
     llm_cfg.write_text(
@@ -124,11 +130,13 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{mock_port}/")
         wait_http(f"http://127.0.0.1:{bare_port}/")
         wait_http(f"http://127.0.0.1:{gw_port}/health")
+        wait_http(f"http://127.0.0.1:{nodb_port}/health")
         wait_http(f"http://127.0.0.1:{llm_port}/health/liveliness", timeout=180)
         targets = {
             "direct": f"{mock_url}/chat/completions",
             "floor": f"http://127.0.0.1:{bare_port}/v1/chat/completions",
             "parlance": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            "parlance-nodb": f"http://127.0.0.1:{nodb_port}/v1/chat/completions",
             "litellm": f"http://127.0.0.1:{llm_port}/v1/chat/completions",
         }
         results = {}
@@ -164,24 +172,28 @@ def write_report(results, args) -> None:
         f"interleaved rounds; mock OpenAI upstream answering a fixed completion (whole) or a 16-delta SSE "
         f"stream (stream). {os.cpu_count()} CPU cores shared by the load generator, the mock and the gateway.",
         "",
-        f"| mode | target | max req/s | vs LiteLLM | p50 ms at {args.rate:.0f} req/s | p99 ms at {args.rate:.0f} req/s | added p50 ms | added p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| mode | target | max req/s | vs floor | vs LiteLLM | p50 ms at {args.rate:.0f} req/s | p99 ms at {args.rate:.0f} req/s | added p50 ms | added p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for stream in (False, True):
         mode = "stream" if stream else "whole"
         d50 = med(results, (stream, "direct", "paced"), "p50")
         d99 = med(results, (stream, "direct", "paced"), "p99")
         llm = med(results, (stream, "litellm", "max"), "rps")
-        for name in ("direct", "floor", "parlance", "litellm"):
+        floor = med(results, (stream, "floor", "max"), "rps")
+        for name in ("direct", "floor", "parlance", "parlance-nodb", "litellm"):
             rps = med(results, (stream, name, "max"), "rps")
             p50 = med(results, (stream, name, "paced"), "p50")
             p99 = med(results, (stream, name, "paced"), "p99")
-            ratio = f"{rps / llm:.0f}x" if name == "parlance" else ""
+            ratio = f"{rps / llm:.0f}x" if name.startswith("parlance") else ""
+            vs_floor = f"{rps / floor:.2f}x" if name not in ("direct", "floor") else ""
             added = ("", "") if name == "direct" else (f"{p50 - d50:+.3f}", f"{p99 - d99:+.3f}")
-            lines.append(f"| {mode} | {name} | {rps:.0f} | {ratio} | {p50:.3f} | {p99:.3f} | {added[0]} | {added[1]} |")
+            lines.append(f"| {mode} | {name} | {rps:.0f} | {vs_floor} | {ratio} | {p50:.3f} | {p99:.3f} | {added[0]} | {added[1]} |")
     lines.append("")
     lines.append("`floor`: a bare axum + reqwest proxy (crates/upstream/examples/bare_proxy.rs) that forwards "
-                 "bytes without parsing: the HTTP stack's own share of the added latency.")
+                 "bytes without parsing: the HTTP stack's own share of the added latency. `parlance`: the default "
+                 "configuration, a usage row per request committed to SQLite before the answer's last byte; "
+                 "`parlance-nodb`: `--db none` (static key, no metering).")
     lines.append(f"LiteLLM cannot sustain {args.rate:.0f} req/s here: its paced latencies include queueing.")
     text = "\n".join(lines) + "\n"
     (ROOT / "bench" / "gateway-results.md").write_text(text)

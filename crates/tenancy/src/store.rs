@@ -97,6 +97,13 @@ impl Store {
                         sqlx::query("PRAGMA busy_timeout=5000")
                             .execute(&mut *conn)
                             .await?;
+                        // No checkpoint inside a commit: SQLite's automatic one runs in
+                        // the committing call and its writes and fsync stalled every
+                        // request waiting on that commit (p99 +10 ms at 1,000 req/s).
+                        // A background task checkpoints instead (`checkpoint_in_background`).
+                        sqlx::query("PRAGMA wal_autocheckpoint=0")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -114,7 +121,31 @@ impl Store {
         }
         let store = Store { pool, url };
         store.migrate().await?;
+        if is_sqlite {
+            store.checkpoint_in_background();
+        }
         Ok(store)
+    }
+
+    /// Moves the WAL's pages into the database file every second, off the commit path;
+    /// a PASSIVE checkpoint never waits for (or blocks) the usage writer.
+    fn checkpoint_in_background(&self) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if pool.is_closed() {
+                    return;
+                }
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::debug!("WAL checkpoint: {e}");
+                }
+            }
+        });
     }
 
     async fn migrate(&self) -> Result<(), String> {
@@ -493,6 +524,41 @@ fn usage_from_row(r: &AnyRow) -> Result<UsageRow, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_in_the_background_not_in_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let auto: i64 = sqlx::query("PRAGMA wal_autocheckpoint")
+            .fetch_one(&store.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .unwrap();
+        assert_eq!(auto, 0);
+        let rows: Vec<UsageRow> = (0..3)
+            .map(|i| UsageRow {
+                request_id: format!("r{i}"),
+                ..UsageRow::default()
+            })
+            .collect();
+        store.insert_usage(&rows).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        // The database file alone (its WAL left behind) has the rows.
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).unwrap();
+        let alone = Store::open(&format!("sqlite://{}", copy.display()))
+            .await
+            .unwrap();
+        let n = alone
+            .usage_rows(&UsageFilter::default())
+            .await
+            .unwrap()
+            .len();
+        assert_eq!(n, 3);
+    }
 
     #[test]
     fn days_are_dates() {
