@@ -149,10 +149,11 @@ pub trait Backend: Send + Sync {
         )
     }
 
-    /// Prompt tokens the images take, as this model counts them (token counting
-    /// endpoints); 0 where the backend cannot tell before generating (upstreams).
-    async fn count_image_tokens(&self, images: &[crate::ir::ImageSource]) -> Result<u32, Error> {
-        let _ = images;
+    /// Prompt tokens the messages' images take, as this model counts them (token
+    /// counting endpoints); 0 where the backend cannot tell before generating
+    /// (upstreams). A bad image is a 400 naming its part (`messages[i].content[j]`).
+    async fn count_image_tokens(&self, messages: &[crate::ir::Message]) -> Result<u32, Error> {
+        let _ = messages;
         Ok(0)
     }
 

@@ -238,9 +238,23 @@ pub struct ChatRequest {
 pub struct PartOrigins {
     messages: Vec<(usize, String)>,
     parts: Vec<(usize, usize, String)>,
+    /// The caller's messages are the IR's, one to one (OpenAI's door): nothing is
+    /// recorded per request, paths are the IR's less what a preset put in front.
+    same: bool,
+    /// With `same`: messages, and parts of the caller's first message, put in front.
+    added_messages: usize,
+    added_parts: usize,
 }
 
 impl PartOrigins {
+    /// Names as the IR's (`messages[i].content[j]`).
+    pub fn same_as_ir() -> PartOrigins {
+        PartOrigins {
+            same: true,
+            ..PartOrigins::default()
+        }
+    }
+
     pub fn message(&mut self, index: usize, path: impl Into<String>) {
         self.messages.push((index, path.into()));
     }
@@ -249,34 +263,24 @@ impl PartOrigins {
         self.parts.push((message, part, path.into()));
     }
 
-    /// One message written before the others (a preset's system prompt).
-    pub fn message_inserted(&mut self, at: usize) {
+    /// A message written before all others (a preset's system prompt).
+    pub fn message_prepended(&mut self) {
+        self.added_messages += 1;
         for (m, _) in &mut self.messages {
-            *m += usize::from(*m >= at);
+            *m += 1;
         }
         for (m, _, _) in &mut self.parts {
-            *m += usize::from(*m >= at);
+            *m += 1;
         }
     }
 
-    /// One part written before the others of `message`.
-    pub fn part_inserted(&mut self, message: usize, at: usize) {
+    /// A part written before the others of the first message (a preset's system
+    /// prompt joined to the caller's).
+    pub fn part_prepended(&mut self) {
+        self.added_parts += 1;
         for (m, p, _) in &mut self.parts {
-            *p += usize::from(*m == message && *p >= at);
+            *p += usize::from(*m == 0);
         }
-    }
-
-    /// Each message and part named by its own IR path (a door whose wire messages are
-    /// the IR's, one to one, such as OpenAI's).
-    pub fn one_to_one(messages: &[Message], name: &str) -> PartOrigins {
-        let mut o = PartOrigins::default();
-        for (i, m) in messages.iter().enumerate() {
-            o.message(i, format!("{name}[{i}]"));
-            for j in 0..m.content.len() {
-                o.part(i, j, format!("{name}[{i}].content[{j}]"));
-            }
-        }
-        o
     }
 
     /// The caller's name for an IR parameter path, when it is about a message.
@@ -284,15 +288,27 @@ impl PartOrigins {
         let rest = param.strip_prefix("messages[")?;
         let (i, rest) = rest.split_once(']')?;
         let i: usize = i.parse().ok()?;
-        if let Some(after) = rest.strip_prefix(".content[") {
-            if let Some((j, tail)) = after.split_once(']') {
-                if let Ok(j) = j.parse::<usize>() {
-                    if let Some((_, _, path)) =
-                        self.parts.iter().find(|(m, p, _)| *m == i && *p == j)
-                    {
-                        return Some(format!("{path}{tail}"));
-                    }
+        let part = rest.strip_prefix(".content[").and_then(|after| {
+            let (j, tail) = after.split_once(']')?;
+            Some((j.parse::<usize>().ok()?, tail))
+        });
+        if self.same {
+            let i = i.checked_sub(self.added_messages)?;
+            return match part {
+                Some((j, tail)) => {
+                    let j = if i == 0 {
+                        j.checked_sub(self.added_parts)?
+                    } else {
+                        j
+                    };
+                    Some(format!("messages[{i}].content[{j}]{tail}"))
                 }
+                None => Some(format!("messages[{i}]{rest}")),
+            };
+        }
+        if let Some((j, tail)) = part {
+            if let Some((_, _, path)) = self.parts.iter().find(|(m, p, _)| *m == i && *p == j) {
+                return Some(format!("{path}{tail}"));
             }
         }
         let (_, path) = self.messages.iter().find(|(m, _)| *m == i)?;
@@ -514,4 +530,54 @@ pub enum StreamEvent {
     },
     Usage(Usage),
     Debug(Value),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_origins_name_parts_as_the_caller_sent_them() {
+        // OpenAI's door: the IR's own paths, less a preset's system message in front.
+        let mut same = PartOrigins::same_as_ir();
+        assert_eq!(
+            same.name("messages[1].content[2]").as_deref(),
+            Some("messages[1].content[2]")
+        );
+        same.message_prepended();
+        assert_eq!(
+            same.name("messages[1].content[2]").as_deref(),
+            Some("messages[0].content[2]")
+        );
+        assert_eq!(same.name("messages[0]"), None);
+        let mut joined = PartOrigins::same_as_ir();
+        joined.part_prepended();
+        assert_eq!(
+            joined.name("messages[0].content[1]").as_deref(),
+            Some("messages[0].content[0]")
+        );
+        assert_eq!(
+            joined.name("messages[1].content[1]").as_deref(),
+            Some("messages[1].content[1]")
+        );
+        // A door that records: Anthropic's system prompt is IR message 0.
+        let mut recorded = PartOrigins::default();
+        recorded.message(0, "system");
+        recorded.message(1, "messages.0");
+        recorded.part(1, 1, "messages.0.content.1");
+        assert_eq!(
+            recorded.name("messages[1].content[1]").as_deref(),
+            Some("messages.0.content.1")
+        );
+        assert_eq!(
+            recorded.name("messages[1].content").as_deref(),
+            Some("messages.0.content")
+        );
+        recorded.message_prepended();
+        assert_eq!(
+            recorded.name("messages[2].content[1]").as_deref(),
+            Some("messages.0.content.1")
+        );
+        assert_eq!(recorded.name("max_tokens"), None);
+    }
 }

@@ -443,9 +443,9 @@ impl Backend for Pool {
         }
     }
 
-    async fn count_image_tokens(&self, images: &[crate::ir::ImageSource]) -> Result<u32, Error> {
+    async fn count_image_tokens(&self, messages: &[crate::ir::Message]) -> Result<u32, Error> {
         match self.slots.first() {
-            Some(s) => s.d.backend.count_image_tokens(images).await,
+            Some(s) => s.d.backend.count_image_tokens(messages).await,
             None => Err(Error::model_not_found(&self.model)),
         }
     }

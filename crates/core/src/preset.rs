@@ -83,12 +83,12 @@ impl Preset {
                     first
                         .content
                         .insert(0, ContentPart::Text(format!("{prompt}\n\n")));
-                    req.origins.part_inserted(0, 0);
+                    req.origins.part_prepended();
                 }
                 _ => {
                     req.messages
                         .insert(0, Message::text(Role::System, prompt.clone()));
-                    req.origins.message_inserted(0);
+                    req.origins.message_prepended();
                 }
             }
         }
@@ -129,8 +129,8 @@ impl Backend for Preset {
         self.inner.count_tokens(texts).await
     }
 
-    async fn count_image_tokens(&self, images: &[crate::ir::ImageSource]) -> Result<u32, Error> {
-        self.inner.count_image_tokens(images).await
+    async fn count_image_tokens(&self, messages: &[crate::ir::Message]) -> Result<u32, Error> {
+        self.inner.count_image_tokens(messages).await
     }
 }
 

@@ -26,7 +26,7 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use parlance_core::ir::{ChatRequest, ImageSource, Message, StreamEvent, ToolChoice, Usage};
+use parlance_core::ir::{ChatRequest, Message, StreamEvent, ToolChoice, Usage};
 use parlance_core::template::{fallback_template, ChatTemplate};
 use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::{
@@ -487,19 +487,13 @@ impl Backend for LocalModel {
         .await
     }
 
-    async fn count_image_tokens(&self, images: &[ImageSource]) -> Result<u32, Error> {
-        if images.is_empty() || self.prep.vision.is_none() {
+    async fn count_image_tokens(&self, messages: &[Message]) -> Result<u32, Error> {
+        if self.prep.vision.is_none() || !messages.iter().any(Message::has_images) {
             return Ok(0);
         }
-        let images = images.to_vec();
-        let bytes = images
-            .iter()
-            .map(|i| match i {
-                ImageSource::Base64 { data, .. } => data.len(),
-                ImageSource::Url(_) => 0,
-            })
-            .sum();
-        self.off_thread(bytes, move |prep| vision::count_tokens(prep, &images))
+        let messages = messages.to_vec();
+        let bytes = vision::image_bytes(&messages);
+        self.off_thread(bytes, move |prep| vision::count_tokens(prep, &messages))
             .await?
     }
 

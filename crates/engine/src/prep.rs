@@ -54,6 +54,11 @@ pub(crate) struct Prepared {
     pub(crate) crash: bool,
 }
 impl Prep {
+    /// Whether a prompt gets the model's BOS token: not when the template wrote it.
+    fn adds_bos(&self, prompt: &str) -> bool {
+        self.add_bos && (self.bos_text.is_empty() || !prompt.starts_with(&self.bos_text))
+    }
+
     /// Tokens of `text` (which starts at `offset` in the prompt), special-token text
     /// parsed only outside the prompt's `plain` ranges.
     pub(crate) fn tokenize_part(
@@ -154,10 +159,8 @@ impl Prep {
             None => self.plain_spans(&prompt_text, &req.messages)?,
         };
         let (prompt, media) = if images.is_empty() {
-            let add_bos = self.add_bos
-                && (self.bos_text.is_empty() || !prompt_text.starts_with(&self.bos_text));
             (
-                self.tokenize_part(&prompt_text, 0, &plain, add_bos),
+                self.tokenize_part(&prompt_text, 0, &plain, self.adds_bos(&prompt_text)),
                 Vec::new(),
             )
         } else {
@@ -250,17 +253,12 @@ impl Prep {
                 format!("the text contains `{marker}`, which marks where images go for this model; remove it"),
             ));
         };
-        let add_bos =
-            self.add_bos && (self.bos_text.is_empty() || !text.starts_with(&self.bos_text));
-        let mut tokens = self.tokenize_part(segments[0], 0, plain, add_bos);
+        let mut tokens = self.tokenize_part(segments[0], 0, plain, self.adds_bos(text));
         let mut media = Vec::with_capacity(images.len());
         let mut offset = segments[0].len();
         for (image, segment) in images.into_iter().zip(&segments[1..]) {
             offset += marker.len();
-            let chunks = vision.image(&image.bytes).map_err(|why| {
-                Error::invalid_param(&image.at, format!("The image cannot be used: {why}."))
-                    .with_code("invalid_image")
-            })?;
+            let chunks = vision.image_at(&image.bytes, &image.at)?;
             let len = chunks.total_tokens();
             let wide = vision::widest_image(&chunks);
             if wide > self.image_limit {

@@ -134,6 +134,14 @@ impl Vision {
         Ok(chunks)
     }
 
+    /// [`Vision::image`], its failure a 400 naming the part `at`.
+    pub fn image_at(&self, bytes: &[u8], at: &str) -> Result<MtmdInputChunks, Error> {
+        self.image(bytes).map_err(|why| {
+            Error::invalid_param(at, format!("The image cannot be used: {why}."))
+                .with_code("invalid_image")
+        })
+    }
+
     /// Runs the encoder on `media` and decodes its embeddings into sequence `seq` at
     /// its positions, in one go (a projector with non-causal attention, as Gemma 3's,
     /// needs the whole image in one batch). Only the engine thread calls this.
@@ -222,12 +230,7 @@ pub(crate) fn take_images(messages: &[Message]) -> Result<(Vec<Message>, Vec<Ima
             };
             let at = format!("messages[{i}].content[{j}]");
             let bytes = match source {
-                ImageSource::Base64 { data, .. } => base64::engine::general_purpose::STANDARD
-                    .decode(data.trim())
-                    .map_err(|e| {
-                        Error::invalid_param(&at, format!("The image's base64 data is invalid: {e}."))
-                            .with_code("invalid_image")
-                    })?,
+                ImageSource::Base64 { data, .. } => inline_bytes(data, &at)?,
                 ImageSource::Url(url) => {
                     return Err(Error::invalid_param(
                         &at,
@@ -265,34 +268,32 @@ pub(crate) fn floor_to_media(media: &[Media], n: usize) -> usize {
         .map_or(n, |m| m.start)
 }
 
-/// Prompt positions each inline image takes (what generation adds for it); images
-/// given by URL are not fetched to be counted, and count 0.
-pub(crate) fn count_tokens(prep: &crate::prep::Prep, images: &[ImageSource]) -> Result<u32, Error> {
+/// The bytes of an inline image; a 400 naming the part `at` when they are not base64.
+fn inline_bytes(data: &str, at: &str) -> Result<Vec<u8>, Error> {
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| {
+            Error::invalid_param(at, format!("The image's base64 data is invalid: {e}."))
+                .with_code("invalid_image")
+        })
+}
+
+/// Prompt positions the messages' inline images take (what generation adds for each);
+/// images given by URL are not fetched to be counted, and count 0.
+pub(crate) fn count_tokens(prep: &crate::prep::Prep, messages: &[Message]) -> Result<u32, Error> {
     let Some(vision) = &prep.vision else {
         return Ok(0);
     };
     let mut total = 0u32;
-    for (i, image) in images.iter().enumerate() {
-        let ImageSource::Base64 { data, .. } = image else {
-            continue;
-        };
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(data.trim())
-            .map_err(|e| {
-                Error::invalid_param(
-                    format!("images[{i}]"),
-                    format!("The image's base64 data is invalid: {e}."),
-                )
-                .with_code("invalid_image")
-            })?;
-        let chunks = vision.image(&bytes).map_err(|why| {
-            Error::invalid_param(
-                format!("images[{i}]"),
-                format!("The image cannot be used: {why}."),
-            )
-            .with_code("invalid_image")
-        })?;
-        total = total.saturating_add(chunks.total_tokens() as u32);
+    for (i, m) in messages.iter().enumerate() {
+        for (j, part) in m.content.iter().enumerate() {
+            let ContentPart::Image(ImageSource::Base64 { data, .. }) = part else {
+                continue;
+            };
+            let at = format!("messages[{i}].content[{j}]");
+            let chunks = vision.image_at(&inline_bytes(data, &at)?, &at)?;
+            total = total.saturating_add(chunks.total_tokens() as u32);
+        }
     }
     Ok(total)
 }

@@ -96,30 +96,9 @@ pub fn sse_response(
 /// Prompt tokens the request's images take on its model (token counting endpoints);
 /// an unusable image is a 400 naming its part as the caller sent it.
 pub async fn image_tokens(route: &Route, req: &ChatRequest) -> Result<u32, Error> {
-    let mut paths = Vec::new();
-    let mut images = Vec::new();
-    for (i, m) in req.messages.iter().enumerate() {
-        for (j, p) in m.content.iter().enumerate() {
-            if let parlance_core::ir::ContentPart::Image(source) = p {
-                paths.push(format!("messages[{i}].content[{j}]"));
-                images.push(source.clone());
-            }
-        }
-    }
     route
         .backend
-        .count_image_tokens(&images)
+        .count_image_tokens(&req.messages)
         .await
-        .map_err(|mut e| {
-            let k = e
-                .param
-                .as_deref()
-                .and_then(|p| p.strip_prefix("images["))
-                .and_then(|p| p.strip_suffix(']'))
-                .and_then(|k| k.parse::<usize>().ok());
-            if let Some(path) = k.and_then(|k| paths.get(k)) {
-                e.param = Some(path.clone());
-            }
-            req.origins.rename(e)
-        })
+        .map_err(|e| req.origins.rename(e))
 }

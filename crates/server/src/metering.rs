@@ -334,10 +334,17 @@ pub fn metered(mut events: EventStream, meter: Meter) -> EventStream {
 
 /// A failure before any backend call (bad input, a refused key): its row.
 pub async fn record_refusal(meter: Option<Meter>, e: &Error) {
+    let status = format!("error:{}", e.code.as_deref().unwrap_or("error"));
+    record_without_tokens(meter, status).await;
+}
+
+/// The row of a request that spent no tokens, committed before its answer goes out.
+async fn record_without_tokens(meter: Option<Meter>, status: String) {
     if let Some(mut m) = meter {
-        let status = format!("error:{}", e.code.as_deref().unwrap_or("error"));
         let row = m.finish(status, Some(Usage::default()), 0, Instant::now(), None);
-        let _ = m.tenancy.record(row, true).await;
+        if let Err(e) = m.tenancy.record(row, true).await {
+            tracing::error!("usage row not committed: {e}");
+        }
     }
 }
 
@@ -478,15 +485,9 @@ pub async fn counted<T>(
         }
     };
     let result = work.await;
-    match (&result, meter) {
-        (Err(e), meter) => record_refusal(meter, e).await,
-        (Ok(_), Some(mut m)) => {
-            let row = m.finish("ok".into(), Some(Usage::default()), 0, Instant::now(), None);
-            if let Err(e) = m.tenancy.record(row, true).await {
-                tracing::error!("usage row not committed: {e}");
-            }
-        }
-        (Ok(_), None) => {}
+    match &result {
+        Err(e) => record_refusal(meter, e).await,
+        Ok(_) => record_without_tokens(meter, "ok".into()).await,
     }
     drop(admitted);
     result

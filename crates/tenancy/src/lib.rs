@@ -101,9 +101,7 @@ impl Tenancy {
             (None, None, Some(path)) => tokens::secret_beside(&path)?,
             (None, None, None) => {
                 tracing::warn!("no --secret: access tokens (GigaChat OAuth) are accepted only by the replica that issued them, until it restarts");
-                (0..4)
-                    .map(|_| format!("{:016x}", rand::random::<u64>()))
-                    .collect()
+                tokens::fresh_secret()
             }
         };
         let token_secret = tokens::signing_key(&server_secret);

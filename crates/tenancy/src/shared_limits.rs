@@ -553,22 +553,25 @@ impl SharedLimiter {
         let this = Arc::clone(self);
         let names = budget_keys_of(key_id);
         let id = self.new_id();
-        Box::new(move |actual: Estimate| {
-            let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            let mut conn = this.conn.clone();
-            let script = this.settle_budget.clone();
-            rt.spawn(async move {
-                let mut inv = script.prepare_invoke();
-                for n in &names {
-                    inv.key(n);
-                }
-                inv.arg(&id).arg(actual.tokens).arg(actual.usd);
-                let _: Result<Result<i64, _>, _> =
-                    tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await;
-            });
-        })
+        Box::new(move |actual: Estimate| this.spawn_settle_budget(names, id, actual))
+    }
+
+    /// Runs [`SETTLE_BUDGET`] for hold `id` without waiting for it (from `Drop`).
+    fn spawn_settle_budget(&self, names: [String; 3], id: String, actual: Estimate) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime left (shutting down): the hold lapses by itself
+        };
+        let mut conn = self.conn.clone();
+        let script = self.settle_budget.clone();
+        rt.spawn(async move {
+            let mut inv = script.prepare_invoke();
+            for n in &names {
+                inv.key(n);
+            }
+            inv.arg(&id).arg(actual.tokens).arg(actual.usd);
+            let _: Result<Result<i64, _>, _> =
+                tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await;
+        });
     }
 
     fn unreachable<T>(&self, why: &str) -> Option<T> {
@@ -598,20 +601,7 @@ impl SharedLimiter {
         let this = Arc::clone(self);
         let release = move |actual: Estimate| {
             this.drop_lease(&names[2], &id);
-            let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            let mut conn = this.conn.clone();
-            let script = this.settle_budget.clone();
-            rt.spawn(async move {
-                let mut inv = script.prepare_invoke();
-                for n in &names {
-                    inv.key(n);
-                }
-                inv.arg(&id).arg(actual.tokens).arg(actual.usd);
-                let _: Result<Result<i64, _>, _> =
-                    tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await;
-            });
+            this.spawn_settle_budget(names, id, actual);
         };
         Hold(HoldKind::Remote {
             resize: Box::new(resize),

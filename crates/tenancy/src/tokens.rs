@@ -38,6 +38,13 @@ pub fn signing_key(server_secret: &str) -> String {
     ))
 }
 
+/// 256 random bits as hex: a server secret made here.
+pub fn fresh_secret() -> String {
+    (0..4)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect()
+}
+
 /// The server secret when none is configured: kept in a file beside a SQLite store
 /// (`<db>.secret`, owner-only), made on first use.
 pub fn secret_beside(db_path: &std::path::Path) -> Result<String, String> {
@@ -49,9 +56,7 @@ pub fn secret_beside(db_path: &std::path::Path) -> Result<String, String> {
             return Ok(s.trim().to_string());
         }
     }
-    let fresh: String = (0..4)
-        .map(|_| format!("{:016x}", rand::random::<u64>()))
-        .collect();
+    let fresh = fresh_secret();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -108,15 +108,12 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
             reasoning_signature: None,
             is_error: false,
         };
-        // (part index in `msg`, the caller's path of that block)
+        // Images' (part index in `msg`, the caller's path of that block): errors name them.
         let mut parts_at: Vec<(usize, String)> = Vec::new();
         for (j, b) in blocks.into_iter().enumerate() {
             let at = format!("messages.{i}.content.{j}");
             match b {
-                wire::ContentBlock::Text { text } => {
-                    parts_at.push((msg.content.len(), at));
-                    msg.content.push(ContentPart::Text(text))
-                }
+                wire::ContentBlock::Text { text } => msg.content.push(ContentPart::Text(text)),
                 wire::ContentBlock::Image { source } => {
                     parts_at.push((msg.content.len(), at));
                     msg.content.push(ContentPart::Image(match source {

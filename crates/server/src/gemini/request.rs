@@ -75,7 +75,6 @@ pub fn to_ir(
                 if p.thought == Some(true) {
                     msg.reasoning.get_or_insert_with(String::new).push_str(&t);
                 } else {
-                    parts_at.push((msg.content.len(), at));
                     msg.content.push(ContentPart::Text(t));
                 }
             } else if let Some(b) = p.inline_data {

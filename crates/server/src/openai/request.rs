@@ -177,7 +177,7 @@ pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error>
     };
     Ok(ChatRequest {
         model: req.model,
-        origins: PartOrigins::one_to_one(&messages, "messages"),
+        origins: PartOrigins::same_as_ir(),
         messages,
         raw_prompt: None,
         reasoning,

@@ -84,9 +84,12 @@ pub fn push_messages(
             let index = out.len().saturating_sub(1);
             let first_part = if out.len() > before { 0 } else { parts_before };
             o.message(index, param.clone());
-            let parts = out.last().map_or(0, |m| m.content.len());
-            for (j, part) in (first_part..parts).enumerate() {
-                o.part(index, part, format!("{param}.content[{j}]"));
+            // Errors name image parts (see `PartOrigins`).
+            let parts = out.last().map_or(&[][..], |m| &m.content[..]);
+            for (j, part) in parts.iter().enumerate().skip(first_part) {
+                if matches!(part, ContentPart::Image(_)) {
+                    o.part(index, j, format!("{param}.content[{}]", j - first_part));
+                }
             }
         }
     }
