@@ -95,7 +95,7 @@ impl Direct {
     }
 }
 
-fn first_max(x: &[f32]) -> usize {
+pub(crate) fn first_max(x: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {
         if v > x[best] {

@@ -1,6 +1,5 @@
 //! OpenAI-style logprobs from the logits of one decoded position.
 
-use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::ir::{TokenLogprob, TopLogprob};
@@ -8,14 +7,12 @@ use parlance_core::ir::{TokenLogprob, TopLogprob};
 /// The sampled token's log-probability under the model (before sampling settings) and
 /// its `top` most likely alternatives.
 pub(crate) fn token_logprob(
-    ctx: &LlamaContext<'_>,
+    logits: &[f32],
     model: &LlamaModel,
-    at: i32,
     tok: LlamaToken,
     piece: &[u8],
     top: u32,
 ) -> TokenLogprob {
-    let logits = ctx.get_logits_ith(at);
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
     let logprob = |t: usize| logits.get(t).map_or(f32::NEG_INFINITY, |&l| l - log_sum);

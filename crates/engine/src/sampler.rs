@@ -3,10 +3,13 @@
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use llguidance::Matcher;
 use parlance_core::ir::SamplingParams;
+use std::sync::Arc;
 
 pub use crate::draw::Direct;
 
@@ -109,12 +112,49 @@ pub enum Sampler {
     Direct(Direct),
 }
 
-impl Sampler {
-    /// Samples from the logits at batch index `at` of the last decode.
-    pub fn sample(&mut self, ctx: &LlamaContext<'_>, at: i32) -> LlamaToken {
+/// Where a sequence's next-token logits are.
+#[derive(Clone)]
+pub enum Logits {
+    /// Output row `i` of the last decode.
+    Batch(i32),
+    /// A copy kept from an earlier decode: a prompt repeated whole samples from the
+    /// logits its first prefill computed, because decoding its last token again alone
+    /// takes another kernel and can flip a near-tie.
+    Saved(Arc<[f32]>),
+}
+
+impl Logits {
+    pub fn row<'a>(&'a self, ctx: &'a LlamaContext<'_>) -> &'a [f32] {
         match self {
-            Sampler::Chain(chain) => chain.sample(ctx, at),
-            Sampler::Direct(direct) => LlamaToken::new(direct.sample(ctx.get_logits_ith(at))),
+            Logits::Batch(at) => ctx.get_logits_ith(*at),
+            Logits::Saved(row) => row,
+        }
+    }
+}
+
+impl Sampler {
+    /// Samples (and accepts) the next token.
+    pub fn sample(&mut self, ctx: &LlamaContext<'_>, logits: &Logits) -> LlamaToken {
+        match (self, logits) {
+            (Sampler::Chain(chain), Logits::Batch(at)) => chain.sample(ctx, *at),
+            // What llama_sampler_sample does with a context's row.
+            (Sampler::Chain(chain), Logits::Saved(row)) => {
+                let mut candidates = LlamaTokenDataArray::from_iter(
+                    row.iter()
+                        .enumerate()
+                        .map(|(i, &l)| LlamaTokenData::new(LlamaToken::new(i as i32), l, 0.0)),
+                    false,
+                );
+                chain.apply(&mut candidates);
+                // The chain ends in greedy or dist, which always select; the argmax
+                // only stands in for a selection that cannot be missing.
+                let tok = candidates
+                    .selected_token()
+                    .unwrap_or_else(|| LlamaToken::new(crate::draw::first_max(row) as i32));
+                chain.accept(tok);
+                tok
+            }
+            (Sampler::Direct(direct), logits) => LlamaToken::new(direct.sample(logits.row(ctx))),
         }
     }
 }

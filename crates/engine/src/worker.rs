@@ -9,9 +9,9 @@ mod pace;
 
 use crate::job::{Counters, Job, JobEvent, JobStats, WorkerConfig, UBATCH};
 use crate::logprobs::token_logprob;
-use crate::sampler::{self, Sampler, SamplerSpec};
+use crate::sampler::{self, Logits, Sampler, SamplerSpec};
 use crate::text::TextAssembler;
-use crate::vision::{floor_to_media, Vision};
+use crate::vision::Vision;
 use llama_cpp_2::context::session::SeqState;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -63,14 +63,18 @@ struct Run {
     /// Sampled but not yet decoded.
     pending: Option<LlamaToken>,
     generated: u32,
-    /// Batch index whose logits this run samples after the current decode.
-    logits_at: Option<i32>,
+    /// The logits this run samples next: a row of the current decode, or a prompt's
+    /// saved ones.
+    logits_at: Option<Logits>,
 }
 
 struct Slot {
     seq: i32,
     /// Tokens whose KV is in this sequence: kept after a job ends for prefix reuse.
     cached: Vec<LlamaToken>,
+    /// The logits after the first `n` cached tokens, kept when a prefill ended there
+    /// (see [`Logits::Saved`]); dropped when the cache is cut below `n`.
+    tail: Option<(usize, Arc<[f32]>)>,
     /// Set while an idle slot's KV is parked in host memory instead of the KV cache
     /// (`cached` still says what it holds); restored when the slot is used again.
     parked: Option<SeqState>,
@@ -124,6 +128,7 @@ impl<'m> Worker<'m> {
             .map(|i| Slot {
                 seq: i as i32,
                 cached: Vec::new(),
+                tail: None,
                 parked: None,
                 run: None,
                 last_used: 0,
@@ -230,54 +235,7 @@ impl<'m> Worker<'m> {
         let id = self.next_job;
         self.next_job += 1;
 
-        // At least the last prompt token is decoded again: its logits start sampling.
-        let limit = job.prompt.len() - 1;
-        // A cached prefix ends at an image's edge, never inside it.
-        let reusable = |cached: &[LlamaToken]| {
-            floor_to_media(&job.media, common_prefix(cached, &job.prompt).min(limit))
-        };
-        // The free slot that already holds the longest prefix of this prompt; among
-        // equals (a new conversation), an empty one, else the least recently used, so
-        // a conversation's follow-up turn still finds its history in its slot. (Taking
-        // an empty slot and borrowing the shared cells instead would spare the other
-        // conversation's cache, but changes where a repeated prompt's cells land, and
-        // with them the last bits of its numerics: a seeded repeat would not repeat.)
-        let lru = |s: &Slot| (s.cached.is_empty(), std::cmp::Reverse(s.last_used));
-        #[allow(
-            clippy::expect_used,
-            reason = "admit() starts a job only with at least as many free slots as its choices (>= 1)"
-        )]
-        let primary = *free
-            .iter()
-            .max_by_key(|&&i| (reusable(&self.slots[i].cached), lru(&self.slots[i])))
-            .expect("at least one free slot");
-        self.unpark(primary);
-        let own = reusable(&self.slots[primary].cached);
-        // Another slot, busy or idle, may hold more of this prompt (a shared system
-        // prompt, an earlier turn): with a unified KV cache its cells can be shared
-        // instead of computed again.
-        let (donor, shared) = (0..self.slots.len())
-            .filter(|&i| self.slots[i].parked.is_none())
-            .map(|i| (i, reusable(&self.slots[i].cached)))
-            .max_by_key(|&(_, n)| n)
-            .unwrap_or((primary, 0));
-        let reused = if donor != primary && shared > own {
-            self.trim(primary, 0);
-            let (src, dst) = (self.slots[donor].seq, self.slots[primary].seq);
-            match self
-                .ctx
-                .copy_kv_cache_seq(src, dst, None, Some(shared as u32))
-            {
-                Ok(()) => {
-                    self.slots[primary].cached = job.prompt[..shared].to_vec();
-                    shared
-                }
-                Err(_) => 0,
-            }
-        } else {
-            self.trim(primary, own)
-        };
-
+        let (primary, reused, ready) = self.place(&job, &free);
         if job.choices.contains(&0) {
             job.progress
                 .counts()
@@ -329,7 +287,7 @@ impl<'m> Worker<'m> {
                 text: TextAssembler::new(job.stop.clone()),
                 pending: None,
                 generated: 0,
-                logits_at: None,
+                logits_at: if k == 0 { ready.clone() } else { None },
             });
             stats.slots.push(slot.seq);
         }
@@ -370,9 +328,12 @@ impl<'m> Worker<'m> {
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match &s.run {
+                // A prompt repeated whole has nothing to decode: it samples its saved
+                // logits.
                 Some(Run {
                     phase: Phase::Prefill { next },
                     job,
+                    logits_at: None,
                     ..
                 }) => Some((*job, i, *next)),
                 _ => None,
@@ -466,11 +427,29 @@ impl<'m> Worker<'m> {
             }
             _ => true,
         });
-        let logits = loop {
-            if plan.is_empty() {
+        if !plan.is_empty() {
+            let Some(logits) = self.decode(&mut plan) else {
                 return;
+            };
+            self.record(&plan, logits);
+        }
+        self.promote_finished_prefills();
+        for i in 0..self.slots.len() {
+            let at = self.slots[i].run.as_mut().and_then(|r| r.logits_at.take());
+            if let Some(at) = at {
+                self.sample(i, &at);
             }
-            let logits = self.fill(&plan);
+        }
+    }
+
+    /// Decodes the plan, making room in the KV pool if it is full (the plan may shrink);
+    /// None when nothing could be decoded.
+    fn decode(&mut self, plan: &mut Vec<Entry>) -> Option<Vec<Option<i32>>> {
+        loop {
+            if plan.is_empty() {
+                return None;
+            }
+            let logits = self.fill(plan);
             let started = Instant::now();
             match self.ctx.decode(&mut self.batch) {
                 Ok(()) => {
@@ -483,7 +462,7 @@ impl<'m> Worker<'m> {
                         });
                         self.pace.observe(generating, prompt, took);
                     }
-                    break logits;
+                    return Some(logits);
                 }
                 // The KV pool is full. llama.cpp leaves it untouched on this error, so
                 // make room and retry: first drop idle prefix caches, then postpone
@@ -517,11 +496,14 @@ impl<'m> Worker<'m> {
                 }
                 Err(e) => {
                     self.fail_all(Error::internal(format!("llama.cpp decode failed: {e}")));
-                    return;
+                    return None;
                 }
             }
-        };
+        }
+    }
 
+    /// Moves what a decode computed into the slots' caches and runs.
+    fn record(&mut self, plan: &[Entry], logits: Vec<Option<i32>>) {
         for (entry, at) in plan.iter().zip(logits) {
             match *entry {
                 Entry::Token { slot, tok } => {
@@ -529,7 +511,7 @@ impl<'m> Worker<'m> {
                     s.cached.push(tok);
                     if let Some(run) = s.run.as_mut() {
                         run.pending = None;
-                        run.logits_at = at;
+                        run.logits_at = at.map(Logits::Batch);
                     }
                 }
                 Entry::Prompt {
@@ -543,17 +525,10 @@ impl<'m> Worker<'m> {
                     s.cached.extend_from_slice(&prompt[from..to]);
                     if let Some(run) = s.run.as_mut() {
                         run.phase = Phase::Prefill { next: to };
-                        run.logits_at = at;
+                        run.logits_at = at.map(Logits::Batch);
                     }
                 }
                 Entry::Image { .. } => {}
-            }
-        }
-        self.promote_finished_prefills();
-        for i in 0..self.slots.len() {
-            let at = self.slots[i].run.as_mut().and_then(|r| r.logits_at.take());
-            if let Some(at) = at {
-                self.sample(i, at);
             }
         }
     }
@@ -565,11 +540,16 @@ impl<'m> Worker<'m> {
             let Some(run) = self.slots[i].run.as_mut() else {
                 continue;
             };
-            let (Phase::Prefill { .. }, Some(at)) = (&run.phase, run.logits_at) else {
+            let (Phase::Prefill { .. }, Some(at)) = (&run.phase, run.logits_at.clone()) else {
                 continue;
             };
             run.phase = Phase::Generate;
             let job_id = run.job;
+            if let Logits::Batch(row) = at {
+                // Kept for a repeat of this prompt (see `Logits::Saved`).
+                let saved = Arc::from(self.ctx.get_logits_ith(row));
+                self.slots[i].tail = Some((self.slots[i].cached.len(), saved));
+            }
             if let Some(active) = self.jobs.get_mut(&job_id) {
                 active.first_token = Some(Instant::now());
             }
@@ -589,13 +569,13 @@ impl<'m> Worker<'m> {
                 slot.cached = cached.clone();
                 if let Some(run) = slot.run.as_mut() {
                     run.phase = Phase::Generate;
-                    run.logits_at = Some(at);
+                    run.logits_at = Some(at.clone());
                 }
             }
         }
     }
 
-    fn sample(&mut self, i: usize, at: i32) {
+    fn sample(&mut self, i: usize, at: &Logits) {
         let vocab = self.model.vocab();
         let slot = &mut self.slots[i];
         let Some(run) = slot.run.as_mut() else { return };
@@ -634,9 +614,13 @@ impl<'m> Worker<'m> {
         } else {
             let piece = vocab.token_to_piece(tok, self.cfg.preserved.contains(&tok), None);
             if let Some(top) = active.job.logprobs {
-                delta
-                    .logprobs
-                    .push(token_logprob(&self.ctx, self.model, at, tok, &piece, top));
+                delta.logprobs.push(token_logprob(
+                    at.row(&self.ctx),
+                    self.model,
+                    tok,
+                    &piece,
+                    top,
+                ));
             }
             let pushed = run.text.push(&piece);
             // A token's text is what it released: a character split across tokens goes
@@ -747,6 +731,11 @@ impl<'m> Worker<'m> {
             let _ = a.job.tx.send(JobEvent::Failed(err.clone()));
         }
     }
+}
+
+/// Among slots holding as much of a prompt: an empty one, else the least recently used.
+fn lru(s: &Slot) -> (bool, std::cmp::Reverse<u64>) {
+    (s.cached.is_empty(), std::cmp::Reverse(s.last_used))
 }
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {

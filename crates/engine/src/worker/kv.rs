@@ -2,15 +2,96 @@
 //! host memory and restoring them, giving up idle caches when the pool is full, and
 //! evaluating a prompt's images into a slot's sequence.
 
-use super::{ActiveJob, Phase, Worker};
-use crate::vision::EvalFailure;
+use super::{common_prefix, lru, ActiveJob, Job, Phase, Slot, Worker};
+use crate::sampler::Logits;
+use crate::vision::{floor_to_media, EvalFailure};
 use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::Error;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+impl Slot {
+    /// The logits after `prompt`, when this slot's cache holds exactly that prompt's
+    /// prefill (and maybe tokens generated after it).
+    pub(super) fn saved_logits(&self, prompt: &[LlamaToken]) -> Option<Arc<[f32]>> {
+        let (n, row) = self.tail.as_ref()?;
+        (*n == prompt.len() && self.cached.get(..*n) == Some(prompt)).then(|| Arc::clone(row))
+    }
+
+    fn forget(&mut self) {
+        self.cached.clear();
+        self.tail = None;
+    }
+}
+
 impl Worker<'_> {
+    /// Picks the free slot for a new job's prompt and keeps what its KV can reuse:
+    /// (slot, prompt tokens reused, logits to sample first when the whole prompt was).
+    pub(super) fn place(&mut self, job: &Job, free: &[usize]) -> (usize, usize, Option<Logits>) {
+        // At least the last prompt token is decoded again (its logits start sampling)
+        // unless the slot kept that prompt's own logits.
+        let limit = job.prompt.len() - 1;
+        // A cached prefix ends at an image's edge, never inside it.
+        let reusable = |cached: &[LlamaToken]| {
+            floor_to_media(&job.media, common_prefix(cached, &job.prompt).min(limit))
+        };
+        // The free slot that already holds the longest prefix of this prompt; among
+        // equals (a new conversation), an empty one, else the least recently used, so
+        // a conversation's follow-up turn still finds its history in its slot. (Taking
+        // an empty slot and borrowing the shared cells instead would spare the other
+        // conversation's cache, but changes where a repeated prompt's cells land, and
+        // with them the last bits of its numerics: a seeded repeat would not repeat.)
+        #[allow(
+            clippy::expect_used,
+            reason = "admit() starts a job only with at least as many free slots as its choices (>= 1)"
+        )]
+        let primary = *free
+            .iter()
+            .max_by_key(|&&i| {
+                let s = &self.slots[i];
+                (
+                    reusable(&s.cached),
+                    s.saved_logits(&job.prompt).is_some(),
+                    lru(s),
+                )
+            })
+            .expect("at least one free slot");
+        self.unpark(primary);
+        if let Some(row) = self.slots[primary].saved_logits(&job.prompt) {
+            let n = job.prompt.len();
+            if self.trim(primary, n) == n {
+                return (primary, n, Some(Logits::Saved(row)));
+            }
+        }
+        let own = reusable(&self.slots[primary].cached);
+        // Another slot, busy or idle, may hold more of this prompt (a shared system
+        // prompt, an earlier turn): with a unified KV cache its cells can be shared
+        // instead of computed again.
+        let (donor, shared) = (0..self.slots.len())
+            .filter(|&i| self.slots[i].parked.is_none())
+            .map(|i| (i, reusable(&self.slots[i].cached)))
+            .max_by_key(|&(_, n)| n)
+            .unwrap_or((primary, 0));
+        let reused = if donor != primary && shared > own {
+            self.trim(primary, 0);
+            let (src, dst) = (self.slots[donor].seq, self.slots[primary].seq);
+            match self
+                .ctx
+                .copy_kv_cache_seq(src, dst, None, Some(shared as u32))
+            {
+                Ok(()) => {
+                    self.slots[primary].cached = job.prompt[..shared].to_vec();
+                    shared
+                }
+                Err(_) => 0,
+            }
+        } else {
+            self.trim(primary, own)
+        };
+        (primary, reused, None)
+    }
+
     /// Moves the KV of idle slots out of the KV cache into host memory, as llama-server
     /// does with its idle slots: every decode's attention spans the cache up to its
     /// highest used cell, so idle conversations left in place slow every running
@@ -38,7 +119,7 @@ impl Worker<'_> {
                 .min_by_key(|&i| self.slots[i].last_used);
             let Some(i) = oldest else { return };
             self.slots[i].parked = None;
-            self.slots[i].cached.clear();
+            self.slots[i].forget();
         }
     }
 
@@ -51,7 +132,7 @@ impl Worker<'_> {
         let seq = self.slots[slot_idx].seq;
         if self.ctx.state_seq_set(&state, seq).is_err() {
             let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
-            self.slots[slot_idx].cached.clear();
+            self.slots[slot_idx].forget();
         }
     }
 
@@ -72,10 +153,13 @@ impl Worker<'_> {
             );
         if partial_ok {
             slot.cached.truncate(keep);
+            if slot.tail.as_ref().is_some_and(|(n, _)| *n > keep) {
+                slot.tail = None;
+            }
             keep
         } else {
             let _ = self.ctx.clear_kv_cache_seq(Some(seq), None, None);
-            slot.cached.clear();
+            slot.forget();
             0
         }
     }
