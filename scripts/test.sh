@@ -7,10 +7,13 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 scripts/fetch-models.sh smollm2 qwen2.5-coder gemma3
 cargo fmt --all --check
-cargo build --release -p parlance
+# The binary under test carries the engine's panic hooks (feature test-hooks); the same
+# features for every command below, so nothing is built twice.
+hooks=(--features parlance/test-hooks)
+cargo build --release -p parlance "${hooks[@]}"
 # --release shares the build with the binary above (llama.cpp is compiled once).
-cargo clippy --release --workspace --all-targets -- -D warnings
-cargo test --release --workspace
+cargo clippy --release --workspace --all-targets "${hooks[@]}" -- -D warnings
+cargo test --release --workspace "${hooks[@]}"
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 # The console tests' screenshots land beside the build, e.g. for CI to keep.
 export PARLANCE_SCREENSHOTS="${PARLANCE_SCREENSHOTS:-$target_dir/console-screenshots}"

@@ -317,6 +317,47 @@ def test_a_dead_engine_is_503_and_health_names_it():
         s.stop()
 
 
+def test_a_panicking_sequence_fails_only_its_request():
+    """A panic in one request's engine work (the test hook panics while sampling its
+    second token) ends that request with an error; the streams beside it finish, and
+    the model keeps serving."""
+    s = Server("-np", "3", "--alias", "sturdy", "-m", SMOL, env={"PARLANCE_TEST_SEQUENCE_PANIC": "FAIL-THIS-ONE"})
+    try:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=60)
+
+        def healthy_stream(_):
+            text, finish = "", None
+            for chunk in c.chat.completions.create(model="sturdy", messages=[{"role": "user", "content": "Count to fifty."}],
+                                                   max_tokens=40, stream=True, extra_body={"ignore_eos": True}):
+                for ch in chunk.choices:
+                    text += ch.delta.content or ""
+                    finish = ch.finish_reason or finish
+            return text, finish
+
+        def doomed(stream):
+            body = {"model": "sturdy", "messages": [{"role": "user", "content": "FAIL-THIS-ONE please"}], "max_tokens": 40, "stream": stream}
+            return requests.post(s.url + "/v1/chat/completions", json=body, timeout=60)
+
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(4) as pool:
+            healthy = [pool.submit(healthy_stream, i) for i in range(2)]
+            time.sleep(0.2)
+            whole, streamed = pool.submit(doomed, False), pool.submit(doomed, True)
+            assert_json_error(whole.result(), 500, "engine_error")
+            r = streamed.result()
+            assert r.status_code == 200
+            events = [json.loads(l[6:]) for l in r.text.splitlines() if l.startswith("data: {")]
+            assert events[-1]["error"]["code"] == "engine_error", events[-1]
+            for h in healthy:
+                text, finish = h.result()
+                assert finish == "length" and text
+        assert requests.get(s.url + "/health", timeout=5).status_code == 200
+        r = c.chat.completions.create(model="sturdy", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+        assert r.choices[0].finish_reason in ("stop", "length")
+    finally:
+        s.stop()
+
+
 # 15. Each model has a maximum output length.
 def test_max_output_tokens_default_ceiling_and_listing():
     s = Server("-np", "1", "--max-output-tokens", "12")

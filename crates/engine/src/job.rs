@@ -30,10 +30,19 @@ pub(crate) struct Job {
     pub logprobs: Option<u32>,
     pub tx: UnboundedSender<JobEvent>,
     pub enqueued: Instant,
-    /// Test hook: panic when this job is admitted (see `Prep::crash_marker`).
-    pub crash: bool,
+    /// Test hook: where this job makes the engine panic (see `Prep::crash_markers`).
+    pub crash: Option<Crash>,
     /// The request's live token counts (exact metering of cancelled requests).
     pub progress: Progress,
+}
+
+/// Test hooks (cargo feature `test-hooks`): how a job makes the engine thread panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crash {
+    /// Outside any one request's work: the engine thread goes down.
+    Engine,
+    /// While sampling the job's sequence: only this request fails.
+    Sequence,
 }
 
 /// What the engine thread shares with request handlers for admission decisions.

@@ -381,9 +381,7 @@ impl LocalModel {
             max_piece_bytes,
             ctx_per_seq,
             specials: special::Specials::of(&model),
-            crash_marker: std::env::var("PARLANCE_TEST_ENGINE_PANIC")
-                .ok()
-                .filter(|m| !m.is_empty()),
+            crash_markers: crash_markers(),
         };
         Ok(LocalModel {
             info,
@@ -741,6 +739,23 @@ fn debug_info(prompt: &str, stats: &[JobStats]) -> serde_json::Value {
             "decode_tokens_per_second": per_sec(completion, s.decode),
         },
     })
+}
+
+/// The test hooks' markers, from the environment; none unless built with `test-hooks`.
+fn crash_markers() -> Vec<(String, job::Crash)> {
+    if !cfg!(feature = "test-hooks") {
+        return Vec::new();
+    }
+    [
+        ("PARLANCE_TEST_ENGINE_PANIC", job::Crash::Engine),
+        ("PARLANCE_TEST_SEQUENCE_PANIC", job::Crash::Sequence),
+    ]
+    .into_iter()
+    .filter_map(|(var, crash)| {
+        let marker = std::env::var(var).ok().filter(|m| !m.is_empty())?;
+        Some((marker, crash))
+    })
+    .collect()
 }
 
 #[cfg(test)]

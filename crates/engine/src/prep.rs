@@ -4,6 +4,7 @@
 
 use crate::constraint::Constrainer;
 use crate::job;
+use crate::job::Crash;
 use crate::special::{self, Piece, Specials};
 use crate::vision::{self, ImageInput, Media, Vision};
 use llama_cpp_2::model::LlamaModel;
@@ -40,9 +41,10 @@ pub(crate) struct Prep {
     pub(crate) max_piece_bytes: usize,
     pub(crate) ctx_per_seq: u32,
     pub(crate) specials: Specials,
-    /// Test hook (PARLANCE_TEST_ENGINE_PANIC): a prompt containing this text makes the
-    /// engine thread panic, so tests can see how a dead engine is reported.
-    pub(crate) crash_marker: Option<String>,
+    /// Test hooks (cargo feature `test-hooks`): a prompt containing one of these texts
+    /// makes the engine thread panic there, so tests can see how a dead engine, or a
+    /// failed sequence in a live one, is reported.
+    pub(crate) crash_markers: Vec<(String, Crash)>,
 }
 
 /// A prepared request: what the engine thread needs, computed off the async workers.
@@ -51,7 +53,7 @@ pub(crate) struct Prepared {
     pub(crate) prompt: Vec<LlamaToken>,
     pub(crate) media: Vec<Media>,
     pub(crate) constraint: Option<Matcher>,
-    pub(crate) crash: bool,
+    pub(crate) crash: Option<Crash>,
 }
 impl Prep {
     /// Whether a prompt gets the model's BOS token: not when the template wrote it.
@@ -174,9 +176,10 @@ impl Prep {
             return Err(context_exceeded(ctx, prompt.len(), wanted, ""));
         }
         let crash = self
-            .crash_marker
-            .as_ref()
-            .is_some_and(|m| prompt_text.contains(m.as_str()));
+            .crash_markers
+            .iter()
+            .find(|(m, _)| prompt_text.contains(m.as_str()))
+            .map(|&(_, c)| c);
         Ok(Prepared {
             prompt_text,
             prompt,

@@ -7,7 +7,7 @@
 mod kv;
 mod pace;
 
-use crate::job::{Counters, Job, JobEvent, JobStats, WorkerConfig, UBATCH};
+use crate::job::{Counters, Crash, Job, JobEvent, JobStats, WorkerConfig, UBATCH};
 use crate::logprobs::token_logprob;
 use crate::sampler::{self, Logits, Sampler, SamplerSpec};
 use crate::text::TextAssembler;
@@ -22,10 +22,12 @@ use llguidance::Matcher;
 use parlance_core::ir::{Delta, FinishReason, StreamEvent};
 use parlance_core::Error;
 use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
 
 enum Entry {
     /// The last sampled token of a generating sequence.
@@ -216,7 +218,14 @@ impl<'m> Worker<'m> {
             let Some(job) = self.waiting.pop_front() else {
                 return;
             };
-            self.start(job, free);
+            #[allow(
+                clippy::panic,
+                reason = "test hook, armed only in builds with the test-hooks feature"
+            )]
+            if job.crash == Some(Crash::Engine) {
+                panic!("engine panic requested by PARLANCE_TEST_ENGINE_PANIC");
+            }
+            self.start_isolated(job, free);
             // Free slots first, then the queue: a handler must never see the job gone
             // from the queue while its slot still counts as free.
             self.publish_free();
@@ -224,14 +233,40 @@ impl<'m> Worker<'m> {
         }
     }
 
-    fn start(&mut self, mut job: Job, free: Vec<usize>) {
-        #[allow(
-            clippy::panic,
-            reason = "test hook, armed only by PARLANCE_TEST_ENGINE_PANIC"
-        )]
-        if job.crash {
-            panic!("engine panic requested by PARLANCE_TEST_ENGINE_PANIC");
+    /// Starts a job; a panic while doing so fails that job alone.
+    fn start_isolated(&mut self, job: Job, free: Vec<usize>) {
+        let id = self.next_job;
+        let tx = job.tx.clone();
+        if catch_unwind(AssertUnwindSafe(|| self.start(job, free))).is_err() {
+            self.next_job = self.next_job.max(id + 1);
+            self.abandon(id, Some(tx));
         }
+    }
+
+    /// Ends a job whose work panicked: its slots are reset (their KV may be half
+    /// written) and its caller gets a 500; every other sequence carries on.
+    fn abandon(&mut self, job_id: u64, tx: Option<UnboundedSender<JobEvent>>) {
+        tracing::error!(
+            job = job_id,
+            "a request's engine work panicked; only it was ended"
+        );
+        for i in 0..self.slots.len() {
+            if self.slots[i].run.as_ref().is_some_and(|r| r.job == job_id) {
+                self.slots[i].run = None;
+                self.trim(i, 0);
+            }
+        }
+        self.publish_free();
+        let e =
+            Error::internal("the engine failed on this request; other requests were not affected")
+                .with_code("engine_error");
+        let tx = self.jobs.remove(&job_id).map(|a| a.job.tx).or(tx);
+        if let Some(tx) = tx {
+            let _ = tx.send(JobEvent::Failed(e));
+        }
+    }
+
+    fn start(&mut self, mut job: Job, free: Vec<usize>) {
         let id = self.next_job;
         self.next_job += 1;
 
@@ -437,7 +472,12 @@ impl<'m> Worker<'m> {
         for i in 0..self.slots.len() {
             let at = self.slots[i].run.as_mut().and_then(|r| r.logits_at.take());
             if let Some(at) = at {
-                self.sample(i, &at);
+                let job = self.slots[i].run.as_ref().map(|r| r.job);
+                if catch_unwind(AssertUnwindSafe(|| self.sample(i, &at))).is_err() {
+                    if let Some(job) = job {
+                        self.abandon(job, None);
+                    }
+                }
             }
         }
     }
@@ -583,6 +623,13 @@ impl<'m> Worker<'m> {
             slot.run = None;
             return;
         };
+        #[allow(
+            clippy::panic,
+            reason = "test hook, armed only in builds with the test-hooks feature"
+        )]
+        if active.job.crash == Some(Crash::Sequence) && run.generated == 1 {
+            panic!("sequence panic requested by PARLANCE_TEST_SEQUENCE_PANIC");
+        }
         let tok = run.sampler.sample(&self.ctx, at);
         if let Some(e) = run.shadow.as_mut().and_then(|m| sampler::follow(m, tok)) {
             let job = run.job;

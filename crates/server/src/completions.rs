@@ -5,23 +5,21 @@
 
 use crate::auth::Principal;
 use crate::body::read_json;
-use crate::door::{check_output_cap, start, Started};
+use crate::door::{Door, Frames, Started};
 use crate::error::ApiError;
-use crate::metering::with_rate_headers;
 use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::sse::Event;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::response::Response;
+use axum::Extension;
 use futures::StreamExt;
 use parlance_core::ir::{ChatRequest, FinishReason, StreamEvent, TokenLogprob, Usage};
 use parlance_core::{Error, EventStream};
 use parlance_protocol::completions as wire;
 use parlance_protocol::openai as chat_wire;
 use serde_json::{json, Map, Value};
-use std::convert::Infallible;
 use std::sync::Arc;
 
 /// OpenAI's default when `max_tokens` is unsaid.
@@ -228,33 +226,38 @@ pub async fn completions(
     ctx.set_model(&wire_req.model);
     let base = to_ir(&wire_req)?;
     let route = state.router.resolve(&base.model)?;
-    check_output_cap(route, &base, "max_tokens")?;
+    let door = Completions {
+        meta: Meta {
+            id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model: base.model.clone(),
+            fingerprint: state.fingerprint.clone(),
+        },
+        n: base.n,
+        prompts: Vec::new(),
+        echo: wire_req.echo == Some(true),
+        include_usage: wire_req
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
+        want_logprobs: base.logprobs.is_some(),
+    };
+    if let (Some(asked), Some(limit)) = (base.max_tokens, route.info.max_output_tokens) {
+        if asked > limit {
+            return Err(door.output_cap_error(asked, limit, &base.model).into());
+        }
+    }
     let prompts = prompts(route, wire_req.prompt.clone()).await?;
-    let echo = wire_req.echo == Some(true);
-    let include_usage = wire_req
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    let n = base.n;
     let stream = base.stream;
-    let want_logprobs = base.logprobs.is_some();
     let mut streams = Vec::with_capacity(prompts.len());
     let mut rate = Default::default();
     for p in &prompts {
         let mut req = base.clone();
         req.raw_prompt = Some(p.clone());
         req.context = Default::default();
-        match start(
-            &state,
-            &ctx,
-            &principal,
-            route,
-            req,
-            "completions",
-            &[("messages", "prompt")],
-        )
-        .await
-        {
+        match crate::door::start(&state, &ctx, &principal, &door, route, req).await {
             Ok(Started { events, rate: r }) => {
                 streams.push(events);
                 rate = r;
@@ -262,81 +265,118 @@ pub async fn completions(
             Err(refused) => return Ok(refused),
         }
     }
-    let meta = Meta {
-        id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        model: base.model.clone(),
-        fingerprint: state.fingerprint.clone(),
-    };
-    let mut events = merged(streams, n);
-    let prompt_count = prompts.len() as u32;
-    let echo_of = move |i: u32| {
-        let prompt = prompts.get((i / n) as usize).filter(|_| echo);
-        prompt.cloned().unwrap_or_default()
-    };
+    let events = merged(streams, door.n);
+    let door = Completions { prompts, ..door };
+    let started = Started { events, rate };
+    Ok(crate::door::answer(&ctx, door, started, stream).await)
+}
 
-    if !stream {
-        let done = match parlance_core::collect::collect(events, n * prompt_count).await {
-            Ok(d) => d,
-            Err(e) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
-        };
-        ctx.first_token();
-        ctx.set_usage(done.usage);
+/// The legacy completions wire format.
+struct Completions {
+    meta: Meta,
+    n: u32,
+    prompts: Vec<String>,
+    /// `echo`: each choice's text starts with its prompt.
+    echo: bool,
+    include_usage: bool,
+    want_logprobs: bool,
+}
+
+impl Completions {
+    /// The text choice `i` starts with.
+    fn echo_of(&self, i: u32) -> String {
+        let prompt = self
+            .prompts
+            .get((i / self.n) as usize)
+            .filter(|_| self.echo);
+        prompt.cloned().unwrap_or_default()
+    }
+
+    fn chunk(&self, choices: Value, usage: Value) -> Value {
+        let m = &self.meta;
+        json!({"id": m.id, "object": "text_completion", "created": m.created, "model": m.model,
+            "system_fingerprint": m.fingerprint, "choices": choices, "usage": usage})
+    }
+}
+
+impl Door for Completions {
+    const NAME: &'static str = "completions";
+    type Whole = Value;
+
+    fn error_body(e: &Error) -> Value {
+        crate::error::openai_value(e)
+    }
+
+    fn output_cap_error(&self, asked: u32, limit: u32, _model: &str) -> Error {
+        crate::error::output_cap("max_tokens", asked, limit)
+    }
+
+    fn param_names(&self) -> &'static [(&'static str, &'static str)] {
+        &[("messages", "prompt")]
+    }
+
+    async fn whole(self, events: EventStream) -> Result<Value, Error> {
+        let total = self.n * self.prompts.len() as u32;
+        let done = parlance_core::collect::collect(events, total).await?;
         let choices: Vec<Value> = done
             .choices
             .into_iter()
             .enumerate()
             .map(|(i, c)| {
-                let prefix = echo_of(i as u32);
+                let prefix = self.echo_of(i as u32);
                 let mut offset = prefix.chars().count();
                 json!({
                     "text": format!("{prefix}{}", c.content),
                     "index": i,
-                    "logprobs": want_logprobs.then(|| logprobs_json(&c.logprobs, &mut offset)),
+                    "logprobs": self.want_logprobs.then(|| logprobs_json(&c.logprobs, &mut offset)),
                     "finish_reason": finish_str(c.finish_reason.unwrap_or(FinishReason::Stop)),
                 })
             })
             .collect();
-        let body = json!({"id": meta.id, "object": "text_completion", "created": meta.created, "model": meta.model,
-            "system_fingerprint": meta.fingerprint, "choices": choices, "usage": usage_json(&done.usage)});
-        return Ok(with_rate_headers(Json(body).into_response(), &rate));
+        Ok(self.chunk(Value::Array(choices), usage_json(&done.usage)))
     }
 
-    let sse = async_stream::stream! {
-        let chunk = |choices: Value, usage: Value| json!({"id": meta.id, "object": "text_completion", "created": meta.created,
-            "model": meta.model, "system_fingerprint": meta.fingerprint, "choices": choices, "usage": usage});
+    fn stream(self, events: EventStream) -> Frames {
+        let sse = streamed(self, events).map(|v: Value| {
+            let data = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            Event::default().data(data)
+        });
+        Frames::Sse(Box::pin(sse))
+    }
+}
+
+fn streamed(door: Completions, mut events: EventStream) -> impl futures::Stream<Item = Value> {
+    async_stream::stream! {
         let mut offsets: std::collections::HashMap<u32, usize> = Default::default();
         let mut finished = false;
         while let Some(ev) = events.next().await {
             match ev {
                 Ok(StreamEvent::Delta { index, delta }) => {
-                    ctx.first_token();
                     let offset = offsets.entry(index).or_insert(usize::MAX);
                     let mut text = String::new();
                     if *offset == usize::MAX {
                         // The first chunk of a choice carries the echoed prompt.
-                        text = echo_of(index);
+                        text = door.echo_of(index);
                         *offset = text.chars().count();
                     }
                     text.push_str(&delta.content);
-                    let lp = want_logprobs.then(|| logprobs_json(&delta.logprobs, offset));
-                    yield chunk(json!([{"text": text, "index": index, "logprobs": lp, "finish_reason": null}]), Value::Null);
+                    let lp = door.want_logprobs.then(|| logprobs_json(&delta.logprobs, offset));
+                    yield door.chunk(json!([{"text": text, "index": index, "logprobs": lp, "finish_reason": null}]), Value::Null);
                 }
                 Ok(StreamEvent::Finish { index, reason, .. }) => {
-                    yield chunk(json!([{"text": "", "index": index, "logprobs": null, "finish_reason": finish_str(reason)}]), Value::Null);
+                    yield door.chunk(json!([{"text": "", "index": index, "logprobs": null, "finish_reason": finish_str(reason)}]), Value::Null);
                 }
                 Ok(StreamEvent::Usage(u)) => {
-                    ctx.set_usage(u);
-                    if include_usage {
-                        yield chunk(json!([]), usage_json(&u));
+                    if door.include_usage {
+                        yield door.chunk(json!([]), usage_json(&u));
                     }
                     finished = true;
                 }
                 Ok(StreamEvent::Debug(_)) => {}
                 Err(e) => {
-                    ctx.set_outcome(format!("error:{}", e.code.as_deref().unwrap_or("backend_error")));
                     yield crate::error::openai_value(&e);
                     return;
                 }
@@ -348,12 +388,4 @@ pub async fn completions(
         }
         yield Value::String("[DONE]".into());
     }
-    .map(|v: Value| {
-        let data = match v {
-            Value::String(s) => s,
-            other => other.to_string(),
-        };
-        Ok::<_, Infallible>(Event::default().data(data))
-    });
-    Ok(crate::door::sse_response(sse, &rate))
 }

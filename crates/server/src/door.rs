@@ -1,21 +1,116 @@
-//! What the Responses and legacy-completions doors share around the backend call:
-//! the output cap check, the gate and meter, and starting the backend.
+//! The one pipeline every generating request takes, whichever front door it came in
+//! by: resolve the model, check its output cap, admit (keys, limits, budgets, the
+//! usage meter), start the backend, meter and observe its events, then answer whole or
+//! streamed with keep-alives. A door supplies only its wire format: the [`Door`] trait.
 
 use crate::auth::Principal;
-use crate::error::ApiError;
 use crate::metering::{admit, record_refusal, watch, with_rate_headers};
 use crate::reqlog::RequestCtx;
 use crate::AppState;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::Stream;
-use parlance_core::ir::ChatRequest;
+use axum::Json;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use parlance_core::ir::{ChatRequest, StreamEvent};
 use parlance_core::router::Route;
 use parlance_core::{Error, EventStream};
 use parlance_tenancy::limits::RateHeaders;
+use serde_json::Value;
 use std::convert::Infallible;
+use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How often an SSE comment keeps a connection alive while a prompt is prefilled.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// How long a streamed request may wait for its backend to start before the stream's
+/// headers go out anyway (errors after that arrive as the door's error events).
+const HEADERS_AFTER: Duration = Duration::from_millis(500);
+
+/// A streamed answer's body.
+pub enum Frames {
+    /// Server-sent events, with keep-alive comments while the stream is quiet.
+    Sse(BoxStream<'static, Event>),
+    /// A body of its own content type, sent as it comes (Gemini's JSON array).
+    Raw(&'static str, BoxStream<'static, String>),
+}
+
+/// A front door's wire format: how it names and renders what the pipeline produces.
+pub trait Door: Send + Sized + 'static {
+    /// The door's name in usage rows.
+    const NAME: &'static str;
+
+    /// This door's error body for `e` (the HTTP status is `e.status()`).
+    fn error_body(e: &Error) -> Value;
+
+    /// The refusal of an output cap above the model's limit, worded as this door's
+    /// provider words it.
+    fn output_cap_error(&self, asked: u32, limit: u32, model: &str) -> Error;
+
+    /// Backends name parameters as the IR does (`messages`, `max_tokens`); these map
+    /// them to this door's own (`input`, `max_output_tokens`).
+    fn param_names(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
+    /// A whole answer's body.
+    type Whole: serde::Serialize + Send;
+
+    /// The whole answer, from the metered events.
+    fn whole(self, events: EventStream) -> impl Future<Output = Result<Self::Whole, Error>> + Send;
+
+    /// The streamed answer; an error in `events` ends it with this door's error event.
+    fn stream(self, events: EventStream) -> Frames;
+}
+
+/// An error answered in door `D`'s wire format; handlers return it with `?`.
+pub struct Refusal<D>(pub Error, PhantomData<D>);
+
+impl<D> From<Error> for Refusal<D> {
+    fn from(e: Error) -> Self {
+        Refusal(e, PhantomData)
+    }
+}
+
+impl<D: Door> IntoResponse for Refusal<D> {
+    fn into_response(self) -> Response {
+        error_response(&self.0, D::error_body(&self.0))
+    }
+}
+
+/// Marks an error answer a door rendered itself, so the layer that re-shapes errors
+/// made outside any door (auth, routing, extractors) leaves it alone.
+#[derive(Clone, Copy)]
+pub struct Rendered;
+
+/// An error body as an HTTP answer: its status, `Retry-After` when it has one.
+pub fn error_response(e: &Error, body: Value) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() {
+        tracing::error!(error = %e, "request failed");
+    }
+    let mut resp = (status, Json(body)).into_response();
+    if let Some(secs) = e.retry_after {
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    resp.extensions_mut().insert(Rendered);
+    resp
+}
+
+/// The message with the parameter it names in front, for doors whose error bodies
+/// have no `param` field (Anthropic's and Gemini's: `messages.0.content.1: ...`).
+pub fn message_naming_param(e: &Error) -> String {
+    match e.param.as_deref() {
+        Some(p) if !e.message.contains(p) => format!("{p}: {}", e.message),
+        _ => e.message.clone(),
+    }
+}
 
 /// A backend that has started answering, its events metered and observed.
 pub struct Started {
@@ -23,20 +118,7 @@ pub struct Started {
     pub rate: RateHeaders,
 }
 
-/// A 400 naming `param` when the request asks for more output than the model allows.
-pub fn check_output_cap(route: &Route, req: &ChatRequest, param: &str) -> Result<(), Error> {
-    match (req.max_tokens, route.info.max_output_tokens) {
-        (Some(asked), Some(limit)) if asked > limit => Err(Error::invalid_param(
-            param,
-            format!("'{param}' is too large: {asked}. This model supports at most {limit} output tokens."),
-        )
-        .with_code("max_tokens_too_large")),
-        _ => Ok(()),
-    }
-}
-
-/// Backends name parameters as chat completions does (`messages`, `max_tokens`);
-/// `names` maps those to this door's own (`input`, `max_output_tokens`).
+/// Names a backend's parameter path as the door does.
 pub fn rename_param(mut e: Error, names: &[(&str, &str)]) -> Error {
     if let Some(p) = e.param.as_deref() {
         for (from, to) in names {
@@ -51,46 +133,133 @@ pub fn rename_param(mut e: Error, names: &[(&str, &str)]) -> Error {
     e
 }
 
-/// Gate, meter and start; `Err` is the refusal, already rendered and metered.
-pub async fn start(
+/// One generating request, start to answer.
+pub async fn chat<D: Door>(
     state: &AppState,
     ctx: &Arc<RequestCtx>,
     principal: &Principal,
-    route: &Route,
-    mut req: ChatRequest,
-    front_door: &str,
-    names: &[(&str, &str)],
-) -> Result<Started, Response> {
-    let model = req.model.clone();
-    let (meter, rate) = admit(state, ctx, principal, &route.info, &mut req, front_door).await?;
-    let origins = req.origins.clone();
-    match route.backend.chat(req).await {
-        Ok(events) => Ok(Started {
-            events: watch(state, meter, events, &model, ctx),
-            rate,
-        }),
-        Err(e) => {
-            // Parts first, by where they came from; then this door's parameter names.
-            let e = rename_param(origins.rename(e), names);
-            record_refusal(meter, &e).await;
-            Err(with_rate_headers(ApiError(e).into_response(), &rate))
-        }
+    door: D,
+    req: ChatRequest,
+) -> Response {
+    let stream = req.stream;
+    let route = match state.router.resolve(&req.model) {
+        Ok(r) => r,
+        Err(e) => return Refusal::<D>::from(e).into_response(),
+    };
+    match start(state, ctx, principal, &door, route, req).await {
+        Ok(started) => answer(ctx, door, started, stream).await,
+        Err(refused) => refused,
     }
 }
 
-/// How often an SSE comment keeps a connection alive while a prompt is prefilled.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Checks the output cap, admits and starts the backend; `Err` is the refusal,
+/// rendered in the door's format and metered.
+pub async fn start<D: Door>(
+    state: &AppState,
+    ctx: &Arc<RequestCtx>,
+    principal: &Principal,
+    door: &D,
+    route: &Route,
+    mut req: ChatRequest,
+) -> Result<Started, Response> {
+    if let (Some(asked), Some(limit)) = (req.max_tokens, route.info.max_output_tokens) {
+        if asked > limit {
+            let e = door.output_cap_error(asked, limit, &req.model);
+            return Err(Refusal::<D>::from(e).into_response());
+        }
+    }
+    let model = req.model.clone();
+    let stream = req.stream;
+    let (meter, rate) = match admit(state, ctx, principal, &route.info, &mut req, D::NAME).await {
+        Ok(a) => a,
+        Err((e, headers)) => {
+            return Err(with_rate_headers(
+                Refusal::<D>::from(e).into_response(),
+                &headers,
+            ))
+        }
+    };
+    let origins = req.origins.clone();
+    let names = door.param_names();
+    // Parts first, by where they came from; then this door's parameter names.
+    let named = move |e: Error| rename_param(origins.rename(e), names);
+    let backend = Arc::clone(&route.backend);
+    let mut call = Box::pin(async move { backend.chat(req).await });
+    // A backend that answers quickly (local models queue at once; an upstream's 400)
+    // gets a plain HTTP status. A stream whose backend takes longer (an upstream's
+    // first token, a pool's retries) gets its headers now, and keep-alives while it
+    // works, so proxies and clients with idle timeouts do not give up; its errors
+    // become the door's error events.
+    let events: EventStream = tokio::select! {
+        r = &mut call => match r {
+            Ok(events) => events,
+            Err(e) => {
+                let e = named(e);
+                record_refusal(meter, &e).await;
+                return Err(with_rate_headers(Refusal::<D>::from(e).into_response(), &rate));
+            }
+        },
+        () = tokio::time::sleep(HEADERS_AFTER), if stream => {
+            Box::pin(futures::stream::once(call).flat_map(move |r| match r {
+                Ok(events) => events,
+                Err(e) => Box::pin(futures::stream::once(async move { Err(e) })) as EventStream,
+            }))
+        }
+    };
+    let events = watch(state, meter, events, &model, ctx);
+    Ok(Started {
+        events: logged(events, Arc::clone(ctx), stream),
+        rate,
+    })
+}
 
-/// A streamed answer: its events, keep-alive comments while it is quiet, and the
-/// caller's rate headers.
-pub fn sse_response(
-    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
-    rate: &RateHeaders,
+/// The door's answer to a started request, with the caller's rate headers.
+pub async fn answer<D: Door>(
+    ctx: &RequestCtx,
+    door: D,
+    started: Started,
+    stream: bool,
 ) -> Response {
-    let resp = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
-        .into_response();
-    with_rate_headers(resp, rate)
+    let Started { events, rate } = started;
+    let resp = if stream {
+        match door.stream(events) {
+            Frames::Sse(events) => Sse::new(events.map(Ok::<_, Infallible>))
+                .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+                .into_response(),
+            Frames::Raw(content_type, body) => (
+                [(header::CONTENT_TYPE, content_type)],
+                axum::body::Body::from_stream(body.map(Ok::<_, Infallible>)),
+            )
+                .into_response(),
+        }
+    } else {
+        match door.whole(events).await {
+            Ok(body) => {
+                ctx.first_token();
+                Json(body).into_response()
+            }
+            Err(e) => Refusal::<D>::from(e).into_response(),
+        }
+    };
+    with_rate_headers(resp, &rate)
+}
+
+/// What the request log learns from the events: the usage, and for a stream the time
+/// of its first delta and how it ended when not normally.
+fn logged(mut events: EventStream, ctx: Arc<RequestCtx>, stream: bool) -> EventStream {
+    Box::pin(async_stream::stream! {
+        while let Some(ev) = events.next().await {
+            match &ev {
+                Ok(StreamEvent::Usage(u)) => ctx.set_usage(*u),
+                Ok(StreamEvent::Delta { .. }) if stream => ctx.first_token(),
+                Err(e) if stream => {
+                    ctx.set_outcome(format!("error:{}", e.code.as_deref().unwrap_or("stream_error")));
+                }
+                _ => {}
+            }
+            yield ev;
+        }
+    })
 }
 
 /// Prompt tokens the request's images take on its model (token counting endpoints);

@@ -1,6 +1,7 @@
 //! The OpenAI wire format's errors, in one place: the core error as an HTTP response
-//! and as a stream's error event. Handlers answer with these; the Anthropic and
-//! Gemini doors re-render them in their own shapes (`rewrite_errors`).
+//! and as a stream's error event. Errors made outside any door (auth, routing,
+//! extractors) are answered in this shape first; `rewrite_errors` re-renders them for
+//! the Anthropic and Gemini paths. A door's own errors are rendered by the door.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -50,6 +51,17 @@ pub fn openai_body(e: &Error) -> ErrorResponse {
 /// The OpenAI body as a JSON value, for answers that add fields beside `error`.
 pub fn openai_value(e: &Error) -> serde_json::Value {
     serde_json::to_value(openai_body(e)).unwrap_or_default()
+}
+
+/// A 400 naming `param` when a request asks for more output than its model allows.
+pub fn output_cap(param: &str, asked: u32, limit: u32) -> Error {
+    Error::invalid_param(
+        param,
+        format!(
+            "'{param}' is too large: {asked}. This model supports at most {limit} output tokens."
+        ),
+    )
+    .with_code("max_tokens_too_large")
 }
 
 pub struct ApiError(pub Error);

@@ -193,13 +193,19 @@ enum Door {
     Gemini,
 }
 
+/// Errors made before a door's handler ran (auth, routing, extractors, a panic) in
+/// that door's shape; a door's own answers are already in it.
 async fn door_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let render: fn(u16, &str) -> serde_json::Value = match door_of(req.method(), req.uri().path()) {
         Door::OpenAi => return next.run(req).await,
         Door::Anthropic => anthropic::error_body,
         Door::Gemini => gemini::error_body,
     };
-    error::rewrite_errors(next.run(req).await, render).await
+    let resp = next.run(req).await;
+    if resp.extensions().get::<door::Rendered>().is_some() {
+        return resp;
+    }
+    error::rewrite_errors(resp, render).await
 }
 
 fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {

@@ -386,7 +386,7 @@ pub fn with_rate_headers(
 
 /// What every door does before calling the backend: fills the request context, checks
 /// a stored key's allowlist, budget and limits, and sets up the usage meter. `Err` is
-/// the refusal, already rendered (with its rate headers) and metered.
+/// the refusal (already metered) and the rate headers to answer it with.
 pub async fn admit(
     state: &crate::AppState,
     ctx: &Arc<RequestCtx>,
@@ -394,8 +394,7 @@ pub async fn admit(
     info: &ModelInfo,
     req: &mut parlance_core::ir::ChatRequest,
     front_door: &str,
-) -> Result<(Option<Meter>, RateHeaders), axum::response::Response> {
-    use axum::response::IntoResponse;
+) -> Result<(Option<Meter>, RateHeaders), (Error, RateHeaders)> {
     let bytes = prompt_bytes(req);
     let cap = req.max_tokens.or(info.max_output_tokens).unwrap_or(1024);
     let completion = u64::from(cap) * u64::from(req.n.max(1));
@@ -443,10 +442,7 @@ pub async fn admit(
         }
         Err((e, headers)) => {
             record_refusal(meter, &e).await;
-            Err(with_rate_headers(
-                crate::ApiError(e).into_response(),
-                &headers,
-            ))
+            Err((e, headers))
         }
     }
 }

@@ -6,8 +6,8 @@ mod response;
 
 use crate::auth::Principal;
 use crate::body::read_json;
-use crate::error::ApiError;
-use crate::metering::{admit, counted, record_refusal, watch, with_rate_headers};
+use crate::door::{message_naming_param, Door, Frames, Refusal};
+use crate::metering::counted;
 use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
@@ -18,10 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
 use parlance_core::collect::collect;
-use parlance_core::Error;
+use parlance_core::ir::Progress;
+use parlance_core::{Error, EventStream};
 use parlance_protocol::anthropic as wire;
 use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::sync::Arc;
 
 /// Anthropic's `error.type` for an HTTP status.
@@ -38,11 +38,6 @@ fn error_type(status: u16) -> &'static str {
     }
 }
 
-/// `{"type":"error","error":{"type","message"}}`
-pub fn render(e: &Error) -> Value {
-    error_body(e.status(), &e.message)
-}
-
 /// This door's error body for a status and message (see `error::door_errors`).
 pub fn error_body(status: u16, message: &str) -> Value {
     json!({"type": "error", "error": {"type": error_type(status), "message": message}})
@@ -53,59 +48,53 @@ pub async fn messages(
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal<Messages>> {
     let wire_req: wire::MessagesRequest = read_json(body, state.body_limit).await?;
     ctx.set_model(&wire_req.model);
-    let mut req = request::to_ir(wire_req)?;
-    let route = state.router.resolve(&req.model)?;
-    if let Some(limit) = route
-        .info
-        .max_output_tokens
-        .filter(|&l| req.max_tokens.is_some_and(|m| m > l))
-    {
-        return Err(Error::invalid_param(
-            "max_tokens",
-            format!("max_tokens: {} > {limit}, which is the maximum allowed number of output tokens for {}", req.max_tokens.unwrap_or(0), req.model),
-        )
-        .into());
-    }
-    let (meter, rate) =
-        match admit(&state, &ctx, &principal, &route.info, &mut req, "anthropic").await {
-            Ok(a) => a,
-            Err(resp) => return Ok(resp),
-        };
-    let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-    let model = req.model.clone();
-    let stream = req.stream;
-    let progress = req.context.progress.clone();
-    let origins = req.origins.clone();
-    let events = match route.backend.chat(req).await {
-        Ok(ev) => ev,
-        Err(e) => {
-            let e = origins.rename(e);
-            record_refusal(meter, &e).await;
-            return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
-        }
+    let req = request::to_ir(wire_req)?;
+    let door = Messages {
+        id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        model: req.model.clone(),
+        progress: req.context.progress.clone(),
     };
-    let events = watch(&state, meter, events, &model, &ctx);
-    if !stream {
-        let done = match collect(events, 1).await {
-            Ok(d) => d,
-            Err(e) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
-        };
-        ctx.first_token();
-        ctx.set_usage(done.usage);
-        return Ok(with_rate_headers(
-            Json(response::message(&id, &model, done)).into_response(),
-            &rate,
-        ));
+    Ok(crate::door::chat(&state, &ctx, &principal, door, req).await)
+}
+
+/// Anthropic Messages' wire format.
+pub struct Messages {
+    id: String,
+    model: String,
+    progress: Progress,
+}
+
+impl Door for Messages {
+    const NAME: &'static str = "anthropic";
+    type Whole = Value;
+
+    fn error_body(e: &Error) -> Value {
+        error_body(e.status(), &message_naming_param(e))
     }
-    // A local model has counted the prompt by now, as Anthropic's message_start says it.
-    let input_tokens = progress.usage().map_or(0, |u| u.prompt_tokens);
-    let sse = response::events(id, model, input_tokens, events, render).map(|(name, data)| {
-        Ok::<_, Infallible>(Event::default().event(name).data(data.to_string()))
-    });
-    Ok(crate::door::sse_response(sse, &rate))
+
+    fn output_cap_error(&self, asked: u32, limit: u32, model: &str) -> Error {
+        Error::invalid_param(
+            "max_tokens",
+            format!("max_tokens: {asked} > {limit}, which is the maximum allowed number of output tokens for {model}"),
+        )
+    }
+
+    async fn whole(self, events: EventStream) -> Result<Value, Error> {
+        let done = collect(events, 1).await?;
+        Ok(response::message(&self.id, &self.model, done))
+    }
+
+    fn stream(self, events: EventStream) -> Frames {
+        // A local model has counted the prompt by now, as Anthropic's message_start says it.
+        let input_tokens = self.progress.usage().map_or(0, |u| u.prompt_tokens);
+        let sse = response::events(self.id, self.model, input_tokens, events, Self::error_body);
+        Frames::Sse(Box::pin(sse.map(|(name, data)| {
+            Event::default().event(name).data(data.to_string())
+        })))
+    }
 }
 
 /// `POST /v1/messages/count_tokens`: the tokens of the request's text (system, messages,
@@ -116,7 +105,7 @@ pub async fn count_tokens(
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal<Messages>> {
     let mut v: Value = read_json(body, state.body_limit).await?;
     // count_tokens takes no max_tokens; the request type wants one.
     if v.get("max_tokens").is_none() {
@@ -139,7 +128,7 @@ pub async fn count_tokens(
         let images = crate::door::image_tokens(route, &req).await?;
         Ok(texts.iter().sum::<u32>() + images)
     };
-    let count = counted(&state, &ctx, &principal, &route.info, "anthropic", work).await?;
+    let count = counted(&state, &ctx, &principal, &route.info, Messages::NAME, work).await?;
     Ok((StatusCode::OK, Json(json!({"input_tokens": count}))).into_response())
 }
 

@@ -7,13 +7,12 @@ mod request;
 
 use crate::auth::Principal;
 use crate::body::read_json;
-use crate::error::ApiError;
-use crate::metering::{admit, counted, record_refusal, watch, with_rate_headers};
+use crate::door::{message_naming_param, Door, Frames, Refusal};
+use crate::metering::counted;
 use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::{Stream, StreamExt};
@@ -36,10 +35,6 @@ fn status_name(status: u16) -> &'static str {
         504 => "DEADLINE_EXCEEDED",
         _ => "INTERNAL",
     }
-}
-
-fn render(e: &Error) -> Value {
-    error_body(e.status(), &e.message)
 }
 
 /// This door's error body for a status and message (see `error::door_errors`).
@@ -82,7 +77,7 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
 pub async fn get_model(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Refusal<Generate>> {
     let id = name.trim_start_matches("models/");
     Ok(Json(model_object(&state.router.resolve(id)?.info)))
 }
@@ -95,7 +90,7 @@ pub async fn action(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal<Generate>> {
     let name = name.trim_start_matches("models/");
     let Some((model, verb)) = name.rsplit_once(':') else {
         return Err(Error::new(
@@ -116,43 +111,43 @@ pub async fn action(
             return Err(Error::new(ErrorKind::NotFound, format!("unknown method {other:?}")).into())
         }
     };
-    let mut req = request::to_ir(model, wire_req, stream)?;
-    let route = state.router.resolve(model)?;
-    if let (Some(asked), Some(limit)) = (req.max_tokens, route.info.max_output_tokens) {
-        if asked > limit {
-            return Err(Error::invalid_param(
-                "generationConfig.maxOutputTokens",
-                format!(
-                    "* generationConfig.maxOutputTokens: {asked} is more than this model's {limit}"
-                ),
-            )
-            .into());
-        }
+    let req = request::to_ir(model, wire_req, stream)?;
+    let door = Generate {
+        version: model.to_string(),
+        n: req.n,
+        sse: query.get("alt").map(String::as_str) == Some("sse"),
+    };
+    Ok(crate::door::chat(&state, &ctx, &principal, door, req).await)
+}
+
+/// Gemini generateContent's wire format.
+pub struct Generate {
+    /// The model as the caller named it (`modelVersion`).
+    version: String,
+    n: u32,
+    /// `?alt=sse`: server-sent events; else one JSON array streamed as it grows.
+    sse: bool,
+}
+
+impl Door for Generate {
+    const NAME: &'static str = "gemini";
+    type Whole = Value;
+
+    fn error_body(e: &Error) -> Value {
+        error_body(e.status(), &message_naming_param(e))
     }
-    let (meter, rate) = match admit(&state, &ctx, &principal, &route.info, &mut req, "gemini").await
-    {
-        Ok(a) => a,
-        Err(resp) => return Ok(resp),
-    };
-    let n = req.n;
-    let origins = req.origins.clone();
-    let events = match route.backend.chat(req).await {
-        Ok(ev) => ev,
-        Err(e) => {
-            let e = origins.rename(e);
-            record_refusal(meter, &e).await;
-            return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
-        }
-    };
-    let events = watch(&state, meter, events, model, &ctx);
-    let version = model.to_string();
-    if !stream {
-        let done = match collect(events, n).await {
-            Ok(d) => d,
-            Err(e) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
-        };
-        ctx.first_token();
-        ctx.set_usage(done.usage);
+
+    fn output_cap_error(&self, asked: u32, limit: u32, _model: &str) -> Error {
+        Error::invalid_param(
+            "generationConfig.maxOutputTokens",
+            format!(
+                "* generationConfig.maxOutputTokens: {asked} is more than this model's {limit}"
+            ),
+        )
+    }
+
+    async fn whole(self, events: EventStream) -> Result<Value, Error> {
+        let done = collect(events, self.n).await?;
         let candidates: Vec<Value> = done
             .choices
             .into_iter()
@@ -170,18 +165,17 @@ pub async fn action(
                        "finishReason": finish_reason(c.finish_reason.unwrap_or(FinishReason::Stop))})
             })
             .collect();
-        let body = json!({"candidates": candidates, "usageMetadata": usage(&done.usage), "modelVersion": version});
-        return Ok(with_rate_headers(Json(body).into_response(), &rate));
-    }
-    let chunks = chunks(events, version);
-    let resp = if query.get("alt").map(String::as_str) == Some("sse") {
-        let body = chunks.map(|v| Ok::<_, std::convert::Infallible>(format!("data: {v}\r\n\r\n")));
-        (
-            [(header::CONTENT_TYPE, "text/event-stream")],
-            Body::from_stream(body),
+        Ok(
+            json!({"candidates": candidates, "usageMetadata": usage(&done.usage), "modelVersion": self.version}),
         )
-            .into_response()
-    } else {
+    }
+
+    fn stream(self, events: EventStream) -> Frames {
+        let chunks = chunks(events, self.version);
+        if self.sse {
+            let body = chunks.map(|v| format!("data: {v}\r\n\r\n"));
+            return Frames::Raw("text/event-stream", Box::pin(body));
+        }
         // The default: one JSON array, its elements streamed as they come.
         let mut first = true;
         let body = chunks
@@ -199,15 +193,9 @@ pub async fn action(
                 };
                 *any = true;
                 futures::future::ready(Some(out))
-            })
-            .map(Ok::<_, std::convert::Infallible>);
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            Body::from_stream(body),
-        )
-            .into_response()
-    };
-    Ok(with_rate_headers(resp, &rate))
+            });
+        Frames::Raw("application/json", Box::pin(body))
+    }
 }
 
 /// Response objects as the stream goes: text as it comes, function calls whole (Gemini
@@ -255,7 +243,7 @@ fn chunks(mut events: EventStream, version: String) -> impl Stream<Item = Value>
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    yield render(&e);
+                    yield Generate::error_body(&e);
                     return;
                 }
             }
@@ -269,7 +257,7 @@ async fn count_tokens(
     principal: &Principal,
     model: &str,
     req: wire::GenerateContentRequest,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal<Generate>> {
     // countTokens may also wrap the request as `generateContentRequest`.
     let req = match req.extra.get("generateContentRequest") {
         Some(inner) => serde_json::from_value(inner.clone())
@@ -285,6 +273,6 @@ async fn count_tokens(
         let images = crate::door::image_tokens(route, &ir).await?;
         Ok(texts.iter().sum::<u32>() + images)
     };
-    let count = counted(state, ctx, principal, &route.info, "gemini", work).await?;
+    let count = counted(state, ctx, principal, &route.info, Generate::NAME, work).await?;
     Ok(Json(json!({"totalTokens": count})).into_response())
 }

@@ -8,8 +8,9 @@ pub use request::to_ir;
 
 use crate::auth::Principal;
 use crate::body::read_json;
+use crate::door::{Door, Frames};
 use crate::error::ApiError;
-use crate::metering::{admit, counted, record_refusal, watch, with_rate_headers};
+use crate::metering::counted;
 use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
@@ -19,6 +20,7 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use parlance_core::collect::collect;
 use parlance_core::{Error, EventStream, ModelInfo};
@@ -26,13 +28,8 @@ use parlance_protocol::openai as wire;
 use response::{ResponseMeta, SsePayload, StreamOptions};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// How long a streamed request may wait for its backend to start before the SSE
-/// headers go out anyway (errors after that arrive as error events).
-const HEADERS_AFTER: Duration = Duration::from_millis(500);
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -93,103 +90,78 @@ pub async fn chat_completions(
         .filter(|v| !v.is_empty())
         .map(str::to_string);
 
-    let route = state.router.resolve(&req.model)?;
-    if let (Some(asked), Some(limit)) = (req.max_tokens, route.info.max_output_tokens) {
-        if asked > limit {
-            return Err(Error::invalid_param(
-                max_param,
-                format!("{max_param} is too large: {asked}. This model supports at most {limit} completion tokens, whereas you provided {asked}."),
-            )
-            .with_code("max_tokens_too_large")
-            .into());
-        }
+    let door = ChatDoor {
+        meta: ResponseMeta {
+            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            created: now_secs(),
+            model: req.model.clone(),
+            fingerprint: state.fingerprint.clone(),
+        },
+        opts: StreamOptions {
+            n: req.n,
+            include_usage,
+            want_logprobs: req.logprobs.is_some(),
+            update_interval,
+        },
+        functions,
+        max_param,
+    };
+    Ok(crate::door::chat(&state, &ctx, &principal, door, req).await)
+}
+
+/// Chat completions' wire format.
+struct ChatDoor {
+    meta: ResponseMeta,
+    opts: StreamOptions,
+    /// GigaChat's functions API: answers carry `function_call`.
+    functions: Option<functions::Arguments>,
+    /// `max_tokens` or `max_completion_tokens`, whichever the caller sent.
+    max_param: &'static str,
+}
+
+impl Door for ChatDoor {
+    const NAME: &'static str = "openai";
+    type Whole = wire::ChatCompletion;
+
+    fn error_body(e: &Error) -> Value {
+        crate::error::openai_value(e)
     }
-    let meta = ResponseMeta {
-        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-        created: now_secs(),
-        model: req.model.clone(),
-        fingerprint: state.fingerprint.clone(),
-    };
-    let n = req.n;
-    let stream = req.stream;
-    let want_logprobs = req.logprobs.is_some();
-    let backend = Arc::clone(&route.backend);
 
-    let (meter, rate) = match admit(&state, &ctx, &principal, &route.info, &mut req, "openai").await
-    {
-        Ok(a) => a,
-        Err(resp) => return Ok(resp),
-    };
+    fn output_cap_error(&self, asked: u32, limit: u32, _model: &str) -> Error {
+        let p = self.max_param;
+        Error::invalid_param(
+            p,
+            format!("{p} is too large: {asked}. This model supports at most {limit} completion tokens, whereas you provided {asked}."),
+        )
+        .with_code("max_tokens_too_large")
+    }
 
-    // A preset may add a system message: errors name the parts as the caller sent them.
-    let origins = req.origins.clone();
-    if !stream {
-        let events = match backend.chat(req).await {
-            Ok(ev) => ev,
-            Err(e) => {
-                let e = origins.rename(e);
-                record_refusal(meter, &e).await;
-                return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
-            }
-        };
-        let events = watch(&state, meter, events, &meta.model, &ctx);
-        let done = match collect(events, n).await {
-            Ok(d) => d,
-            Err(e) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
-        };
-        ctx.first_token();
-        ctx.set_usage(done.usage);
-        let body = response::completion(&meta, done, want_logprobs);
-        let body = match functions {
+    async fn whole(self, events: EventStream) -> Result<wire::ChatCompletion, Error> {
+        let done = collect(events, self.opts.n).await?;
+        let body = response::completion(&self.meta, done, self.opts.want_logprobs);
+        Ok(match self.functions {
             Some(style) => functions::whole(body, style),
             None => body,
-        };
-        let resp = Json(body).into_response();
-        return Ok(with_rate_headers(resp, &rate));
+        })
     }
-    let opts = StreamOptions {
-        n,
-        include_usage,
-        want_logprobs,
-        update_interval,
-    };
-    // A backend that answers quickly (local models queue at once; an upstream's 400)
-    // still gets a plain HTTP status. One that takes longer (an upstream's first token,
-    // a pool's retries) gets the SSE headers now, and keep-alives while it works, so
-    // proxies and clients with idle timeouts do not give up; its errors become events.
-    let mut started = Box::pin(async move { backend.chat(req).await });
-    let events: EventStream = tokio::select! {
-        r = &mut started => match r {
-            Ok(events) => events,
-            Err(e) => {
-                let e = origins.rename(e);
-                record_refusal(meter, &e).await;
-                return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
-            }
-        },
-        () = tokio::time::sleep(HEADERS_AFTER) => Box::pin(futures::stream::once(started).flat_map(|r| match r {
-            Ok(events) => events,
-            Err(e) => Box::pin(futures::stream::once(async move { Err(e) })) as EventStream,
-        })),
-    };
-    let events = watch(&state, meter, events, &meta.model, &ctx);
-    let chunks = response::chunks(meta, opts, events, ctx);
-    let chunks: std::pin::Pin<Box<dyn futures::Stream<Item = SsePayload> + Send>> = match functions
-    {
-        Some(style) => Box::pin(functions::streamed(chunks, style)),
-        None => Box::pin(chunks),
-    };
-    let sse = chunks.map(|payload| {
-        let data = match payload {
-            SsePayload::Chunk(c) => serde_json::to_string(&c),
-            SsePayload::Error(e) => serde_json::to_string(&e),
-            SsePayload::Done => Ok("[DONE]".to_string()),
+
+    fn stream(self, events: EventStream) -> Frames {
+        let chunks = response::chunks(self.meta, self.opts, events);
+        let chunks: BoxStream<'static, SsePayload> = match self.functions {
+            Some(style) => Box::pin(functions::streamed(chunks, style)),
+            None => Box::pin(chunks),
         };
-        Ok::<_, Infallible>(Event::default().data(data.unwrap_or_else(|e| {
-            json!({"error": {"message": format!("could not encode a chunk: {e}"), "type": "server_error", "param": null, "code": null}}).to_string()
+        Frames::Sse(Box::pin(chunks.map(|payload| {
+            let data = match payload {
+                SsePayload::Chunk(c) => serde_json::to_string(&c),
+                SsePayload::Error(e) => serde_json::to_string(&e),
+                SsePayload::Done => Ok("[DONE]".to_string()),
+            };
+            Event::default().data(data.unwrap_or_else(|e| {
+                json!({"error": {"message": format!("could not encode a chunk: {e}"), "type": "server_error", "param": null, "code": null}}).to_string()
+            }))
         })))
-    });
-    Ok(crate::door::sse_response(sse, &rate))
+    }
 }
 
 fn model_object(m: &ModelInfo) -> wire::Model {
@@ -246,7 +218,7 @@ pub async fn get_model(
     })?;
     if headers.contains_key("x-goog-api-key") {
         return Ok(crate::gemini::get_model(State(state), Path(id))
-            .await?
+            .await
             .into_response());
     }
     let route = state.router.resolve(&id)?;
@@ -268,7 +240,7 @@ pub async fn count_tokens(
         &ctx,
         &principal,
         &route.info,
-        "openai",
+        ChatDoor::NAME,
         route.backend.count_tokens(&req.input),
     )
     .await?;
@@ -357,7 +329,7 @@ pub async fn tokenize(
         }
         Ok(json!({"tokens": pieces}))
     };
-    let answer = counted(&state, &ctx, &principal, &route.info, "openai", work).await?;
+    let answer = counted(&state, &ctx, &principal, &route.info, ChatDoor::NAME, work).await?;
     Ok(Json(answer))
 }
 
@@ -379,6 +351,6 @@ pub async fn detokenize(
     let route = route_for(&state, req.model.as_deref())?;
     ctx.set_model(&route.info.id);
     let work = route.backend.detokenize(&req.tokens);
-    let content = counted(&state, &ctx, &principal, &route.info, "openai", work).await?;
+    let content = counted(&state, &ctx, &principal, &route.info, ChatDoor::NAME, work).await?;
     Ok(Json(json!({"content": content})))
 }

@@ -1,12 +1,10 @@
 //! IR -> OpenAI wire: whole completions and the SSE chunk sequence.
 
-use crate::reqlog::RequestCtx;
 use futures::{Stream, StreamExt};
 use parlance_core::collect::Completion;
 use parlance_core::ir::{Delta, FinishReason, StreamEvent, TokenLogprob, Usage};
 use parlance_core::{Error, EventStream};
 use parlance_protocol::openai as wire;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What every response of one request shares.
@@ -181,7 +179,6 @@ pub fn chunks(
     meta: ResponseMeta,
     opts: StreamOptions,
     mut events: EventStream,
-    ctx: Arc<RequestCtx>,
 ) -> impl Stream<Item = SsePayload> {
     async_stream::stream! {
         let role = (0..opts.n)
@@ -202,7 +199,6 @@ pub fn chunks(
         while let Some(event) = events.next().await {
             match event {
                 Ok(StreamEvent::Delta { index, delta }) => {
-                    ctx.first_token();
                     let i = index as usize;
                     if i >= pending.len() {
                         continue;
@@ -242,7 +238,6 @@ pub fn chunks(
                 }
                 Ok(StreamEvent::Usage(u)) => {
                     usage_seen = true;
-                    ctx.set_usage(u);
                     if opts.include_usage {
                         let mut c = chunk(&meta, &opts, vec![]);
                         c.usage = Some(Some(usage(&u)));
@@ -255,7 +250,6 @@ pub fn chunks(
                     yield SsePayload::Chunk(c);
                 }
                 Err(e) => {
-                    ctx.set_outcome(format!("error:{}", e.code.as_deref().unwrap_or("stream_error")));
                     yield SsePayload::Error(crate::error::openai_body(&e));
                     return;
                 }

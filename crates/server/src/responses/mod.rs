@@ -10,29 +10,24 @@ pub use store::MemoryStore;
 
 use crate::auth::Principal;
 use crate::body::read_json;
-use crate::door::{check_output_cap, start};
+use crate::door::{Door, Frames};
 use crate::error::ApiError;
-use crate::metering::with_rate_headers;
 use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::sse::Event;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::{Extension, Json};
 use futures::StreamExt;
-use parlance_core::ir::{Message, StreamEvent};
-use parlance_core::Error;
+use parlance_core::ir::Message;
+use parlance_core::{Error, EventStream};
 use parlance_protocol::responses as wire;
 use parlance_tenancy::responses::StoredResponse;
 use render::{Builder, Meta};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
-
-/// Chat parameter names as this door names them.
-const PARAM_NAMES: &[(&str, &str)] = &[("messages", "input"), ("max_tokens", "max_output_tokens")];
 
 /// Longest chain of `previous_response_id`s replayed into one prompt.
 const MAX_TURNS: usize = 10_000;
@@ -187,8 +182,6 @@ pub async fn create(
     let id = new_id("resp");
     // A conversation is named by its first response: every turn hashes alike.
     req.context.session = Some(session.unwrap_or_else(|| id.clone()));
-    let route = state.router.resolve(&req.model)?;
-    check_output_cap(route, &req, "max_output_tokens")?;
     let saving = wire_req.store.unwrap_or(true).then(|| Saving {
         owner,
         previous_id: wire_req.previous_response_id.clone(),
@@ -200,51 +193,68 @@ pub async fn create(
         model: req.model.clone(),
         echo: echo(&wire_req),
     };
-    let want_logprobs = req.logprobs.is_some();
-    let stream = req.stream;
-    let started = match start(
-        &state,
-        &ctx,
-        &principal,
-        route,
-        req,
-        "responses",
-        PARAM_NAMES,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(refused) => return Ok(refused),
+    let door = Responses {
+        state: Arc::clone(&state),
+        saving,
+        builder: Builder::new(meta, req.logprobs.is_some()),
     };
-    let rate = started.rate;
-    let mut events = started.events;
-    let mut b = Builder::new(meta, want_logprobs);
+    Ok(crate::door::chat(&state, &ctx, &principal, door, req).await)
+}
 
-    if !stream {
-        let mut done = None;
-        while let Some(ev) = events.next().await {
-            match ev {
-                Ok(ev) => {
-                    if let StreamEvent::Usage(u) = &ev {
-                        ctx.set_usage(*u);
-                    }
-                    if let (_, Some(r)) = b.apply(ev) {
-                        done = Some(r);
-                    }
-                }
-                Err(e) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
-            }
-        }
-        let Some(response) = done else {
-            let e = Error::internal("the backend ended the answer before it finished");
-            return Ok(with_rate_headers(ApiError(e).into_response(), &rate));
-        };
-        ctx.first_token();
-        save(&state, &saving, &response).await?;
-        return Ok(with_rate_headers(Json(response).into_response(), &rate));
+/// The Responses API's wire format; a finished response is stored before the caller
+/// hears it is done.
+pub struct Responses {
+    state: Arc<AppState>,
+    saving: Option<Saving>,
+    builder: Builder,
+}
+
+impl Door for Responses {
+    const NAME: &'static str = "responses";
+    type Whole = Value;
+
+    fn error_body(e: &Error) -> Value {
+        crate::error::openai_value(e)
     }
 
-    let sse = async_stream::stream! {
+    fn output_cap_error(&self, asked: u32, limit: u32, _model: &str) -> Error {
+        crate::error::output_cap("max_output_tokens", asked, limit)
+    }
+
+    fn param_names(&self) -> &'static [(&'static str, &'static str)] {
+        &[("messages", "input"), ("max_tokens", "max_output_tokens")]
+    }
+
+    async fn whole(mut self, mut events: EventStream) -> Result<Value, Error> {
+        // Read to the end, so the meter sees the stream complete.
+        let mut done = None;
+        while let Some(ev) = events.next().await {
+            if let (_, Some(response)) = self.builder.apply(ev?) {
+                done = Some(response);
+            }
+        }
+        let response =
+            done.ok_or_else(|| Error::internal("the backend ended the answer before it finished"))?;
+        save(&self.state, &self.saving, &response).await?;
+        Ok(response)
+    }
+
+    fn stream(self, events: EventStream) -> Frames {
+        let sse = streamed(self, events).map(|ev: Value| {
+            let name = ev["type"].as_str().unwrap_or("message").to_string();
+            Event::default().event(name).data(ev.to_string())
+        });
+        Frames::Sse(Box::pin(sse))
+    }
+}
+
+fn streamed(door: Responses, mut events: EventStream) -> impl futures::Stream<Item = Value> {
+    let Responses {
+        state,
+        saving,
+        builder: mut b,
+    } = door;
+    async_stream::stream! {
         for ev in b.start() {
             yield ev;
         }
@@ -252,13 +262,7 @@ pub async fn create(
         while let Some(ev) = events.next().await {
             match ev {
                 Ok(ev) => {
-                    if let StreamEvent::Usage(u) = &ev {
-                        ctx.set_usage(*u);
-                    }
                     let (out, done) = b.apply(ev);
-                    if !out.is_empty() {
-                        ctx.first_token();
-                    }
                     for e in out {
                         yield e;
                     }
@@ -274,7 +278,6 @@ pub async fn create(
                     }
                 }
                 Err(e) => {
-                    ctx.set_outcome(format!("error:{}", e.code.as_deref().unwrap_or("backend_error")));
                     yield b.failed(&e);
                     return;
                 }
@@ -284,11 +287,6 @@ pub async fn create(
             yield b.failed(&Error::internal("the backend ended the stream before it finished"));
         }
     }
-    .map(|ev: Value| {
-        let name = ev["type"].as_str().unwrap_or("message").to_string();
-        Ok::<_, Infallible>(Event::default().event(name).data(ev.to_string()))
-    });
-    Ok(crate::door::sse_response(sse, &rate))
 }
 
 pub async fn get(
