@@ -5,7 +5,10 @@ through Parlance, and through LiteLLM's proxy, side by side,
 non-streaming and streaming. Two runs per target: flat out (throughput) and paced at a
 fixed rate (latency); added latency = gateway percentile - direct percentile.
 
-    python3 bench/gateway.py [--duration 10] [--rounds 3] [--connections 16]
+    python3 bench/gateway.py [--duration 10] [--rounds 3] [--connections 16] [--before BIN]
+
+`--before BIN`: another Parlance binary (an earlier build) run beside this one, both
+configurations, in the same rounds: a change's cost, measured side by side.
 
 Needs: a release build (cargo build --release -p parlance -p parlance-upstream --examples)
 and `pip install 'litellm[proxy]'`. Results go to bench/gateway-results.md.
@@ -85,6 +88,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--rate", type=float, default=1000, help="total req/s of the paced runs")
+    ap.add_argument("--before", type=pathlib.Path, help="an earlier parlance binary to run beside this one")
     args = ap.parse_args()
     if not shutil.which("litellm"):
         sys.exit("litellm not found: pip install 'litellm[proxy]'")
@@ -98,7 +102,7 @@ def main() -> None:
         log = open(f"{logs}/{name}.log", "w")
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
 
-    mock_port, gw_port, llm_port, bare_port = free_port(), free_port(), free_port(), free_port()
+    mock_port, llm_port, bare_port = free_port(), free_port(), free_port()
     mock_url = f"http://127.0.0.1:{mock_port}/v1"
     start([str(MOCK), str(mock_port), "16"], "mock")
     start([str(BARE), f"{mock_url}/chat/completions", str(bare_port)], "bare")
@@ -111,11 +115,15 @@ def main() -> None:
     env = dict(os.environ, PARLANCE_LOG="error")
     # The default store (SQLite, a usage row per request), in the run's own folder; and
     # the same without a store (keyless, no metering).
-    start([str(PARLANCE), "serve", "--config", str(cfg), "--port", str(gw_port), "--api-key", KEY,
-           "--db", f"sqlite://{logs}/parlance.db"], "parlance", env)
-    nodb_port = free_port()
-    start([str(PARLANCE), "serve", "--config", str(cfg), "--port", str(nodb_port), "--api-key", KEY,
-           "--db", "none"], "parlance-nodb", env)
+    gateways = {}
+    for name, binary in [("parlance", PARLANCE)] + ([("before", args.before)] if args.before else []):
+        port, nodb_port = free_port(), free_port()
+        start([str(binary), "serve", "--config", str(cfg), "--port", str(port), "--api-key", KEY,
+               "--db", f"sqlite://{logs}/{name}.db"], name, env)
+        start([str(binary), "serve", "--config", str(cfg), "--port", str(nodb_port), "--api-key", KEY,
+               "--db", "none"], f"{name}-nodb", env)
+        gateways[name] = f"http://127.0.0.1:{port}"
+        gateways[f"{name}-nodb"] = f"http://127.0.0.1:{nodb_port}"
 
     llm_cfg = pathlib.Path(logs) / "litellm.yaml"
     llm_cfg.write_text(
@@ -129,14 +137,13 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{mock_port}/")
         wait_http(f"http://127.0.0.1:{bare_port}/")
-        wait_http(f"http://127.0.0.1:{gw_port}/health")
-        wait_http(f"http://127.0.0.1:{nodb_port}/health")
+        for url in gateways.values():
+            wait_http(f"{url}/health")
         wait_http(f"http://127.0.0.1:{llm_port}/health/liveliness", timeout=180)
         targets = {
             "direct": f"{mock_url}/chat/completions",
             "floor": f"http://127.0.0.1:{bare_port}/v1/chat/completions",
-            "parlance": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-            "parlance-nodb": f"http://127.0.0.1:{nodb_port}/v1/chat/completions",
+            **{name: f"{url}/v1/chat/completions" for name, url in gateways.items()},
             "litellm": f"http://127.0.0.1:{llm_port}/v1/chat/completions",
         }
         results = {}
@@ -151,7 +158,7 @@ def main() -> None:
                         results.setdefault((stream, name, kind), []).append(res)
                         print(f"round {r + 1} {'stream' if stream else 'whole '} {name:9} {kind:6} "
                               f"{res['rps']:9.0f} req/s  p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms", flush=True)
-        write_report(results, args)
+        write_report(results, args, list(targets))
     finally:
         for p in procs:
             p.terminate()
@@ -166,7 +173,7 @@ def med(results, key, metric):
     return statistics.median(r[metric] for r in results[key])
 
 
-def write_report(results, args) -> None:
+def write_report(results, args, names) -> None:
     lines = [
         f"{args.connections} concurrent clients (loadgen), {args.duration} s per run, medians of {args.rounds} "
         f"interleaved rounds; mock OpenAI upstream answering a fixed completion (whole) or a 16-delta SSE "
@@ -181,11 +188,11 @@ def write_report(results, args) -> None:
         d99 = med(results, (stream, "direct", "paced"), "p99")
         llm = med(results, (stream, "litellm", "max"), "rps")
         floor = med(results, (stream, "floor", "max"), "rps")
-        for name in ("direct", "floor", "parlance", "parlance-nodb", "litellm"):
+        for name in names:
             rps = med(results, (stream, name, "max"), "rps")
             p50 = med(results, (stream, name, "paced"), "p50")
             p99 = med(results, (stream, name, "paced"), "p99")
-            ratio = f"{rps / llm:.0f}x" if name.startswith("parlance") else ""
+            ratio = f"{rps / llm:.0f}x" if name.startswith(("parlance", "before")) else ""
             vs_floor = f"{rps / floor:.2f}x" if name not in ("direct", "floor") else ""
             added = ("", "") if name == "direct" else (f"{p50 - d50:+.3f}", f"{p99 - d99:+.3f}")
             lines.append(f"| {mode} | {name} | {rps:.0f} | {vs_floor} | {ratio} | {p50:.3f} | {p99:.3f} | {added[0]} | {added[1]} |")
@@ -193,7 +200,8 @@ def write_report(results, args) -> None:
     lines.append("`floor`: a bare axum + reqwest proxy (crates/upstream/examples/bare_proxy.rs) that forwards "
                  "bytes without parsing: the HTTP stack's own share of the added latency. `parlance`: the default "
                  "configuration, a usage row per request committed to SQLite before the answer's last byte; "
-                 "`parlance-nodb`: `--db none` (static key, no metering).")
+                 "`parlance-nodb`: `--db none` (static key, no metering). `before`, `before-nodb`: the same "
+                 "two configurations of the `--before` binary.")
     lines.append(f"LiteLLM cannot sustain {args.rate:.0f} req/s here: its paced latencies include queueing.")
     text = "\n".join(lines) + "\n"
     (ROOT / "bench" / "gateway-results.md").write_text(text)
