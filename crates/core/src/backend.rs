@@ -1,6 +1,7 @@
 //! The one interface between the router and whatever produces tokens: the local
 //! engine, or an upstream provider. A backend never sees a wire format.
 
+use crate::embed::{EmbedRequest, Embeddings};
 use crate::error::Error;
 use crate::ir::{ChatRequest, StreamEvent};
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ pub struct Capabilities {
     pub tools: bool,
     pub json_schema: bool,
     pub logprobs: bool,
+    pub embeddings: bool,
 }
 
 /// What `/v1/models` shows about one model.
@@ -33,6 +35,8 @@ pub struct ModelInfo {
     /// for none (local models). `None`: no limit of Parlance's own.
     pub max_output_tokens: Option<u32>,
     pub capabilities: Capabilities,
+    /// The length of its vectors, for embedding models.
+    pub dimensions: Option<u32>,
     /// USD per million tokens, for metering; `None`: free (local models).
     pub price: Option<Price>,
 }
@@ -161,5 +165,17 @@ pub trait Backend: Send + Sync {
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
         let _ = texts;
         Err(Error::invalid("this model cannot count tokens").with_code("unsupported"))
+    }
+
+    /// One vector per input. A backend that makes none answers a 400 naming `model`.
+    async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, Error> {
+        Err(Error::invalid_param(
+            "model",
+            format!(
+                "`{}` is not an embedding model: it cannot make embeddings.",
+                request.model
+            ),
+        )
+        .with_code("unsupported"))
     }
 }

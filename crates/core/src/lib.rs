@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod blocking;
 pub mod collect;
+pub mod embed;
 pub mod error;
 pub mod ir;
 pub mod pool;

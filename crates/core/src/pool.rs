@@ -407,6 +407,25 @@ impl Backend for Pool {
         }
     }
 
+    /// The first deployment that can serve makes them.
+    async fn embed(
+        &self,
+        request: crate::embed::EmbedRequest,
+    ) -> Result<crate::embed::Embeddings, Error> {
+        let slot = self
+            .slots
+            .iter()
+            .find(|s| s.d.backend.health().is_ok())
+            .or_else(|| self.slots.first());
+        match slot {
+            Some(s) => s.d.backend.embed(request).await,
+            None => Err(Error::new(
+                ErrorKind::Unavailable,
+                "this model has no deployments",
+            )),
+        }
+    }
+
     /// Healthy while any deployment can serve.
     fn health(&self) -> Result<(), String> {
         let mut reasons = Vec::new();

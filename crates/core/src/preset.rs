@@ -132,6 +132,13 @@ impl Backend for Preset {
     async fn count_image_tokens(&self, messages: &[crate::ir::Message]) -> Result<u32, Error> {
         self.inner.count_image_tokens(messages).await
     }
+
+    async fn embed(
+        &self,
+        request: crate::embed::EmbedRequest,
+    ) -> Result<crate::embed::Embeddings, Error> {
+        self.inner.embed(request).await
+    }
 }
 
 #[cfg(test)]

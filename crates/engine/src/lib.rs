@@ -7,6 +7,7 @@ mod constraint;
 mod device;
 pub use device::gpu_devices;
 mod draw;
+mod embed;
 mod job;
 mod logprobs;
 mod prep;
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 pub(crate) use checks::in_vocab;
 use checks::{check_gguf, check_logit_bias};
 use constraint::Constrainer;
+pub use embed::EmbeddingModel;
 use futures::StreamExt;
 use job::{Job, JobEvent, JobStats, WorkerConfig};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -136,6 +138,66 @@ impl LocalModelConfig {
     }
 }
 
+/// A loaded GGUF: a chat model, or an embedding model when its metadata says it pools.
+pub enum Loaded {
+    Chat(LocalModel),
+    Embedding(EmbeddingModel),
+}
+
+/// Loads the GGUF and starts the engine thread its kind needs.
+pub fn load(cfg: LocalModelConfig) -> Result<Loaded, String> {
+    let model = open(&cfg)?;
+    let Some(pooling) = embed::Pooling::of(&model) else {
+        return LocalModel::with_model(cfg, model).map(Loaded::Chat);
+    };
+    let ctx = cfg
+        .ctx
+        .unwrap_or_else(|| model.n_ctx_train())
+        .clamp(8, 8192);
+    let info = embed::info(&model, model_id(&cfg), modified_secs(&cfg.path), ctx);
+    let placement = embed::placement(cfg.n_gpu_layers, &model);
+    let m = EmbeddingModel::start(
+        model,
+        pooling,
+        info,
+        placement,
+        cfg.threads,
+        cfg.n_batch,
+        cfg.max_queue,
+    )?;
+    Ok(Loaded::Embedding(m))
+}
+
+/// The model's weights, after checking the file is a GGUF.
+fn open(cfg: &LocalModelConfig) -> Result<Arc<LlamaModel>, String> {
+    let path = &cfg.path;
+    check_gguf(path)?;
+    let backend = llama_backend()?;
+    let params = device::model_params(cfg.n_gpu_layers);
+    let model = LlamaModel::load_from_file(backend, path, &params)
+        .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+    Ok(Arc::new(model))
+}
+
+/// The model's name: its alias, else the file's name without `.gguf`.
+fn model_id(cfg: &LocalModelConfig) -> String {
+    cfg.alias.clone().unwrap_or_else(|| {
+        cfg.path
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+            .unwrap_or_else(|| "local".to_string())
+    })
+}
+
+/// When the file was last written, in Unix seconds (a model's `created`).
+fn modified_secs(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
 /// llama.cpp's global state: initialised once per process.
 fn llama_backend() -> Result<&'static LlamaBackend, String> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
@@ -185,19 +247,18 @@ impl Drop for AliveGuard {
 impl LocalModel {
     /// Loads the GGUF and starts its engine thread; returns once the context exists.
     pub fn load(cfg: LocalModelConfig) -> Result<Self, String> {
+        let model = open(&cfg)?;
+        Self::with_model(cfg, model)
+    }
+
+    fn with_model(cfg: LocalModelConfig, model: Arc<LlamaModel>) -> Result<Self, String> {
         let path = &cfg.path;
         if cfg.deterministic && !matches!(cfg.flash_attention, FlashAttention::On) {
             // Its batch invariance is argued from flash attention's kernels (job::UBATCH);
             // matrix-product attention changes shape with every micro-batch.
             return Err("--deterministic needs flash attention on (-fa on)".to_string());
         }
-        check_gguf(path)?;
-        let backend = llama_backend()?;
-        let params = device::model_params(cfg.n_gpu_layers);
-        let model = LlamaModel::load_from_file(backend, path, &params)
-            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         let placement = device::placement(cfg.n_gpu_layers, model.n_layer());
-        let model = Arc::new(model);
         let vision = match &cfg.mmproj {
             Some(p) => Some(Arc::new(Vision::load(
                 p,
@@ -245,16 +306,7 @@ impl LocalModel {
             );
         }
         let slots = cfg.slots.max(1);
-        let id = cfg.alias.clone().unwrap_or_else(|| {
-            path.file_name()
-                .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
-                .unwrap_or_else(|| "local".to_string())
-        });
-        let created = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
+        let (id, created) = (model_id(&cfg), modified_secs(path));
 
         let n_ubatch = if cfg.deterministic {
             job::UBATCH
@@ -356,7 +408,9 @@ impl LocalModel {
                 tools: true,
                 json_schema: true,
                 logprobs: true,
+                embeddings: false,
             },
+            dimensions: None,
         };
         let max_piece_bytes = vocab
             .tokens()

@@ -616,7 +616,7 @@ fn load_local(
     alias: Option<String>,
     images: &Arc<dyn parlance_core::InlineImages>,
 ) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
-    use parlance_engine::{FlashAttention, LocalModel, LocalModelConfig};
+    use parlance_engine::{FlashAttention, LocalModelConfig};
     let started = Instant::now();
     println!("loading {} ...", spec.path.display());
     let mut cfg = LocalModelConfig::new(&spec.path);
@@ -642,7 +642,22 @@ fn load_local(
         FlashAttn::Off => FlashAttention::Off,
         FlashAttn::Auto => FlashAttention::Auto,
     };
-    let model = LocalModel::load(cfg)?;
+    let model = match parlance_engine::load(cfg)? {
+        parlance_engine::Loaded::Chat(m) => m,
+        parlance_engine::Loaded::Embedding(m) => {
+            let info = m.info().clone();
+            println!(
+                "embedding model `{}` ready in {:.1}s {}: {} dimensions, {} pooling, inputs of up to {} tokens",
+                info.id,
+                started.elapsed().as_secs_f32(),
+                m.placement(),
+                info.dimensions.unwrap_or(0),
+                m.pooling(),
+                info.context_length
+            );
+            return Ok((info, Arc::new(m)));
+        }
+    };
     let info = model.info().clone();
     let vision = match &spec.mmproj {
         Some(p) => format!(", images through {}", p.display()),

@@ -172,6 +172,7 @@ fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str
             tools: true,
             json_schema: true,
             logprobs: false,
+            embeddings: false,
         });
     ModelInfo {
         id: m.name.get_ref().clone(),
@@ -191,6 +192,7 @@ fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str
             .max_output_tokens
             .or(local.and_then(|l| l.max_output_tokens)),
         price: m.price,
+        dimensions: local.and_then(|l| l.dimensions),
         capabilities: Capabilities {
             vision: m.vision.unwrap_or(caps.vision),
             tools: m.tools.unwrap_or(caps.tools),

@@ -11,6 +11,7 @@ pub mod config;
 mod console;
 mod dashboard;
 mod door;
+mod embeddings;
 mod error;
 mod gemini;
 pub mod listen;
@@ -107,6 +108,7 @@ fn api_routes() -> HttpRouter<Arc<AppState>> {
     HttpRouter::new()
         .route("/chat/completions", post(openai::chat_completions))
         .route("/completions", post(completions::completions))
+        .route("/embeddings", post(embeddings::create))
         .route("/models", get(openai::list_models))
         // GET: OpenAI's model object; POST `MODEL:generateContent`: Gemini's door.
         .route("/models/{*id}", get(openai::get_model).post(gemini::action))

@@ -7,6 +7,7 @@
 use crate::auth::Principal;
 use crate::reqlog::RequestCtx;
 use futures::StreamExt;
+use parlance_core::embed::Embeddings;
 use parlance_core::ir::PromptGate;
 use parlance_core::ir::{Progress, StreamEvent, Usage};
 use parlance_core::{Error, ErrorKind, EventStream, ModelInfo};
@@ -487,6 +488,73 @@ pub async fn counted<T>(
     }
     drop(admitted);
     result
+}
+
+/// What the embeddings endpoints go through: the key's allowlist, limits and budget,
+/// with the input's estimated tokens held, then `work`; one usage row with its prompt
+/// tokens (cost at the input price), committed before the answer goes out. `Err`
+/// carries the rate headers to answer with.
+pub async fn embedded(
+    state: &crate::AppState,
+    ctx: &Arc<RequestCtx>,
+    principal: &Principal,
+    info: &ModelInfo,
+    front_door: &str,
+    bytes: usize,
+    work: impl std::future::Future<Output = Result<Embeddings, Error>>,
+) -> Result<(Embeddings, RateHeaders), (Error, RateHeaders)> {
+    if let Some(k) = principal.key() {
+        ctx.set_key(&k.id);
+    }
+    let mut meter = state.tenancy.as_ref().map(|t| {
+        let mut m = Meter::new(
+            Arc::clone(t),
+            principal,
+            info,
+            front_door,
+            false,
+            Progress::default(),
+            Arc::clone(ctx),
+        );
+        m.prompt_estimate = estimate_tokens(bytes);
+        m
+    });
+    let want = estimate_of(u64::from(estimate_tokens(bytes)), 0, info.price);
+    let admitted = match gate(state.tenancy.as_ref(), principal, &info.id, Some(want)).await {
+        Ok(a) => a,
+        Err((e, headers)) => {
+            record_refusal(meter, &e).await;
+            return Err((e, headers));
+        }
+    };
+    let headers = admitted.headers;
+    if let Some(m) = meter.as_mut() {
+        if let Ok(mut h) = m.hold.lock() {
+            *h = admitted.hold;
+        }
+        m.ticket = admitted.ticket;
+    }
+    let started = Instant::now();
+    match work.await {
+        Ok(made) => {
+            let usage = Usage {
+                prompt_tokens: made.prompt_tokens,
+                ..Usage::default()
+            };
+            ctx.set_usage(usage);
+            if let Some(mut m) = meter {
+                let row = m.finish("ok".into(), Some(usage), 0, started, None);
+                if let Err(e) = m.tenancy.record(row, true).await {
+                    tracing::error!("usage row not committed: {e}");
+                }
+            }
+            Ok((made, headers))
+        }
+        Err(e) => {
+            record_refusal(meter, &e).await;
+            Err((e, headers))
+        }
+    }
 }
 
 /// The backend's events as every door passes them on: metered, timed for `/metrics`,

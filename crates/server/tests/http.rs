@@ -107,6 +107,7 @@ fn app_with(
         context_length: 4096,
         max_output_tokens: Some(1000),
         price: None,
+        dimensions: None,
         capabilities: Capabilities {
             chat: true,
             ..Capabilities::default()

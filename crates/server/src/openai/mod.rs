@@ -171,6 +171,9 @@ fn model_object(m: &ModelInfo) -> wire::Model {
     if let Some(max) = m.max_output_tokens {
         extra.insert("max_output_tokens".into(), json!(max));
     }
+    if let Some(d) = m.dimensions {
+        extra.insert("dimensions".into(), json!(d));
+    }
     extra.insert(
         "capabilities".into(),
         serde_json::to_value(&m.capabilities).unwrap_or(Value::Null),

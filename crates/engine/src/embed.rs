@@ -1,0 +1,416 @@
+//! Embedding models: a GGUF that pools (BERT-family encoders with mean or CLS pooling,
+//! decoder embedders with last-token pooling) served on an engine thread of its own.
+//! The thread packs the inputs of every waiting request into each decode (many
+//! sequences per batch, up to the batch size), so a request of 32 short texts is one
+//! decode, not 32.
+
+use crate::device;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings};
+use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo};
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Sequences one decode holds at most.
+const MAX_SEQS: usize = 64;
+
+/// How a GGUF's vectors are pooled, from its `{arch}.pooling_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    Mean,
+    Cls,
+    Last,
+    /// A reranker's relevance score (one number per sequence).
+    Rank,
+}
+
+impl Pooling {
+    /// The pooling the GGUF declares; `None` for a model that does not pool (chat).
+    pub fn of(model: &LlamaModel) -> Option<Pooling> {
+        let arch = model.meta_val_str("general.architecture").ok()?;
+        let v = model.meta_val_str(&format!("{arch}.pooling_type")).ok()?;
+        match v.trim() {
+            "1" => Some(Pooling::Mean),
+            "2" => Some(Pooling::Cls),
+            "3" => Some(Pooling::Last),
+            "4" => Some(Pooling::Rank),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Last => "last",
+            Pooling::Rank => "rank",
+        }
+    }
+}
+
+struct Job {
+    inputs: Vec<Vec<LlamaToken>>,
+    tx: oneshot::Sender<Result<Vec<Vec<f32>>, Error>>,
+}
+
+pub struct EmbeddingModel {
+    info: ModelInfo,
+    placement: String,
+    model: Arc<LlamaModel>,
+    pooling: Pooling,
+    /// Most tokens one input may have (one sequence's context).
+    ctx: usize,
+    jobs: mpsc::Sender<Job>,
+    alive: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
+}
+
+impl EmbeddingModel {
+    /// Starts the engine thread for an already loaded model that pools.
+    pub(crate) fn start(
+        model: Arc<LlamaModel>,
+        pooling: Pooling,
+        info: ModelInfo,
+        placement: String,
+        threads: i32,
+        n_batch: usize,
+        max_queue: usize,
+    ) -> Result<Self, String> {
+        let ctx = info.context_length as usize;
+        // A non-causal encoder sees a whole sequence in one micro-batch.
+        let n_batch = n_batch.max(ctx);
+        let params = LlamaContextParams::default()
+            .with_embeddings(true)
+            .with_n_ctx(NonZeroU32::new(n_batch as u32))
+            .with_n_batch(n_batch as u32)
+            .with_n_ubatch(n_batch as u32)
+            .with_n_seq_max(MAX_SEQS as u32)
+            .with_kv_unified(true)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+        let alive = Arc::new(AtomicBool::new(true));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (thread_model, thread_alive, thread_queued) =
+            (Arc::clone(&model), Arc::clone(&alive), Arc::clone(&queued));
+        let normalize = pooling != Pooling::Rank;
+        std::thread::Builder::new()
+            .name(format!("embed-{}", info.id))
+            .spawn(move || {
+                let model: &LlamaModel = &thread_model;
+                let made = crate::llama_backend().and_then(|b| {
+                    model
+                        .new_context(b, params)
+                        .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
+                });
+                match made {
+                    Ok(ctx) => {
+                        let _ = ready_tx.send(Ok(()));
+                        run(ctx, rx, n_batch, normalize, &thread_queued);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+                thread_alive.store(false, Ordering::SeqCst);
+            })
+            .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+        ready_rx
+            .recv()
+            .map_err(|_| "the engine thread stopped while starting".to_string())??;
+        Ok(EmbeddingModel {
+            info,
+            placement,
+            model,
+            pooling,
+            ctx,
+            jobs,
+            alive,
+            queued,
+            max_queue,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn placement(&self) -> &str {
+        &self.placement
+    }
+
+    pub fn pooling(&self) -> &'static str {
+        self.pooling.name()
+    }
+}
+
+/// The engine thread: gathers the waiting jobs' inputs into batches of whole sequences.
+fn run(
+    mut ctx: LlamaContext<'_>,
+    rx: mpsc::Receiver<Job>,
+    n_batch: usize,
+    normalize: bool,
+    queued: &AtomicUsize,
+) {
+    let mut batch = LlamaBatch::new(n_batch, MAX_SEQS as i32);
+    // Jobs being served, each with the vectors made so far.
+    let mut open: VecDeque<(Job, Vec<Vec<f32>>)> = VecDeque::new();
+    loop {
+        if open.is_empty() {
+            match rx.recv() {
+                Ok(job) => open.push_back((job, Vec::new())),
+                Err(_) => return,
+            }
+        }
+        while let Ok(job) = rx.try_recv() {
+            open.push_back((job, Vec::new()));
+        }
+        // A caller that went away is not worked for.
+        open.retain(|(job, _)| {
+            let gone = job.tx.is_closed();
+            if gone {
+                queued.fetch_sub(1, Ordering::SeqCst);
+            }
+            !gone
+        });
+        // The next inputs in arrival order, whole sequences only, within the batch.
+        batch.clear();
+        let mut members: Vec<(usize, usize)> = Vec::new();
+        let mut tokens = 0;
+        'fill: for (j, (job, done)) in open.iter().enumerate() {
+            for (k, input) in job.inputs.iter().enumerate().skip(done.len()) {
+                if members.len() == MAX_SEQS || tokens + input.len() > n_batch {
+                    break 'fill;
+                }
+                let seq = members.len() as i32;
+                for (pos, &t) in input.iter().enumerate() {
+                    let _ = batch.add(t, pos as i32, &[seq], pos + 1 == input.len());
+                }
+                tokens += input.len();
+                members.push((j, k));
+            }
+            if done.len() + members.iter().filter(|m| m.0 == j).count() < job.inputs.len() {
+                break;
+            }
+        }
+        if members.is_empty() {
+            continue;
+        }
+        ctx.clear_kv_cache();
+        if let Err(e) = ctx.decode(&mut batch) {
+            let err = Error::internal(format!("llama.cpp could not embed: {e}"));
+            for (job, _) in open.drain(..) {
+                queued.fetch_sub(1, Ordering::SeqCst);
+                let _ = job.tx.send(Err(err.clone()));
+            }
+            continue;
+        }
+        for (seq, &(j, _)) in members.iter().enumerate() {
+            let v = match ctx.embeddings_seq_ith(seq as i32) {
+                Ok(v) => v.to_vec(),
+                Err(_) => Vec::new(),
+            };
+            open[j].1.push(if normalize { unit(v) } else { v });
+        }
+        while open
+            .front()
+            .is_some_and(|(job, done)| done.len() == job.inputs.len())
+        {
+            if let Some((job, done)) = open.pop_front() {
+                queued.fetch_sub(1, Ordering::SeqCst);
+                let _ = job.tx.send(Ok(done));
+            }
+        }
+    }
+}
+
+/// The vector scaled to length 1 (as sentence-transformers and llama-server do).
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 {
+        v.iter_mut()
+            .for_each(|x| *x = (f64::from(*x) / norm) as f32);
+    }
+    v
+}
+
+#[async_trait::async_trait]
+impl Backend for EmbeddingModel {
+    async fn chat(&self, request: parlance_core::ir::ChatRequest) -> Result<EventStream, Error> {
+        Err(Error::invalid_param(
+            "model",
+            format!(
+                "`{}` is an embedding model: it makes vectors (POST /v1/embeddings), not chat answers.",
+                request.model
+            ),
+        )
+        .with_code("unsupported"))
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if self.alive.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("its engine thread stopped".to_string())
+        }
+    }
+
+    async fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, Error> {
+        let toks = self.model.vocab().tokenize(text.as_bytes(), special, false);
+        Ok(toks.iter().map(|t| t.0 as u32).collect())
+    }
+
+    async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
+        let mut out = Vec::with_capacity(texts.len());
+        for t in texts {
+            out.push(self.tokenize(t, true).await?.len() as u32);
+        }
+        Ok(out)
+    }
+
+    async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, Error> {
+        if request.inputs.is_empty() {
+            return Err(Error::invalid_param(
+                "input",
+                "'input' is empty: send at least one text.",
+            ));
+        }
+        self.health().map_err(|why| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("model `{}` is unavailable: {why}", self.info.id),
+            )
+            .with_code("model_unavailable")
+        })?;
+        let bytes: usize = request
+            .inputs
+            .iter()
+            .map(|i| match i {
+                EmbedInput::Text(t) => t.len(),
+                EmbedInput::Tokens(t) => t.len() * 4,
+            })
+            .sum();
+        // Tokenizing megabytes is CPU work: off the async workers.
+        let inputs = if bytes < parlance_core::blocking::LARGE {
+            tokenize_inputs(&self.model, self.ctx, &request.inputs, request.truncate)?
+        } else {
+            let (model, ctx) = (Arc::clone(&self.model), self.ctx);
+            let (inputs, truncate) = (request.inputs, request.truncate);
+            parlance_core::blocking::run(bytes, move || {
+                tokenize_inputs(&model, ctx, &inputs, truncate)
+            })
+            .await??
+        };
+        let prompt_tokens = inputs.iter().map(Vec::len).sum::<usize>() as u32;
+        if self.queued.load(Ordering::SeqCst) >= self.max_queue {
+            return Err(Error::new(
+                ErrorKind::RateLimited,
+                "too many embedding requests are waiting; retry shortly",
+            )
+            .with_code("queue_full")
+            .with_retry_after(1));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        if self.jobs.send(Job { inputs, tx }).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::new(ErrorKind::Unavailable, "the engine stopped")
+                .with_code("model_unavailable"));
+        }
+        let vectors = rx.await.map_err(|_| {
+            Error::new(
+                ErrorKind::Unavailable,
+                "the engine stopped before finishing this request",
+            )
+            .with_code("model_unavailable")
+        })??;
+        Ok(Embeddings {
+            vectors,
+            prompt_tokens,
+        })
+    }
+}
+
+/// Each input as token ids; one that is empty, too long, or names ids outside the
+/// vocabulary is a 400 naming `input[i]`.
+fn tokenize_inputs(
+    model: &LlamaModel,
+    ctx: usize,
+    inputs: &[EmbedInput],
+    truncate: Option<u32>,
+) -> Result<Vec<Vec<LlamaToken>>, Error> {
+    let n_vocab = model.n_vocab();
+    let keep = truncate.map_or(ctx, |t| (t as usize).min(ctx));
+    let mut out = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let at = format!("input[{i}]");
+        let mut toks = match input {
+            // The model's own special tokens around the text ([CLS] ... [SEP]); text
+            // that spells a special token stays text.
+            EmbedInput::Text(t) => model.vocab().tokenize(t.as_bytes(), true, false),
+            EmbedInput::Tokens(ids) => {
+                if let Some(bad) = ids.iter().find(|&&t| t >= n_vocab.max(0) as u32) {
+                    return Err(Error::invalid_param(
+                        &at,
+                        format!("{at} has token id {bad}, but this model's vocabulary has ids 0..{n_vocab} only."),
+                    ));
+                }
+                ids.iter().map(|&t| LlamaToken::new(t as i32)).collect()
+            }
+        };
+        if toks.is_empty() {
+            return Err(Error::invalid_param(&at, format!("{at} is empty.")));
+        }
+        if toks.len() > keep {
+            if truncate.is_none() {
+                return Err(Error::invalid_param(
+                    &at,
+                    format!(
+                        "{at} has {} tokens, more than this model's context of {ctx} tokens; send it shorter, or set truncate_prompt_tokens.",
+                        toks.len()
+                    ),
+                )
+                .with_code("context_length_exceeded"));
+            }
+            toks.truncate(keep);
+        }
+        out.push(toks);
+    }
+    Ok(out)
+}
+
+/// Model info for an embedding GGUF.
+pub(crate) fn info(model: &LlamaModel, id: String, created: u64, ctx: u32) -> ModelInfo {
+    ModelInfo {
+        id,
+        owned_by: "parlance".into(),
+        created,
+        kind: "embedding".into(),
+        context_length: ctx,
+        max_output_tokens: None,
+        capabilities: Capabilities {
+            embeddings: true,
+            ..Capabilities::default()
+        },
+        dimensions: Some(model.n_embd_out().max(0) as u32),
+        price: None,
+    }
+}
+
+pub(crate) fn placement(n_gpu_layers: Option<u32>, model: &LlamaModel) -> String {
+    device::placement(n_gpu_layers, model.n_layer())
+}
