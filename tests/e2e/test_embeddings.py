@@ -63,6 +63,12 @@ def weights():
 
 def reference(w, ids):
     """sentence-transformers' all-MiniLM-L6-v2: BERT, mean pooling, unit length."""
+    v = hidden(w, ids).mean(0)
+    return v / np.linalg.norm(v)
+
+
+def hidden(w, ids):
+    """BERT's last hidden states (every token type 0, as llama.cpp runs it)."""
     def ln(x, p):
         mu = x.mean(-1, keepdims=True)
         var = ((x - mu) ** 2).mean(-1, keepdims=True)
@@ -88,8 +94,7 @@ def reference(w, ids):
         h = lin(x, p + "intermediate.dense")
         h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
         x = ln(x + lin(h, p + "output.dense"), p + "output.LayerNorm")
-    v = x.mean(0)
-    return v / np.linalg.norm(v)
+    return x
 
 
 def cos(a, b):
@@ -213,3 +218,132 @@ def test_langchain_openai_embeddings(srv, c):
     assert cos(docs[0], query) >= 0.99999
     direct = c.embeddings.create(model="minilm", input=SENTENCES[1]).data[0].embedding
     assert cos(docs[1], direct) >= 0.99999
+
+
+def test_gigachat_sdk_embeddings(srv, c):
+    from gigachat import GigaChat
+
+    with GigaChat(base_url=srv.url + "/api/v1", access_token=srv.key["key"], verify_ssl_certs=False, max_retries=0) as g:
+        r = g.embeddings(SENTENCES[:2], model="minilm")
+    assert [e.index for e in r.data] == [0, 1]
+    assert [e.usage.prompt_tokens for e in r.data] == [len(tokens(srv, t)) for t in SENTENCES[:2]]
+    direct = c.embeddings.create(model="minilm", input=SENTENCES[0]).data[0].embedding
+    assert cos(r.data[0].embedding, direct) >= 0.99999
+
+
+def test_google_genai_embed_content(srv, c):
+    from google import genai
+    from google.genai import errors, types
+
+    g = genai.Client(api_key=srv.key["key"], http_options=types.HttpOptions(base_url=srv.url))
+    r = g.models.embed_content(model="minilm", contents=SENTENCES[:2])
+    assert len(r.embeddings) == 2 and len(r.embeddings[0].values) == 384
+    direct = c.embeddings.create(model="minilm", input=SENTENCES[1]).data[0].embedding
+    assert cos(r.embeddings[1].values, direct) >= 0.99999
+    one = requests.post(f"{srv.url}/v1beta/models/minilm:embedContent", headers={"x-goog-api-key": srv.key["key"]},
+                        json={"content": {"parts": [{"text": SENTENCES[1]}]}}, timeout=30)
+    assert one.status_code == 200, one.text
+    assert cos(one.json()["embedding"]["values"], direct) >= 0.99999
+    with pytest.raises(errors.ClientError) as e:
+        g.models.embed_content(model="minilm", contents="x", config=types.EmbedContentConfig(output_dimensionality=64))
+    assert e.value.code == 400 and "outputDimensionality" in e.value.message
+    # An input over the context, named as this door names it, in its error shape.
+    r = requests.post(f"{srv.url}/v1beta/models/minilm:batchEmbedContents", headers={"x-goog-api-key": srv.key["key"]},
+                      json={"requests": [{"content": {"parts": [{"text": "ok"}]}}, {"content": {"parts": [{"text": "word " * 2000}]}}]}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert "requests[1].content" in r.json()["error"]["message"]
+
+
+def test_a_gateway_passes_embeddings_through_an_openai_compatible_upstream(srv, c):
+    """Parlance as a gateway (--config) in front of Parlance serving MiniLM."""
+    d = tempfile.mkdtemp(prefix="parlance-emb-gw-")
+    cfg = f"{d}/gw.toml"
+    with open(cfg, "w") as f:
+        f.write(f"""
+[providers.up]
+kind = "openai"
+base_url = "{srv.url}/v1"
+api_key = "{srv.key['key']}"
+
+[[models]]
+name = "emb-chain"
+type = "embedding"
+dimensions = 384
+deployments = [{{ provider = "up", model = "minilm" }}]
+""")
+    gw = Server("--config", cfg, "--db", "none")
+    try:
+        g = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        via = g.embeddings.create(model="emb-chain", input=SENTENCES)
+        direct = c.embeddings.create(model="minilm", input=SENTENCES)
+        assert via.model == "emb-chain" and via.usage.prompt_tokens == direct.usage.prompt_tokens
+        for a, b in zip(via.data, direct.data):
+            assert cos(a.embedding, b.embedding) >= 0.999999
+        m = requests.get(gw.url + "/v1/models/emb-chain", timeout=10).json()
+        assert m["type"] == "embedding" and m["dimensions"] == 384
+        # The upstream's 400 (an input over its context) reaches the caller as a 400.
+        with pytest.raises(openai.BadRequestError):
+            g.embeddings.create(model="emb-chain", input="word " * 2000)
+    finally:
+        gw.stop()
+
+
+RERANK = ROOT / "models" / "minilm-rerank-synthetic.f16.gguf"
+
+
+@pytest.fixture(scope="module")
+def ranker():
+    s = Server("-m", str(RERANK), "--alias", "ranker", "-m", str(MINILM), "--alias", "minilm", "--db", "none")
+    yield s
+    s.stop()
+
+
+def rerank(s, body, path="/v1/rerank"):
+    return requests.post(s.url + path, json=body, timeout=60)
+
+
+def test_rerank_scores_match_an_independent_forward_pass(ranker):
+    """The synthetic reranker: MiniLM, its pooler, and the seeded one-output head that
+    scripts/convert-bert.py adds (seed 7); llama-server's pair layout [CLS] q [SEP] d."""
+    docs = ["Sofia is the capital of Bulgaria.", "Cats sleep a lot.", {"text": "The Balkans are in Europe."}]
+    r = rerank(ranker, {"model": "ranker", "query": "Where is Sofia?", "documents": docs, "return_documents": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    results = body["results"]
+    assert sorted(x["index"] for x in results) == [0, 1, 2]
+    scores = [x["relevance_score"] for x in results]
+    assert scores == sorted(scores, reverse=True)
+    w = weights()
+    head = (np.random.default_rng(7).standard_normal((1, 384)) * 0.05).astype(np.float32)
+    tok = lambda t: requests.post(ranker.url + "/tokenize", json={"content": t, "model": "ranker", "add_special": False}, timeout=10).json()["tokens"]
+    q = tok("Where is Sofia?")
+    total = 0
+    for x in results:
+        text = docs[x["index"]] if isinstance(docs[x["index"]], str) else docs[x["index"]]["text"]
+        assert x["document"] == {"text": text}
+        ids = [101] + q + [102] + tok(text)
+        total += len(ids)
+        cls = hidden(w, ids)[0]
+        pooled = np.tanh(w["pooler.dense.weight"] @ cls + w["pooler.dense.bias"])
+        want = float(head @ pooled)
+        assert abs(x["relevance_score"] - want) <= 2e-3 + 1e-2 * abs(want), (x, want)
+    assert body["usage"]["prompt_tokens"] == total
+    # top_n, Cohere's path, plain strings.
+    top = rerank(ranker, {"model": "ranker", "query": "Where is Sofia?", "documents": docs, "top_n": 1}, "/v2/rerank").json()
+    assert [x["index"] for x in top["results"]] == [results[0]["index"]] and "document" not in top["results"][0]
+
+
+def test_rerank_refusals(ranker):
+    ok = {"model": "ranker", "query": "q", "documents": ["a"]}
+    for body, param in [({**ok, "query": ""}, "query"), ({**ok, "documents": []}, "documents"),
+                        ({**ok, "documents": ["a", 5]}, "documents[1]"), ({**ok, "documents": [{"title": "x"}]}, "documents[0]"),
+                        ({**ok, "top_n": 0}, "top_n"), ({**ok, "documents": ["a", "word " * 2000]}, "documents[1]"),
+                        ({**ok, "model": "minilm"}, "model")]:
+        r = rerank(ranker, body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (body if len(str(body)) < 200 else param, r.text)
+    r = requests.post(ranker.url + "/v1/embeddings", json={"model": "ranker", "input": "x"}, timeout=10)
+    assert r.status_code == 400 and "reranker" in r.json()["error"]["message"]
+    r = requests.post(ranker.url + "/v1/chat/completions", json={"model": "ranker", "messages": [{"role": "user", "content": "x"}]}, timeout=10)
+    assert r.status_code == 400 and "reranker" in r.json()["error"]["message"]
+    m = {x["id"]: x for x in requests.get(ranker.url + "/v1/models", timeout=10).json()["data"]}
+    assert m["ranker"]["type"] == "rerank" and m["ranker"]["capabilities"]["rerank"] is True

@@ -1,7 +1,7 @@
 //! The one interface between the router and whatever produces tokens: the local
 //! engine, or an upstream provider. A backend never sees a wire format.
 
-use crate::embed::{EmbedRequest, Embeddings};
+use crate::embed::{EmbedRequest, Embeddings, RerankRequest, Scores};
 use crate::error::Error;
 use crate::ir::{ChatRequest, StreamEvent};
 use async_trait::async_trait;
@@ -19,6 +19,7 @@ pub struct Capabilities {
     pub json_schema: bool,
     pub logprobs: bool,
     pub embeddings: bool,
+    pub rerank: bool,
 }
 
 /// What `/v1/models` shows about one model.
@@ -173,6 +174,19 @@ pub trait Backend: Send + Sync {
             "model",
             format!(
                 "`{}` is not an embedding model: it cannot make embeddings.",
+                request.model
+            ),
+        )
+        .with_code("unsupported"))
+    }
+
+    /// One relevance score per document. A backend that is no reranker answers a 400
+    /// naming `model`.
+    async fn rerank(&self, request: RerankRequest) -> Result<Scores, Error> {
+        Err(Error::invalid_param(
+            "model",
+            format!(
+                "`{}` is not a reranker: it cannot score documents.",
                 request.model
             ),
         )

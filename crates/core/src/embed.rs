@@ -21,4 +21,21 @@ pub struct EmbedRequest {
 pub struct Embeddings {
     pub vectors: Vec<Vec<f32>>,
     pub prompt_tokens: u32,
+    /// Each input's tokens, when the backend knows them (local models).
+    pub input_tokens: Option<Vec<u32>>,
+}
+
+/// Documents scored against a query by a reranker (a cross-encoder).
+#[derive(Debug, Clone, Default)]
+pub struct RerankRequest {
+    pub model: String,
+    pub query: String,
+    pub documents: Vec<String>,
+}
+
+/// One relevance score per document, in document order, and the tokens they took.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scores {
+    pub scores: Vec<f32>,
+    pub prompt_tokens: u32,
 }

@@ -327,6 +327,18 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// The first deployment that can serve (embeddings and rerank do not retry yet).
+    fn serving(&self) -> Result<&Arc<dyn Backend>, Error> {
+        self.slots
+            .iter()
+            .find(|s| s.d.backend.health().is_ok())
+            .or_else(|| self.slots.first())
+            .map(|s| &s.d.backend)
+            .ok_or_else(|| Error::new(ErrorKind::Unavailable, "this model has no deployments"))
+    }
+}
+
 /// Waits for a stream's first event: an error there counts as the call failing.
 async fn first_event(started: Result<EventStream, Error>) -> Result<EventStream, Error> {
     let mut stream = started?;
@@ -412,18 +424,14 @@ impl Backend for Pool {
         &self,
         request: crate::embed::EmbedRequest,
     ) -> Result<crate::embed::Embeddings, Error> {
-        let slot = self
-            .slots
-            .iter()
-            .find(|s| s.d.backend.health().is_ok())
-            .or_else(|| self.slots.first());
-        match slot {
-            Some(s) => s.d.backend.embed(request).await,
-            None => Err(Error::new(
-                ErrorKind::Unavailable,
-                "this model has no deployments",
-            )),
-        }
+        self.serving()?.embed(request).await
+    }
+
+    async fn rerank(
+        &self,
+        request: crate::embed::RerankRequest,
+    ) -> Result<crate::embed::Scores, Error> {
+        self.serving()?.rerank(request).await
     }
 
     /// Healthy while any deployment can serve.

@@ -139,6 +139,13 @@ impl Backend for Preset {
     ) -> Result<crate::embed::Embeddings, Error> {
         self.inner.embed(request).await
     }
+
+    async fn rerank(
+        &self,
+        request: crate::embed::RerankRequest,
+    ) -> Result<crate::embed::Scores, Error> {
+        self.inner.rerank(request).await
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings};
+use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings, RerankRequest, Scores};
 use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo};
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -251,12 +251,13 @@ fn unit(mut v: Vec<f32>) -> Vec<f32> {
 #[async_trait::async_trait]
 impl Backend for EmbeddingModel {
     async fn chat(&self, request: parlance_core::ir::ChatRequest) -> Result<EventStream, Error> {
+        let what = match self.pooling {
+            Pooling::Rank => "a reranker: it scores documents (POST /v1/rerank)",
+            _ => "an embedding model: it makes vectors (POST /v1/embeddings)",
+        };
         Err(Error::invalid_param(
             "model",
-            format!(
-                "`{}` is an embedding model: it makes vectors (POST /v1/embeddings), not chat answers.",
-                request.model
-            ),
+            format!("`{}` is {what}, not chat answers.", request.model),
         )
         .with_code("unsupported"))
     }
@@ -283,19 +284,19 @@ impl Backend for EmbeddingModel {
     }
 
     async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, Error> {
+        if self.pooling == Pooling::Rank {
+            return Err(Error::invalid_param(
+                "model",
+                format!("`{}` is a reranker: it scores documents (POST /v1/rerank), not texts on their own.", self.info.id),
+            )
+            .with_code("unsupported"));
+        }
         if request.inputs.is_empty() {
             return Err(Error::invalid_param(
                 "input",
                 "'input' is empty: send at least one text.",
             ));
         }
-        self.health().map_err(|why| {
-            Error::new(
-                ErrorKind::Unavailable,
-                format!("model `{}` is unavailable: {why}", self.info.id),
-            )
-            .with_code("model_unavailable")
-        })?;
         let bytes: usize = request
             .inputs
             .iter()
@@ -315,7 +316,55 @@ impl Backend for EmbeddingModel {
             })
             .await??
         };
-        let prompt_tokens = inputs.iter().map(Vec::len).sum::<usize>() as u32;
+        let input_tokens: Vec<u32> = inputs.iter().map(|i| i.len() as u32).collect();
+        let prompt_tokens = input_tokens.iter().sum();
+        Ok(Embeddings {
+            vectors: self.submit(inputs).await?,
+            prompt_tokens,
+            input_tokens: Some(input_tokens),
+        })
+    }
+
+    async fn rerank(&self, request: RerankRequest) -> Result<Scores, Error> {
+        if self.pooling != Pooling::Rank {
+            return Err(Error::invalid_param(
+                "model",
+                format!(
+                    "`{}` is an embedding model, not a reranker: it cannot score documents.",
+                    self.info.id
+                ),
+            )
+            .with_code("unsupported"));
+        }
+        let bytes = request.query.len() * request.documents.len()
+            + request.documents.iter().map(String::len).sum::<usize>();
+        let (model, ctx) = (Arc::clone(&self.model), self.ctx);
+        let pairs = parlance_core::blocking::run(bytes, move || {
+            crate::rerank::pairs(&model, ctx, &request.query, &request.documents)
+        })
+        .await??;
+        let prompt_tokens = pairs.iter().map(Vec::len).sum::<usize>() as u32;
+        let scores = self.submit(pairs).await?;
+        Ok(Scores {
+            scores: scores
+                .iter()
+                .map(|v| v.first().copied().unwrap_or(f32::NAN))
+                .collect(),
+            prompt_tokens,
+        })
+    }
+}
+
+impl EmbeddingModel {
+    /// Queues token sequences for the engine thread; their pooled outputs, in order.
+    async fn submit(&self, inputs: Vec<Vec<LlamaToken>>) -> Result<Vec<Vec<f32>>, Error> {
+        self.health().map_err(|why| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("model `{}` is unavailable: {why}", self.info.id),
+            )
+            .with_code("model_unavailable")
+        })?;
         if self.queued.load(Ordering::SeqCst) >= self.max_queue {
             return Err(Error::new(
                 ErrorKind::RateLimited,
@@ -331,17 +380,13 @@ impl Backend for EmbeddingModel {
             return Err(Error::new(ErrorKind::Unavailable, "the engine stopped")
                 .with_code("model_unavailable"));
         }
-        let vectors = rx.await.map_err(|_| {
+        rx.await.map_err(|_| {
             Error::new(
                 ErrorKind::Unavailable,
                 "the engine stopped before finishing this request",
             )
             .with_code("model_unavailable")
-        })??;
-        Ok(Embeddings {
-            vectors,
-            prompt_tokens,
-        })
+        })?
     }
 }
 
@@ -393,20 +438,28 @@ fn tokenize_inputs(
     Ok(out)
 }
 
-/// Model info for an embedding GGUF.
-pub(crate) fn info(model: &LlamaModel, id: String, created: u64, ctx: u32) -> ModelInfo {
+/// Model info for an embedding GGUF, or a reranker's.
+pub(crate) fn info(
+    model: &LlamaModel,
+    pooling: Pooling,
+    id: String,
+    created: u64,
+    ctx: u32,
+) -> ModelInfo {
+    let rerank = pooling == Pooling::Rank;
     ModelInfo {
         id,
         owned_by: "parlance".into(),
         created,
-        kind: "embedding".into(),
+        kind: if rerank { "rerank" } else { "embedding" }.into(),
         context_length: ctx,
         max_output_tokens: None,
         capabilities: Capabilities {
-            embeddings: true,
+            embeddings: !rerank,
+            rerank,
             ..Capabilities::default()
         },
-        dimensions: Some(model.n_embd_out().max(0) as u32),
+        dimensions: (!rerank).then(|| model.n_embd_out().max(0) as u32),
         price: None,
     }
 }

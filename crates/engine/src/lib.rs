@@ -11,6 +11,7 @@ mod embed;
 mod job;
 mod logprobs;
 mod prep;
+mod rerank;
 mod sampler;
 mod special;
 mod text;
@@ -154,7 +155,13 @@ pub fn load(cfg: LocalModelConfig) -> Result<Loaded, String> {
         .ctx
         .unwrap_or_else(|| model.n_ctx_train())
         .clamp(8, 8192);
-    let info = embed::info(&model, model_id(&cfg), modified_secs(&cfg.path), ctx);
+    let info = embed::info(
+        &model,
+        pooling,
+        model_id(&cfg),
+        modified_secs(&cfg.path),
+        ctx,
+    );
     let placement = embed::placement(cfg.n_gpu_layers, &model);
     let m = EmbeddingModel::start(
         model,
@@ -409,6 +416,7 @@ impl LocalModel {
                 json_schema: true,
                 logprobs: true,
                 embeddings: false,
+                rerank: false,
             },
             dimensions: None,
         };

@@ -27,6 +27,14 @@ pub struct Embedding {
     pub object: String,
     pub index: u32,
     pub embedding: Vector,
+    /// GigaChat's: this input's tokens (its SDK requires it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<InputUsage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputUsage {
+    pub prompt_tokens: u32,
 }
 
 /// A list of floats, or base64 of little-endian f32s (`encoding_format: "base64"`).

@@ -173,6 +173,7 @@ fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str
             json_schema: true,
             logprobs: false,
             embeddings: false,
+            rerank: false,
         });
     ModelInfo {
         id: m.name.get_ref().clone(),
@@ -192,10 +193,12 @@ fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str
             .max_output_tokens
             .or(local.and_then(|l| l.max_output_tokens)),
         price: m.price,
-        dimensions: local.and_then(|l| l.dimensions),
+        dimensions: m.dimensions.or(local.and_then(|l| l.dimensions)),
         capabilities: Capabilities {
             vision: m.vision.unwrap_or(caps.vision),
             tools: m.tools.unwrap_or(caps.tools),
+            embeddings: caps.embeddings || m.kind.as_deref() == Some("embedding"),
+            rerank: caps.rerank || m.kind.as_deref() == Some("rerank"),
             ..caps
         },
     }

@@ -121,6 +121,8 @@ pub struct ModelSection {
     pub price: Option<parlance_core::Price>,
     pub vision: Option<bool>,
     pub tools: Option<bool>,
+    /// The length of an embedding model's vectors (`type = "embedding"`).
+    pub dimensions: Option<u32>,
     /// Overrides `[routing]` for this model.
     #[serde(default)]
     pub routing: RoutingSection,

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
-use parlance_core::embed::{EmbedInput, EmbedRequest};
+use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings};
 use parlance_core::Error;
 use parlance_protocol::embeddings as wire;
 use serde_json::Value;
@@ -80,11 +80,22 @@ pub async fn create(
         truncate: req.truncate_prompt_tokens,
     };
     let work = route.backend.embed(ir);
-    let (made, rate) =
-        match embedded(&state, &ctx, &principal, &route.info, DOOR, bytes, work).await {
-            Ok(done) => done,
-            Err((e, rate)) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
-        };
+    let tokens = |e: &Embeddings| e.prompt_tokens;
+    let metered = embedded(
+        &state,
+        &ctx,
+        &principal,
+        &route.info,
+        DOOR,
+        bytes,
+        work,
+        tokens,
+    );
+    let (made, rate) = match metered.await {
+        Ok(done) => done,
+        Err((e, rate)) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
+    };
+    let counts = made.input_tokens.unwrap_or_default();
     let data = made
         .vectors
         .into_iter()
@@ -92,6 +103,9 @@ pub async fn create(
         .map(|(i, v)| wire::Embedding {
             object: "embedding".into(),
             index: i as u32,
+            usage: counts
+                .get(i)
+                .map(|&prompt_tokens| wire::InputUsage { prompt_tokens }),
             embedding: if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                 wire::Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))

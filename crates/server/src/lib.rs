@@ -19,6 +19,7 @@ mod metering;
 pub mod observe;
 pub mod openai;
 mod reqlog;
+mod rerank;
 mod responses;
 pub mod shutdown;
 
@@ -109,6 +110,7 @@ fn api_routes() -> HttpRouter<Arc<AppState>> {
         .route("/chat/completions", post(openai::chat_completions))
         .route("/completions", post(completions::completions))
         .route("/embeddings", post(embeddings::create))
+        .route("/rerank", post(rerank::create))
         .route("/models", get(openai::list_models))
         // GET: OpenAI's model object; POST `MODEL:generateContent`: Gemini's door.
         .route("/models/{*id}", get(openai::get_model).post(gemini::action))
@@ -137,6 +139,9 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
     let protected = HttpRouter::new()
         .route("/tokenize", post(openai::tokenize))
         .route("/detokenize", post(openai::detokenize))
+        // llama-server's and Cohere's paths.
+        .route("/rerank", post(rerank::create))
+        .route("/v2/rerank", post(rerank::create))
         .nest("/v1", api.clone())
         .nest("/api/v1", api)
         .nest("/v1beta", gemini)

@@ -7,7 +7,6 @@
 use crate::auth::Principal;
 use crate::reqlog::RequestCtx;
 use futures::StreamExt;
-use parlance_core::embed::Embeddings;
 use parlance_core::ir::PromptGate;
 use parlance_core::ir::{Progress, StreamEvent, Usage};
 use parlance_core::{Error, ErrorKind, EventStream, ModelInfo};
@@ -490,19 +489,24 @@ pub async fn counted<T>(
     result
 }
 
-/// What the embeddings endpoints go through: the key's allowlist, limits and budget,
-/// with the input's estimated tokens held, then `work`; one usage row with its prompt
-/// tokens (cost at the input price), committed before the answer goes out. `Err`
-/// carries the rate headers to answer with.
-pub async fn embedded(
+/// What the embeddings and rerank endpoints go through: the key's allowlist, limits
+/// and budget, with the input's estimated tokens held, then `work`; one usage row with
+/// its prompt tokens (`tokens` of the result; cost at the input price), committed
+/// before the answer goes out. `Err` carries the rate headers to answer with.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call per endpoint, each argument distinct"
+)]
+pub async fn embedded<T>(
     state: &crate::AppState,
     ctx: &Arc<RequestCtx>,
     principal: &Principal,
     info: &ModelInfo,
     front_door: &str,
     bytes: usize,
-    work: impl std::future::Future<Output = Result<Embeddings, Error>>,
-) -> Result<(Embeddings, RateHeaders), (Error, RateHeaders)> {
+    work: impl std::future::Future<Output = Result<T, Error>>,
+    tokens: fn(&T) -> u32,
+) -> Result<(T, RateHeaders), (Error, RateHeaders)> {
     if let Some(k) = principal.key() {
         ctx.set_key(&k.id);
     }
@@ -538,7 +542,7 @@ pub async fn embedded(
     match work.await {
         Ok(made) => {
             let usage = Usage {
-                prompt_tokens: made.prompt_tokens,
+                prompt_tokens: tokens(&made),
                 ..Usage::default()
             };
             ctx.set_usage(usage);

@@ -4,6 +4,7 @@
 
 mod anthropic;
 mod dialect;
+mod embed;
 mod gemini;
 mod gigachat;
 mod gigachat_files;
@@ -317,6 +318,13 @@ impl Backend for UpstreamModel {
             ));
         }
         Ok(counts.into_iter().map(|c| c.tokens).collect())
+    }
+
+    async fn embed(
+        &self,
+        request: parlance_core::embed::EmbedRequest,
+    ) -> Result<parlance_core::embed::Embeddings, Error> {
+        embed::embed(&self.provider, &self.model, request).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! (`?alt=sse`, or the default JSON array), `:countTokens`, and the model list, under
 //! `/v1beta` and `/v1`, with Gemini-shaped errors.
 
+mod embed;
 mod fields;
 mod request;
 
@@ -100,6 +101,10 @@ pub async fn action(
         .into());
     };
     let raw: serde_json::Value = read_json(body, state.body_limit).await?;
+    if let "embedContent" | "batchEmbedContents" = verb {
+        ctx.set_model(model);
+        return Ok(embed::embed(&state, &ctx, &principal, model, verb, raw).await);
+    }
     let wire_req: wire::GenerateContentRequest = serde_json::from_value(fields::normalize(raw)?)
         .map_err(|e| Error::invalid(format!("Invalid JSON payload received. {e}")))?;
     ctx.set_model(model);

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Embeddings: Parlance against llama.cpp's llama-server on the same GGUF, threads and
+context, side by side in one run: the vectors (cosine), throughput embedding short
+sentences in requests of 32 from 4 concurrent clients, and one-input latency.
+
+    python3 bench/embeddings.py [--sentences 2000] [--rounds 3]
+
+Needs: a release build of parlance, `bench/build-llama-server.sh` (llama-server), and
+`scripts/fetch-models.sh minilm`. Results go to bench/embeddings-results.md.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+PARLANCE = TARGET / "release" / "parlance"
+GGUF = ROOT / "models" / "all-minilm-l6-v2.f16.gguf"
+THREADS = str(os.cpu_count() or 2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.loads(r.read())
+
+
+def wait(url: str) -> None:
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def sentences(n: int) -> list:
+    words = "the a cat dog sea city river old new quick slow bright dark Sofia Varna mountain road book song".split()
+    return [" ".join(words[(i * 7 + k * 3) % len(words)] for k in range(6 + i % 9)) + f" {i}." for i in range(n)]
+
+
+def throughput(url: str, texts: list, batch: int, clients: int) -> float:
+    chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for r in pool.map(lambda c: post(url, {"model": "m", "input": c}), chunks):
+            assert len(r["data"]) > 0
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def latency(url: str, texts: list) -> float:
+    times = []
+    for t in texts:
+        t0 = time.perf_counter()
+        post(url, {"model": "m", "input": t})
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def cosine(a, b) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sentences", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    llama = subprocess.run([str(ROOT / "bench" / "build-llama-server.sh")], capture_output=True, text=True, check=True).stdout.strip()
+    logs = tempfile.mkdtemp(prefix="parlance-emb-bench-")
+    pp, lp = free_port(), free_port()
+    procs = [
+        subprocess.Popen([str(PARLANCE), "serve", "-m", str(GGUF), "--alias", "m", "--port", str(pp), "--db", "none",
+                          "-t", THREADS, "-b", "2048"],
+                         stdout=open(f"{logs}/parlance.log", "w"), stderr=subprocess.STDOUT, env=dict(os.environ, PARLANCE_LOG="error")),
+        # 8 slots of 512 tokens: llama-server runs each input of a request as its own task.
+        subprocess.Popen([llama, "-m", str(GGUF), "--embedding", "--pooling", "mean", "--port", str(lp), "-t", THREADS,
+                          "-np", "8", "-c", "4096", "-b", "2048", "-ub", "2048", "--log-disable"],
+                         stdout=open(f"{logs}/llama.log", "w"), stderr=subprocess.STDOUT),
+    ]
+    try:
+        urls = {"parlance": f"http://127.0.0.1:{pp}/v1/embeddings", "llama-server": f"http://127.0.0.1:{lp}/v1/embeddings"}
+        wait(f"http://127.0.0.1:{pp}/health")
+        wait(f"http://127.0.0.1:{lp}/health")
+        texts = sentences(args.sentences)
+        probe = texts[:64]
+        a = post(urls["parlance"], {"model": "m", "input": probe})["data"]
+        b = post(urls["llama-server"], {"model": "m", "input": probe})["data"]
+        worst = min(cosine(x["embedding"], y["embedding"]) for x, y in zip(a, b))
+        res = {name: {"tput": [], "p50": []} for name in urls}
+        for r in range(args.rounds):
+            for name, url in urls.items():
+                throughput(url, texts[:128], 32, 4)  # warm-up
+                res[name]["tput"].append(throughput(url, texts, 32, 4))
+                res[name]["p50"].append(latency(url, texts[:200]))
+                print(f"round {r + 1} {name:12} {res[name]['tput'][-1]:8.1f} inputs/s  one-input p50 {res[name]['p50'][-1]:.2f} ms", flush=True)
+        med = {n: {k: statistics.median(v) for k, v in m.items()} for n, m in res.items()}
+        p, l = med["parlance"], med["llama-server"]
+        lines = [
+            f"all-MiniLM-L6-v2 F16, {THREADS} threads, {args.sentences} short sentences in requests of 32 from 4 clients; "
+            f"one-input latency over 200 sequential requests; medians of {args.rounds} interleaved rounds.",
+            "",
+            "| server | inputs/s | one-input p50 ms |",
+            "|---|---|---|",
+            f"| Parlance | {p['tput']:.0f} | {p['p50']:.2f} |",
+            f"| llama-server | {l['tput']:.0f} | {l['p50']:.2f} |",
+            f"| ratio | {p['tput'] / l['tput']:.2f}x | {p['p50'] / l['p50']:.2f}x |",
+            "",
+            f"Vectors: worst cosine between the two servers over 64 inputs {worst:.7f}.",
+        ]
+        text = "\n".join(lines) + "\n"
+        (ROOT / "bench" / "embeddings-results.md").write_text(text)
+        print()
+        print(text)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

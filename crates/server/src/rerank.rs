@@ -1,0 +1,143 @@
+//! The rerank door: `POST /v1/rerank` (also `/rerank` and Cohere's `/v2/rerank`), as
+//! llama-server, vLLM, Jina and Cohere take it: `{model, query, documents: [string |
+//! {text}], top_n, return_documents}` -> results sorted by relevance.
+
+use crate::auth::Principal;
+use crate::body::read_json;
+use crate::error::ApiError;
+use crate::metering::{embedded, with_rate_headers};
+use crate::reqlog::RequestCtx;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use parlance_core::embed::{RerankRequest, Scores};
+use parlance_core::Error;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Documents one request may carry (Cohere's limit).
+pub const MAX_DOCUMENTS: usize = 1000;
+
+#[derive(serde::Deserialize)]
+pub struct Request {
+    model: String,
+    query: Value,
+    documents: Value,
+    #[serde(default)]
+    top_n: Option<usize>,
+    #[serde(default)]
+    return_documents: Option<bool>,
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: Request = read_json(body, state.body_limit).await?;
+    ctx.set_model(&req.model);
+    let query = match req.query {
+        Value::String(q) if !q.is_empty() => q,
+        _ => {
+            return Err(Error::invalid_param("query", "'query' must be a non-empty string.").into())
+        }
+    };
+    let documents = documents(req.documents)?;
+    if req.top_n == Some(0) {
+        return Err(Error::invalid_param("top_n", "'top_n' must be at least 1.").into());
+    }
+    let route = state.router.resolve(&req.model)?;
+    let bytes = query.len() * documents.len() + documents.iter().map(String::len).sum::<usize>();
+    let ir = RerankRequest {
+        model: req.model.clone(),
+        query,
+        documents: documents.clone(),
+    };
+    let work = route.backend.rerank(ir);
+    let tokens = |s: &Scores| s.prompt_tokens;
+    let metered = embedded(
+        &state,
+        &ctx,
+        &principal,
+        &route.info,
+        "rerank",
+        bytes,
+        work,
+        tokens,
+    );
+    let (scored, rate) = match metered.await {
+        Ok(done) => done,
+        Err((e, rate)) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
+    };
+    let mut order: Vec<usize> = (0..scored.scores.len()).collect();
+    order.sort_by(|&a, &b| scored.scores[b].total_cmp(&scored.scores[a]));
+    order.truncate(req.top_n.unwrap_or(order.len()));
+    let with_text = req.return_documents.unwrap_or(false);
+    let results: Vec<Value> = order
+        .into_iter()
+        .map(|i| {
+            let mut r = json!({"index": i, "relevance_score": scored.scores[i]});
+            if with_text {
+                r["document"] = json!({"text": documents[i]});
+            }
+            r
+        })
+        .collect();
+    let id = format!("rerank-{}", uuid::Uuid::new_v4().simple());
+    let tokens = scored.prompt_tokens;
+    let body = json!({
+        "id": id,
+        "model": req.model,
+        "object": "list",
+        "results": results,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+    });
+    Ok(with_rate_headers(Json(body).into_response(), &rate))
+}
+
+/// Strings or `{text}` objects; anything else is a 400 naming the part.
+fn documents(v: Value) -> Result<Vec<String>, Error> {
+    let Value::Array(items) = v else {
+        return Err(Error::invalid_param(
+            "documents",
+            "'documents' must be a list.",
+        ));
+    };
+    if items.is_empty() {
+        return Err(Error::invalid_param(
+            "documents",
+            "'documents' is empty: send at least one.",
+        ));
+    }
+    if items.len() > MAX_DOCUMENTS {
+        return Err(Error::invalid_param(
+            "documents",
+            format!(
+                "'documents' holds {} documents; at most {MAX_DOCUMENTS} per request.",
+                items.len()
+            ),
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Value::String(s) => Ok(s),
+            Value::Object(mut o) => match o.remove("text") {
+                Some(Value::String(s)) => Ok(s),
+                _ => Err(Error::invalid_param(
+                    format!("documents[{i}]"),
+                    format!("documents[{i}] has no 'text' string."),
+                )),
+            },
+            _ => Err(Error::invalid_param(
+                format!("documents[{i}]"),
+                format!("documents[{i}] must be a string or {{\"text\": ...}}."),
+            )),
+        })
+        .collect()
+}
