@@ -28,6 +28,6 @@ if [ "${1:-}" = "--test" ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
   fi
-  python3 -c "import openai, pytest, requests, jsonschema, langchain_openai, gigachat, anthropic, google.genai, selenium, gguf, PIL" 2>/dev/null ||
-    python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema langchain-openai gigachat anthropic google-genai selenium gguf pillow
+  python3 -c "import openai, pytest, requests, jsonschema, langchain_openai, gigachat, anthropic, google.genai, selenium, gguf, PIL, ollama" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema langchain-openai gigachat anthropic google-genai selenium gguf pillow ollama
 fi

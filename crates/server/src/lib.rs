@@ -17,6 +17,7 @@ mod gemini;
 pub mod listen;
 mod metering;
 pub mod observe;
+mod ollama;
 pub mod openai;
 mod reqlog;
 mod rerank;
@@ -139,6 +140,14 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
     let protected = HttpRouter::new()
         .route("/tokenize", post(openai::tokenize))
         .route("/detokenize", post(openai::detokenize))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/embed", post(ollama::embed))
+        .route("/api/embeddings", post(ollama::embed))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/version", get(ollama::version))
         // llama-server's and Cohere's paths.
         .route("/rerank", post(rerank::create))
         .route("/v2/rerank", post(rerank::create))
@@ -179,6 +188,9 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
 
 /// Which front door a request is for, by its path and method.
 fn door_of(method: &axum::http::Method, path: &str) -> Door {
+    if path.starts_with("/api/") && !path.starts_with("/api/v1/") && !path.starts_with("/api/v2/") {
+        return Door::Ollama;
+    }
     let path = path.strip_prefix("/api").unwrap_or(path);
     if path.starts_with("/v1/messages") {
         Door::Anthropic
@@ -198,6 +210,7 @@ enum Door {
     OpenAi,
     Anthropic,
     Gemini,
+    Ollama,
 }
 
 /// Errors made before a door's handler ran (auth, routing, extractors, a panic) in
@@ -207,6 +220,7 @@ async fn door_errors(req: axum::extract::Request, next: axum::middleware::Next) 
         Door::OpenAi => return next.run(req).await,
         Door::Anthropic => anthropic::error_body,
         Door::Gemini => gemini::error_body,
+        Door::Ollama => |_, message| serde_json::json!({"error": message}),
     };
     let resp = next.run(req).await;
     if resp.extensions().get::<door::Rendered>().is_some() {

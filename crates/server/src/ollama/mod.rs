@@ -1,0 +1,394 @@
+//! The Ollama door: `POST /api/chat` and `/api/generate` (NDJSON streaming by default),
+//! `/api/embed` and `/api/embeddings`, `GET /api/tags`, `POST /api/show`, `GET /api/ps`
+//! and `GET /api/version`, with Ollama's `{"error": "..."}` bodies. Its durations are
+//! measured here: the prompt's from the request's start to the first token, the
+//! generation's from there to the end.
+
+mod request;
+
+use crate::auth::Principal;
+use crate::body::read_json;
+use crate::door::{message_naming_param, Door, Frames, Refusal};
+use crate::metering::{embedded, with_rate_headers};
+use crate::reqlog::RequestCtx;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::StreamExt;
+use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings};
+use parlance_core::ir::{FinishReason, StreamEvent, Usage};
+use parlance_core::{Error, EventStream, ModelInfo};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The Ollama version this door answers `/api/version` with (its API as of then).
+const VERSION: &str = "0.12.0";
+
+pub async fn chat(
+    State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
+    body: Body,
+) -> Result<Response, Refusal<Ollama>> {
+    let body: Value = read_json(body, state.body_limit).await?;
+    ctx.set_model(body["model"].as_str().unwrap_or_default());
+    let req = request::chat(&body)?;
+    let door = Ollama::new(&req.model, false, ctx.started());
+    Ok(crate::door::chat(&state, &ctx, &principal, door, req).await)
+}
+
+pub async fn generate(
+    State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
+    body: Body,
+) -> Result<Response, Refusal<Ollama>> {
+    let body: Value = read_json(body, state.body_limit).await?;
+    ctx.set_model(body["model"].as_str().unwrap_or_default());
+    let req = request::generate(&body)?;
+    let door = Ollama::new(&req.model, true, ctx.started());
+    Ok(crate::door::chat(&state, &ctx, &principal, door, req).await)
+}
+
+/// Ollama's chat and generate answers.
+pub struct Ollama {
+    model: String,
+    /// `/api/generate`: the text is `response`, not `message.content`.
+    generate: bool,
+    started: Instant,
+}
+
+impl Ollama {
+    fn new(model: &str, generate: bool, started: Instant) -> Self {
+        Ollama {
+            model: model.to_string(),
+            generate,
+            started,
+        }
+    }
+
+    /// One NDJSON object: the model, the time, and this door's text field.
+    fn chunk(&self, text: &str, thinking: &str, calls: &[Value]) -> Value {
+        let mut v = json!({"model": self.model, "created_at": now_rfc3339()});
+        if self.generate {
+            v["response"] = json!(text);
+            if !thinking.is_empty() {
+                v["thinking"] = json!(thinking);
+            }
+        } else {
+            let mut m = json!({"role": "assistant", "content": text});
+            if !thinking.is_empty() {
+                m["thinking"] = json!(thinking);
+            }
+            if !calls.is_empty() {
+                m["tool_calls"] = json!(calls);
+            }
+            v["message"] = m;
+        }
+        v["done"] = json!(false);
+        v
+    }
+
+    /// The last object: why it ended, the counts and the measured durations.
+    fn done(&self, mut v: Value, reason: FinishReason, u: &Usage, first: Option<Instant>) -> Value {
+        let end = Instant::now();
+        let first = first.unwrap_or(end);
+        let ns = |d: std::time::Duration| d.as_nanos() as u64;
+        v["done"] = json!(true);
+        v["done_reason"] = json!(match reason {
+            FinishReason::Length => "length",
+            _ => "stop",
+        });
+        v["total_duration"] = json!(ns(end.duration_since(self.started)));
+        v["load_duration"] = json!(0);
+        v["prompt_eval_count"] = json!(u.prompt_tokens);
+        v["prompt_eval_duration"] = json!(ns(first.duration_since(self.started)));
+        v["eval_count"] = json!(u.completion_tokens);
+        v["eval_duration"] = json!(ns(end.duration_since(first)));
+        v
+    }
+}
+
+/// The events folded as Ollama tells them: text as it comes, tool calls whole at the
+/// end, then the closing object.
+struct Fold {
+    calls: BTreeMap<u32, (String, String)>,
+    reason: FinishReason,
+    first: Option<Instant>,
+}
+
+impl Fold {
+    fn new() -> Self {
+        Fold {
+            calls: BTreeMap::new(),
+            reason: FinishReason::Stop,
+            first: None,
+        }
+    }
+
+    /// The text and thinking of a delta (choice 0), its tool-call pieces kept.
+    fn apply(&mut self, ev: StreamEvent) -> Option<(String, String)> {
+        match ev {
+            StreamEvent::Delta { index: 0, delta } => {
+                self.first.get_or_insert_with(Instant::now);
+                for c in delta.tool_calls {
+                    let e = self.calls.entry(c.index).or_default();
+                    if let Some(n) = c.name {
+                        e.0 = n;
+                    }
+                    e.1.push_str(&c.arguments);
+                }
+                Some((delta.content, delta.reasoning))
+            }
+            StreamEvent::Finish {
+                index: 0, reason, ..
+            } => {
+                self.reason = reason;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Ollama's tool calls: arguments as an object.
+    fn calls(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.calls)
+            .into_values()
+            .map(|(name, args)| {
+                let args: Value = serde_json::from_str(&args).unwrap_or_else(|_| json!({}));
+                json!({"function": {"name": name, "arguments": args}})
+            })
+            .collect()
+    }
+}
+
+impl Door for Ollama {
+    const NAME: &'static str = "ollama";
+    type Whole = Value;
+
+    fn error_body(e: &Error) -> Value {
+        json!({"error": message_naming_param(e)})
+    }
+
+    fn output_cap_error(&self, asked: u32, limit: u32, _model: &str) -> Error {
+        crate::error::output_cap("options.num_predict", asked, limit)
+    }
+
+    fn param_names(&self) -> &'static [(&'static str, &'static str)] {
+        &[("max_tokens", "options.num_predict")]
+    }
+
+    async fn whole(self, mut events: EventStream) -> Result<Value, Error> {
+        let mut fold = Fold::new();
+        let (mut text, mut thinking, mut usage) = (String::new(), String::new(), None);
+        while let Some(ev) = events.next().await {
+            match ev? {
+                StreamEvent::Usage(u) => usage = Some(u),
+                ev => {
+                    if let Some((t, r)) = fold.apply(ev) {
+                        text.push_str(&t);
+                        thinking.push_str(&r);
+                    }
+                }
+            }
+        }
+        let usage = usage
+            .ok_or_else(|| Error::internal("the backend ended the answer before it finished"))?;
+        let calls = fold.calls();
+        let v = self.chunk(&text, &thinking, &calls);
+        Ok(self.done(v, fold.reason, &usage, fold.first))
+    }
+
+    fn stream(self, mut events: EventStream) -> Frames {
+        let lines = async_stream::stream! {
+            let mut fold = Fold::new();
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(StreamEvent::Usage(u)) => {
+                        let calls = fold.calls();
+                        if !calls.is_empty() {
+                            yield self.chunk("", "", &calls);
+                        }
+                        yield self.done(self.chunk("", "", &[]), fold.reason, &u, fold.first);
+                        return;
+                    }
+                    Ok(ev) => {
+                        if let Some((t, r)) = fold.apply(ev) {
+                            if !t.is_empty() || !r.is_empty() {
+                                yield self.chunk(&t, &r, &[]);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        yield Self::error_body(&e);
+                        return;
+                    }
+                }
+            }
+            yield Self::error_body(&Error::internal("the backend ended the stream before it finished"));
+        };
+        Frames::Raw(
+            "application/x-ndjson",
+            Box::pin(lines.map(|v: Value| format!("{v}\n"))),
+        )
+    }
+}
+
+/// `POST /api/embed`: `{model, input: string | [string], truncate}` -> `{embeddings}`;
+/// `POST /api/embeddings` (the older form): `{model, prompt}` -> `{embedding}`.
+pub async fn embed(
+    State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<Arc<RequestCtx>>,
+    Extension(principal): Extension<Principal>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    body: Body,
+) -> Result<Response, Refusal<Ollama>> {
+    let body: Value = read_json(body, state.body_limit).await?;
+    let model = body["model"].as_str().unwrap_or_default().to_string();
+    ctx.set_model(&model);
+    let legacy = uri.path().ends_with("/embeddings");
+    let texts: Vec<String> = match (legacy, &body["input"], &body["prompt"]) {
+        (true, _, Value::String(p)) => vec![p.clone()],
+        (false, Value::String(s), _) => vec![s.clone()],
+        (false, Value::Array(a), _) if !a.is_empty() => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                Error::invalid_param("input", "input must be a string or a list of strings")
+            })?,
+        _ => return Err(Error::invalid_param("input", "input is required").into()),
+    };
+    let route = state.router.resolve(&model)?;
+    let bytes = texts.iter().map(String::len).sum();
+    // Ollama cuts long inputs to the context unless told not to.
+    let truncate = (body["truncate"].as_bool() != Some(false)).then_some(u32::MAX);
+    let ir = EmbedRequest {
+        model: model.clone(),
+        inputs: texts.into_iter().map(EmbedInput::Text).collect(),
+        truncate,
+    };
+    let started = ctx.started();
+    let work = route.backend.embed(ir);
+    let tokens = |e: &Embeddings| e.prompt_tokens;
+    let metered = embedded(
+        &state,
+        &ctx,
+        &principal,
+        &route.info,
+        Ollama::NAME,
+        bytes,
+        work,
+        tokens,
+    );
+    let (made, rate) = match metered.await {
+        Ok(done) => done,
+        Err((e, rate)) => {
+            return Ok(with_rate_headers(
+                Refusal::<Ollama>::from(e).into_response(),
+                &rate,
+            ))
+        }
+    };
+    let body = if legacy {
+        json!({"embedding": made.vectors.into_iter().next().unwrap_or_default()})
+    } else {
+        json!({"model": model, "embeddings": made.vectors,
+               "total_duration": started.elapsed().as_nanos() as u64, "load_duration": 0,
+               "prompt_eval_count": made.prompt_tokens})
+    };
+    Ok(with_rate_headers(Json(body).into_response(), &rate))
+}
+
+fn details(m: &ModelInfo) -> Value {
+    json!({"parent_model": "", "format": "gguf", "family": m.owned_by, "families": [m.owned_by],
+           "parameter_size": "", "quantization_level": ""})
+}
+
+fn listed(m: &ModelInfo) -> Value {
+    json!({"name": m.id, "model": m.id, "modified_at": rfc3339(m.created), "size": 0,
+           "digest": "", "details": details(m)})
+}
+
+pub async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"models": state.router.models().map(listed).collect::<Vec<_>>()}))
+}
+
+/// Every model here is loaded while the server runs.
+pub async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let models: Vec<Value> = state
+        .router
+        .models()
+        .map(|m| {
+            let mut v = listed(m);
+            v["expires_at"] = json!("0001-01-01T00:00:00Z");
+            v["size_vram"] = json!(0);
+            v
+        })
+        .collect();
+    Json(json!({"models": models}))
+}
+
+pub async fn version() -> Json<Value> {
+    Json(json!({"version": VERSION}))
+}
+
+/// `POST /api/show`: what Parlance knows of a model.
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Value>, Refusal<Ollama>> {
+    let body: Value = read_json(body, state.body_limit).await?;
+    let name = body["model"]
+        .as_str()
+        .or_else(|| body["name"].as_str())
+        .unwrap_or_default();
+    let m = &state.router.resolve(name)?.info;
+    let c = &m.capabilities;
+    let caps: Vec<&str> = [
+        (c.chat, "completion"),
+        (c.tools, "tools"),
+        (c.vision, "vision"),
+        (c.embeddings, "embedding"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    let mut info = Map::new();
+    info.insert("general.architecture".into(), json!(m.owned_by));
+    info.insert("context_length".into(), json!(m.context_length));
+    if let Some(d) = m.dimensions {
+        info.insert("embedding_length".into(), json!(d));
+    }
+    Ok(Json(
+        json!({"modelfile": "", "parameters": "", "template": "", "details": details(m),
+                   "model_info": info, "capabilities": caps, "modified_at": rfc3339(m.created)}),
+    ))
+}
+
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}.{:09}Z",
+        rfc3339(now.as_secs()).trim_end_matches('Z'),
+        now.subsec_nanos()
+    )
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        parlance_tenancy::store::day_string(days),
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
