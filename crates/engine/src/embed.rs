@@ -22,6 +22,12 @@ use tokio::sync::oneshot;
 /// Sequences one decode holds at most.
 const MAX_SEQS: usize = 64;
 
+/// Tokens one decode packs from several inputs (a longer input still goes alone): an
+/// encoder attends across the whole micro-batch under a mask, so that work grows with
+/// the square of the batch while the matrix products gain little past a few hundred
+/// rows.
+const PACK_TOKENS: usize = 256;
+
 /// How a GGUF's vectors are pooled, from its `{arch}.pooling_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
@@ -189,12 +195,15 @@ fn run(
         let mut tokens = 0;
         'fill: for (j, (job, done)) in open.iter().enumerate() {
             for (k, input) in job.inputs.iter().enumerate().skip(done.len()) {
-                if members.len() == MAX_SEQS || tokens + input.len() > n_batch {
+                let full = tokens + input.len() > PACK_TOKENS;
+                if members.len() == MAX_SEQS || (!members.is_empty() && full) {
                     break 'fill;
                 }
                 let seq = members.len() as i32;
+                // Every position an output: pooling reads them all (llama.cpp would
+                // override the flags and log a warning each decode).
                 for (pos, &t) in input.iter().enumerate() {
-                    let _ = batch.add(t, pos as i32, &[seq], pos + 1 == input.len());
+                    let _ = batch.add(t, pos as i32, &[seq], true);
                 }
                 tokens += input.len();
                 members.push((j, k));
