@@ -7,6 +7,16 @@ pub enum EmbedInput {
     Tokens(Vec<u32>),
 }
 
+impl EmbedInput {
+    /// Bytes of input, for estimates and for sending large inputs to the CPU pool.
+    pub fn bytes(&self) -> usize {
+        match self {
+            EmbedInput::Text(t) => t.len(),
+            EmbedInput::Tokens(t) => t.len() * 4,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct EmbedRequest {
     pub model: String,

@@ -306,14 +306,7 @@ impl Backend for EmbeddingModel {
                 "'input' is empty: send at least one text.",
             ));
         }
-        let bytes: usize = request
-            .inputs
-            .iter()
-            .map(|i| match i {
-                EmbedInput::Text(t) => t.len(),
-                EmbedInput::Tokens(t) => t.len() * 4,
-            })
-            .sum();
+        let bytes: usize = request.inputs.iter().map(EmbedInput::bytes).sum();
         // Tokenizing megabytes is CPU work: off the async workers.
         let inputs = if bytes < parlance_core::blocking::LARGE {
             tokenize_inputs(&self.model, self.ctx, &request.inputs, request.truncate)?

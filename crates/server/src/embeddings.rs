@@ -67,13 +67,7 @@ pub async fn create(
         )
         .into());
     }
-    let bytes = inputs
-        .iter()
-        .map(|i| match i {
-            EmbedInput::Text(t) => t.len(),
-            EmbedInput::Tokens(t) => t.len() * 4,
-        })
-        .sum();
+    let bytes = inputs.iter().map(EmbedInput::bytes).sum();
     let ir = EmbedRequest {
         model: req.model.clone(),
         inputs,

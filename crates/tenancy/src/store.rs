@@ -446,6 +446,19 @@ impl Store {
 }
 
 /// `YYYY-MM-DD` of a day number since the Unix epoch (civil-from-days, proleptic Gregorian).
+/// Unix seconds as RFC 3339 in UTC (`2026-12-05T07:29:49Z`).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        day_string(days),
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
 pub fn day_string(days: i64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

@@ -21,6 +21,7 @@ use parlance_core::collect::collect;
 use parlance_core::ir::Progress;
 use parlance_core::{Error, EventStream};
 use parlance_protocol::anthropic as wire;
+use parlance_tenancy::store::rfc3339;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -145,16 +146,4 @@ pub fn models(state: &AppState) -> Value {
         "first_id": data.first().map(|m| m["id"].clone()),
         "last_id": data.last().map(|m| m["id"].clone()),
     })
-}
-
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    format!(
-        "{}T{:02}:{:02}:{:02}Z",
-        parlance_tenancy::store::day_string(days),
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
 }

@@ -91,13 +91,7 @@ async fn run(
             }
         }
     }
-    let bytes = inputs
-        .iter()
-        .map(|i| match i {
-            EmbedInput::Text(t) => t.len(),
-            EmbedInput::Tokens(t) => t.len() * 4,
-        })
-        .sum();
+    let bytes = inputs.iter().map(EmbedInput::bytes).sum();
     let ir = EmbedRequest {
         model: model.to_string(),
         inputs,

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings};
 use parlance_core::ir::{FinishReason, StreamEvent, Usage};
 use parlance_core::{Error, EventStream, ModelInfo};
+use parlance_tenancy::store::rfc3339;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -378,17 +379,5 @@ fn now_rfc3339() -> String {
         "{}.{:09}Z",
         rfc3339(now.as_secs()).trim_end_matches('Z'),
         now.subsec_nanos()
-    )
-}
-
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    format!(
-        "{}T{:02}:{:02}:{:02}Z",
-        parlance_tenancy::store::day_string(days),
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
     )
 }
