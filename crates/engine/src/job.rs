@@ -6,6 +6,7 @@ use llama_cpp_2::token::LlamaToken;
 use llguidance::Matcher;
 use parlance_core::ir::{Progress, SamplingParams, StreamEvent};
 use parlance_core::Error;
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,3 +101,46 @@ pub(crate) struct WorkerConfig {
 /// numbers then do not depend on what shares its batch, so a seeded request gives the
 /// same text alone or under load.
 pub(crate) const UBATCH: usize = 63;
+
+pub(crate) fn debug_info(prompt: &str, stats: &[JobStats]) -> serde_json::Value {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let s = &stats[0];
+    let completion: u32 = stats.iter().map(|s| s.completion_tokens).sum();
+    let per_sec = |tokens: u32, d: std::time::Duration| {
+        if d.is_zero() {
+            0.0
+        } else {
+            f64::from(tokens) / d.as_secs_f64()
+        }
+    };
+    json!({
+        "prompt": prompt,
+        "prompt_tokens": s.prompt_tokens,
+        "cached_tokens": s.cached_tokens,
+        "slots": stats.iter().flat_map(|s| s.slots.clone()).collect::<Vec<_>>(),
+        "timings": {
+            "queue_ms": ms(s.queue),
+            "prefill_ms": ms(s.prefill),
+            "decode_ms": ms(s.decode),
+            "prefill_tokens_per_second": per_sec(s.prompt_tokens - s.cached_tokens, s.prefill),
+            "decode_tokens_per_second": per_sec(completion, s.decode),
+        },
+    })
+}
+
+/// The test hooks' markers, from the environment; none unless built with `test-hooks`.
+pub(crate) fn crash_markers() -> Vec<(String, Crash)> {
+    if !cfg!(feature = "test-hooks") {
+        return Vec::new();
+    }
+    [
+        ("PARLANCE_TEST_ENGINE_PANIC", Crash::Engine),
+        ("PARLANCE_TEST_SEQUENCE_PANIC", Crash::Sequence),
+    ]
+    .into_iter()
+    .filter_map(|(var, crash)| {
+        let marker = std::env::var(var).ok().filter(|m| !m.is_empty())?;
+        Some((marker, crash))
+    })
+    .collect()
+}

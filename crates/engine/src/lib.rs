@@ -3,6 +3,7 @@
 //! the chat template, tokenizes, checks limits and hands jobs to that thread.
 
 mod checks;
+mod config;
 mod constraint;
 mod device;
 pub use device::gpu_devices;
@@ -19,14 +20,17 @@ mod vision;
 mod worker;
 
 use async_trait::async_trait;
+use checks::check_logit_bias;
 pub(crate) use checks::in_vocab;
-use checks::{check_gguf, check_logit_bias};
+pub use config::{
+    default_ctx, load, FlashAttention, Loaded, LocalModelConfig, DEFAULT_CTX, DEFAULT_MAX_OUTPUT,
+};
+use config::{llama_backend, model_id, modified_secs, open};
 use constraint::Constrainer;
 pub use embed::EmbeddingModel;
 use futures::StreamExt;
 use job::{Job, JobEvent, JobStats, WorkerConfig};
 use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::ir::{ChatRequest, Message, StreamEvent, ToolChoice, Usage};
@@ -36,186 +40,14 @@ use parlance_core::{
     Backend, Capabilities, Error, ErrorKind, EventStream, InlineImages, ModelInfo,
 };
 use prep::{text_bytes, Prep, Prepared};
-use serde_json::json;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use vision::Vision;
 use worker::Worker;
-
-/// The longest default context: a model trained on more gets this unless `-c` says.
-pub const DEFAULT_CTX: u32 = 32768;
-
-/// Prompt room kept beside `--max-output-tokens` when it sets the default context.
-const PROMPT_ROOM: u32 = 1024;
-
-/// llama-server's `-c 0`: the context the model was trained on (positions past it are
-/// extrapolated), capped at [`DEFAULT_CTX`]; more when `--max-output-tokens` asks for
-/// longer answers than that leaves room for (the BgGPT examples' `max_tokens: 16384`).
-pub fn default_ctx(train_ctx: u32, max_output_tokens: Option<u32>) -> u32 {
-    let wanted = max_output_tokens.map_or(0, |m| m.saturating_add(PROMPT_ROOM));
-    train_ctx.max(wanted).clamp(64, DEFAULT_CTX)
-}
-
-/// Generated tokens per choice when a request sets no `max_tokens`, and the most it may
-/// ask for, unless configured (capped by the model's training context): a request
-/// without a limit on a looping answer must not hold a slot for the whole context.
-pub const DEFAULT_MAX_OUTPUT: u32 = 4096;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlashAttention {
-    Auto,
-    On,
-    Off,
-}
-
-#[derive(Debug, Clone)]
-pub struct LocalModelConfig {
-    pub path: PathBuf,
-    /// Public model name; defaults to the file name without `.gguf`.
-    pub alias: Option<String>,
-    /// Context window in tokens: the KV cache all slots share, and so the most one
-    /// request (prompt + completion) can use. Default [`default_ctx`].
-    pub ctx: Option<u32>,
-    /// Sequences decoded together.
-    pub slots: usize,
-    pub threads: i32,
-    /// Tokens per decode step.
-    pub n_batch: usize,
-    /// Prompt tokens per step while other sequences generate.
-    pub prefill_chunk: usize,
-    /// Above 1: size those chunks so a step takes at most this many times a step
-    /// without prompt tokens (see `worker::pace`); otherwise `prefill_chunk`.
-    pub prefill_pace: f32,
-    /// Jobs that may wait for a slot before new ones get 429.
-    pub max_queue: usize,
-    /// Server-wide cap on generated tokens per choice (llama-server's `--n-predict`):
-    /// a larger `max_tokens` is lowered to it and ends with `finish_reason: "length"`.
-    pub n_predict: Option<u32>,
-    /// Default and ceiling of `max_tokens`; default the smaller of
-    /// [`DEFAULT_MAX_OUTPUT`] and the model's training context.
-    pub max_output_tokens: Option<u32>,
-    /// A Jinja chat template to use instead of the one in the GGUF.
-    pub chat_template: Option<String>,
-    pub flash_attention: FlashAttention,
-    /// Batch-invariant numerics (`--deterministic`): a seeded request gives the same
-    /// text alone or batched with others, at the cost of small micro-batches (slow
-    /// long prefills) and a pad token for a lone seeded sequence (see `job::UBATCH`).
-    pub deterministic: bool,
-    /// Layers offloaded to a GPU (`-ngl`); `None`: llama.cpp's default (all).
-    pub n_gpu_layers: Option<u32>,
-    /// The vision projector (mmproj GGUF) that lets this model take images.
-    pub mmproj: Option<PathBuf>,
-    /// Fetches `http(s)` images for it (with the server's SSRF rules); without one,
-    /// only data URLs are taken.
-    pub image_fetcher: Option<Arc<dyn InlineImages>>,
-}
-
-impl LocalModelConfig {
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        LocalModelConfig {
-            path: path.into(),
-            alias: None,
-            ctx: None,
-            slots: 4,
-            threads: std::thread::available_parallelism().map_or(4, |n| n.get() as i32),
-            n_batch: 512,
-            prefill_chunk: 256,
-            prefill_pace: 0.0,
-            max_queue: 64,
-            n_predict: None,
-            max_output_tokens: None,
-            chat_template: None,
-            flash_attention: FlashAttention::On,
-            deterministic: false,
-            n_gpu_layers: None,
-            mmproj: None,
-            image_fetcher: None,
-        }
-    }
-}
-
-/// A loaded GGUF: a chat model, or an embedding model when its metadata says it pools.
-pub enum Loaded {
-    Chat(LocalModel),
-    Embedding(EmbeddingModel),
-}
-
-/// Loads the GGUF and starts the engine thread its kind needs.
-pub fn load(cfg: LocalModelConfig) -> Result<Loaded, String> {
-    let model = open(&cfg)?;
-    let Some(pooling) = embed::Pooling::of(&model) else {
-        return LocalModel::with_model(cfg, model).map(Loaded::Chat);
-    };
-    let ctx = cfg
-        .ctx
-        .unwrap_or_else(|| model.n_ctx_train())
-        .clamp(8, 8192);
-    let info = embed::info(
-        &model,
-        pooling,
-        model_id(&cfg),
-        modified_secs(&cfg.path),
-        ctx,
-    );
-    let placement = embed::placement(cfg.n_gpu_layers, &model);
-    let m = EmbeddingModel::start(
-        model,
-        pooling,
-        info,
-        placement,
-        cfg.threads,
-        cfg.n_batch,
-        cfg.max_queue,
-    )?;
-    Ok(Loaded::Embedding(m))
-}
-
-/// The model's weights, after checking the file is a GGUF.
-fn open(cfg: &LocalModelConfig) -> Result<Arc<LlamaModel>, String> {
-    let path = &cfg.path;
-    check_gguf(path)?;
-    let backend = llama_backend()?;
-    let params = device::model_params(cfg.n_gpu_layers);
-    let model = LlamaModel::load_from_file(backend, path, &params)
-        .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
-    Ok(Arc::new(model))
-}
-
-/// The model's name: its alias, else the file's name without `.gguf`.
-fn model_id(cfg: &LocalModelConfig) -> String {
-    cfg.alias.clone().unwrap_or_else(|| {
-        cfg.path
-            .file_name()
-            .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
-            .unwrap_or_else(|| "local".to_string())
-    })
-}
-
-/// When the file was last written, in Unix seconds (a model's `created`).
-fn modified_secs(path: &std::path::Path) -> u64 {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
-}
-
-/// llama.cpp's global state: initialised once per process.
-fn llama_backend() -> Result<&'static LlamaBackend, String> {
-    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
-    BACKEND
-        .get_or_init(|| {
-            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-            LlamaBackend::init().map_err(|e| format!("cannot initialise llama.cpp: {e}"))
-        })
-        .as_ref()
-        .map_err(Clone::clone)
-}
 
 pub struct LocalModel {
     info: ModelInfo,
@@ -258,7 +90,10 @@ impl LocalModel {
         Self::with_model(cfg, model)
     }
 
-    fn with_model(cfg: LocalModelConfig, model: Arc<LlamaModel>) -> Result<Self, String> {
+    pub(crate) fn with_model(
+        cfg: LocalModelConfig,
+        model: Arc<LlamaModel>,
+    ) -> Result<Self, String> {
         let path = &cfg.path;
         if cfg.deterministic && !matches!(cfg.flash_attention, FlashAttention::On) {
             // Its batch invariance is argued from flash attention's kernels (job::UBATCH);
@@ -443,7 +278,7 @@ impl LocalModel {
             max_piece_bytes,
             ctx_per_seq,
             specials: special::Specials::of(&model),
-            crash_markers: crash_markers(),
+            crash_markers: job::crash_markers(),
         };
         Ok(LocalModel {
             info,
@@ -748,7 +583,7 @@ impl Backend for LocalModel {
             };
             yield Ok(StreamEvent::Usage(usage));
             if let Some(prompt) = debug {
-                yield Ok(StreamEvent::Debug(debug_info(&prompt, &stats)));
+                yield Ok(StreamEvent::Debug(job::debug_info(&prompt, &stats)));
             }
         };
         if !tools_active {
@@ -775,49 +610,6 @@ impl LocalModel {
     fn ctx_per_seq(&self) -> usize {
         self.prep.ctx_per_seq as usize
     }
-}
-
-fn debug_info(prompt: &str, stats: &[JobStats]) -> serde_json::Value {
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    let s = &stats[0];
-    let completion: u32 = stats.iter().map(|s| s.completion_tokens).sum();
-    let per_sec = |tokens: u32, d: std::time::Duration| {
-        if d.is_zero() {
-            0.0
-        } else {
-            f64::from(tokens) / d.as_secs_f64()
-        }
-    };
-    json!({
-        "prompt": prompt,
-        "prompt_tokens": s.prompt_tokens,
-        "cached_tokens": s.cached_tokens,
-        "slots": stats.iter().flat_map(|s| s.slots.clone()).collect::<Vec<_>>(),
-        "timings": {
-            "queue_ms": ms(s.queue),
-            "prefill_ms": ms(s.prefill),
-            "decode_ms": ms(s.decode),
-            "prefill_tokens_per_second": per_sec(s.prompt_tokens - s.cached_tokens, s.prefill),
-            "decode_tokens_per_second": per_sec(completion, s.decode),
-        },
-    })
-}
-
-/// The test hooks' markers, from the environment; none unless built with `test-hooks`.
-fn crash_markers() -> Vec<(String, job::Crash)> {
-    if !cfg!(feature = "test-hooks") {
-        return Vec::new();
-    }
-    [
-        ("PARLANCE_TEST_ENGINE_PANIC", job::Crash::Engine),
-        ("PARLANCE_TEST_SEQUENCE_PANIC", job::Crash::Sequence),
-    ]
-    .into_iter()
-    .filter_map(|(var, crash)| {
-        let marker = std::env::var(var).ok().filter(|m| !m.is_empty())?;
-        Some((marker, crash))
-    })
-    .collect()
 }
 
 #[cfg(test)]

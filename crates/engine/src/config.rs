@@ -1,0 +1,180 @@
+//! What a local model is loaded with, and loading a GGUF as the kind of model its
+//! metadata says it is (chat, embedding, reranker).
+
+use crate::checks::check_gguf;
+use crate::{device, embed, EmbeddingModel, LocalModel};
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::LlamaModel;
+use parlance_core::InlineImages;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+/// The longest default context: a model trained on more gets this unless `-c` says.
+pub const DEFAULT_CTX: u32 = 32768;
+
+/// Prompt room kept beside `--max-output-tokens` when it sets the default context.
+const PROMPT_ROOM: u32 = 1024;
+
+/// llama-server's `-c 0`: the context the model was trained on (positions past it are
+/// extrapolated), capped at [`DEFAULT_CTX`]; more when `--max-output-tokens` asks for
+/// longer answers than that leaves room for (the BgGPT examples' `max_tokens: 16384`).
+pub fn default_ctx(train_ctx: u32, max_output_tokens: Option<u32>) -> u32 {
+    let wanted = max_output_tokens.map_or(0, |m| m.saturating_add(PROMPT_ROOM));
+    train_ctx.max(wanted).clamp(64, DEFAULT_CTX)
+}
+
+/// Generated tokens per choice when a request sets no `max_tokens`, and the most it may
+/// ask for, unless configured (capped by the model's training context): a request
+/// without a limit on a looping answer must not hold a slot for the whole context.
+pub const DEFAULT_MAX_OUTPUT: u32 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashAttention {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalModelConfig {
+    pub path: PathBuf,
+    /// Public model name; defaults to the file name without `.gguf`.
+    pub alias: Option<String>,
+    /// Context window in tokens: the KV cache all slots share, and so the most one
+    /// request (prompt + completion) can use. Default [`default_ctx`].
+    pub ctx: Option<u32>,
+    /// Sequences decoded together.
+    pub slots: usize,
+    pub threads: i32,
+    /// Tokens per decode step.
+    pub n_batch: usize,
+    /// Prompt tokens per step while other sequences generate.
+    pub prefill_chunk: usize,
+    /// Above 1: size those chunks so a step takes at most this many times a step
+    /// without prompt tokens (see `worker::pace`); otherwise `prefill_chunk`.
+    pub prefill_pace: f32,
+    /// Jobs that may wait for a slot before new ones get 429.
+    pub max_queue: usize,
+    /// Server-wide cap on generated tokens per choice (llama-server's `--n-predict`):
+    /// a larger `max_tokens` is lowered to it and ends with `finish_reason: "length"`.
+    pub n_predict: Option<u32>,
+    /// Default and ceiling of `max_tokens`; default the smaller of
+    /// [`DEFAULT_MAX_OUTPUT`] and the model's training context.
+    pub max_output_tokens: Option<u32>,
+    /// A Jinja chat template to use instead of the one in the GGUF.
+    pub chat_template: Option<String>,
+    pub flash_attention: FlashAttention,
+    /// Batch-invariant numerics (`--deterministic`): a seeded request gives the same
+    /// text alone or batched with others, at the cost of small micro-batches (slow
+    /// long prefills) and a pad token for a lone seeded sequence (see `job::UBATCH`).
+    pub deterministic: bool,
+    /// Layers offloaded to a GPU (`-ngl`); `None`: llama.cpp's default (all).
+    pub n_gpu_layers: Option<u32>,
+    /// The vision projector (mmproj GGUF) that lets this model take images.
+    pub mmproj: Option<PathBuf>,
+    /// Fetches `http(s)` images for it (with the server's SSRF rules); without one,
+    /// only data URLs are taken.
+    pub image_fetcher: Option<Arc<dyn InlineImages>>,
+}
+
+impl LocalModelConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        LocalModelConfig {
+            path: path.into(),
+            alias: None,
+            ctx: None,
+            slots: 4,
+            threads: std::thread::available_parallelism().map_or(4, |n| n.get() as i32),
+            n_batch: 512,
+            prefill_chunk: 256,
+            prefill_pace: 0.0,
+            max_queue: 64,
+            n_predict: None,
+            max_output_tokens: None,
+            chat_template: None,
+            flash_attention: FlashAttention::On,
+            deterministic: false,
+            n_gpu_layers: None,
+            mmproj: None,
+            image_fetcher: None,
+        }
+    }
+}
+
+/// A loaded GGUF: a chat model, or an embedding model when its metadata says it pools.
+pub enum Loaded {
+    Chat(LocalModel),
+    Embedding(EmbeddingModel),
+}
+
+/// Loads the GGUF and starts the engine thread its kind needs.
+pub fn load(cfg: LocalModelConfig) -> Result<Loaded, String> {
+    let model = open(&cfg)?;
+    let Some(pooling) = embed::Pooling::of(&model) else {
+        return LocalModel::with_model(cfg, model).map(Loaded::Chat);
+    };
+    let ctx = cfg
+        .ctx
+        .unwrap_or_else(|| model.n_ctx_train())
+        .clamp(8, 8192);
+    let info = embed::info(
+        &model,
+        pooling,
+        model_id(&cfg),
+        modified_secs(&cfg.path),
+        ctx,
+    );
+    let placement = embed::placement(cfg.n_gpu_layers, &model);
+    let m = EmbeddingModel::start(
+        model,
+        pooling,
+        info,
+        placement,
+        cfg.threads,
+        cfg.n_batch,
+        cfg.max_queue,
+    )?;
+    Ok(Loaded::Embedding(m))
+}
+
+/// The model's weights, after checking the file is a GGUF.
+pub(crate) fn open(cfg: &LocalModelConfig) -> Result<Arc<LlamaModel>, String> {
+    let path = &cfg.path;
+    check_gguf(path)?;
+    let backend = llama_backend()?;
+    let params = device::model_params(cfg.n_gpu_layers);
+    let model = LlamaModel::load_from_file(backend, path, &params)
+        .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+    Ok(Arc::new(model))
+}
+
+/// The model's name: its alias, else the file's name without `.gguf`.
+pub(crate) fn model_id(cfg: &LocalModelConfig) -> String {
+    cfg.alias.clone().unwrap_or_else(|| {
+        cfg.path
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+            .unwrap_or_else(|| "local".to_string())
+    })
+}
+
+/// When the file was last written, in Unix seconds (a model's `created`).
+pub(crate) fn modified_secs(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// llama.cpp's global state: initialised once per process.
+pub(crate) fn llama_backend() -> Result<&'static LlamaBackend, String> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| format!("cannot initialise llama.cpp: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
