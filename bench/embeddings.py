@@ -3,7 +3,10 @@
 context, side by side in one run: the vectors (cosine), throughput embedding short
 sentences in requests of 32 from 4 concurrent clients, and one-input latency.
 
-    python3 bench/embeddings.py [--sentences 2000] [--rounds 3]
+    python3 bench/embeddings.py [--sentences 2000] [--rounds 3] [--mixed]
+
+`--mixed`: also a chat stream's inter-token latency on SmolLM2, idle and while 4
+clients embed flat out on the same Parlance process.
 
 Needs: a release build of parlance, `bench/build-llama-server.sh` (llama-server), and
 `scripts/fetch-models.sh minilm`. Results go to bench/embeddings-results.md.
@@ -73,6 +76,57 @@ def latency(url: str, texts: list) -> float:
     return statistics.median(times)
 
 
+def itl_p99(base: str) -> float:
+    """Gaps between a greedy stream's content chunks, p99 over three streams (ms)."""
+    gaps = []
+    for _ in range(3):
+        body = {"model": "chat", "messages": [{"role": "user", "content": "Count to a hundred."}], "max_tokens": 96,
+                "ignore_eos": True, "temperature": 0, "stream": True}
+        req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        last = None
+        with urllib.request.urlopen(req, timeout=300) as r:
+            for line in r:
+                if line.startswith(b"data: {") and b'"content":"' in line:
+                    now = time.perf_counter()
+                    if last is not None:
+                        gaps.append((now - last) * 1000)
+                    last = now
+    gaps.sort()
+    return gaps[int(len(gaps) * 0.99) - 1]
+
+
+def mixed(texts: list, logs: str) -> list:
+    """ITL of a chat stream alone, then beside embeddings at full load, one process."""
+    port = free_port()
+    smol = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    p = subprocess.Popen([str(PARLANCE), "serve", "-m", str(smol), "--alias", "chat", "-m", str(GGUF), "--alias", "m",
+                          "--port", str(port), "--db", "none", "-t", THREADS],
+                         stdout=open(f"{logs}/mixed.log", "w"), stderr=subprocess.STDOUT, env=dict(os.environ, PARLANCE_LOG="error"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait(base + "/health")
+        itl_p99(base)  # warm-up
+        idle = itl_p99(base)
+        stop = [False]
+
+        def hammer(_):
+            while not stop[0]:
+                post(base + "/v1/embeddings", {"model": "m", "input": texts[:32]})
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(hammer, i) for i in range(4)]
+            time.sleep(1)
+            loaded = itl_p99(base)
+            stop[0] = True
+            for f in futures:
+                f.result()
+        return ["", f"Chat inter-token latency p99 (SmolLM2, greedy, 96 tokens, 3 streams) on the same process: idle "
+                    f"{idle:.2f} ms, while 4 clients embed flat out {loaded:.2f} ms ({loaded / idle:.2f}x)."]
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+
+
 def cosine(a, b) -> float:
     dot = sum(x * y for x, y in zip(a, b))
     return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
@@ -82,6 +136,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sentences", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--mixed", action="store_true")
     args = ap.parse_args()
     llama = subprocess.run([str(ROOT / "bench" / "build-llama-server.sh")], capture_output=True, text=True, check=True).stdout.strip()
     logs = tempfile.mkdtemp(prefix="parlance-emb-bench-")
@@ -125,6 +180,11 @@ def main() -> None:
             "",
             f"Vectors: worst cosine between the two servers over 64 inputs {worst:.7f}.",
         ]
+        if args.mixed:
+            for p in procs:
+                p.terminate()
+                p.wait(timeout=10)
+            lines += mixed(texts, logs)
         text = "\n".join(lines) + "\n"
         (ROOT / "bench" / "embeddings-results.md").write_text(text)
         print()

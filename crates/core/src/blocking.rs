@@ -47,10 +47,10 @@ pub async fn run<T: Send + 'static>(
     .map_err(|e| Error::internal(format!("CPU work failed: {e}")))
 }
 
-/// Blocking-pool threads run request preparation at a lower OS priority than the
+/// Blocking-pool threads (and the embedding engines) run at a lower OS priority than the
 /// threads that serve requests, so on a busy machine the scheduler favours answering
 /// (health checks, streams) over grinding through a huge prompt. Once per thread.
-fn lower_priority() {
+pub fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         thread_local! {

@@ -113,6 +113,9 @@ impl EmbeddingModel {
         std::thread::Builder::new()
             .name(format!("embed-{}", info.id))
             .spawn(move || {
+                // Embedding is throughput work: under contention the chat engines'
+                // streams go first (llama.cpp's compute threads inherit this).
+                parlance_core::blocking::lower_priority();
                 let model: &LlamaModel = &thread_model;
                 let made = crate::llama_backend().and_then(|b| {
                     model
