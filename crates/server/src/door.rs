@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use parlance_core::ir::{ChatRequest, StreamEvent};
+use parlance_core::ir::ChatRequest;
 use parlance_core::router::Route;
 use parlance_core::{Error, EventStream};
 use parlance_tenancy::limits::RateHeaders;
@@ -206,9 +206,8 @@ pub async fn start<D: Door>(
             }))
         }
     };
-    let events = watch(state, meter, events, &model, ctx);
     Ok(Started {
-        events: logged(events, Arc::clone(ctx), stream),
+        events: watch(state, meter, events, &model, ctx, stream),
         rate,
     })
 }
@@ -242,24 +241,6 @@ pub async fn answer<D: Door>(
         }
     };
     with_rate_headers(resp, &rate)
-}
-
-/// What the request log learns from the events: the usage, and for a stream the time
-/// of its first delta and how it ended when not normally.
-fn logged(mut events: EventStream, ctx: Arc<RequestCtx>, stream: bool) -> EventStream {
-    Box::pin(async_stream::stream! {
-        while let Some(ev) = events.next().await {
-            match &ev {
-                Ok(StreamEvent::Usage(u)) => ctx.set_usage(*u),
-                Ok(StreamEvent::Delta { .. }) if stream => ctx.first_token(),
-                Err(e) if stream => {
-                    ctx.set_outcome(format!("error:{}", e.code.as_deref().unwrap_or("stream_error")));
-                }
-                _ => {}
-            }
-            yield ev;
-        }
-    })
 }
 
 /// Prompt tokens the request's images take on its model (token counting endpoints);

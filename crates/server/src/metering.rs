@@ -561,19 +561,20 @@ pub async fn embedded<T>(
     }
 }
 
-/// The backend's events as every door passes them on: metered, timed for `/metrics`,
-/// and ended by a shutdown's deadline.
+/// The backend's events as every door passes them on: metered, timed for `/metrics`
+/// and the request log, and ended by a shutdown's deadline.
 pub fn watch(
     state: &crate::AppState,
     meter: Option<Meter>,
     events: EventStream,
     model: &str,
-    ctx: &RequestCtx,
+    ctx: &Arc<RequestCtx>,
+    stream: bool,
 ) -> EventStream {
     let events = match meter {
         Some(m) => metered(events, m),
         None => events,
     };
-    let events = crate::observe::observed(events, model.to_string(), ctx.started());
+    let events = crate::observe::observed(events, model.to_string(), Arc::clone(ctx), stream);
     state.shutdown.guard(events)
 }

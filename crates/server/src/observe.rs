@@ -1,6 +1,7 @@
 //! Prometheus metrics: what `GET /metrics` shows, and the stream observer that feeds
 //! time to first token, inter-token latency and token counts for every answer.
 
+use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -36,9 +37,17 @@ pub fn front_door(path: &str) -> &'static str {
     }
 }
 
-/// Passes the events through, timing the first delta (from `started`) and the gaps
-/// between deltas, and counting the tokens of the usage report.
-pub fn observed(mut events: EventStream, model: String, started: Instant) -> EventStream {
+/// Passes the events through, timing the first delta (from the request's start) and
+/// the gaps between deltas, and counting the tokens of the usage report; the request
+/// log learns the usage, and for a stream its first delta and how it ended when not
+/// normally.
+pub fn observed(
+    mut events: EventStream,
+    model: String,
+    ctx: Arc<RequestCtx>,
+    stream: bool,
+) -> EventStream {
+    let started = ctx.started();
     Box::pin(async_stream::stream! {
         let mut last: Option<Instant> = None;
         while let Some(ev) = events.next().await {
@@ -46,20 +55,29 @@ pub fn observed(mut events: EventStream, model: String, started: Instant) -> Eve
                 Ok(StreamEvent::Delta { .. }) => {
                     let now = Instant::now();
                     match last {
-                        None => metrics::histogram!("parlance_time_to_first_token_seconds", "model" => model.clone())
-                            .record(now.duration_since(started).as_secs_f64()),
+                        None => {
+                            if stream {
+                                ctx.first_token();
+                            }
+                            metrics::histogram!("parlance_time_to_first_token_seconds", "model" => model.clone())
+                                .record(now.duration_since(started).as_secs_f64());
+                        }
                         Some(prev) => metrics::histogram!("parlance_inter_token_latency_seconds", "model" => model.clone())
                             .record(now.duration_since(prev).as_secs_f64()),
                     }
                     last = Some(now);
                 }
                 Ok(StreamEvent::Usage(u)) => {
+                    ctx.set_usage(*u);
                     metrics::counter!("parlance_tokens_total", "model" => model.clone(), "kind" => "prompt")
                         .increment(u64::from(u.prompt_tokens));
                     metrics::counter!("parlance_tokens_total", "model" => model.clone(), "kind" => "completion")
                         .increment(u64::from(u.completion_tokens));
                     metrics::counter!("parlance_tokens_total", "model" => model.clone(), "kind" => "cached")
                         .increment(u64::from(u.cached_tokens));
+                }
+                Err(e) if stream => {
+                    ctx.set_outcome(format!("error:{}", e.code.as_deref().unwrap_or("stream_error")));
                 }
                 _ => {}
             }
