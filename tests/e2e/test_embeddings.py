@@ -347,3 +347,18 @@ def test_rerank_refusals(ranker):
     assert r.status_code == 400 and "reranker" in r.json()["error"]["message"]
     m = {x["id"]: x for x in requests.get(ranker.url + "/v1/models", timeout=10).json()["data"]}
     assert m["ranker"]["type"] == "rerank" and m["ranker"]["capabilities"]["rerank"] is True
+
+
+def test_pooling_flag_changes_how_embedding_models_pool_not_chat_models():
+    s = Server("-m", str(MINILM), "--alias", "minilm", "-m", str(SMOL), "--alias", "smol", "--pooling", "cls", "--db", "none")
+    try:
+        g = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        v = g.embeddings.create(model="minilm", input=SENTENCES[1]).data[0].embedding
+        ids = requests.post(s.url + "/tokenize", json={"content": SENTENCES[1], "model": "minilm"}, timeout=10).json()["tokens"]
+        cls = hidden(weights(), ids)[0]
+        assert cos(v, cls) >= 0.999
+        assert cos(v, reference(weights(), ids)) < 0.99, "still mean-pooled"
+        r = g.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+        assert r.choices[0].finish_reason in ("stop", "length")
+    finally:
+        s.stop()

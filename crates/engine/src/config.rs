@@ -75,6 +75,9 @@ pub struct LocalModelConfig {
     /// Fetches `http(s)` images for it (with the server's SSRF rules); without one,
     /// only data URLs are taken.
     pub image_fetcher: Option<Arc<dyn InlineImages>>,
+    /// `--pooling`: how an embedding model pools (mean, cls, last, rank) instead of
+    /// what its GGUF says; chat models are left alone.
+    pub pooling: Option<String>,
 }
 
 impl LocalModelConfig {
@@ -97,6 +100,7 @@ impl LocalModelConfig {
             n_gpu_layers: None,
             mmproj: None,
             image_fetcher: None,
+            pooling: None,
         }
     }
 }
@@ -110,8 +114,16 @@ pub enum Loaded {
 /// Loads the GGUF and starts the engine thread its kind needs.
 pub fn load(cfg: LocalModelConfig) -> Result<Loaded, String> {
     let model = open(&cfg)?;
-    let Some(pooling) = embed::Pooling::of(&model) else {
+    // `--pooling` changes how an embedding model pools, never what a chat model is
+    // (several models may be served beside each other).
+    let Some(declared) = embed::Pooling::of(&model) else {
         return LocalModel::with_model(cfg, model).map(Loaded::Chat);
+    };
+    let pooling = match cfg.pooling.as_deref() {
+        Some(name) => {
+            embed::Pooling::named(name).ok_or_else(|| format!("unknown pooling `{name}`"))?
+        }
+        None => declared,
     };
     let ctx = cfg
         .ctx

@@ -5,7 +5,7 @@
 //! decode, not 32.
 
 use crate::device;
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
@@ -49,6 +49,22 @@ impl Pooling {
             "3" => Some(Pooling::Last),
             "4" => Some(Pooling::Rank),
             _ => None,
+        }
+    }
+
+    /// `--pooling`'s words.
+    pub fn named(name: &str) -> Option<Pooling> {
+        [Pooling::Mean, Pooling::Cls, Pooling::Last, Pooling::Rank]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+
+    fn params(self) -> LlamaPoolingType {
+        match self {
+            Pooling::Mean => LlamaPoolingType::Mean,
+            Pooling::Cls => LlamaPoolingType::Cls,
+            Pooling::Last => LlamaPoolingType::Last,
+            Pooling::Rank => LlamaPoolingType::Rank,
         }
     }
 
@@ -96,6 +112,7 @@ impl EmbeddingModel {
         let n_batch = n_batch.max(ctx);
         let params = LlamaContextParams::default()
             .with_embeddings(true)
+            .with_pooling_type(pooling.params())
             .with_n_ctx(NonZeroU32::new(n_batch as u32))
             .with_n_batch(n_batch as u32)
             .with_n_ubatch(n_batch as u32)

@@ -117,6 +117,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PARLANCE_DETERMINISTIC")]
     pub deterministic: bool,
 
+    /// How embedding models pool their vectors (llama-server's flag): mean, cls, last,
+    /// or rank (a reranker). Default: what each GGUF says. Chat models are left alone.
+    #[arg(long, env = "PARLANCE_POOLING", value_parser = ["mean", "cls", "last", "rank"])]
+    pub pooling: Option<String>,
+
     /// Flash attention (`-fa` works too); faster on CPU for batched decoding.
     #[arg(long = "flash-attn", env = "PARLANCE_FLASH_ATTN", value_enum, default_value_t = FlashAttn::On)]
     pub flash_attn: FlashAttn,
@@ -636,6 +641,7 @@ fn load_local(
     cfg.max_output_tokens = args.max_output_tokens.filter(|&n| n > 0);
     cfg.chat_template = template.clone();
     cfg.deterministic = args.deterministic;
+    cfg.pooling = args.pooling.clone();
     cfg.n_gpu_layers = gpu_layers(spec.n_gpu_layers);
     cfg.flash_attention = match args.flash_attn {
         FlashAttn::On => FlashAttention::On,
