@@ -299,17 +299,24 @@ impl Backend for EmbeddingModel {
         }
     }
 
+    // Tokenizing is CPU work: on the blocking pool, as every model does it.
     async fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, Error> {
-        let toks = self.model.vocab().tokenize(text.as_bytes(), special, false);
-        Ok(toks.iter().map(|t| t.0 as u32).collect())
+        let (model, text) = (Arc::clone(&self.model), text.to_string());
+        parlance_core::blocking::run(text.len(), move || {
+            let toks = model.vocab().tokenize(text.as_bytes(), special, false);
+            toks.iter().map(|t| t.0 as u32).collect()
+        })
+        .await
     }
 
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
-        let mut out = Vec::with_capacity(texts.len());
-        for t in texts {
-            out.push(self.tokenize(t, true).await?.len() as u32);
-        }
-        Ok(out)
+        let (model, texts) = (Arc::clone(&self.model), texts.to_vec());
+        let bytes = texts.iter().map(String::len).sum();
+        parlance_core::blocking::run(bytes, move || {
+            let count = |t: &String| model.vocab().tokenize(t.as_bytes(), true, false).len() as u32;
+            texts.iter().map(count).collect()
+        })
+        .await
     }
 
     async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, Error> {
@@ -327,17 +334,12 @@ impl Backend for EmbeddingModel {
             ));
         }
         let bytes: usize = request.inputs.iter().map(EmbedInput::bytes).sum();
-        // Tokenizing megabytes is CPU work: off the async workers.
-        let inputs = if bytes < parlance_core::blocking::LARGE {
-            tokenize_inputs(&self.model, self.ctx, &request.inputs, request.truncate)?
-        } else {
-            let (model, ctx) = (Arc::clone(&self.model), self.ctx);
-            let (inputs, truncate) = (request.inputs, request.truncate);
-            parlance_core::blocking::run(bytes, move || {
-                tokenize_inputs(&model, ctx, &inputs, truncate)
-            })
-            .await??
-        };
+        let (model, ctx) = (Arc::clone(&self.model), self.ctx);
+        let (inputs, truncate) = (request.inputs, request.truncate);
+        let inputs = parlance_core::blocking::run(bytes, move || {
+            tokenize_inputs(&model, ctx, &inputs, truncate)
+        })
+        .await??;
         let input_tokens: Vec<u32> = inputs.iter().map(|i| i.len() as u32).collect();
         let prompt_tokens = input_tokens.iter().sum();
         Ok(Embeddings {

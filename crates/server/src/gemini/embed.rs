@@ -41,7 +41,7 @@ async fn run(
     body: Value,
 ) -> Result<Response, Error> {
     let batch = verb == "batchEmbedContents";
-    let requests: Vec<(Value, String)> = if batch {
+    let requests: Vec<(&Value, String)> = if batch {
         let list = body["requests"]
             .as_array()
             .filter(|l| !l.is_empty())
@@ -59,10 +59,10 @@ async fn run(
         }
         list.iter()
             .enumerate()
-            .map(|(i, r)| (r.clone(), format!("requests[{i}]")))
+            .map(|(i, r)| (r, format!("requests[{i}]")))
             .collect()
     } else {
-        vec![(body, String::new())]
+        vec![(&body, String::new())]
     };
     let route = state.router.resolve(model)?;
     let mut inputs = Vec::with_capacity(requests.len());

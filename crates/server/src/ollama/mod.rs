@@ -35,11 +35,7 @@ pub async fn chat(
     Extension(principal): Extension<Principal>,
     body: Body,
 ) -> Result<Response, Refusal<Ollama>> {
-    let body: Value = read_json(body, state.body_limit).await?;
-    ctx.set_model(body["model"].as_str().unwrap_or_default());
-    let req = request::chat(&body)?;
-    let door = Ollama::new(&req.model, false, ctx.started());
-    Ok(crate::door::chat(&state, &ctx, &principal, door, req).await)
+    answer(&state, &ctx, &principal, body, false).await
 }
 
 pub async fn generate(
@@ -48,11 +44,26 @@ pub async fn generate(
     Extension(principal): Extension<Principal>,
     body: Body,
 ) -> Result<Response, Refusal<Ollama>> {
+    answer(&state, &ctx, &principal, body, true).await
+}
+
+/// `/api/chat` or (`generate`) `/api/generate`, through the one pipeline.
+async fn answer(
+    state: &AppState,
+    ctx: &Arc<RequestCtx>,
+    principal: &Principal,
+    body: Body,
+    generate: bool,
+) -> Result<Response, Refusal<Ollama>> {
     let body: Value = read_json(body, state.body_limit).await?;
     ctx.set_model(body["model"].as_str().unwrap_or_default());
-    let req = request::generate(&body)?;
-    let door = Ollama::new(&req.model, true, ctx.started());
-    Ok(crate::door::chat(&state, &ctx, &principal, door, req).await)
+    let req = if generate {
+        request::generate(&body)?
+    } else {
+        request::chat(&body)?
+    };
+    let door = Ollama::new(&req.model, generate, ctx.started());
+    Ok(crate::door::chat(state, ctx, principal, door, req).await)
 }
 
 /// Ollama's chat and generate answers.
