@@ -31,6 +31,9 @@ def test_chat_whole_and_streamed(oc):
     assert all(not p.done for p in parts[:-1]) and parts[-1].done
     assert "".join(p.message.content for p in parts) == r.message.content
     assert parts[-1].eval_count == r.eval_count
+    # num_predict -1 is Ollama's "no limit": the server's cap applies.
+    r = oc.chat(model=MODEL, messages=msgs, options={"temperature": 0, "num_predict": -1})
+    assert r.done and r.eval_count > 0
 
 
 def test_generate_and_raw(oc):

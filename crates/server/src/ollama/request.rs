@@ -120,7 +120,13 @@ fn common(body: &Value) -> Map<String, Value> {
         json!(body["stream"].as_bool().unwrap_or(true)),
     );
     for (from, to) in OPTIONS {
-        if let Some(v) = body["options"].get(*from).filter(|v| !v.is_null()) {
+        // Ollama's num_predict -1 (no limit) and -2 (fill the context) leave the cap
+        // to the server.
+        let unlimited = |v: &&Value| *from == "num_predict" && v.as_i64().is_some_and(|n| n < 0);
+        if let Some(v) = body["options"]
+            .get(*from)
+            .filter(|v| !v.is_null() && !unlimited(v))
+        {
             oa.insert((*to).into(), v.clone());
         }
     }
