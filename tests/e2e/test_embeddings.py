@@ -333,6 +333,84 @@ def test_rerank_scores_match_an_independent_forward_pass(ranker):
     assert [x["index"] for x in top["results"]] == [results[0]["index"]] and "document" not in top["results"][0]
 
 
+def test_catalog_matryoshka_shortening_and_rerank_through_an_upstream(srv, c, ranker):
+    """A catalog declares which embedding models shorten (`matryoshka = true`): local or
+    upstream, every door cuts their vectors and renormalizes; rerank reaches an upstream's
+    `/v1/rerank` through a pool. (MiniLM is not Matryoshka-trained: the catalog's word is
+    taken, which is what is tested.)"""
+    d = tempfile.mkdtemp(prefix="parlance-emb-mrl-")
+    cfg = f"{d}/gw.toml"
+    with open(cfg, "w") as f:
+        f.write(f"""
+[providers.up]
+kind = "openai"
+base_url = "{srv.url}/v1"
+api_key = "{srv.key['key']}"
+
+[providers.ranks]
+kind = "openai"
+base_url = "{ranker.url}/v1"
+api_key = "x"
+
+[[models]]
+name = "short-up"
+type = "embedding"
+dimensions = 384
+matryoshka = true
+deployments = [{{ provider = "up", model = "minilm" }}]
+
+[[models]]
+name = "short-local"
+matryoshka = true
+deployments = [{{ gguf = "{MINILM}" }}]
+
+[[models]]
+name = "rank-up"
+type = "rerank"
+deployments = [{{ provider = "ranks", model = "ranker" }}]
+""")
+    gw = Server("--config", cfg, "--db", "none")
+    try:
+        g = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        full = c.embeddings.create(model="minilm", input=SENTENCES).data
+        for model in ("short-up", "short-local"):
+            got = g.embeddings.create(model=model, input=SENTENCES, dimensions=128).data
+            for a, b in zip(got, full):
+                assert len(a.embedding) == 128
+                assert abs(np.linalg.norm(a.embedding) - 1) < 1e-5
+                assert cos(a.embedding, b.embedding[:128]) >= 0.999999
+            assert len(g.embeddings.create(model=model, input="x", dimensions=384).data[0].embedding) == 384
+            for asked in (385, 0):
+                r = requests.post(gw.url + "/v1/embeddings", json={"model": model, "input": "x", "dimensions": asked}, timeout=30)
+                assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions", r.text
+        m = requests.get(gw.url + "/v1/models/short-local", timeout=10).json()
+        assert m["type"] == "embedding" and m["dimensions"] == 384
+        # Gemini's outputDimensionality, per request of a batch; Ollama's dimensions.
+        r = requests.post(gw.url + "/v1beta/models/short-local:batchEmbedContents", json={"requests": [
+            {"content": {"parts": [{"text": SENTENCES[0]}]}, "outputDimensionality": 64},
+            {"content": {"parts": [{"text": SENTENCES[1]}]}}]}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert [len(e["values"]) for e in r.json()["embeddings"]] == [64, 384]
+        assert cos(r.json()["embeddings"][0]["values"], full[0].embedding[:64]) >= 0.999999
+        r = requests.post(gw.url + "/api/embed", json={"model": "short-up", "input": SENTENCES[2], "dimensions": 32}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert cos(r.json()["embeddings"][0], full[2].embedding[:32]) >= 0.999999
+        # A model not declared Matryoshka still refuses to shorten, in each door's shape.
+        r = requests.post(ranker.url + "/v1beta/models/minilm:embedContent", json={
+            "content": {"parts": [{"text": "x"}]}, "outputDimensionality": 64}, timeout=30)
+        assert r.status_code == 400 and "outputDimensionality" in r.json()["error"]["message"], r.text
+
+        docs = ["Sofia is the capital of Bulgaria.", "Cats sleep a lot."]
+        direct = rerank(ranker, {"model": "ranker", "query": "Where is Sofia?", "documents": docs}).json()
+        via = rerank(gw, {"model": "rank-up", "query": "Where is Sofia?", "documents": docs}, "/v2/rerank")
+        assert via.status_code == 200, via.text
+        assert [(x["index"], round(x["relevance_score"], 5)) for x in via.json()["results"]] == \
+            [(x["index"], round(x["relevance_score"], 5)) for x in direct["results"]]
+        assert via.json()["usage"]["prompt_tokens"] == direct["usage"]["prompt_tokens"]
+    finally:
+        gw.stop()
+
+
 def test_rerank_refusals(ranker):
     ok = {"model": "ranker", "query": "q", "documents": ["a"]}
     for body, param in [({**ok, "query": ""}, "query"), ({**ok, "documents": []}, "documents"),

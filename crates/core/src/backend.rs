@@ -38,6 +38,9 @@ pub struct ModelInfo {
     pub capabilities: Capabilities,
     /// The length of its vectors, for embedding models.
     pub dimensions: Option<u32>,
+    /// Trained so that a prefix of its vectors is a good shorter vector (Matryoshka
+    /// representation learning): callers may ask for fewer dimensions.
+    pub matryoshka: bool,
     /// USD per million tokens, for metering; `None`: free (local models).
     pub price: Option<Price>,
 }

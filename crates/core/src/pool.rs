@@ -117,14 +117,30 @@ pub struct Pool {
     fallbacks: OnceLock<Vec<Arc<Pool>>>,
 }
 
-/// Decrements a deployment's in-flight count when the request's stream is dropped.
-struct InFlight(Arc<Health>);
+/// One attempt on a deployment: counted in flight until dropped (with a stream, when
+/// the stream is), and the way the attempt reports how its answer ended.
+struct InFlight {
+    health: Arc<Health>,
+    cooldown: Duration,
+    threshold: u32,
+}
+
+impl InFlight {
+    fn succeeded(&self) {
+        self.health.succeeded();
+    }
+
+    fn failed(&self) {
+        self.health.failed(self.cooldown, self.threshold);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.health.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
 
 impl Pool {
     pub fn new(model: impl Into<String>, deployments: Vec<Deployment>, policy: PoolPolicy) -> Self {
@@ -246,15 +262,20 @@ impl Pool {
         candidates[0]
     }
 
-    /// Tries deployments (with retries) but not fallbacks; a stream is returned only
-    /// once its first event arrived, so every failure before it can still be retried.
-    async fn try_deployments(&self, request: &ChatRequest) -> Result<EventStream, Error> {
+    /// Tries deployments (with retries) but not fallbacks. `call` makes one attempt on
+    /// one deployment and is handed the deployment's in-flight guard, which it keeps for
+    /// as long as the answer is being made (a stream keeps it to its end).
+    async fn try_deployments<T, F, Fut>(&self, session: Option<&str>, call: &F) -> Result<T, Error>
+    where
+        F: Fn(Arc<dyn Backend>, InFlight) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
         let mut tried: Vec<usize> = Vec::new();
         // Deployments that failed in a way retrying cannot fix (bad key, unknown model).
         let mut excluded: Vec<usize> = Vec::new();
         let mut last: Option<Error> = None;
         for attempt in 0..=self.policy.retries {
-            let Some(i) = self.pick(&tried, &excluded, request.context.session.as_deref()) else {
+            let Some(i) = self.pick(&tried, &excluded, session) else {
                 break;
             };
             if attempt > 0 {
@@ -275,47 +296,26 @@ impl Pool {
             let slot = &self.slots[i];
             slot.health.in_flight.fetch_add(1, Ordering::Relaxed);
             slot.health.attempts.fetch_add(1, Ordering::Relaxed);
-            let guard = InFlight(Arc::clone(&slot.health));
-            match first_event(slot.d.backend.chat(request.clone()).await).await {
-                Ok(stream) => {
-                    let (cooldown, threshold) =
-                        (self.policy.cooldown, self.policy.failure_threshold);
-                    // Health is judged on the whole answer: a deployment that breaks its
-                    // streams midway is unhealthy even though it is too late to retry.
-                    return Ok(Box::pin(async_stream::stream! {
-                        let mut stream = stream;
-                        let mut broke = false;
-                        while let Some(item) = stream.next().await {
-                            if let Err(e) = &item {
-                                if e.retryable || matches!(e.kind, ErrorKind::Upstream | ErrorKind::Timeout) {
-                                    guard.0.failed(cooldown, threshold);
-                                    broke = true;
-                                }
-                            }
-                            yield item;
-                        }
-                        if !broke {
-                            guard.0.succeeded();
-                        }
-                    }));
-                }
-                Err(e) => {
-                    drop(guard);
-                    if !e.retryable {
-                        return Err(e);
-                    }
-                    if e.deployment_fault {
-                        // A bad key or model will not fix itself: bench it at once.
-                        excluded.push(i);
-                        slot.health.failed(self.policy.cooldown, 1);
-                    } else {
-                        slot.health
-                            .failed(self.policy.cooldown, self.policy.failure_threshold);
-                    }
-                    tracing::warn!(model = %self.model, deployment = %slot.d.name, attempt, error = %e, "deployment failed");
-                    last = Some(e);
-                }
+            let guard = InFlight {
+                health: Arc::clone(&slot.health),
+                cooldown: self.policy.cooldown,
+                threshold: self.policy.failure_threshold,
+            };
+            let e = match call(Arc::clone(&slot.d.backend), guard).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if !e.retryable => return Err(e),
+                Err(e) => e,
+            };
+            if e.deployment_fault {
+                // A bad key or model will not fix itself: bench it at once.
+                excluded.push(i);
+                slot.health.failed(self.policy.cooldown, 1);
+            } else {
+                slot.health
+                    .failed(self.policy.cooldown, self.policy.failure_threshold);
             }
+            tracing::warn!(model = %self.model, deployment = %slot.d.name, attempt, error = %e, "deployment failed");
+            last = Some(e);
         }
         Err(last.unwrap_or_else(|| {
             Error::new(
@@ -325,18 +325,49 @@ impl Pool {
             .retryable()
         }))
     }
+
+    /// This pool's deployments, then each fallback model's (never a fallback's own
+    /// fallbacks: no cycles), until one answers or an error retrying cannot fix.
+    async fn serve<T, F, Fut>(&self, session: Option<&str>, call: F) -> Result<T, Error>
+    where
+        F: Fn(Arc<dyn Backend>, InFlight) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let err = match self.try_deployments(session, &call).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if !e.retryable => return Err(e),
+            Err(e) => e,
+        };
+        for fb in self.fallbacks.get().map(Vec::as_slice).unwrap_or_default() {
+            tracing::warn!(model = %self.model, fallback = %fb.model, "falling back");
+            match fb.try_deployments(session, &call).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if !e.retryable => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Err(err)
+    }
 }
 
-impl Pool {
-    /// The first deployment that can serve (embeddings and rerank do not retry yet).
-    fn serving(&self) -> Result<&Arc<dyn Backend>, Error> {
-        self.slots
-            .iter()
-            .find(|s| s.d.backend.health().is_ok())
-            .or_else(|| self.slots.first())
-            .map(|s| &s.d.backend)
-            .ok_or_else(|| Error::new(ErrorKind::Unavailable, "this model has no deployments"))
-    }
+/// A stream whose deployment's health is judged on the whole answer: one that breaks
+/// its streams midway is unhealthy even though it is too late to retry.
+fn judged(mut stream: EventStream, guard: InFlight) -> EventStream {
+    Box::pin(async_stream::stream! {
+        let mut broke = false;
+        while let Some(item) = stream.next().await {
+            if let Err(e) = &item {
+                if e.retryable || matches!(e.kind, ErrorKind::Upstream | ErrorKind::Timeout) {
+                    guard.failed();
+                    broke = true;
+                }
+            }
+            yield item;
+        }
+        if !broke {
+            guard.succeeded();
+        }
+    })
 }
 
 /// Waits for a stream's first event: an error there counts as the call failing.
@@ -355,22 +386,18 @@ async fn first_event(started: Result<EventStream, Error>) -> Result<EventStream,
 
 #[async_trait]
 impl Backend for Pool {
+    /// A stream is returned only once its first event arrived, so every failure before
+    /// it can still be retried.
     async fn chat(&self, request: ChatRequest) -> Result<EventStream, Error> {
-        let err = match self.try_deployments(&request).await {
-            Ok(s) => return Ok(s),
-            Err(e) if !e.retryable => return Err(e),
-            Err(e) => e,
-        };
-        // Fallback models use their own deployments, never their own fallbacks: no cycles.
-        for fb in self.fallbacks.get().map(Vec::as_slice).unwrap_or_default() {
-            tracing::warn!(model = %self.model, fallback = %fb.model, "falling back");
-            match fb.try_deployments(&request).await {
-                Ok(s) => return Ok(s),
-                Err(e) if !e.retryable => return Err(e),
-                Err(_) => {}
+        let session = request.context.session.clone();
+        let call = |backend: Arc<dyn Backend>, guard: InFlight| {
+            let request = request.clone();
+            async move {
+                let stream = first_event(backend.chat(request).await).await?;
+                Ok(judged(stream, guard))
             }
-        }
-        Err(err)
+        };
+        self.serve(session.as_deref(), call).await
     }
 
     /// The local deployments' slots and queues, summed (`None`: all are upstreams).
@@ -419,19 +446,35 @@ impl Backend for Pool {
         }
     }
 
-    /// The first deployment that can serve makes them.
+    /// Retried and falling back as chat is; an answer is whole, so it is judged at once.
     async fn embed(
         &self,
         request: crate::embed::EmbedRequest,
     ) -> Result<crate::embed::Embeddings, Error> {
-        self.serving()?.embed(request).await
+        let call = |backend: Arc<dyn Backend>, guard: InFlight| {
+            let request = request.clone();
+            async move {
+                let made = backend.embed(request).await?;
+                guard.succeeded();
+                Ok(made)
+            }
+        };
+        self.serve(None, call).await
     }
 
     async fn rerank(
         &self,
         request: crate::embed::RerankRequest,
     ) -> Result<crate::embed::Scores, Error> {
-        self.serving()?.rerank(request).await
+        let call = |backend: Arc<dyn Backend>, guard: InFlight| {
+            let request = request.clone();
+            async move {
+                let scored = backend.rerank(request).await?;
+                guard.succeeded();
+                Ok(scored)
+            }
+        };
+        self.serve(None, call).await
     }
 
     /// Healthy while any deployment can serve.

@@ -484,6 +484,8 @@ pub(crate) fn info(
             ..Capabilities::default()
         },
         dimensions: (!rerank).then(|| model.n_embd_out().max(0) as u32),
+        // GGUF metadata does not say; the catalog declares it.
+        matryoshka: false,
         price: None,
     }
 }

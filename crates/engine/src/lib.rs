@@ -254,6 +254,7 @@ impl LocalModel {
                 rerank: false,
             },
             dimensions: None,
+            matryoshka: false,
         };
         let max_piece_bytes = vocab
             .tokens()

@@ -184,7 +184,11 @@ fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str
             .or_else(|| local.map(|l| l.owned_by.clone()))
             .unwrap_or_else(|| "parlance".into()),
         created,
-        kind: m.kind.clone().unwrap_or_else(|| "chat".into()),
+        kind: m
+            .kind
+            .clone()
+            .or_else(|| local.map(|l| l.kind.clone()))
+            .unwrap_or_else(|| "chat".into()),
         context_length: m
             .context_length
             .or(local.map(|l| l.context_length))
@@ -194,6 +198,9 @@ fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str
             .or(local.and_then(|l| l.max_output_tokens)),
         price: m.price,
         dimensions: m.dimensions.or(local.and_then(|l| l.dimensions)),
+        matryoshka: m
+            .matryoshka
+            .unwrap_or(local.is_some_and(|l| l.matryoshka)),
         capabilities: Capabilities {
             vision: m.vision.unwrap_or(caps.vision),
             tools: m.tools.unwrap_or(caps.tools),

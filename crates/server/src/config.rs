@@ -123,6 +123,9 @@ pub struct ModelSection {
     pub tools: Option<bool>,
     /// The length of an embedding model's vectors (`type = "embedding"`).
     pub dimensions: Option<u32>,
+    /// An embedding model trained for shortened vectors (Matryoshka): callers may ask
+    /// for fewer `dimensions`, cut and renormalized.
+    pub matryoshka: Option<bool>,
     /// Overrides `[routing]` for this model.
     #[serde(default)]
     pub routing: RoutingSection,

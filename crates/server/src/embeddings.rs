@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
-use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings};
+use parlance_core::embed::{shortening, EmbedInput, EmbedRequest, Embeddings};
 use parlance_core::Error;
 use parlance_protocol::embeddings as wire;
 use serde_json::Value;
@@ -46,20 +46,10 @@ pub async fn create(
     };
     let inputs = inputs(req.input)?;
     let route = state.router.resolve(&req.model)?;
-    if let Some(asked) = req.dimensions {
-        match route.info.dimensions {
-            Some(n) if n == asked => {}
-            Some(n) => {
-                return Err(Error::invalid_param(
-                    "dimensions",
-                    format!("This model makes {n}-dimensional vectors and cannot shorten them; leave 'dimensions' out or send {n}."),
-                )
-                .with_code("unsupported")
-                .into())
-            }
-            None => {} // not an embedding model: the backend says so
-        }
-    }
+    let shorten = match req.dimensions {
+        Some(asked) => shortening(&route.info, asked, "dimensions")?,
+        None => None,
+    };
     if req.truncate_prompt_tokens == Some(0) {
         return Err(Error::invalid_param(
             "truncate_prompt_tokens",
@@ -85,10 +75,13 @@ pub async fn create(
         work,
         tokens,
     );
-    let (made, rate) = match metered.await {
+    let (mut made, rate) = match metered.await {
         Ok(done) => done,
         Err((e, rate)) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
     };
+    if let Some(k) = shorten {
+        made.shorten(k, "dimensions")?;
+    }
     let counts = made.input_tokens.unwrap_or_default();
     let data = made
         .vectors

@@ -108,6 +108,7 @@ fn app_with(
         max_output_tokens: Some(1000),
         price: None,
         dimensions: None,
+        matryoshka: false,
         capabilities: Capabilities {
             chat: true,
             ..Capabilities::default()

@@ -1,9 +1,11 @@
 //! Embeddings through upstreams that serve OpenAI's `POST /embeddings` (vLLM, SGLang,
-//! llama-server, TEI, Ollama, OpenAI itself) and GigaChat's (its OAuth as for chat).
+//! llama-server, TEI, Ollama, OpenAI itself), GigaChat's (its OAuth as for chat) and
+//! Gemini's `batchEmbedContents`; rerank through the Cohere-style `POST /rerank` that
+//! vLLM, llama-server, Jina and Cohere serve.
 
 use crate::dialect::{self, AuthStyle, Call};
 use crate::{http, Provider, ProviderKind};
-use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings};
+use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings, RerankRequest, Scores};
 use parlance_core::{Error, ErrorKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -31,17 +33,25 @@ struct Usage {
     prompt_tokens: u32,
 }
 
+/// The upstream's own count when it gives one, else the estimate TPM limits use.
+fn estimated(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+fn unsupported(p: &Provider, what: &str) -> Error {
+    Error::invalid_param(
+        "model",
+        format!("upstream `{}` has no {what} API Parlance speaks", p.cfg.name),
+    )
+    .with_code("unsupported")
+}
+
 pub async fn embed(p: &Provider, model: &str, req: EmbedRequest) -> Result<Embeddings, Error> {
     let gigachat = p.cfg.kind == ProviderKind::GigaChat;
-    if !matches!(p.cfg.kind, ProviderKind::OpenAi | ProviderKind::GigaChat) {
-        return Err(Error::invalid_param(
-            "model",
-            format!(
-                "upstream `{}` has no embeddings API Parlance speaks",
-                p.cfg.name
-            ),
-        )
-        .with_code("unsupported"));
+    match p.cfg.kind {
+        ProviderKind::OpenAi | ProviderKind::GigaChat => {}
+        ProviderKind::Gemini => return gemini(p, model, req).await,
+        ProviderKind::Anthropic => return Err(unsupported(p, "embeddings")),
     }
     let n = req.inputs.len();
     let mut input = Vec::with_capacity(n);
@@ -99,5 +109,127 @@ pub async fn embed(p: &Provider, model: &str, req: EmbedRequest) -> Result<Embed
         vectors: items.into_iter().map(|it| it.embedding).collect(),
         prompt_tokens,
         input_tokens: per_input,
+    })
+}
+
+#[derive(Deserialize)]
+struct GeminiAnswer {
+    embeddings: Vec<GeminiVector>,
+}
+
+#[derive(Deserialize)]
+struct GeminiVector {
+    values: Vec<f32>,
+}
+
+/// Gemini's `models/{model}:batchEmbedContents`: text only, and no token counts in the
+/// answer (so usage is the estimate).
+async fn gemini(p: &Provider, model: &str, req: EmbedRequest) -> Result<Embeddings, Error> {
+    let n = req.inputs.len();
+    let bytes: usize = req.inputs.iter().map(EmbedInput::bytes).sum();
+    let mut requests = Vec::with_capacity(n);
+    for (i, item) in req.inputs.into_iter().enumerate() {
+        let EmbedInput::Text(text) = item else {
+            return Err(Error::invalid_param(
+                format!("input[{i}]"),
+                "this model takes text only, not token ids",
+            ));
+        };
+        requests.push(json!({
+            "model": format!("models/{model}"),
+            "content": {"parts": [{"text": text}]},
+        }));
+    }
+    let call = Call {
+        url: format!("{}/models/{model}:batchEmbedContents", p.cfg.base_url),
+        body: json!({"requests": requests}),
+        auth: AuthStyle::GoogApiKey,
+        extra_headers: Vec::new(),
+    };
+    let resp = http::send(p, &call).await?;
+    let bytes_in = http::read_body(p, resp).await?;
+    let answer: GeminiAnswer = dialect::parse_json(&bytes_in, "embeddings answer")
+        .map_err(|e| http::from_upstream(&p.cfg.name, e))?;
+    if answer.embeddings.len() != n {
+        return Err(Error::new(
+            ErrorKind::Upstream,
+            format!(
+                "upstream `{}` embedded {} of {n} inputs",
+                p.cfg.name,
+                answer.embeddings.len()
+            ),
+        ));
+    }
+    Ok(Embeddings {
+        vectors: answer.embeddings.into_iter().map(|v| v.values).collect(),
+        prompt_tokens: estimated(bytes),
+        input_tokens: None,
+    })
+}
+
+#[derive(Deserialize)]
+struct RerankAnswer {
+    results: Vec<Ranked>,
+    #[serde(default)]
+    usage: Option<RerankUsage>,
+}
+
+#[derive(Deserialize)]
+struct Ranked {
+    index: usize,
+    relevance_score: f32,
+}
+
+/// vLLM and Jina say `total_tokens`, llama-server both.
+#[derive(Deserialize)]
+struct RerankUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u32>,
+    #[serde(default)]
+    total_tokens: Option<u32>,
+}
+
+/// The Cohere-style `POST {base}/rerank`; its results come sorted by score, so they
+/// are put back in document order, and every document must have one.
+pub async fn rerank(p: &Provider, model: &str, req: RerankRequest) -> Result<Scores, Error> {
+    if p.cfg.kind != ProviderKind::OpenAi {
+        return Err(unsupported(p, "rerank"));
+    }
+    let n = req.documents.len();
+    let bytes = req.query.len() * n + req.documents.iter().map(String::len).sum::<usize>();
+    let call = Call {
+        url: format!("{}/rerank", p.cfg.base_url),
+        body: json!({"model": model, "query": req.query, "documents": req.documents, "top_n": n}),
+        auth: AuthStyle::Bearer,
+        extra_headers: Vec::new(),
+    };
+    let resp = http::send(p, &call).await?;
+    let body = http::read_body(p, resp).await?;
+    let answer: RerankAnswer = dialect::parse_json(&body, "rerank answer")
+        .map_err(|e| http::from_upstream(&p.cfg.name, e))?;
+    let mut scores: Vec<Option<f32>> = vec![None; n];
+    for r in &answer.results {
+        if let Some(slot) = scores.get_mut(r.index) {
+            *slot = Some(r.relevance_score);
+        }
+    }
+    let scores: Option<Vec<f32>> = scores.into_iter().collect();
+    let Some(scores) = scores else {
+        return Err(Error::new(
+            ErrorKind::Upstream,
+            format!(
+                "upstream `{}` scored {} of {n} documents",
+                p.cfg.name,
+                answer.results.len()
+            ),
+        ));
+    };
+    let prompt_tokens = answer
+        .usage
+        .and_then(|u| u.prompt_tokens.or(u.total_tokens))
+        .unwrap_or_else(|| estimated(bytes));
+    Ok(Scores {
+        scores,
+        prompt_tokens,
     })
 }

@@ -326,6 +326,13 @@ impl Backend for UpstreamModel {
     ) -> Result<parlance_core::embed::Embeddings, Error> {
         embed::embed(&self.provider, &self.model, request).await
     }
+
+    async fn rerank(
+        &self,
+        request: parlance_core::embed::RerankRequest,
+    ) -> Result<parlance_core::embed::Scores, Error> {
+        embed::rerank(&self.provider, &self.model, request).await
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -10,7 +10,7 @@ use crate::reqlog::RequestCtx;
 use crate::AppState;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings};
+use parlance_core::embed::{shortening, EmbedInput, EmbedRequest, Embeddings};
 use parlance_core::Error;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -66,6 +66,8 @@ async fn run(
     };
     let route = state.router.resolve(model)?;
     let mut inputs = Vec::with_capacity(requests.len());
+    // Per request: the length to cut its vector to, and the field that asked.
+    let mut shorten = Vec::with_capacity(requests.len());
     for (r, at) in &requests {
         let field = |f: &str| {
             if at.is_empty() {
@@ -79,17 +81,15 @@ async fn run(
             .get("outputDimensionality")
             .or_else(|| r.get("output_dimensionality"))
             .and_then(Value::as_u64);
-        if let (Some(asked), Some(n)) = (dims, route.info.dimensions) {
-            if asked != u64::from(n) {
-                let f = field("outputDimensionality");
-                return Err(Error::invalid_param(
-                    &f,
-                    format!(
-                        "* {f}: this model makes {n}-dimensional vectors and cannot shorten them"
-                    ),
-                ));
+        let f = field("outputDimensionality");
+        shorten.push(match dims {
+            Some(asked) => {
+                let asked = u32::try_from(asked).unwrap_or(u32::MAX);
+                shortening(&route.info, asked, &f).map_err(|e| gemini_worded(e, &f))?
             }
+            None => None,
         }
+        .map(|k| (k, f)));
     }
     let bytes = inputs.iter().map(EmbedInput::bytes).sum();
     let ir = EmbedRequest {
@@ -109,7 +109,7 @@ async fn run(
         work,
         tokens,
     );
-    let (made, rate) = match metered.await {
+    let (mut made, rate) = match metered.await {
         Ok(done) => done,
         Err((e, rate)) => {
             // Parts named as this door names them.
@@ -120,6 +120,11 @@ async fn run(
             ));
         }
     };
+    for (v, asked) in made.vectors.iter_mut().zip(&shorten) {
+        if let Some((k, f)) = asked {
+            parlance_core::embed::shorten(v, *k, f).map_err(|e| gemini_worded(e, f))?;
+        }
+    }
     let mut vectors = made.vectors.into_iter().map(|v| json!({"values": v}));
     let body = if batch {
         json!({"embeddings": vectors.collect::<Vec<_>>()})
@@ -175,5 +180,11 @@ fn rename_inputs(mut e: Error, batch: bool) -> Error {
             e.param = Some(named);
         }
     }
+    e
+}
+
+/// Gemini's errors name the field first, as `* field: what is wrong`.
+fn gemini_worded(mut e: Error, field: &str) -> Error {
+    e.message = format!("* {field}: {}", e.message);
     e
 }

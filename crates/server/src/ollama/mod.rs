@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
-use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings};
+use parlance_core::embed::{shortening, EmbedInput, EmbedRequest, Embeddings};
 use parlance_core::ir::{FinishReason, StreamEvent, Usage};
 use parlance_core::{Error, EventStream, ModelInfo};
 use parlance_tenancy::store::rfc3339;
@@ -250,7 +250,8 @@ impl Door for Ollama {
     }
 }
 
-/// `POST /api/embed`: `{model, input: string | [string], truncate}` -> `{embeddings}`;
+/// `POST /api/embed`: `{model, input: string | [string], truncate, dimensions}` ->
+/// `{embeddings}`;
 /// `POST /api/embeddings` (the older form): `{model, prompt}` -> `{embedding}`.
 pub async fn embed(
     State(state): State<Arc<AppState>>,
@@ -276,6 +277,13 @@ pub async fn embed(
         _ => return Err(Error::invalid_param("input", "input is required").into()),
     };
     let route = state.router.resolve(&model)?;
+    let shorten = match body["dimensions"].as_u64() {
+        Some(asked) => {
+            let asked = u32::try_from(asked).unwrap_or(u32::MAX);
+            shortening(&route.info, asked, "dimensions")?
+        }
+        None => None,
+    };
     let bytes = texts.iter().map(String::len).sum();
     // Ollama cuts long inputs to the context unless told not to.
     let truncate = (body["truncate"].as_bool() != Some(false)).then_some(u32::MAX);
@@ -297,7 +305,7 @@ pub async fn embed(
         work,
         tokens,
     );
-    let (made, rate) = match metered.await {
+    let (mut made, rate) = match metered.await {
         Ok(done) => done,
         Err((e, rate)) => {
             return Ok(with_rate_headers(
@@ -306,6 +314,9 @@ pub async fn embed(
             ))
         }
     };
+    if let Some(k) = shorten {
+        made.shorten(k, "dimensions")?;
+    }
     let body = if legacy {
         json!({"embedding": made.vectors.into_iter().next().unwrap_or_default()})
     } else {
