@@ -132,6 +132,11 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Loaded or not, for models loaded on demand; `None`: always loaded.
+    fn residency(&self) -> Option<crate::lazy::Residency> {
+        None
+    }
+
     /// Its deployments, presets and fallbacks; a plain backend is one anonymous
     /// deployment, shown by its load alone.
     fn composition(&self) -> Composition {

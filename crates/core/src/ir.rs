@@ -334,6 +334,9 @@ pub struct RequestContext {
     /// Responses conversation): a pool sends a conversation's turns to the same
     /// deployment, whose prefix cache holds its history.
     pub session: Option<String>,
+    /// How long the model stays loaded after this request, when it is one loaded on
+    /// demand (Ollama's `keep_alive`); `None`: the model's own setting.
+    pub keep_alive: Option<crate::lazy::KeepAlive>,
     /// Shared with the backend, which counts what it has done as it goes, so a request
     /// cancelled or failed midway is still metered exactly.
     pub progress: Progress,
@@ -356,6 +359,8 @@ pub struct ProgressCounts {
     /// Checks the request's limits again once its prompt is counted (see
     /// [`Progress::prompt_counted`]).
     pub prompt_gate: std::sync::Mutex<Option<PromptGate>>,
+    /// Microseconds this request waited for its model to load (Ollama's `load_duration`).
+    pub load_micros: std::sync::atomic::AtomicU64,
 }
 
 /// What the limits say once a backend knows a prompt's exact token count, before any
@@ -377,6 +382,21 @@ impl std::fmt::Debug for PromptGate {
 impl Progress {
     pub fn counts(&self) -> &ProgressCounts {
         &self.0
+    }
+
+    pub fn set_load_time(&self, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.0
+            .load_micros
+            .store(micros, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn load_time(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(
+            self.0
+                .load_micros
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub fn set_deployment(&self, name: impl Into<String>) {

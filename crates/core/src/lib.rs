@@ -7,6 +7,7 @@ pub mod collect;
 pub mod embed;
 pub mod error;
 pub mod ir;
+pub mod lazy;
 pub mod pool;
 pub mod preset;
 pub mod router;

@@ -141,7 +141,6 @@ impl Drop for InFlight {
     }
 }
 
-
 impl Pool {
     pub fn new(model: impl Into<String>, deployments: Vec<Deployment>, policy: PoolPolicy) -> Self {
         Pool {

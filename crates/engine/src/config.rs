@@ -4,8 +4,9 @@
 use crate::checks::check_gguf;
 use crate::{device, embed, EmbeddingModel, LocalModel};
 use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
-use parlance_core::InlineImages;
+use parlance_core::{Capabilities, InlineImages, ModelInfo};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -125,10 +126,7 @@ pub fn load(cfg: LocalModelConfig) -> Result<Loaded, String> {
         }
         None => declared,
     };
-    let ctx = cfg
-        .ctx
-        .unwrap_or_else(|| model.n_ctx_train())
-        .clamp(8, 8192);
+    let ctx = embed_ctx(&cfg, &model);
     let info = embed::info(
         &model,
         pooling,
@@ -147,6 +145,90 @@ pub fn load(cfg: LocalModelConfig) -> Result<Loaded, String> {
         cfg.max_queue,
     )?;
     Ok(Loaded::Embedding(m))
+}
+
+/// A hyperparameter from the GGUF's metadata (`{arch}.{key}`). A model read without
+/// its weights (vocab only) has its metadata but not its parsed hyperparameters.
+pub(crate) fn hparam(model: &LlamaModel, key: &str) -> Option<u32> {
+    let arch = model.meta_val_str("general.architecture").ok()?;
+    model
+        .meta_val_str(&format!("{arch}.{key}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The context the model was trained on.
+fn train_ctx(model: &LlamaModel) -> u32 {
+    match model.n_ctx_train() {
+        0 => hparam(model, "context_length").unwrap_or(0),
+        n => n,
+    }
+}
+
+/// An embedding model's context: its training context unless `-c` says, within what
+/// one batch of its encoder takes.
+fn embed_ctx(cfg: &LocalModelConfig, model: &LlamaModel) -> u32 {
+    cfg.ctx.unwrap_or_else(|| train_ctx(model)).clamp(8, 8192)
+}
+
+/// What a chat model's `/v1/models` entry says, from its settings and hyperparameters.
+pub(crate) fn chat_info(cfg: &LocalModelConfig, model: &LlamaModel, vision: bool) -> ModelInfo {
+    let train_ctx = train_ctx(model);
+    let ctx_per_seq = cfg
+        .ctx
+        .unwrap_or_else(|| default_ctx(train_ctx, cfg.max_output_tokens))
+        .max(64);
+    let max_output = cfg
+        .max_output_tokens
+        .unwrap_or_else(|| DEFAULT_MAX_OUTPUT.min(train_ctx))
+        .clamp(1, ctx_per_seq);
+    ModelInfo {
+        id: model_id(cfg),
+        owned_by: "parlance".to_string(),
+        created: modified_secs(&cfg.path),
+        kind: "chat".to_string(),
+        context_length: ctx_per_seq,
+        max_output_tokens: Some(max_output),
+        price: None,
+        capabilities: Capabilities {
+            chat: true,
+            vision,
+            tools: true,
+            json_schema: true,
+            logprobs: true,
+            embeddings: false,
+            rerank: false,
+        },
+        dimensions: None,
+        matryoshka: false,
+    }
+}
+
+/// What loading `cfg` would serve, from the GGUF's metadata and vocabulary alone (no
+/// weights, no context: milliseconds): models loaded on demand are listed with it.
+pub fn peek(cfg: &LocalModelConfig) -> Result<ModelInfo, String> {
+    check_gguf(&cfg.path)?;
+    let backend = llama_backend()?;
+    let params = LlamaModelParams::default().with_vocab_only(true);
+    let model = LlamaModel::load_from_file(backend, &cfg.path, &params)
+        .map_err(|e| format!("cannot read {}: {e}", cfg.path.display()))?;
+    let Some(declared) = embed::Pooling::of(&model) else {
+        return Ok(chat_info(cfg, &model, cfg.mmproj.is_some()));
+    };
+    let pooling = cfg
+        .pooling
+        .as_deref()
+        .and_then(embed::Pooling::named)
+        .unwrap_or(declared);
+    Ok(embed::info(
+        &model,
+        pooling,
+        model_id(cfg),
+        modified_secs(&cfg.path),
+        embed_ctx(cfg, &model),
+    ))
 }
 
 /// The model's weights, after checking the file is a GGUF.

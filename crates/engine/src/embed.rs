@@ -483,7 +483,10 @@ pub(crate) fn info(
             rerank,
             ..Capabilities::default()
         },
-        dimensions: (!rerank).then(|| model.n_embd_out().max(0) as u32),
+        dimensions: (!rerank).then(|| match model.n_embd_out() {
+            n if n > 0 => n as u32,
+            _ => crate::config::hparam(model, "embedding_length").unwrap_or(0),
+        }),
         // GGUF metadata does not say; the catalog declares it.
         matryoshka: false,
         price: None,

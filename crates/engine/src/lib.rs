@@ -23,9 +23,10 @@ use async_trait::async_trait;
 use checks::check_logit_bias;
 pub(crate) use checks::in_vocab;
 pub use config::{
-    default_ctx, load, FlashAttention, Loaded, LocalModelConfig, DEFAULT_CTX, DEFAULT_MAX_OUTPUT,
+    default_ctx, load, peek, FlashAttention, Loaded, LocalModelConfig, DEFAULT_CTX,
+    DEFAULT_MAX_OUTPUT,
 };
-use config::{llama_backend, model_id, modified_secs, open};
+use config::{llama_backend, open};
 use constraint::Constrainer;
 pub use embed::EmbeddingModel;
 use futures::StreamExt;
@@ -36,9 +37,7 @@ use llama_cpp_2::token::LlamaToken;
 use parlance_core::ir::{ChatRequest, Message, StreamEvent, ToolChoice, Usage};
 use parlance_core::template::{fallback_template, ChatTemplate};
 use parlance_core::tools::{self, ToolSyntax};
-use parlance_core::{
-    Backend, Capabilities, Error, ErrorKind, EventStream, InlineImages, ModelInfo,
-};
+use parlance_core::{Backend, Error, ErrorKind, EventStream, InlineImages, ModelInfo};
 use prep::{text_bytes, Prep, Prepared};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -94,7 +93,6 @@ impl LocalModel {
         cfg: LocalModelConfig,
         model: Arc<LlamaModel>,
     ) -> Result<Self, String> {
-        let path = &cfg.path;
         if cfg.deterministic && !matches!(cfg.flash_attention, FlashAttention::On) {
             // Its batch invariance is argued from flash attention's kernels (job::UBATCH);
             // matrix-product attention changes shape with every micro-batch.
@@ -135,11 +133,9 @@ impl LocalModel {
         let constrainer = Constrainer::new(&model)?;
         let eog_tokens: Vec<LlamaToken> = vocab.tokens().filter(|&t| vocab.is_eog(t)).collect();
 
+        let info = config::chat_info(&cfg, &model, vision.is_some());
         let train_ctx = model.n_ctx_train();
-        let ctx_per_seq = cfg
-            .ctx
-            .unwrap_or_else(|| default_ctx(train_ctx, cfg.max_output_tokens))
-            .max(64);
+        let ctx_per_seq = info.context_length;
         if ctx_per_seq > train_ctx {
             tracing::info!(
                 ctx_per_seq,
@@ -148,7 +144,7 @@ impl LocalModel {
             );
         }
         let slots = cfg.slots.max(1);
-        let (id, created) = (model_id(&cfg), modified_secs(path));
+        let id = info.id.clone();
 
         let n_ubatch = if cfg.deterministic {
             job::UBATCH
@@ -232,30 +228,7 @@ impl LocalModel {
             .recv()
             .map_err(|_| "the engine thread died while starting".to_string())??;
 
-        let max_output = cfg
-            .max_output_tokens
-            .unwrap_or_else(|| DEFAULT_MAX_OUTPUT.min(train_ctx))
-            .clamp(1, ctx_per_seq);
-        let info = ModelInfo {
-            id,
-            owned_by: "parlance".to_string(),
-            created,
-            kind: "chat".to_string(),
-            context_length: ctx_per_seq,
-            max_output_tokens: Some(max_output),
-            price: None,
-            capabilities: Capabilities {
-                chat: true,
-                vision: vision.is_some(),
-                tools: true,
-                json_schema: true,
-                logprobs: true,
-                embeddings: false,
-                rerank: false,
-            },
-            dimensions: None,
-            matryoshka: false,
-        };
+        let max_output = info.max_output_tokens.unwrap_or(ctx_per_seq);
         let max_piece_bytes = vocab
             .tokens()
             .map(|t| vocab.token_to_piece(t, true, None).len())

@@ -2,7 +2,9 @@
 
 mod client;
 mod hub;
+mod local;
 mod logwriter;
+mod models_dir;
 mod serve;
 mod tenancy_cli;
 

@@ -1,15 +1,16 @@
 //! `parlance serve`: load the models, build the router, serve HTTP until a signal.
 
+use crate::local::load_local;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use parlance_core::{Backend, ModelInfo, Router};
+use parlance_core::Router;
 use parlance_server::catalog::LocalSpec;
 use parlance_server::config::Config;
 use parlance_server::listen::{self, Limits};
 use parlance_server::{build_router, catalog, AppState, DEFAULT_BODY_LIMIT};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where the README's first command puts the default model.
 pub const DEFAULT_MODEL_FILE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -28,7 +29,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// TOML file with providers, the model catalog and routing (see
     /// parlance.example.toml). Flags still apply: -m adds local models beside it.
@@ -116,6 +117,33 @@ pub struct ServeArgs {
     /// an answer only under the same batch composition (e.g. alone).
     #[arg(long, env = "PARLANCE_DETERMINISTIC")]
     pub deterministic: bool,
+
+    /// A folder of GGUF models served on demand, as Ollama serves its own: each is
+    /// listed at start (`/v1/models`, `/api/tags`) without loading, loaded on its
+    /// first request and unloaded after --keep-alive idle. A model in its own
+    /// subfolder takes the folder's name and the projector (mmproj*.gguf) beside it.
+    #[arg(long = "models-dir", env = "PARLANCE_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+
+    /// How long a model from --models-dir stays loaded after its last request
+    /// (`5m`, `1h`, `30s`; `-1` keeps it; `0` unloads after each answer); Ollama's
+    /// `keep_alive` sets it per request.
+    #[arg(
+        long = "keep-alive",
+        env = "PARLANCE_KEEP_ALIVE",
+        default_value = "5m",
+        allow_hyphen_values = true
+    )]
+    pub keep_alive: String,
+
+    /// At most this many --models-dir models loaded at once: loading another unloads
+    /// the least recently used idle one (never one serving requests). 0: no limit.
+    #[arg(
+        long = "max-loaded-models",
+        env = "PARLANCE_MAX_LOADED_MODELS",
+        default_value_t = 0
+    )]
+    pub max_loaded_models: usize,
 
     /// How embedding models pool their vectors (llama-server's flag): mean, cls, last,
     /// or rank (a reranker). Default: what each GGUF says. Chat models are left alone.
@@ -330,7 +358,7 @@ pub(crate) fn ngl_at(values: &[i32], i: usize) -> Option<i32> {
 }
 
 /// The `-ngl` value given once, for every model (catalog deployments included).
-fn ngl_for_all(values: &[i32]) -> Option<i32> {
+pub(crate) fn ngl_for_all(values: &[i32]) -> Option<i32> {
     match values {
         [one] => Some(*one),
         _ => None,
@@ -383,7 +411,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|r| crate::hub::download(r))
         .collect::<anyhow::Result<Vec<PathBuf>>>()?;
-    if args.model.is_empty() && hf_models.is_empty() && config.is_none() {
+    if args.model.is_empty()
+        && hf_models.is_empty()
+        && config.is_none()
+        && args.models_dir.is_none()
+    {
         let Some(path) = default_model() else {
             bail!(
                 "no model given (-m) and the default model is not at {DEFAULT_MODEL_FILE}; \
@@ -468,8 +500,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             load_local(&args, &template, &spec, alias, &images).map_err(anyhow::Error::msg)?;
         router.add(info, backend).map_err(anyhow::Error::msg)?;
     }
+    if let Some(dir) = &args.models_dir {
+        crate::models_dir::serve(dir, &args, &template, &images, &mut router)?;
+    }
     if router.models().next().is_none() {
-        bail!("nothing to serve: the config file names no models and no -m was given");
+        bail!("nothing to serve: the config file names no models, no -m was given and --models-dir holds no GGUF");
     }
     let names: Vec<&str> = router.models().map(|m| m.id.as_str()).collect();
     println!("serving {} model names: {}", names.len(), names.join(", "));
@@ -611,87 +646,4 @@ async fn signals() {
         exit_now(130);
     });
     let _ = first_rx.await;
-}
-
-#[cfg(feature = "local")]
-fn load_local(
-    args: &ServeArgs,
-    template: &Option<String>,
-    spec: &LocalSpec,
-    alias: Option<String>,
-    images: &Arc<dyn parlance_core::InlineImages>,
-) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
-    use parlance_engine::{FlashAttention, LocalModelConfig};
-    let started = Instant::now();
-    println!("loading {} ...", spec.path.display());
-    let mut cfg = LocalModelConfig::new(&spec.path);
-    cfg.mmproj = spec.mmproj.clone();
-    cfg.image_fetcher = Some(Arc::clone(images));
-    cfg.alias = alias;
-    cfg.ctx = args.ctx;
-    cfg.slots = args.parallel.max(1);
-    if let Some(t) = args.threads {
-        cfg.threads = t.max(1);
-    }
-    cfg.n_batch = args.batch.max(32);
-    cfg.prefill_chunk = args.prefill_chunk;
-    cfg.prefill_pace = args.prefill_pace;
-    cfg.max_queue = args.queue;
-    cfg.n_predict = args.n_predict.filter(|&n| n > 0);
-    cfg.max_output_tokens = args.max_output_tokens.filter(|&n| n > 0);
-    cfg.chat_template = template.clone();
-    cfg.deterministic = args.deterministic;
-    cfg.pooling = args.pooling.clone();
-    cfg.n_gpu_layers = gpu_layers(spec.n_gpu_layers);
-    cfg.flash_attention = match args.flash_attn {
-        FlashAttn::On => FlashAttention::On,
-        FlashAttn::Off => FlashAttention::Off,
-        FlashAttn::Auto => FlashAttention::Auto,
-    };
-    let model = match parlance_engine::load(cfg)? {
-        parlance_engine::Loaded::Chat(m) => m,
-        parlance_engine::Loaded::Embedding(m) => {
-            let info = m.info().clone();
-            println!(
-                "embedding model `{}` ready in {:.1}s {}: {} dimensions, {} pooling, inputs of up to {} tokens",
-                info.id,
-                started.elapsed().as_secs_f32(),
-                m.placement(),
-                info.dimensions.unwrap_or(0),
-                m.pooling(),
-                info.context_length
-            );
-            return Ok((info, Arc::new(m)));
-        }
-    };
-    let info = model.info().clone();
-    let vision = match &spec.mmproj {
-        Some(p) => format!(", images through {}", p.display()),
-        None => String::new(),
-    };
-    println!(
-        "model `{}` ready in {:.1}s {}{vision}: context {} tokens shared by {} slots, at most {} output tokens per request",
-        info.id,
-        started.elapsed().as_secs_f32(),
-        model.placement(),
-        info.context_length,
-        args.parallel.max(1),
-        info.max_output_tokens.unwrap_or(info.context_length)
-    );
-    Ok((info, Arc::new(model)))
-}
-
-#[cfg(not(feature = "local"))]
-fn load_local(
-    _: &ServeArgs,
-    _: &Option<String>,
-    spec: &LocalSpec,
-    _: Option<String>,
-    _: &Arc<dyn parlance_core::InlineImages>,
-) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
-    let _ = Instant::now();
-    Err(format!(
-        "{}: this binary was built without the `local` feature and cannot load GGUF models",
-        spec.path.display()
-    ))
 }

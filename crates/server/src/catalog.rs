@@ -198,9 +198,7 @@ fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str
             .or(local.and_then(|l| l.max_output_tokens)),
         price: m.price,
         dimensions: m.dimensions.or(local.and_then(|l| l.dimensions)),
-        matryoshka: m
-            .matryoshka
-            .unwrap_or(local.is_some_and(|l| l.matryoshka)),
+        matryoshka: m.matryoshka.unwrap_or(local.is_some_and(|l| l.matryoshka)),
         capabilities: Capabilities {
             vision: m.vision.unwrap_or(caps.vision),
             tools: m.tools.unwrap_or(caps.tools),

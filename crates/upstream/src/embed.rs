@@ -41,7 +41,10 @@ fn estimated(bytes: usize) -> u32 {
 fn unsupported(p: &Provider, what: &str) -> Error {
     Error::invalid_param(
         "model",
-        format!("upstream `{}` has no {what} API Parlance speaks", p.cfg.name),
+        format!(
+            "upstream `{}` has no {what} API Parlance speaks",
+            p.cfg.name
+        ),
     )
     .with_code("unsupported")
 }

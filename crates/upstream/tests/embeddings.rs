@@ -206,13 +206,22 @@ async fn rerank_upstream_scores_come_back_in_document_order() {
         200,
         json!({"results": [{"index": 0, "relevance_score": -1.5}], "usage": {"prompt_tokens": 9, "total_tokens": 9}}),
     ));
-    assert_eq!(b.rerank(rerank_request(&["x"])).await.unwrap().prompt_tokens, 9);
+    assert_eq!(
+        b.rerank(rerank_request(&["x"]))
+            .await
+            .unwrap()
+            .prompt_tokens,
+        9
+    );
     mock.push(Reply::Json(
         200,
         json!({"results": [{"index": 0, "relevance_score": 0.5}], "meta": {"billed_units": {"search_units": 1}}}),
     ));
     assert_eq!(
-        b.rerank(rerank_request(&["abcd"])).await.unwrap().prompt_tokens,
+        b.rerank(rerank_request(&["abcd"]))
+            .await
+            .unwrap()
+            .prompt_tokens,
         ("which is a fruit?".len() as u32 + 4).div_ceil(4)
     );
     // A document left unscored is the upstream's fault, not a silent zero.
@@ -233,8 +242,15 @@ async fn rerank_upstream_scores_come_back_in_document_order() {
 
 #[tokio::test]
 async fn embeddings_and_rerank_retry_another_deployment_then_fall_back() {
-    let (sick, well, backup) = (Mock::start().await, Mock::start().await, Mock::start().await);
-    sick.always(Reply::Json(503, json!({"error": {"message": "overloaded"}})));
+    let (sick, well, backup) = (
+        Mock::start().await,
+        Mock::start().await,
+        Mock::start().await,
+    );
+    sick.always(Reply::Json(
+        503,
+        json!({"error": {"message": "overloaded"}}),
+    ));
     well.always(Reply::Json(
         200,
         json!({"data": [{"index": 0, "embedding": [1.0]}], "usage": {"prompt_tokens": 1},
@@ -252,7 +268,10 @@ async fn embeddings_and_rerank_retry_another_deployment_then_fall_back() {
     };
     let pool = Pool::new(
         "m",
-        vec![deployment(&sick, "sick", 1000), deployment(&well, "well", 1)],
+        vec![
+            deployment(&sick, "sick", 1000),
+            deployment(&well, "well", 1),
+        ],
         policy.clone(),
     );
     let got = pool
@@ -262,7 +281,11 @@ async fn embeddings_and_rerank_retry_another_deployment_then_fall_back() {
     assert_eq!(got.vectors, vec![vec![1.0]]);
     let got = pool.rerank(rerank_request(&["a"])).await.unwrap();
     assert_eq!(got.scores, vec![0.25]);
-    assert_eq!(sick.count(), 2, "each call tried the heavier deployment first");
+    assert_eq!(
+        sick.count(),
+        2,
+        "each call tried the heavier deployment first"
+    );
     assert_eq!(pool.composition().deployments[0].consecutive_failures, 2);
 
     // Every deployment down: the fallback model answers.

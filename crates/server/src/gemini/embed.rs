@@ -82,14 +82,16 @@ async fn run(
             .or_else(|| r.get("output_dimensionality"))
             .and_then(Value::as_u64);
         let f = field("outputDimensionality");
-        shorten.push(match dims {
-            Some(asked) => {
-                let asked = u32::try_from(asked).unwrap_or(u32::MAX);
-                shortening(&route.info, asked, &f).map_err(|e| gemini_worded(e, &f))?
+        shorten.push(
+            match dims {
+                Some(asked) => {
+                    let asked = u32::try_from(asked).unwrap_or(u32::MAX);
+                    shortening(&route.info, asked, &f).map_err(|e| gemini_worded(e, &f))?
+                }
+                None => None,
             }
-            None => None,
-        }
-        .map(|k| (k, f)));
+            .map(|k| (k, f)),
+        );
     }
     let bytes = inputs.iter().map(EmbedInput::bytes).sum();
     let ir = EmbedRequest {

@@ -18,7 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
 use parlance_core::embed::{shortening, EmbedInput, EmbedRequest, Embeddings};
-use parlance_core::ir::{FinishReason, StreamEvent, Usage};
+use parlance_core::ir::{ChatRequest, FinishReason, Progress, StreamEvent, Usage};
+use parlance_core::lazy::KeepAlive;
 use parlance_core::{Error, EventStream, ModelInfo};
 use parlance_tenancy::store::rfc3339;
 use serde_json::{json, Map, Value};
@@ -57,12 +58,17 @@ async fn answer(
 ) -> Result<Response, Refusal<Ollama>> {
     let body: Value = read_json(body, state.body_limit).await?;
     ctx.set_model(body["model"].as_str().unwrap_or_default());
-    let req = if generate {
+    let mut req = if generate {
         request::generate(&body)?
     } else {
         request::chat(&body)?
     };
-    let door = Ollama::new(&req.model, generate, ctx.started());
+    if let Some(v) = body.get("keep_alive").filter(|v| !v.is_null()) {
+        let keep = KeepAlive::parse(v)
+            .map_err(|e| Error::invalid_param("keep_alive", format!("keep_alive: {e}")))?;
+        req.context.keep_alive = Some(keep);
+    }
+    let door = Ollama::new(&req, generate, ctx.started());
     Ok(crate::door::chat(state, ctx, principal, door, req).await)
 }
 
@@ -72,14 +78,17 @@ pub struct Ollama {
     /// `/api/generate`: the text is `response`, not `message.content`.
     generate: bool,
     started: Instant,
+    /// The request's progress, which says how long it waited for its model to load.
+    progress: Progress,
 }
 
 impl Ollama {
-    fn new(model: &str, generate: bool, started: Instant) -> Self {
+    fn new(req: &ChatRequest, generate: bool, started: Instant) -> Self {
         Ollama {
-            model: model.to_string(),
+            model: req.model.clone(),
             generate,
             started,
+            progress: req.context.progress.clone(),
         }
     }
 
@@ -116,7 +125,7 @@ impl Ollama {
             _ => "stop",
         });
         v["total_duration"] = json!(ns(end.duration_since(self.started)));
-        v["load_duration"] = json!(0);
+        v["load_duration"] = json!(ns(self.progress.load_time()));
         v["prompt_eval_count"] = json!(u.prompt_tokens);
         v["prompt_eval_duration"] = json!(ns(first.duration_since(self.started)));
         v["eval_count"] = json!(u.completion_tokens);
@@ -337,20 +346,48 @@ fn listed(m: &ModelInfo) -> Value {
            "digest": "", "details": details(m)})
 }
 
+/// Every model, loaded or not (a model loaded on demand with its file's size).
 pub async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"models": state.router.models().map(listed).collect::<Vec<_>>()}))
-}
-
-/// Every model here is loaded while the server runs.
-pub async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
     let models: Vec<Value> = state
         .router
-        .models()
-        .map(|m| {
-            let mut v = listed(m);
-            v["expires_at"] = json!("0001-01-01T00:00:00Z");
-            v["size_vram"] = json!(0);
+        .routes()
+        .map(|r| {
+            let mut v = listed(&r.info);
+            if let Some(res) = r.backend.residency() {
+                v["size"] = json!(res.size_bytes);
+            }
             v
+        })
+        .collect();
+    Json(json!({"models": models}))
+}
+
+/// The models in memory: those loaded at start (which never expire) and those loaded
+/// on demand, with when they will be unloaded if no request comes.
+pub async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let models: Vec<Value> = state
+        .router
+        .routes()
+        .filter_map(|r| {
+            let mut v = listed(&r.info);
+            v["size_vram"] = json!(0);
+            let Some(res) = r.backend.residency() else {
+                v["expires_at"] = json!("0001-01-01T00:00:00Z");
+                return Some(v);
+            };
+            if !res.loaded {
+                return None;
+            }
+            // Busy or kept: Ollama shows a far future for a model that will not expire.
+            let expires = res
+                .expires_in_s
+                .map_or(now + 100 * 365 * 86_400, |s| now + s);
+            v["expires_at"] = json!(rfc3339(expires));
+            v["size"] = json!(res.size_bytes);
+            Some(v)
         })
         .collect();
     Json(json!({"models": models}))

@@ -1,0 +1,603 @@
+//! Models loaded on first use and unloaded when idle, as Ollama and llama-swap keep a
+//! folder of models: a [`LazyModel`] is a [`Backend`] that loads its real backend on
+//! the first request (concurrent first requests wait for one load), counts the
+//! requests it serves, and gives the backend up once none has come for its keep-alive.
+//! A [`Shelf`] holds the lazy models of one server: it loads one at a time, keeps at
+//! most `max_loaded` in memory by unloading the least recently used idle one, and
+//! unloads expired ones every second.
+
+use crate::backend::{Backend, EventStream, Load};
+use crate::embed::{EmbedRequest, Embeddings, RerankRequest, Scores};
+use crate::error::{Error, ErrorKind};
+use crate::ir::{ChatRequest, Message};
+use async_trait::async_trait;
+use futures::StreamExt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+/// Loads the real backend (on the blocking pool: it reads and maps gigabytes).
+pub type Loader = Arc<dyn Fn() -> Result<Arc<dyn Backend>, String> + Send + Sync>;
+
+/// How long a model stays loaded after its last request ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    For(Duration),
+    Forever,
+}
+
+impl KeepAlive {
+    /// Ollama's `keep_alive`: seconds as a number, or a Go duration (`"5m"`, `"1h30m"`,
+    /// `"0"`); any negative value keeps the model loaded.
+    pub fn parse(v: &serde_json::Value) -> Result<KeepAlive, String> {
+        let secs = match v {
+            serde_json::Value::Number(n) => n.as_f64().ok_or("not a number")?,
+            serde_json::Value::String(s) => go_duration(s.trim())?,
+            _ => return Err("must be a number of seconds or a duration such as \"5m\"".into()),
+        };
+        Ok(if secs < 0.0 {
+            KeepAlive::Forever
+        } else {
+            KeepAlive::For(Duration::from_secs_f64(secs.min(1e9)))
+        })
+    }
+}
+
+/// `"1h30m"`, `"90s"`, `"-1m"`, `"300"` (a bare number is seconds) in seconds.
+fn go_duration(s: &str) -> Result<f64, String> {
+    let bad = || format!("`{s}` is not a duration such as \"5m\" or \"1h30m\"");
+    let (sign, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (-1.0, r),
+        None => (1.0, s),
+    };
+    if let Ok(n) = rest.parse::<f64>() {
+        return Ok(sign * n);
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(bad()),
+        };
+        total += n * unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(sign * total)
+}
+
+/// A lazy model's state as `/api/ps`, `/admin/status` and `/metrics` show it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Residency {
+    pub loaded: bool,
+    pub loading: bool,
+    /// Requests being served now.
+    pub in_flight: usize,
+    /// How long its last load took.
+    pub load_ms: Option<u64>,
+    /// Seconds until it is unloaded if no request comes; `None` while busy or kept.
+    pub expires_in_s: Option<u64>,
+    pub keep_alive_forever: bool,
+    /// Why its last load failed (retried on its next request).
+    pub last_error: Option<String>,
+    /// Bytes of the model's file(s).
+    pub size_bytes: u64,
+}
+
+struct State {
+    backend: Option<Arc<dyn Backend>>,
+    loading: bool,
+    in_flight: usize,
+    /// Since when nothing has used it (meaningful while `in_flight` is 0).
+    idle_since: Instant,
+    keep: KeepAlive,
+    load_time: Option<Duration>,
+    last_error: Option<String>,
+}
+
+struct Inner {
+    name: String,
+    load: Loader,
+    size_bytes: u64,
+    shelf: Arc<Shelf>,
+    state: Mutex<State>,
+}
+
+/// A model that loads on first use; see the module's documentation.
+#[derive(Clone)]
+pub struct LazyModel(Arc<Inner>);
+
+/// The lazy models of one server and the rules they share.
+pub struct Shelf {
+    models: Mutex<Vec<Weak<Inner>>>,
+    /// At most this many loaded at once (0: no limit).
+    max_loaded: usize,
+    /// How long a request waits for a busy model to free its place.
+    wait: Duration,
+    /// Held while a model loads: loads take turns, so two never race for memory.
+    loading: tokio::sync::Mutex<()>,
+    /// Signalled whenever a request ends, so a request waiting for a place looks again.
+    freed: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The state is plain data updated in single assignments: a panic elsewhere while
+    // it was held leaves it consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Drops a backend off the async workers: freeing a model unmaps its weights.
+fn release(backend: Arc<dyn Backend>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => drop(h.spawn_blocking(move || drop(backend))),
+        Err(_) => drop(backend),
+    }
+}
+
+impl Shelf {
+    pub fn new(max_loaded: usize, wait: Duration) -> Arc<Shelf> {
+        Arc::new(Shelf {
+            models: Mutex::new(Vec::new()),
+            max_loaded,
+            wait,
+            loading: tokio::sync::Mutex::new(()),
+            freed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// A model named `name` that `load` loads; `size_bytes` for `/api/ps`.
+    pub fn add(
+        self: &Arc<Self>,
+        name: impl Into<String>,
+        size_bytes: u64,
+        keep_alive: KeepAlive,
+        load: Loader,
+    ) -> LazyModel {
+        let inner = Arc::new(Inner {
+            name: name.into(),
+            load,
+            size_bytes,
+            shelf: Arc::clone(self),
+            state: Mutex::new(State {
+                backend: None,
+                loading: false,
+                in_flight: 0,
+                idle_since: Instant::now(),
+                keep: keep_alive,
+                load_time: None,
+                last_error: None,
+            }),
+        });
+        lock(&self.models).push(Arc::downgrade(&inner));
+        LazyModel(inner)
+    }
+
+    fn live(&self) -> Vec<Arc<Inner>> {
+        lock(&self.models)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Unloads every idle model whose keep-alive has run out; call every second or so.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        for m in self.live() {
+            let mut st = lock(&m.state);
+            let expired = match st.keep {
+                KeepAlive::For(d) => now.duration_since(st.idle_since) >= d,
+                KeepAlive::Forever => false,
+            };
+            if st.in_flight == 0 && expired {
+                if let Some(b) = st.backend.take() {
+                    drop(st);
+                    tracing::info!(model = %m.name, "unloaded: idle past its keep-alive");
+                    release(b);
+                }
+            }
+        }
+    }
+
+    /// Starts [`Shelf::sweep`] on the current runtime.
+    pub fn start_sweeper(self: &Arc<Self>) {
+        let shelf = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                match shelf.upgrade() {
+                    Some(s) => s.sweep(),
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Makes room for one more loaded model: unloads the least recently used idle
+    /// one while the limit is reached, waiting (up to `wait`) while all are busy.
+    async fn make_room(&self, for_model: &str) -> Result<(), Error> {
+        if self.max_loaded == 0 {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            let freed = self.freed.notified();
+            let models = self.live();
+            let loaded: Vec<&Arc<Inner>> = models
+                .iter()
+                .filter(|m| lock(&m.state).backend.is_some())
+                .collect();
+            if loaded.len() < self.max_loaded {
+                return Ok(());
+            }
+            let idle = loaded
+                .iter()
+                .filter(|m| lock(&m.state).in_flight == 0)
+                .min_by_key(|m| lock(&m.state).idle_since);
+            if let Some(victim) = idle {
+                let taken = {
+                    let mut st = lock(&victim.state);
+                    if st.in_flight == 0 {
+                        st.backend.take()
+                    } else {
+                        None
+                    }
+                };
+                if let Some(b) = taken {
+                    tracing::info!(model = %victim.name, to_load = %for_model, "unloaded to make room");
+                    release(b);
+                }
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "cannot load `{for_model}`: all {} loaded models are busy (--max-loaded-models)",
+                        self.max_loaded
+                    ),
+                )
+                .retryable());
+            }
+        }
+    }
+}
+
+/// One request's hold on a loaded model: counted in flight until dropped.
+struct InUse {
+    model: Arc<Inner>,
+    backend: Arc<dyn Backend>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let unload = {
+            let mut st = lock(&self.model.state);
+            st.in_flight = st.in_flight.saturating_sub(1);
+            st.idle_since = Instant::now();
+            if st.in_flight == 0 && st.keep == KeepAlive::For(Duration::ZERO) {
+                st.backend.take()
+            } else {
+                None
+            }
+        };
+        if let Some(b) = unload {
+            tracing::info!(model = %self.model.name, "unloaded after its answer (keep_alive 0)");
+            release(b);
+        }
+        self.model.shelf.freed.notify_waiters();
+    }
+}
+
+impl LazyModel {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn residency(&self) -> Residency {
+        let st = lock(&self.0.state);
+        let expires_in_s = match (st.keep, st.in_flight, st.backend.is_some()) {
+            (KeepAlive::For(d), 0, true) => {
+                Some(d.saturating_sub(st.idle_since.elapsed()).as_secs())
+            }
+            _ => None,
+        };
+        Residency {
+            loaded: st.backend.is_some(),
+            loading: st.loading,
+            in_flight: st.in_flight,
+            load_ms: st.load_time.map(|d| d.as_millis() as u64),
+            expires_in_s,
+            keep_alive_forever: st.keep == KeepAlive::Forever,
+            last_error: st.last_error.clone(),
+            size_bytes: self.0.size_bytes,
+        }
+    }
+
+    /// The loaded backend, loading it first if needed; `keep` (the request's own
+    /// keep-alive) replaces the model's from now on. The second value is how long this
+    /// request waited for a load it started.
+    async fn acquire(&self, keep: Option<KeepAlive>) -> Result<(InUse, Duration), Error> {
+        let m = &self.0;
+        if let Some(used) = self.take_loaded(keep) {
+            return Ok((used, Duration::ZERO));
+        }
+        let _turn = m.shelf.loading.lock().await;
+        // Another request may have loaded it while this one waited for its turn.
+        if let Some(used) = self.take_loaded(keep) {
+            return Ok((used, Duration::ZERO));
+        }
+        m.shelf.make_room(&m.name).await?;
+        lock(&m.state).loading = true;
+        let started = Instant::now();
+        tracing::info!(model = %m.name, "loading on demand");
+        let load = Arc::clone(&m.load);
+        let result = tokio::task::spawn_blocking(move || load()).await;
+        let took = started.elapsed();
+        let mut st = lock(&m.state);
+        st.loading = false;
+        let result = result.unwrap_or_else(|e| Err(format!("the load crashed: {e}")));
+        match result {
+            Ok(backend) => {
+                st.backend = Some(Arc::clone(&backend));
+                st.load_time = Some(took);
+                st.last_error = None;
+                st.in_flight += 1;
+                if let Some(k) = keep {
+                    st.keep = k;
+                }
+                tracing::info!(model = %m.name, secs = took.as_secs_f32(), "loaded on demand");
+                Ok((
+                    InUse {
+                        model: Arc::clone(m),
+                        backend,
+                    },
+                    took,
+                ))
+            }
+            Err(why) => {
+                st.last_error = Some(why.clone());
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("model `{}` could not be loaded: {why}", m.name),
+                ))
+            }
+        }
+    }
+
+    fn take_loaded(&self, keep: Option<KeepAlive>) -> Option<InUse> {
+        let mut st = lock(&self.0.state);
+        let backend = Arc::clone(st.backend.as_ref()?);
+        st.in_flight += 1;
+        if let Some(k) = keep {
+            st.keep = k;
+        }
+        Some(InUse {
+            model: Arc::clone(&self.0),
+            backend,
+        })
+    }
+
+    fn loaded(&self) -> Option<Arc<dyn Backend>> {
+        lock(&self.0.state).backend.clone()
+    }
+}
+
+#[async_trait]
+impl Backend for LazyModel {
+    async fn chat(&self, request: ChatRequest) -> Result<EventStream, Error> {
+        let (used, took) = self.acquire(request.context.keep_alive).await?;
+        request.context.progress.set_load_time(took);
+        let stream = used.backend.chat(request).await?;
+        // The model stays in use until the caller has the whole answer (or goes away).
+        Ok(Box::pin(stream.map(move |item| {
+            let _ = &used;
+            item
+        })))
+    }
+
+    async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, Error> {
+        let (used, _) = self.acquire(None).await?;
+        used.backend.embed(request).await
+    }
+
+    async fn rerank(&self, request: RerankRequest) -> Result<Scores, Error> {
+        let (used, _) = self.acquire(None).await?;
+        used.backend.rerank(request).await
+    }
+
+    /// A model that is not loaded is not unhealthy: it loads on its next request.
+    fn health(&self) -> Result<(), String> {
+        self.loaded().map_or(Ok(()), |b| b.health())
+    }
+
+    fn load(&self) -> Option<Load> {
+        self.loaded().and_then(|b| b.load())
+    }
+
+    fn residency(&self) -> Option<Residency> {
+        Some(LazyModel::residency(self))
+    }
+
+    async fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, Error> {
+        let (used, _) = self.acquire(None).await?;
+        used.backend.tokenize(text, special).await
+    }
+
+    async fn detokenize(&self, tokens: &[u32]) -> Result<String, Error> {
+        let (used, _) = self.acquire(None).await?;
+        used.backend.detokenize(tokens).await
+    }
+
+    async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
+        let (used, _) = self.acquire(None).await?;
+        used.backend.count_tokens(texts).await
+    }
+
+    async fn count_image_tokens(&self, messages: &[Message]) -> Result<u32, Error> {
+        let (used, _) = self.acquire(None).await?;
+        used.backend.count_image_tokens(messages).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{StreamEvent, Usage};
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Fake;
+
+    #[async_trait]
+    impl Backend for Fake {
+        async fn chat(&self, _: ChatRequest) -> Result<EventStream, Error> {
+            Ok(Box::pin(futures::stream::iter([Ok(StreamEvent::Usage(
+                Usage::default(),
+            ))])))
+        }
+    }
+
+    /// A shelf of `n` fake models whose loads are counted (and fail for `broken`).
+    fn shelf(n: usize, max: usize, broken: Option<usize>) -> (Vec<LazyModel>, Arc<AtomicUsize>) {
+        let shelf = Shelf::new(max, Duration::from_millis(300));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let models = (0..n)
+            .map(|i| {
+                let loads = Arc::clone(&loads);
+                let load: Loader = Arc::new(move || {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(50));
+                    if broken == Some(i) {
+                        return Err("not a GGUF file".into());
+                    }
+                    Ok(Arc::new(Fake) as Arc<dyn Backend>)
+                });
+                shelf.add(
+                    format!("m{i}"),
+                    1,
+                    KeepAlive::For(Duration::from_secs(60)),
+                    load,
+                )
+            })
+            .collect();
+        (models, loads)
+    }
+
+    fn ask() -> ChatRequest {
+        ChatRequest::default()
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_load_once() {
+        let (m, loads) = shelf(1, 0, None);
+        let calls = (0..8).map(|_| m[0].chat(ask()));
+        for r in futures::future::join_all(calls).await {
+            r.unwrap().collect::<Vec<_>>().await;
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        let r = m[0].residency();
+        assert!(r.loaded && r.in_flight == 0 && r.load_ms.is_some(), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_idle_model_makes_room_never_a_busy_one() {
+        let (m, loads) = shelf(3, 2, None);
+        let busy = m[0].chat(ask()).await.unwrap(); // m0 held: an answer not yet read
+        m[1].chat(ask()).await.unwrap().collect::<Vec<_>>().await;
+        m[2].chat(ask()).await.unwrap().collect::<Vec<_>>().await;
+        let loaded: Vec<bool> = m.iter().map(|x| x.residency().loaded).collect();
+        assert_eq!(loaded, [true, false, true], "m1 was idle, m0 busy");
+        drop(busy);
+        // m0's answer ended after m2's: m2 is now the least recently used.
+        m[1].chat(ask()).await.unwrap().collect::<Vec<_>>().await;
+        let loaded: Vec<bool> = m.iter().map(|x| x.residency().loaded).collect();
+        assert_eq!(loaded, [true, true, false]);
+        assert_eq!(loads.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn with_every_place_busy_a_load_waits_then_gives_up() {
+        let (m, _) = shelf(2, 1, None);
+        let busy = m[0].chat(ask()).await.unwrap();
+        let e = match m[1].chat(ask()).await {
+            Err(e) => e,
+            Ok(_) => panic!("m1 loaded beside a busy m0 past the limit"),
+        };
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(e.message.contains("busy"), "{e}");
+        drop(busy);
+        m[1].chat(ask()).await.unwrap().collect::<Vec<_>>().await;
+    }
+
+    #[tokio::test]
+    async fn keep_alive_zero_unloads_after_the_answer_and_sweeps_unload_expired() {
+        let (m, _) = shelf(2, 0, None);
+        let mut req = ask();
+        req.context.keep_alive = Some(KeepAlive::For(Duration::ZERO));
+        let answer = m[0].chat(req).await.unwrap();
+        assert!(m[0].residency().loaded, "loaded while its answer is read");
+        answer.collect::<Vec<_>>().await;
+        assert!(!m[0].residency().loaded);
+
+        let mut req = ask();
+        req.context.keep_alive = Some(KeepAlive::For(Duration::from_millis(100)));
+        m[1].chat(req).await.unwrap().collect::<Vec<_>>().await;
+        m[1].0.shelf.sweep();
+        assert!(m[1].residency().loaded, "not expired yet");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        m[1].0.shelf.sweep();
+        assert!(!m[1].residency().loaded);
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_names_why_and_is_tried_again_on_the_next_request() {
+        let (m, loads) = shelf(2, 0, Some(0));
+        for _ in 0..2 {
+            let e = match m[0].chat(ask()).await {
+                Err(e) => e,
+                Ok(_) => panic!("a broken model answered"),
+            };
+            assert_eq!(e.status(), 503);
+            assert!(e.message.contains("not a GGUF file"), "{e}");
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            m[0].residency().last_error.as_deref(),
+            Some("not a GGUF file")
+        );
+        assert!(m[0].health().is_ok(), "the server stays healthy");
+        m[1].chat(ask()).await.unwrap().collect::<Vec<_>>().await;
+    }
+
+    #[test]
+    fn keep_alive_reads_ollamas_forms() {
+        let secs = |v| match KeepAlive::parse(&v).unwrap() {
+            KeepAlive::For(d) => d.as_secs_f64(),
+            KeepAlive::Forever => -1.0,
+        };
+        assert_eq!(secs(json!(0)), 0.0);
+        assert_eq!(secs(json!(30)), 30.0);
+        assert_eq!(secs(json!(-1)), -1.0);
+        assert_eq!(secs(json!("-1")), -1.0);
+        assert_eq!(secs(json!("-1m")), -1.0);
+        assert_eq!(secs(json!("5m")), 300.0);
+        assert_eq!(secs(json!("1h30m")), 5400.0);
+        assert_eq!(secs(json!("1.5s")), 1.5);
+        assert_eq!(secs(json!("0")), 0.0);
+        for bad in [json!("soon"), json!("5x"), json!(true), json!("m")] {
+            assert!(KeepAlive::parse(&bad).is_err(), "{bad}");
+        }
+    }
+}

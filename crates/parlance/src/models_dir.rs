@@ -1,0 +1,244 @@
+//! `--models-dir`: every GGUF in a folder, listed at start and loaded on demand.
+
+use crate::local::{load_local, peek_local};
+use crate::serve::{ngl_for_all, ServeArgs};
+use anyhow::Context;
+use parlance_core::lazy::{KeepAlive, Loader, Shelf};
+use parlance_core::{Capabilities, ModelInfo, Router};
+use parlance_server::catalog::LocalSpec;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a request waits for a loaded model to finish its requests and make room.
+const ROOM_WAIT: Duration = Duration::from_secs(30);
+
+/// One model found in the folder.
+#[derive(Debug, PartialEq)]
+struct Found {
+    name: String,
+    path: PathBuf,
+    mmproj: Option<PathBuf>,
+    /// Bytes of its files (all parts of a split model).
+    size: u64,
+}
+
+fn is_gguf(p: &Path) -> bool {
+    p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        && p.is_file()
+}
+
+fn lower_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+}
+
+fn is_projector(p: &Path) -> bool {
+    lower_name(p).contains("mmproj")
+}
+
+/// `name-00002-of-00003.gguf` -> `Some(("name", 2))`: llama.cpp's split files, loaded
+/// from their first part.
+fn split_part(stem: &str) -> Option<(&str, u32)> {
+    let (head, total) = stem.rsplit_once("-of-")?;
+    let (base, part) = head.rsplit_once('-')?;
+    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(part) && digits(total)).then(|| (base, part.parse().unwrap_or(0)))
+}
+
+fn size_of(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+/// The models in `files` (one folder's GGUFs): each model file but projectors and
+/// the later parts of split models, named `name` when the folder is a model's own.
+fn models_in(files: &[PathBuf], folder_name: Option<&str>) -> Vec<Found> {
+    let projectors: Vec<&PathBuf> = files.iter().filter(|p| is_projector(p)).collect();
+    let mut found = Vec::new();
+    for p in files.iter().filter(|p| !is_projector(p)) {
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (base, size) = match split_part(&stem) {
+            Some((_, n)) if n != 1 => continue,
+            Some((base, _)) => {
+                let parts = files.iter().filter(|q| {
+                    q.file_stem()
+                        .and_then(|s| split_part(&s.to_string_lossy()).map(|(b, _)| b == base))
+                        .unwrap_or(false)
+                });
+                (base.to_string(), parts.map(|q| size_of(q)).sum())
+            }
+            None => (stem.clone(), size_of(p)),
+        };
+        found.push(Found {
+            name: base,
+            path: p.clone(),
+            mmproj: None,
+            size,
+        });
+    }
+    // A folder of one model: its name and its projector, whatever they are called.
+    if let (Some(folder), [only]) = (folder_name, found.as_mut_slice()) {
+        only.name = folder.to_string();
+        only.mmproj = projectors.first().map(|p| (*p).clone());
+        return found;
+    }
+    // Several: a projector whose name holds the model's.
+    for f in &mut found {
+        let stem = f.name.to_lowercase();
+        f.mmproj = projectors
+            .iter()
+            .find(|p| lower_name(p).contains(&stem))
+            .map(|p| (*p).clone());
+    }
+    found
+}
+
+fn gguf_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("--models-dir {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_gguf(p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The folder's models, and those of its subfolders (one level, as a hub download
+/// puts each repository in its own folder).
+fn scan(dir: &Path) -> anyhow::Result<Vec<Found>> {
+    let mut found = models_in(&gguf_files(dir)?, None);
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    subdirs.sort();
+    for sub in subdirs {
+        let name = sub
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        found.extend(models_in(&gguf_files(&sub)?, Some(&name)));
+    }
+    Ok(found)
+}
+
+/// What `/v1/models` says of a model whose metadata could not be read: a chat model
+/// that will answer with why it cannot load.
+fn unreadable(name: &str) -> ModelInfo {
+    ModelInfo {
+        id: name.to_string(),
+        owned_by: "parlance".into(),
+        kind: "chat".into(),
+        capabilities: Capabilities {
+            chat: true,
+            ..Capabilities::default()
+        },
+        ..ModelInfo::default()
+    }
+}
+
+/// Adds every model in `dir` to `router`, loaded on demand, and starts the sweeper
+/// that unloads idle ones.
+pub fn serve(
+    dir: &Path,
+    args: &ServeArgs,
+    template: &Option<String>,
+    images: &Arc<dyn parlance_core::InlineImages>,
+    router: &mut Router,
+) -> anyhow::Result<()> {
+    let keep = KeepAlive::parse(&serde_json::Value::String(args.keep_alive.clone()))
+        .map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
+    let shelf = Shelf::new(args.max_loaded_models, ROOM_WAIT);
+    let shared = Arc::new((args.clone(), template.clone(), Arc::clone(images)));
+    let found = scan(dir)?;
+    for m in found {
+        let spec = LocalSpec {
+            path: m.path.clone(),
+            n_gpu_layers: ngl_for_all(&args.n_gpu_layers),
+            mmproj: m.mmproj.clone(),
+        };
+        let alias = Some(m.name.clone());
+        let info = match peek_local(args, template, &spec, alias.clone(), images) {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(model = %m.name, error = %e, "listed, but it will not load");
+                unreadable(&m.name)
+            }
+        };
+        let ctx = Arc::clone(&shared);
+        let load: Loader = Arc::new(move || {
+            let (args, template, images) = &*ctx;
+            load_local(args, template, &spec, alias.clone(), images).map(|(_, backend)| backend)
+        });
+        let lazy = shelf.add(m.name.clone(), m.size, keep, load);
+        if let Err(e) = router.add(info, Arc::new(lazy)) {
+            // Also given with -m or in the catalog: that one stays loaded.
+            tracing::warn!(model = %m.name, "{e}; the --models-dir copy is left out");
+            continue;
+        }
+        println!(
+            "on demand: `{}` ({}{})",
+            m.name,
+            m.path.display(),
+            m.mmproj
+                .as_ref()
+                .map(|p| format!(", images through {}", p.display()))
+                .unwrap_or_default()
+        );
+    }
+    shelf.start_sweeper();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projectors_and_later_split_parts_are_not_models() {
+        let d = std::env::temp_dir().join(format!("parlance-models-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let touch = |name: &str| {
+            let p = d.join(name);
+            std::fs::write(&p, b"GGUF").unwrap();
+            p
+        };
+        let qwen = touch("qwen-00001-of-00002.gguf");
+        touch("qwen-00002-of-00002.gguf");
+        let gemma = touch("gemma3.gguf");
+        let proj = touch("mmproj-gemma3-f16.gguf");
+        touch("notes.txt");
+        std::fs::create_dir(d.join("llava")).unwrap();
+        let llava = d.join("llava/model-q4.gguf");
+        let llava_proj = d.join("llava/mmproj.gguf");
+        std::fs::write(&llava, b"GGUF").unwrap();
+        std::fs::write(&llava_proj, b"GGUF").unwrap();
+        let found = scan(&d).unwrap();
+        let got: Vec<(&str, &Path, Option<&Path>, u64)> = found
+            .iter()
+            .map(|f| {
+                (
+                    f.name.as_str(),
+                    f.path.as_path(),
+                    f.mmproj.as_deref(),
+                    f.size,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("gemma3", gemma.as_path(), Some(proj.as_path()), 4),
+                ("qwen", qwen.as_path(), None, 8),
+                ("llava", llava.as_path(), Some(llava_proj.as_path()), 4),
+            ]
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

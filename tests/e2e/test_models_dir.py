@@ -1,0 +1,155 @@
+"""Models on demand (`--models-dir`), as Ollama serves a folder: listed without loading,
+loaded once by concurrent first requests, the least recently used idle model unloaded
+for another (never one that is streaming), `keep_alive` per request, memory given back,
+and a corrupt GGUF that answers a clear error while the others keep working."""
+
+import concurrent.futures
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+
+import ollama
+import openai
+import pytest
+import requests
+
+from conftest import ROOT, Server
+
+MODELS = ROOT / "models"
+FILES = {
+    "smol": MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gemma": MODELS / "gemma-3-270m-q4_k_m.gguf",
+    "minilm": MODELS / "all-minilm-l6-v2.f16.gguf",
+}
+
+
+@pytest.fixture(scope="module")
+def srv():
+    d = tempfile.mkdtemp(prefix="parlance-models-dir-")
+    for name, path in FILES.items():
+        if not path.exists():
+            pytest.fail(f"{path} missing: run scripts/fetch-models.sh")
+        os.symlink(path, f"{d}/{name}.gguf")
+    with open(f"{d}/broken.gguf", "wb") as f:
+        f.write(b"GGUF" + os.urandom(4096))
+    s = Server("--models-dir", d, "--max-loaded-models", "2", "-np", "2", "--db", "none")
+    yield s
+    s.stop()
+
+
+def ps(s):
+    return {m["name"]: m for m in requests.get(s.url + "/api/ps", timeout=10).json()["models"]}
+
+
+def rss_mb(s):
+    with open(f"/proc/{s.proc.pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+def loads(s, name):
+    """How many times the server has started loading the file behind `name`."""
+    return sum(1 for line in open(s.log_path) if line.startswith("loading ") and f"/{name}.gguf" in line)
+
+
+def wait_for(cond, secs=10):
+    deadline = time.time() + secs
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+def chat(s, model, **kw):
+    c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    return c.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hi."}],
+                                     max_tokens=8, temperature=0, **kw)
+
+
+def test_listed_without_loading(srv):
+    ids = {m["id"] for m in requests.get(srv.url + "/v1/models", timeout=10).json()["data"]}
+    assert ids == {"smol", "gemma", "minilm", "broken"}
+    models = {m["id"]: m for m in requests.get(srv.url + "/v1/models", timeout=10).json()["data"]}
+    assert models["minilm"]["type"] == "embedding" and models["minilm"]["dimensions"] == 384
+    # What loading would give, read from the GGUF's metadata alone.
+    assert models["smol"]["context_length"] == 8192 and models["gemma"]["context_length"] == 32768
+    tags = {m["name"]: m for m in requests.get(srv.url + "/api/tags", timeout=10).json()["models"]}
+    assert tags["gemma"]["size"] == FILES["gemma"].stat().st_size
+    assert ps(srv) == {}
+    assert all(loads(srv, n) == 0 for n in FILES)
+
+
+def test_concurrent_first_requests_load_it_once(srv):
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: chat(srv, "smol"), range(8)))
+    assert all(a.choices[0].message.content for a in answers)
+    assert loads(srv, "smol") == 1
+    assert set(ps(srv)) == {"smol"}
+
+
+def test_the_least_recently_used_idle_model_makes_room_never_a_streaming_one(srv):
+    chat(srv, "smol")
+    # A long stream on smol, read slowly while other models come and go.
+    stream = requests.post(srv.url + "/v1/chat/completions", stream=True, timeout=300, json={
+        "model": "smol", "stream": True, "max_tokens": 600, "ignore_eos": True, "temperature": 0,
+        "messages": [{"role": "user", "content": "Count from one to one hundred in words."}]})
+    lines = stream.iter_lines()
+    first = next(l for l in lines if l)
+    assert first.startswith(b"data: ")
+    e = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    assert len(e.embeddings.create(model="minilm", input="x").data[0].embedding) == 384
+    assert set(ps(srv)) == {"smol", "minilm"}
+    # gemma needs a place: minilm is idle, smol is streaming.
+    assert chat(srv, "gemma").choices[0].message.content
+    assert set(ps(srv)) == {"smol", "gemma"}
+    rest = [l for l in lines if l]
+    assert rest[-1] == b"data: [DONE]"
+    finish = [json.loads(l[6:])["choices"][0].get("finish_reason") for l in rest[:-1] if json.loads(l[6:])["choices"]]
+    assert finish[-1] == "length"
+    assert loads(srv, "smol") == 1, "smol was never unloaded"
+
+
+def test_keep_alive_per_request_and_memory_given_back(srv):
+    oc = ollama.Client(host=srv.url)
+    msgs = [{"role": "user", "content": "Say hi."}]
+    opts = {"num_predict": 4, "temperature": 0}
+    oc.chat(model="smol", messages=msgs, options=opts)
+    oc.chat(model="gemma", messages=msgs, options=opts, keep_alive="5m")
+    assert set(ps(srv)) == {"smol", "gemma"}
+    time.sleep(1)
+    loaded = rss_mb(srv)
+    # keep_alive 0: unloaded once its answer is out; its memory comes back.
+    r = oc.chat(model="gemma", messages=msgs, options=opts, keep_alive=0)
+    assert r.done and r.load_duration == 0, "gemma was loaded already"
+    assert wait_for(lambda: "gemma" not in ps(srv))
+    gemma_mb = FILES["gemma"].stat().st_size / 2**20
+    assert wait_for(lambda: loaded - rss_mb(srv) > 0.8 * gemma_mb), (loaded, rss_mb(srv), gemma_mb)
+    # Loaded again by the next request, which says how long that took.
+    r = oc.chat(model="gemma", messages=msgs, options=opts, keep_alive="1s")
+    assert r.load_duration > 0
+    expires = ps(srv)["gemma"]["expires_at"]
+    assert expires.startswith("20"), expires
+    # Idle past its own keep_alive of one second: the sweeper unloads it.
+    assert wait_for(lambda: "gemma" not in ps(srv), secs=5)
+    assert "smol" in ps(srv), "smol keeps the server's --keep-alive (5m)"
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.chat(model="smol", messages=msgs, keep_alive="soon")
+    assert e.value.status_code == 400 and "keep_alive" in e.value.error
+
+
+def test_a_corrupt_gguf_is_listed_and_answers_why(srv):
+    oc = ollama.Client(host=srv.url)
+    for _ in range(2):  # tried again on each request, refused each time
+        with pytest.raises(ollama.ResponseError) as e:
+            oc.chat(model="broken", messages=[{"role": "user", "content": "hi"}])
+        assert e.value.status_code == 503 and "could not be loaded" in e.value.error, e.value.error
+    with pytest.raises(openai.APIStatusError) as e:
+        chat(srv, "broken")
+    assert e.value.status_code == 503 and "broken" in e.value.message
+    assert loads(srv, "broken") == 3
+    assert requests.get(srv.url + "/health", timeout=10).status_code == 200
+    assert chat(srv, "smol").choices[0].message.content
+    assert "broken" not in ps(srv)
