@@ -80,6 +80,8 @@ def test_listed_without_loading(srv):
     assert tags["gemma"]["size"] == FILES["gemma"].stat().st_size
     assert ps(srv) == {}
     assert all(loads(srv, n) == 0 for n in FILES)
+    metrics = requests.get(srv.url + "/metrics", timeout=10).text
+    assert 'parlance_model_loaded{model="gemma"} 0' in metrics
 
 
 def test_concurrent_first_requests_load_it_once(srv):
@@ -88,6 +90,9 @@ def test_concurrent_first_requests_load_it_once(srv):
     assert all(a.choices[0].message.content for a in answers)
     assert loads(srv, "smol") == 1
     assert set(ps(srv)) == {"smol"}
+    metrics = requests.get(srv.url + "/metrics", timeout=10).text
+    assert 'parlance_model_loaded{model="smol"} 1' in metrics
+    assert re.search(r'parlance_model_load_seconds\{model="smol"\} 0\.\d+', metrics), metrics
 
 
 def test_the_least_recently_used_idle_model_makes_room_never_a_streaming_one(srv):

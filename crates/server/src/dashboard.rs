@@ -48,6 +48,8 @@ pub async fn status(
             "capabilities": info.capabilities,
             "price": info.price,
             "load": r.backend.load(),
+            // Models loaded on demand: loaded or not, load time, when it unloads.
+            "residency": r.backend.residency(),
             "down": r.backend.health().err(),
             "system_prompt": c.system_prompt,
             "defaults": c.defaults,

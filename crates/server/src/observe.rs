@@ -113,6 +113,15 @@ pub async fn metrics_page(State(state): State<Arc<AppState>>, headers: HeaderMap
         }
     }
     for route in state.router.routes() {
+        if let Some(r) = route.backend.residency() {
+            let model = route.info.id.clone();
+            let loaded = if r.loaded { 1.0 } else { 0.0 };
+            metrics::gauge!("parlance_model_loaded", "model" => model.clone()).set(loaded);
+            if let Some(ms) = r.load_ms {
+                metrics::gauge!("parlance_model_load_seconds", "model" => model)
+                    .set(ms as f64 / 1000.0);
+            }
+        }
         if let Some(load) = route.backend.load() {
             let model = route.info.id.clone();
             metrics::gauge!("parlance_queue_depth", "model" => model.clone())
