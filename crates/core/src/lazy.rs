@@ -77,6 +77,25 @@ fn go_duration(s: &str) -> Result<f64, String> {
     Ok(sign * total)
 }
 
+/// A folder of models served on demand that takes new ones while the server runs
+/// (pulled through Ollama's API) and lets them go (deleted).
+pub trait ModelFolder: Send + Sync {
+    /// The file a model of this name is kept in.
+    fn path_for(&self, name: &str) -> std::path::PathBuf;
+    /// Where names without a host are pulled from.
+    fn registry(&self) -> &str;
+    /// A model file now in the folder, made ready to list and load on demand. Blocking:
+    /// it reads the file's metadata.
+    fn adopt(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<(crate::backend::ModelInfo, Arc<dyn Backend>), String>;
+    /// Stops serving one of the folder's models; its files, to delete. `None`: the
+    /// name is not one of the folder's.
+    fn forget(&self, name: &str) -> Option<Vec<std::path::PathBuf>>;
+}
+
 /// A lazy model's state as `/api/ps`, `/admin/status` and `/metrics` show it.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Residency {

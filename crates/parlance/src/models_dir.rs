@@ -3,11 +3,13 @@
 use crate::local::{load_local, peek_local};
 use crate::serve::{ngl_for_all, ServeArgs};
 use anyhow::Context;
-use parlance_core::lazy::{KeepAlive, Loader, Shelf};
-use parlance_core::{Capabilities, ModelInfo, Router};
+use parlance_core::lazy::{KeepAlive, Loader, ModelFolder, Shelf};
+use parlance_core::{Backend, Capabilities, InlineImages, ModelInfo, Router};
 use parlance_server::catalog::LocalSpec;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long a request waits for a loaded model to finish its requests and make room.
@@ -142,21 +144,22 @@ fn unreadable(name: &str) -> ModelInfo {
     }
 }
 
-/// Adds every model in `dir` to `router`, loaded on demand, and starts the sweeper
-/// that unloads idle ones.
-pub fn serve(
-    dir: &Path,
-    args: &ServeArgs,
-    template: &Option<String>,
-    images: &Arc<dyn parlance_core::InlineImages>,
-    router: &mut Router,
-) -> anyhow::Result<()> {
-    let keep = KeepAlive::parse(&serde_json::Value::String(args.keep_alive.clone()))
-        .map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
-    let shelf = Shelf::new(args.max_loaded_models, ROOM_WAIT);
-    let shared = Arc::new((args.clone(), template.clone(), Arc::clone(images)));
-    let found = scan(dir)?;
-    for m in found {
+/// The `--models-dir` folder as the server serves it: what it found at start and what
+/// `/api/pull` adds.
+pub struct Folder {
+    dir: PathBuf,
+    registry: String,
+    shelf: Arc<Shelf>,
+    keep: KeepAlive,
+    settings: Arc<(ServeArgs, Option<String>, Arc<dyn InlineImages>)>,
+    /// Each served model's files (all parts of a split model), for `/api/delete`.
+    files: Mutex<HashMap<String, Vec<PathBuf>>>,
+}
+
+impl Folder {
+    /// A model listed now and loaded on its first request.
+    fn serve(&self, m: Found, files: Vec<PathBuf>) -> (ModelInfo, Arc<dyn Backend>) {
+        let (args, template, images) = &*self.settings;
         let spec = LocalSpec {
             path: m.path.clone(),
             n_gpu_layers: ngl_for_all(&args.n_gpu_layers),
@@ -170,29 +173,107 @@ pub fn serve(
                 unreadable(&m.name)
             }
         };
-        let ctx = Arc::clone(&shared);
+        let settings = Arc::clone(&self.settings);
         let load: Loader = Arc::new(move || {
-            let (args, template, images) = &*ctx;
+            let (args, template, images) = &*settings;
             load_local(args, template, &spec, alias.clone(), images).map(|(_, backend)| backend)
         });
-        let lazy = shelf.add(m.name.clone(), m.size, keep, load);
-        if let Err(e) = router.add(info, Arc::new(lazy)) {
+        let lazy = self.shelf.add(m.name.clone(), m.size, self.keep, load);
+        lock(&self.files).insert(m.name, files);
+        (info, Arc::new(lazy))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A map updated in single steps: a panic elsewhere while it was held leaves it whole.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ModelFolder for Folder {
+    fn path_for(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.gguf"))
+    }
+
+    fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    fn adopt(&self, name: &str, path: &Path) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
+        let found = Found {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            mmproj: None,
+            size: size_of(path),
+        };
+        Ok(self.serve(found, vec![path.to_path_buf()]))
+    }
+
+    fn forget(&self, name: &str) -> Option<Vec<PathBuf>> {
+        lock(&self.files).remove(name)
+    }
+}
+
+/// Adds every model in `dir` to `router`, loaded on demand, and starts the sweeper
+/// that unloads idle ones; the folder then takes pulled models.
+pub fn serve(
+    dir: &Path,
+    args: &ServeArgs,
+    template: &Option<String>,
+    images: &Arc<dyn InlineImages>,
+    router: &mut Router,
+) -> anyhow::Result<Arc<Folder>> {
+    let keep = KeepAlive::parse(&serde_json::Value::String(args.keep_alive.clone()))
+        .map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
+    let folder = Arc::new(Folder {
+        dir: dir.to_path_buf(),
+        registry: args.registry.clone(),
+        shelf: Shelf::new(args.max_loaded_models, ROOM_WAIT),
+        keep,
+        settings: Arc::new((args.clone(), template.clone(), Arc::clone(images))),
+        files: Mutex::new(HashMap::new()),
+    });
+    for m in scan(dir)? {
+        let (name, path, mmproj) = (m.name.clone(), m.path.clone(), m.mmproj.clone());
+        let files = parts_of(&path);
+        let (info, backend) = folder.serve(m, files);
+        if let Err(e) = router.add(info, backend) {
             // Also given with -m or in the catalog: that one stays loaded.
-            tracing::warn!(model = %m.name, "{e}; the --models-dir copy is left out");
+            tracing::warn!(model = %name, "{e}; the --models-dir copy is left out");
+            folder.forget(&name);
             continue;
         }
         println!(
-            "on demand: `{}` ({}{})",
-            m.name,
-            m.path.display(),
-            m.mmproj
+            "on demand: `{name}` ({}{})",
+            path.display(),
+            mmproj
                 .as_ref()
                 .map(|p| format!(", images through {}", p.display()))
                 .unwrap_or_default()
         );
     }
-    shelf.start_sweeper();
-    Ok(())
+    folder.shelf.start_sweeper();
+    Ok(folder)
+}
+
+/// A model file and, for a split model, its other parts.
+fn parts_of(first: &Path) -> Vec<PathBuf> {
+    let stem = first
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some((base, _)) = split_part(&stem) else {
+        return vec![first.to_path_buf()];
+    };
+    let dir = first.parent().unwrap_or(Path::new("."));
+    gguf_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            p.file_stem()
+                .and_then(|s| split_part(&s.to_string_lossy()).map(|(b, _)| b == base))
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -136,6 +136,15 @@ pub struct ServeArgs {
     )]
     pub keep_alive: String,
 
+    /// Where Ollama's `/api/pull` fetches models whose name has no host (a registry
+    /// speaking Ollama's API); they land in --models-dir.
+    #[arg(
+        long = "registry",
+        env = "PARLANCE_REGISTRY",
+        default_value = "https://registry.ollama.ai"
+    )]
+    pub registry: String,
+
     /// At most this many --models-dir models loaded at once: loading another unloads
     /// the least recently used idle one (never one serving requests). 0: no limit.
     #[arg(
@@ -500,16 +509,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             load_local(&args, &template, &spec, alias, &images).map_err(anyhow::Error::msg)?;
         router.add(info, backend).map_err(anyhow::Error::msg)?;
     }
-    if let Some(dir) = &args.models_dir {
-        crate::models_dir::serve(dir, &args, &template, &images, &mut router)?;
-    }
-    if router.models().next().is_none() {
+    let folder = match &args.models_dir {
+        Some(dir) => Some(crate::models_dir::serve(
+            dir,
+            &args,
+            &template,
+            &images,
+            &mut router,
+        )?),
+        None => None,
+    };
+    let models = router.models();
+    // An empty --models-dir is a start: models come with /api/pull.
+    if models.is_empty() && args.models_dir.is_none() {
         bail!("nothing to serve: the config file names no models, no -m was given and --models-dir holds no GGUF");
     }
-    let names: Vec<&str> = router.models().map(|m| m.id.as_str()).collect();
+    let names: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
     println!("serving {} model names: {}", names.len(), names.join(", "));
 
     let mut state = AppState::new(router);
+    state.models_dir = folder.map(|f| f as Arc<dyn parlance_core::lazy::ModelFolder>);
     state.api_keys = keys
         .iter()
         .map(|k| k.trim().to_string())

@@ -249,7 +249,7 @@ pub async fn completions(
             return Err(door.output_cap_error(asked, limit, &base.model).into());
         }
     }
-    let prompts = prompts(route, wire_req.prompt.clone()).await?;
+    let prompts = prompts(&route, wire_req.prompt.clone()).await?;
     let stream = base.stream;
     let mut streams = Vec::with_capacity(prompts.len());
     let mut rate = Default::default();
@@ -257,7 +257,7 @@ pub async fn completions(
         let mut req = base.clone();
         req.raw_prompt = Some(p.clone());
         req.context = Default::default();
-        match crate::door::start(&state, &ctx, &principal, &door, route, req).await {
+        match crate::door::start(&state, &ctx, &principal, &door, &route, req).await {
             Ok(Started { events, rate: r }) => {
                 streams.push(events);
                 rate = r;

@@ -139,6 +139,7 @@ pub async fn playground(State(state): State<Arc<AppState>>) -> Response {
         let items: String = state
             .router
             .models()
+            .iter()
             .map(|m| {
                 format!(
                     "<li><code>{}</code> &middot; context {} tokens</li>",

@@ -146,7 +146,7 @@ pub async fn chat<D: Door>(
         Ok(r) => r,
         Err(e) => return Refusal::<D>::from(e).into_response(),
     };
-    match start(state, ctx, principal, &door, route, req).await {
+    match start(state, ctx, principal, &door, &route, req).await {
         Ok(started) => answer(ctx, door, started, stream).await,
         Err(refused) => refused,
     }

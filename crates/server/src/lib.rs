@@ -57,6 +57,8 @@ pub struct AppState {
     pub responses: responses::MemoryStore,
     /// When the server started (the console's uptime).
     pub started: std::time::Instant,
+    /// `--models-dir`, which Ollama's `/api/pull` and `/api/delete` add to and take from.
+    pub models_dir: Option<Arc<dyn parlance_core::lazy::ModelFolder>>,
 }
 
 impl AppState {
@@ -75,6 +77,7 @@ impl AppState {
             metrics: None,
             responses: responses::MemoryStore::default(),
             started: std::time::Instant::now(),
+            models_dir: None,
         }
     }
 
@@ -148,6 +151,8 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
         .route("/api/show", post(ollama::show))
         .route("/api/ps", get(ollama::ps))
         .route("/api/version", get(ollama::version))
+        .route("/api/pull", post(ollama::pull::pull))
+        .route("/api/delete", axum::routing::delete(ollama::pull::delete))
         // llama-server's and Cohere's paths.
         .route("/rerank", post(rerank::create))
         .route("/v2/rerank", post(rerank::create))

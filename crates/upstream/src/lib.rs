@@ -12,6 +12,7 @@ mod http;
 pub mod images;
 mod openai;
 mod openai_read;
+pub mod registry;
 pub mod sse;
 
 use async_trait::async_trait;

@@ -126,7 +126,7 @@ pub async fn count_tokens(
     );
     let work = async {
         let texts = route.backend.count_tokens(&texts).await?;
-        let images = crate::door::image_tokens(route, &req).await?;
+        let images = crate::door::image_tokens(&route, &req).await?;
         Ok(texts.iter().sum::<u32>() + images)
     };
     let count = counted(&state, &ctx, &principal, &route.info, Messages::NAME, work).await?;
@@ -138,6 +138,7 @@ pub fn models(state: &AppState) -> Value {
     let data: Vec<Value> = state
         .router
         .models()
+        .iter()
         .map(|m| json!({"type": "model", "id": m.id, "display_name": m.id, "created_at": rfc3339(m.created)}))
         .collect();
     json!({

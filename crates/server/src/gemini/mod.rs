@@ -71,7 +71,7 @@ fn model_object(m: &ModelInfo) -> Value {
 }
 
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"models": state.router.models().map(model_object).collect::<Vec<_>>()}))
+    Json(json!({"models": state.router.models().iter().map(model_object).collect::<Vec<_>>()}))
 }
 
 /// `GET models/{model}`.
@@ -275,7 +275,7 @@ async fn count_tokens(
     texts.extend(ir.tools.iter().map(|t| t.parameters.to_string()));
     let work = async {
         let texts = route.backend.count_tokens(&texts).await?;
-        let images = crate::door::image_tokens(route, &ir).await?;
+        let images = crate::door::image_tokens(&route, &ir).await?;
         Ok(texts.iter().sum::<u32>() + images)
     };
     let count = counted(state, ctx, principal, &route.info, Generate::NAME, work).await?;

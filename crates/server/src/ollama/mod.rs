@@ -4,6 +4,7 @@
 //! measured here: the prompt's from the request's start to the first token, the
 //! generation's from there to the end.
 
+pub mod pull;
 mod request;
 
 use crate::auth::Principal;
@@ -69,7 +70,16 @@ async fn answer(
         req.context.keep_alive = Some(keep);
     }
     let door = Ollama::new(&req, generate, ctx.started());
+    req.model = served_name(state, &req.model);
     Ok(crate::door::chat(state, ctx, principal, door, req).await)
+}
+
+/// The name a model is served under: Ollama's clients say `name:latest` for `name`.
+pub(crate) fn served_name(state: &AppState, name: &str) -> String {
+    match name.strip_suffix(":latest") {
+        Some(short) if state.router.resolve(name).is_err() => short.to_string(),
+        _ => name.to_string(),
+    }
 }
 
 /// Ollama's chat and generate answers.
@@ -270,7 +280,7 @@ pub async fn embed(
     body: Body,
 ) -> Result<Response, Refusal<Ollama>> {
     let body: Value = read_json(body, state.body_limit).await?;
-    let model = body["model"].as_str().unwrap_or_default().to_string();
+    let model = served_name(&state, body["model"].as_str().unwrap_or_default());
     ctx.set_model(&model);
     let legacy = uri.path().ends_with("/embeddings");
     let texts: Vec<String> = match (legacy, &body["input"], &body["prompt"]) {
@@ -407,7 +417,8 @@ pub async fn show(
         .as_str()
         .or_else(|| body["name"].as_str())
         .unwrap_or_default();
-    let m = &state.router.resolve(name)?.info;
+    let route = state.router.resolve(&served_name(&state, name))?;
+    let m = &route.info;
     let c = &m.capabilities;
     let caps: Vec<&str> = [
         (c.chat, "completion"),

@@ -203,7 +203,7 @@ pub async fn list_models(
     }
     Json(wire::ModelList {
         object: "list".into(),
-        data: state.router.models().map(model_object).collect(),
+        data: state.router.models().iter().map(model_object).collect(),
     })
     .into_response()
 }
@@ -293,10 +293,10 @@ fn yes() -> bool {
     true
 }
 
-fn route_for<'a>(
-    state: &'a AppState,
+fn route_for(
+    state: &AppState,
     model: Option<&str>,
-) -> Result<&'a parlance_core::router::Route, Error> {
+) -> Result<Arc<parlance_core::router::Route>, Error> {
     match model {
         Some(m) => state.router.resolve(m),
         None => state

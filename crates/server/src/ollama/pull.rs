@@ -1,0 +1,178 @@
+//! Ollama's `POST /api/pull` (progress streamed as NDJSON) and `DELETE /api/delete`, on
+//! the `--models-dir` folder. Both change what the server serves, so they need the
+//! admin key unless the server is open (no keys at all, as Ollama itself runs).
+
+use super::Ollama;
+use crate::body::read_json;
+use crate::door::Refusal;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use parlance_core::lazy::ModelFolder;
+use parlance_core::{Error, ErrorKind};
+use parlance_upstream::registry::{self, ModelRef, PullEvent};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn allowed(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
+    if state.is_open() || crate::admin::admin(state, headers).is_ok() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::PermissionDenied,
+        "pulling and deleting models needs the admin key",
+    ))
+}
+
+fn folder(state: &AppState) -> Result<Arc<dyn ModelFolder>, Error> {
+    state.models_dir.clone().ok_or_else(|| {
+        Error::invalid("pulling and deleting models needs a models folder (--models-dir)")
+    })
+}
+
+fn name_of(body: &Value) -> Result<String, Error> {
+    body["model"]
+        .as_str()
+        .or_else(|| body["name"].as_str())
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| Error::invalid_param("model", "model is required"))
+}
+
+fn line(ev: PullEvent) -> Value {
+    match ev {
+        PullEvent::Status(s) => json!({"status": s}),
+        PullEvent::Progress {
+            digest,
+            total,
+            completed,
+        } => json!({"status": format!("pulling {}", short(&digest)), "digest": digest,
+                    "total": total, "completed": completed}),
+    }
+}
+
+/// `sha256:0123456789ab…` as Ollama's progress names a layer.
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    hex.get(..12).unwrap_or(hex)
+}
+
+/// `POST /api/pull`: `{model, insecure?, stream?}`.
+pub async fn pull(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal<Ollama>> {
+    allowed(&state, &headers)?;
+    let body: Value = read_json(body, state.body_limit).await?;
+    let folder = folder(&state)?;
+    let name = name_of(&body)?;
+    let insecure = body["insecure"].as_bool().unwrap_or(false);
+    let model = ModelRef::parse(&name, folder.registry(), insecure)
+        .map_err(|e| Error::invalid_param("model", e))?;
+    let lines = pulling(Arc::clone(&state), folder, model);
+    if body["stream"].as_bool().unwrap_or(true) {
+        let body =
+            Body::from_stream(lines.map(|v| Ok::<_, std::convert::Infallible>(format!("{v}\n"))));
+        return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response());
+    }
+    // One object: the last line, or the error.
+    let last = lines
+        .collect::<Vec<Value>>()
+        .await
+        .pop()
+        .unwrap_or(Value::Null);
+    let status = match last["error"].as_str() {
+        None => StatusCode::OK,
+        Some(e) if e.contains("file does not exist") => StatusCode::NOT_FOUND,
+        Some(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Ok((status, axum::Json(last)).into_response())
+}
+
+/// The pull as progress lines, ending with `success` or `{"error"}`. Dropping it (the
+/// caller hung up) stops the download; the partial file stays for the next pull.
+fn pulling(
+    state: Arc<AppState>,
+    folder: Arc<dyn ModelFolder>,
+    model: ModelRef,
+) -> impl Stream<Item = Value> + Send {
+    let id = model.id();
+    let dest = folder.path_for(&id);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let work = {
+        let dest = dest.clone();
+        async move {
+            let mut on = |ev: PullEvent| {
+                let _ = tx.send(ev);
+            };
+            registry::pull(&model, &dest, &mut on).await
+        }
+    };
+    async_stream::stream! {
+        let work = work;
+        tokio::pin!(work);
+        let result = loop {
+            tokio::select! {
+                Some(ev) = rx.recv() => yield line(ev),
+                r = &mut work => break r,
+            }
+        };
+        while let Ok(ev) = rx.try_recv() {
+            yield line(ev);
+        }
+        if let Err(e) = result {
+            yield json!({"error": e.message});
+            return;
+        }
+        yield json!({"status": "writing manifest"});
+        match adopt(&state, folder, id, dest).await {
+            Ok(()) => yield json!({"status": "success"}),
+            Err(e) => yield json!({"error": e}),
+        }
+    }
+}
+
+/// Lists a pulled model (a model pulled again keeps its place and loads the new file
+/// next time it loads).
+async fn adopt(
+    state: &AppState,
+    folder: Arc<dyn ModelFolder>,
+    id: String,
+    path: PathBuf,
+) -> Result<(), String> {
+    if state.router.resolve(&id).is_ok() {
+        return Ok(());
+    }
+    let name = id.clone();
+    let made = tokio::task::spawn_blocking(move || folder.adopt(&name, &path))
+        .await
+        .map_err(|e| format!("reading the model crashed: {e}"))??;
+    state.router.insert(made.0, made.1)
+}
+
+/// `DELETE /api/delete`: `{model}`; a model of the folder only.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal<Ollama>> {
+    allowed(&state, &headers)?;
+    let body: Value = read_json(body, state.body_limit).await?;
+    let folder = folder(&state)?;
+    let name = super::served_name(&state, &name_of(&body)?);
+    let Some(files) = folder.forget(&name) else {
+        return Err(Error::new(ErrorKind::NotFound, format!("model '{name}' not found")).into());
+    };
+    state.router.remove(&name);
+    for f in files {
+        if let Err(e) = tokio::fs::remove_file(&f).await {
+            tracing::warn!(file = %f.display(), error = %e, "could not delete a model file");
+        }
+    }
+    Ok(StatusCode::OK.into_response())
+}
