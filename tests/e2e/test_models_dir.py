@@ -158,3 +158,30 @@ def test_a_corrupt_gguf_is_listed_and_answers_why(srv):
     assert requests.get(srv.url + "/health", timeout=10).status_code == 200
     assert chat(srv, "smol").choices[0].message.content
     assert "broken" not in ps(srv)
+
+
+def test_a_memory_budget_unloads_to_fit_and_refuses_what_never_fits():
+    """Estimates: SmolLM2 ~94 MiB of weights + 180 MiB of KV cache (30 layers x 8,192
+    cells x 3 KV heads x 128 x f16), Gemma 3 270M ~241 + 576 MiB (18 x 32,768 x 1 x 512):
+    1,000 MiB holds either, not both; 200 MiB holds neither."""
+    d = tempfile.mkdtemp(prefix="parlance-models-budget-")
+    for name in ("smol", "gemma"):
+        os.symlink(FILES[name], f"{d}/{name}.gguf")
+    s = Server("--models-dir", d, "--max-memory", "1000MiB", "--db", "none")
+    try:
+        assert chat(s, "smol").choices[0].message.content
+        smol = ps(s)["smol"]["size"]
+        assert 250 << 20 < smol < 350 << 20, smol
+        assert chat(s, "gemma").choices[0].message.content
+        assert set(ps(s)) == {"gemma"}, "no count limit: the budget made smol go"
+        assert 750 << 20 < ps(s)["gemma"]["size"] < 1000 << 20
+    finally:
+        s.stop()
+    s = Server("--models-dir", d, "--max-memory", "200MiB", "--db", "none")
+    try:
+        with pytest.raises(openai.APIStatusError) as e:
+            chat(s, "smol")
+        assert e.value.status_code == 503 and "--max-memory" in e.value.message
+        assert ps(s) == {}
+    finally:
+        s.stop()

@@ -3,7 +3,8 @@
 //! the first request (concurrent first requests wait for one load), counts the
 //! requests it serves, and gives the backend up once none has come for its keep-alive.
 //! A [`Shelf`] holds the lazy models of one server: it loads one at a time, keeps at
-//! most `max_loaded` in memory by unloading the least recently used idle one, and
+//! most `max_loaded` in memory, and within `max_bytes` of estimated memory, by
+//! unloading the least recently used idle ones, and
 //! unloads expired ones every second.
 
 use crate::backend::{Backend, EventStream, Load};
@@ -112,6 +113,9 @@ pub struct Residency {
     pub last_error: Option<String>,
     /// Bytes of the model's file(s).
     pub size_bytes: u64,
+    /// Memory it takes when loaded: estimated from its weights and KV cache before it
+    /// loads, the larger of that and the growth measured while it loaded after.
+    pub memory_bytes: u64,
 }
 
 struct State {
@@ -123,6 +127,7 @@ struct State {
     keep: KeepAlive,
     load_time: Option<Duration>,
     last_error: Option<String>,
+    memory_bytes: u64,
 }
 
 struct Inner {
@@ -142,6 +147,8 @@ pub struct Shelf {
     models: Mutex<Vec<Weak<Inner>>>,
     /// At most this many loaded at once (0: no limit).
     max_loaded: usize,
+    /// At most this much memory in loaded models (0: no limit).
+    max_bytes: u64,
     /// How long a request waits for a busy model to free its place.
     wait: Duration,
     /// Held while a model loads: loads take turns, so two never race for memory.
@@ -165,21 +172,24 @@ fn release(backend: Arc<dyn Backend>) {
 }
 
 impl Shelf {
-    pub fn new(max_loaded: usize, wait: Duration) -> Arc<Shelf> {
+    pub fn new(max_loaded: usize, max_bytes: u64, wait: Duration) -> Arc<Shelf> {
         Arc::new(Shelf {
             models: Mutex::new(Vec::new()),
             max_loaded,
+            max_bytes,
             wait,
             loading: tokio::sync::Mutex::new(()),
             freed: tokio::sync::Notify::new(),
         })
     }
 
-    /// A model named `name` that `load` loads; `size_bytes` for `/api/ps`.
+    /// A model named `name` that `load` loads; `size_bytes` (its files) for
+    /// `/api/tags`, `memory_bytes` (estimated) against `max_bytes`.
     pub fn add(
         self: &Arc<Self>,
         name: impl Into<String>,
         size_bytes: u64,
+        memory_bytes: u64,
         keep_alive: KeepAlive,
         load: Loader,
     ) -> LazyModel {
@@ -196,6 +206,7 @@ impl Shelf {
                 keep: keep_alive,
                 load_time: None,
                 last_error: None,
+                memory_bytes,
             }),
         });
         lock(&self.models).push(Arc::downgrade(&inner));
@@ -243,11 +254,22 @@ impl Shelf {
         });
     }
 
-    /// Makes room for one more loaded model: unloads the least recently used idle
-    /// one while the limit is reached, waiting (up to `wait`) while all are busy.
-    async fn make_room(&self, for_model: &str) -> Result<(), Error> {
-        if self.max_loaded == 0 {
+    /// Makes room for one more loaded model needing `need` bytes: unloads the least
+    /// recently used idle ones while a limit would be passed, waiting (up to `wait`)
+    /// while all are busy.
+    async fn make_room(&self, for_model: &str, need: u64) -> Result<(), Error> {
+        if self.max_loaded == 0 && self.max_bytes == 0 {
             return Ok(());
+        }
+        if self.max_bytes > 0 && need > self.max_bytes {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "cannot load `{for_model}`: it needs about {} MiB, more than --max-memory ({} MiB)",
+                    need >> 20,
+                    self.max_bytes >> 20
+                ),
+            ));
         }
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
@@ -257,7 +279,10 @@ impl Shelf {
                 .iter()
                 .filter(|m| lock(&m.state).backend.is_some())
                 .collect();
-            if loaded.len() < self.max_loaded {
+            let used: u64 = loaded.iter().map(|m| lock(&m.state).memory_bytes).sum();
+            let count_ok = self.max_loaded == 0 || loaded.len() < self.max_loaded;
+            let bytes_ok = self.max_bytes == 0 || used.saturating_add(need) <= self.max_bytes;
+            if count_ok && bytes_ok {
                 return Ok(());
             }
             let idle = loaded
@@ -280,17 +305,28 @@ impl Shelf {
                 continue;
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                let limit = if count_ok {
+                    "--max-memory"
+                } else {
+                    "--max-loaded-models"
+                };
                 return Err(Error::new(
                     ErrorKind::Unavailable,
                     format!(
-                        "cannot load `{for_model}`: all {} loaded models are busy (--max-loaded-models)",
-                        self.max_loaded
+                        "cannot load `{for_model}`: the loaded models are all busy and leave no room ({limit})"
                     ),
                 )
                 .retryable());
             }
         }
     }
+}
+
+/// Resident memory of this process, where the OS says it cheaply (Linux).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 /// One request's hold on a loaded model: counted in flight until dropped.
@@ -341,6 +377,7 @@ impl LazyModel {
             keep_alive_forever: st.keep == KeepAlive::Forever,
             last_error: st.last_error.clone(),
             size_bytes: self.0.size_bytes,
+            memory_bytes: st.memory_bytes,
         }
     }
 
@@ -357,9 +394,11 @@ impl LazyModel {
         if let Some(used) = self.take_loaded(keep) {
             return Ok((used, Duration::ZERO));
         }
-        m.shelf.make_room(&m.name).await?;
+        let need = lock(&m.state).memory_bytes;
+        m.shelf.make_room(&m.name, need).await?;
         lock(&m.state).loading = true;
         let started = Instant::now();
+        let rss_before = rss_bytes();
         tracing::info!(model = %m.name, "loading on demand");
         let load = Arc::clone(&m.load);
         let result = tokio::task::spawn_blocking(move || load()).await;
@@ -369,6 +408,10 @@ impl LazyModel {
         let result = result.unwrap_or_else(|e| Err(format!("the load crashed: {e}")));
         match result {
             Ok(backend) => {
+                // Loads take turns, so the growth is mostly this model's.
+                if let (Some(a), Some(b)) = (rss_before, rss_bytes()) {
+                    st.memory_bytes = st.memory_bytes.max(b.saturating_sub(a));
+                }
                 st.backend = Some(Arc::clone(&backend));
                 st.load_time = Some(took);
                 st.last_error = None;
@@ -490,7 +533,17 @@ mod tests {
 
     /// A shelf of `n` fake models whose loads are counted (and fail for `broken`).
     fn shelf(n: usize, max: usize, broken: Option<usize>) -> (Vec<LazyModel>, Arc<AtomicUsize>) {
-        let shelf = Shelf::new(max, Duration::from_millis(300));
+        budget(n, max, 0, broken)
+    }
+
+    /// Each fake model is estimated at 1 GiB (far more than a load grows the process).
+    fn budget(
+        n: usize,
+        max: usize,
+        max_bytes: u64,
+        broken: Option<usize>,
+    ) -> (Vec<LazyModel>, Arc<AtomicUsize>) {
+        let shelf = Shelf::new(max, max_bytes, Duration::from_millis(300));
         let loads = Arc::new(AtomicUsize::new(0));
         let models = (0..n)
             .map(|i| {
@@ -506,6 +559,7 @@ mod tests {
                 shelf.add(
                     format!("m{i}"),
                     1,
+                    1 << 30,
                     KeepAlive::For(Duration::from_secs(60)),
                     load,
                 )
@@ -544,6 +598,25 @@ mod tests {
         let loaded: Vec<bool> = m.iter().map(|x| x.residency().loaded).collect();
         assert_eq!(loaded, [true, true, false]);
         assert_eq!(loads.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_memory_budget_unloads_idle_models_and_refuses_one_too_big() {
+        // Room for two 1 GiB models, no count limit.
+        let (m, _) = budget(3, 0, (2 << 30) + (1 << 29), None);
+        for x in &m {
+            x.chat(ask()).await.unwrap().collect::<Vec<_>>().await;
+        }
+        let loaded: Vec<bool> = m.iter().map(|x| x.residency().loaded).collect();
+        assert_eq!(loaded, [false, true, true]);
+        assert_eq!(m[1].residency().memory_bytes, 1 << 30);
+        let (m, _) = budget(1, 0, 1 << 29, None);
+        let e = match m[0].chat(ask()).await {
+            Err(e) => e,
+            Ok(_) => panic!("a model over the budget loaded"),
+        };
+        assert!(e.message.contains("--max-memory"), "{e}");
+        assert!(!e.retryable, "it will never fit");
     }
 
     #[tokio::test]

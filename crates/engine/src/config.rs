@@ -206,29 +206,58 @@ pub(crate) fn chat_info(cfg: &LocalModelConfig, model: &LlamaModel, vision: bool
     }
 }
 
+/// What loading a model would serve and take, known before it loads.
+#[derive(Debug, Clone)]
+pub struct Peeked {
+    pub info: ModelInfo,
+    /// Its weights (and projector) plus its KV cache at the configured context (f16).
+    pub memory_bytes: u64,
+}
+
+/// A chat model's KV cache: keys and values of every layer for every cell, in f16.
+fn kv_bytes(model: &LlamaModel, cells: u32) -> u64 {
+    let h = |k: &str| hparam(model, k).map(u64::from);
+    let (Some(layers), Some(embd)) = (h("block_count"), h("embedding_length")) else {
+        return 0;
+    };
+    let heads = h("attention.head_count").unwrap_or(1).max(1);
+    let kv_heads = h("attention.head_count_kv").unwrap_or(heads);
+    let k = h("attention.key_length").unwrap_or(embd / heads);
+    let v = h("attention.value_length").unwrap_or(embd / heads);
+    layers * u64::from(cells) * kv_heads * (k + v) * 2
+}
+
 /// What loading `cfg` would serve, from the GGUF's metadata and vocabulary alone (no
 /// weights, no context: milliseconds): models loaded on demand are listed with it.
-pub fn peek(cfg: &LocalModelConfig) -> Result<ModelInfo, String> {
+pub fn peek(cfg: &LocalModelConfig) -> Result<Peeked, String> {
     check_gguf(&cfg.path)?;
     let backend = llama_backend()?;
     let params = LlamaModelParams::default().with_vocab_only(true);
     let model = LlamaModel::load_from_file(backend, &cfg.path, &params)
         .map_err(|e| format!("cannot read {}: {e}", cfg.path.display()))?;
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let files = size(&cfg.path) + cfg.mmproj.as_deref().map_or(0, size);
     let Some(declared) = embed::Pooling::of(&model) else {
-        return Ok(chat_info(cfg, &model, cfg.mmproj.is_some()));
+        let info = chat_info(cfg, &model, cfg.mmproj.is_some());
+        let memory_bytes = files + kv_bytes(&model, info.context_length);
+        return Ok(Peeked { info, memory_bytes });
     };
     let pooling = cfg
         .pooling
         .as_deref()
         .and_then(embed::Pooling::named)
         .unwrap_or(declared);
-    Ok(embed::info(
+    let info = embed::info(
         &model,
         pooling,
         model_id(cfg),
         modified_secs(&cfg.path),
         embed_ctx(cfg, &model),
-    ))
+    );
+    Ok(Peeked {
+        info,
+        memory_bytes: files,
+    })
 }
 
 /// The model's weights, after checking the file is a GGUF.

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use checks::check_logit_bias;
 pub(crate) use checks::in_vocab;
 pub use config::{
-    default_ctx, load, peek, FlashAttention, Loaded, LocalModelConfig, DEFAULT_CTX,
+    default_ctx, load, peek, FlashAttention, Loaded, LocalModelConfig, Peeked, DEFAULT_CTX,
     DEFAULT_MAX_OUTPUT,
 };
 use config::{llama_backend, open};

@@ -47,7 +47,8 @@ fn local_config(
     cfg
 }
 
-/// What loading `spec` would serve, read without loading it (models on demand).
+/// What loading `spec` would serve, and the memory it would take (weights and KV
+/// cache), read without loading it (models on demand).
 #[cfg(feature = "local")]
 pub(crate) fn peek_local(
     args: &ServeArgs,
@@ -55,8 +56,9 @@ pub(crate) fn peek_local(
     spec: &LocalSpec,
     alias: Option<String>,
     images: &Arc<dyn parlance_core::InlineImages>,
-) -> Result<ModelInfo, String> {
+) -> Result<(ModelInfo, u64), String> {
     parlance_engine::peek(&local_config(args, template, spec, alias, images))
+        .map(|p| (p.info, p.memory_bytes))
 }
 
 #[cfg(not(feature = "local"))]
@@ -66,7 +68,7 @@ pub(crate) fn peek_local(
     spec: &LocalSpec,
     _: Option<String>,
     _: &Arc<dyn parlance_core::InlineImages>,
-) -> Result<ModelInfo, String> {
+) -> Result<(ModelInfo, u64), String> {
     Err(format!(
         "{}: this binary was built without the `local` feature and cannot load GGUF models",
         spec.path.display()

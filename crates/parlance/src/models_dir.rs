@@ -166,11 +166,11 @@ impl Folder {
             mmproj: m.mmproj.clone(),
         };
         let alias = Some(m.name.clone());
-        let info = match peek_local(args, template, &spec, alias.clone(), images) {
-            Ok(info) => info,
+        let (info, memory) = match peek_local(args, template, &spec, alias.clone(), images) {
+            Ok(peeked) => peeked,
             Err(e) => {
                 tracing::warn!(model = %m.name, error = %e, "listed, but it will not load");
-                unreadable(&m.name)
+                (unreadable(&m.name), m.size)
             }
         };
         let settings = Arc::clone(&self.settings);
@@ -178,7 +178,9 @@ impl Folder {
             let (args, template, images) = &*settings;
             load_local(args, template, &spec, alias.clone(), images).map(|(_, backend)| backend)
         });
-        let lazy = self.shelf.add(m.name.clone(), m.size, self.keep, load);
+        let lazy = self
+            .shelf
+            .add(m.name.clone(), m.size, memory, self.keep, load);
         lock(&self.files).insert(m.name, files);
         (info, Arc::new(lazy))
     }
@@ -227,7 +229,11 @@ pub fn serve(
     let folder = Arc::new(Folder {
         dir: dir.to_path_buf(),
         registry: args.registry.clone(),
-        shelf: Shelf::new(args.max_loaded_models, ROOM_WAIT),
+        shelf: Shelf::new(
+            args.max_loaded_models,
+            args.max_memory.unwrap_or(0),
+            ROOM_WAIT,
+        ),
         keep,
         settings: Arc::new((args.clone(), template.clone(), Arc::clone(images))),
         files: Mutex::new(HashMap::new()),
@@ -255,6 +261,26 @@ pub fn serve(
     Ok(folder)
 }
 
+/// `8GiB`, `512MiB`, `2G`, `1.5GB` (powers of two either way, as memory is counted), or bytes.
+pub fn byte_size(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let at = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let n: f64 = v[..at]
+        .parse()
+        .map_err(|_| format!("`{v}` is not a size such as 8GiB or 512MiB"))?;
+    let unit = match v[at..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit `{other}` (use KiB, MiB, GiB)")),
+    };
+    Ok((n * unit as f64) as u64)
+}
+
 /// A model file and, for a split model, its other parts.
 fn parts_of(first: &Path) -> Vec<PathBuf> {
     let stem = first
@@ -279,6 +305,16 @@ fn parts_of(first: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_sizes_read_as_people_write_them() {
+        assert_eq!(byte_size("8GiB"), Ok(8 << 30));
+        assert_eq!(byte_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(byte_size("1.5g"), Ok(3 << 29));
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert!(byte_size("lots").is_err());
+        assert!(byte_size("5 parsecs").is_err());
+    }
 
     #[test]
     fn projectors_and_later_split_parts_are_not_models() {

@@ -136,6 +136,12 @@ pub struct ServeArgs {
     )]
     pub keep_alive: String,
 
+    /// Memory --models-dir models may take together (`8GiB`, `512MiB`, `2G`, bytes):
+    /// each is estimated from its file and KV cache before it loads (measured after),
+    /// and loading one unloads least recently used idle ones to stay within it.
+    #[arg(long = "max-memory", env = "PARLANCE_MAX_MEMORY", value_parser = crate::models_dir::byte_size)]
+    pub max_memory: Option<u64>,
+
     /// Where Ollama's `/api/pull` fetches models whose name has no host (a registry
     /// speaking Ollama's API); they land in --models-dir.
     #[arg(

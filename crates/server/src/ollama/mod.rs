@@ -396,7 +396,8 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
                 .expires_in_s
                 .map_or(now + 100 * 365 * 86_400, |s| now + s);
             v["expires_at"] = json!(rfc3339(expires));
-            v["size"] = json!(res.size_bytes);
+            // Ollama's ps says how much memory a model takes.
+            v["size"] = json!(res.memory_bytes);
             Some(v)
         })
         .collect();
