@@ -20,6 +20,21 @@ const OPTIONS: &[(&str, &str)] = &[
     ("frequency_penalty", "frequency_penalty"),
 ];
 
+/// `think`: true, false, or an effort for models that take one (gpt-oss), as the
+/// IR's reasoning effort.
+fn think(v: &Value) -> Result<Option<&str>, Error> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Bool(true) => Ok(Some("medium")),
+        Value::Bool(false) => Ok(Some("none")),
+        Value::String(s) if matches!(s.as_str(), "low" | "medium" | "high") => Ok(Some(s)),
+        _ => Err(Error::invalid_param(
+            "think",
+            "think must be true, false, \"low\", \"medium\" or \"high\"",
+        )),
+    }
+}
+
 /// `/api/chat`'s body as a chat request.
 pub fn chat(body: &Value) -> Result<ChatRequest, Error> {
     let messages = body["messages"]
@@ -67,7 +82,7 @@ pub fn chat(body: &Value) -> Result<ChatRequest, Error> {
         }
         out.push(msg);
     }
-    let mut oa = common(body);
+    let mut oa = common(body)?;
     oa.insert("messages".into(), Value::Array(out));
     if let Some(tools) = body.get("tools").filter(|t| !t.is_null()) {
         oa.insert("tools".into(), tools.clone());
@@ -78,7 +93,7 @@ pub fn chat(body: &Value) -> Result<ChatRequest, Error> {
 /// `/api/generate`'s body: a user prompt (and system), or with `raw` the prompt as it is.
 pub fn generate(body: &Value) -> Result<ChatRequest, Error> {
     let prompt = body["prompt"].as_str().unwrap_or_default();
-    let mut oa = common(body);
+    let mut oa = common(body)?;
     let mut messages = Vec::new();
     if let Some(s) = body["system"].as_str() {
         messages.push(json!({"role": "system", "content": s}));
@@ -112,7 +127,7 @@ fn content(m: &Value) -> Value {
 }
 
 /// What chat and generate share: model, stream (default on), options, format.
-fn common(body: &Value) -> Map<String, Value> {
+fn common(body: &Value) -> Result<Map<String, Value>, Error> {
     let mut oa = Map::new();
     oa.insert("model".into(), body["model"].clone());
     oa.insert(
@@ -130,6 +145,9 @@ fn common(body: &Value) -> Map<String, Value> {
             oa.insert((*to).into(), v.clone());
         }
     }
+    if let Some(e) = think(&body["think"])? {
+        oa.insert("reasoning_effort".into(), json!(e));
+    }
     match &body["format"] {
         Value::String(f) if f == "json" => {
             oa.insert("response_format".into(), json!({"type": "json_object"}));
@@ -142,11 +160,30 @@ fn common(body: &Value) -> Map<String, Value> {
         }
         _ => {}
     }
-    oa
+    Ok(oa)
 }
 
 fn to_ir(oa: Map<String, Value>) -> Result<ChatRequest, Error> {
     let wire: parlance_protocol::openai::ChatCompletionRequest =
         serde_json::from_value(Value::Object(oa)).map_err(|e| Error::invalid(e.to_string()))?;
     crate::openai::to_ir(wire)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn think_asks_for_reasoning_as_the_ir_names_it() {
+        let effort = |think: Value| {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "think": think});
+            chat(&body).map(|r| r.reasoning.effort)
+        };
+        assert_eq!(effort(json!(true)).unwrap().as_deref(), Some("medium"));
+        assert_eq!(effort(json!(false)).unwrap().as_deref(), Some("none"));
+        assert_eq!(effort(json!("high")).unwrap().as_deref(), Some("high"));
+        assert_eq!(effort(Value::Null).unwrap(), None);
+        let e = effort(json!("loud")).unwrap_err();
+        assert_eq!((e.status(), e.param.as_deref()), (400, Some("think")));
+    }
 }
