@@ -290,6 +290,31 @@ pub(crate) fn modified_secs(path: &std::path::Path) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Frees a model once this thread holds its last reference (the handle that owned the
+/// engine is being dropped beside it), then hands the freed heap back to the OS: glibc
+/// keeps large freed blocks otherwise, so a model loaded and unloaded on demand would
+/// leave its repacked weights' size behind in the process.
+pub(crate) fn free_model(model: Arc<LlamaModel>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Arc::strong_count(&model) > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(model);
+    trim_heap();
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory of glibc's own arenas; it takes no
+    // pointers and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
 /// llama.cpp's global state: initialised once per process.
 pub(crate) fn llama_backend() -> Result<&'static LlamaBackend, String> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();

@@ -133,22 +133,25 @@ impl EmbeddingModel {
                 // Embedding is throughput work: under contention the chat engines'
                 // streams go first (llama.cpp's compute threads inherit this).
                 parlance_core::blocking::lower_priority();
-                let model: &LlamaModel = &thread_model;
-                let made = crate::llama_backend().and_then(|b| {
-                    model
-                        .new_context(b, params)
-                        .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
-                });
-                match made {
-                    Ok(ctx) => {
-                        let _ = ready_tx.send(Ok(()));
-                        run(ctx, rx, n_batch, normalize, &thread_queued);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
+                {
+                    let model: &LlamaModel = &thread_model;
+                    let made = crate::llama_backend().and_then(|b| {
+                        model
+                            .new_context(b, params)
+                            .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
+                    });
+                    match made {
+                        Ok(ctx) => {
+                            let _ = ready_tx.send(Ok(()));
+                            run(ctx, rx, n_batch, normalize, &thread_queued);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
                     }
                 }
                 thread_alive.store(false, Ordering::SeqCst);
+                crate::config::free_model(thread_model);
             })
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         ready_rx

@@ -205,23 +205,28 @@ impl LocalModel {
         std::thread::Builder::new()
             .name(format!("engine-{id}"))
             .spawn(move || {
-                let _guard = guard;
-                let model: &LlamaModel = &thread_model;
-                let context = llama_backend().and_then(|b| {
-                    model
-                        .new_context(b, params)
-                        .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
-                });
-                match context {
-                    Ok(ctx) => {
-                        let _ = ready_tx.send(Ok(()));
-                        Worker::new(model, ctx, worker_cfg, rx, thread_counters, thread_vision)
-                            .run();
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
+                let alive_guard = guard;
+                // The context borrows the model: both end in here, then the model goes.
+                {
+                    let model: &LlamaModel = &thread_model;
+                    let context = llama_backend().and_then(|b| {
+                        model
+                            .new_context(b, params)
+                            .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
+                    });
+                    match context {
+                        Ok(ctx) => {
+                            let _ = ready_tx.send(Ok(()));
+                            Worker::new(model, ctx, worker_cfg, rx, thread_counters, thread_vision)
+                                .run();
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
                     }
                 }
+                drop(alive_guard);
+                config::free_model(thread_model);
             })
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         ready_rx

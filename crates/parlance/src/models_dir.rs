@@ -226,6 +226,7 @@ pub fn serve(
 ) -> anyhow::Result<Arc<Folder>> {
     let keep = KeepAlive::parse(&serde_json::Value::String(args.keep_alive.clone()))
         .map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
+    purge_freed_memory_at_once();
     let folder = Arc::new(Folder {
         dir: dir.to_path_buf(),
         registry: args.registry.clone(),
@@ -279,6 +280,22 @@ pub fn byte_size(v: &str) -> Result<u64, String> {
         other => return Err(format!("unknown size unit `{other}` (use KiB, MiB, GiB)")),
     };
     Ok((n * unit as f64) as u64)
+}
+
+/// mimalloc keeps freed pages for reuse and purges them only when the thread that owns
+/// them allocates again; a model's tables are built on one blocking-pool thread and
+/// freed on another, so an unloaded model would stay in RSS until the next load.
+/// Measured here: Gemma 3 270M unloaded left 150 MB behind every other cycle, none
+/// with this. Only with --models-dir: the gateway's hot path keeps its defaults.
+fn purge_freed_memory_at_once() {
+    // mimalloc 2.x's option numbers (mimalloc.h): abandoned_page_purge, purge_delay.
+    const ABANDONED_PAGE_PURGE: libmimalloc_sys::mi_option_t = 12;
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: setting an option is a plain store mimalloc allows at any time.
+    unsafe {
+        libmimalloc_sys::mi_option_set(ABANDONED_PAGE_PURGE, 1);
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+    }
 }
 
 /// A model file and, for a split model, its other parts.
