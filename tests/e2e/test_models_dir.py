@@ -185,3 +185,34 @@ def test_a_memory_budget_unloads_to_fit_and_refuses_what_never_fits():
         assert ps(s) == {}
     finally:
         s.stop()
+
+
+def test_a_stream_waiting_for_a_place_gets_headers_and_keep_alives_then_its_answer():
+    """One place (--max-loaded-models 1), taken by a long stream on SmolLM2: a streamed
+    request for Gemma waits for it (its load cannot unload a busy model), with its
+    headers at once and SSE keep-alive comments while it waits, then loads and answers."""
+    d = tempfile.mkdtemp(prefix="parlance-models-wait-")
+    for name in ("smol", "gemma"):
+        os.symlink(FILES[name], f"{d}/{name}.gguf")
+    s = Server("--models-dir", d, "--max-loaded-models", "1", "--db", "none")
+    try:
+        busy = requests.post(s.url + "/v1/chat/completions", stream=True, timeout=300, json={
+            "model": "smol", "stream": True, "max_tokens": 900, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Count to a thousand."}]})
+        busy_lines = busy.iter_lines()
+        assert next(l for l in busy_lines if l).startswith(b"data: ")
+        t0 = time.time()
+        waiting = requests.post(s.url + "/v1/chat/completions", stream=True, timeout=300, json={
+            "model": "gemma", "stream": True, "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Say hi."}]})
+        assert waiting.status_code == 200 and time.time() - t0 < 3, "headers come at once"
+        # Reading smol's stream to its end frees the place; gemma's lines come after.
+        threading.Thread(target=lambda: [None for _ in busy_lines], daemon=True).start()
+        lines = [l for l in waiting.iter_lines() if l]
+        keep_alives = [l for l in lines if l.startswith(b":")]
+        data = [l for l in lines if l.startswith(b"data: ")]
+        assert keep_alives, f"no keep-alive while waiting {time.time() - t0:.1f} s"
+        assert data[-1] == b"data: [DONE]"
+        assert set(ps(s)) == {"gemma"}
+    finally:
+        s.stop()

@@ -6,6 +6,7 @@ mod local;
 mod logwriter;
 mod models_dir;
 mod serve;
+mod serve_args;
 mod tenancy_cli;
 
 // The gateway path allocates per request and per streamed chunk; glibc malloc was ~18%
