@@ -50,6 +50,8 @@ pub fn observed(
     let started = ctx.started();
     Box::pin(async_stream::stream! {
         let mut last: Option<Instant> = None;
+        // Looked up once per stream, not per token: the registry hashes the labels.
+        let mut itl: Option<metrics::Histogram> = None;
         while let Some(ev) = events.next().await {
             match &ev {
                 Ok(StreamEvent::Delta { .. }) => {
@@ -62,7 +64,10 @@ pub fn observed(
                             metrics::histogram!("parlance_time_to_first_token_seconds", "model" => model.clone())
                                 .record(now.duration_since(started).as_secs_f64());
                         }
-                        Some(prev) => metrics::histogram!("parlance_inter_token_latency_seconds", "model" => model.clone())
+                        Some(prev) => itl
+                            .get_or_insert_with(|| {
+                                metrics::histogram!("parlance_inter_token_latency_seconds", "model" => model.clone())
+                            })
                             .record(now.duration_since(prev).as_secs_f64()),
                     }
                     last = Some(now);
