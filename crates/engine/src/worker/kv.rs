@@ -64,13 +64,6 @@ impl Worker<'_> {
                 return (primary, n, Some(Logits::Saved(row)));
             }
         }
-        // Its twin in another slot (the same prompt sent twice at once): borrow all its
-        // cells and the logits its prefill saved, as the slot itself would. Decoding
-        // the last prompt token again, alone, would take another kernel than the
-        // prefill's batch did, and a seeded answer would not repeat.
-        if let Some(reused) = self.borrow_twin(primary, job) {
-            return reused;
-        }
         let own = reusable(&self.slots[primary].cached);
         // Another slot, busy or idle, may hold more of this prompt (a shared system
         // prompt, an earlier turn): with a unified KV cache its cells can be shared
@@ -97,22 +90,6 @@ impl Worker<'_> {
             self.trim(primary, own)
         };
         (primary, reused, None)
-    }
-
-    fn borrow_twin(&mut self, primary: usize, job: &Job) -> Option<(usize, usize, Option<Logits>)> {
-        let (donor, row) = (0..self.slots.len())
-            .filter(|&i| i != primary && self.slots[i].parked.is_none())
-            .find_map(|i| Some((i, self.slots[i].saved_logits(&job.prompt)?)))?;
-        let n = job.prompt.len();
-        self.trim(primary, 0);
-        let (src, dst) = (self.slots[donor].seq, self.slots[primary].seq);
-        self.ctx
-            .copy_kv_cache_seq(src, dst, None, Some(n as u32))
-            .ok()?;
-        let slot = &mut self.slots[primary];
-        slot.cached = job.prompt.clone();
-        slot.tail = Some((n, Arc::clone(&row)));
-        Some((primary, n, Some(Logits::Saved(row))))
     }
 
     /// Moves the KV of idle slots out of the KV cache into host memory, as llama-server
