@@ -6,7 +6,9 @@ and a corrupt GGUF that answers a clear error while the others keep working."""
 import concurrent.futures
 import json
 import os
+import pathlib
 import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -16,7 +18,7 @@ import openai
 import pytest
 import requests
 
-from conftest import ROOT, Server
+from conftest import BIN, ROOT, Server
 
 MODELS = ROOT / "models"
 FILES = {
@@ -216,3 +218,24 @@ def test_a_stream_waiting_for_a_place_gets_headers_and_keep_alives_then_its_answ
         assert set(ps(s)) == {"gemma"}
     finally:
         s.stop()
+
+
+def test_the_config_files_local_section_sets_the_folder_and_its_rules():
+    """`[local]` in parlance.toml: a folder relative to the file, a keep_alive that keeps
+    models (-1), a count limit; the flags are left out."""
+    d = pathlib.Path(tempfile.mkdtemp(prefix="parlance-models-cfg-"))
+    (d / "models").mkdir()
+    os.symlink(FILES["smol"], d / "models" / "smol.gguf")
+    (d / "parlance.toml").write_text('[local]\nmodels_dir = "models"\nkeep_alive = "-1"\nmax_loaded_models = 1\nmax_memory = "4GiB"\n')
+    s = Server("--config", str(d / "parlance.toml"), "--db", "none")
+    try:
+        assert [m["id"] for m in requests.get(s.url + "/v1/models", timeout=10).json()["data"]] == ["smol"]
+        assert chat(s, "smol").choices[0].message.content
+        # Kept: Ollama's far-future expiry.
+        assert ps(s)["smol"]["expires_at"].startswith("21")
+    finally:
+        s.stop()
+    (d / "bad.toml").write_text('[local]\nmodels_dir = "models"\nmax_memory = "lots"\n')
+    out = subprocess.run([str(BIN), "serve", "--config", str(d / "bad.toml"), "--port", "0", "--db", "none"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "max_memory" in out.stderr, out.stderr

@@ -224,14 +224,15 @@ pub fn serve(
     images: &Arc<dyn InlineImages>,
     router: &mut Router,
 ) -> anyhow::Result<Arc<Folder>> {
-    let keep = KeepAlive::parse(&serde_json::Value::String(args.keep_alive.clone()))
+    let keep_alive = args.keep_alive.as_deref().unwrap_or("5m");
+    let keep = KeepAlive::parse(&serde_json::Value::String(keep_alive.to_string()))
         .map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
     purge_freed_memory_at_once();
     let folder = Arc::new(Folder {
         dir: dir.to_path_buf(),
         registry: args.registry.clone(),
         shelf: Shelf::new(
-            args.max_loaded_models,
+            args.max_loaded_models.unwrap_or(0),
             args.max_memory.unwrap_or(0),
             ROOM_WAIT,
         ),
@@ -296,6 +297,29 @@ fn purge_freed_memory_at_once() {
         libmimalloc_sys::mi_option_set(ABANDONED_PAGE_PURGE, 1);
         libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
     }
+}
+
+/// `[local]` of the config file, where the flags left a setting out.
+pub fn from_config(
+    args: &mut ServeArgs,
+    local: &parlance_server::config::LocalSection,
+    config_file: &Path,
+) -> anyhow::Result<()> {
+    if args.models_dir.is_none() {
+        let base = config_file.parent().unwrap_or(Path::new("."));
+        args.models_dir = local.models_dir.as_ref().map(|d| base.join(d));
+    }
+    if args.keep_alive.is_none() {
+        args.keep_alive = local.keep_alive.clone();
+    }
+    if args.max_loaded_models.is_none() {
+        args.max_loaded_models = local.max_loaded_models;
+    }
+    if let (None, Some(m)) = (args.max_memory, &local.max_memory) {
+        args.max_memory =
+            Some(byte_size(m).map_err(|e| anyhow::anyhow!("[local] max_memory: {e}"))?);
+    }
+    Ok(())
 }
 
 /// A model file and, for a split model, its other parts.

@@ -112,7 +112,7 @@ fn note_gpu(args: &ServeArgs) {
     }
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.verbose, args.log_format);
     note_gpu(&args);
     let template = chat_template(&args)?;
@@ -120,6 +120,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Some(Config::load(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    if let (Some(cfg), Some(path)) = (&config, args.config.clone()) {
+        crate::models_dir::from_config(&mut args, &cfg.local, &path)?;
+    }
     // Bind before loading anything: a busy port is known in milliseconds, not after
     // a model has loaded.
     let addr = format!("{}:{}", args.host, args.port);

@@ -115,14 +115,13 @@ pub struct ServeArgs {
 
     /// How long a model from --models-dir stays loaded after its last request
     /// (`5m`, `1h`, `30s`; `-1` keeps it; `0` unloads after each answer); Ollama's
-    /// `keep_alive` sets it per request.
+    /// `keep_alive` sets it per request. Default: 5m.
     #[arg(
         long = "keep-alive",
         env = "PARLANCE_KEEP_ALIVE",
-        default_value = "5m",
         allow_hyphen_values = true
     )]
-    pub keep_alive: String,
+    pub keep_alive: Option<String>,
 
     /// Memory --models-dir models may take together (`8GiB`, `512MiB`, `2G`, bytes):
     /// each is estimated from its file and KV cache before it loads (measured after),
@@ -140,13 +139,10 @@ pub struct ServeArgs {
     pub registry: String,
 
     /// At most this many --models-dir models loaded at once: loading another unloads
-    /// the least recently used idle one (never one serving requests). 0: no limit.
-    #[arg(
-        long = "max-loaded-models",
-        env = "PARLANCE_MAX_LOADED_MODELS",
-        default_value_t = 0
-    )]
-    pub max_loaded_models: usize,
+    /// the least recently used idle one (never one serving requests). Default 0: no
+    /// limit.
+    #[arg(long = "max-loaded-models", env = "PARLANCE_MAX_LOADED_MODELS")]
+    pub max_loaded_models: Option<usize>,
 
     /// How embedding models pool their vectors (llama-server's flag): mean, cls, last,
     /// or rank (a reranker). Default: what each GGUF says. Chat models are left alone.

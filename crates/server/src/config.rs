@@ -34,9 +34,23 @@ pub struct Config {
     pub models: Vec<ModelSection>,
     #[serde(default)]
     pub images: ImagesSection,
+    #[serde(default)]
+    pub local: LocalSection,
     /// The file's text, for line numbers in errors found after parsing.
     #[serde(skip)]
     source: String,
+}
+
+/// `[local]`: models on demand, as the `--models-dir` flags set them (a flag given
+/// wins); a relative `models_dir` is taken from the config file's folder.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSection {
+    pub models_dir: Option<std::path::PathBuf>,
+    pub keep_alive: Option<String>,
+    pub max_loaded_models: Option<usize>,
+    /// `8GiB`, `512MiB`, bytes.
+    pub max_memory: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
