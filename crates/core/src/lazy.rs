@@ -151,6 +151,9 @@ pub struct Shelf {
     max_bytes: u64,
     /// How long a request waits for a busy model to free its place.
     wait: Duration,
+    /// At most this many requests wait for a load at once; more are refused at once.
+    max_waiting: usize,
+    waiting: std::sync::atomic::AtomicUsize,
     /// Held while a model loads: loads take turns, so two never race for memory.
     loading: tokio::sync::Mutex<()>,
     /// Signalled whenever a request ends, so a request waiting for a place looks again.
@@ -172,12 +175,19 @@ fn release(backend: Arc<dyn Backend>) {
 }
 
 impl Shelf {
-    pub fn new(max_loaded: usize, max_bytes: u64, wait: Duration) -> Arc<Shelf> {
+    pub fn new(
+        max_loaded: usize,
+        max_bytes: u64,
+        wait: Duration,
+        max_waiting: usize,
+    ) -> Arc<Shelf> {
         Arc::new(Shelf {
             models: Mutex::new(Vec::new()),
             max_loaded,
             max_bytes,
             wait,
+            max_waiting,
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             loading: tokio::sync::Mutex::new(()),
             freed: tokio::sync::Notify::new(),
         })
@@ -322,6 +332,29 @@ impl Shelf {
     }
 }
 
+/// A request counted among those waiting for a place while it waits.
+struct Waiting<'a>(&'a Shelf);
+
+impl<'a> Waiting<'a> {
+    fn join(shelf: &'a Shelf) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let prior = shelf.waiting.fetch_add(1, Ordering::SeqCst);
+        if prior >= shelf.max_waiting {
+            shelf.waiting.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Waiting(shelf))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Resident memory of this process, where the OS says it cheaply (Linux).
 fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -389,6 +422,17 @@ impl LazyModel {
         if let Some(used) = self.take_loaded(keep) {
             return Ok((used, Duration::ZERO));
         }
+        // Loads take turns; the requests waiting for one are bounded, as a queue is.
+        let Some(_waiting) = Waiting::join(&m.shelf) else {
+            return Err(Error::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "cannot load `{}`: {} requests already wait for models to load",
+                    m.name, m.shelf.max_waiting
+                ),
+            )
+            .with_retry_after(1));
+        };
         let _turn = m.shelf.loading.lock().await;
         // Another request may have loaded it while this one waited for its turn.
         if let Some(used) = self.take_loaded(keep) {

@@ -235,6 +235,7 @@ pub fn serve(
             args.max_loaded_models.unwrap_or(0),
             args.max_memory.unwrap_or(0),
             ROOM_WAIT,
+            args.queue.max(1),
         ),
         keep,
         settings: Arc::new((args.clone(), template.clone(), Arc::clone(images))),

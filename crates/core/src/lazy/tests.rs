@@ -28,7 +28,7 @@ fn budget(
     max_bytes: u64,
     broken: Option<usize>,
 ) -> (Vec<LazyModel>, Arc<AtomicUsize>) {
-    let shelf = Shelf::new(max, max_bytes, Duration::from_millis(300));
+    let shelf = Shelf::new(max, max_bytes, Duration::from_millis(300), 8);
     let loads = Arc::new(AtomicUsize::new(0));
     let models = (0..n)
         .map(|i| {
@@ -175,5 +175,31 @@ fn keep_alive_reads_ollamas_forms() {
     assert_eq!(secs(json!("0")), 0.0);
     for bad in [json!("soon"), json!("5x"), json!(true), json!("m")] {
         assert!(KeepAlive::parse(&bad).is_err(), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn beyond_the_waiting_room_a_load_is_refused_at_once() {
+    let (m, _) = shelf(2, 1, None);
+    let busy = m[0].chat(ask()).await.unwrap();
+    let waiting: Vec<_> = (0..8).map(|_| m[1].chat(ask())).collect();
+    let mut waiting: Vec<_> = waiting.into_iter().map(Box::pin).collect();
+    // Let both take their places in the waiting room.
+    for w in &mut waiting {
+        assert!(futures::poll!(w.as_mut()).is_pending());
+    }
+    let started = Instant::now();
+    let e = match m[1].chat(ask()).await {
+        Err(e) => e,
+        Ok(_) => panic!("a third waiter got in"),
+    };
+    assert_eq!((e.status(), e.retry_after), (429, Some(1)), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "refused at once"
+    );
+    drop(busy);
+    for w in waiting {
+        w.await.unwrap().collect::<Vec<_>>().await;
     }
 }
