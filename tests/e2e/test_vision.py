@@ -392,3 +392,28 @@ def test_token_counts_include_images(vis, first_red):
     gcount = lambda parts: requests.post(s.url + "/v1beta/models/smol-vision:countTokens", json={"contents": [{"role": "user", "parts": parts}]}, timeout=60).json()["totalTokens"]
     q = {"text": "What colour is this?"}
     assert gcount([q, {"inline_data": {"mime_type": "image/png", "data": b64}}]) - gcount([q]) == image
+
+
+def test_the_ollama_door_takes_images_and_a_models_dir_pairs_the_projector(vis, mmproj, first_red):
+    """The official `ollama` client sends `images` as base64: the same prompt as the
+    OpenAI door's text-then-image message. A `--models-dir` model whose projector is
+    named after it takes images too, listed as a vision model before it loads."""
+    import ollama
+    s, _ = vis
+    msgs = [{"role": "user", "content": "What colour is this?", "images": [RED]}]
+    r = ollama.Client(host=s.url).chat(model="smol-vision", messages=msgs, options={"num_predict": 4, "temperature": 0})
+    assert r.done and r.prompt_eval_count == first_red.usage.prompt_tokens
+    with pytest.raises(ollama.ResponseError) as e:
+        ollama.Client(host=s.url).chat(model="smol-vision", messages=[{"role": "user", "content": "Hi", "images": [base64.b64encode(b"nope").decode()]}])
+    assert e.value.status_code == 400 and "PNG" in e.value.error
+    d = tempfile.mkdtemp(prefix="parlance-vision-dir-")
+    os.symlink(LM, f"{d}/smol.gguf")
+    os.symlink(mmproj, f"{d}/mmproj-smol-f16.gguf")
+    lazy = Server("--models-dir", d, "--db", "none", "-np", "2", "-t", "2")
+    try:
+        listed = requests.get(lazy.url + "/v1/models/smol", timeout=10).json()
+        assert listed["capabilities"]["vision"] is True
+        r = ollama.Client(host=lazy.url).chat(model="smol", messages=msgs, options={"num_predict": 4, "temperature": 0})
+        assert r.prompt_eval_count == first_red.usage.prompt_tokens and r.load_duration > 0
+    finally:
+        lazy.stop()
