@@ -573,3 +573,32 @@ deployments = [{{ gguf = "{GGUF}" }}]
         assert len(set(y_ticks)) == 3, ticks
     finally:
         s.stop()
+
+
+def test_the_live_view_shows_models_loaded_on_demand(browser):
+    """A --models-dir model: not loaded at first, loaded with its load time and memory
+    after a request, and back to not loaded after keep_alive 0."""
+    d = tempfile.mkdtemp(prefix="parlance-console-dir-")
+    os.symlink(ROOT / GGUF, f"{d}/smol.gguf")
+    s = Server("--models-dir", d, "--admin-key", ADMIN)
+    try:
+        drv = browser
+        drv.get(s.url + "/admin")
+        wait(drv, lambda x: x.find_element(By.ID, "login").is_displayed(), what="login form")
+        drv.find_element(By.ID, "admin-key").send_keys(ADMIN + Keys.ENTER)
+        wait(drv, lambda x: x.find_element(By.ID, "dash").is_displayed(), what="dashboard")
+        tab(drv, "live")
+        line = lambda x: x.find_element(By.CSS_SELECTOR, '#live [data-model="smol"] [data-field="residency"]').text
+        wait(drv, lambda x: "Not loaded" in line(x), what="not loaded yet")
+        key = requests.post(s.url + "/admin/keys", headers={"Authorization": f"Bearer {ADMIN}"}, json={"name": "dir"}, timeout=10).json()["key"]
+        c = OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0, timeout=60)
+        c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+        wait(drv, lambda x: "Loaded on demand" in line(x) and "MiB" in line(x) and "unloads in" in line(x), timeout=10, what="loaded")
+        shot(drv, "admin-live-on-demand")
+        requests.post(s.url + "/api/chat", headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                      json={"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "keep_alive": 0, "stream": False,
+                            "options": {"num_predict": 2}}).raise_for_status()
+        wait(drv, lambda x: "Not loaded" in line(x), timeout=10, what="unloaded")
+        no_console_errors(drv)
+    finally:
+        s.stop()

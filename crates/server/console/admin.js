@@ -261,6 +261,19 @@ function deploymentTable(ds) {
     }))));
 }
 
+// A model loaded on demand (--models-dir): loaded or not, its load and its memory.
+function residencyLine(r) {
+  const mib = (b) => `${fmt(b / 1048576, 0)} MiB`;
+  let text;
+  if (r.loading) text = "Loading…";
+  else if (!r.loaded) text = r.last_error ? `Not loaded: its last load failed: ${r.last_error}` : "Not loaded: loads on its next request.";
+  else {
+    const until = r.in_flight ? `serving ${r.in_flight}` : r.keep_alive_forever ? "kept loaded" : `unloads in ${fmt(r.expires_in_s, 0)} s if idle`;
+    text = `Loaded on demand in ${fmt(r.load_ms / 1000, 1)} s, ~${mib(r.memory_bytes)}; ${until}.`;
+  }
+  return el("p", { class: r.last_error && !r.loaded ? "state-bad" : "muted", "data-field": "residency" }, text);
+}
+
 async function loadLive() {
   const s = await call("/admin/status");
   const now = Date.now();
@@ -268,12 +281,13 @@ async function loadLive() {
   $("live").replaceChildren(...s.models.map((m) => el("section", { class: "card", "data-model": m.id, "aria-label": m.id },
     el("h2", {}, m.id),
     m.down ? el("p", { class: "state-bad" }, `Unavailable: ${m.down}`) : null,
+    m.residency ? residencyLine(m.residency) : null,
     ...(m.load ? loadRows(m.load, m.id, now) : []),
     // A pool's load is its local deployments' summed; split it only when there are several.
     ...(m.deployments.filter((d) => d.load).length > 1
       ? m.deployments.filter((d) => d.load).flatMap((d) => [el("p", { class: "muted" }, d.name), ...loadRows(d.load, `${m.id}/${d.name}`, now)])
       : []),
-    m.deployments.length ? deploymentTable(m.deployments) : (m.load ? null : el("p", { class: "muted" }, "No live state.")))));
+    m.deployments.length ? deploymentTable(m.deployments) : (m.load || m.residency ? null : el("p", { class: "muted" }, "No live state.")))));
 }
 
 async function loadCatalog() {
