@@ -239,3 +239,33 @@ def test_the_config_files_local_section_sets_the_folder_and_its_rules():
     out = subprocess.run([str(BIN), "serve", "--config", str(d / "bad.toml"), "--port", "0", "--db", "none"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "max_memory" in out.stderr, out.stderr
+
+
+def test_a_catalog_model_with_keep_alive_loads_on_demand_and_unloads_when_idle():
+    """`keep_alive` on a catalog model with a local deployment: listed at start without
+    loading, loaded by its first request, unloaded after that long idle; a catalog model
+    without it stays loaded from the start."""
+    d = pathlib.Path(tempfile.mkdtemp(prefix="parlance-models-catalog-"))
+    (d / "parlance.toml").write_text(f"""
+[[models]]
+name = "smol-lazy"
+keep_alive = "2s"
+deployments = [{{ gguf = "{FILES['smol']}" }}]
+
+[[models]]
+name = "smol-eager"
+deployments = [{{ gguf = "{FILES['smol']}" }}]
+""")
+    s = Server("--config", str(d / "parlance.toml"), "--db", "none")
+    starts = lambda: sum(1 for line in open(s.log_path) if line.startswith("loading ") and FILES["smol"].name in line)
+    try:
+        assert set(ps(s)) == {"smol-eager"} and starts() == 1
+        assert requests.get(s.url + "/v1/models/smol-lazy", timeout=10).json()["context_length"] == 8192
+        assert chat(s, "smol-lazy").choices[0].message.content
+        assert set(ps(s)) == {"smol-eager", "smol-lazy"} and starts() == 2
+        assert ps(s)["smol-lazy"]["expires_at"].startswith("20")
+        assert wait_for(lambda: "smol-lazy" not in ps(s), secs=8)
+        assert "smol-eager" in ps(s)
+        assert chat(s, "smol-lazy").choices[0].message.content and starts() == 3
+    finally:
+        s.stop()

@@ -476,6 +476,14 @@ impl Backend for Pool {
         self.serve(None, call).await
     }
 
+    /// A pool of one deployment loaded on demand is loaded as that deployment is.
+    fn residency(&self) -> Option<crate::lazy::Residency> {
+        match self.slots.as_slice() {
+            [only] => only.d.backend.residency(),
+            _ => None,
+        }
+    }
+
     /// Healthy while any deployment can serve.
     fn health(&self) -> Result<(), String> {
         let mut reasons = Vec::new();

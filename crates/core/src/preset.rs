@@ -140,6 +140,10 @@ impl Backend for Preset {
         self.inner.embed(request).await
     }
 
+    fn residency(&self) -> Option<crate::lazy::Residency> {
+        self.inner.residency()
+    }
+
     async fn rerank(
         &self,
         request: crate::embed::RerankRequest,

@@ -3,7 +3,7 @@
 use crate::local::{load_local, peek_local};
 use crate::serve::{ngl_for_all, ServeArgs};
 use anyhow::Context;
-use parlance_core::lazy::{KeepAlive, Loader, ModelFolder, Shelf};
+use parlance_core::lazy::{KeepAlive, LazyModel, Loader, ModelFolder, Shelf};
 use parlance_core::{Backend, Capabilities, InlineImages, ModelInfo, Router};
 use parlance_server::catalog::LocalSpec;
 use std::collections::HashMap;
@@ -144,6 +144,50 @@ fn unreadable(name: &str) -> ModelInfo {
     }
 }
 
+/// What loading a local model needs: the flags, the chat template, the image fetcher.
+pub type Settings = Arc<(ServeArgs, Option<String>, Arc<dyn InlineImages>)>;
+
+/// The shelf of every model loaded on demand (the folder's and the catalog's with a
+/// `keep_alive`), under the flags' limits; its sweeper runs from now on.
+pub fn shelf(args: &ServeArgs) -> Arc<Shelf> {
+    purge_freed_memory_at_once();
+    let shelf = Shelf::new(
+        args.max_loaded_models.unwrap_or(0),
+        args.max_memory.unwrap_or(0),
+        ROOM_WAIT,
+        args.queue.max(1),
+    );
+    shelf.start_sweeper();
+    shelf
+}
+
+/// A local model listed now (what it serves read from its metadata) and loaded on its
+/// first request; one that cannot be read is listed and answers why.
+pub fn lazy_local(
+    shelf: &Arc<Shelf>,
+    settings: &Settings,
+    name: &str,
+    spec: LocalSpec,
+    keep: KeepAlive,
+    alias: Option<String>,
+) -> (ModelInfo, LazyModel) {
+    let (args, template, images) = &**settings;
+    let size = size_of(&spec.path);
+    let (info, memory) = match peek_local(args, template, &spec, alias.clone(), images) {
+        Ok(peeked) => peeked,
+        Err(e) => {
+            tracing::warn!(model = %name, error = %e, "listed, but it will not load");
+            (unreadable(name), size)
+        }
+    };
+    let ctx = Arc::clone(settings);
+    let load: Loader = Arc::new(move || {
+        let (args, template, images) = &*ctx;
+        load_local(args, template, &spec, alias.clone(), images).map(|(_, backend)| backend)
+    });
+    (info, shelf.add(name, size, memory, keep, load))
+}
+
 /// The `--models-dir` folder as the server serves it: what it found at start and what
 /// `/api/pull` adds.
 pub struct Folder {
@@ -151,7 +195,7 @@ pub struct Folder {
     registry: String,
     shelf: Arc<Shelf>,
     keep: KeepAlive,
-    settings: Arc<(ServeArgs, Option<String>, Arc<dyn InlineImages>)>,
+    settings: Settings,
     /// Each served model's files (all parts of a split model), for `/api/delete`.
     files: Mutex<HashMap<String, Vec<PathBuf>>>,
 }
@@ -159,28 +203,14 @@ pub struct Folder {
 impl Folder {
     /// A model listed now and loaded on its first request.
     fn serve(&self, m: Found, files: Vec<PathBuf>) -> (ModelInfo, Arc<dyn Backend>) {
-        let (args, template, images) = &*self.settings;
         let spec = LocalSpec {
             path: m.path.clone(),
-            n_gpu_layers: ngl_for_all(&args.n_gpu_layers),
+            n_gpu_layers: ngl_for_all(&self.settings.0.n_gpu_layers),
             mmproj: m.mmproj.clone(),
+            keep_alive: None,
         };
         let alias = Some(m.name.clone());
-        let (info, memory) = match peek_local(args, template, &spec, alias.clone(), images) {
-            Ok(peeked) => peeked,
-            Err(e) => {
-                tracing::warn!(model = %m.name, error = %e, "listed, but it will not load");
-                (unreadable(&m.name), m.size)
-            }
-        };
-        let settings = Arc::clone(&self.settings);
-        let load: Loader = Arc::new(move || {
-            let (args, template, images) = &*settings;
-            load_local(args, template, &spec, alias.clone(), images).map(|(_, backend)| backend)
-        });
-        let lazy = self
-            .shelf
-            .add(m.name.clone(), m.size, memory, self.keep, load);
+        let (info, lazy) = lazy_local(&self.shelf, &self.settings, &m.name, spec, self.keep, alias);
         lock(&self.files).insert(m.name, files);
         (info, Arc::new(lazy))
     }
@@ -219,26 +249,20 @@ impl ModelFolder for Folder {
 /// that unloads idle ones; the folder then takes pulled models.
 pub fn serve(
     dir: &Path,
-    args: &ServeArgs,
-    template: &Option<String>,
-    images: &Arc<dyn InlineImages>,
+    shelf: &Arc<Shelf>,
+    settings: &Settings,
     router: &mut Router,
 ) -> anyhow::Result<Arc<Folder>> {
+    let args = &settings.0;
     let keep_alive = args.keep_alive.as_deref().unwrap_or("5m");
     let keep = KeepAlive::parse(&serde_json::Value::String(keep_alive.to_string()))
         .map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
-    purge_freed_memory_at_once();
     let folder = Arc::new(Folder {
         dir: dir.to_path_buf(),
         registry: args.registry.clone(),
-        shelf: Shelf::new(
-            args.max_loaded_models.unwrap_or(0),
-            args.max_memory.unwrap_or(0),
-            ROOM_WAIT,
-            args.queue.max(1),
-        ),
+        shelf: Arc::clone(shelf),
         keep,
-        settings: Arc::new((args.clone(), template.clone(), Arc::clone(images))),
+        settings: Arc::clone(settings),
         files: Mutex::new(HashMap::new()),
     });
     for m in scan(dir)? {
@@ -260,7 +284,6 @@ pub fn serve(
                 .unwrap_or_default()
         );
     }
-    folder.shelf.start_sweeper();
     Ok(folder)
 }
 

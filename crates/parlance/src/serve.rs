@@ -157,6 +157,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             path,
             n_gpu_layers: ngl_at(&args.n_gpu_layers, 0),
             mmproj: args.mmproj.first().cloned(),
+            keep_alive: None,
         };
         models.push((spec, Some(alias)));
     } else {
@@ -187,6 +188,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 path,
                 n_gpu_layers: ngl_at(&args.n_gpu_layers, i),
                 mmproj: args.mmproj.get(i).cloned(),
+                keep_alive: None,
             };
             models.push((spec, args.alias.get(i).cloned()));
         }
@@ -202,6 +204,10 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // Local vision models fetch http(s) images with the same SSRF rules as providers.
     let images: Arc<dyn parlance_core::InlineImages> =
         catalog::image_fetcher(config.as_ref()).map_err(anyhow::Error::msg)?;
+    // Made on first need: models on demand change how freed memory is given back.
+    let shelf: std::cell::OnceCell<Arc<parlance_core::lazy::Shelf>> = std::cell::OnceCell::new();
+    let settings: crate::models_dir::Settings =
+        Arc::new((args.clone(), template.clone(), Arc::clone(&images)));
     if let Some(cfg) = &config {
         let env = |name: &str| std::env::var(name).ok();
         // A deployment's own n_gpu_layers, else the one -ngl given for all.
@@ -211,7 +217,20 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 n_gpu_layers: spec.n_gpu_layers.or(all),
                 ..spec.clone()
             };
-            load_local(&args, &template, &spec, None, &images)
+            let Some(keep) = &spec.keep_alive else {
+                return load_local(&args, &template, &spec, None, &images);
+            };
+            let keep = parlance_core::lazy::KeepAlive::parse(&serde_json::json!(keep))
+                .map_err(|e| format!("keep_alive: {e}"))?;
+            let name = spec
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let shelf = shelf.get_or_init(|| crate::models_dir::shelf(&args));
+            let (info, lazy) =
+                crate::models_dir::lazy_local(shelf, &settings, &name, spec.clone(), keep, None);
+            Ok((info, Arc::new(lazy) as Arc<dyn parlance_core::Backend>))
         };
         catalog::build(cfg, &env, &mut loader, &mut router).map_err(anyhow::Error::msg)?;
         keys.extend(cfg.server.api_keys.iter().cloned());
@@ -229,9 +248,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let folder = match &args.models_dir {
         Some(dir) => Some(crate::models_dir::serve(
             dir,
-            &args,
-            &template,
-            &images,
+            shelf.get_or_init(|| crate::models_dir::shelf(&args)),
+            &settings,
             &mut router,
         )?),
         None => None,

@@ -26,6 +26,9 @@ pub struct LocalSpec {
     pub n_gpu_layers: Option<i32>,
     /// The deployment's vision projector.
     pub mmproj: Option<PathBuf>,
+    /// The model's `keep_alive`: loaded on its first request and unloaded after this
+    /// long idle, instead of loaded at start.
+    pub keep_alive: Option<String>,
 }
 
 /// Loads a GGUF file for a `gguf = "..."` deployment.
@@ -256,6 +259,7 @@ pub fn build(
                     path: path.clone(),
                     n_gpu_layers: d.n_gpu_layers,
                     mmproj: d.mmproj.clone(),
+                    keep_alive: m.keep_alive.clone(),
                 };
                 if !locals.contains_key(&k) {
                     let loaded = load_local(&k)

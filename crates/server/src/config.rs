@@ -140,6 +140,9 @@ pub struct ModelSection {
     /// An embedding model trained for shortened vectors (Matryoshka): callers may ask
     /// for fewer `dimensions`, cut and renormalized.
     pub matryoshka: Option<bool>,
+    /// Local (`gguf`) deployments load on the first request and unload after this long
+    /// idle (`5m`, `-1` keeps them once loaded), instead of loading at start.
+    pub keep_alive: Option<String>,
     /// Overrides `[routing]` for this model.
     #[serde(default)]
     pub routing: RoutingSection,
