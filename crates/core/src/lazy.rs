@@ -30,16 +30,28 @@ impl KeepAlive {
     /// Ollama's `keep_alive`: seconds as a number, or a Go duration (`"5m"`, `"1h30m"`,
     /// `"0"`); any negative value keeps the model loaded.
     pub fn parse(v: &serde_json::Value) -> Result<KeepAlive, String> {
-        let secs = match v {
-            serde_json::Value::Number(n) => n.as_f64().ok_or("not a number")?,
-            serde_json::Value::String(s) => go_duration(s.trim())?,
-            _ => return Err("must be a number of seconds or a duration such as \"5m\"".into()),
-        };
-        Ok(if secs < 0.0 {
+        match v {
+            serde_json::Value::Number(n) => Ok(Self::from_secs(n.as_f64().ok_or("not a number")?)),
+            serde_json::Value::String(s) => s.parse(),
+            _ => Err("must be a number of seconds or a duration such as \"5m\"".into()),
+        }
+    }
+
+    fn from_secs(secs: f64) -> KeepAlive {
+        if secs < 0.0 {
             KeepAlive::Forever
         } else {
             KeepAlive::For(Duration::from_secs_f64(secs.min(1e9)))
-        })
+        }
+    }
+}
+
+/// The flag's and the config file's form: a Go duration, or seconds.
+impl std::str::FromStr for KeepAlive {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<KeepAlive, String> {
+        go_duration(s.trim()).map(Self::from_secs)
     }
 }
 
@@ -223,29 +235,21 @@ impl Shelf {
         LazyModel(inner)
     }
 
+    /// The models still served (a deleted one's entry goes once nothing holds it).
     fn live(&self) -> Vec<Arc<Inner>> {
-        lock(&self.models)
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect()
+        let mut models = lock(&self.models);
+        models.retain(|m| m.strong_count() > 0);
+        models.iter().filter_map(Weak::upgrade).collect()
     }
 
     /// Unloads every idle model whose keep-alive has run out; call every second or so.
     pub fn sweep(&self) {
         let now = Instant::now();
         for m in self.live() {
-            let mut st = lock(&m.state);
-            let expired = match st.keep {
+            m.unload_if("idle past its keep-alive", |st| match st.keep {
                 KeepAlive::For(d) => now.duration_since(st.idle_since) >= d,
                 KeepAlive::Forever => false,
-            };
-            if st.in_flight == 0 && expired {
-                if let Some(b) = st.backend.take() {
-                    drop(st);
-                    tracing::info!(model = %m.name, "unloaded: idle past its keep-alive");
-                    release(b);
-                }
-            }
+            });
         }
     }
 
@@ -300,18 +304,7 @@ impl Shelf {
                 .filter(|m| lock(&m.state).in_flight == 0)
                 .min_by_key(|m| lock(&m.state).idle_since);
             if let Some(victim) = idle {
-                let taken = {
-                    let mut st = lock(&victim.state);
-                    if st.in_flight == 0 {
-                        st.backend.take()
-                    } else {
-                        None
-                    }
-                };
-                if let Some(b) = taken {
-                    tracing::info!(model = %victim.name, to_load = %for_model, "unloaded to make room");
-                    release(b);
-                }
+                victim.unload_if(&format!("to make room for `{for_model}`"), |_| true);
                 continue;
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
@@ -368,22 +361,36 @@ struct InUse {
     backend: Arc<dyn Backend>,
 }
 
-impl Drop for InUse {
-    fn drop(&mut self) {
-        let unload = {
-            let mut st = lock(&self.model.state);
-            st.in_flight = st.in_flight.saturating_sub(1);
-            st.idle_since = Instant::now();
-            if st.in_flight == 0 && st.keep == KeepAlive::For(Duration::ZERO) {
+impl Inner {
+    /// Unloads the model if nothing is using it and `when` holds; the one way a model
+    /// is unloaded (expired, making room, keep_alive 0).
+    fn unload_if(&self, why: &str, when: impl FnOnce(&State) -> bool) {
+        let taken = {
+            let mut st = lock(&self.state);
+            if st.in_flight == 0 && when(&st) {
                 st.backend.take()
             } else {
                 None
             }
         };
-        if let Some(b) = unload {
-            tracing::info!(model = %self.model.name, "unloaded after its answer (keep_alive 0)");
+        if let Some(b) = taken {
+            tracing::info!(model = %self.name, "unloaded: {why}");
             release(b);
         }
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        {
+            let mut st = lock(&self.model.state);
+            st.in_flight = st.in_flight.saturating_sub(1);
+            st.idle_since = Instant::now();
+        }
+        self.model
+            .unload_if("after its answer (keep_alive 0)", |st| {
+                st.keep == KeepAlive::For(Duration::ZERO)
+            });
         self.model.shelf.freed.notify_waiters();
     }
 }

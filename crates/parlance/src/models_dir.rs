@@ -254,8 +254,11 @@ pub fn serve(
     router: &mut Router,
 ) -> anyhow::Result<Arc<Folder>> {
     let args = &settings.0;
-    let keep_alive = args.keep_alive.as_deref().unwrap_or("5m");
-    let keep = KeepAlive::parse(&serde_json::Value::String(keep_alive.to_string()))
+    let keep: KeepAlive = args
+        .keep_alive
+        .as_deref()
+        .unwrap_or("5m")
+        .parse()
         .map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?;
     let folder = Arc::new(Folder {
         dir: dir.to_path_buf(),

@@ -220,8 +220,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             let Some(keep) = &spec.keep_alive else {
                 return load_local(&args, &template, &spec, None, &images);
             };
-            let keep = parlance_core::lazy::KeepAlive::parse(&serde_json::json!(keep))
-                .map_err(|e| format!("keep_alive: {e}"))?;
+            let keep: parlance_core::lazy::KeepAlive =
+                keep.parse().map_err(|e| format!("keep_alive: {e}"))?;
             let name = spec
                 .path
                 .file_stem()
