@@ -19,10 +19,9 @@ const ROOM_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, PartialEq)]
 struct Found {
     name: String,
-    path: PathBuf,
+    /// The file loaded first, then a split model's other parts.
+    files: Vec<PathBuf>,
     mmproj: Option<PathBuf>,
-    /// Bytes of its files (all parts of a split model).
-    size: u64,
 }
 
 fn is_gguf(p: &Path) -> bool {
@@ -64,23 +63,23 @@ fn models_in(files: &[PathBuf], folder_name: Option<&str>) -> Vec<Found> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (base, size) = match split_part(&stem) {
+        let (base, parts) = match split_part(&stem) {
             Some((_, n)) if n != 1 => continue,
             Some((base, _)) => {
+                // Sorted, so the first part comes first.
                 let parts = files.iter().filter(|q| {
                     q.file_stem()
                         .and_then(|s| split_part(&s.to_string_lossy()).map(|(b, _)| b == base))
                         .unwrap_or(false)
                 });
-                (base.to_string(), parts.map(|q| size_of(q)).sum())
+                (base.to_string(), parts.cloned().collect())
             }
-            None => (stem.clone(), size_of(p)),
+            None => (stem.clone(), vec![p.clone()]),
         };
         found.push(Found {
             name: base,
-            path: p.clone(),
+            files: parts,
             mmproj: None,
-            size,
         });
     }
     // A folder of one model: its name and its projector, whatever they are called.
@@ -163,16 +162,18 @@ pub fn shelf(args: &ServeArgs) -> Arc<Shelf> {
 
 /// A local model listed now (what it serves read from its metadata) and loaded on its
 /// first request; one that cannot be read is listed and answers why.
+/// `files`: all of the model's (its size), `spec.path` the one loaded.
 pub fn lazy_local(
     shelf: &Arc<Shelf>,
     settings: &Settings,
     name: &str,
     spec: LocalSpec,
+    files: &[PathBuf],
     keep: KeepAlive,
     alias: Option<String>,
 ) -> (ModelInfo, LazyModel) {
     let (args, template, images) = &**settings;
-    let size = size_of(&spec.path);
+    let size = files.iter().map(|f| size_of(f)).sum();
     let (info, memory) = match peek_local(args, template, &spec, alias.clone(), images) {
         Ok(peeked) => peeked,
         Err(e) => {
@@ -202,16 +203,24 @@ pub struct Folder {
 
 impl Folder {
     /// A model listed now and loaded on its first request.
-    fn serve(&self, m: Found, files: Vec<PathBuf>) -> (ModelInfo, Arc<dyn Backend>) {
+    fn serve(&self, m: Found) -> (ModelInfo, Arc<dyn Backend>) {
         let spec = LocalSpec {
-            path: m.path.clone(),
+            path: m.files.first().cloned().unwrap_or_default(),
             n_gpu_layers: ngl_for_all(&self.settings.0.n_gpu_layers),
-            mmproj: m.mmproj.clone(),
+            mmproj: m.mmproj,
             keep_alive: None,
         };
         let alias = Some(m.name.clone());
-        let (info, lazy) = lazy_local(&self.shelf, &self.settings, &m.name, spec, self.keep, alias);
-        lock(&self.files).insert(m.name, files);
+        let (info, lazy) = lazy_local(
+            &self.shelf,
+            &self.settings,
+            &m.name,
+            spec,
+            &m.files,
+            self.keep,
+            alias,
+        );
+        lock(&self.files).insert(m.name, m.files);
         (info, Arc::new(lazy))
     }
 }
@@ -233,11 +242,10 @@ impl ModelFolder for Folder {
     fn adopt(&self, name: &str, path: &Path) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
         let found = Found {
             name: name.to_string(),
-            path: path.to_path_buf(),
+            files: vec![path.to_path_buf()],
             mmproj: None,
-            size: size_of(path),
         };
-        Ok(self.serve(found, vec![path.to_path_buf()]))
+        Ok(self.serve(found))
     }
 
     fn forget(&self, name: &str) -> Option<Vec<PathBuf>> {
@@ -269,9 +277,9 @@ pub fn serve(
         files: Mutex::new(HashMap::new()),
     });
     for m in scan(dir)? {
-        let (name, path, mmproj) = (m.name.clone(), m.path.clone(), m.mmproj.clone());
-        let files = parts_of(&path);
-        let (info, backend) = folder.serve(m, files);
+        let (name, mmproj) = (m.name.clone(), m.mmproj.clone());
+        let path = m.files.first().cloned().unwrap_or_default();
+        let (info, backend) = folder.serve(m);
         if let Err(e) = router.add(info, backend) {
             // Also given with -m or in the catalog: that one stays loaded.
             tracing::warn!(model = %name, "{e}; the --models-dir copy is left out");
@@ -349,27 +357,6 @@ pub fn from_config(
     Ok(())
 }
 
-/// A model file and, for a split model, its other parts.
-fn parts_of(first: &Path) -> Vec<PathBuf> {
-    let stem = first
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let Some((base, _)) = split_part(&stem) else {
-        return vec![first.to_path_buf()];
-    };
-    let dir = first.parent().unwrap_or(Path::new("."));
-    gguf_files(dir)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| {
-            p.file_stem()
-                .and_then(|s| split_part(&s.to_string_lossy()).map(|(b, _)| b == base))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,9 +397,9 @@ mod tests {
             .map(|f| {
                 (
                     f.name.as_str(),
-                    f.path.as_path(),
+                    f.files[0].as_path(),
                     f.mmproj.as_deref(),
-                    f.size,
+                    f.files.iter().map(|p| size_of(p)).sum(),
                 )
             })
             .collect();

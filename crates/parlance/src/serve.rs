@@ -228,8 +228,16 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let shelf = shelf.get_or_init(|| crate::models_dir::shelf(&args));
-            let (info, lazy) =
-                crate::models_dir::lazy_local(shelf, &settings, &name, spec.clone(), keep, None);
+            let files = [spec.path.clone()];
+            let (info, lazy) = crate::models_dir::lazy_local(
+                shelf,
+                &settings,
+                &name,
+                spec.clone(),
+                &files,
+                keep,
+                None,
+            );
             Ok((info, Arc::new(lazy) as Arc<dyn parlance_core::Backend>))
         };
         catalog::build(cfg, &env, &mut loader, &mut router).map_err(anyhow::Error::msg)?;
