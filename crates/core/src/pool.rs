@@ -349,6 +349,26 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// [`Pool::serve`] for calls whose answer comes whole (embeddings, rerank): the
+    /// deployment is judged on it at once.
+    async fn serve_whole<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: Fn(Arc<dyn Backend>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let judged = |backend: Arc<dyn Backend>, guard: InFlight| {
+            let answer = call(backend);
+            async move {
+                let answer = answer.await?;
+                guard.succeeded();
+                Ok(answer)
+            }
+        };
+        self.serve(None, judged).await
+    }
+}
+
 /// A stream whose deployment's health is judged on the whole answer: one that breaks
 /// its streams midway is unhealthy even though it is too late to retry.
 fn judged(mut stream: EventStream, guard: InFlight) -> EventStream {
@@ -445,35 +465,27 @@ impl Backend for Pool {
         }
     }
 
-    /// Retried and falling back as chat is; an answer is whole, so it is judged at once.
+    /// Retried and falling back as chat is.
     async fn embed(
         &self,
         request: crate::embed::EmbedRequest,
     ) -> Result<crate::embed::Embeddings, Error> {
-        let call = |backend: Arc<dyn Backend>, guard: InFlight| {
+        self.serve_whole(|b| {
             let request = request.clone();
-            async move {
-                let made = backend.embed(request).await?;
-                guard.succeeded();
-                Ok(made)
-            }
-        };
-        self.serve(None, call).await
+            async move { b.embed(request).await }
+        })
+        .await
     }
 
     async fn rerank(
         &self,
         request: crate::embed::RerankRequest,
     ) -> Result<crate::embed::Scores, Error> {
-        let call = |backend: Arc<dyn Backend>, guard: InFlight| {
+        self.serve_whole(|b| {
             let request = request.clone();
-            async move {
-                let scored = backend.rerank(request).await?;
-                guard.succeeded();
-                Ok(scored)
-            }
-        };
-        self.serve(None, call).await
+            async move { b.rerank(request).await }
+        })
+        .await
     }
 
     /// A pool of one deployment loaded on demand is loaded as that deployment is.

@@ -38,6 +38,33 @@ fn estimated(bytes: usize) -> u32 {
     u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
 }
 
+/// One JSON exchange with the upstream: the request, its answer read as `T`.
+async fn exchange<T: serde::de::DeserializeOwned>(
+    p: &Provider,
+    url: String,
+    body: Value,
+    auth: AuthStyle,
+    what: &str,
+) -> Result<T, Error> {
+    let call = Call {
+        url,
+        body,
+        auth,
+        extra_headers: Vec::new(),
+    };
+    let resp = http::send(p, &call).await?;
+    let bytes = http::read_body(p, resp).await?;
+    dialect::parse_json(&bytes, what).map_err(|e| http::from_upstream(&p.cfg.name, e))
+}
+
+/// An answer with fewer items than were asked for is the upstream's fault.
+fn short_answer(p: &Provider, verb: &str, got: usize, asked: usize, items: &str) -> Error {
+    Error::new(
+        ErrorKind::Upstream,
+        format!("upstream `{}` {verb} {got} of {asked} {items}", p.cfg.name),
+    )
+}
+
 fn unsupported(p: &Provider, what: &str) -> Error {
     Error::invalid_param(
         "model",
@@ -78,25 +105,10 @@ pub async fn embed(p: &Provider, model: &str, req: EmbedRequest) -> Result<Embed
             body["truncate_prompt_tokens"] = json!(t);
         }
     }
-    let call = Call {
-        url: format!("{}/embeddings", p.cfg.base_url),
-        body,
-        auth: AuthStyle::Bearer,
-        extra_headers: Vec::new(),
-    };
-    let resp = http::send(p, &call).await?;
-    let bytes = http::read_body(p, resp).await?;
-    let answer: Answer = dialect::parse_json(&bytes, "embeddings answer")
-        .map_err(|e| http::from_upstream(&p.cfg.name, e))?;
+    let url = format!("{}/embeddings", p.cfg.base_url);
+    let answer: Answer = exchange(p, url, body, AuthStyle::Bearer, "embeddings answer").await?;
     if answer.data.len() != n {
-        return Err(Error::new(
-            ErrorKind::Upstream,
-            format!(
-                "upstream `{}` embedded {} of {n} inputs",
-                p.cfg.name,
-                answer.data.len()
-            ),
-        ));
+        return Err(short_answer(p, "embedded", answer.data.len(), n, "inputs"));
     }
     let mut items = answer.data;
     items.sort_by_key(|it| it.index.unwrap_or(usize::MAX));
@@ -143,24 +155,17 @@ async fn gemini(p: &Provider, model: &str, req: EmbedRequest) -> Result<Embeddin
             "content": {"parts": [{"text": text}]},
         }));
     }
-    let call = Call {
-        url: format!("{}/models/{model}:batchEmbedContents", p.cfg.base_url),
-        body: json!({"requests": requests}),
-        auth: AuthStyle::GoogApiKey,
-        extra_headers: Vec::new(),
-    };
-    let resp = http::send(p, &call).await?;
-    let bytes_in = http::read_body(p, resp).await?;
-    let answer: GeminiAnswer = dialect::parse_json(&bytes_in, "embeddings answer")
-        .map_err(|e| http::from_upstream(&p.cfg.name, e))?;
+    let url = format!("{}/models/{model}:batchEmbedContents", p.cfg.base_url);
+    let body = json!({"requests": requests});
+    let answer: GeminiAnswer =
+        exchange(p, url, body, AuthStyle::GoogApiKey, "embeddings answer").await?;
     if answer.embeddings.len() != n {
-        return Err(Error::new(
-            ErrorKind::Upstream,
-            format!(
-                "upstream `{}` embedded {} of {n} inputs",
-                p.cfg.name,
-                answer.embeddings.len()
-            ),
+        return Err(short_answer(
+            p,
+            "embedded",
+            answer.embeddings.len(),
+            n,
+            "inputs",
         ));
     }
     Ok(Embeddings {
@@ -200,16 +205,9 @@ pub async fn rerank(p: &Provider, model: &str, req: RerankRequest) -> Result<Sco
     }
     let n = req.documents.len();
     let bytes = req.query.len() * n + req.documents.iter().map(String::len).sum::<usize>();
-    let call = Call {
-        url: format!("{}/rerank", p.cfg.base_url),
-        body: json!({"model": model, "query": req.query, "documents": req.documents, "top_n": n}),
-        auth: AuthStyle::Bearer,
-        extra_headers: Vec::new(),
-    };
-    let resp = http::send(p, &call).await?;
-    let body = http::read_body(p, resp).await?;
-    let answer: RerankAnswer = dialect::parse_json(&body, "rerank answer")
-        .map_err(|e| http::from_upstream(&p.cfg.name, e))?;
+    let url = format!("{}/rerank", p.cfg.base_url);
+    let body = json!({"model": model, "query": req.query, "documents": req.documents, "top_n": n});
+    let answer: RerankAnswer = exchange(p, url, body, AuthStyle::Bearer, "rerank answer").await?;
     let mut scores: Vec<Option<f32>> = vec![None; n];
     for r in &answer.results {
         if let Some(slot) = scores.get_mut(r.index) {
@@ -218,13 +216,12 @@ pub async fn rerank(p: &Provider, model: &str, req: RerankRequest) -> Result<Sco
     }
     let scores: Option<Vec<f32>> = scores.into_iter().collect();
     let Some(scores) = scores else {
-        return Err(Error::new(
-            ErrorKind::Upstream,
-            format!(
-                "upstream `{}` scored {} of {n} documents",
-                p.cfg.name,
-                answer.results.len()
-            ),
+        return Err(short_answer(
+            p,
+            "scored",
+            answer.results.len(),
+            n,
+            "documents",
         ));
     };
     let prompt_tokens = answer
