@@ -18,29 +18,30 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-fn allowed(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
-    if state.is_open() || crate::admin::admin(state, headers).is_ok() {
-        return Ok(());
+/// What both handlers check first: the caller may change the models, there is a
+/// folder, and the body names a model. The body, the folder and the name.
+async fn admitted(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Value, Arc<dyn ModelFolder>, String), Error> {
+    if !state.is_open() && crate::admin::admin(state, headers).is_err() {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "pulling and deleting models needs the admin key",
+        ));
     }
-    Err(Error::new(
-        ErrorKind::PermissionDenied,
-        "pulling and deleting models needs the admin key",
-    ))
-}
-
-fn folder(state: &AppState) -> Result<Arc<dyn ModelFolder>, Error> {
-    state.models_dir.clone().ok_or_else(|| {
+    let body: Value = read_json(body, state.body_limit).await?;
+    let folder = state.models_dir.clone().ok_or_else(|| {
         Error::invalid("pulling and deleting models needs a models folder (--models-dir)")
-    })
-}
-
-fn name_of(body: &Value) -> Result<String, Error> {
-    body["model"]
+    })?;
+    let name = body["model"]
         .as_str()
         .or_else(|| body["name"].as_str())
         .filter(|n| !n.is_empty())
         .map(str::to_string)
-        .ok_or_else(|| Error::invalid_param("model", "model is required"))
+        .ok_or_else(|| Error::invalid_param("model", "model is required"))?;
+    Ok((body, folder, name))
 }
 
 fn line(ev: PullEvent) -> Value {
@@ -67,40 +68,43 @@ pub async fn pull(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal<Ollama>> {
-    allowed(&state, &headers)?;
-    let body: Value = read_json(body, state.body_limit).await?;
-    let folder = folder(&state)?;
-    let name = name_of(&body)?;
+    let (body, folder, name) = admitted(&state, &headers, body).await?;
     let insecure = body["insecure"].as_bool().unwrap_or(false);
     let model = ModelRef::parse(&name, folder.registry(), insecure)
         .map_err(|e| Error::invalid_param("model", e))?;
     let lines = pulling(Arc::clone(&state), folder, model);
     if body["stream"].as_bool().unwrap_or(true) {
-        let body =
-            Body::from_stream(lines.map(|v| Ok::<_, std::convert::Infallible>(format!("{v}\n"))));
+        // Streamed, an error is the last line (the status went out with the first).
+        let ndjson = lines.map(|line| {
+            let v = line.unwrap_or_else(|e| json!({"error": e.message}));
+            Ok::<_, std::convert::Infallible>(format!("{v}\n"))
+        });
+        let body = Body::from_stream(ndjson);
         return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response());
     }
-    // One object: the last line, or the error.
-    let last = lines
-        .collect::<Vec<Value>>()
-        .await
-        .pop()
-        .unwrap_or(Value::Null);
-    let status = match last["error"].as_str() {
-        None => StatusCode::OK,
-        Some(e) if e.contains("file does not exist") => StatusCode::NOT_FOUND,
-        Some(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    // One object: the last line, or the error with its status.
+    let last = lines.collect::<Vec<_>>().await.pop();
+    let (status, v) = match last {
+        Some(Ok(v)) => (StatusCode::OK, v),
+        Some(Err(e)) if e.kind == ErrorKind::NotFound => {
+            (StatusCode::NOT_FOUND, json!({"error": e.message}))
+        }
+        Some(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": e.message}),
+        ),
+        None => (StatusCode::OK, Value::Null),
     };
-    Ok((status, axum::Json(last)).into_response())
+    Ok((status, axum::Json(v)).into_response())
 }
 
-/// The pull as progress lines, ending with `success` or `{"error"}`. Dropping it (the
+/// The pull as progress lines, ending with `success` or the error. Dropping it (the
 /// caller hung up) stops the download; the partial file stays for the next pull.
 fn pulling(
     state: Arc<AppState>,
     folder: Arc<dyn ModelFolder>,
     model: ModelRef,
-) -> impl Stream<Item = Value> + Send {
+) -> impl Stream<Item = Result<Value, Error>> + Send {
     let id = model.id();
     let dest = folder.path_for(&id);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -118,22 +122,22 @@ fn pulling(
         tokio::pin!(work);
         let result = loop {
             tokio::select! {
-                Some(ev) = rx.recv() => yield line(ev),
+                Some(ev) = rx.recv() => yield Ok(line(ev)),
                 r = &mut work => break r,
             }
         };
         while let Ok(ev) = rx.try_recv() {
-            yield line(ev);
+            yield Ok(line(ev));
         }
         if let Err(e) = result {
-            yield json!({"error": e.message});
+            yield Err(e);
             return;
         }
-        yield json!({"status": "writing manifest"});
-        match adopt(&state, folder, id, dest).await {
-            Ok(()) => yield json!({"status": "success"}),
-            Err(e) => yield json!({"error": e}),
-        }
+        yield Ok(json!({"status": "writing manifest"}));
+        yield match adopt(&state, folder, id, dest).await {
+            Ok(()) => Ok(json!({"status": "success"})),
+            Err(e) => Err(Error::new(ErrorKind::Internal, e)),
+        };
     }
 }
 
@@ -161,10 +165,8 @@ pub async fn delete(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal<Ollama>> {
-    allowed(&state, &headers)?;
-    let body: Value = read_json(body, state.body_limit).await?;
-    let folder = folder(&state)?;
-    let name = super::served_name(&state, &name_of(&body)?);
+    let (_, folder, name) = admitted(&state, &headers, body).await?;
+    let name = super::served_name(&state, &name);
     let Some(files) = folder.forget(&name) else {
         return Err(Error::new(ErrorKind::NotFound, format!("model '{name}' not found")).into());
     };
