@@ -395,6 +395,12 @@ deployments = [{{ provider = "ranks", model = "ranker" }}]
         r = requests.post(gw.url + "/api/embed", json={"model": "short-up", "input": SENTENCES[2], "dimensions": 32}, timeout=30)
         assert r.status_code == 200, r.text
         assert cos(r.json()["embeddings"][0], full[2].embedding[:32]) >= 0.999999
+        for bad in ("32", -1, 1.5):
+            r = requests.post(gw.url + "/api/embed", json={"model": "short-up", "input": "x", "dimensions": bad}, timeout=30)
+            assert r.status_code == 400 and "dimensions" in r.json()["error"], (bad, r.text)
+            r = requests.post(gw.url + "/v1beta/models/short-local:embedContent", json={
+                "content": {"parts": [{"text": "x"}]}, "outputDimensionality": bad}, timeout=30)
+            assert r.status_code == 400 and "outputDimensionality" in r.json()["error"]["message"], (bad, r.text)
         # A model not declared Matryoshka still refuses to shorten, in each door's shape.
         r = requests.post(ranker.url + "/v1beta/models/minilm:embedContent", json={
             "content": {"parts": [{"text": "x"}]}, "outputDimensionality": 64}, timeout=30)

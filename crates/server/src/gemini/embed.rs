@@ -80,11 +80,14 @@ async fn run(
         let dims = r
             .get("outputDimensionality")
             .or_else(|| r.get("output_dimensionality"))
-            .and_then(Value::as_u64);
+            .filter(|v| !v.is_null());
         let f = field("outputDimensionality");
         shorten.push(
             match dims {
-                Some(asked) => {
+                Some(v) => {
+                    let asked = v.as_u64().ok_or_else(|| {
+                        Error::invalid_param(&f, format!("* {f}: must be a positive integer"))
+                    })?;
                     let asked = u32::try_from(asked).unwrap_or(u32::MAX);
                     shortening(&route.info, asked, &f).map_err(|e| gemini_worded(e, &f))?
                 }

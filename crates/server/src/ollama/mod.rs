@@ -296,12 +296,18 @@ pub async fn embed(
         _ => return Err(Error::invalid_param("input", "input is required").into()),
     };
     let route = state.router.resolve(&model)?;
-    let shorten = match body["dimensions"].as_u64() {
-        Some(asked) => {
-            let asked = u32::try_from(asked).unwrap_or(u32::MAX);
-            shortening(&route.info, asked, "dimensions")?
+    let shorten = match &body["dimensions"] {
+        Value::Null => None,
+        v => {
+            let asked = v.as_u64().ok_or_else(|| {
+                Error::invalid_param("dimensions", "dimensions must be a positive integer")
+            })?;
+            shortening(
+                &route.info,
+                u32::try_from(asked).unwrap_or(u32::MAX),
+                "dimensions",
+            )?
         }
-        None => None,
     };
     let bytes = texts.iter().map(String::len).sum();
     // Ollama cuts long inputs to the context unless told not to.
