@@ -16,6 +16,8 @@ pub enum ErrorKind {
     NotFound,
     /// Wrong HTTP method on a known route: 405.
     MethodNotAllowed,
+    /// The request clashes with what exists (a taken email, a decided request): 409.
+    Conflict,
     /// Request body over the configured limit: 413.
     PayloadTooLarge,
     /// Rate limit or a full queue: 429 (with Retry-After when known).
@@ -38,6 +40,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::Conflict => 409,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RateLimited => 429,
             ErrorKind::Internal => 500,

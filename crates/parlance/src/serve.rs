@@ -278,6 +278,20 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         .filter(|k| !k.is_empty())
         .collect();
     state.body_limit = args.body_limit;
+    if let Some(cfg) = &config {
+        state.accounts = cfg.accounts.clone();
+    }
+    if let Some(mode) = args.signup {
+        state.accounts.signup = Some(mode);
+    }
+    if args.public_url.is_some() {
+        state.accounts.public_url = args.public_url.clone();
+    }
+    if args.db == "none"
+        && state.accounts.signup() != parlance_tenancy::accounts::SignupMode::Closed
+    {
+        bail!("--signup needs a store: drop --db none");
+    }
     state.cors_origins = args.cors_origin.clone();
     if args.db != "none" {
         let admin_key = args.admin_key.clone().filter(|k| !k.trim().is_empty());

@@ -266,6 +266,17 @@ pub struct ServeArgs {
     #[arg(long = "admin-key", env = "PARLANCE_ADMIN_KEY")]
     pub admin_key: Option<String>,
 
+    /// Who may get an account without an admin making it: `closed` (default),
+    /// `approval` (people fill out the access form, an admin approves) or `open`
+    /// (an account and a first key at once). Not `closed`: every API call needs a key.
+    #[arg(long = "signup", env = "PARLANCE_SIGNUP")]
+    pub signup: Option<parlance_tenancy::accounts::SignupMode>,
+
+    /// How people reach this server (https://llm.example.org), for the set-password
+    /// links shown to admins; with https the session cookie is `Secure`.
+    #[arg(long = "public-url", env = "PARLANCE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// Server secret that signs access tokens (GigaChat OAuth); every replica needs the
     /// same one. Default: the admin key, else a file beside a SQLite store
     /// (`<db>.secret`). Changing it revokes every token issued (they live 30 minutes).

@@ -114,6 +114,7 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
                         budget_usd: a.budget_usd,
                         expires_at_ms,
                         metadata: Default::default(),
+                        user_id: None,
                     })
                     .await
                     .map_err(anyhow::Error::msg)?;
@@ -193,6 +194,7 @@ pub fn usage(a: UsageArgs) -> anyhow::Result<()> {
         };
         let filter = UsageFilter {
             key_id: a.key,
+            user_id: None,
             model: a.model,
             from,
             to: None,

@@ -36,10 +36,12 @@ export function errorMessage(body, status) {
   return `HTTP ${status}`;
 }
 
-/** fetch + JSON with a Bearer key; throws ApiError with the server's own message. */
-export async function api(path, { method = "GET", body, key, signal, raw = false } = {}) {
+/** fetch + JSON with a Bearer key (or a session's CSRF token: the cookie goes by
+ * itself); throws ApiError with the server's own message. */
+export async function api(path, { method = "GET", body, key, csrf, signal, raw = false } = {}) {
   const headers = {};
   if (key) headers.Authorization = `Bearer ${key}`;
+  if (csrf) headers["X-CSRF-Token"] = csrf;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const resp = await fetch(path, {
     method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),

@@ -31,26 +31,65 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/usage/series", get(crate::dashboard::usage_series))
         .route("/usage/latency", get(crate::dashboard::usage_latency))
         .route("/status", get(crate::dashboard::status))
+        .merge(crate::account::people::routes())
 }
 
-/// The tenancy, when the caller holds the admin key; 404 when there is no admin API.
-pub(crate) fn admin(state: &AppState, headers: &HeaderMap) -> Result<Arc<Tenancy>, Error> {
-    let Some(t) = state.tenancy.as_ref().filter(|t| t.admin_key.is_some()) else {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            "Unknown endpoint: the admin API is off (start the server with --admin-key).",
-        )
-        .with_code("unknown_url"));
-    };
-    let expected = t.admin_key.as_deref().unwrap_or_default();
-    match presented_key(headers) {
-        Some(k) if keys::same(k, expected) => Ok(Arc::clone(t)),
-        _ => Err(Error::new(
-            ErrorKind::Authentication,
-            "The admin API needs the admin key as 'Authorization: Bearer KEY'.",
-        )
-        .with_code("invalid_admin_key")),
+/// Who acts on the admin API: the static admin key, or a signed-in admin.
+pub(crate) enum Actor {
+    AdminKey,
+    User(parlance_tenancy::accounts::User),
+}
+
+impl Actor {
+    /// As the audit log names it.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Actor::AdminKey => "admin-key",
+            Actor::User(u) => &u.email,
+        }
     }
+}
+
+fn admin_api_off() -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        "Unknown endpoint: the admin API is off (start the server with --admin-key, or sign in as an admin).",
+    )
+    .with_code("unknown_url")
+}
+
+/// The tenancy, when the caller holds the admin key or an admin's session (with its
+/// CSRF token, whatever the method); 404 when there is no admin API.
+pub(crate) async fn admin(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(Arc<Tenancy>, Actor), Error> {
+    let Some(t) = state.tenancy.as_ref() else {
+        return Err(admin_api_off());
+    };
+    if let Some(expected) = t.admin_key.as_deref() {
+        if presented_key(headers).is_some_and(|k| keys::same(k, expected)) {
+            return Ok((Arc::clone(t), Actor::AdminKey));
+        }
+    }
+    if let Some((t, s)) = crate::account::session(state, headers, true).await? {
+        if s.user.role == parlance_tenancy::accounts::Role::Admin {
+            return Ok((t, Actor::User(s.user)));
+        }
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "Only administrators may do this.",
+        )
+        .with_code("not_admin"));
+    }
+    if t.admin_key.is_none() && !t.store.has_admin_user().await.map_err(store_error)? {
+        return Err(admin_api_off());
+    }
+    Err(Error::new(
+        ErrorKind::Authentication,
+        "The admin API needs the admin key as 'Authorization: Bearer KEY', or an admin's session.",
+    )
+    .with_code("invalid_admin_key"))
 }
 
 fn secs(ms: Option<i64>) -> Value {
@@ -58,7 +97,7 @@ fn secs(ms: Option<i64>) -> Value {
 }
 
 /// A key as the API shows it: never the secret.
-async fn view(t: &Tenancy, k: &KeyRecord) -> Value {
+pub(crate) async fn view(t: &Tenancy, k: &KeyRecord) -> Value {
     let (tokens, usd) = t.spent(&k.id).await;
     json!({
         "object": "api_key",
@@ -131,7 +170,7 @@ fn text_field(v: &Value, name: &str) -> Result<String, Error> {
 }
 
 /// Sets the fields `obj` names on `k`, each checked; the same for create and update.
-fn apply_fields(k: &mut KeyRecord, obj: &Map<String, Value>) -> Result<(), Error> {
+pub(crate) fn apply_fields(k: &mut KeyRecord, obj: &Map<String, Value>) -> Result<(), Error> {
     if let Some(e) = expiry(obj)? {
         k.expires_at = e;
     }
@@ -206,10 +245,11 @@ pub(crate) fn store_error(e: String) -> Error {
 
 async fn create_key(
     State(state): State<Arc<AppState>>,
+    peer: Option<Extension<crate::account::Peer>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let t = admin(&state, &headers)?;
+    let (t, actor) = admin(&state, &headers).await?;
     let bytes = read_limited(body, state.body_limit).await?;
     let obj: Map<String, Value> = parse_json(&bytes)?;
     let mut k = KeyRecord::default();
@@ -227,8 +267,12 @@ async fn create_key(
         budget_usd: k.budget_usd,
         expires_at_ms: k.expires_at,
         metadata: k.metadata,
+        user_id: None,
     };
     let (record, key) = t.create_key(spec).await.map_err(store_error)?;
+    let addr = crate::account::address(peer.as_ref());
+    t.audit(actor.name(), "key.create", &record.id, &record.name, &addr)
+        .await;
     let mut v = view(&t, &record).await;
     v["key"] = json!(key);
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -238,7 +282,7 @@ async fn list_keys(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let t = admin(&state, &headers)?;
+    let (t, _) = admin(&state, &headers).await?;
     let keys = t.store.list_keys().await.map_err(store_error)?;
     let mut data = Vec::with_capacity(keys.len());
     for k in &keys {
@@ -263,7 +307,7 @@ async fn get_key(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let t = admin(&state, &headers)?;
+    let (t, _) = admin(&state, &headers).await?;
     let k = find(&t, &id).await?;
     Ok(Json(view(&t, &k).await))
 }
@@ -283,29 +327,37 @@ fn opt_u32(v: &Value, name: &str) -> Result<Option<u32>, Error> {
 
 async fn update_key(
     State(state): State<Arc<AppState>>,
+    peer: Option<Extension<crate::account::Peer>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let t = admin(&state, &headers)?;
+    let (t, actor) = admin(&state, &headers).await?;
     let mut k = find(&t, &id).await?;
     let bytes = read_limited(body, state.body_limit).await?;
     let obj: Map<String, Value> = parse_json(&bytes)?;
     apply_fields(&mut k, &obj)?;
     t.store.update_key(&k).await.map_err(store_error)?;
     t.forget(&k.id);
+    let fields: Vec<&str> = obj.keys().map(String::as_str).collect();
+    let addr = crate::account::address(peer.as_ref());
+    t.audit(actor.name(), "key.update", &id, &fields.join(","), &addr)
+        .await;
     Ok(Json(view(&t, &k).await))
 }
 
 async fn revoke_key(
     State(state): State<Arc<AppState>>,
+    peer: Option<Extension<crate::account::Peer>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let t = admin(&state, &headers)?;
+    let (t, actor) = admin(&state, &headers).await?;
     find(&t, &id).await?;
     t.store.revoke_key(&id).await.map_err(store_error)?;
     t.forget(&id);
+    let addr = crate::account::address(peer.as_ref());
+    t.audit(actor.name(), "key.revoke", &id, "", &addr).await;
     Ok(Json(
         json!({"id": id, "object": "api_key", "revoked": true}),
     ))
@@ -353,10 +405,24 @@ pub fn parse_date_ms(s: &str) -> Option<i64> {
 pub(crate) fn usage_filter(q: &HashMap<String, String>) -> Result<UsageFilter, Error> {
     Ok(UsageFilter {
         key_id: q.get("key_id").filter(|v| !v.is_empty()).cloned(),
+        user_id: q.get("user_id").filter(|v| !v.is_empty()).cloned(),
         model: q.get("model").filter(|v| !v.is_empty()).cloned(),
         from: time_param(q, "from")?,
         to: time_param(q, "to")?,
     })
+}
+
+/// `group_by`: key (default), model or day.
+pub(crate) fn group_param(q: &HashMap<String, String>) -> Result<UsageGroup, Error> {
+    match q.get("group_by").map(String::as_str) {
+        None | Some("") | Some("key") => Ok(UsageGroup::Key),
+        Some("model") => Ok(UsageGroup::Model),
+        Some("day") => Ok(UsageGroup::Day),
+        Some(other) => Err(Error::invalid_param(
+            "group_by",
+            format!("'group_by' must be key, model or day, got {other:?}."),
+        )),
+    }
 }
 
 async fn totals(
@@ -364,19 +430,9 @@ async fn totals(
     headers: &HeaderMap,
     q: &HashMap<String, String>,
 ) -> Result<Vec<UsageTotals>, Error> {
-    let t = admin(state, headers)?;
+    let (t, _) = admin(state, headers).await?;
     let filter = usage_filter(q)?;
-    let group = match q.get("group_by").map(String::as_str) {
-        None | Some("") | Some("key") => UsageGroup::Key,
-        Some("model") => UsageGroup::Model,
-        Some("day") => UsageGroup::Day,
-        Some(other) => {
-            return Err(Error::invalid_param(
-                "group_by",
-                format!("'group_by' must be key, model or day, got {other:?}."),
-            ))
-        }
-    };
+    let group = group_param(q)?;
     t.store
         .usage_totals(&filter, group)
         .await

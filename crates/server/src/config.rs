@@ -36,6 +36,8 @@ pub struct Config {
     pub images: ImagesSection,
     #[serde(default)]
     pub local: LocalSection,
+    #[serde(default)]
+    pub accounts: crate::account::Settings,
     /// The file's text, for line numbers in errors found after parsing.
     #[serde(skip)]
     source: String,

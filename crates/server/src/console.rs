@@ -46,6 +46,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../console/admin.js"),
     ),
     (
+        "account.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../console/account.js"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_bytes!("../console/favicon.svg"),
@@ -54,6 +59,7 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 
 const PLAYGROUND: &str = include_str!("../console/playground.html");
 const ADMIN: &str = include_str!("../console/admin.html");
+const ACCOUNT: &str = include_str!("../console/account.html");
 
 /// FNV-1a: a stable validator for content that changes only with the binary.
 fn etag_of(bytes: &[u8]) -> String {
@@ -163,4 +169,11 @@ pub async fn playground(State(state): State<Arc<AppState>>) -> Response {
 /// `GET /admin`: the dashboard; it asks for the admin key and calls `/admin/...` with it.
 pub async fn admin() -> Response {
     page(ADMIN.replace("{{version}}", env!("CARGO_PKG_VERSION")))
+}
+
+/// `GET /account`, `/signin`, `/signup`: sign-in, the access request form, setting a
+/// password from a one-time link, *My keys* and *My usage* (one page; the script shows
+/// the part the path and the session call for).
+pub async fn account() -> Response {
+    page(ACCOUNT.replace("{{version}}", env!("CARGO_PKG_VERSION")))
 }

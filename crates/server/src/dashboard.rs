@@ -24,7 +24,7 @@ pub async fn status(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&state, &headers)?;
+    admin(&state, &headers).await?;
     let mut seen: Vec<usize> = Vec::new();
     let mut models: Vec<Value> = Vec::new();
     for r in state.router.routes() {
@@ -95,7 +95,7 @@ pub async fn usage_series(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let t = admin(&state, &headers)?;
+    let (t, _) = admin(&state, &headers).await?;
     let filter = usage_filter(&q)?;
     let (bucket, group) = (bucket_param(&q)?, group_param(&q)?);
     let data = t
@@ -114,7 +114,7 @@ pub async fn usage_latency(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let t = admin(&state, &headers)?;
+    let (t, _) = admin(&state, &headers).await?;
     let filter = usage_filter(&q)?;
     let data = t
         .store

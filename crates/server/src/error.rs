@@ -15,6 +15,7 @@ fn openai_type(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidRequest
         | ErrorKind::NotFound
         | ErrorKind::MethodNotAllowed
+        | ErrorKind::Conflict
         | ErrorKind::PayloadTooLarge => "invalid_request_error",
         ErrorKind::Authentication => "authentication_error",
         ErrorKind::PermissionDenied => "permission_error",

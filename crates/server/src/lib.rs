@@ -1,6 +1,7 @@
 //! Parlance's HTTP layer as a library: `build_router(state)` gives the whole app, so
 //! the binary serves it and tests drive it in-process.
 
+mod account;
 mod admin;
 mod anthropic;
 mod auth;
@@ -24,6 +25,7 @@ mod rerank;
 mod responses;
 pub mod shutdown;
 
+pub use account::{Peer, Settings as AccountSettings};
 pub use admin::csv as usage_csv;
 pub use error::ApiError;
 pub use shutdown::Shutdown;
@@ -59,6 +61,8 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// `--models-dir`, which Ollama's `/api/pull` and `/api/delete` add to and take from.
     pub models_dir: Option<Arc<dyn parlance_core::lazy::ModelFolder>>,
+    /// Sign-up mode, the self-service plan and the public URL (`[accounts]`).
+    pub accounts: account::Settings,
 }
 
 impl AppState {
@@ -78,12 +82,16 @@ impl AppState {
             responses: responses::MemoryStore::default(),
             started: std::time::Instant::now(),
             models_dir: None,
+            accounts: account::Settings::default(),
         }
     }
 
     /// True when callers need no key at all.
+    /// A server that lets people sign up is never open, even before its first key.
     pub fn is_open(&self) -> bool {
-        self.api_keys.is_empty() && self.tenancy.as_ref().is_none_or(|t| !t.requires_keys())
+        self.api_keys.is_empty()
+            && self.accounts.signup() == parlance_tenancy::accounts::SignupMode::Closed
+            && self.tenancy.as_ref().is_none_or(|t| !t.requires_keys())
     }
 }
 
@@ -169,6 +177,10 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
         .route("/admin", get(console::admin))
         .route("/admin/", get(console::admin))
         .route("/console/{file}", get(console::asset))
+        .route("/account", get(console::account))
+        .route("/signin", get(console::account))
+        .route("/signup", get(console::account))
+        .nest("/account", account::routes())
         .route("/health", get(health))
         .route("/metrics", get(observe::metrics_page))
         .route("/api/v2/oauth", post(admin::oauth))

@@ -66,7 +66,7 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             () = &mut signal => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -82,7 +82,14 @@ pub async fn serve(
         // client's delayed ACK (~40 ms per stream, measured).
         let _ = tcp.set_nodelay(true);
         let io = TokioIo::new(JsonParseErrors::new(tcp));
-        let service = TowerToHyperService::new(app.clone());
+        // The peer address rides on each request (sign-in throttling, the audit log).
+        let with_peer = tower::ServiceBuilder::new()
+            .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(crate::account::Peer(peer));
+                req
+            })
+            .service(app.clone());
+        let service = TowerToHyperService::new(with_peer);
         let conn = builder
             .serve_connection_with_upgrades(io, service)
             .into_owned();

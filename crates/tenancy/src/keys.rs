@@ -11,7 +11,7 @@ const ID_LEN: usize = 12;
 const SECRET_LEN: usize = 32;
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
-fn random_text(n: usize) -> String {
+pub(crate) fn random_text(n: usize) -> String {
     let mut rng = rand::rng();
     (0..n)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
@@ -82,6 +82,9 @@ pub struct KeyRecord {
     /// Unix milliseconds.
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// The account that owns it (self-service keys); `None`: the operator's.
+    #[serde(default)]
+    pub user_id: Option<String>,
     #[serde(skip)]
     pub secret_hash: String,
 }

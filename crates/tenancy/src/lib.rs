@@ -2,6 +2,7 @@
 //! kept in a SQL store. No HTTP here: the server crate turns this into routes,
 //! headers and error bodies.
 
+pub mod accounts;
 pub mod budget;
 pub mod keys;
 pub mod limits;
@@ -53,6 +54,9 @@ pub struct KeySpec {
     pub expires_at_ms: Option<i64>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The account it is made for (self-service); set by the server, never by a body.
+    #[serde(skip)]
+    pub user_id: Option<String>,
 }
 
 pub struct Tenancy {
@@ -71,6 +75,8 @@ pub struct Tenancy {
     has_keys: std::sync::atomic::AtomicBool,
     /// Signs access tokens; derived from the server secret, never stored.
     token_secret: String,
+    /// Failed sign-ins per account and address.
+    pub throttle: accounts::password::Throttle,
 }
 
 impl Tenancy {
@@ -115,6 +121,7 @@ impl Tenancy {
             cache: Mutex::new(HashMap::new()),
             spent: budget::SpendMap::default(),
             has_keys: std::sync::atomic::AtomicBool::new(false),
+            throttle: accounts::password::Throttle::default(),
         }))
     }
 
@@ -164,6 +171,7 @@ impl Tenancy {
             metadata: spec.metadata,
             created_at: now_ms(),
             revoked_at: None,
+            user_id: spec.user_id,
             secret_hash: new.secret_hash,
         };
         self.store.insert_key(&record).await?;

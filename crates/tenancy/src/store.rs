@@ -60,6 +60,57 @@ const MIGRATIONS: &[&str] = &[
     "INSERT INTO settings (name, value) SELECT 'keys_required', '1' WHERE EXISTS (SELECT 1 FROM keys);",
     // The token-signing secret no longer lives in the database (see `tokens::signing_key`).
     "DELETE FROM settings WHERE name = 'token_secret';",
+    // Accounts: people, their sessions, access requests, one-time links and the audit
+    // log; a key may belong to a user.
+    "CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        organization TEXT NOT NULL,
+        password_hash TEXT,
+        created_at BIGINT NOT NULL,
+        disabled_at BIGINT
+    );
+    CREATE TABLE sessions (
+        id_hash TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        revoked_at BIGINT,
+        address TEXT NOT NULL
+    );
+    CREATE INDEX sessions_user ON sessions (user_id);
+    CREATE TABLE access_requests (
+        id TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        name TEXT NOT NULL,
+        organization TEXT NOT NULL,
+        intended_use TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        decided_at BIGINT,
+        decided_by TEXT,
+        user_id TEXT
+    );
+    CREATE TABLE one_time_links (
+        token_hash TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT
+    );
+    CREATE TABLE audit (
+        at BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        address TEXT NOT NULL
+    );
+    CREATE INDEX audit_at ON audit (at);
+    ALTER TABLE keys ADD COLUMN user_id TEXT;
+    CREATE INDEX keys_user ON keys (user_id);",
 ];
 
 #[derive(Clone)]
@@ -244,8 +295,8 @@ impl Store {
     /// secret and creation time.
     async fn save_key(&self, k: &KeyRecord) -> Result<(), String> {
         sqlx::query(
-            "INSERT INTO keys (id, name, secret_hash, models, rpm, tpm, max_concurrent, budget_tokens, budget_usd, expires_at, metadata, created_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            "INSERT INTO keys (id, name, secret_hash, models, rpm, tpm, max_concurrent, budget_tokens, budget_usd, expires_at, metadata, created_at, revoked_at, user_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, models = excluded.models, rpm = excluded.rpm,
              tpm = excluded.tpm, max_concurrent = excluded.max_concurrent, budget_tokens = excluded.budget_tokens,
              budget_usd = excluded.budget_usd, expires_at = excluded.expires_at, metadata = excluded.metadata,
@@ -264,6 +315,7 @@ impl Store {
         .bind(serde_json::to_string(&k.metadata).unwrap_or_default())
         .bind(k.created_at)
         .bind(k.revoked_at)
+        .bind(k.user_id.clone())
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
@@ -480,7 +532,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn key_from_row(r: &AnyRow) -> Result<KeyRecord, String> {
+pub(crate) fn key_from_row(r: &AnyRow) -> Result<KeyRecord, String> {
     let opt_u32 = |c: &str| -> Result<Option<u32>, String> {
         Ok(r.try_get::<Option<i64>, _>(c)
             .map_err(db_err)?
@@ -505,6 +557,7 @@ fn key_from_row(r: &AnyRow) -> Result<KeyRecord, String> {
         metadata: serde_json::from_str(&metadata).unwrap_or_default(),
         created_at: r.try_get("created_at").map_err(db_err)?,
         revoked_at: r.try_get("revoked_at").map_err(db_err)?,
+        user_id: r.try_get("user_id").map_err(db_err)?,
     })
 }
 

@@ -59,6 +59,8 @@ pub struct UsageTotals {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct UsageFilter {
     pub key_id: Option<String>,
+    /// Only the keys of this account.
+    pub user_id: Option<String>,
     pub model: Option<String>,
     /// Unix milliseconds, inclusive.
     pub from: Option<i64>,
@@ -90,21 +92,28 @@ impl UsageFilter {
     pub fn sql(&self) -> (String, Vec<Bind>) {
         let mut cond = vec!["1 = 1".to_string()];
         let mut binds = Vec::new();
+        // `$` in a condition is its value's placeholder.
         let mut add = |c: &str, b: Bind| {
             binds.push(b);
-            cond.push(format!("{c} ${}", binds.len()));
+            cond.push(c.replace('$', &format!("${}", binds.len())));
         };
         if let Some(k) = &self.key_id {
-            add("key_id =", Bind::Text(k.clone()));
+            add("key_id = $", Bind::Text(k.clone()));
+        }
+        if let Some(u) = &self.user_id {
+            add(
+                "key_id IN (SELECT id FROM keys WHERE user_id = $)",
+                Bind::Text(u.clone()),
+            );
         }
         if let Some(m) = &self.model {
-            add("model =", Bind::Text(m.clone()));
+            add("model = $", Bind::Text(m.clone()));
         }
         if let Some(f) = self.from {
-            add("at >=", Bind::Int(f));
+            add("at >= $", Bind::Int(f));
         }
         if let Some(t) = self.to {
-            add("at <", Bind::Int(t));
+            add("at < $", Bind::Int(t));
         }
         (cond.join(" AND "), binds)
     }

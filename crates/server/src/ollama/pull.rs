@@ -25,7 +25,7 @@ async fn admitted(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Value, Arc<dyn ModelFolder>, String), Error> {
-    if !state.is_open() && crate::admin::admin(state, headers).is_err() {
+    if !state.is_open() && crate::admin::admin(state, headers).await.is_err() {
         return Err(Error::new(
             ErrorKind::PermissionDenied,
             "pulling and deleting models needs the admin key",
