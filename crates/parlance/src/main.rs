@@ -8,6 +8,7 @@ mod models_dir;
 mod serve;
 mod serve_args;
 mod tenancy_cli;
+mod users_cli;
 
 // The gateway path allocates per request and per streamed chunk; glibc malloc was ~18%
 // of its CPU under load.
@@ -38,6 +39,9 @@ enum Command {
     /// Manage API keys in the store.
     #[command(subcommand)]
     Keys(tenancy_cli::KeysCommand),
+    /// Manage accounts (people who sign in to the console) in the store.
+    #[command(subcommand)]
+    Users(users_cli::UsersCommand),
     /// Usage from the store, grouped by key, model or day.
     Usage(tenancy_cli::UsageArgs),
     /// Print the version.
@@ -105,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         Command::Models(args) => client::models(args),
         Command::Keys(cmd) => tenancy_cli::keys(cmd),
         Command::Usage(args) => tenancy_cli::usage(args),
+        Command::Users(cmd) => users_cli::users(cmd),
         Command::Version => {
             println!("parlance {}", env!("CARGO_PKG_VERSION"));
             Ok(())

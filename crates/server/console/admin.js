@@ -1,11 +1,13 @@
-// The admin dashboard: keys, usage charts, live engine and deployment state, catalog.
-// Every call is the admin API with the admin key in a header (no cookies, so no CSRF).
+// The admin dashboard: keys, usage charts, live engine and deployment state, catalog,
+// people. Every call is the admin API with the admin key in a header, or, for an admin
+// signed in at /account, the session cookie plus its CSRF token.
 import { $, el, api, toast, copyText, download, fmt, ApiError } from "./common.js";
 import { lineChart } from "./chart.js";
 
 const KEY = "parlance.admin";
 const adminKey = () => sessionStorage.getItem(KEY) || "";
-const call = (path, opts = {}) => api(path, { ...opts, key: adminKey() });
+let sessionCsrf = "";
+const call = (path, opts = {}) => api(path, { ...opts, key: adminKey(), csrf: sessionCsrf });
 let liveTimer = null;
 let lastGenerated = new Map();
 
@@ -54,6 +56,8 @@ async function login(keyValue) {
 
 function logout(message) {
   sessionStorage.removeItem(KEY);
+  if (sessionCsrf) api("/account/signout", { method: "POST", csrf: sessionCsrf }).catch(() => {});
+  sessionCsrf = "";
   clearInterval(liveTimer);
   $("dash").hidden = true;
   $("logout").hidden = true;
@@ -65,8 +69,8 @@ function logout(message) {
 
 // ---- tabs ------------------------------------------------------------------------
 
-const TABS = ["keys", "usage", "live", "catalog"];
-const LOADERS = { keys: loadKeys, usage: loadUsage, live: loadLive, catalog: loadCatalog };
+const TABS = ["keys", "usage", "live", "catalog", "people"];
+const LOADERS = { keys: loadKeys, usage: loadUsage, live: loadLive, catalog: loadCatalog, people: loadPeople };
 
 function selectTab(name) {
   for (const t of TABS) {
@@ -305,6 +309,53 @@ async function loadCatalog() {
     el("td", {}, m.fallbacks.join(", ") || "–"))));
 }
 
+// ---- people ------------------------------------------------------------------------
+
+function showLink(url) {
+  const full = new URL(url, location.origin).href;
+  $("link-value").textContent = full;
+  $("link-card").hidden = false;
+}
+
+async function decide(r, decision) {
+  await guarded(async () => {
+    const out = await call(`/admin/access-requests/${encodeURIComponent(r.id)}/${decision}`, { method: "POST" });
+    if (out.set_password_url) showLink(out.set_password_url);
+    toast(decision === "approve" ? `Approved ${r.email}` : `Denied ${r.email}`);
+    await loadPeople();
+  });
+}
+
+async function setDisabled(u, disabled) {
+  if (disabled && !confirm(`Disable ${u.email}? Their sessions end and their keys are revoked.`)) return;
+  await guarded(async () => {
+    await call(`/admin/users/${encodeURIComponent(u.id)}`, { method: "PATCH", body: { disabled } });
+    await loadPeople();
+  });
+}
+
+async function loadPeople() {
+  const [reqs, users, audit] = await Promise.all([
+    call("/admin/access-requests?status=pending"), call("/admin/users"), call("/admin/audit?limit=100"),
+  ]);
+  $("requests-table").tBodies[0].replaceChildren(...reqs.data.map((r) => el("tr", { "data-request-id": r.id },
+    el("td", {}, r.name), el("td", {}, r.email), el("td", {}, r.organization), el("td", {}, r.intended_use),
+    el("td", {}, new Date(r.created_at * 1000).toLocaleString()),
+    el("td", {}, el("div", { class: "row" },
+      el("button", { type: "button", "aria-label": `Approve ${r.email}`, onclick: () => decide(r, "approve") }, "Approve"),
+      el("button", { type: "button", class: "ghost", "aria-label": `Deny ${r.email}`, onclick: () => decide(r, "deny") }, "Deny"))))));
+  $("no-requests").hidden = reqs.data.length > 0;
+  $("users-table").tBodies[0].replaceChildren(...users.data.map((u) => el("tr", { "data-user-id": u.id },
+    el("td", {}, u.name), el("td", {}, u.email), el("td", {}, u.role), el("td", {}, u.organization),
+    el("td", { class: u.disabled_at ? "state-bad" : "state-ok" }, u.disabled_at ? "disabled" : u.has_password ? "active" : "invited"),
+    el("td", {}, u.disabled_at
+      ? el("button", { type: "button", class: "ghost", onclick: () => setDisabled(u, false) }, "Enable")
+      : el("button", { type: "button", class: "danger", onclick: () => setDisabled(u, true) }, "Disable")))));
+  $("audit-table").tBodies[0].replaceChildren(...audit.data.map((e) => el("tr", {},
+    el("td", {}, new Date(e.at * 1000).toLocaleString()), el("td", {}, e.actor), el("td", {}, el("code", {}, e.action)),
+    el("td", {}, e.target), el("td", {}, e.detail), el("td", {}, e.address))));
+}
+
 // ---- wiring ------------------------------------------------------------------------
 
 function init() {
@@ -328,7 +379,17 @@ function init() {
       selectTab(TABS[next]);
     });
   });
-  if (adminKey()) login(adminKey()); else $("login").hidden = false;
+  $("copy-link").addEventListener("click", () => copyText($("link-value").textContent));
+  if (adminKey()) return login(adminKey());
+  // An admin signed in at /account needs no key here.
+  api("/account/me").then((s) => {
+    if (s.user.role !== "admin") throw new Error("not an admin");
+    sessionCsrf = s.csrf_token;
+    $("login").hidden = true;
+    $("dash").hidden = false;
+    $("logout").hidden = false;
+    selectTab("keys");
+  }).catch(() => { $("login").hidden = false; });
 }
 
 init();

@@ -46,6 +46,15 @@ fn link_url(state: &AppState, token: &str) -> String {
     format!("{base}/account#set-password={token}")
 }
 
+/// An access request as the API shows it (times in Unix seconds, as everywhere).
+fn request_view(r: &parlance_tenancy::accounts::AccessRequest) -> Value {
+    let mut v = json!(r);
+    v["object"] = json!("access_request");
+    v["created_at"] = json!(r.created_at / 1000);
+    v["decided_at"] = json!(r.decided_at.map(|t| t / 1000));
+    v
+}
+
 async fn find_user(t: &Tenancy, id: &str) -> Result<User, Error> {
     t.store.user(id).await.map_err(store_error)?.ok_or_else(|| {
         Error::new(ErrorKind::NotFound, format!("No user with id `{id}`."))
@@ -255,7 +264,8 @@ async fn list_requests(
         .into());
     }
     let reqs = t.store.access_requests(status).await.map_err(store_error)?;
-    Ok(Json(json!({"object": "list", "data": reqs})))
+    let data: Vec<Value> = reqs.iter().map(request_view).collect();
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 /// `POST /admin/access-requests/{id}/approve` (the account is made, with a one-time
@@ -285,7 +295,7 @@ async fn decide(
         &addr,
     )
     .await;
-    let mut v = json!({"object": "access_request", "request": req});
+    let mut v = json!({"request": request_view(&req)});
     if let Some(u) = user {
         let token = t.password_link(&u.id).await.map_err(account_error)?;
         v["user"] = user_view(&u);
