@@ -1,0 +1,111 @@
+"""The self-service console in headless Chromium: open sign-up to the first API call
+with no admin action; approval with one admin click in the dashboard; My usage shows
+exactly the requests made. Screenshots go beside the console's."""
+
+import tempfile
+
+import requests
+from openai import OpenAI
+from selenium.webdriver.common.by import By
+
+from conftest import MODEL, ROOT, Server
+from test_console import browser, no_console_errors, shot, wait  # noqa: F401 (fixture)
+
+GGUF = str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+ADMIN = "console-accounts-admin"
+
+
+def fill(d, **fields):
+    for id_, value in fields.items():
+        e = d.find_element(By.ID, id_.replace("_", "-"))
+        e.clear()
+        e.send_keys(value)
+
+
+def usage_rows(d):
+    return d.execute_script(
+        "return [...document.querySelectorAll('#usage-table tbody tr')].map(r => [...r.cells].map(c => c.textContent));")
+
+
+def test_open_signup_in_the_browser_to_the_first_api_call(browser):
+    d = browser
+    db = tempfile.mkdtemp(prefix="parlance-accounts-ui-")
+    s = Server("-m", GGUF, "--alias", MODEL, "-np", "1", "-c", "1024", "--n-predict", "4", "--signup", "open", "--db", f"sqlite://{db}/p.db")
+    try:
+        d.delete_all_cookies()
+        d.get(s.url + "/signup")
+        wait(d, lambda d: d.find_element(By.ID, "signup").is_displayed() and d.find_element(By.ID, "su-password").is_displayed(), what="form")
+        fill(d, su_name="Ivana Petrova", su_email="ivana@example.org", su_org="Sofia University", su_use="Course assistant", su_password="ivana-password")
+        shot(d, "account-signup-open")
+        d.find_element(By.CSS_SELECTOR, "#signup button[type=submit]").click()
+        key = wait(d, lambda d: d.find_element(By.ID, "new-key-value").text.strip(), what="first key shown")
+        assert key.startswith("sk-prl-")
+        shot(d, "account-first-key")
+        # The key works in the official SDK at once: no admin did anything.
+        client = OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0, timeout=120)
+        for _ in range(2):
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        # My usage shows exactly those two requests.
+        d.refresh()
+        wait(d, lambda d: d.find_element(By.ID, "home").is_displayed(), what="still signed in")
+        d.find_element(By.CSS_SELECTOR, "#u-group option[value=model]").click()
+        rows = wait(d, lambda d: usage_rows(d) or None, what="usage")
+        assert rows[0][0] == MODEL and rows[0][1] == "2", rows
+        shot(d, "account-my-usage")
+        # The HttpOnly cookie is invisible to scripts.
+        assert "parlance_session" not in d.execute_script("return document.cookie")
+        no_console_errors(d)
+    finally:
+        s.stop()
+
+
+def test_approval_takes_one_admin_click_then_the_person_sets_a_password(browser):
+    d = browser
+    db = tempfile.mkdtemp(prefix="parlance-accounts-ui-")
+    s = Server("-m", GGUF, "--alias", MODEL, "-np", "1", "-c", "1024", "--signup", "approval", "--admin-key", ADMIN, "--db", f"sqlite://{db}/p.db")
+    try:
+        d.delete_all_cookies()
+        d.get(s.url + "/signup")
+        wait(d, lambda d: d.find_element(By.ID, "signup").is_displayed(), what="form")
+        assert not d.find_element(By.ID, "su-password").is_displayed()
+        fill(d, su_name="Georgi", su_email="georgi@example.org", su_org="BAS", su_use="Research")
+        d.find_element(By.CSS_SELECTOR, "#signup button[type=submit]").click()
+        wait(d, lambda d: "administrator will review" in d.find_element(By.ID, "signup-done").text, what="request sent")
+
+        # The admin: key, People tab, one click.
+        d.get(s.url + "/admin")
+        wait(d, lambda d: d.find_element(By.ID, "login").is_displayed(), what="admin login")
+        fill(d, admin_key=ADMIN)
+        d.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+        wait(d, lambda d: d.find_element(By.ID, "dash").is_displayed(), what="dashboard")
+        d.find_element(By.ID, "tab-people").click()
+        button = wait(d, lambda d: d.find_element(By.CSS_SELECTOR, "button[aria-label='Approve georgi@example.org']"), what="request listed")
+        shot(d, "admin-people-request")
+        button.click()
+        link = wait(d, lambda d: d.find_element(By.ID, "link-value").text.strip(), what="link shown")
+        assert "/account#set-password=" in link
+        wait(d, lambda d: "access_request.approve" in d.find_element(By.ID, "audit-table").text, what="audited")
+        shot(d, "admin-people-approved")
+
+        # The person opens the link, chooses a password, makes a key.
+        d.execute_script("sessionStorage.clear()")
+        d.get(link)
+        wait(d, lambda d: d.find_element(By.ID, "set-password").is_displayed(), what="set password form")
+        fill(d, sp_password="georgi-password", sp_confirm="georgi-password")
+        d.find_element(By.CSS_SELECTOR, "#set-password button[type=submit]").click()
+        wait(d, lambda d: d.find_element(By.ID, "home").is_displayed(), what="signed in")
+        assert "#set-password" not in d.current_url, "the token leaves the address bar"
+        fill(d, k_name="notebook")
+        d.find_element(By.CSS_SELECTOR, "#create-key button[type=submit]").click()
+        key = wait(d, lambda d: d.find_element(By.ID, "new-key-value").text.strip(), what="key shown")
+        r = requests.get(s.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert r.status_code == 200 and r.json()["data"][0]["id"] == MODEL
+        shot(d, "account-my-keys")
+        # Revoking it in My keys stops it at once.
+        d.execute_script("window.confirm = () => true")
+        d.find_element(By.CSS_SELECTOR, "#keys-table button.danger").click()
+        wait(d, lambda d: "revoked" in d.find_element(By.ID, "keys-table").text, what="revoked")
+        assert requests.get(s.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code == 401
+        no_console_errors(d)
+    finally:
+        s.stop()
