@@ -43,10 +43,13 @@ pub async fn gate(
     let (Some(t), Some(key)) = (tenancy, principal.key()) else {
         return Ok(Admitted::default());
     };
-    if !key.may_use(model) {
+    // The key, then its user's, team's and payer's limits: the strictest refuses.
+    let subjects = t.subjects(key).await;
+    if let Some(s) = subjects.iter().find(|s| !s.may_use(model)) {
+        let whose = parlance_tenancy::subjects::whose(&s.id).replace("'s", "");
         let e = Error::new(
             ErrorKind::PermissionDenied,
-            format!("This API key may not use the model `{model}`."),
+            format!("{} may not use the model `{model}`.", capitalized(&whose)),
         )
         .with_param("model")
         .with_code("model_not_allowed");
@@ -55,19 +58,19 @@ pub async fn gate(
     // `None`: work that spends no tokens (counting), held to request limits only.
     let hold = match want {
         Some(want) => Some(
-            t.reserve_budget(key, want)
+            t.reserve_budget_all(&subjects, want)
                 .await
-                .map_err(|why| (quota_error(&why), RateHeaders::default()))?,
+                .map_err(|(why, s)| (quota_error(&why, &s), RateHeaders::default()))?,
         ),
         None => None,
     };
-    match t.admit(key, want.map_or(0, |w| w.tokens)).await {
+    match t.admit_all(&subjects, want.map_or(0, |w| w.tokens)).await {
         Ok((ticket, headers)) => Ok(Admitted {
             ticket: Some(Arc::new(ticket)),
             hold,
             headers,
         }),
-        Err(d) => {
+        Err((d, subject)) => {
             let reason = match d.which {
                 Refused::Requests => "rpm",
                 Refused::Tokens => "tpm",
@@ -79,14 +82,26 @@ pub async fn gate(
                 Refused::Tokens => format!("tokens per minute (limit {})", d.limit),
                 Refused::Concurrency => format!("concurrent requests (limit {})", d.limit),
             };
+            let what = match parlance_tenancy::subjects::whose(&subject) {
+                "this key's" => what,
+                whose => format!("{what} of {}", whose.trim_end_matches("'s")),
+            };
             Err((rate_error(&what, d.retry_after), d.headers))
         }
     }
 }
 
-fn quota_error(why: &Exhausted) -> Error {
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+fn quota_error(why_kind: &Exhausted, subject: &str) -> Error {
+    let why = why_kind.text(parlance_tenancy::subjects::whose(subject));
     metrics::counter!("parlance_limit_rejections_total", "reason" => "budget").increment(1);
-    match why {
+    match why_kind {
         // Budget is left once the requests in flight settle: worth a retry.
         Exhausted::TokensInFlight { .. } | Exhausted::UsdInFlight { .. } => Error::new(
             ErrorKind::RateLimited,
@@ -139,7 +154,7 @@ fn prompt_gate(
                 if let Ok(mut slot) = hold.lock() {
                     *slot = Some(h);
                 }
-                resized.map_err(|why| quota_error(&why))?;
+                resized.map_err(|why| quota_error(&why, ""))?;
             }
             Ok(())
         })

@@ -54,7 +54,17 @@ pub enum Exhausted {
 
 impl std::fmt::Display for Exhausted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
+        f.write_str(&self.text("this key's"))
+    }
+}
+
+impl Exhausted {
+    /// The refusal, naming whose budget it is (`this key's`, `your team's`...).
+    pub fn text(&self, whose: &str) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let f = &mut out;
+        let _ = match self {
             Exhausted::Tokens { budget, spent } => write!(
                 f,
                 "this key's token budget of {budget} is used up ({spent} spent or reserved by requests in flight)"
@@ -71,7 +81,8 @@ impl std::fmt::Display for Exhausted {
                 f,
                 "this request may cost ${want:.4} but only ${left:.4} of this key's budget of ${budget:.2} is left while other requests are in flight; retry when they finish or lower max_tokens"
             ),
-        }
+        };
+        out.replace("this key's", whose)
     }
 }
 
@@ -153,7 +164,12 @@ pub(crate) enum HoldKind {
         /// when the hold ends, so the other replicas see it.
         mirror: Option<Release>,
         actual: Estimate,
+        /// A subject of several keys (a user, a team, a balance): no usage row counts
+        /// its spend, so the hold does when it ends.
+        counts_spend: bool,
     },
+    /// Several subjects' holds (a key, its user, its team, its payer).
+    Chain(Vec<Hold>),
     /// Held in Redis: the closures move it and settle it there.
     Remote {
         resize: Resize,
@@ -193,6 +209,12 @@ impl Hold {
             }
             // Redis unreachable now: the first hold stands.
             HoldKind::Remote { resize, .. } => resize(want).await.unwrap_or(Ok(())),
+            HoldKind::Chain(all) => {
+                for h in all {
+                    Box::pin(h.resize(want)).await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -201,6 +223,7 @@ impl Hold {
     pub fn set_actual(&mut self, actual: Estimate) {
         match &mut self.0 {
             HoldKind::Remote { actual: a, .. } | HoldKind::Local { actual: a, .. } => *a = actual,
+            HoldKind::Chain(all) => all.iter_mut().for_each(|h| h.set_actual(actual)),
             HoldKind::None => {}
         }
     }
@@ -209,13 +232,14 @@ impl Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         match &mut self.0 {
-            HoldKind::None => {}
+            HoldKind::None | HoldKind::Chain(_) => {}
             HoldKind::Local {
                 spent,
                 key,
                 held,
                 mirror,
                 actual,
+                counts_spend,
                 ..
             } => {
                 {
@@ -223,6 +247,10 @@ impl Drop for Hold {
                     if let Some(s) = m.get_mut(key.as_str()) {
                         s.held_tokens = s.held_tokens.saturating_sub(held.tokens);
                         s.held_usd = (s.held_usd - held.usd).max(0.0);
+                        if *counts_spend {
+                            s.tokens += actual.tokens;
+                            s.usd += actual.usd;
+                        }
                     }
                 }
                 if let Some(m) = mirror.take() {

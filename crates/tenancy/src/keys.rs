@@ -85,6 +85,9 @@ pub struct KeyRecord {
     /// The account that owns it (self-service keys); `None`: the operator's.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// The team that owns it (a team key: the team pays for it).
+    #[serde(default)]
+    pub team_id: Option<String>,
     #[serde(skip)]
     pub secret_hash: String,
 }

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod responses;
 pub mod shared_limits;
 pub mod store;
+pub mod subjects;
 pub mod tokens;
 pub mod usage;
 pub mod usage_stats;
@@ -57,6 +58,9 @@ pub struct KeySpec {
     /// The account it is made for (self-service); set by the server, never by a body.
     #[serde(skip)]
     pub user_id: Option<String>,
+    /// The team it is made for (a team key); set by the server.
+    #[serde(skip)]
+    pub team_id: Option<String>,
 }
 
 pub struct Tenancy {
@@ -77,6 +81,10 @@ pub struct Tenancy {
     token_secret: String,
     /// Failed sign-ins per account and address.
     pub throttle: accounts::password::Throttle,
+    /// Users', teams' and balances' limits as subjects (see [`subjects`]), briefly cached.
+    subject_cache: Mutex<HashMap<String, (Option<KeyRecord>, Instant)>>,
+    /// Keys of accounts spend their payer's prepaid credit.
+    prepaid: std::sync::atomic::AtomicBool,
 }
 
 impl Tenancy {
@@ -122,6 +130,8 @@ impl Tenancy {
             spent: budget::SpendMap::default(),
             has_keys: std::sync::atomic::AtomicBool::new(false),
             throttle: accounts::password::Throttle::default(),
+            subject_cache: Mutex::new(HashMap::new()),
+            prepaid: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -134,6 +144,55 @@ impl Tenancy {
         match &self.shared {
             Some(s) => s.admit(key, estimate).await,
             None => self.limiter.admit(key, estimate),
+        }
+    }
+
+    /// Admits a request against every subject in turn (the key first); when one refuses,
+    /// the admissions already made are taken back, so no subject counts a request that
+    /// did not happen. The refusal names its subject's id.
+    pub async fn admit_all(
+        &self,
+        subjects: &[KeyRecord],
+        estimate: u64,
+    ) -> Result<(limits::Ticket, limits::RateHeaders), (limits::Denied, String)> {
+        let mut tickets = Vec::with_capacity(subjects.len());
+        let mut headers = None;
+        for s in subjects {
+            match self.admit(s, estimate).await {
+                Ok((t, h)) => {
+                    tickets.push(t);
+                    headers.get_or_insert(h);
+                }
+                Err(d) => {
+                    tickets.into_iter().for_each(limits::Ticket::cancel);
+                    return Err((d, s.id.clone()));
+                }
+            }
+        }
+        let headers = headers.unwrap_or_default();
+        match tickets.len() {
+            1 => Ok((tickets.remove(0), headers)),
+            _ => Ok((limits::Ticket::chain(tickets), headers)),
+        }
+    }
+
+    /// Holds `want` against every subject's budgets; when one is used up, the holds
+    /// already taken are let go. The refusal names its subject's id.
+    pub async fn reserve_budget_all(
+        &self,
+        subjects: &[KeyRecord],
+        want: budget::Estimate,
+    ) -> Result<budget::Hold, (budget::Exhausted, String)> {
+        let mut holds = Vec::with_capacity(subjects.len());
+        for s in subjects {
+            match self.reserve_budget(s, want).await {
+                Ok(h) => holds.push(h),
+                Err(e) => return Err((e, s.id.clone())),
+            }
+        }
+        match holds.len() {
+            1 => Ok(holds.remove(0)),
+            _ => Ok(budget::Hold(budget::HoldKind::Chain(holds))),
         }
     }
 
@@ -172,6 +231,7 @@ impl Tenancy {
             created_at: now_ms(),
             revoked_at: None,
             user_id: spec.user_id,
+            team_id: spec.team_id,
             secret_hash: new.secret_hash,
         };
         self.store.insert_key(&record).await?;
@@ -329,6 +389,7 @@ impl Tenancy {
             held,
             mirror,
             actual: budget::Estimate::default(),
+            counts_spend: k.id.contains(':'),
         }))
     }
 

@@ -13,7 +13,8 @@ const WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct KeyState {
-    requests: VecDeque<Instant>,
+    /// (when, reservation id): a cancelled admission takes its own entry back.
+    requests: VecDeque<(Instant, u64)>,
     /// (when, tokens, reservation id): reservations are settled in place.
     tokens: VecDeque<(Instant, u64, u64)>,
     /// The sum of `tokens`, kept current so a check costs O(1), not O(window).
@@ -26,7 +27,7 @@ impl KeyState {
         while self
             .requests
             .front()
-            .is_some_and(|&t| now.duration_since(t) >= WINDOW)
+            .is_some_and(|&(t, _)| now.duration_since(t) >= WINDOW)
         {
             self.requests.pop_front();
         }
@@ -131,7 +132,11 @@ enum TicketKind {
         resize: Option<ResizeTokens>,
         settle: Settle,
         release: Option<Release>,
+        /// Takes the request's place in the requests window back.
+        uncount: Option<Release>,
     },
+    /// Several subjects' tickets (a key, its user, its team): all or none.
+    Chain(Vec<Ticket>),
 }
 
 impl Limiter {
@@ -160,7 +165,7 @@ impl Limiter {
                 (
                     l,
                     l.saturating_sub(st.requests.len() as u64),
-                    reset_of(st.requests.front().copied()),
+                    reset_of(st.requests.front().map(|r| r.0)),
                 )
             }),
             tokens: key.tpm.map(|l| {
@@ -190,7 +195,7 @@ impl Limiter {
         }
         if let Some(rpm) = key.rpm {
             if st.requests.len() as u64 >= u64::from(rpm) {
-                let wait = reset_of(st.requests.front().copied());
+                let wait = reset_of(st.requests.front().map(|r| r.0));
                 return Err(deny(Refused::Requests, u64::from(rpm), wait, st));
             }
         }
@@ -214,7 +219,7 @@ impl Limiter {
         }
         st.in_flight += 1;
         if key.rpm.is_some() {
-            st.requests.push_back(now);
+            st.requests.push_back((now, id));
         }
         if key.tpm.is_some() {
             st.tokens.push_back((now, reserve, id));
@@ -252,12 +257,58 @@ impl Limiter {
 }
 
 impl Ticket {
-    pub(crate) fn remote(resize: Option<ResizeTokens>, settle: Settle, release: Release) -> Ticket {
+    pub(crate) fn remote(
+        resize: Option<ResizeTokens>,
+        settle: Settle,
+        release: Release,
+        uncount: Release,
+    ) -> Ticket {
         Ticket(TicketKind::Remote {
             resize,
             settle,
             release: Some(release),
+            uncount: Some(uncount),
         })
+    }
+
+    pub(crate) fn chain(tickets: Vec<Ticket>) -> Ticket {
+        Ticket(TicketKind::Chain(tickets))
+    }
+
+    /// Takes an admission back as if it never happened (another subject refused the
+    /// request): its place in the request and token windows, and in flight.
+    pub(crate) fn cancel(mut self) {
+        match &mut self.0 {
+            TicketKind::Local {
+                limiter,
+                key,
+                reservation,
+                ..
+            } => {
+                let mut keys = limiter.keys.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(st) = keys.get_mut(key.as_str()) {
+                    st.requests.retain(|r| r.1 != *reservation);
+                    if let Some(i) = st.tokens.iter().position(|t| t.2 == *reservation) {
+                        if let Some((_, n, _)) = st.tokens.remove(i) {
+                            st.tokens_sum -= n;
+                        }
+                    }
+                }
+            }
+            TicketKind::Remote {
+                settle, uncount, ..
+            } => {
+                settle(0);
+                if let Some(u) = uncount.take() {
+                    u();
+                }
+            }
+            TicketKind::Chain(all) => {
+                for t in std::mem::take(all) {
+                    t.cancel();
+                }
+            }
+        }
     }
 
     /// Reserves `estimate` instead of the first estimate (once the prompt is counted),
@@ -290,6 +341,12 @@ impl Ticket {
                 resize: Some(r), ..
             } => r(estimate).await,
             TicketKind::Remote { .. } => Ok(()),
+            TicketKind::Chain(all) => {
+                for t in all {
+                    Box::pin(t.resize(estimate)).await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -310,6 +367,7 @@ impl Ticket {
             }
             TicketKind::Local { .. } => {}
             TicketKind::Remote { settle, .. } => settle(actual),
+            TicketKind::Chain(all) => all.iter().for_each(|t| t.settle(actual)),
         }
     }
 }
@@ -328,6 +386,7 @@ impl Drop for Ticket {
                     r();
                 }
             }
+            TicketKind::Chain(_) => {}
         }
     }
 }

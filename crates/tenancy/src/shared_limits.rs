@@ -384,6 +384,11 @@ impl SharedLimiter {
                             }
                         }
                     }),
+                    Box::new({
+                        let this = Arc::clone(self);
+                        let (requests, id) = (k[0].clone(), id.clone());
+                        move || this.spawn_zrem(requests, id)
+                    }),
                 );
                 Ok((ticket, headers))
             }
@@ -441,6 +446,12 @@ impl SharedLimiter {
 
     fn spawn_release(&self, inflight: String, id: String) {
         self.drop_lease(&inflight, &id);
+        self.spawn_zrem(inflight, id);
+    }
+
+    /// Removes one member from a sorted set, in the background.
+    fn spawn_zrem(&self, set: String, id: String) {
+        let (inflight, id) = (set, id);
         let mut conn = self.conn.clone();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return; // no runtime left (shutting down): the lease lapses by itself

@@ -111,6 +111,46 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_at ON audit (at);
     ALTER TABLE keys ADD COLUMN user_id TEXT;
     CREATE INDEX keys_user ON keys (user_id);",
+    // Teams and prepaid balances: limits per user and per team (each key is held to the
+    // strictest of its own, its user's and its team's), a credit ledger per team or
+    // user, and redemption codes (stored hashed).
+    "CREATE TABLE teams (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        limits TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE team_members (
+        team_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        added_at BIGINT NOT NULL,
+        PRIMARY KEY (team_id, user_id)
+    );
+    CREATE INDEX team_members_user ON team_members (user_id);
+    ALTER TABLE users ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE keys ADD COLUMN team_id TEXT;
+    CREATE INDEX keys_team ON keys (team_id);
+    CREATE TABLE ledger (
+        id TEXT PRIMARY KEY,
+        at BIGINT NOT NULL,
+        payer TEXT NOT NULL,
+        amount_usd DOUBLE PRECISION NOT NULL,
+        kind TEXT NOT NULL,
+        note TEXT NOT NULL,
+        actor TEXT NOT NULL
+    );
+    CREATE INDEX ledger_payer ON ledger (payer);
+    CREATE TABLE codes (
+        code_hash TEXT PRIMARY KEY,
+        id TEXT NOT NULL,
+        amount_usd DOUBLE PRECISION NOT NULL,
+        note TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        created_by TEXT NOT NULL,
+        redeemed_at BIGINT,
+        redeemed_by TEXT
+    );",
 ];
 
 #[derive(Clone)]
@@ -295,8 +335,8 @@ impl Store {
     /// secret and creation time.
     async fn save_key(&self, k: &KeyRecord) -> Result<(), String> {
         sqlx::query(
-            "INSERT INTO keys (id, name, secret_hash, models, rpm, tpm, max_concurrent, budget_tokens, budget_usd, expires_at, metadata, created_at, revoked_at, user_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            "INSERT INTO keys (id, name, secret_hash, models, rpm, tpm, max_concurrent, budget_tokens, budget_usd, expires_at, metadata, created_at, revoked_at, user_id, team_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, models = excluded.models, rpm = excluded.rpm,
              tpm = excluded.tpm, max_concurrent = excluded.max_concurrent, budget_tokens = excluded.budget_tokens,
              budget_usd = excluded.budget_usd, expires_at = excluded.expires_at, metadata = excluded.metadata,
@@ -316,6 +356,7 @@ impl Store {
         .bind(k.created_at)
         .bind(k.revoked_at)
         .bind(k.user_id.clone())
+        .bind(k.team_id.clone())
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
@@ -482,12 +523,15 @@ impl Store {
             .collect()
     }
 
-    /// Tokens and money a key has spent so far.
-    pub async fn spent(&self, key_id: &str) -> Result<(u64, f64), String> {
-        let r = sqlx::query(
-            "SELECT CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT) AS t, SUM(cost_usd) AS c FROM usage WHERE key_id = $1",
-        )
-        .bind(key_id)
+    /// Tokens and money spent so far by a key, or by a subject of several keys
+    /// (see [`crate::subjects`]): `u:ID` all of a user's keys, `t:ID` a team's keys,
+    /// `pay:u:ID` a user's own (non-team) keys.
+    pub async fn spent(&self, id: &str) -> Result<(u64, f64), String> {
+        let (cond, bind) = crate::subjects::spend_condition(id);
+        let r = sqlx::query(&format!(
+            "SELECT CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT) AS t, SUM(cost_usd) AS c FROM usage WHERE {cond}"
+        ))
+        .bind(bind)
         .fetch_one(&self.pool)
         .await
         .map_err(db_err)?;
@@ -558,6 +602,7 @@ pub(crate) fn key_from_row(r: &AnyRow) -> Result<KeyRecord, String> {
         created_at: r.try_get("created_at").map_err(db_err)?,
         revoked_at: r.try_get("revoked_at").map_err(db_err)?,
         user_id: r.try_get("user_id").map_err(db_err)?,
+        team_id: r.try_get("team_id").map_err(db_err)?,
     })
 }
 

@@ -4,6 +4,7 @@
 
 pub mod password;
 mod sql;
+pub mod teams;
 
 use crate::keys::{hash, now_ms, random_text};
 use crate::tokens::{hex, hmac};
