@@ -284,6 +284,9 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if let Some(mode) = args.signup {
         state.accounts.signup = Some(mode);
     }
+    if args.prepaid {
+        state.accounts.prepaid = true;
+    }
     if args.public_url.is_some() {
         state.accounts.public_url = args.public_url.clone();
     }
@@ -323,6 +326,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 refresh.refresh_has_keys().await;
             }
         });
+        tenancy.set_prepaid(state.accounts.prepaid);
         state.tenancy = Some(tenancy);
     } else if args.admin_key.is_some() {
         bail!("--admin-key needs a store: drop --db none");

@@ -272,6 +272,12 @@ pub struct ServeArgs {
     #[arg(long = "signup", env = "PARLANCE_SIGNUP")]
     pub signup: Option<parlance_tenancy::accounts::SignupMode>,
 
+    /// Prepaid balances: keys of accounts spend their team's (team keys) or their
+    /// user's credit, topped up by admins or redemption codes; an empty balance is a
+    /// 429 `insufficient_quota`. Operator keys are not affected.
+    #[arg(long = "prepaid", env = "PARLANCE_PREPAID")]
+    pub prepaid: bool,
+
     /// How people reach this server (https://llm.example.org), for the set-password
     /// links shown to admins; with https the session cookie is `Secure`.
     #[arg(long = "public-url", env = "PARLANCE_PUBLIC_URL")]

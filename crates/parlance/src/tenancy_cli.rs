@@ -115,6 +115,7 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
                         expires_at_ms,
                         metadata: Default::default(),
                         user_id: None,
+                        team_id: None,
                     })
                     .await
                     .map_err(anyhow::Error::msg)?;
@@ -195,6 +196,7 @@ pub fn usage(a: UsageArgs) -> anyhow::Result<()> {
         let filter = UsageFilter {
             key_id: a.key,
             user_id: None,
+            team_id: None,
             model: a.model,
             from,
             to: None,

@@ -32,6 +32,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/usage/latency", get(crate::dashboard::usage_latency))
         .route("/status", get(crate::dashboard::status))
         .merge(crate::account::people::routes())
+        .merge(crate::account::billing::routes())
 }
 
 /// Who acts on the admin API: the static admin key, or a signed-in admin.
@@ -268,6 +269,7 @@ async fn create_key(
         expires_at_ms: k.expires_at,
         metadata: k.metadata,
         user_id: None,
+        team_id: None,
     };
     let (record, key) = t.create_key(spec).await.map_err(store_error)?;
     let addr = crate::account::address(peer.as_ref());
@@ -406,6 +408,7 @@ pub(crate) fn usage_filter(q: &HashMap<String, String>) -> Result<UsageFilter, E
     Ok(UsageFilter {
         key_id: q.get("key_id").filter(|v| !v.is_empty()).cloned(),
         user_id: q.get("user_id").filter(|v| !v.is_empty()).cloned(),
+        team_id: q.get("team_id").filter(|v| !v.is_empty()).cloned(),
         model: q.get("model").filter(|v| !v.is_empty()).cloned(),
         from: time_param(q, "from")?,
         to: time_param(q, "to")?,

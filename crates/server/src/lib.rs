@@ -128,6 +128,8 @@ fn api_routes() -> HttpRouter<Arc<AppState>> {
         .route("/models/{*id}", get(openai::get_model).post(gemini::action))
         .route("/tokens/count", post(openai::count_tokens))
         .route("/key", get(admin::own_key))
+        // GigaChat's balance (its SDK's `get_balance()`).
+        .route("/balance", get(account::billing::gigachat_balance))
         .route("/messages", post(anthropic::messages))
         .route("/messages/count_tokens", post(anthropic::count_tokens))
         .route("/responses", post(responses::create))

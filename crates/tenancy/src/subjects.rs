@@ -76,9 +76,15 @@ pub(crate) fn spend_condition(id: &str) -> (&'static str, String) {
             u.into(),
         )
     } else if let Some(t) = id.strip_prefix("pay:t:").or_else(|| id.strip_prefix("t:")) {
-        ("key_id IN (SELECT id FROM keys WHERE team_id = $1)", t.into())
+        (
+            "key_id IN (SELECT id FROM keys WHERE team_id = $1)",
+            t.into(),
+        )
     } else if let Some(u) = id.strip_prefix("u:") {
-        ("key_id IN (SELECT id FROM keys WHERE user_id = $1)", u.into())
+        (
+            "key_id IN (SELECT id FROM keys WHERE user_id = $1)",
+            u.into(),
+        )
     } else {
         ("key_id = $1", id.into())
     }
@@ -94,12 +100,13 @@ impl Tenancy {
         let ids = [
             key.user_id.as_ref().map(|u| format!("u:{u}")),
             key.team_id.as_ref().map(|t| format!("t:{t}")),
-            self.prepaid().then(|| match (&key.team_id, &key.user_id) {
-                (Some(t), _) => Some(format!("pay:t:{t}")),
-                (None, Some(u)) => Some(format!("pay:u:{u}")),
-                (None, None) => None,
-            })
-            .flatten(),
+            self.prepaid()
+                .then(|| match (&key.team_id, &key.user_id) {
+                    (Some(t), _) => Some(format!("pay:t:{t}")),
+                    (None, Some(u)) => Some(format!("pay:u:{u}")),
+                    (None, None) => None,
+                })
+                .flatten(),
         ];
         for id in ids.into_iter().flatten() {
             if let Some(s) = self.subject(&id).await {
@@ -138,8 +145,10 @@ impl Tenancy {
     async fn load_subject(&self, id: &str) -> Result<Option<KeyRecord>, String> {
         if let Some(payer) = id.strip_prefix("pay:") {
             let credit = self.store.credits(payer).await?;
-            let mut limits = Limits::default();
-            limits.budget_usd = Some(credit.max(0.0));
+            let limits = Limits {
+                budget_usd: Some(credit.max(0.0)),
+                ..Limits::default()
+            };
             return Ok(Some(limits.subject(id.to_string(), "balance")));
         }
         let limits = if let Some(u) = id.strip_prefix("u:") {

@@ -61,6 +61,8 @@ pub struct UsageFilter {
     pub key_id: Option<String>,
     /// Only the keys of this account.
     pub user_id: Option<String>,
+    /// Only the keys of this team.
+    pub team_id: Option<String>,
     pub model: Option<String>,
     /// Unix milliseconds, inclusive.
     pub from: Option<i64>,
@@ -104,6 +106,12 @@ impl UsageFilter {
             add(
                 "key_id IN (SELECT id FROM keys WHERE user_id = $)",
                 Bind::Text(u.clone()),
+            );
+        }
+        if let Some(t) = &self.team_id {
+            add(
+                "key_id IN (SELECT id FROM keys WHERE team_id = $)",
+                Bind::Text(t.clone()),
             );
         }
         if let Some(m) = &self.model {

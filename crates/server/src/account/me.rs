@@ -51,14 +51,17 @@ pub(super) async fn make_key(
     obj: &Map<String, Value>,
     default_name: &str,
     addr: &str,
+    team_id: Option<&str>,
 ) -> Result<Value, Error> {
     let plan = &state.accounts.plan;
-    let live = t
-        .store
-        .keys_of(&user.id)
-        .await
+    let owned = match team_id {
+        Some(team) => t.store.team_keys(team).await,
+        None => t.store.keys_of(&user.id).await,
+    };
+    let live = owned
         .map_err(store_error)?
         .iter()
+        .filter(|k| team_id.is_some() || k.team_id.is_none())
         .filter(|k| k.revoked_at.is_none() && !k.expired(parlance_tenancy::keys::now_ms()))
         .count();
     if live >= plan.max_keys as usize {
@@ -95,6 +98,7 @@ pub(super) async fn make_key(
         expires_at_ms: k.expires_at,
         metadata: k.metadata,
         user_id: Some(user.id.clone()),
+        team_id: team_id.map(str::to_string),
     };
     let (record, key) = t.create_key(spec).await.map_err(store_error)?;
     t.audit(&user.email, "key.create", &record.id, &record.name, addr)
@@ -125,7 +129,16 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let (t, s) = signed_in(&state, &headers, &Method::POST).await?;
     let obj = body_object(&state, body).await?;
-    let v = make_key(&state, &t, &s.user, &obj, "key", &address(peer.as_ref())).await?;
+    let v = make_key(
+        &state,
+        &t,
+        &s.user,
+        &obj,
+        "key",
+        &address(peer.as_ref()),
+        None,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 

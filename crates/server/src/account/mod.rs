@@ -7,8 +7,10 @@
 //! browser sends one, an `Origin` matching the `Host`. A cross-site page can neither
 //! read the token nor send the header without a CORS preflight this server refuses.
 
+pub(crate) mod billing;
 mod me;
 pub(crate) mod people;
+mod teams;
 
 use crate::body::{parse_json, read_limited};
 use crate::error::ApiError;
@@ -41,6 +43,10 @@ pub struct Settings {
     /// What a self-service key may have at most, and what it gets when it asks for nothing.
     #[serde(default)]
     pub plan: Plan,
+    /// Keys of accounts spend a prepaid balance (their team's for team keys, else their
+    /// user's); an empty balance is a 429 `insufficient_quota`.
+    #[serde(default)]
+    pub prepaid: bool,
 }
 
 fn mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SignupMode>, D::Error> {
@@ -60,9 +66,11 @@ pub struct Plan {
     /// Models a self-service key may use; empty: all.
     #[serde(default)]
     pub models: Vec<String>,
-    /// Live keys one person may hold.
+    /// Live keys one person (or one team) may hold.
     #[serde(default = "default_max_keys")]
     pub max_keys: u32,
+    /// Credit a new account starts with, with prepaid balances.
+    pub credit_usd: Option<f64>,
 }
 
 fn default_max_keys() -> u32 {
@@ -79,6 +87,7 @@ impl Default for Plan {
             budget_usd: None,
             models: Vec::new(),
             max_keys: default_max_keys(),
+            credit_usd: None,
         }
     }
 }
@@ -107,6 +116,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/me", get(me_view))
         .route("/password", post(password))
         .merge(me::routes())
+        .merge(teams::routes())
 }
 
 pub(crate) fn tenancy(state: &AppState) -> Result<Arc<Tenancy>, Error> {
@@ -485,7 +495,19 @@ async fn open_signup(
         addr,
     )
     .await;
-    let key = me::make_key(state, t, &user, &Map::new(), "first key", addr).await?;
+    if let Some(credit) = state.accounts.plan.credit_usd.filter(|c| *c > 0.0) {
+        t.store
+            .credit(
+                &format!("u:{}", user.id),
+                credit,
+                "topup",
+                "sign-up credit",
+                "plan",
+            )
+            .await
+            .map_err(crate::admin::store_error)?;
+    }
+    let key = me::make_key(state, t, &user, &Map::new(), "first key", addr, None).await?;
     let (s, token) = t.open_session(user, addr).await.map_err(account_error)?;
     let mut body = session_view(&s);
     body["key"] = key;

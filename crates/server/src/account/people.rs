@@ -36,7 +36,7 @@ fn role(v: &str) -> Result<Role, Error> {
 
 /// Where a set-password link is opened: the token rides in the fragment, which
 /// browsers never send to a server, so it lands in no access log.
-fn link_url(state: &AppState, token: &str) -> String {
+pub(super) fn link_url(state: &AppState, token: &str) -> String {
     let base = state
         .accounts
         .public_url
@@ -79,7 +79,16 @@ async fn get_user(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (t, _) = admin(&state, &headers).await?;
-    Ok(Json(user_view(&find_user(&t, &id).await?)))
+    let user = find_user(&t, &id).await?;
+    let mut v = user_view(&user);
+    v["limits"] = json!(t
+        .store
+        .user_limits(&user.id)
+        .await
+        .map_err(store_error)?
+        .unwrap_or_default());
+    v["balance"] = super::billing::balance_view(&t, &format!("u:{}", user.id)).await?;
+    Ok(Json(v))
 }
 
 /// `{email, name, role?, organization?, password?}`; without a password the answer has
@@ -143,6 +152,7 @@ async fn update_user(
     let mut disable = false;
     for (name, v) in &obj {
         match name.as_str() {
+            n if super::billing::is_limit_field(n) => {}
             "name" => {
                 user.name =
                     parlance_tenancy::accounts::text(field(&obj, "name")?, "name", 200, true)
@@ -184,6 +194,20 @@ async fn update_user(
         .into());
     }
     t.store.update_user(&user).await.map_err(store_error)?;
+    if obj.keys().any(|k| super::billing::is_limit_field(k)) {
+        let base = t
+            .store
+            .user_limits(&user.id)
+            .await
+            .map_err(store_error)?
+            .unwrap_or_default();
+        let limits = super::billing::limits_from(&obj, &base)?;
+        t.store
+            .set_user_limits(&user.id, &limits)
+            .await
+            .map_err(store_error)?;
+        t.forget_subjects();
+    }
     if disable {
         t.disable_user(&mut user).await.map_err(account_error)?;
     }
@@ -297,6 +321,18 @@ async fn decide(
     .await;
     let mut v = json!({"request": request_view(&req)});
     if let Some(u) = user {
+        if let Some(credit) = state.accounts.plan.credit_usd.filter(|c| *c > 0.0) {
+            t.store
+                .credit(
+                    &format!("u:{}", u.id),
+                    credit,
+                    "topup",
+                    "sign-up credit",
+                    "plan",
+                )
+                .await
+                .map_err(store_error)?;
+        }
         let token = t.password_link(&u.id).await.map_err(account_error)?;
         v["user"] = user_view(&u);
         v["set_password_url"] = json!(link_url(&state, &token));

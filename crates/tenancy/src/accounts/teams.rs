@@ -196,10 +196,19 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .map_err(db_err)?;
-        Ok(r.try_get::<Option<f64>, _>("c").map_err(db_err)?.unwrap_or_default())
+        Ok(r.try_get::<Option<f64>, _>("c")
+            .map_err(db_err)?
+            .unwrap_or_default())
     }
 
-    pub async fn credit(&self, payer: &str, amount_usd: f64, kind: &str, note: &str, actor: &str) -> Result<LedgerEntry, String> {
+    pub async fn credit(
+        &self,
+        payer: &str,
+        amount_usd: f64,
+        kind: &str,
+        note: &str,
+        actor: &str,
+    ) -> Result<LedgerEntry, String> {
         let e = LedgerEntry {
             id: format!("cr_{}", random_text(16)),
             at: now_ms(),
@@ -248,7 +257,13 @@ impl Store {
 
     /// Makes `count` codes worth `amount_usd` each; returns them (the only time they
     /// exist in clear).
-    pub async fn make_codes(&self, count: u32, amount_usd: f64, note: &str, actor: &str) -> Result<Vec<String>, String> {
+    pub async fn make_codes(
+        &self,
+        count: u32,
+        amount_usd: f64,
+        note: &str,
+        actor: &str,
+    ) -> Result<Vec<String>, String> {
         let mut out = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let code = format!("PRL-{}", random_text(20));
@@ -272,7 +287,11 @@ impl Store {
 
     /// Marks a code redeemed by `payer` and returns its value; one statement, so two
     /// people racing for one code cannot both get it. `None`: unknown or used.
-    pub async fn redeem_code(&self, code: &str, payer: &str) -> Result<Option<(String, f64)>, String> {
+    pub async fn redeem_code(
+        &self,
+        code: &str,
+        payer: &str,
+    ) -> Result<Option<(String, f64)>, String> {
         let h = hash(code.trim());
         let done = sqlx::query(
             "UPDATE codes SET redeemed_at = $1, redeemed_by = $2 WHERE code_hash = $3 AND redeemed_at IS NULL",
@@ -291,7 +310,10 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .map_err(db_err)?;
-        Ok(Some((r.try_get("id").map_err(db_err)?, r.try_get("amount_usd").map_err(db_err)?)))
+        Ok(Some((
+            r.try_get("id").map_err(db_err)?,
+            r.try_get("amount_usd").map_err(db_err)?,
+        )))
     }
 
     /// Codes as admins see them: never the code itself.

@@ -141,3 +141,98 @@ async fn disabling_a_user_ends_sessions_and_revokes_keys() {
         Err(AccountError::BadCredentials)
     ));
 }
+
+#[tokio::test]
+async fn a_key_is_held_to_its_users_and_teams_limits_and_refusals_take_nothing() {
+    let (t, _d) = tenancy().await;
+    let u = t.create_user(person("e@example.org", None)).await.unwrap();
+    t.store
+        .set_user_limits(
+            &u.id,
+            &crate::subjects::Limits {
+                rpm: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let team = t
+        .store
+        .insert_team(
+            "lab",
+            &crate::subjects::Limits {
+                max_concurrent: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let spec = |team_id: Option<&str>| crate::KeySpec {
+        name: "k".into(),
+        rpm: Some(10),
+        user_id: Some(u.id.clone()),
+        team_id: team_id.map(str::to_string),
+        ..Default::default()
+    };
+    let (personal, _) = t.create_key(spec(None)).await.unwrap();
+    let (team_key, _) = t.create_key(spec(Some(&team.id))).await.unwrap();
+    let subjects = t.subjects(&team_key).await;
+    assert_eq!(
+        subjects.iter().map(|s| s.id.as_str()).collect::<Vec<_>>()[1..],
+        [format!("u:{}", u.id), format!("t:{}", team.id)]
+    );
+    // The team allows one request in flight: the second is refused by the team, and
+    // its admission by the key and the user is taken back.
+    let (first, _) = t.admit_all(&subjects, 0).await.unwrap();
+    let (_, who) = t.admit_all(&subjects, 0).await.err().unwrap();
+    assert_eq!(who, format!("t:{}", team.id));
+    drop(first);
+    // The user's 3 requests a minute are shared by both keys: 1 counted so far.
+    let personal_subjects = t.subjects(&personal).await;
+    assert!(t.admit_all(&personal_subjects, 0).await.is_ok());
+    assert!(t.admit_all(&subjects, 0).await.is_ok());
+    let (d, who) = t.admit_all(&personal_subjects, 0).await.err().unwrap();
+    assert_eq!((who, d.limit), (format!("u:{}", u.id), 3));
+}
+
+#[tokio::test]
+async fn a_prepaid_balance_is_a_budget_that_top_ups_raise() {
+    let (t, _d) = tenancy().await;
+    t.set_prepaid(true);
+    let u = t.create_user(person("f@example.org", None)).await.unwrap();
+    let (key, _) = t
+        .create_key(crate::KeySpec {
+            name: "k".into(),
+            user_id: Some(u.id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let want = crate::budget::Estimate {
+        tokens: 10,
+        usd: 0.5,
+    };
+    let subjects = t.subjects(&key).await;
+    let (e, who) = t.reserve_budget_all(&subjects, want).await.err().unwrap();
+    assert_eq!(who, format!("pay:u:{}", u.id));
+    assert!(e
+        .text(crate::subjects::whose(&who))
+        .contains("prepaid balance"));
+    t.store
+        .credit(&format!("u:{}", u.id), 1.0, "topup", "first", "admin-key")
+        .await
+        .unwrap();
+    t.forget_subjects();
+    let subjects = t.subjects(&key).await;
+    let mut h = t.reserve_budget_all(&subjects, want).await.unwrap();
+    h.set_actual(crate::budget::Estimate {
+        tokens: 10,
+        usd: 0.75,
+    });
+    drop(h);
+    // The hold counted its spend: 0.25 is left, less than the 0.5 this one may cost,
+    // so it holds the rest, and the next one finds nothing.
+    let h = t.reserve_budget_all(&subjects, want).await.unwrap();
+    assert!(t.reserve_budget_all(&subjects, want).await.is_err());
+    drop(h);
+}
