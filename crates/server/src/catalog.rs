@@ -321,6 +321,10 @@ pub fn build(
                 if let Some(k) = &m.kind {
                     i.kind = k.clone();
                 }
+                // A preset may be sold at its own price (it was silently its base's).
+                if m.price.is_some() {
+                    i.price = m.price;
+                }
                 let backend = with_preset(Arc::clone(base_backend), &m.system_prompt, &m.defaults);
                 (i, backend)
             }

@@ -30,6 +30,9 @@ pub struct Admitted {
     pub ticket: Option<Arc<Ticket>>,
     pub hold: Option<Hold>,
     pub headers: RateHeaders,
+    /// Some subject's limits depend on the prompt's size: check them again once the
+    /// prompt is counted.
+    pub prompt_sized: bool,
 }
 
 /// Checks a stored key's model allowlist, budget and rate limits, holding `want` (the
@@ -69,6 +72,7 @@ pub async fn gate(
             ticket: Some(Arc::new(ticket)),
             hold,
             headers,
+            prompt_sized: subjects.iter().any(limits_prompt),
         }),
         Err((d, subject)) => {
             let reason = match d.which {
@@ -150,11 +154,11 @@ fn prompt_gate(
             }
             let taken = hold.lock().ok().and_then(|mut h| h.take());
             if let Some(mut h) = taken {
-                let resized = h.resize(want).await;
+                let resized = h.resize_naming(want).await;
                 if let Ok(mut slot) = hold.lock() {
                     *slot = Some(h);
                 }
-                resized.map_err(|why| quota_error(&why, ""))?;
+                resized.map_err(|(why, subject)| quota_error(&why, &subject))?;
             }
             Ok(())
         })
@@ -443,7 +447,7 @@ pub async fn admit(
                     *h = a.hold;
                 }
                 m.ticket = a.ticket;
-                if principal.key().is_some_and(limits_prompt) {
+                if a.prompt_sized {
                     let g = prompt_gate(
                         m.ticket.clone(),
                         Arc::clone(&m.hold),

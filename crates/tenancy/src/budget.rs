@@ -168,8 +168,8 @@ pub(crate) enum HoldKind {
         /// its spend, so the hold does when it ends.
         counts_spend: bool,
     },
-    /// Several subjects' holds (a key, its user, its team, its payer).
-    Chain(Vec<Hold>),
+    /// Several subjects' holds (a key, its user, its team, its payer), by subject id.
+    Chain(Vec<(String, Hold)>),
     /// Held in Redis: the closures move it and settle it there.
     Remote {
         resize: Resize,
@@ -209,12 +209,24 @@ impl Hold {
             }
             // Redis unreachable now: the first hold stands.
             HoldKind::Remote { resize, .. } => resize(want).await.unwrap_or(Ok(())),
+            HoldKind::Chain(_) => self.resize_naming(want).await.map_err(|(e, _)| e),
+        }
+    }
+
+    /// Like [`Hold::resize`], naming the subject whose budget refused (empty: the key).
+    pub async fn resize_naming(&mut self, want: Estimate) -> Result<(), (Exhausted, String)> {
+        match &mut self.0 {
             HoldKind::Chain(all) => {
-                for h in all {
-                    Box::pin(h.resize(want)).await?;
+                for (subject, h) in all {
+                    Box::pin(h.resize(want))
+                        .await
+                        .map_err(|e| (e, subject.clone()))?;
                 }
                 Ok(())
             }
+            _ => Box::pin(self.resize(want))
+                .await
+                .map_err(|e| (e, String::new())),
         }
     }
 
@@ -223,7 +235,7 @@ impl Hold {
     pub fn set_actual(&mut self, actual: Estimate) {
         match &mut self.0 {
             HoldKind::Remote { actual: a, .. } | HoldKind::Local { actual: a, .. } => *a = actual,
-            HoldKind::Chain(all) => all.iter_mut().for_each(|h| h.set_actual(actual)),
+            HoldKind::Chain(all) => all.iter_mut().for_each(|(_, h)| h.set_actual(actual)),
             HoldKind::None => {}
         }
     }

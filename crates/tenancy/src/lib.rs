@@ -186,12 +186,12 @@ impl Tenancy {
         let mut holds = Vec::with_capacity(subjects.len());
         for s in subjects {
             match self.reserve_budget(s, want).await {
-                Ok(h) => holds.push(h),
+                Ok(h) => holds.push((s.id.clone(), h)),
                 Err(e) => return Err((e, s.id.clone())),
             }
         }
         match holds.len() {
-            1 => Ok(holds.remove(0)),
+            1 => Ok(holds.remove(0).1),
             _ => Ok(budget::Hold(budget::HoldKind::Chain(holds))),
         }
     }

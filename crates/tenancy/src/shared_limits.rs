@@ -126,8 +126,9 @@ if recount then table.insert(dead, id) end
 for _, m in ipairs(dead) do
   local ht = tonumber(redis.call('HGET', KEYS[2], m .. ':t') or '0')
   local hu = tonumber(redis.call('HGET', KEYS[2], m .. ':u') or '0')
-  redis.call('HINCRBY', KEYS[2], '_t', -ht)
-  redis.call('HINCRBYFLOAT', KEYS[2], '_u', -hu)
+  -- 0 - x, never -x: Lua writes minus zero as -0, which HINCRBY refuses.
+  redis.call('HINCRBY', KEYS[2], '_t', 0 - ht)
+  redis.call('HINCRBYFLOAT', KEYS[2], '_u', 0 - hu)
   redis.call('HDEL', KEYS[2], m .. ':t', m .. ':u')
 end
 if #dead > 0 then
@@ -173,8 +174,8 @@ const SETTLE_BUDGET: &str = r"
 local ht = redis.call('HGET', KEYS[2], ARGV[1] .. ':t')
 if ht then
   local hu = redis.call('HGET', KEYS[2], ARGV[1] .. ':u') or '0'
-  redis.call('HINCRBY', KEYS[2], '_t', -tonumber(ht))
-  redis.call('HINCRBYFLOAT', KEYS[2], '_u', -tonumber(hu))
+  redis.call('HINCRBY', KEYS[2], '_t', 0 - tonumber(ht))
+  redis.call('HINCRBYFLOAT', KEYS[2], '_u', 0 - tonumber(hu))
   redis.call('HDEL', KEYS[2], ARGV[1] .. ':t', ARGV[1] .. ':u')
   redis.call('ZREM', KEYS[3], ARGV[1])
 end

@@ -163,6 +163,38 @@ pub(crate) fn db_err(e: sqlx::Error) -> String {
     format!("database: {e}")
 }
 
+/// A pool on `url`, each connection set up for SQLite's WAL when `is_sqlite`.
+async fn connect(url: &str, is_sqlite: bool, max: u32) -> Result<AnyPool, String> {
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if is_sqlite {
+                    // With WAL, NORMAL keeps every committed row through a killed
+                    // process (only a power loss can take the last ones) and spares
+                    // an fsync per group commit.
+                    sqlx::query("PRAGMA synchronous=NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout=5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    // No checkpoint inside a commit: SQLite's automatic one runs in
+                    // the committing call and its writes and fsync stalled every
+                    // request waiting on that commit (p99 +10 ms at 1,000 req/s).
+                    // A background task checkpoints instead (`checkpoint_in_background`).
+                    sqlx::query("PRAGMA wal_autocheckpoint=0")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot open the database {}: {e}", redact(url)))
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `url` and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Store, String> {
@@ -174,44 +206,26 @@ impl Store {
         } else {
             url.to_string()
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if is_sqlite { 4 } else { 16 })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if is_sqlite {
-                        // With WAL, NORMAL keeps every committed row through a killed
-                        // process (only a power loss can take the last ones) and spares
-                        // an fsync per group commit.
-                        sqlx::query("PRAGMA synchronous=NORMAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout=5000")
-                            .execute(&mut *conn)
-                            .await?;
-                        // No checkpoint inside a commit: SQLite's automatic one runs in
-                        // the committing call and its writes and fsync stalled every
-                        // request waiting on that commit (p99 +10 ms at 1,000 req/s).
-                        // A background task checkpoints instead (`checkpoint_in_background`).
-                        sqlx::query("PRAGMA wal_autocheckpoint=0")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await
-            .map_err(|e| format!("cannot open the database {}: {e}", redact(&url)))?;
+        // Migrations run on a pool of their own, closed before serving: a connection
+        // that has read the schema before an `ALTER TABLE` keeps it, and sqlx's SQLite
+        // driver panics when such a connection's `SELECT *` is re-prepared with more
+        // columns (a crashed worker and a lost query).
+        let migrating = Store {
+            pool: connect(&url, is_sqlite, 1).await?,
+            url: url.clone(),
+        };
         if is_sqlite {
             // WAL: readers never wait for the usage writer, and a committed row survives
             // the process being killed.
             sqlx::query("PRAGMA journal_mode=WAL")
-                .execute(&pool)
+                .execute(&migrating.pool)
                 .await
                 .map_err(db_err)?;
         }
+        migrating.migrate().await?;
+        migrating.pool.close().await;
+        let pool = connect(&url, is_sqlite, if is_sqlite { 4 } else { 16 }).await?;
         let store = Store { pool, url };
-        store.migrate().await?;
         if is_sqlite {
             store.checkpoint_in_background();
         }
