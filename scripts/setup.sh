@@ -30,4 +30,12 @@ if [ "${1:-}" = "--test" ]; then
   fi
   python3 -c "import openai, pytest, requests, jsonschema, langchain_openai, gigachat, anthropic, google.genai, selenium, gguf, PIL, ollama" 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema langchain-openai gigachat anthropic google-genai selenium gguf pillow ollama
+  # The single sign-on tests run a real OpenID Connect provider: the certified npm
+  # package `oidc-provider` under node, kept outside the clone.
+  oidc_dir="${XDG_CACHE_HOME:-$HOME/.cache}/parlance/oidc"
+  if [ ! -f "$oidc_dir/node_modules/oidc-provider/package.json" ]; then
+    command -v npm >/dev/null || { echo "installing nodejs and npm ..." >&2; DEBIAN_FRONTEND=noninteractive ${sudo_cmd:-} apt-get install -y -qq nodejs npm >/dev/null; }
+    mkdir -p "$oidc_dir"
+    (cd "$oidc_dir" && npm install --silent --no-audit --no-fund oidc-provider@8 >/dev/null)
+  fi
 fi

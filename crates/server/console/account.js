@@ -94,6 +94,10 @@ async function start() {
   $("su-password-field").hidden = mode !== "open";
   $("su-password").required = mode === "open";
   if (mode === "open") $("signup-note").textContent = "Your account and its first key are made at once.";
+  if (cfg.sso) {
+    $("sso").textContent = cfg.sso;
+    $("sso-row").hidden = false;
+  }
   const link = location.hash.match(/^#set-password=([A-Za-z0-9_]+)$/);
   if (link) {
     $("set-password").dataset.token = link[1];

@@ -25,6 +25,7 @@ mod rerank;
 mod responses;
 pub mod shutdown;
 
+pub use account::oidc::Oidc;
 pub use account::{Peer, Settings as AccountSettings};
 pub use admin::csv as usage_csv;
 pub use error::ApiError;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub models_dir: Option<Arc<dyn parlance_core::lazy::ModelFolder>>,
     /// Sign-up mode, the self-service plan and the public URL (`[accounts]`).
     pub accounts: account::Settings,
+    /// The single sign-on provider, when `[accounts.oidc]` names one.
+    pub oidc: Option<Arc<account::oidc::Oidc>>,
 }
 
 impl AppState {
@@ -83,6 +86,7 @@ impl AppState {
             started: std::time::Instant::now(),
             models_dir: None,
             accounts: account::Settings::default(),
+            oidc: None,
         }
     }
 

@@ -151,6 +151,14 @@ const MIGRATIONS: &[&str] = &[
         redeemed_at BIGINT,
         redeemed_by TEXT
     );",
+    // Single sign-on: a sign-in in progress at the provider, usable once.
+    "CREATE TABLE oidc_flows (
+        state_hash TEXT PRIMARY KEY,
+        nonce TEXT NOT NULL,
+        verifier TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT
+    );",
 ];
 
 #[derive(Clone)]

@@ -8,7 +8,9 @@
 //! read the token nor send the header without a CORS preflight this server refuses.
 
 pub(crate) mod billing;
+mod idtoken;
 mod me;
+pub mod oidc;
 pub(crate) mod people;
 mod teams;
 
@@ -47,6 +49,8 @@ pub struct Settings {
     /// user's); an empty balance is a 429 `insufficient_quota`.
     #[serde(default)]
     pub prepaid: bool,
+    /// Single sign-on with OpenID Connect (`[accounts.oidc]`).
+    pub oidc: Option<oidc::OidcSettings>,
 }
 
 fn mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SignupMode>, D::Error> {
@@ -115,6 +119,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/signout-all", post(signout_all))
         .route("/me", get(me_view))
         .route("/password", post(password))
+        .route("/oidc/start", get(oidc::start))
+        .route("/oidc/callback", get(oidc::callback))
         .merge(me::routes())
         .merge(teams::routes())
 }
@@ -287,6 +293,7 @@ async fn config(axum::extract::State(state): axum::extract::State<Arc<AppState>>
     Json(json!({
         "signup": state.accounts.signup().as_str(),
         "accounts": state.tenancy.is_some(),
+        "sso": state.oidc.as_ref().map(|o| o.settings.label.clone()),
     }))
 }
 

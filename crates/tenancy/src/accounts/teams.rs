@@ -87,6 +87,62 @@ impl Store {
         row.map(|r| team_from_row(&r)).transpose()
     }
 
+    pub async fn team_by_name(&self, name: &str) -> Result<Option<Team>, String> {
+        let row = sqlx::query("SELECT * FROM teams WHERE name = $1 ORDER BY created_at LIMIT 1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| team_from_row(&r)).transpose()
+    }
+
+    /// Records a single sign-on in progress (its state stored hashed).
+    pub async fn insert_oidc_flow(
+        &self,
+        state: &str,
+        nonce: &str,
+        verifier: &str,
+        ttl_ms: i64,
+    ) -> Result<(), String> {
+        sqlx::query(
+            "INSERT INTO oidc_flows (state_hash, nonce, verifier, expires_at, used_at) VALUES ($1, $2, $3, $4, NULL)",
+        )
+        .bind(hash(state))
+        .bind(nonce)
+        .bind(verifier)
+        .bind(now_ms() + ttl_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// `(nonce, PKCE verifier)` of a live, unused sign-in, marking it used in the same
+    /// statement: a replayed callback finds nothing.
+    pub async fn take_oidc_flow(&self, state: &str) -> Result<Option<(String, String)>, String> {
+        let h = hash(state);
+        let done = sqlx::query(
+            "UPDATE oidc_flows SET used_at = $1 WHERE state_hash = $2 AND used_at IS NULL AND expires_at > $1",
+        )
+        .bind(now_ms())
+        .bind(&h)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let r = sqlx::query("SELECT nonce, verifier FROM oidc_flows WHERE state_hash = $1")
+            .bind(&h)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(Some((
+            r.try_get("nonce").map_err(db_err)?,
+            r.try_get("verifier").map_err(db_err)?,
+        )))
+    }
+
     pub async fn list_teams(&self) -> Result<Vec<Team>, String> {
         let rows = sqlx::query("SELECT * FROM teams ORDER BY created_at, id")
             .fetch_all(&self.pool)
