@@ -77,8 +77,9 @@ def sign_in_at_provider(d, url, login):
     field.send_keys(login)
     d.find_element(By.NAME, "password").send_keys("any password")
     d.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "button[type=submit]") or "/account" in d.current_url, what="consent")
-    if "/account" not in d.current_url:
+    consent = "input[name=prompt][value=consent]"
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, consent) or "/account" in d.current_url, what="consent")
+    if d.find_elements(By.CSS_SELECTOR, consent):
         d.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 

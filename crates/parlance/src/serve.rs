@@ -290,6 +290,14 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if args.public_url.is_some() {
         state.accounts.public_url = args.public_url.clone();
     }
+    if let Some(o) = state.accounts.oidc.clone() {
+        if args.db == "none" {
+            bail!("[accounts.oidc] needs a store: drop --db none");
+        }
+        state.oidc = Some(Arc::new(
+            parlance_server::Oidc::new(o).map_err(anyhow::Error::msg)?,
+        ));
+    }
     if args.db == "none"
         && state.accounts.signup() != parlance_tenancy::accounts::SignupMode::Closed
     {

@@ -98,12 +98,13 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
-    let is_json = resp
+    // JSON already, or a page meant for a person (single sign-on's refusals).
+    let kept = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if kept {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
