@@ -6,7 +6,7 @@
 //! Redis, across replicas.
 
 use crate::keys::KeyRecord;
-use crate::Tenancy;
+use crate::{budget, limits, Tenancy};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -161,6 +161,55 @@ impl Tenancy {
         Ok(limits
             .filter(|l| !l.is_empty())
             .map(|l| l.subject(id.to_string(), id)))
+    }
+
+    /// Admits a request against every subject in turn (the key first); when one refuses,
+    /// the admissions already made are taken back, so no subject counts a request that
+    /// did not happen. The refusal names its subject's id.
+    pub async fn admit_all(
+        &self,
+        subjects: &[KeyRecord],
+        estimate: u64,
+    ) -> Result<(limits::Ticket, limits::RateHeaders), (limits::Denied, String)> {
+        let mut tickets = Vec::with_capacity(subjects.len());
+        let mut headers = None;
+        for s in subjects {
+            match self.admit(s, estimate).await {
+                Ok((t, h)) => {
+                    tickets.push(t);
+                    headers.get_or_insert(h);
+                }
+                Err(d) => {
+                    tickets.into_iter().for_each(limits::Ticket::cancel);
+                    return Err((d, s.id.clone()));
+                }
+            }
+        }
+        let headers = headers.unwrap_or_default();
+        match tickets.len() {
+            1 => Ok((tickets.remove(0), headers)),
+            _ => Ok((limits::Ticket::chain(tickets), headers)),
+        }
+    }
+
+    /// Holds `want` against every subject's budgets; when one is used up, the holds
+    /// already taken are let go. The refusal names its subject's id.
+    pub async fn reserve_budget_all(
+        &self,
+        subjects: &[KeyRecord],
+        want: budget::Estimate,
+    ) -> Result<budget::Hold, (budget::Exhausted, String)> {
+        let mut holds = Vec::with_capacity(subjects.len());
+        for s in subjects {
+            match self.reserve_budget(s, want).await {
+                Ok(h) => holds.push((s.id.clone(), h)),
+                Err(e) => return Err((e, s.id.clone())),
+            }
+        }
+        match holds.len() {
+            1 => Ok(holds.remove(0).1),
+            _ => Ok(budget::Hold(budget::HoldKind::Chain(holds))),
+        }
     }
 
     /// Drops cached subjects after they changed here (limits edited, credit added).
