@@ -109,3 +109,63 @@ def test_approval_takes_one_admin_click_then_the_person_sets_a_password(browser)
         no_console_errors(d)
     finally:
         s.stop()
+
+
+def test_teams_and_balances_in_the_browser(browser):
+    """The admin makes a team and codes in the dashboard; the team's admin manages it
+    and redeems a code in /account; the team key spends the team's balance."""
+    d = browser
+    db = tempfile.mkdtemp(prefix="parlance-accounts-ui-")
+    s = Server("-m", GGUF, "--alias", MODEL, "-np", "1", "-c", "1024", "--prepaid", "--admin-key", ADMIN, "--db", f"sqlite://{db}/p.db")
+    try:
+        made = requests.post(s.url + "/admin/users", headers={"Authorization": f"Bearer {ADMIN}"},
+                             json={"email": "lead@example.org", "name": "Lead", "password": "lead-password"}, timeout=30).json()
+        d.delete_all_cookies()
+        d.get(s.url + "/admin")
+        wait(d, lambda d: d.find_element(By.ID, "login").is_displayed(), what="admin login")
+        fill(d, admin_key=ADMIN)
+        d.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+        wait(d, lambda d: d.find_element(By.ID, "dash").is_displayed(), what="dashboard")
+        d.find_element(By.ID, "tab-people").click()
+        fill(d, t_name="Lab", t_rpm="30")
+        d.find_element(By.CSS_SELECTOR, "#create-team button[type=submit]").click()
+        row = wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#teams-table tbody tr"), what="team listed")[0]
+        team_id = row.get_attribute("data-team-id")
+        requests.put(s.url + f"/admin/teams/{team_id}/members/{made['id']}", headers={"Authorization": f"Bearer {ADMIN}"}, json={"role": "admin"}, timeout=30)
+        fill(d, c_count="2", c_amount="1.5", c_note="workshop")
+        d.find_element(By.CSS_SELECTOR, "#make-codes button[type=submit]").click()
+        codes = wait(d, lambda d: d.find_element(By.ID, "codes-out").text.split(), what="codes shown")
+        assert len(codes) == 2 and all(c.startswith("PRL-") for c in codes)
+        shot(d, "admin-people-teams")
+
+        d.execute_script("sessionStorage.clear()")
+        d.get(s.url + "/signin")
+        wait(d, lambda d: d.find_element(By.ID, "signin").is_displayed(), what="sign-in form")
+        fill(d, si_email="lead@example.org", si_password="lead-password")
+        d.find_element(By.CSS_SELECTOR, "#signin button[type=submit]").click()
+        wait(d, lambda d: d.find_element(By.ID, "teams-card").is_displayed(), what="teams card")
+        d.find_element(By.CSS_SELECTOR, f"#teams-table tr[data-team-id='{team_id}'] button").click()
+        wait(d, lambda d: d.find_element(By.ID, "team-panel").is_displayed(), what="team panel")
+        fill(d, m_email="newcomer@example.org")
+        d.find_element(By.CSS_SELECTOR, "#add-member button[type=submit]").click()
+        link = wait(d, lambda d: d.find_element(By.ID, "invite-link").text.strip(), what="invitation")
+        assert "/account#set-password=" in link
+        wait(d, lambda d: "newcomer@example.org" in d.find_element(By.ID, "members-table").text, what="member listed")
+        fill(d, tk_name="lab key")
+        d.find_element(By.CSS_SELECTOR, "#team-key button[type=submit]").click()
+        key = wait(d, lambda d: d.find_element(By.ID, "team-new-key-value").text.strip(), what="team key")
+        # Nothing credited yet: the team key is refused with the door's quota error.
+        r = requests.post(s.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, timeout=60)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
+        # A code redeemed to the person's own balance does not pay for the team key.
+        fill(d, r_code=codes[0])
+        d.find_element(By.CSS_SELECTOR, "#redeem button[type=submit]").click()
+        wait(d, lambda d: d.find_element(By.ID, "balance-text").text.startswith("$1.5000 left"), what="balance")
+        r = requests.post(s.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, timeout=60)
+        assert r.status_code == 429, "the team pays for team keys"
+        shot(d, "account-teams")
+        no_console_errors(d)
+    finally:
+        s.stop()

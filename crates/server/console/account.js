@@ -2,6 +2,7 @@
 // and, signed in, My keys and My usage. The session is an HttpOnly cookie the script
 // never sees; every state-changing call carries the session's CSRF token.
 import { $, el, api, toast, copyText, download, fmt, ApiError } from "./common.js";
+import { refreshMoney, wireMoney } from "./teams.js";
 
 let csrf = "";
 let me = null;
@@ -26,6 +27,7 @@ function signedIn(session) {
   show("home");
   refreshKeys();
   refreshUsage();
+  refreshMoney(call).catch((e) => fail("error", e));
 }
 
 function signedOut() {
@@ -193,4 +195,5 @@ $("signout-all").addEventListener("click", async () => {
   signedOut();
 });
 
+wireMoney();
 start().catch((e) => fail("error", e));

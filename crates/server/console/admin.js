@@ -335,9 +335,13 @@ async function setDisabled(u, disabled) {
 }
 
 async function loadPeople() {
-  const [reqs, users, audit] = await Promise.all([
-    call("/admin/access-requests?status=pending"), call("/admin/users"), call("/admin/audit?limit=100"),
+  const [reqs, users, audit, teams] = await Promise.all([
+    call("/admin/access-requests?status=pending"), call("/admin/users"), call("/admin/audit?limit=100"), call("/admin/teams"),
   ]);
+  $("teams-table").tBodies[0].replaceChildren(...teams.data.map((t) => el("tr", { "data-team-id": t.id },
+    el("td", {}, t.name), el("td", {}, t.members.map((m) => `${m.email}${m.role === "admin" ? " (admin)" : ""}`).join(", ") || "–"),
+    el("td", {}, limitsText(t.limits)), el("td", { class: "num" }, `$${fmt(t.balance.balance_usd, 4)}`),
+    el("td", {}, el("button", { type: "button", class: "ghost", onclick: () => topUp(t) }, "Top up")))));
   $("requests-table").tBodies[0].replaceChildren(...reqs.data.map((r) => el("tr", { "data-request-id": r.id },
     el("td", {}, r.name), el("td", {}, r.email), el("td", {}, r.organization), el("td", {}, r.intended_use),
     el("td", {}, new Date(r.created_at * 1000).toLocaleString()),
@@ -354,6 +358,39 @@ async function loadPeople() {
   $("audit-table").tBodies[0].replaceChildren(...audit.data.map((e) => el("tr", {},
     el("td", {}, new Date(e.at * 1000).toLocaleString()), el("td", {}, e.actor), el("td", {}, el("code", {}, e.action)),
     el("td", {}, e.target), el("td", {}, e.detail), el("td", {}, e.address))));
+}
+
+async function topUp(t) {
+  const amount = Number(prompt(`Add how many USD to ${t.name}'s balance?`, "10"));
+  if (!amount) return;
+  const note = prompt("Note for the audit log:", "top-up") || "top-up";
+  await guarded(async () => {
+    await call("/admin/credits", { method: "POST", body: { team_id: t.id, amount_usd: amount, note } });
+    toast(`Added $${amount} to ${t.name}`);
+    await loadPeople();
+  });
+}
+
+async function createTeam(e) {
+  e.preventDefault();
+  await guarded(async () => {
+    const body = { name: $("t-name").value };
+    if ($("t-rpm").value) body.rpm = intOrNull($("t-rpm").value);
+    if ($("t-busd").value) body.budget_usd = Number($("t-busd").value);
+    await call("/admin/teams", { method: "POST", body });
+    $("t-name").value = "";
+    await loadPeople();
+  });
+}
+
+async function makeCodes(e) {
+  e.preventDefault();
+  await guarded(async () => {
+    const out = await call("/admin/codes", { method: "POST", body: { count: Number($("c-count").value), amount_usd: Number($("c-amount").value), note: $("c-note").value } });
+    $("codes-out").textContent = out.codes.join("\n");
+    $("codes-out").hidden = false;
+    await loadPeople();
+  });
 }
 
 // ---- wiring ------------------------------------------------------------------------
@@ -380,6 +417,8 @@ function init() {
     });
   });
   $("copy-link").addEventListener("click", () => copyText($("link-value").textContent));
+  $("create-team").addEventListener("submit", createTeam);
+  $("make-codes").addEventListener("submit", makeCodes);
   if (adminKey()) return login(adminKey());
   // An admin signed in at /account needs no key here.
   api("/account/me").then((s) => {

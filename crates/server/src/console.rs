@@ -51,6 +51,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../console/account.js"),
     ),
     (
+        "teams.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../console/teams.js"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_bytes!("../console/favicon.svg"),
