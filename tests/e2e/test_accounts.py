@@ -293,3 +293,13 @@ def test_the_cli_makes_the_first_admin_who_signs_in():
         s.stop()
     off = subprocess.run([str(BIN), "users", "disable", "new@example.org", "--db", db], capture_output=True, text=True, timeout=60)
     assert off.returncode == 0 and "disabled new@example.org" in off.stdout
+    # Teams, credit and codes from the CLI too.
+    run = lambda *a: subprocess.run([str(BIN), *a, "--db", db], capture_output=True, text=True, timeout=60)
+    team_id = run("teams", "create", "--name", "Lab", "--rpm", "30").stdout.split()[0]
+    assert team_id.startswith("team_")
+    assert "boss@example.org is an admin" in run("teams", "add", "--team", team_id, "--email", "boss@example.org", "--role", "admin").stdout
+    assert "$12.5000 credited" in run("teams", "credit", "--team", team_id, "--usd", "12.5", "--note", "grant").stdout
+    assert "$12.5000 left" in run("teams", "list").stdout and "boss@example.org (admin)" in run("teams", "list").stdout
+    codes = run("codes", "create", "--count", "3", "--usd", "2").stdout.split()
+    assert len(codes) == 3 and all(c.startswith("PRL-") for c in codes)
+    assert run("teams", "credit", "--team", "team_nope", "--usd", "1", "--note", "x").returncode != 0

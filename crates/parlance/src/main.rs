@@ -7,6 +7,7 @@ mod logwriter;
 mod models_dir;
 mod serve;
 mod serve_args;
+mod teams_cli;
 mod tenancy_cli;
 mod users_cli;
 
@@ -42,6 +43,12 @@ enum Command {
     /// Manage accounts (people who sign in to the console) in the store.
     #[command(subcommand)]
     Users(users_cli::UsersCommand),
+    /// Manage teams, their members and prepaid balances in the store.
+    #[command(subcommand)]
+    Teams(teams_cli::TeamsCommand),
+    /// Make redemption codes (new-api's top-up codes).
+    #[command(subcommand)]
+    Codes(teams_cli::CodesCommand),
     /// Usage from the store, grouped by key, model or day.
     Usage(tenancy_cli::UsageArgs),
     /// Print the version.
@@ -110,6 +117,8 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(cmd) => tenancy_cli::keys(cmd),
         Command::Usage(args) => tenancy_cli::usage(args),
         Command::Users(cmd) => users_cli::users(cmd),
+        Command::Teams(cmd) => teams_cli::teams(cmd),
+        Command::Codes(cmd) => teams_cli::codes(cmd),
         Command::Version => {
             println!("parlance {}", env!("CARGO_PKG_VERSION"));
             Ok(())
