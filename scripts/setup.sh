@@ -28,8 +28,8 @@ if [ "${1:-}" = "--test" ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
   fi
-  python3 -c "import openai, pytest, requests, jsonschema, langchain_openai, gigachat, anthropic, google.genai, selenium, gguf, PIL, ollama" 2>/dev/null ||
-    python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema langchain-openai gigachat anthropic google-genai selenium gguf pillow ollama
+  python3 -c "import openai, pytest, requests, jsonschema, langchain_openai, gigachat, anthropic, google.genai, selenium, gguf, PIL, ollama, aiosmtpd" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check openai pytest requests jsonschema langchain-openai gigachat anthropic google-genai selenium gguf pillow ollama aiosmtpd
   # The single sign-on tests run a real OpenID Connect provider: the certified npm
   # package `oidc-provider` under node, kept outside the clone.
   oidc_dir="${XDG_CACHE_HOME:-$HOME/.cache}/parlance/oidc"

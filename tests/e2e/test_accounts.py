@@ -303,3 +303,44 @@ def test_the_cli_makes_the_first_admin_who_signs_in():
     codes = run("codes", "create", "--count", "3", "--usd", "2").stdout.split()
     assert len(codes) == 3 and all(c.startswith("PRL-") for c in codes)
     assert run("teams", "credit", "--team", "team_nope", "--usd", "1", "--note", "x").returncode != 0
+
+
+def test_one_time_links_are_mailed_when_smtp_is_configured():
+    """A real SMTP server (aiosmtpd) receives the approval mail; its link sets the
+    password. With the mail server gone, the admin still gets the link."""
+    from aiosmtpd.controller import Controller
+    from email import message_from_bytes
+
+    class Inbox:
+        def __init__(self):
+            self.mails = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.mails.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
+            return "250 OK"
+
+    from conftest import free_port
+    inbox, port = Inbox(), free_port()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=port)
+    smtp.start()
+    d = tempfile.mkdtemp(prefix="parlance-mail-")
+    cfg = pathlib_write(d, "mail.toml", f'[accounts.smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\nfrom = "Parlance <noreply@llm.example.org>"\n')
+    s = Server("-m", GGUF, "--alias", MODEL, "-np", "1", "-c", "1024", "--config", cfg, "--signup", "approval", "--admin-key", ADMIN,
+               "--public-url", "https://llm.example.org", "--db", f"sqlite://{d}/m.db")
+    try:
+        rid = requests.post(s.url + "/account/signup", json={"name": "Mila", "email": "mila@example.org"}, timeout=30).json()["id"]
+        out = admin(s.url, "POST", f"/admin/access-requests/{rid}/approve").json()
+        assert out["mailed"] is True and out["set_password_url"].startswith("https://llm.example.org/account#set-password=prl_l_")
+        (to, mail), = inbox.mails
+        assert to == ["mila@example.org"] and mail["From"] == "Parlance <noreply@llm.example.org>"
+        text = mail.get_payload(decode=True).decode()
+        assert "Hello Mila" in text and out["set_password_url"] in text
+        token = text.split("#set-password=")[1].split()[0]
+        r = requests.post(s.url + "/account/password", json={"token": token, "password": "mila-password"}, timeout=30)
+        assert r.status_code == 200 and r.json()["user"]["email"] == "mila@example.org"
+        # The mail server goes away: the link is still in the admin's answer.
+        smtp.stop()
+        made = admin(s.url, "POST", "/admin/users", {"email": "nils@example.org", "name": "Nils"}).json()
+        assert made["mailed"] is False and "#set-password=prl_l_" in made["set_password_url"]
+    finally:
+        s.stop()

@@ -290,6 +290,14 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if args.public_url.is_some() {
         state.accounts.public_url = args.public_url.clone();
     }
+    if let Some(smtp) = &state.accounts.smtp {
+        if state.accounts.public_url.is_none() {
+            bail!("[accounts.smtp] needs --public-url: links in mail must be whole addresses");
+        }
+        state.mailer = Some(Arc::new(
+            parlance_server::Mailer::new(smtp).map_err(anyhow::Error::msg)?,
+        ));
+    }
     if let Some(o) = state.accounts.oidc.clone() {
         if args.db == "none" {
             bail!("[accounts.oidc] needs a store: drop --db none");

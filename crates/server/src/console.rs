@@ -80,7 +80,7 @@ fn etags() -> &'static [String] {
     TAGS.get_or_init(|| ASSETS.iter().map(|(_, _, b)| etag_of(b)).collect())
 }
 
-fn security_headers(resp: &mut Response) {
+pub(crate) fn security_headers(resp: &mut Response) {
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

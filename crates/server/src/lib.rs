@@ -25,6 +25,7 @@ mod rerank;
 mod responses;
 pub mod shutdown;
 
+pub use account::mail::Mailer;
 pub use account::oidc::Oidc;
 pub use account::{Peer, Settings as AccountSettings};
 pub use admin::csv as usage_csv;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub accounts: account::Settings,
     /// The single sign-on provider, when `[accounts.oidc]` names one.
     pub oidc: Option<Arc<account::oidc::Oidc>>,
+    /// Sends one-time links, when `[accounts.smtp]` names a server.
+    pub mailer: Option<Arc<account::mail::Mailer>>,
 }
 
 impl AppState {
@@ -87,6 +90,7 @@ impl AppState {
             models_dir: None,
             accounts: account::Settings::default(),
             oidc: None,
+            mailer: None,
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub(crate) mod billing;
 mod idtoken;
+pub mod mail;
 mod me;
 pub mod oidc;
 pub(crate) mod people;
@@ -51,6 +52,8 @@ pub struct Settings {
     pub prepaid: bool,
     /// Single sign-on with OpenID Connect (`[accounts.oidc]`).
     pub oidc: Option<oidc::OidcSettings>,
+    /// Mail one-time links (`[accounts.smtp]`).
+    pub smtp: Option<mail::SmtpSettings>,
 }
 
 fn mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SignupMode>, D::Error> {

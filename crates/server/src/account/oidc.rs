@@ -194,6 +194,7 @@ fn problem(status: StatusCode, why: &str) -> Response {
         .into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    crate::console::security_headers(&mut resp);
     resp
 }
 

@@ -131,7 +131,18 @@ async fn create_user(
     let mut v = user_view(&user);
     if !has_password {
         let token = t.password_link(&user.id).await.map_err(account_error)?;
-        v["set_password_url"] = json!(link_url(&state, &token));
+        let url = link_url(&state, &token);
+        v["mailed"] = json!(
+            super::mail::link(
+                &state,
+                &user.email,
+                &user.name,
+                &url,
+                "An account was made for you."
+            )
+            .await
+        );
+        v["set_password_url"] = json!(url);
     }
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
@@ -240,8 +251,11 @@ async fn password_link(
         &address(peer.as_ref()),
     )
     .await;
+    let url = link_url(&state, &token);
+    let why = "Here is a new link to set your password.";
+    let mailed = super::mail::link(&state, &user.email, &user.name, &url, why).await;
     Ok(Json(
-        json!({"user_id": user.id, "set_password_url": link_url(&state, &token),
+        json!({"user_id": user.id, "set_password_url": url, "mailed": mailed,
         "expires_in": parlance_tenancy::accounts::LINK_TTL_MS / 1000}),
     ))
 }
@@ -334,8 +348,19 @@ async fn decide(
                 .map_err(store_error)?;
         }
         let token = t.password_link(&u.id).await.map_err(account_error)?;
+        let url = link_url(&state, &token);
+        v["mailed"] = json!(
+            super::mail::link(
+                &state,
+                &u.email,
+                &u.name,
+                &url,
+                "Your request for access was approved."
+            )
+            .await
+        );
         v["user"] = user_view(&u);
-        v["set_password_url"] = json!(link_url(&state, &token));
+        v["set_password_url"] = json!(url);
     }
     Ok(Json(v))
 }

@@ -167,7 +167,10 @@ async fn add_member(
                 .await
                 .map_err(account_error)?;
             let token = t.password_link(&u.id).await.map_err(account_error)?;
-            invite = Some(super::people::link_url(&state, &token));
+            let url = super::people::link_url(&state, &token);
+            let why = format!("{} invited you to the team {}.", s.user.name, team.name);
+            super::mail::link(&state, &u.email, &u.name, &url, &why).await;
+            invite = Some(url);
             u
         }
     };
