@@ -70,6 +70,12 @@ def test_tags_show_ps_version(oc):
     assert [m.model for m in oc.list().models] == [MODEL]
     s = oc.show(MODEL)
     assert "completion" in s.capabilities
+    # model_info and details come from the GGUF itself.
+    assert s.modelinfo["general.architecture"] == "llama" and s.modelinfo["llama.context_length"] == 8192
+    assert s.modelinfo["llama.block_count"] == 30 and "tokenizer.ggml.tokens" not in s.modelinfo
+    assert s.details.family == "llama" and s.details.quantization_level == "Q4_1"
+    assert s.details.parameter_size.endswith("M")
+    assert "<|im_start|>" in s.template
     assert [m.model for m in oc.ps().models] == [MODEL]
     v = requests.get(str(oc._client.base_url.join("/api/version")), headers={"Authorization": f"Bearer {KEY}"}, timeout=5)
     assert v.json()["version"]

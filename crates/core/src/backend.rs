@@ -43,6 +43,9 @@ pub struct ModelInfo {
     pub matryoshka: bool,
     /// USD per million tokens, for metering; `None`: free (local models).
     pub price: Option<Price>,
+    /// The model file's own metadata (GGUF keys, values as text; long arrays such as
+    /// the vocabulary left out), for those who show it (Ollama's `/api/show`).
+    pub file_metadata: Option<std::sync::Arc<Vec<(String, String)>>>,
 }
 
 /// What a local model is doing right now (`/metrics`).

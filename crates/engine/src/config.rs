@@ -203,7 +203,24 @@ pub(crate) fn chat_info(cfg: &LocalModelConfig, model: &LlamaModel, vision: bool
         },
         dimensions: None,
         matryoshka: false,
+        file_metadata: file_metadata(model),
     }
+}
+
+/// The GGUF's key-value metadata as text, but for values over 4 KiB (the vocabulary,
+/// merges, scores) other than the chat template.
+pub(crate) fn file_metadata(model: &LlamaModel) -> Option<std::sync::Arc<Vec<(String, String)>>> {
+    const LONGEST: usize = 4096;
+    let pairs: Vec<(String, String)> = (0..model.meta_count())
+        .filter_map(|i| {
+            Some((
+                model.meta_key_by_index(i).ok()?,
+                model.meta_val_str_by_index(i).ok()?,
+            ))
+        })
+        .filter(|(k, v)| v.len() <= LONGEST || k == "tokenizer.chat_template")
+        .collect();
+    (!pairs.is_empty()).then(|| std::sync::Arc::new(pairs))
 }
 
 /// What loading a model would serve and take, known before it loads.

@@ -493,6 +493,7 @@ pub(crate) fn info(
         // GGUF metadata does not say; the catalog declares it.
         matryoshka: false,
         price: None,
+        file_metadata: crate::config::file_metadata(model),
     }
 }
 

@@ -209,6 +209,7 @@ fn info(m: &ModelSection, local: Option<&ModelInfo>, first_provider: Option<&str
             rerank: caps.rerank || m.kind.as_deref() == Some("rerank"),
             ..caps
         },
+        file_metadata: local.and_then(|l| l.file_metadata.clone()),
     }
 }
 

@@ -113,6 +113,7 @@ fn app_with(
             chat: true,
             ..Capabilities::default()
         },
+        file_metadata: None,
     };
     router.add(info, backend.clone()).unwrap();
     let mut state = AppState::new(router);

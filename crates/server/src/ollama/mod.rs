@@ -352,9 +352,71 @@ pub async fn embed(
     Ok(with_rate_headers(Json(body).into_response(), &rate))
 }
 
+/// A metadata value as Ollama's `model_info` gives it: numbers and booleans as such.
+fn meta_value(v: &str) -> Value {
+    if let Ok(n) = v.parse::<i64>() {
+        return json!(n);
+    }
+    if let Ok(x) = v.parse::<f64>() {
+        if x.is_finite() {
+            return json!(x);
+        }
+    }
+    match v {
+        "true" => json!(true),
+        "false" => json!(false),
+        _ => json!(v),
+    }
+}
+
+fn meta<'a>(m: &'a ModelInfo, key: &str) -> Option<&'a str> {
+    m.file_metadata
+        .as_ref()?
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `1.2B`, `135M`: Ollama's way of writing a parameter count.
+fn parameter_size(m: &ModelInfo) -> String {
+    let Some(n) = meta(m, "general.parameter_count").and_then(|v| v.parse::<f64>().ok()) else {
+        return meta(m, "general.size_label")
+            .unwrap_or_default()
+            .to_string();
+    };
+    match n {
+        n if n >= 1e9 => format!("{:.1}B", n / 1e9),
+        n => format!("{:.0}M", n / 1e6),
+    }
+}
+
+/// llama.cpp's `general.file_type` numbers as the quantization they name.
+fn quantization(m: &ModelInfo) -> &'static str {
+    const NAMES: [(&str, &str); 12] = [
+        ("0", "F32"),
+        ("1", "F16"),
+        ("2", "Q4_0"),
+        ("3", "Q4_1"),
+        ("7", "Q8_0"),
+        ("8", "Q5_0"),
+        ("9", "Q5_1"),
+        ("10", "Q2_K"),
+        ("12", "Q3_K_M"),
+        ("15", "Q4_K_M"),
+        ("17", "Q5_K_M"),
+        ("18", "Q6_K"),
+    ];
+    let t = meta(m, "general.file_type").unwrap_or_default();
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == t)
+        .map_or("", |(_, name)| name)
+}
+
 fn details(m: &ModelInfo) -> Value {
-    json!({"parent_model": "", "format": "gguf", "family": m.owned_by, "families": [m.owned_by],
-           "parameter_size": "", "quantization_level": ""})
+    let family = meta(m, "general.architecture").unwrap_or(&m.owned_by);
+    json!({"parent_model": "", "format": "gguf", "family": family, "families": [family],
+           "parameter_size": parameter_size(m), "quantization_level": quantization(m)})
 }
 
 fn listed(m: &ModelInfo) -> Value {
@@ -436,14 +498,24 @@ pub async fn show(
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
-    let mut info = Map::new();
-    info.insert("general.architecture".into(), json!(m.owned_by));
+    // The GGUF's own keys, as Ollama shows them (the template is shown on its own).
+    let mut info: Map<String, Value> = m
+        .file_metadata
+        .iter()
+        .flat_map(|kv| kv.iter())
+        .filter(|(k, _)| k != "tokenizer.chat_template")
+        .map(|(k, v)| (k.clone(), meta_value(v)))
+        .collect();
+    info.entry("general.architecture")
+        .or_insert_with(|| json!(m.owned_by));
+    // Served context (what a request may use), beside the trained one in `{arch}.context_length`.
     info.insert("context_length".into(), json!(m.context_length));
     if let Some(d) = m.dimensions {
         info.insert("embedding_length".into(), json!(d));
     }
+    let template = meta(m, "tokenizer.chat_template").unwrap_or_default();
     Ok(Json(
-        json!({"modelfile": "", "parameters": "", "template": "", "details": details(m),
+        json!({"modelfile": "", "parameters": "", "template": template, "details": details(m),
                    "model_info": info, "capabilities": caps, "modified_at": rfc3339(m.created)}),
     ))
 }
