@@ -148,18 +148,24 @@ def test_keep_alive_per_request_and_memory_given_back(srv):
 
 
 def test_a_corrupt_gguf_is_listed_and_answers_why(srv):
+    # Two good models fill both places (--max-loaded-models 2).
+    chat(srv, "smol")
+    chat(srv, "gemma")
+    assert set(ps(srv)) >= {"smol", "gemma"}
     oc = ollama.Client(host=srv.url)
-    for _ in range(2):  # tried again on each request, refused each time
+    for _ in range(2):  # read again on each request, refused each time
         with pytest.raises(ollama.ResponseError) as e:
             oc.chat(model="broken", messages=[{"role": "user", "content": "hi"}])
         assert e.value.status_code == 503 and "could not be loaded" in e.value.error, e.value.error
     with pytest.raises(openai.APIStatusError) as e:
         chat(srv, "broken")
     assert e.value.status_code == 503 and "broken" in e.value.message
-    assert loads(srv, "broken") == 3
+    # Its metadata is checked before anything is unloaded for it: the good models
+    # stay loaded, and the broken file is never handed to a full load.
+    assert set(ps(srv)) >= {"smol", "gemma"} and "broken" not in ps(srv)
+    assert loads(srv, "broken") == 0
     assert requests.get(srv.url + "/health", timeout=10).status_code == 200
     assert chat(srv, "smol").choices[0].message.content
-    assert "broken" not in ps(srv)
 
 
 def test_a_memory_budget_unloads_to_fit_and_refuses_what_never_fits():
@@ -267,5 +273,42 @@ deployments = [{{ gguf = "{FILES['smol']}" }}]
         assert wait_for(lambda: "smol-lazy" not in ps(s), secs=8)
         assert "smol-eager" in ps(s)
         assert chat(s, "smol-lazy").choices[0].message.content and starts() == 3
+    finally:
+        s.stop()
+
+
+def test_a_stream_waiting_for_a_load_gets_keep_alives():
+    """With one place, busy with a long answer, a streamed request for another model
+    waits for room: its SSE headers come at once and keep-alive comments every 5 s,
+    then the answer (or, past the 30 s wait, the error event saying why)."""
+    d = tempfile.mkdtemp(prefix="parlance-models-wait-")
+    for name in ("smol", "gemma"):
+        os.symlink(FILES[name], f"{d}/{name}.gguf")
+    s = Server("--models-dir", d, "--max-loaded-models", "1", "-np", "1", "--db", "none")
+    try:
+        chat(s, "smol")
+        long = threading.Thread(target=lambda: requests.post(s.url + "/v1/chat/completions", json={
+            "model": "smol", "messages": [{"role": "user", "content": "Count to a thousand."}],
+            "max_tokens": 3000, "ignore_eos": True}, timeout=300), daemon=True)
+        long.start()
+        time.sleep(1)
+        started = time.time()
+        r = requests.post(s.url + "/v1/chat/completions", stream=True, timeout=120, json={
+            "model": "gemma", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "stream": True})
+        assert r.status_code == 200 and time.time() - started < 3, "headers before the load"
+        comments = 0
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith(":"):
+                comments += 1
+            # The first chunk with text (the role-only chunk goes out with the headers).
+            if line.startswith("data:"):
+                chunk = json.loads(line[5:])
+                if "error" in chunk:
+                    assert "leave no room" in chunk["error"]["message"], chunk
+                    break
+                if chunk["choices"][0]["delta"].get("content"):
+                    break
+        waited = time.time() - started
+        assert waited > 5 and comments >= int(waited // 5) - 1 >= 0 and comments >= 1, (waited, comments, line)
     finally:
         s.stop()

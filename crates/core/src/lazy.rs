@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 /// Loads the real backend (on the blocking pool: it reads and maps gigabytes).
 pub type Loader = Arc<dyn Fn() -> Result<Arc<dyn Backend>, String> + Send + Sync>;
+/// A quick look at whether a load can work at all (the file's metadata), made before
+/// any other model is unloaded to make room for it.
+pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// How long a model stays loaded after its last request ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +148,7 @@ struct State {
 struct Inner {
     name: String,
     load: Loader,
+    check: Option<Check>,
     size_bytes: u64,
     shelf: Arc<Shelf>,
     state: Mutex<State>,
@@ -215,9 +219,24 @@ impl Shelf {
         keep_alive: KeepAlive,
         load: Loader,
     ) -> LazyModel {
+        self.add_checked(name, size_bytes, memory_bytes, keep_alive, load, None)
+    }
+
+    /// As [`Shelf::add`], with `check` run before each load: when it fails, the load
+    /// fails at once, and no loaded model is unloaded for it.
+    pub fn add_checked(
+        self: &Arc<Self>,
+        name: impl Into<String>,
+        size_bytes: u64,
+        memory_bytes: u64,
+        keep_alive: KeepAlive,
+        load: Loader,
+        check: Option<Check>,
+    ) -> LazyModel {
         let inner = Arc::new(Inner {
             name: name.into(),
             load,
+            check,
             size_bytes,
             shelf: Arc::clone(self),
             state: Mutex::new(State {
@@ -445,6 +464,14 @@ impl LazyModel {
         if let Some(used) = self.take_loaded(keep) {
             return Ok((used, Duration::ZERO));
         }
+        if let Some(check) = m.check.clone() {
+            let checked = tokio::task::spawn_blocking(move || check())
+                .await
+                .unwrap_or_else(|e| Err(format!("the check crashed: {e}")));
+            if let Err(why) = checked {
+                return Err(self.failed(why));
+            }
+        }
         let need = lock(&m.state).memory_bytes;
         m.shelf.make_room(&m.name, need).await?;
         lock(&m.state).loading = true;
@@ -480,13 +507,19 @@ impl LazyModel {
                 ))
             }
             Err(why) => {
-                st.last_error = Some(why.clone());
-                Err(Error::new(
-                    ErrorKind::Unavailable,
-                    format!("model `{}` could not be loaded: {why}", m.name),
-                ))
+                drop(st);
+                Err(self.failed(why))
             }
         }
+    }
+
+    /// A load that did not work: remembered (for `/admin/status`) and a 503 naming why.
+    fn failed(&self, why: String) -> Error {
+        lock(&self.0.state).last_error = Some(why.clone());
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("model `{}` could not be loaded: {why}", self.0.name),
+        )
     }
 
     fn take_loaded(&self, keep: Option<KeepAlive>) -> Option<InUse> {

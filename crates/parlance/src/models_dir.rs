@@ -3,7 +3,7 @@
 use crate::local::{load_local, peek_local};
 use crate::serve::{ngl_for_all, ServeArgs};
 use anyhow::Context;
-use parlance_core::lazy::{KeepAlive, LazyModel, Loader, ModelFolder, Shelf};
+use parlance_core::lazy::{Check, KeepAlive, LazyModel, Loader, ModelFolder, Shelf};
 use parlance_core::{Backend, Capabilities, InlineImages, ModelInfo, Router};
 use parlance_server::catalog::LocalSpec;
 use std::collections::HashMap;
@@ -174,19 +174,31 @@ pub fn lazy_local(
 ) -> (ModelInfo, LazyModel) {
     let (args, template, images) = &**settings;
     let size = files.iter().map(|f| size_of(f)).sum();
-    let (info, memory) = match peek_local(args, template, &spec, alias.clone(), images) {
-        Ok(peeked) => peeked,
+    let (info, memory, readable) = match peek_local(args, template, &spec, alias.clone(), images) {
+        Ok((info, memory)) => (info, memory, true),
         Err(e) => {
             tracing::warn!(model = %name, error = %e, "listed, but it will not load");
-            (unreadable(name), size)
+            (unreadable(name), size, false)
         }
     };
+    // A file unreadable when listed is read again before each load, so a broken file
+    // never unloads a good model to make room for a load that cannot work.
+    let check: Option<Check> = (!readable).then(|| {
+        let (ctx, spec, alias) = (Arc::clone(settings), spec.clone(), alias.clone());
+        Arc::new(move || {
+            let (args, template, images) = &*ctx;
+            peek_local(args, template, &spec, alias.clone(), images).map(|_| ())
+        }) as Check
+    });
     let ctx = Arc::clone(settings);
     let load: Loader = Arc::new(move || {
         let (args, template, images) = &*ctx;
         load_local(args, template, &spec, alias.clone(), images).map(|(_, backend)| backend)
     });
-    (info, shelf.add(name, size, memory, keep, load))
+    (
+        info,
+        shelf.add_checked(name, size, memory, keep, load, check),
+    )
 }
 
 /// The `--models-dir` folder as the server serves it: what it found at start and what

@@ -203,3 +203,20 @@ async fn beyond_the_waiting_room_a_load_is_refused_at_once() {
         w.await.unwrap().collect::<Vec<_>>().await;
     }
 }
+
+#[tokio::test]
+async fn a_failed_check_unloads_nothing_to_make_room() {
+    let shelf = Shelf::new(1, 0, Duration::from_millis(300), 8);
+    let good: Loader = Arc::new(|| Ok(Arc::new(Fake) as Arc<dyn Backend>));
+    let never: Loader = Arc::new(|| panic!("a model whose check failed was loaded"));
+    let check: Check = Arc::new(|| Err("bad magic".into()));
+    let keep = KeepAlive::For(Duration::from_secs(60));
+    let a = shelf.add("a", 1, 1, keep, good);
+    let b = shelf.add_checked("b", 1, 1, keep, never, Some(check));
+    a.chat(ask()).await.unwrap().collect::<Vec<_>>().await;
+    let e = b.chat(ask()).await.err().unwrap();
+    assert_eq!(e.status(), 503);
+    assert!(e.message.contains("bad magic"), "{e}");
+    assert!(a.residency().loaded, "the loaded model stayed");
+    assert_eq!(b.residency().last_error.as_deref(), Some("bad magic"));
+}
