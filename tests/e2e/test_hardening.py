@@ -519,7 +519,7 @@ def test_hf_repo_downloads_from_the_hub_endpoint(tmp_path):
 
     class Hub(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            if self.path == "/api/models/acme/smol-GGUF":
+            if self.path.split("?")[0] == "/api/models/acme/smol-GGUF":
                 body = json.dumps({"siblings": [{"rfilename": "README.md"}, {"rfilename": "smol-Q8_0.gguf"}, {"rfilename": "smol-Q4_1.gguf"}]}).encode()
             elif self.path == "/acme/smol-GGUF/resolve/main/smol-Q4_1.gguf":
                 body = gguf

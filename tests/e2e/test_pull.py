@@ -160,3 +160,92 @@ def test_pull_needs_the_admin_key_when_the_server_has_keys(hub):
         assert os.listdir(d) == []
     finally:
         s.stop()
+
+
+class HfHub(http.server.ThreadingHTTPServer):
+    """The Hugging Face hub's URL layout (HF_ENDPOINT): a listing with each file's
+    size and sha256 (`?blobs=true`), files under `resolve/main` with Range."""
+
+    daemon_threads = True
+
+    def __init__(self, sha256):
+        super().__init__(("127.0.0.1", 0), HfHandler)
+        self.sha256 = sha256
+        self.cut_next = False
+        self.ranges = []
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class HfHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        hub = self.server
+        if self.path == "/api/models/acme/smol-GGUF?blobs=true":
+            body = json.dumps({"siblings": [
+                {"rfilename": "README.md", "size": 10},
+                {"rfilename": "smol-Q4_1.gguf", "size": len(BLOB), "lfs": {"sha256": hub.sha256, "size": len(BLOB)}},
+            ]}).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if self.path != "/acme/smol-GGUF/resolve/main/smol-Q4_1.gguf":
+            self.send_response(404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        rng = self.headers.get("Range")
+        hub.ranges.append(rng)
+        start = int(rng.split("=")[1].rstrip("-")) if rng else 0
+        self.send_response(206 if rng else 200)
+        self.send_header("content-length", str(len(BLOB) - start))
+        self.end_headers()
+        if hub.cut_next:
+            hub.cut_next = False
+            self.wfile.write(BLOB[start:start + (1 << 20)])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(BLOB[start:])
+
+
+def test_parlance_pull_resumes_checks_and_rm_deletes(tmp_path):
+    import subprocess
+    from conftest import BIN
+    hub = HfHub(hashlib.sha256(BLOB).hexdigest())
+    env = {**os.environ, "HF_ENDPOINT": hub.url}
+    run = lambda *a: subprocess.run([str(BIN), *a, "--models-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    try:
+        hub.cut_next = True
+        first = run("pull", "acme/smol-GGUF:Q4_1")
+        assert first.returncode != 0 and "run it again to resume" in first.stderr, first.stderr
+        partial = tmp_path / "smol-Q4_1.gguf.partial"
+        assert partial.stat().st_size == 1 << 20
+        again = run("pull", "acme/smol-GGUF:Q4_1")
+        assert again.returncode == 0, again.stderr
+        assert hub.ranges[-1] == f"bytes={1 << 20}-" and "resuming after" in again.stderr
+        assert (tmp_path / "smol-Q4_1.gguf").read_bytes() == BLOB and not partial.exists()
+        # Served from the folder under its file's name.
+        s = Server("--models-dir", str(tmp_path), "--db", "none")
+        try:
+            r = requests.post(s.url + "/v1/chat/completions", json={"model": "smol-Q4_1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, timeout=120)
+            assert r.status_code == 200, r.text
+        finally:
+            s.stop()
+        gone = run("rm", "smol-Q4_1")
+        assert gone.returncode == 0 and "deleted" in gone.stdout and not (tmp_path / "smol-Q4_1.gguf").exists()
+        assert run("rm", "smol-Q4_1").returncode != 0
+        # A file whose sha256 is not the hub's is refused and removed.
+        hub.sha256 = "0" * 64
+        bad = run("pull", "acme/smol-GGUF:Q4_1")
+        assert bad.returncode != 0 and "is not the hub's" in bad.stderr and "removed" in bad.stderr, bad.stderr
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        hub.shutdown()

@@ -51,6 +51,30 @@ enum Command {
     Codes(teams_cli::CodesCommand),
     /// Usage from the store, grouped by key, model or day.
     Usage(tenancy_cli::UsageArgs),
+    /// Download a GGUF from the Hugging Face hub (owner/repo[:QUANT], or the hub at
+    /// HF_ENDPOINT) into the models folder, resuming an interrupted download and
+    /// checking the size and SHA-256 the hub lists.
+    Pull {
+        /// owner/repo or owner/repo:QUANT.
+        spec: String,
+        /// The folder `serve --models-dir` serves.
+        #[arg(
+            long = "models-dir",
+            env = "PARLANCE_MODELS_DIR",
+            default_value = "models"
+        )]
+        models_dir: std::path::PathBuf,
+    },
+    /// Delete a model (NAME.gguf and its projectors, or the folder NAME) from the models folder.
+    Rm {
+        name: String,
+        #[arg(
+            long = "models-dir",
+            env = "PARLANCE_MODELS_DIR",
+            default_value = "models"
+        )]
+        models_dir: std::path::PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -117,6 +141,14 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(cmd) => tenancy_cli::keys(cmd),
         Command::Usage(args) => tenancy_cli::usage(args),
         Command::Users(cmd) => users_cli::users(cmd),
+        Command::Pull { spec, models_dir } => {
+            hub::pull(&spec, &models_dir).map(|p| println!("{}", p.display()))
+        }
+        Command::Rm { name, models_dir } => hub::remove(&name, &models_dir).map(|gone| {
+            for p in gone {
+                println!("deleted {}", p.display());
+            }
+        }),
         Command::Teams(cmd) => teams_cli::teams(cmd),
         Command::Codes(cmd) => teams_cli::codes(cmd),
         Command::Version => {
