@@ -312,3 +312,29 @@ def test_a_stream_waiting_for_a_load_gets_keep_alives():
         assert waited > 5 and comments >= int(waited // 5) - 1 >= 0 and comments >= 1, (waited, comments, line)
     finally:
         s.stop()
+
+
+def test_num_ctx_loads_an_idle_model_again_with_that_context():
+    """Ollama's options.num_ctx: the model is loaded with that context (again, once
+    idle, when another size is asked for); a prompt beyond it is refused."""
+    d = tempfile.mkdtemp(prefix="parlance-models-ctx-")
+    os.symlink(FILES["smol"], f"{d}/smol.gguf")
+    s = Server("--models-dir", d, "-np", "1", "--db", "none")
+    try:
+        oc = ollama.Client(host=s.url)
+        ask = lambda **o: oc.chat(model="smol", messages=[{"role": "user", "content": "Say hi."}], options={"num_predict": 4, **o})
+        ask(num_ctx=1024)
+        assert ps(s)["smol"]["context_length"] == 1024
+        ask(num_ctx=1024)
+        ask()
+        assert loads(s, "smol") == 1, "the same size, or none asked, keeps it"
+        ask(num_ctx=2048)
+        assert ps(s)["smol"]["context_length"] == 2048 and loads(s, "smol") == 2
+        with pytest.raises(ollama.ResponseError) as e:
+            oc.chat(model="smol", messages=[{"role": "user", "content": "word " * 3000}], options={"num_ctx": 2048})
+        assert e.value.status_code == 400, e.value.error
+        with pytest.raises(ollama.ResponseError) as e:
+            ask(num_ctx=-5)
+        assert e.value.status_code == 400 and "num_ctx" in e.value.error
+    finally:
+        s.stop()

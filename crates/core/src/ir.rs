@@ -337,6 +337,9 @@ pub struct RequestContext {
     /// How long the model stays loaded after this request, when it is one loaded on
     /// demand (Ollama's `keep_alive`); `None`: the model's own setting.
     pub keep_alive: Option<crate::lazy::KeepAlive>,
+    /// The context size to load the model with, when it is one loaded on demand
+    /// (Ollama's `num_ctx`): an idle model loaded with another size is loaded again.
+    pub context_window: Option<u32>,
     /// Shared with the backend, which counts what it has done as it goes, so a request
     /// cancelled or failed midway is still metered exactly.
     pub progress: Progress,

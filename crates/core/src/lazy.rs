@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// Loads the real backend (on the blocking pool: it reads and maps gigabytes).
-pub type Loader = Arc<dyn Fn() -> Result<Arc<dyn Backend>, String> + Send + Sync>;
+/// Loads the model, with the context size a request asked for (`None`: its own).
+pub type Loader = Arc<dyn Fn(Option<u32>) -> Result<Arc<dyn Backend>, String> + Send + Sync>;
 /// A quick look at whether a load can work at all (the file's metadata), made before
 /// any other model is unloaded to make room for it.
 pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -131,6 +132,8 @@ pub struct Residency {
     /// Memory it takes when loaded: estimated from its weights and KV cache before it
     /// loads, the larger of that and the growth measured while it loaded after.
     pub memory_bytes: u64,
+    /// The context size a request asked it to be loaded with; `None`: its own.
+    pub context: Option<u32>,
 }
 
 struct State {
@@ -143,6 +146,8 @@ struct State {
     load_time: Option<Duration>,
     last_error: Option<String>,
     memory_bytes: u64,
+    /// The context size it was loaded with, when a request asked for one.
+    ctx: Option<u32>,
 }
 
 struct Inner {
@@ -248,6 +253,7 @@ impl Shelf {
                 load_time: None,
                 last_error: None,
                 memory_bytes,
+                ctx: None,
             }),
         });
         lock(&self.models).push(Arc::downgrade(&inner));
@@ -437,14 +443,26 @@ impl LazyModel {
             last_error: st.last_error.clone(),
             size_bytes: self.0.size_bytes,
             memory_bytes: st.memory_bytes,
+            context: st.ctx,
         }
     }
 
     /// The loaded backend, loading it first if needed; `keep` (the request's own
     /// keep-alive) replaces the model's from now on. The second value is how long this
     /// request waited for a load it started.
-    async fn acquire(&self, keep: Option<KeepAlive>) -> Result<(InUse, Duration), Error> {
+    async fn acquire(
+        &self,
+        keep: Option<KeepAlive>,
+        ctx: Option<u32>,
+    ) -> Result<(InUse, Duration), Error> {
         let m = &self.0;
+        // Another context size than it has: loaded again, as Ollama does, once idle (a
+        // busy model serves with the size it has).
+        if let Some(want) = ctx {
+            m.unload_if("another context size was asked for", |st| {
+                st.backend.is_some() && st.ctx != Some(want)
+            });
+        }
         if let Some(used) = self.take_loaded(keep) {
             return Ok((used, Duration::ZERO));
         }
@@ -479,7 +497,7 @@ impl LazyModel {
         let rss_before = rss_bytes();
         tracing::info!(model = %m.name, "loading on demand");
         let load = Arc::clone(&m.load);
-        let result = tokio::task::spawn_blocking(move || load()).await;
+        let result = tokio::task::spawn_blocking(move || load(ctx)).await;
         let took = started.elapsed();
         let mut st = lock(&m.state);
         st.loading = false;
@@ -491,6 +509,7 @@ impl LazyModel {
                     st.memory_bytes = st.memory_bytes.max(b.saturating_sub(a));
                 }
                 st.backend = Some(Arc::clone(&backend));
+                st.ctx = ctx;
                 st.load_time = Some(took);
                 st.last_error = None;
                 st.in_flight += 1;
@@ -543,7 +562,9 @@ impl LazyModel {
 #[async_trait]
 impl Backend for LazyModel {
     async fn chat(&self, request: ChatRequest) -> Result<EventStream, Error> {
-        let (used, took) = self.acquire(request.context.keep_alive).await?;
+        let (used, took) = self
+            .acquire(request.context.keep_alive, request.context.context_window)
+            .await?;
         request.context.progress.set_load_time(took);
         let stream = used.backend.chat(request).await?;
         // The model stays in use until the caller has the whole answer (or goes away).
@@ -554,12 +575,12 @@ impl Backend for LazyModel {
     }
 
     async fn embed(&self, request: EmbedRequest) -> Result<Embeddings, Error> {
-        let (used, _) = self.acquire(None).await?;
+        let (used, _) = self.acquire(None, None).await?;
         used.backend.embed(request).await
     }
 
     async fn rerank(&self, request: RerankRequest) -> Result<Scores, Error> {
-        let (used, _) = self.acquire(None).await?;
+        let (used, _) = self.acquire(None, None).await?;
         used.backend.rerank(request).await
     }
 
@@ -577,22 +598,22 @@ impl Backend for LazyModel {
     }
 
     async fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, Error> {
-        let (used, _) = self.acquire(None).await?;
+        let (used, _) = self.acquire(None, None).await?;
         used.backend.tokenize(text, special).await
     }
 
     async fn detokenize(&self, tokens: &[u32]) -> Result<String, Error> {
-        let (used, _) = self.acquire(None).await?;
+        let (used, _) = self.acquire(None, None).await?;
         used.backend.detokenize(tokens).await
     }
 
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
-        let (used, _) = self.acquire(None).await?;
+        let (used, _) = self.acquire(None, None).await?;
         used.backend.count_tokens(texts).await
     }
 
     async fn count_image_tokens(&self, messages: &[Message]) -> Result<u32, Error> {
-        let (used, _) = self.acquire(None).await?;
+        let (used, _) = self.acquire(None, None).await?;
         used.backend.count_image_tokens(messages).await
     }
 }

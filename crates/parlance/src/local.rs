@@ -82,10 +82,15 @@ pub(crate) fn load_local(
     spec: &LocalSpec,
     alias: Option<String>,
     images: &Arc<dyn parlance_core::InlineImages>,
+    ctx: Option<u32>,
 ) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
     let started = Instant::now();
     println!("loading {} ...", spec.path.display());
-    let cfg = local_config(args, template, spec, alias, images);
+    let mut cfg = local_config(args, template, spec, alias, images);
+    // A request's own context size (Ollama's num_ctx) for a model loaded on demand.
+    if ctx.is_some() {
+        cfg.ctx = ctx;
+    }
     let model = match parlance_engine::load(cfg)? {
         parlance_engine::Loaded::Chat(m) => m,
         parlance_engine::Loaded::Embedding(m) => {
@@ -126,6 +131,7 @@ pub(crate) fn load_local(
     spec: &LocalSpec,
     _: Option<String>,
     _: &Arc<dyn parlance_core::InlineImages>,
+    _: Option<u32>,
 ) -> Result<(ModelInfo, Arc<dyn Backend>), String> {
     Err(format!(
         "{}: this binary was built without the `local` feature and cannot load GGUF models",

@@ -191,9 +191,9 @@ pub fn lazy_local(
         }) as Check
     });
     let ctx = Arc::clone(settings);
-    let load: Loader = Arc::new(move || {
+    let load: Loader = Arc::new(move |n_ctx| {
         let (args, template, images) = &*ctx;
-        load_local(args, template, &spec, alias.clone(), images).map(|(_, backend)| backend)
+        load_local(args, template, &spec, alias.clone(), images, n_ctx).map(|(_, backend)| backend)
     });
     (
         info,

@@ -218,7 +218,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 ..spec.clone()
             };
             let Some(keep) = &spec.keep_alive else {
-                return load_local(&args, &template, &spec, None, &images);
+                return load_local(&args, &template, &spec, None, &images, None);
             };
             let keep: parlance_core::lazy::KeepAlive =
                 keep.parse().map_err(|e| format!("keep_alive: {e}"))?;
@@ -250,7 +250,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     }
     for (spec, alias) in models {
         let (info, backend) =
-            load_local(&args, &template, &spec, alias, &images).map_err(anyhow::Error::msg)?;
+            load_local(&args, &template, &spec, alias, &images, None).map_err(anyhow::Error::msg)?;
         router.add(info, backend).map_err(anyhow::Error::msg)?;
     }
     let folder = match &args.models_dir {

@@ -33,7 +33,7 @@ fn budget(
     let models = (0..n)
         .map(|i| {
             let loads = Arc::clone(&loads);
-            let load: Loader = Arc::new(move || {
+            let load: Loader = Arc::new(move |_| {
                 loads.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(50));
                 if broken == Some(i) {
@@ -207,8 +207,8 @@ async fn beyond_the_waiting_room_a_load_is_refused_at_once() {
 #[tokio::test]
 async fn a_failed_check_unloads_nothing_to_make_room() {
     let shelf = Shelf::new(1, 0, Duration::from_millis(300), 8);
-    let good: Loader = Arc::new(|| Ok(Arc::new(Fake) as Arc<dyn Backend>));
-    let never: Loader = Arc::new(|| panic!("a model whose check failed was loaded"));
+    let good: Loader = Arc::new(|_| Ok(Arc::new(Fake) as Arc<dyn Backend>));
+    let never: Loader = Arc::new(|_| panic!("a model whose check failed was loaded"));
     let check: Check = Arc::new(|| Err("bad magic".into()));
     let keep = KeepAlive::For(Duration::from_secs(60));
     let a = shelf.add("a", 1, 1, keep, good);
@@ -219,4 +219,27 @@ async fn a_failed_check_unloads_nothing_to_make_room() {
     assert!(e.message.contains("bad magic"), "{e}");
     assert!(a.residency().loaded, "the loaded model stayed");
     assert_eq!(b.residency().last_error.as_deref(), Some("bad magic"));
+}
+
+#[tokio::test]
+async fn another_context_size_loads_an_idle_model_again() {
+    let shelf = Shelf::new(0, 0, Duration::from_millis(300), 8);
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&sizes);
+    let load: Loader = Arc::new(move |ctx| {
+        seen.lock().unwrap().push(ctx);
+        Ok(Arc::new(Fake) as Arc<dyn Backend>)
+    });
+    let m = shelf.add("m", 1, 1, KeepAlive::For(Duration::from_secs(60)), load);
+    let asking = |ctx: Option<u32>| {
+        let mut r = ask();
+        r.context.context_window = ctx;
+        r
+    };
+    for ctx in [Some(1024), Some(1024), None, Some(2048)] {
+        m.chat(asking(ctx)).await.unwrap().collect::<Vec<_>>().await;
+    }
+    // The same size, or none asked, keeps the loaded model.
+    assert_eq!(*sizes.lock().unwrap(), [Some(1024), Some(2048)]);
+    assert_eq!(m.residency().context, Some(2048));
 }

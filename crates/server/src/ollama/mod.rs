@@ -69,9 +69,27 @@ async fn answer(
             .map_err(|e| Error::invalid_param("keep_alive", format!("keep_alive: {e}")))?;
         req.context.keep_alive = Some(keep);
     }
+    req.context.context_window = num_ctx(&body)?;
     let door = Ollama::new(&req, generate, ctx.started());
     req.model = served_name(state, &req.model);
     Ok(crate::door::chat(state, ctx, principal, door, req).await)
+}
+
+/// `options.num_ctx`: the context size a model loaded on demand is loaded with.
+fn num_ctx(body: &Value) -> Result<Option<u32>, Error> {
+    match body["options"].get("num_ctx").filter(|v| !v.is_null()) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (64..=1 << 20).contains(n))
+            .map(|n| Some(n as u32))
+            .ok_or_else(|| {
+                Error::invalid_param(
+                    "options.num_ctx",
+                    "options.num_ctx must be a whole number of tokens from 64 to 1048576",
+                )
+            }),
+    }
 }
 
 /// The name a model is served under: Ollama's clients say `name:latest` for `name`.
@@ -452,10 +470,14 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
         .filter_map(|r| {
             let mut v = listed(&r.info);
             v["size_vram"] = json!(0);
+            v["context_length"] = json!(r.info.context_length);
             let Some(res) = r.backend.residency() else {
                 v["expires_at"] = json!("0001-01-01T00:00:00Z");
                 return Some(v);
             };
+            if let Some(n) = res.context {
+                v["context_length"] = json!(n);
+            }
             if !res.loaded {
                 return None;
             }
