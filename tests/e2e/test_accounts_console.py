@@ -169,3 +169,24 @@ def test_teams_and_balances_in_the_browser(browser):
         no_console_errors(d)
     finally:
         s.stop()
+
+
+def test_the_embeddings_view_compares_texts(browser):
+    """The console's embeddings view on all-MiniLM-L6-v2: texts in, a cosine matrix
+    out, with related sentences closer than unrelated ones."""
+    d = browser
+    s = Server("-m", str(ROOT / "models" / "all-minilm-l6-v2.f16.gguf"), "--alias", "minilm", "--db", "none")
+    try:
+        d.get(s.url + "/embeddings")
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#e-model option[value=minilm]"), what="embedding models listed")
+        d.find_element(By.CSS_SELECTOR, "#embed-form button[type=submit]").click()
+        wait(d, lambda d: d.find_element(By.ID, "e-result").is_displayed(), what="matrix")
+        sims = d.execute_script(
+            "return [...document.querySelectorAll('#e-matrix tbody tr')].map(r => [...r.querySelectorAll('td')].map(c => Number(c.dataset.sim)));")
+        assert len(sims) == 3 and all(abs(sims[i][i] - 1) < 1e-3 for i in range(3)), sims
+        assert sims[0][1] > sims[0][2] + 0.2 and abs(sims[0][1] - sims[1][0]) < 1e-6, sims
+        assert "3 vectors of 384 dimensions" in d.find_element(By.ID, "e-usage").text
+        shot(d, "embeddings-view")
+        no_console_errors(d)
+    finally:
+        s.stop()

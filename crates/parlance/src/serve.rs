@@ -249,8 +249,8 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     for (spec, alias) in models {
-        let (info, backend) =
-            load_local(&args, &template, &spec, alias, &images, None).map_err(anyhow::Error::msg)?;
+        let (info, backend) = load_local(&args, &template, &spec, alias, &images, None)
+            .map_err(anyhow::Error::msg)?;
         router.add(info, backend).map_err(anyhow::Error::msg)?;
     }
     let folder = match &args.models_dir {

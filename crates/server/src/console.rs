@@ -56,6 +56,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../console/teams.js"),
     ),
     (
+        "embeddings.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../console/embeddings.js"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_bytes!("../console/favicon.svg"),
@@ -65,6 +70,7 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 const PLAYGROUND: &str = include_str!("../console/playground.html");
 const ADMIN: &str = include_str!("../console/admin.html");
 const ACCOUNT: &str = include_str!("../console/account.html");
+const EMBEDDINGS: &str = include_str!("../console/embeddings.html");
 
 /// FNV-1a: a stable validator for content that changes only with the binary.
 fn etag_of(bytes: &[u8]) -> String {
@@ -181,4 +187,9 @@ pub async fn admin() -> Response {
 /// the part the path and the session call for).
 pub async fn account() -> Response {
     page(ACCOUNT.replace("{{version}}", env!("CARGO_PKG_VERSION")))
+}
+
+/// `GET /embeddings`: texts in, a cosine similarity matrix out.
+pub async fn embeddings() -> Response {
+    page(EMBEDDINGS.replace("{{version}}", env!("CARGO_PKG_VERSION")))
 }

@@ -187,6 +187,7 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
         .route("/admin", get(console::admin))
         .route("/admin/", get(console::admin))
         .route("/console/{file}", get(console::asset))
+        .route("/embeddings", get(console::embeddings))
         .route("/account", get(console::account))
         .route("/signin", get(console::account))
         .route("/signup", get(console::account))
