@@ -134,6 +134,17 @@ def test_a_balance_is_never_overdrawn_by_more_than_one_request_and_the_gigachat_
     bal = p.get("/account/balance").json()
     assert abs(bal["spent_usd"] - sum(costs)) < 1e-6 and abs(bal["balance_usd"] - (credit - sum(costs))) < 1e-6
     # GigaChat's SDK, through its OAuth, reads the same balance.
+    # On Postgres too: a code redeemed once, and a one-time link used once, across replicas.
+    code = admin(a, "POST", "/codes", {"count": 1, "amount_usd": 1.25})["codes"][0]
+    on_b = Person(b.url)
+    on_b.sign_in("payer@example.org", "payer@example.org-pw")
+    assert on_b.post("/account/redeem", {"code": code}).status_code == 200
+    assert p.post("/account/redeem", {"code": code}).status_code == 400
+    invited = admin(a, "POST", "/users", {"email": "linked@example.org", "name": "Linked"})
+    token = invited["set_password_url"].split("#set-password=")[1]
+    assert requests.post(b.url + "/account/password", json={"token": token, "password": "linked-pw-1"}, timeout=30).status_code == 200
+    assert requests.post(a.url + "/account/password", json={"token": token, "password": "linked-pw-2"}, timeout=30).status_code == 400
+    bal = p.get("/account/balance").json()
     giga = GigaChat(credentials=key, auth_url=b.url + "/api/v2/oauth", base_url=b.url + "/api/v1", scope="GIGACHAT_API_PERS", verify_ssl_certs=False, max_retries=0)
     got = giga.get_balance().balance
     assert got[0].usage == "USD" and abs(got[0].value - bal["balance_usd"]) < 1e-6

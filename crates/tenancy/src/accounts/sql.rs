@@ -204,25 +204,18 @@ impl Store {
         token_hash: &str,
         purpose: &str,
     ) -> Result<Option<String>, String> {
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE one_time_links SET used_at = $1 WHERE token_hash = $2 AND purpose = $3 AND used_at IS NULL AND expires_at > $1",
+        // RETURNING: marking it used and reading whose it is are one statement.
+        let row = sqlx::query(
+            "UPDATE one_time_links SET used_at = $1 WHERE token_hash = $2 AND purpose = $3 AND used_at IS NULL AND expires_at > $1 RETURNING user_id",
         )
-        .bind(now)
+        .bind(now_ms())
         .bind(token_hash)
         .bind(purpose)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let row = sqlx::query("SELECT user_id FROM one_time_links WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(Some(row.try_get("user_id").map_err(db_err)?))
+        row.map(|r| r.try_get("user_id").map_err(db_err))
+            .transpose()
     }
 
     pub async fn insert_access_request(&self, r: &AccessRequest) -> Result<(), String> {

@@ -120,27 +120,21 @@ impl Store {
     /// `(nonce, PKCE verifier)` of a live, unused sign-in, marking it used in the same
     /// statement: a replayed callback finds nothing.
     pub async fn take_oidc_flow(&self, state: &str) -> Result<Option<(String, String)>, String> {
-        let h = hash(state);
-        let done = sqlx::query(
-            "UPDATE oidc_flows SET used_at = $1 WHERE state_hash = $2 AND used_at IS NULL AND expires_at > $1",
+        let row = sqlx::query(
+            "UPDATE oidc_flows SET used_at = $1 WHERE state_hash = $2 AND used_at IS NULL AND expires_at > $1 RETURNING nonce, verifier",
         )
         .bind(now_ms())
-        .bind(&h)
-        .execute(&self.pool)
+        .bind(hash(state))
+        .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let r = sqlx::query("SELECT nonce, verifier FROM oidc_flows WHERE state_hash = $1")
-            .bind(&h)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(Some((
-            r.try_get("nonce").map_err(db_err)?,
-            r.try_get("verifier").map_err(db_err)?,
-        )))
+        row.map(|r| {
+            Ok((
+                r.try_get("nonce").map_err(db_err)?,
+                r.try_get("verifier").map_err(db_err)?,
+            ))
+        })
+        .transpose()
     }
 
     pub async fn list_teams(&self) -> Result<Vec<Team>, String> {
@@ -348,28 +342,22 @@ impl Store {
         code: &str,
         payer: &str,
     ) -> Result<Option<(String, f64)>, String> {
-        let h = hash(code.trim());
-        let done = sqlx::query(
-            "UPDATE codes SET redeemed_at = $1, redeemed_by = $2 WHERE code_hash = $3 AND redeemed_at IS NULL",
+        let row = sqlx::query(
+            "UPDATE codes SET redeemed_at = $1, redeemed_by = $2 WHERE code_hash = $3 AND redeemed_at IS NULL RETURNING id, amount_usd",
         )
         .bind(now_ms())
         .bind(payer)
-        .bind(&h)
-        .execute(&self.pool)
+        .bind(hash(code.trim()))
+        .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let r = sqlx::query("SELECT id, amount_usd FROM codes WHERE code_hash = $1")
-            .bind(&h)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(Some((
-            r.try_get("id").map_err(db_err)?,
-            r.try_get("amount_usd").map_err(db_err)?,
-        )))
+        row.map(|r| {
+            Ok((
+                r.try_get("id").map_err(db_err)?,
+                r.try_get("amount_usd").map_err(db_err)?,
+            ))
+        })
+        .transpose()
     }
 
     /// Codes as admins see them: never the code itself.
