@@ -47,8 +47,11 @@ pub async fn gate(
         return Ok(Admitted::default());
     };
     // The key, then its user's, team's and payer's limits: the strictest refuses.
-    let subjects = t.subjects(key).await;
-    if let Some(s) = subjects.iter().find(|s| !s.may_use(model)) {
+    let others = t.subjects(key).await;
+    if let Some(s) = std::iter::once(key)
+        .chain(&others)
+        .find(|s| !s.may_use(model))
+    {
         let whose = parlance_tenancy::subjects::whose(&s.id).replace("'s", "");
         let e = Error::new(
             ErrorKind::PermissionDenied,
@@ -61,18 +64,21 @@ pub async fn gate(
     // `None`: work that spends no tokens (counting), held to request limits only.
     let hold = match want {
         Some(want) => Some(
-            t.reserve_budget_all(&subjects, want)
+            t.reserve_budget_all(key, &others, want)
                 .await
                 .map_err(|(why, s)| (quota_error(&why, &s), RateHeaders::default()))?,
         ),
         None => None,
     };
-    match t.admit_all(&subjects, want.map_or(0, |w| w.tokens)).await {
+    match t
+        .admit_all(key, &others, want.map_or(0, |w| w.tokens))
+        .await
+    {
         Ok((ticket, headers)) => Ok(Admitted {
             ticket: Some(Arc::new(ticket)),
             hold,
             headers,
-            prompt_sized: subjects.iter().any(limits_prompt),
+            prompt_sized: limits_prompt(key) || others.iter().any(limits_prompt),
         }),
         Err((d, subject)) => {
             let reason = match d.which {

@@ -91,9 +91,10 @@ pub(crate) fn spend_condition(id: &str) -> (&'static str, String) {
 }
 
 impl Tenancy {
-    /// The key first, then every other subject with a limit; most keys have none.
+    /// Every subject besides the key itself that has a limit: empty (and nothing
+    /// allocated or read) for the keys of no account, which most are.
     pub async fn subjects(&self, key: &KeyRecord) -> Vec<KeyRecord> {
-        let mut out = vec![key.clone()];
+        let mut out = Vec::new();
         if key.user_id.is_none() && key.team_id.is_none() {
             return out;
         }
@@ -163,53 +164,59 @@ impl Tenancy {
             .map(|l| l.subject(id.to_string(), id)))
     }
 
-    /// Admits a request against every subject in turn (the key first); when one refuses,
-    /// the admissions already made are taken back, so no subject counts a request that
-    /// did not happen. The refusal names its subject's id.
+    /// Admits a request for `key`, then against each of its `others` subjects in turn;
+    /// when one refuses, the admissions already made are taken back, so no subject
+    /// counts a request that did not happen. The refusal names its subject's id.
     pub async fn admit_all(
         &self,
-        subjects: &[KeyRecord],
+        key: &KeyRecord,
+        others: &[KeyRecord],
         estimate: u64,
     ) -> Result<(limits::Ticket, limits::RateHeaders), (limits::Denied, String)> {
-        let mut tickets = Vec::with_capacity(subjects.len());
-        let mut headers = None;
-        for s in subjects {
+        let (first, headers) = self
+            .admit(key, estimate)
+            .await
+            .map_err(|d| (d, key.id.clone()))?;
+        if others.is_empty() {
+            return Ok((first, headers));
+        }
+        let mut tickets = vec![first];
+        for s in others {
             match self.admit(s, estimate).await {
-                Ok((t, h)) => {
-                    tickets.push(t);
-                    headers.get_or_insert(h);
-                }
+                Ok((t, _)) => tickets.push(t),
                 Err(d) => {
                     tickets.into_iter().for_each(limits::Ticket::cancel);
                     return Err((d, s.id.clone()));
                 }
             }
         }
-        let headers = headers.unwrap_or_default();
-        match tickets.len() {
-            1 => Ok((tickets.remove(0), headers)),
-            _ => Ok((limits::Ticket::chain(tickets), headers)),
-        }
+        Ok((limits::Ticket::chain(tickets), headers))
     }
 
-    /// Holds `want` against every subject's budgets; when one is used up, the holds
-    /// already taken are let go. The refusal names its subject's id.
+    /// Holds `want` against `key`'s budgets, then each of its `others` subjects'; when
+    /// one is used up, the holds already taken are let go. The refusal names its
+    /// subject's id.
     pub async fn reserve_budget_all(
         &self,
-        subjects: &[KeyRecord],
+        key: &KeyRecord,
+        others: &[KeyRecord],
         want: budget::Estimate,
     ) -> Result<budget::Hold, (budget::Exhausted, String)> {
-        let mut holds = Vec::with_capacity(subjects.len());
-        for s in subjects {
+        let first = self
+            .reserve_budget(key, want)
+            .await
+            .map_err(|e| (e, key.id.clone()))?;
+        if others.is_empty() {
+            return Ok(first);
+        }
+        let mut holds = vec![(key.id.clone(), first)];
+        for s in others {
             match self.reserve_budget(s, want).await {
                 Ok(h) => holds.push((s.id.clone(), h)),
                 Err(e) => return Err((e, s.id.clone())),
             }
         }
-        match holds.len() {
-            1 => Ok(holds.remove(0).1),
-            _ => Ok(budget::Hold(budget::HoldKind::Chain(holds))),
-        }
+        Ok(budget::Hold(budget::HoldKind::Chain(holds)))
     }
 
     /// Drops cached subjects after they changed here (limits edited, credit added).

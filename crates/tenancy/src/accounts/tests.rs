@@ -178,20 +178,24 @@ async fn a_key_is_held_to_its_users_and_teams_limits_and_refusals_take_nothing()
     let (team_key, _) = t.create_key(spec(Some(&team.id))).await.unwrap();
     let subjects = t.subjects(&team_key).await;
     assert_eq!(
-        subjects.iter().map(|s| s.id.as_str()).collect::<Vec<_>>()[1..],
+        subjects.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
         [format!("u:{}", u.id), format!("t:{}", team.id)]
     );
     // The team allows one request in flight: the second is refused by the team, and
     // its admission by the key and the user is taken back.
-    let (first, _) = t.admit_all(&subjects, 0).await.unwrap();
-    let (_, who) = t.admit_all(&subjects, 0).await.err().unwrap();
+    let (first, _) = t.admit_all(&team_key, &subjects, 0).await.unwrap();
+    let (_, who) = t.admit_all(&team_key, &subjects, 0).await.err().unwrap();
     assert_eq!(who, format!("t:{}", team.id));
     drop(first);
     // The user's 3 requests a minute are shared by both keys: 1 counted so far.
     let personal_subjects = t.subjects(&personal).await;
-    assert!(t.admit_all(&personal_subjects, 0).await.is_ok());
-    assert!(t.admit_all(&subjects, 0).await.is_ok());
-    let (d, who) = t.admit_all(&personal_subjects, 0).await.err().unwrap();
+    assert!(t.admit_all(&personal, &personal_subjects, 0).await.is_ok());
+    assert!(t.admit_all(&team_key, &subjects, 0).await.is_ok());
+    let (d, who) = t
+        .admit_all(&personal, &personal_subjects, 0)
+        .await
+        .err()
+        .unwrap();
     assert_eq!((who, d.limit), (format!("u:{}", u.id), 3));
 }
 
@@ -213,7 +217,11 @@ async fn a_prepaid_balance_is_a_budget_that_top_ups_raise() {
         usd: 0.5,
     };
     let subjects = t.subjects(&key).await;
-    let (e, who) = t.reserve_budget_all(&subjects, want).await.err().unwrap();
+    let (e, who) = t
+        .reserve_budget_all(&key, &subjects, want)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(who, format!("pay:u:{}", u.id));
     assert!(e
         .text(crate::subjects::whose(&who))
@@ -224,7 +232,7 @@ async fn a_prepaid_balance_is_a_budget_that_top_ups_raise() {
         .unwrap();
     t.forget_subjects();
     let subjects = t.subjects(&key).await;
-    let mut h = t.reserve_budget_all(&subjects, want).await.unwrap();
+    let mut h = t.reserve_budget_all(&key, &subjects, want).await.unwrap();
     h.set_actual(crate::budget::Estimate {
         tokens: 10,
         usd: 0.75,
@@ -232,7 +240,7 @@ async fn a_prepaid_balance_is_a_budget_that_top_ups_raise() {
     drop(h);
     // The hold counted its spend: 0.25 is left, less than the 0.5 this one may cost,
     // so it holds the rest, and the next one finds nothing.
-    let h = t.reserve_budget_all(&subjects, want).await.unwrap();
-    assert!(t.reserve_budget_all(&subjects, want).await.is_err());
+    let h = t.reserve_budget_all(&key, &subjects, want).await.unwrap();
+    assert!(t.reserve_budget_all(&key, &subjects, want).await.is_err());
     drop(h);
 }
