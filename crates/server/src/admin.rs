@@ -481,12 +481,16 @@ async fn usage_csv(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let data = totals(&state, &headers, &q).await?;
-    Ok((
+    Ok(csv_response(&totals(&state, &headers, &q).await?))
+}
+
+/// Usage totals as a CSV download.
+pub(crate) fn csv_response(rows: &[UsageTotals]) -> Response {
+    (
         [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-        csv(&data),
+        csv(rows),
     )
-        .into_response())
+        .into_response()
 }
 
 /// `GET /v1/key`: the caller's own key, limits, usage and what is left of its budget.

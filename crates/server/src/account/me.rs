@@ -2,12 +2,12 @@
 //! scoped to the session's user, so another person's key id is a 404, never data.
 
 use super::{address, body_object, signed_in, Peer};
-use crate::admin::{apply_fields, csv, group_param, store_error, usage_filter, view};
+use crate::admin::{apply_fields, group_param, store_error, usage_filter, view};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
@@ -208,10 +208,7 @@ async fn usage_csv(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let data = own_totals(&state, &headers, &q).await?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-        csv(&data),
-    )
-        .into_response())
+    Ok(crate::admin::csv_response(
+        &own_totals(&state, &headers, &q).await?,
+    ))
 }

@@ -55,6 +55,20 @@ fn request_view(r: &parlance_tenancy::accounts::AccessRequest) -> Value {
     v
 }
 
+/// A new one-time set-password link for `user`, mailed when SMTP is configured:
+/// `(url, mailed)`. The caller shows the link too, so an unsent mail loses nothing.
+pub(super) async fn issue_link(
+    state: &AppState,
+    t: &Tenancy,
+    user: &User,
+    why: &str,
+) -> Result<(String, bool), Error> {
+    let token = t.password_link(&user.id).await.map_err(account_error)?;
+    let url = link_url(state, &token);
+    let mailed = super::mail::link(state, &user.email, &user.name, &url, why).await;
+    Ok((url, mailed))
+}
+
 async fn find_user(t: &Tenancy, id: &str) -> Result<User, Error> {
     t.store.user(id).await.map_err(store_error)?.ok_or_else(|| {
         Error::new(ErrorKind::NotFound, format!("No user with id `{id}`."))
@@ -130,18 +144,8 @@ async fn create_user(
     .await;
     let mut v = user_view(&user);
     if !has_password {
-        let token = t.password_link(&user.id).await.map_err(account_error)?;
-        let url = link_url(&state, &token);
-        v["mailed"] = json!(
-            super::mail::link(
-                &state,
-                &user.email,
-                &user.name,
-                &url,
-                "An account was made for you."
-            )
-            .await
-        );
+        let (url, mailed) = issue_link(&state, &t, &user, "An account was made for you.").await?;
+        v["mailed"] = json!(mailed);
         v["set_password_url"] = json!(url);
     }
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -242,7 +246,8 @@ async fn password_link(
 ) -> Result<Json<Value>, ApiError> {
     let (t, actor) = admin(&state, &headers).await?;
     let user = find_user(&t, &id).await?;
-    let token = t.password_link(&user.id).await.map_err(account_error)?;
+    let why = "Here is a new link to set your password.";
+    let (url, mailed) = issue_link(&state, &t, &user, why).await?;
     t.audit(
         actor.name(),
         "user.password_link",
@@ -251,9 +256,6 @@ async fn password_link(
         &address(peer.as_ref()),
     )
     .await;
-    let url = link_url(&state, &token);
-    let why = "Here is a new link to set your password.";
-    let mailed = super::mail::link(&state, &user.email, &user.name, &url, why).await;
     Ok(Json(
         json!({"user_id": user.id, "set_password_url": url, "mailed": mailed,
         "expires_in": parlance_tenancy::accounts::LINK_TTL_MS / 1000}),
@@ -347,18 +349,9 @@ async fn decide(
                 .await
                 .map_err(store_error)?;
         }
-        let token = t.password_link(&u.id).await.map_err(account_error)?;
-        let url = link_url(&state, &token);
-        v["mailed"] = json!(
-            super::mail::link(
-                &state,
-                &u.email,
-                &u.name,
-                &url,
-                "Your request for access was approved."
-            )
-            .await
-        );
+        let why = "Your request for access was approved.";
+        let (url, mailed) = issue_link(&state, &t, &u, why).await?;
+        v["mailed"] = json!(mailed);
         v["user"] = user_view(&u);
         v["set_password_url"] = json!(url);
     }

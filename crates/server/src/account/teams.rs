@@ -4,12 +4,12 @@
 
 use super::billing::{balance_view, team_role, team_view};
 use super::{account_error, address, body_object, field, me, signed_in, Peer};
-use crate::admin::{csv, group_param, store_error, usage_filter, view};
+use crate::admin::{group_param, store_error, usage_filter, view};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
@@ -166,11 +166,8 @@ async fn add_member(
                 })
                 .await
                 .map_err(account_error)?;
-            let token = t.password_link(&u.id).await.map_err(account_error)?;
-            let url = super::people::link_url(&state, &token);
             let why = format!("{} invited you to the team {}.", s.user.name, team.name);
-            super::mail::link(&state, &u.email, &u.name, &url, &why).await;
-            invite = Some(url);
+            invite = Some(super::people::issue_link(&state, &t, &u, &why).await?.0);
             u
         }
     };
@@ -324,10 +321,7 @@ async fn team_usage_csv(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let data = team_totals(&state, &headers, &id, &q).await?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-        csv(&data),
-    )
-        .into_response())
+    Ok(crate::admin::csv_response(
+        &team_totals(&state, &headers, &id, &q).await?,
+    ))
 }
