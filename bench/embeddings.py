@@ -140,25 +140,35 @@ def main() -> None:
     args = ap.parse_args()
     llama = subprocess.run([str(ROOT / "bench" / "build-llama-server.sh")], capture_output=True, text=True, check=True).stdout.strip()
     logs = tempfile.mkdtemp(prefix="parlance-emb-bench-")
-    pp, lp = free_port(), free_port()
+    pp, fp, lp = free_port(), free_port(), free_port()
+    env = dict(os.environ, PARLANCE_LOG="error")
     procs = [
+        # The default (an F16 encoder runs from its F32 copy) and the file as it is.
         subprocess.Popen([str(PARLANCE), "serve", "-m", str(GGUF), "--alias", "m", "--port", str(pp), "--db", "none",
                           "-t", THREADS, "-b", "2048"],
-                         stdout=open(f"{logs}/parlance.log", "w"), stderr=subprocess.STDOUT, env=dict(os.environ, PARLANCE_LOG="error")),
+                         stdout=open(f"{logs}/parlance.log", "w"), stderr=subprocess.STDOUT, env=env),
+        subprocess.Popen([str(PARLANCE), "serve", "-m", str(GGUF), "--alias", "m", "--port", str(fp), "--db", "none",
+                          "-t", THREADS, "-b", "2048", "--f32-embeddings", "false"],
+                         stdout=open(f"{logs}/parlance-f16.log", "w"), stderr=subprocess.STDOUT, env=env),
         # 8 slots of 512 tokens: llama-server runs each input of a request as its own task.
         subprocess.Popen([llama, "-m", str(GGUF), "--embedding", "--pooling", "mean", "--port", str(lp), "-t", THREADS,
                           "-np", "8", "-c", "4096", "-b", "2048", "-ub", "2048", "--log-disable"],
                          stdout=open(f"{logs}/llama.log", "w"), stderr=subprocess.STDOUT),
     ]
     try:
-        urls = {"parlance": f"http://127.0.0.1:{pp}/v1/embeddings", "llama-server": f"http://127.0.0.1:{lp}/v1/embeddings"}
+        urls = {"parlance": f"http://127.0.0.1:{pp}/v1/embeddings",
+                "parlance-f16": f"http://127.0.0.1:{fp}/v1/embeddings",
+                "llama-server": f"http://127.0.0.1:{lp}/v1/embeddings"}
         wait(f"http://127.0.0.1:{pp}/health")
+        wait(f"http://127.0.0.1:{fp}/health")
         wait(f"http://127.0.0.1:{lp}/health")
         texts = sentences(args.sentences)
         probe = texts[:64]
         a = post(urls["parlance"], {"model": "m", "input": probe})["data"]
         b = post(urls["llama-server"], {"model": "m", "input": probe})["data"]
+        f = post(urls["parlance-f16"], {"model": "m", "input": probe})["data"]
         worst = min(cosine(x["embedding"], y["embedding"]) for x, y in zip(a, b))
+        worst_f16 = min(cosine(x["embedding"], y["embedding"]) for x, y in zip(f, b))
         res = {name: {"tput": [], "p50": []} for name in urls}
         for r in range(args.rounds):
             for name, url in urls.items():
@@ -167,18 +177,16 @@ def main() -> None:
                 res[name]["p50"].append(latency(url, texts[:200]))
                 print(f"round {r + 1} {name:12} {res[name]['tput'][-1]:8.1f} inputs/s  one-input p50 {res[name]['p50'][-1]:.2f} ms", flush=True)
         med = {n: {k: statistics.median(v) for k, v in m.items()} for n, m in res.items()}
-        p, l = med["parlance"], med["llama-server"]
+        p, f, l = med["parlance"], med["parlance-f16"], med["llama-server"]
         lines = [
             f"all-MiniLM-L6-v2 F16, {THREADS} threads, {args.sentences} short sentences in requests of 32 from 4 clients; "
             f"one-input latency over 200 sequential requests; medians of {args.rounds} interleaved rounds.",
             "",
-            "| server | inputs/s | one-input p50 ms |",
-            "|---|---|---|",
-            f"| Parlance | {p['tput']:.0f} | {p['p50']:.2f} |",
-            f"| llama-server | {l['tput']:.0f} | {l['p50']:.2f} |",
-            f"| ratio | {p['tput'] / l['tput']:.2f}x | {p['p50'] / l['p50']:.2f}x |",
-            "",
-            f"Vectors: worst cosine between the two servers over 64 inputs {worst:.7f}.",
+            "| server | inputs/s | one-input p50 ms | vs llama-server | worst cosine to llama-server, 64 inputs |",
+            "|---|---|---|---|---|",
+            f"| Parlance (default: F32 copy) | {p['tput']:.0f} | {p['p50']:.2f} | {p['tput'] / l['tput']:.2f}x / {p['p50'] / l['p50']:.2f}x | {worst:.7f} |",
+            f"| Parlance `--f32-embeddings false` | {f['tput']:.0f} | {f['p50']:.2f} | {f['tput'] / l['tput']:.2f}x / {f['p50'] / l['p50']:.2f}x | {worst_f16:.7f} |",
+            f"| llama-server | {l['tput']:.0f} | {l['p50']:.2f} | | |",
         ]
         if args.mixed:
             for p in procs:

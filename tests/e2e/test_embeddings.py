@@ -446,3 +446,69 @@ def test_pooling_flag_changes_how_embedding_models_pool_not_chat_models():
         assert r.choices[0].finish_reason in ("stop", "length")
     finally:
         s.stop()
+
+
+def test_tei_shape_on_rerank(ranker):
+    """text-embeddings-inference's own `/rerank`: `texts`, `raw_scores`, `return_text`,
+    no `model` when one reranker is served; a bare list of `{index, score, text}`."""
+    docs = ["Sofia is the capital of Bulgaria.", "Cats sleep a lot.", "The Balkans are in Europe."]
+    cohere = rerank(ranker, {"model": "ranker", "query": "Where is Sofia?", "documents": docs}).json()["results"]
+    raw = {x["index"]: x["relevance_score"] for x in cohere}
+    r = rerank(ranker, {"query": "Where is Sofia?", "texts": docs, "return_text": True}, "/rerank")
+    assert r.status_code == 200, r.text
+    tei = r.json()
+    assert isinstance(tei, list) and [x["index"] for x in tei] == [x["index"] for x in cohere]
+    for x in tei:
+        assert x["text"] == docs[x["index"]]
+        assert abs(x["score"] - 1 / (1 + math.exp(-raw[x["index"]]))) < 1e-6, (x, raw)
+    plain = rerank(ranker, {"query": "Where is Sofia?", "texts": docs, "raw_scores": True}, "/rerank").json()
+    assert [(x["index"], x["score"]) for x in plain] == [(x["index"], raw[x["index"]]) for x in cohere]
+    assert all("text" not in x for x in plain)
+    bad = rerank(ranker, {"query": "q", "texts": ["a", 5]}, "/rerank")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "texts[1]", bad.text
+
+
+def test_an_f16_encoder_runs_from_an_f32_copy_with_the_same_vectors():
+    """F16 encoders run on the CPU from an F32 copy in the cache (llama.cpp's F16 kernel
+    is bound by conversions); the copy holds the same numbers, widened, and the
+    vectors agree with the F16 run's."""
+    import gguf
+
+    cache = pathlib.Path(tempfile.mkdtemp(prefix="parlance-cache-"))
+    wide = Server("-m", str(MINILM), "--alias", "minilm", "--db", "none", env={"PARLANCE_CACHE": str(cache)})
+    cache_off = pathlib.Path(tempfile.mkdtemp(prefix="parlance-cache-"))
+    narrow = Server("-m", str(MINILM), "--alias", "minilm", "--db", "none", "--f32-embeddings", "false",
+                    env={"PARLANCE_CACHE": str(cache_off)})
+    try:
+        copies = list((cache / "f32").glob("*.f32.gguf"))
+        assert len(copies) == 1, copies
+        assert not (cache_off / "f32").exists()
+        src, dst = gguf.GGUFReader(str(MINILM)), gguf.GGUFReader(str(copies[0]))
+        want = {t.name: t for t in src.tensors}
+        assert sorted(want) == sorted(t.name for t in dst.tensors)
+        widened = 0
+        for t in dst.tensors:
+            assert t.tensor_type == gguf.GGMLQuantizationType.F32, t.name
+            s = want[t.name]
+            assert list(t.shape) == list(s.shape), t.name
+            assert np.array_equal(np.asarray(t.data, dtype=np.float32).ravel(), np.asarray(s.data).astype(np.float32).ravel()), t.name
+            widened += s.tensor_type == gguf.GGMLQuantizationType.F16
+        assert widened > 30
+        assert [f.name for f in dst.fields.values()][:5] == [f.name for f in src.fields.values()][:5]
+        texts = SENTENCES + ["A longer sentence about embeddings, servers and vectors, written to test them."]
+        a = requests.post(wide.url + "/v1/embeddings", json={"model": "minilm", "input": texts}, timeout=60).json()["data"]
+        b = requests.post(narrow.url + "/v1/embeddings", json={"model": "minilm", "input": texts}, timeout=60).json()["data"]
+        for x, y in zip(a, b):
+            assert cos(x["embedding"], y["embedding"]) >= 0.99999
+        w = weights()
+        for text, x in zip(texts, a):
+            ids = requests.post(wide.url + "/tokenize", json={"content": text, "model": "minilm"}, timeout=10).json()["tokens"]
+            assert cos(x["embedding"], reference(w, ids)) >= 0.9999
+        # A second start reuses the copy.
+        mtime = copies[0].stat().st_mtime_ns
+        again = Server("-m", str(MINILM), "--alias", "minilm", "--db", "none", env={"PARLANCE_CACHE": str(cache)})
+        again.stop()
+        assert copies[0].stat().st_mtime_ns == mtime and len(list((cache / "f32").iterdir())) == 1
+    finally:
+        wide.stop()
+        narrow.stop()

@@ -79,6 +79,9 @@ pub struct LocalModelConfig {
     /// `--pooling`: how an embedding model pools (mean, cls, last, rank) instead of
     /// what its GGUF says; chat models are left alone.
     pub pooling: Option<String>,
+    /// Where F32 copies of F16/BF16 embedding models go (see `upcast`); `None`: such
+    /// models load as they are.
+    pub f32_cache: Option<PathBuf>,
 }
 
 impl LocalModelConfig {
@@ -102,6 +105,7 @@ impl LocalModelConfig {
             mmproj: None,
             image_fetcher: None,
             pooling: None,
+            f32_cache: None,
         }
     }
 }
@@ -114,7 +118,10 @@ pub enum Loaded {
 
 /// Loads the GGUF and starts the engine thread its kind needs.
 pub fn load(cfg: LocalModelConfig) -> Result<Loaded, String> {
-    let model = open(&cfg)?;
+    let model = match upcast_path(&cfg) {
+        Some(copy) => open_file(&copy, cfg.n_gpu_layers)?,
+        None => open(&cfg)?,
+    };
     // `--pooling` changes how an embedding model pools, never what a chat model is
     // (several models may be served beside each other).
     let Some(declared) = embed::Pooling::of(&model) else {
@@ -271,18 +278,36 @@ pub fn peek(cfg: &LocalModelConfig) -> Result<Peeked, String> {
         modified_secs(&cfg.path),
         embed_ctx(cfg, &model),
     );
-    Ok(Peeked {
-        info,
-        memory_bytes: files,
-    })
+    let memory_bytes = match cfg.f32_cache {
+        Some(_) if on_cpu(cfg) => crate::upcast::f32_size(&cfg.path).unwrap_or(files),
+        _ => files,
+    };
+    Ok(Peeked { info, memory_bytes })
+}
+
+/// The F32 copy an F16/BF16 embedding model runs from on the CPU (see `upcast`).
+fn upcast_path(cfg: &LocalModelConfig) -> Option<std::path::PathBuf> {
+    let cache = cfg.f32_cache.as_deref()?;
+    if !on_cpu(cfg) {
+        return None;
+    }
+    check_gguf(&cfg.path).ok()?;
+    crate::upcast::f32_copy(&cfg.path, cache)
+}
+
+fn on_cpu(cfg: &LocalModelConfig) -> bool {
+    cfg.n_gpu_layers == Some(0) || device::gpu_devices().is_empty()
 }
 
 /// The model's weights, after checking the file is a GGUF.
 pub(crate) fn open(cfg: &LocalModelConfig) -> Result<Arc<LlamaModel>, String> {
-    let path = &cfg.path;
+    open_file(&cfg.path, cfg.n_gpu_layers)
+}
+
+fn open_file(path: &std::path::Path, n_gpu_layers: Option<u32>) -> Result<Arc<LlamaModel>, String> {
     check_gguf(path)?;
     let backend = llama_backend()?;
-    let params = device::model_params(cfg.n_gpu_layers);
+    let params = device::model_params(n_gpu_layers);
     let model = LlamaModel::load_from_file(backend, path, &params)
         .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
     Ok(Arc::new(model))

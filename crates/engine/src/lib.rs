@@ -16,6 +16,7 @@ mod rerank;
 mod sampler;
 mod special;
 mod text;
+mod upcast;
 mod vision;
 mod worker;
 

@@ -4,12 +4,13 @@
 //! or templating, and nothing here waits on a client: output goes into unbounded
 //! per-job channels, and a closed channel frees the job's slots at the next step.
 
+mod admit;
 mod kv;
 mod output;
 mod pace;
 
-use crate::job::{Counters, Crash, Job, JobEvent, JobStats, WorkerConfig, UBATCH};
-use crate::sampler::{self, Logits, Sampler, SamplerSpec};
+use crate::job::{Counters, Job, JobStats, WorkerConfig, UBATCH};
+use crate::sampler::{Logits, Sampler};
 use crate::text::TextAssembler;
 use crate::vision::Vision;
 use llama_cpp_2::context::session::SeqState;
@@ -27,7 +28,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc::UnboundedSender;
 
 enum Entry {
     /// The last sampled token of a generating sequence.
@@ -207,137 +207,6 @@ impl<'m> Worker<'m> {
         }
     }
 
-    fn admit(&mut self) {
-        while let Some(front) = self.waiting.front() {
-            let free: Vec<usize> = (0..self.slots.len())
-                .filter(|&i| self.slots[i].run.is_none())
-                .collect();
-            if free.len() < front.choices.len() {
-                return;
-            }
-            let Some(job) = self.waiting.pop_front() else {
-                return;
-            };
-            #[allow(
-                clippy::panic,
-                reason = "test hook, armed only in builds with the test-hooks feature"
-            )]
-            if job.crash == Some(Crash::Engine) {
-                panic!("engine panic requested by PARLANCE_TEST_ENGINE_PANIC");
-            }
-            self.start_isolated(job, free);
-            // Free slots first, then the queue: a handler must never see the job gone
-            // from the queue while its slot still counts as free.
-            self.publish_free();
-            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    /// Starts a job; a panic while doing so fails that job alone.
-    fn start_isolated(&mut self, job: Job, free: Vec<usize>) {
-        let id = self.next_job;
-        let tx = job.tx.clone();
-        if catch_unwind(AssertUnwindSafe(|| self.start(job, free))).is_err() {
-            self.next_job = self.next_job.max(id + 1);
-            self.abandon(id, Some(tx));
-        }
-    }
-
-    /// Ends a job whose work panicked: its slots are reset (their KV may be half
-    /// written) and its caller gets a 500; every other sequence carries on.
-    fn abandon(&mut self, job_id: u64, tx: Option<UnboundedSender<JobEvent>>) {
-        tracing::error!(
-            job = job_id,
-            "a request's engine work panicked; only it was ended"
-        );
-        for i in 0..self.slots.len() {
-            if self.slots[i].run.as_ref().is_some_and(|r| r.job == job_id) {
-                self.slots[i].run = None;
-                self.trim(i, 0);
-            }
-        }
-        self.publish_free();
-        let e =
-            Error::internal("the engine failed on this request; other requests were not affected")
-                .with_code("engine_error");
-        let tx = self.jobs.remove(&job_id).map(|a| a.job.tx).or(tx);
-        if let Some(tx) = tx {
-            let _ = tx.send(JobEvent::Failed(e));
-        }
-    }
-
-    fn start(&mut self, mut job: Job, free: Vec<usize>) {
-        let id = self.next_job;
-        self.next_job += 1;
-
-        let (primary, reused, ready) = self.place(&job, &free);
-        if job.choices.contains(&0) {
-            job.progress
-                .counts()
-                .cached_tokens
-                .store(reused as u32, Ordering::Relaxed);
-        }
-        let mut stats = JobStats {
-            prompt_tokens: job.prompt.len() as u32,
-            cached_tokens: reused as u32,
-            queue: job.enqueued.elapsed(),
-            ..JobStats::default()
-        };
-        let mut members = vec![primary];
-        let mut others: Vec<usize> = free.iter().copied().filter(|&i| i != primary).collect();
-        others.sort_by_key(|&i| std::cmp::Reverse(lru(&self.slots[i])));
-        members.extend(others.into_iter().take(job.choices.len() - 1));
-        for (k, &slot_idx) in members.iter().enumerate() {
-            if k > 0 {
-                self.trim(slot_idx, 0);
-            }
-            let choice = job.choices[k];
-            let spec = SamplerSpec {
-                params: &job.sampling,
-                n_vocab: self.model.n_vocab(),
-                eog_tokens: &self.cfg.eog_tokens,
-                ignore_eos: job.ignore_eos,
-                seed: job.seed.wrapping_add(u64::from(choice)) as u32,
-                penalty_window: self.cfg.ctx_per_seq as i32,
-                // Every choice needs its own matcher; the last one takes the job's.
-                constraint: if k + 1 == members.len() {
-                    job.constraint.take()
-                } else {
-                    job.constraint.as_ref().map(Matcher::deep_clone)
-                },
-            };
-            let (sampler, shadow) = sampler::build(spec);
-            let slot = &mut self.slots[slot_idx];
-            slot.last_used = id;
-            slot.run = Some(Run {
-                job: id,
-                choice,
-                phase: if k == 0 {
-                    Phase::Prefill { next: reused }
-                } else {
-                    Phase::Follow
-                },
-                sampler,
-                shadow,
-                text: TextAssembler::new(job.stop.clone()),
-                pending: None,
-                generated: 0,
-                logits_at: if k == 0 { ready.clone() } else { None },
-            });
-            stats.slots.push(slot.seq);
-        }
-        self.jobs.insert(
-            id,
-            ActiveJob {
-                live: members.len(),
-                job,
-                admitted: Instant::now(),
-                first_token: None,
-                stats,
-            },
-        );
-    }
-
     /// What goes into the next decode: one token per generating sequence, then prompt
     /// chunks, oldest job first so new arrivals cannot starve a long prompt.
     fn plan(&self) -> Vec<Entry> {
@@ -406,15 +275,15 @@ impl<'m> Worker<'m> {
 
     /// Fills the batch from the plan; returns the logits index of each entry, if any.
     fn fill(&mut self, plan: &[Entry]) -> Vec<Option<i32>> {
-        self.batch.clear();
+        // Staged first: deterministic mode may still change which tokens give logits.
+        let mut staged: Vec<(LlamaToken, i32, i32, bool)> = Vec::new();
         let mut logits = Vec::with_capacity(plan.len());
         for entry in plan {
             match *entry {
                 Entry::Token { slot, tok } => {
                     let s = &self.slots[slot];
-                    // Cannot fail: the plan never holds more than n_batch tokens.
-                    let _ = self.batch.add(tok, s.cached.len() as i32, &[s.seq], true);
-                    logits.push(Some(self.batch.n_tokens() - 1));
+                    staged.push((tok, s.cached.len() as i32, s.seq, true));
+                    logits.push(Some(staged.len() as i32 - 1));
                 }
                 Entry::Prompt {
                     slot,
@@ -425,30 +294,58 @@ impl<'m> Worker<'m> {
                     let prompt = &self.jobs[&job].job.prompt;
                     let seq = self.slots[slot].seq;
                     for (j, &tok) in prompt.iter().enumerate().take(to).skip(from) {
-                        let _ = self.batch.add(tok, j as i32, &[seq], j == prompt.len() - 1);
+                        staged.push((tok, j as i32, seq, j == prompt.len() - 1));
                     }
-                    logits.push((to == prompt.len()).then(|| self.batch.n_tokens() - 1));
+                    logits.push((to == prompt.len()).then(|| staged.len() as i32 - 1));
                 }
                 Entry::Image { .. } => logits.push(None),
             }
         }
-        let seeded = plan.iter().any(|e| {
+        if self.cfg.deterministic && self.seeded(plan) {
+            self.keep_batch_invariant(&mut staged);
+        }
+        self.batch.clear();
+        for (tok, pos, seq, wants_logits) in staged {
+            // Cannot fail: the plan never holds more than n_batch tokens (plus the pad,
+            // which has a sequence and room of its own).
+            let _ = self.batch.add(tok, pos, &[seq], wants_logits);
+        }
+        logits
+    }
+
+    fn seeded(&self, plan: &[Entry]) -> bool {
+        plan.iter().any(|e| {
             let job = match *e {
                 Entry::Token { slot, .. } => self.slots[slot].run.as_ref().map(|r| r.job),
                 Entry::Prompt { job, .. } | Entry::Image { job, .. } => Some(job),
             };
             job.and_then(|j| self.jobs.get(&j))
                 .is_some_and(|a| a.job.sampling.seed.is_some())
-        });
-        if self.cfg.deterministic && seeded && self.batch.n_tokens() as usize % UBATCH == 1 {
-            // A one-token micro-batch would take the split-KV path (see UBATCH): pad it
-            // with a throwaway token in a sequence of its own, one cell, no logits. Only
-            // seeded requests pay for it (~15% slower decoding when alone).
+        })
+    }
+
+    /// Shapes a seeded decode so every matrix product has the same kernel whatever
+    /// shares the batch. ggml's CPU kernels differ by width: a one-token micro-batch
+    /// takes flash attention's split-KV path (see UBATCH), and a product one row wide
+    /// takes the per-row dot product where two or more rows take llamafile's sgemm,
+    /// which rounds differently. So no micro-batch holds one token (a throwaway pad
+    /// token in a sequence of its own, one cell), and none asks for exactly one row of
+    /// logits (the output layer's product): such a one gets a second, ignored row.
+    /// Only seeded requests pay for it (~15% slower decoding when alone).
+    fn keep_batch_invariant(&mut self, staged: &mut Vec<(LlamaToken, i32, i32, bool)>) {
+        if staged.len() % UBATCH == 1 {
             let pad = self.cfg.slots as i32;
             let _ = self.ctx.clear_kv_cache_seq(Some(pad as u32), None, None);
-            let _ = self.batch.add(LlamaToken::new(0), 0, &[pad], false);
+            staged.push((LlamaToken::new(0), 0, pad, false));
         }
-        logits
+        // llama.cpp splits a batch into consecutive micro-batches of n_ubatch tokens.
+        for chunk in staged.chunks_mut(UBATCH) {
+            if chunk.iter().filter(|t| t.3).count() == 1 {
+                if let Some(t) = chunk.iter_mut().rev().find(|t| !t.3) {
+                    t.3 = true;
+                }
+            }
+        }
     }
 
     fn step(&mut self) {

@@ -8,12 +8,17 @@ use std::time::Duration;
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
-fn cache_dir() -> PathBuf {
+/// `$PARLANCE_CACHE`, else `~/.cache/parlance`: downloads and derived model files.
+pub(crate) fn cache_root() -> PathBuf {
     if let Ok(dir) = std::env::var("PARLANCE_CACHE") {
-        return PathBuf::from(dir).join("hf");
+        return PathBuf::from(dir);
     }
     let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    PathBuf::from(home).join(".cache/parlance/hf")
+    PathBuf::from(home).join(".cache/parlance")
+}
+
+fn cache_dir() -> PathBuf {
+    cache_root().join("hf")
 }
 
 /// The GGUF file of a repository listing that `quant` asks for: the one whose name

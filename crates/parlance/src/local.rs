@@ -38,6 +38,9 @@ fn local_config(
     cfg.chat_template = template.clone();
     cfg.deterministic = args.deterministic;
     cfg.pooling = args.pooling.clone();
+    cfg.f32_cache = args
+        .f32_embeddings
+        .then(|| crate::hub::cache_root().join("f32"));
     cfg.n_gpu_layers = gpu_layers(spec.n_gpu_layers);
     cfg.flash_attention = match args.flash_attn {
         FlashAttn::On => FlashAttention::On,

@@ -1,6 +1,9 @@
 //! The rerank door: `POST /v1/rerank` (also `/rerank` and Cohere's `/v2/rerank`), as
 //! llama-server, vLLM, Jina and Cohere take it: `{model, query, documents: [string |
-//! {text}], top_n, return_documents}` -> results sorted by relevance.
+//! {text}], top_n, return_documents}` -> results sorted by relevance. A body with
+//! `texts` instead of `documents` is text-embeddings-inference's own shape: `{query,
+//! texts, raw_scores, return_text}` -> a bare list of `{index, score, text?}`, with
+//! `model` optional when one reranker is served.
 
 use crate::auth::Principal;
 use crate::body::read_json;
@@ -22,13 +25,24 @@ pub const MAX_DOCUMENTS: usize = 1000;
 
 #[derive(serde::Deserialize)]
 pub struct Request {
-    model: String,
+    #[serde(default)]
+    model: Option<String>,
     query: Value,
-    documents: Value,
+    #[serde(default)]
+    documents: Option<Value>,
+    /// TEI's name for `documents` (its shape of answer too).
+    #[serde(default)]
+    texts: Option<Value>,
     #[serde(default)]
     top_n: Option<usize>,
     #[serde(default)]
     return_documents: Option<bool>,
+    /// TEI: scores as the model gives them rather than through a sigmoid.
+    #[serde(default)]
+    raw_scores: bool,
+    /// TEI's `return_documents`.
+    #[serde(default)]
+    return_text: bool,
 }
 
 pub async fn create(
@@ -38,21 +52,29 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: Request = read_json(body, state.body_limit).await?;
-    ctx.set_model(&req.model);
+    let tei = req.documents.is_none() && req.texts.is_some();
+    let model = match req.model.clone() {
+        Some(m) => m,
+        None if tei => only_reranker(&state)?,
+        None => return Err(Error::invalid_param("model", "'model' is required.").into()),
+    };
+    ctx.set_model(&model);
     let query = match req.query {
         Value::String(q) if !q.is_empty() => q,
         _ => {
             return Err(Error::invalid_param("query", "'query' must be a non-empty string.").into())
         }
     };
-    let documents = documents(req.documents)?;
+    let field = if tei { "texts" } else { "documents" };
+    let given = if tei { req.texts } else { req.documents };
+    let documents = documents(given.unwrap_or(Value::Null), field)?;
     if req.top_n == Some(0) {
         return Err(Error::invalid_param("top_n", "'top_n' must be at least 1.").into());
     }
-    let route = state.router.resolve(&req.model)?;
+    let route = state.router.resolve(&model)?;
     let bytes = query.len() * documents.len() + documents.iter().map(String::len).sum::<usize>();
     let ir = RerankRequest {
-        model: req.model.clone(),
+        model: model.clone(),
         query,
         documents: documents.clone(),
     };
@@ -75,6 +97,25 @@ pub async fn create(
     let mut order: Vec<usize> = (0..scored.scores.len()).collect();
     order.sort_by(|&a, &b| scored.scores[b].total_cmp(&scored.scores[a]));
     order.truncate(req.top_n.unwrap_or(order.len()));
+    if tei {
+        let results: Vec<Value> = order
+            .into_iter()
+            .map(|i| {
+                let raw = scored.scores[i];
+                let score = if req.raw_scores {
+                    raw
+                } else {
+                    1.0 / (1.0 + (-raw).exp())
+                };
+                let mut r = json!({"index": i, "score": score});
+                if req.return_text {
+                    r["text"] = json!(documents[i]);
+                }
+                r
+            })
+            .collect();
+        return Ok(with_rate_headers(Json(results).into_response(), &rate));
+    }
     let with_text = req.return_documents.unwrap_or(false);
     let results: Vec<Value> = order
         .into_iter()
@@ -90,7 +131,7 @@ pub async fn create(
     let tokens = scored.prompt_tokens;
     let body = json!({
         "id": id,
-        "model": req.model,
+        "model": model,
         "object": "list",
         "results": results,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
@@ -99,25 +140,46 @@ pub async fn create(
     Ok(with_rate_headers(Json(body).into_response(), &rate))
 }
 
+/// The served reranker a TEI-shaped request without `model` means: the only one.
+fn only_reranker(state: &AppState) -> Result<String, Error> {
+    let rerankers: Vec<String> = state
+        .router
+        .models()
+        .into_iter()
+        .filter(|m| m.capabilities.rerank)
+        .map(|m| m.id)
+        .collect();
+    match rerankers.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(Error::invalid_param(
+            "model",
+            format!(
+                "'model' is required: this server has {} rerankers.",
+                rerankers.len()
+            ),
+        )),
+    }
+}
+
 /// Strings or `{text}` objects; anything else is a 400 naming the part.
-fn documents(v: Value) -> Result<Vec<String>, Error> {
+fn documents(v: Value, field: &str) -> Result<Vec<String>, Error> {
     let Value::Array(items) = v else {
         return Err(Error::invalid_param(
-            "documents",
-            "'documents' must be a list.",
+            field,
+            format!("'{field}' must be a list."),
         ));
     };
     if items.is_empty() {
         return Err(Error::invalid_param(
-            "documents",
-            "'documents' is empty: send at least one.",
+            field,
+            format!("'{field}' is empty: send at least one."),
         ));
     }
     if items.len() > MAX_DOCUMENTS {
         return Err(Error::invalid_param(
-            "documents",
+            field,
             format!(
-                "'documents' holds {} documents; at most {MAX_DOCUMENTS} per request.",
+                "'{field}' holds {} documents; at most {MAX_DOCUMENTS} per request.",
                 items.len()
             ),
         ));
@@ -130,13 +192,13 @@ fn documents(v: Value) -> Result<Vec<String>, Error> {
             Value::Object(mut o) => match o.remove("text") {
                 Some(Value::String(s)) => Ok(s),
                 _ => Err(Error::invalid_param(
-                    format!("documents[{i}]"),
-                    format!("documents[{i}] has no 'text' string."),
+                    format!("{field}[{i}]"),
+                    format!("{field}[{i}] has no 'text' string."),
                 )),
             },
             _ => Err(Error::invalid_param(
-                format!("documents[{i}]"),
-                format!("documents[{i}] must be a string or {{\"text\": ...}}."),
+                format!("{field}[{i}]"),
+                format!("{field}[{i}] must be a string or {{\"text\": ...}}."),
             )),
         })
         .collect()

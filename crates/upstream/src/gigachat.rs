@@ -34,7 +34,10 @@ struct Token {
 
 pub struct TokenSource {
     auth: GigaChatAuth,
-    current: Mutex<Option<Token>>,
+    /// Held only to read or swap the token, never across HTTP.
+    current: std::sync::Mutex<Option<Token>>,
+    /// One refresh at a time; requests holding a still-valid token do not wait for it.
+    refreshing: Mutex<()>,
 }
 
 fn now_ms() -> u64 {
@@ -47,8 +50,19 @@ impl TokenSource {
     pub fn new(auth: GigaChatAuth) -> Self {
         TokenSource {
             auth,
-            current: Mutex::new(None),
+            current: std::sync::Mutex::new(None),
+            refreshing: Mutex::new(()),
         }
+    }
+
+    /// The cached token unless it was just rejected; `fresh`: only if it is outside its
+    /// refresh margin, else while it has not expired.
+    fn cached(&self, rejected: Option<&str>, fresh: bool) -> Option<String> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let t = current.as_ref()?;
+        let margin = if fresh { t.margin_ms } else { 0 };
+        (t.expires_at_ms > now_ms() + margin && rejected != Some(t.value.as_str()))
+            .then(|| t.value.clone())
     }
 
     /// A token valid for at least its refresh margin. `rejected`: the token the API
@@ -61,12 +75,22 @@ impl TokenSource {
         provider: &str,
         rejected: Option<&str>,
     ) -> Result<String, Error> {
-        let mut current = self.current.lock().await;
-        if let Some(t) = current.as_ref() {
-            let fresh = t.expires_at_ms > now_ms() + t.margin_ms;
-            if fresh && rejected != Some(t.value.as_str()) {
-                return Ok(t.value.clone());
+        if let Some(v) = self.cached(rejected, true) {
+            return Ok(v);
+        }
+        let _refresh = match self.refreshing.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // Another request is refreshing: a token inside its margin still works.
+                if let Some(v) = self.cached(rejected, false) {
+                    return Ok(v);
+                }
+                self.refreshing.lock().await
             }
+        };
+        // The refresh that just ended may have made one.
+        if let Some(v) = self.cached(rejected, true) {
+            return Ok(v);
         }
         let fail = |msg: String| {
             Error::new(
@@ -104,7 +128,7 @@ impl TokenSource {
         let t: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("unexpected token response: {e}")))?;
         let value = t.access_token.clone();
-        *current = Some(Token {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Token {
             value: t.access_token,
             expires_at_ms: t.expires_at,
             margin_ms: refresh_margin_ms(t.expires_at.saturating_sub(now_ms())),
