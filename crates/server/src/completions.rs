@@ -8,10 +8,10 @@ use crate::body::read_json;
 use crate::door::{Door, Frames, Started};
 use crate::error::ApiError;
 use crate::reqlog::RequestCtx;
+use crate::sse::SseEvent;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
-use axum::response::sse::Event;
 use axum::response::Response;
 use axum::Extension;
 use futures::StreamExt;
@@ -342,7 +342,7 @@ impl Door for Completions {
                 Value::String(s) => s,
                 other => other.to_string(),
             };
-            Event::default().data(data)
+            SseEvent::data(data)
         });
         Frames::Sse(Box::pin(sse))
     }

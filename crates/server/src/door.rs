@@ -6,9 +6,9 @@
 use crate::auth::Principal;
 use crate::metering::{admit, record_refusal, watch, with_rate_headers};
 use crate::reqlog::RequestCtx;
+use crate::sse::SseEvent;
 use crate::AppState;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::BoxStream;
@@ -34,7 +34,7 @@ const HEADERS_AFTER: Duration = Duration::from_millis(500);
 /// A streamed answer's body.
 pub enum Frames {
     /// Server-sent events, with keep-alive comments while the stream is quiet.
-    Sse(BoxStream<'static, Event>),
+    Sse(BoxStream<'static, SseEvent>),
     /// A body of its own content type, sent as it comes (Gemini's JSON array).
     Raw(&'static str, BoxStream<'static, String>),
 }
@@ -222,9 +222,7 @@ pub async fn answer<D: Door>(
     let Started { events, rate } = started;
     let resp = if stream {
         match door.stream(events) {
-            Frames::Sse(events) => Sse::new(events.map(Ok::<_, Infallible>))
-                .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
-                .into_response(),
+            Frames::Sse(events) => crate::sse::response(events, KEEP_ALIVE),
             Frames::Raw(content_type, body) => (
                 [(header::CONTENT_TYPE, content_type)],
                 axum::body::Body::from_stream(body.map(Ok::<_, Infallible>)),

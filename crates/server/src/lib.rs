@@ -24,6 +24,7 @@ mod reqlog;
 mod rerank;
 mod responses;
 pub mod shutdown;
+mod sse;
 
 pub use account::mail::Mailer;
 pub use account::oidc::Oidc;

@@ -9,11 +9,11 @@ use crate::body::read_json;
 use crate::door::{message_naming_param, Door, Frames, Refusal};
 use crate::metering::counted;
 use crate::reqlog::RequestCtx;
+use crate::sse::SseEvent;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
@@ -92,9 +92,9 @@ impl Door for Messages {
         // A local model has counted the prompt by now, as Anthropic's message_start says it.
         let input_tokens = self.progress.usage().map_or(0, |u| u.prompt_tokens);
         let sse = response::events(self.id, self.model, input_tokens, events, Self::error_body);
-        Frames::Sse(Box::pin(sse.map(|(name, data)| {
-            Event::default().event(name).data(data.to_string())
-        })))
+        Frames::Sse(Box::pin(
+            sse.map(|(name, data)| SseEvent::named(name, data.to_string())),
+        ))
     }
 }
 

@@ -44,6 +44,49 @@ fn text_of(v: &Value, param: &str) -> Result<String, Error> {
 }
 
 pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
+    check_scalars(&req)?;
+    let (messages, origins) = messages_of(req.system.as_ref(), req.messages)?;
+    let tools = tools_of(req.tools)?;
+    let (tool_choice, parallel) = tool_choice_of(req.tool_choice, &tools)?;
+    let reasoning = reasoning_of(req.thinking.as_ref())?;
+    let extra = req.extra;
+    let user = req
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("user_id"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(ChatRequest {
+        origins,
+        model: req.model,
+        messages,
+        raw_prompt: None,
+        reasoning,
+        sampling: SamplingParams {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k.filter(|&k| k > 0),
+            ..SamplingParams::default()
+        },
+        max_tokens: Some(req.max_tokens),
+        stop: req.stop_sequences,
+        n: 1,
+        stream: req.stream.unwrap_or(false),
+        tools,
+        tool_choice,
+        parallel_tool_calls: parallel,
+        response_format: ResponseFormat::Text,
+        logprobs: None,
+        ignore_eos: false,
+        user,
+        debug: false,
+        extra,
+        context: Default::default(),
+    })
+}
+
+/// The scalar fields' ranges, as Anthropic words their refusals.
+fn check_scalars(req: &wire::MessagesRequest) -> Result<(), Error> {
     if req.model.trim().is_empty() {
         return Err(Error::invalid_param(
             "model",
@@ -74,118 +117,142 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
             format!("top_p: range: 0..1, got {p}"),
         ));
     }
+    Ok(())
+}
+
+/// The system prompt and the messages as IR messages, with where each part came from.
+fn messages_of(
+    system: Option<&Value>,
+    wire_messages: Vec<wire::Message>,
+) -> Result<(Vec<Message>, PartOrigins), Error> {
     let mut messages = Vec::new();
     let mut origins = PartOrigins::default();
-    if let Some(system) = &req.system {
+    if let Some(system) = system {
         let text = text_of(system, "system")?;
         if !text.is_empty() {
             origins.message(messages.len(), "system");
             messages.push(Message::text(Role::System, text));
         }
     }
-    for (i, m) in req.messages.into_iter().enumerate() {
-        let role = match m.role.as_str() {
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            other => {
+    for (i, m) in wire_messages.into_iter().enumerate() {
+        message_of(i, m, &mut messages, &mut origins)?;
+    }
+    Ok((messages, origins))
+}
+
+/// Message `i`: one IR message, plus a tool message for each tool result it carries.
+fn message_of(
+    i: usize,
+    m: wire::Message,
+    messages: &mut Vec<Message>,
+    origins: &mut PartOrigins,
+) -> Result<(), Error> {
+    let role = role_of(i, &m.role)?;
+    let blocks = match m.content {
+        wire::Content::Text(t) => vec![wire::ContentBlock::Text { text: t }],
+        wire::Content::Blocks(b) => b,
+    };
+    let mut msg = Message {
+        role,
+        content: Vec::new(),
+        name: None,
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+        reasoning: None,
+        reasoning_signature: None,
+        is_error: false,
+    };
+    // Images' (part index in `msg`, the caller's path of that block): errors name them.
+    let mut parts_at: Vec<(usize, String)> = Vec::new();
+    for (j, b) in blocks.into_iter().enumerate() {
+        let at = format!("messages.{i}.content.{j}");
+        match b {
+            wire::ContentBlock::Text { text } => msg.content.push(ContentPart::Text(text)),
+            wire::ContentBlock::Image { source } => {
+                parts_at.push((msg.content.len(), at));
+                msg.content.push(ContentPart::Image(match source {
+                    wire::ImageSource::Base64 { media_type, data } => {
+                        ImageSource::Base64 { media_type, data }
+                    }
+                    wire::ImageSource::Url { url } => ImageSource::Url(url),
+                }))
+            }
+            wire::ContentBlock::ToolUse { id, name, input } if role == Role::Assistant => {
+                msg.tool_calls.push(ToolCall {
+                    id,
+                    name,
+                    arguments: input.to_string(),
+                })
+            }
+            wire::ContentBlock::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } if role == Role::User => {
+                // Each result is a tool message of its own, answering its call.
+                let text = text_of(
+                    content.as_ref().unwrap_or(&Value::Null),
+                    &format!("{at}.content"),
+                )?;
+                origins.message(messages.len(), at.clone());
+                origins.part(messages.len(), 0, format!("{at}.content"));
+                messages.push(Message {
+                    role: Role::Tool,
+                    content: vec![ContentPart::Text(text)],
+                    name: None,
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(tool_use_id),
+                    reasoning: None,
+                    reasoning_signature: None,
+                    is_error: is_error == Some(true),
+                });
+            }
+            wire::ContentBlock::Thinking {
+                thinking,
+                signature,
+            } if role == Role::Assistant => {
+                msg.reasoning
+                    .get_or_insert_with(String::new)
+                    .push_str(&thinking);
+                if signature.is_some() {
+                    msg.reasoning_signature = signature;
+                }
+            }
+            wire::ContentBlock::RedactedThinking { .. } if role == Role::Assistant => {}
+            _ => {
                 return Err(Error::invalid_param(
-                    format!("messages.{i}.role"),
-                    format!("messages.{i}.role: must be \"user\" or \"assistant\", got {other:?}"),
+                    format!("{at}.type"),
+                    format!(
+                        "{at}: this block type is not allowed in a {} message",
+                        role.as_str()
+                    ),
                 ))
             }
-        };
-        let blocks = match m.content {
-            wire::Content::Text(t) => vec![wire::ContentBlock::Text { text: t }],
-            wire::Content::Blocks(b) => b,
-        };
-        let mut msg = Message {
-            role,
-            content: Vec::new(),
-            name: None,
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-            reasoning: None,
-            reasoning_signature: None,
-            is_error: false,
-        };
-        // Images' (part index in `msg`, the caller's path of that block): errors name them.
-        let mut parts_at: Vec<(usize, String)> = Vec::new();
-        for (j, b) in blocks.into_iter().enumerate() {
-            let at = format!("messages.{i}.content.{j}");
-            match b {
-                wire::ContentBlock::Text { text } => msg.content.push(ContentPart::Text(text)),
-                wire::ContentBlock::Image { source } => {
-                    parts_at.push((msg.content.len(), at));
-                    msg.content.push(ContentPart::Image(match source {
-                        wire::ImageSource::Base64 { media_type, data } => {
-                            ImageSource::Base64 { media_type, data }
-                        }
-                        wire::ImageSource::Url { url } => ImageSource::Url(url),
-                    }))
-                }
-                wire::ContentBlock::ToolUse { id, name, input } if role == Role::Assistant => {
-                    msg.tool_calls.push(ToolCall {
-                        id,
-                        name,
-                        arguments: input.to_string(),
-                    })
-                }
-                wire::ContentBlock::ToolResult {
-                    tool_use_id,
-                    content,
-                    is_error,
-                } if role == Role::User => {
-                    // Each result is a tool message of its own, answering its call.
-                    let text = text_of(
-                        content.as_ref().unwrap_or(&Value::Null),
-                        &format!("{at}.content"),
-                    )?;
-                    origins.message(messages.len(), at.clone());
-                    origins.part(messages.len(), 0, format!("{at}.content"));
-                    messages.push(Message {
-                        role: Role::Tool,
-                        content: vec![ContentPart::Text(text)],
-                        name: None,
-                        tool_calls: Vec::new(),
-                        tool_call_id: Some(tool_use_id),
-                        reasoning: None,
-                        reasoning_signature: None,
-                        is_error: is_error == Some(true),
-                    });
-                }
-                wire::ContentBlock::Thinking {
-                    thinking,
-                    signature,
-                } if role == Role::Assistant => {
-                    msg.reasoning
-                        .get_or_insert_with(String::new)
-                        .push_str(&thinking);
-                    if signature.is_some() {
-                        msg.reasoning_signature = signature;
-                    }
-                }
-                wire::ContentBlock::RedactedThinking { .. } if role == Role::Assistant => {}
-                _ => {
-                    return Err(Error::invalid_param(
-                        format!("{at}.type"),
-                        format!(
-                            "{at}: this block type is not allowed in a {} message",
-                            role.as_str()
-                        ),
-                    ))
-                }
-            }
-        }
-        if !msg.content.is_empty() || !msg.tool_calls.is_empty() || msg.reasoning.is_some() {
-            origins.message(messages.len(), format!("messages.{i}"));
-            for (part, at) in parts_at {
-                origins.part(messages.len(), part, at);
-            }
-            messages.push(msg);
         }
     }
-    let tools: Vec<ToolDef> = req
-        .tools
+    if !msg.content.is_empty() || !msg.tool_calls.is_empty() || msg.reasoning.is_some() {
+        origins.message(messages.len(), format!("messages.{i}"));
+        for (part, at) in parts_at {
+            origins.part(messages.len(), part, at);
+        }
+        messages.push(msg);
+    }
+    Ok(())
+}
+
+fn role_of(i: usize, role: &str) -> Result<Role, Error> {
+    match role {
+        "user" => Ok(Role::User),
+        "assistant" => Ok(Role::Assistant),
+        other => Err(Error::invalid_param(
+            format!("messages.{i}.role"),
+            format!("messages.{i}.role: must be \"user\" or \"assistant\", got {other:?}"),
+        )),
+    }
+}
+
+fn tools_of(wire_tools: Vec<wire::Tool>) -> Result<Vec<ToolDef>, Error> {
+    let tools: Vec<ToolDef> = wire_tools
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
@@ -214,7 +281,15 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
             ));
         }
     }
-    let (tool_choice, parallel) = match req.tool_choice {
+    Ok(tools)
+}
+
+/// `tool_choice` and whether parallel calls are allowed.
+fn tool_choice_of(
+    choice: Option<wire::ToolChoice>,
+    tools: &[ToolDef],
+) -> Result<(ToolChoice, bool), Error> {
+    let (tool_choice, parallel) = match choice {
         None => (
             if tools.is_empty() {
                 ToolChoice::None
@@ -255,9 +330,12 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
             "tool_choice: \"any\" needs tools",
         ));
     }
-    let extra = req.extra;
-    // `{"type":"enabled","budget_tokens":N}` or `{"type":"disabled"}`.
-    let reasoning = match &req.thinking {
+    Ok((tool_choice, parallel))
+}
+
+/// `{"type":"enabled","budget_tokens":N}` or `{"type":"disabled"}`.
+fn reasoning_of(thinking: Option<&Value>) -> Result<Reasoning, Error> {
+    Ok(match thinking {
         None | Some(Value::Null) => Reasoning::default(),
         Some(t) => match t.get("type").and_then(Value::as_str) {
             Some("disabled") => Reasoning {
@@ -285,38 +363,5 @@ pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
                 ))
             }
         },
-    };
-    let user = req
-        .metadata
-        .as_ref()
-        .and_then(|m| m.get("user_id"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    Ok(ChatRequest {
-        origins,
-        model: req.model,
-        messages,
-        raw_prompt: None,
-        reasoning,
-        sampling: SamplingParams {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k.filter(|&k| k > 0),
-            ..SamplingParams::default()
-        },
-        max_tokens: Some(req.max_tokens),
-        stop: req.stop_sequences,
-        n: 1,
-        stream: req.stream.unwrap_or(false),
-        tools,
-        tool_choice,
-        parallel_tool_calls: parallel,
-        response_format: ResponseFormat::Text,
-        logprobs: None,
-        ignore_eos: false,
-        user,
-        debug: false,
-        extra,
-        context: Default::default(),
     })
 }

@@ -35,9 +35,51 @@ pub fn to_ir(
             "* GenerateContentRequest.contents: contents is not specified",
         ));
     }
+    let (messages, origins) = messages_of(req.system_instruction.as_ref(), req.contents)?;
+    let (tools, tool_choice) = tools_of(&req.tools, req.tool_config.as_ref())?;
+    let g = req.generation_config.unwrap_or_default();
+    let (n, response_format) = check_generation(&g)?;
+    Ok(ChatRequest {
+        origins,
+        model: model.to_string(),
+        messages,
+        raw_prompt: None,
+        reasoning: reasoning_of(&g),
+        sampling: SamplingParams {
+            temperature: g.temperature,
+            top_p: g.top_p,
+            top_k: g.top_k.filter(|&k| k > 0),
+            presence_penalty: g.presence_penalty,
+            frequency_penalty: g.frequency_penalty,
+            seed: g.seed.map(|s| s as u64),
+            ..SamplingParams::default()
+        },
+        max_tokens: g.max_output_tokens,
+        stop: g.stop_sequences,
+        n,
+        stream,
+        tools,
+        tool_choice,
+        parallel_tool_calls: true,
+        response_format,
+        logprobs: None,
+        ignore_eos: false,
+        user: None,
+        debug: false,
+        extra: req.extra,
+        context: Default::default(),
+    })
+}
+
+/// The system instruction and the contents as IR messages, with where each part came
+/// from.
+fn messages_of(
+    system: Option<&wire::Content>,
+    contents: Vec<wire::Content>,
+) -> Result<(Vec<Message>, PartOrigins), Error> {
     let mut messages = Vec::new();
     let mut origins = PartOrigins::default();
-    if let Some(sys) = &req.system_instruction {
+    if let Some(sys) = system {
         let text: Vec<&str> = sys.parts.iter().filter_map(|p| p.text.as_deref()).collect();
         if !text.is_empty() {
             origins.message(messages.len(), "systemInstruction");
@@ -47,101 +89,132 @@ pub fn to_ir(
     // Calls so far, newest last: a functionResponse without an id answers the latest
     // call of its name.
     let mut calls: Vec<(String, String)> = Vec::new();
-    for (i, c) in req.contents.into_iter().enumerate() {
-        let role = match c.role.as_deref() {
-            None | Some("user") => Role::User,
-            Some("model") => Role::Assistant,
-            Some(other) => {
-                return Err(Error::invalid_param(
-                    format!("contents[{i}].role"),
-                    format!("* GenerateContentRequest.contents[{i}].role: must be \"user\" or \"model\", got {other:?}"),
-                ))
-            }
-        };
-        let mut msg = Message {
-            role,
-            content: Vec::new(),
-            name: None,
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-            reasoning: None,
-            reasoning_signature: None,
-            is_error: false,
-        };
-        let mut parts_at: Vec<(usize, String)> = Vec::new();
-        for (j, p) in c.parts.into_iter().enumerate() {
-            let at = format!("contents[{i}].parts[{j}]");
-            if let Some(t) = p.text {
-                if p.thought == Some(true) {
-                    msg.reasoning.get_or_insert_with(String::new).push_str(&t);
-                } else {
-                    msg.content.push(ContentPart::Text(t));
-                }
-            } else if let Some(b) = p.inline_data {
-                parts_at.push((msg.content.len(), at));
-                msg.content.push(ContentPart::Image(ImageSource::Base64 {
-                    media_type: b.mime_type,
-                    data: standard_base64(b.data),
-                }));
-            } else if let Some(f) = p.file_data {
-                parts_at.push((msg.content.len(), at));
-                msg.content
-                    .push(ContentPart::Image(ImageSource::Url(f.file_uri)));
-            } else if let Some(fc) = p.function_call {
-                let id = fc.id.unwrap_or_else(parlance_core::tools::new_call_id);
-                calls.push((id.clone(), fc.name.clone()));
-                msg.tool_calls.push(ToolCall {
-                    id,
-                    name: fc.name,
-                    arguments: fc.args.to_string(),
-                });
-            } else if let Some(fr) = p.function_response {
-                let id = fr
-                    .id
-                    .or_else(|| {
-                        calls
-                            .iter()
-                            .rev()
-                            .find(|(_, n)| *n == fr.name)
-                            .map(|(id, _)| id.clone())
-                    })
-                    .ok_or_else(|| {
-                        Error::invalid_param(
-                            format!("{at}.functionResponse.name"),
-                            format!(
-                                "* {at}: functionResponse {:?} answers no earlier functionCall",
-                                fr.name
-                            ),
-                        )
-                    })?;
-                origins.message(messages.len(), at.clone());
-                messages.push(Message {
-                    role: Role::Tool,
-                    content: vec![ContentPart::Text(fr.response.to_string())],
-                    name: Some(fr.name),
-                    tool_calls: Vec::new(),
-                    tool_call_id: Some(id),
-                    reasoning: None,
-                    reasoning_signature: None,
-                    is_error: false,
-                });
-            } else {
-                return Err(Error::invalid_param(
-                    at.clone(),
-                    format!("* {at}: an empty or unsupported part"),
-                ));
-            }
+    for (i, c) in contents.into_iter().enumerate() {
+        content_of(i, c, &mut calls, &mut messages, &mut origins)?;
+    }
+    Ok((messages, origins))
+}
+
+/// Content `i`: one IR message, plus a tool message for each function response.
+fn content_of(
+    i: usize,
+    c: wire::Content,
+    calls: &mut Vec<(String, String)>,
+    messages: &mut Vec<Message>,
+    origins: &mut PartOrigins,
+) -> Result<(), Error> {
+    let role = match c.role.as_deref() {
+        None | Some("user") => Role::User,
+        Some("model") => Role::Assistant,
+        Some(other) => {
+            return Err(Error::invalid_param(
+                format!("contents[{i}].role"),
+                format!("* GenerateContentRequest.contents[{i}].role: must be \"user\" or \"model\", got {other:?}"),
+            ))
         }
-        if !msg.content.is_empty() || !msg.tool_calls.is_empty() || msg.reasoning.is_some() {
-            origins.message(messages.len(), format!("contents[{i}]"));
-            for (part, at) in parts_at {
-                origins.part(messages.len(), part, at);
+    };
+    let mut msg = Message {
+        role,
+        content: Vec::new(),
+        name: None,
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+        reasoning: None,
+        reasoning_signature: None,
+        is_error: false,
+    };
+    let mut parts_at: Vec<(usize, String)> = Vec::new();
+    for (j, p) in c.parts.into_iter().enumerate() {
+        let at = format!("contents[{i}].parts[{j}]");
+        if let Some(t) = p.text {
+            if p.thought == Some(true) {
+                msg.reasoning.get_or_insert_with(String::new).push_str(&t);
+            } else {
+                msg.content.push(ContentPart::Text(t));
             }
-            messages.push(msg);
+        } else if let Some(b) = p.inline_data {
+            parts_at.push((msg.content.len(), at));
+            msg.content.push(ContentPart::Image(ImageSource::Base64 {
+                media_type: b.mime_type,
+                data: standard_base64(b.data),
+            }));
+        } else if let Some(f) = p.file_data {
+            parts_at.push((msg.content.len(), at));
+            msg.content
+                .push(ContentPart::Image(ImageSource::Url(f.file_uri)));
+        } else if let Some(fc) = p.function_call {
+            let id = fc.id.unwrap_or_else(parlance_core::tools::new_call_id);
+            calls.push((id.clone(), fc.name.clone()));
+            msg.tool_calls.push(ToolCall {
+                id,
+                name: fc.name,
+                arguments: fc.args.to_string(),
+            });
+        } else if let Some(fr) = p.function_response {
+            let answer = function_response(&at, fr, calls)?;
+            origins.message(messages.len(), at.clone());
+            messages.push(answer);
+        } else {
+            return Err(Error::invalid_param(
+                at.clone(),
+                format!("* {at}: an empty or unsupported part"),
+            ));
         }
     }
-    let mut tools: Vec<ToolDef> = req
-        .tools
+    if !msg.content.is_empty() || !msg.tool_calls.is_empty() || msg.reasoning.is_some() {
+        origins.message(messages.len(), format!("contents[{i}]"));
+        for (part, at) in parts_at {
+            origins.part(messages.len(), part, at);
+        }
+        messages.push(msg);
+    }
+    Ok(())
+}
+
+/// A functionResponse as a tool message; without an id it answers the latest call of
+/// its name.
+fn function_response(
+    at: &str,
+    fr: wire::FunctionResponse,
+    calls: &[(String, String)],
+) -> Result<Message, Error> {
+    let id = fr
+        .id
+        .or_else(|| {
+            calls
+                .iter()
+                .rev()
+                .find(|(_, n)| *n == fr.name)
+                .map(|(id, _)| id.clone())
+        })
+        .ok_or_else(|| {
+            Error::invalid_param(
+                format!("{at}.functionResponse.name"),
+                format!(
+                    "* {at}: functionResponse {:?} answers no earlier functionCall",
+                    fr.name
+                ),
+            )
+        })?;
+    Ok(Message {
+        role: Role::Tool,
+        content: vec![ContentPart::Text(fr.response.to_string())],
+        name: Some(fr.name),
+        tool_calls: Vec::new(),
+        tool_call_id: Some(id),
+        reasoning: None,
+        reasoning_signature: None,
+        is_error: false,
+    })
+}
+
+/// The declared functions (as many as `allowedFunctionNames` leaves) and the choice
+/// among them.
+fn tools_of(
+    wire_tools: &[wire::Tool],
+    config: Option<&wire::ToolConfig>,
+) -> Result<(Vec<ToolDef>, ToolChoice), Error> {
+    let mut tools: Vec<ToolDef> = wire_tools
         .iter()
         .flat_map(|t| &t.function_declarations)
         .map(|d| ToolDef {
@@ -155,7 +228,7 @@ pub fn to_ir(
             strict: false,
         })
         .collect();
-    let tool_choice = match req.tool_config.as_ref().map(|c| &c.function_calling_config) {
+    let tool_choice = match config.map(|c| &c.function_calling_config) {
         None => {
             if tools.is_empty() {
                 ToolChoice::None
@@ -187,7 +260,11 @@ pub fn to_ir(
             }
         }
     };
-    let g = req.generation_config.unwrap_or_default();
+    Ok((tools, tool_choice))
+}
+
+/// `candidateCount` and the response format, after checking the ranges Gemini checks.
+fn check_generation(g: &wire::GenerationConfig) -> Result<(u32, ResponseFormat), Error> {
     if let Some(t) = g.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
         return Err(Error::invalid_param(
             "generationConfig.temperature",
@@ -214,50 +291,25 @@ pub fn to_ir(
         (Some("application/json"), None) => ResponseFormat::JsonObject,
         _ => ResponseFormat::Text,
     };
-    Ok(ChatRequest {
-        origins,
-        model: model.to_string(),
-        messages,
-        raw_prompt: None,
-        // thinkingBudget -1 is Gemini's "dynamic": the model's default.
-        reasoning: Reasoning {
-            budget_tokens: g
-                .thinking_config
-                .as_ref()
-                .and_then(|t| t.get("thinkingBudget").or_else(|| t.get("thinking_budget")))
-                .and_then(Value::as_u64)
-                .and_then(|b| u32::try_from(b).ok()),
-            effort: g
-                .thinking_config
-                .as_ref()
-                .and_then(|t| t.get("thinkingLevel").or_else(|| t.get("thinking_level")))
-                .and_then(Value::as_str)
-                .map(str::to_ascii_lowercase),
-        },
-        sampling: SamplingParams {
-            temperature: g.temperature,
-            top_p: g.top_p,
-            top_k: g.top_k.filter(|&k| k > 0),
-            presence_penalty: g.presence_penalty,
-            frequency_penalty: g.frequency_penalty,
-            seed: g.seed.map(|s| s as u64),
-            ..SamplingParams::default()
-        },
-        max_tokens: g.max_output_tokens,
-        stop: g.stop_sequences,
-        n,
-        stream,
-        tools,
-        tool_choice,
-        parallel_tool_calls: true,
-        response_format,
-        logprobs: None,
-        ignore_eos: false,
-        user: None,
-        debug: false,
-        extra: req.extra,
-        context: Default::default(),
-    })
+    Ok((n, response_format))
+}
+
+/// thinkingBudget -1 is Gemini's "dynamic": the model's default.
+fn reasoning_of(g: &wire::GenerationConfig) -> Reasoning {
+    Reasoning {
+        budget_tokens: g
+            .thinking_config
+            .as_ref()
+            .and_then(|t| t.get("thinkingBudget").or_else(|| t.get("thinking_budget")))
+            .and_then(Value::as_u64)
+            .and_then(|b| u32::try_from(b).ok()),
+        effort: g
+            .thinking_config
+            .as_ref()
+            .and_then(|t| t.get("thinkingLevel").or_else(|| t.get("thinking_level")))
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase),
+    }
 }
 
 /// Gemini takes base64 in either alphabet (the google-genai SDK sends the URL-safe one,

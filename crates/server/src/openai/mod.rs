@@ -12,11 +12,11 @@ use crate::door::{Door, Frames};
 use crate::error::ApiError;
 use crate::metering::counted;
 use crate::reqlog::RequestCtx;
+use crate::sse::SseEvent;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
@@ -157,7 +157,7 @@ impl Door for ChatDoor {
                 SsePayload::Error(e) => serde_json::to_string(&e),
                 SsePayload::Done => Ok("[DONE]".to_string()),
             };
-            Event::default().data(data.unwrap_or_else(|e| {
+            SseEvent::data(data.unwrap_or_else(|e| {
                 json!({"error": {"message": format!("could not encode a chunk: {e}"), "type": "server_error", "param": null, "code": null}}).to_string()
             }))
         })))

@@ -25,156 +25,20 @@ pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error>
             "'messages' must contain at least one message.",
         ));
     }
-    let messages = req
-        .messages
+    let messages = std::mem::take(&mut req.messages)
         .into_iter()
         .enumerate()
         .map(|(i, m)| message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
-
-    range("temperature", req.temperature, 0.0, 2.0)?;
-    range("top_p", req.top_p, 0.0, 1.0)?;
-    range("min_p", req.min_p, 0.0, 1.0)?;
-    range("presence_penalty", req.presence_penalty, -2.0, 2.0)?;
-    range("frequency_penalty", req.frequency_penalty, -2.0, 2.0)?;
-    if let Some(rp) = req.repetition_penalty {
-        if !(rp > 0.0 && rp <= 10.0) {
-            return Err(Error::invalid_param(
-                "repetition_penalty",
-                format!("'repetition_penalty' must be greater than 0 and at most 10, got {rp}."),
-            ));
-        }
-    }
-    if let Some(k) = req.top_k {
-        if k < -1 {
-            return Err(Error::invalid_param(
-                "top_k",
-                format!("'top_k' must be >= 0 (0 or -1 disables it), got {k}."),
-            ));
-        }
-    }
-    let n = req.n.unwrap_or(1);
-    if !(1..=MAX_CHOICES).contains(&n) {
-        return Err(Error::invalid_param(
-            "n",
-            format!("'n' must be between 1 and {MAX_CHOICES}, got {n}."),
-        ));
-    }
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
-    if max_tokens == Some(0) {
-        let param = if req.max_completion_tokens.is_some() {
-            "max_completion_tokens"
-        } else {
-            "max_tokens"
-        };
-        return Err(Error::invalid_param(
-            param,
-            format!("'{param}' must be at least 1."),
-        ));
-    }
-    let stop = req
-        .stop
-        .map(wire::StopSequences::into_vec)
-        .unwrap_or_default();
-    if stop.len() > MAX_STOPS {
-        return Err(Error::invalid_param(
-            "stop",
-            format!(
-                "'stop' takes at most {MAX_STOPS} sequences, got {}.",
-                stop.len()
-            ),
-        ));
-    }
-    let logit_bias = req
-        .logit_bias
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| {
-            let tok: i32 = k.trim().parse().map_err(|_| {
-                Error::invalid_param(
-                    "logit_bias",
-                    format!("'logit_bias' keys must be token ids, got {k:?}."),
-                )
-            })?;
-            if !(-100.0..=100.0).contains(&v) {
-                return Err(Error::invalid_param(
-                    "logit_bias",
-                    format!(
-                        "'logit_bias' values must be between -100 and 100, got {v} for token {k}."
-                    ),
-                ));
-            }
-            Ok((tok, v))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(k) = req.top_logprobs {
-        if k > 20 {
-            return Err(Error::invalid_param(
-                "top_logprobs",
-                format!("'top_logprobs' must be between 0 and 20, got {k}."),
-            ));
-        }
-        if req.logprobs != Some(true) {
-            return Err(Error::invalid_param(
-                "top_logprobs",
-                "'top_logprobs' requires 'logprobs' to be true.",
-            ));
-        }
-    }
-    if let Some(u) = req.update_interval {
-        if !(u.is_finite() && u >= 0.0) {
-            return Err(Error::invalid_param(
-                "update_interval",
-                "'update_interval' must be a number of seconds >= 0.",
-            ));
-        }
-    }
-
-    let tools = req
-        .tools
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| tool(i, t))
-        .collect::<Result<Vec<_>, _>>()?;
-    // A call names its function; two tools of one name would make that ambiguous.
-    for (i, t) in tools.iter().enumerate() {
-        if let Some(first) = tools[..i].iter().position(|o| o.name == t.name) {
-            return Err(Error::invalid_param(
-                format!("tools[{i}].function.name"),
-                format!(
-                    "tools[{i}] and tools[{first}] are both named {:?}; tool names must be unique.",
-                    t.name
-                ),
-            ));
-        }
-    }
-    let tool_choice = tool_choice(req.tool_choice, &tools)?;
-    // Extension: a Lark grammar (as llguidance takes it) instead of a response_format.
-    let response_format = match req.extra.remove("grammar") {
-        None | Some(Value::Null) => response_format(req.response_format)?,
-        Some(Value::String(g)) if !g.trim().is_empty() => ResponseFormat::Grammar(g),
-        Some(_) => {
-            return Err(Error::invalid_param(
-                "grammar",
-                "'grammar' must be a Lark grammar string.",
-            ))
-        }
-    };
-
-    let reasoning = match req.extra.remove("reasoning_effort") {
-        None | Some(Value::Null) => Reasoning::default(),
-        Some(Value::String(e)) => Reasoning {
-            effort: Some(e),
-            ..Reasoning::default()
-        },
-        Some(_) => {
-            return Err(Error::invalid_param(
-                "reasoning_effort",
-                "'reasoning_effort' must be one of none, minimal, low, medium, high.",
-            ))
-        }
-    };
+    check_ranges(&req)?;
+    let n = choices(&req)?;
+    let max_tokens = max_tokens(&req)?;
+    let stop = stops(req.stop.take())?;
+    let logit_bias = logit_bias(req.logit_bias.take())?;
+    let tools = tools(req.tools.take())?;
+    let tool_choice = tool_choice(req.tool_choice.take(), &tools)?;
+    let response_format = format_of(&mut req)?;
+    let reasoning = reasoning(&mut req)?;
     Ok(ChatRequest {
         model: req.model,
         origins: PartOrigins::same_as_ir(),
@@ -207,6 +71,177 @@ pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error>
         extra: req.extra,
         context: Default::default(),
     })
+}
+
+/// Sampling settings within the ranges OpenAI takes.
+fn check_ranges(req: &wire::ChatCompletionRequest) -> Result<(), Error> {
+    range("temperature", req.temperature, 0.0, 2.0)?;
+    range("top_p", req.top_p, 0.0, 1.0)?;
+    range("min_p", req.min_p, 0.0, 1.0)?;
+    range("presence_penalty", req.presence_penalty, -2.0, 2.0)?;
+    range("frequency_penalty", req.frequency_penalty, -2.0, 2.0)?;
+    if let Some(rp) = req.repetition_penalty {
+        if !(rp > 0.0 && rp <= 10.0) {
+            return Err(Error::invalid_param(
+                "repetition_penalty",
+                format!("'repetition_penalty' must be greater than 0 and at most 10, got {rp}."),
+            ));
+        }
+    }
+    if let Some(k) = req.top_k {
+        if k < -1 {
+            return Err(Error::invalid_param(
+                "top_k",
+                format!("'top_k' must be >= 0 (0 or -1 disables it), got {k}."),
+            ));
+        }
+    }
+    if let Some(k) = req.top_logprobs {
+        if k > 20 {
+            return Err(Error::invalid_param(
+                "top_logprobs",
+                format!("'top_logprobs' must be between 0 and 20, got {k}."),
+            ));
+        }
+        if req.logprobs != Some(true) {
+            return Err(Error::invalid_param(
+                "top_logprobs",
+                "'top_logprobs' requires 'logprobs' to be true.",
+            ));
+        }
+    }
+    if let Some(u) = req.update_interval {
+        if !(u.is_finite() && u >= 0.0) {
+            return Err(Error::invalid_param(
+                "update_interval",
+                "'update_interval' must be a number of seconds >= 0.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn choices(req: &wire::ChatCompletionRequest) -> Result<u32, Error> {
+    let n = req.n.unwrap_or(1);
+    if !(1..=MAX_CHOICES).contains(&n) {
+        return Err(Error::invalid_param(
+            "n",
+            format!("'n' must be between 1 and {MAX_CHOICES}, got {n}."),
+        ));
+    }
+    Ok(n)
+}
+
+/// `max_completion_tokens`, else the older `max_tokens`.
+fn max_tokens(req: &wire::ChatCompletionRequest) -> Result<Option<u32>, Error> {
+    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
+    if max_tokens == Some(0) {
+        let param = if req.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        return Err(Error::invalid_param(
+            param,
+            format!("'{param}' must be at least 1."),
+        ));
+    }
+    Ok(max_tokens)
+}
+
+fn stops(given: Option<wire::StopSequences>) -> Result<Vec<String>, Error> {
+    let stop = given.map(wire::StopSequences::into_vec).unwrap_or_default();
+    if stop.len() > MAX_STOPS {
+        return Err(Error::invalid_param(
+            "stop",
+            format!(
+                "'stop' takes at most {MAX_STOPS} sequences, got {}.",
+                stop.len()
+            ),
+        ));
+    }
+    Ok(stop)
+}
+
+fn logit_bias(
+    given: Option<std::collections::BTreeMap<String, f32>>,
+) -> Result<Vec<(i32, f32)>, Error> {
+    given
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let tok: i32 = k.trim().parse().map_err(|_| {
+                Error::invalid_param(
+                    "logit_bias",
+                    format!("'logit_bias' keys must be token ids, got {k:?}."),
+                )
+            })?;
+            if !(-100.0..=100.0).contains(&v) {
+                return Err(Error::invalid_param(
+                    "logit_bias",
+                    format!(
+                        "'logit_bias' values must be between -100 and 100, got {v} for token {k}."
+                    ),
+                ));
+            }
+            Ok((tok, v))
+        })
+        .collect()
+}
+
+fn tools(given: Option<Vec<wire::Tool>>) -> Result<Vec<ToolDef>, Error> {
+    let tools = given
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| tool(i, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    // A call names its function; two tools of one name would make that ambiguous.
+    for (i, t) in tools.iter().enumerate() {
+        if let Some(first) = tools[..i].iter().position(|o| o.name == t.name) {
+            return Err(Error::invalid_param(
+                format!("tools[{i}].function.name"),
+                format!(
+                    "tools[{i}] and tools[{first}] are both named {:?}; tool names must be unique.",
+                    t.name
+                ),
+            ));
+        }
+    }
+    Ok(tools)
+}
+
+/// The response format; an extension field `grammar` (a Lark grammar, as llguidance
+/// takes it) instead of one.
+fn format_of(req: &mut wire::ChatCompletionRequest) -> Result<ResponseFormat, Error> {
+    let response_format = match req.extra.remove("grammar") {
+        None | Some(Value::Null) => response_format(req.response_format.take())?,
+        Some(Value::String(g)) if !g.trim().is_empty() => ResponseFormat::Grammar(g),
+        Some(_) => {
+            return Err(Error::invalid_param(
+                "grammar",
+                "'grammar' must be a Lark grammar string.",
+            ))
+        }
+    };
+    Ok(response_format)
+}
+
+fn reasoning(req: &mut wire::ChatCompletionRequest) -> Result<Reasoning, Error> {
+    let reasoning = match req.extra.remove("reasoning_effort") {
+        None | Some(Value::Null) => Reasoning::default(),
+        Some(Value::String(e)) => Reasoning {
+            effort: Some(e),
+            ..Reasoning::default()
+        },
+        Some(_) => {
+            return Err(Error::invalid_param(
+                "reasoning_effort",
+                "'reasoning_effort' must be one of none, minimal, low, medium, high.",
+            ))
+        }
+    };
+    Ok(reasoning)
 }
 
 pub(crate) fn range(param: &str, value: Option<f32>, lo: f32, hi: f32) -> Result<(), Error> {

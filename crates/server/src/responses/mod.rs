@@ -13,10 +13,10 @@ use crate::body::read_json;
 use crate::door::{Door, Frames};
 use crate::error::ApiError;
 use crate::reqlog::RequestCtx;
+use crate::sse::SseEvent;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::response::sse::Event;
 use axum::response::Response;
 use axum::{Extension, Json};
 use futures::StreamExt;
@@ -242,7 +242,7 @@ impl Door for Responses {
     fn stream(self, events: EventStream) -> Frames {
         let sse = streamed(self, events).map(|ev: Value| {
             let name = ev["type"].as_str().unwrap_or("message").to_string();
-            Event::default().event(name).data(ev.to_string())
+            SseEvent::named(name, ev.to_string())
         });
         Frames::Sse(Box::pin(sse))
     }
