@@ -130,18 +130,99 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
     std_listener.set_nonblocking(true)?;
 
-    // What to load and the public name of each -m / -hf model.
+    let models = local_specs(&args, config.is_some())?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // reqwest clients are built inside the runtime they will run on.
+    let _entered = runtime.enter();
+    let mut router = Router::new();
+    let mut keys = args.api_key.clone();
+    // Local vision models fetch http(s) images with the same SSRF rules as providers.
+    let images: Arc<dyn parlance_core::InlineImages> =
+        catalog::image_fetcher(config.as_ref()).map_err(anyhow::Error::msg)?;
+    // Made on first need: models on demand change how freed memory is given back.
+    let shelf: std::cell::OnceCell<Arc<parlance_core::lazy::Shelf>> = std::cell::OnceCell::new();
+    let settings: crate::models_dir::Settings =
+        Arc::new((args.clone(), template.clone(), Arc::clone(&images)));
+    if let Some(cfg) = &config {
+        add_catalog(cfg, &settings, &shelf, &mut router, &mut keys)?;
+    }
+    for (spec, alias) in models {
+        let (info, backend) = load_local(&args, &template, &spec, alias, &images, None)
+            .map_err(anyhow::Error::msg)?;
+        router.add(info, backend).map_err(anyhow::Error::msg)?;
+    }
+    let folder = match &args.models_dir {
+        Some(dir) => Some(crate::models_dir::serve(
+            dir,
+            shelf.get_or_init(|| crate::models_dir::shelf(&args)),
+            &settings,
+            &mut router,
+        )?),
+        None => None,
+    };
+    let models = router.models();
+    // An empty --models-dir is a start: models come with /api/pull.
+    if models.is_empty() && args.models_dir.is_none() {
+        bail!("nothing to serve: the config file names no models, no -m was given and --models-dir holds no GGUF");
+    }
+    let names: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+    println!("serving {} model names: {}", names.len(), names.join(", "));
+
+    let mut state = AppState::new(router);
+    state.models_dir = folder.map(|f| f as Arc<dyn parlance_core::lazy::ModelFolder>);
+    state.api_keys = keys
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    state.body_limit = args.body_limit;
+    accounts(&mut state, &args, config.as_ref())?;
+    state.cors_origins = args.cors_origin.clone();
+    open_store(&runtime, &mut state, &args)?;
+    state.metrics = Some(parlance_server::observe::install().map_err(anyhow::Error::msg)?);
+    let shutdown = state.shutdown.clone();
+    let tenancy = state.tenancy.clone();
+    let app = build_router(Arc::new(state));
+    let limits = Limits {
+        header_timeout: secs(args.header_timeout, "--header-timeout")?,
+        max_connections: args.max_connections.max(1),
+        shutdown_timeout: secs(args.shutdown_timeout, "--shutdown-timeout")?,
+    };
+
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        println!("listening on http://{}", listener.local_addr()?);
+        listen::serve(listener, app, limits, shutdown, signals()).await;
+        if let Some(t) = tenancy {
+            // Rows of requests that just ended (cancelled by the deadline) are stored.
+            let _ = tokio::time::timeout(Duration::from_secs(5), t.recorder.flush()).await;
+        }
+        println!("stopped");
+        Ok::<(), anyhow::Error>(())
+    })?;
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // Engine threads may still be finishing a step: leave without the C++ static
+    // destructors that would run under their feet.
+    exit_now(0)
+}
+
+/// What to load and the public name of each -m / -hf model (the default model when
+/// nothing else is given).
+fn local_specs(
+    args: &ServeArgs,
+    has_config: bool,
+) -> anyhow::Result<Vec<(LocalSpec, Option<String>)>> {
     let mut models: Vec<(LocalSpec, Option<String>)> = Vec::new();
     let hf_models = args
         .hf_repo
         .iter()
         .map(|r| crate::hub::download(r))
         .collect::<anyhow::Result<Vec<PathBuf>>>()?;
-    if args.model.is_empty()
-        && hf_models.is_empty()
-        && config.is_none()
-        && args.models_dir.is_none()
-    {
+    if args.model.is_empty() && hf_models.is_empty() && !has_config && args.models_dir.is_none() {
         let Some(path) = default_model() else {
             bail!(
                 "no model given (-m) and the default model is not at {DEFAULT_MODEL_FILE}; \
@@ -193,92 +274,12 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             models.push((spec, args.alias.get(i).cloned()));
         }
     }
+    Ok(models)
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    // reqwest clients are built inside the runtime they will run on.
-    let _entered = runtime.enter();
-    let mut router = Router::new();
-    let mut keys = args.api_key.clone();
-    // Local vision models fetch http(s) images with the same SSRF rules as providers.
-    let images: Arc<dyn parlance_core::InlineImages> =
-        catalog::image_fetcher(config.as_ref()).map_err(anyhow::Error::msg)?;
-    // Made on first need: models on demand change how freed memory is given back.
-    let shelf: std::cell::OnceCell<Arc<parlance_core::lazy::Shelf>> = std::cell::OnceCell::new();
-    let settings: crate::models_dir::Settings =
-        Arc::new((args.clone(), template.clone(), Arc::clone(&images)));
-    if let Some(cfg) = &config {
-        let env = |name: &str| std::env::var(name).ok();
-        // A deployment's own n_gpu_layers, else the one -ngl given for all.
-        let all = ngl_for_all(&args.n_gpu_layers);
-        let mut loader = |spec: &LocalSpec| {
-            let spec = LocalSpec {
-                n_gpu_layers: spec.n_gpu_layers.or(all),
-                ..spec.clone()
-            };
-            let Some(keep) = &spec.keep_alive else {
-                return load_local(&args, &template, &spec, None, &images, None);
-            };
-            let keep: parlance_core::lazy::KeepAlive =
-                keep.parse().map_err(|e| format!("keep_alive: {e}"))?;
-            let name = spec
-                .path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let shelf = shelf.get_or_init(|| crate::models_dir::shelf(&args));
-            let files = [spec.path.clone()];
-            let (info, lazy) = crate::models_dir::lazy_local(
-                shelf,
-                &settings,
-                &name,
-                spec.clone(),
-                &files,
-                keep,
-                None,
-            );
-            Ok((info, Arc::new(lazy) as Arc<dyn parlance_core::Backend>))
-        };
-        catalog::build(cfg, &env, &mut loader, &mut router).map_err(anyhow::Error::msg)?;
-        keys.extend(cfg.server.api_keys.iter().cloned());
-        if let Some(var) = &cfg.server.api_keys_env {
-            let v = std::env::var(var.get_ref())
-                .with_context(|| format!("[server] api_keys_env: {} is not set", var.get_ref()))?;
-            keys.extend(v.split(',').map(str::to_string));
-        }
-    }
-    for (spec, alias) in models {
-        let (info, backend) = load_local(&args, &template, &spec, alias, &images, None)
-            .map_err(anyhow::Error::msg)?;
-        router.add(info, backend).map_err(anyhow::Error::msg)?;
-    }
-    let folder = match &args.models_dir {
-        Some(dir) => Some(crate::models_dir::serve(
-            dir,
-            shelf.get_or_init(|| crate::models_dir::shelf(&args)),
-            &settings,
-            &mut router,
-        )?),
-        None => None,
-    };
-    let models = router.models();
-    // An empty --models-dir is a start: models come with /api/pull.
-    if models.is_empty() && args.models_dir.is_none() {
-        bail!("nothing to serve: the config file names no models, no -m was given and --models-dir holds no GGUF");
-    }
-    let names: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
-    println!("serving {} model names: {}", names.len(), names.join(", "));
-
-    let mut state = AppState::new(router);
-    state.models_dir = folder.map(|f| f as Arc<dyn parlance_core::lazy::ModelFolder>);
-    state.api_keys = keys
-        .iter()
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .collect();
-    state.body_limit = args.body_limit;
-    if let Some(cfg) = &config {
+/// Sign-up, prepaid balances, mail and single sign-on, from the config and the flags.
+fn accounts(state: &mut AppState, args: &ServeArgs, config: Option<&Config>) -> anyhow::Result<()> {
+    if let Some(cfg) = config {
         state.accounts = cfg.accounts.clone();
     }
     if let Some(mode) = args.signup {
@@ -311,7 +312,16 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     {
         bail!("--signup needs a store: drop --db none");
     }
-    state.cors_origins = args.cors_origin.clone();
+    Ok(())
+}
+
+/// The key, limit and usage store (`--db`), and the refresh that closes an open server
+/// when keys appear.
+fn open_store(
+    runtime: &tokio::runtime::Runtime,
+    state: &mut AppState,
+    args: &ServeArgs,
+) -> anyhow::Result<()> {
     if args.db != "none" {
         let admin_key = args.admin_key.clone().filter(|k| !k.trim().is_empty());
         // The default store lives beside the config file when there is one.
@@ -347,32 +357,51 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     } else if args.admin_key.is_some() {
         bail!("--admin-key needs a store: drop --db none");
     }
-    state.metrics = Some(parlance_server::observe::install().map_err(anyhow::Error::msg)?);
-    let shutdown = state.shutdown.clone();
-    let tenancy = state.tenancy.clone();
-    let app = build_router(Arc::new(state));
-    let limits = Limits {
-        header_timeout: secs(args.header_timeout, "--header-timeout")?,
-        max_connections: args.max_connections.max(1),
-        shutdown_timeout: secs(args.shutdown_timeout, "--shutdown-timeout")?,
-    };
+    Ok(())
+}
 
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        println!("listening on http://{}", listener.local_addr()?);
-        listen::serve(listener, app, limits, shutdown, signals()).await;
-        if let Some(t) = tenancy {
-            // Rows of requests that just ended (cancelled by the deadline) are stored.
-            let _ = tokio::time::timeout(Duration::from_secs(5), t.recorder.flush()).await;
-        }
-        println!("stopped");
-        Ok::<(), anyhow::Error>(())
-    })?;
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    // Engine threads may still be finishing a step: leave without the C++ static
-    // destructors that would run under their feet.
-    exit_now(0)
+/// The config file's models, local ones loaded now (or on demand with a keep_alive),
+/// and its API keys.
+fn add_catalog(
+    cfg: &Config,
+    settings: &crate::models_dir::Settings,
+    shelf: &std::cell::OnceCell<Arc<parlance_core::lazy::Shelf>>,
+    router: &mut Router,
+    keys: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let (args, template, images) = (&settings.0, &settings.1, &settings.2);
+    let env = |name: &str| std::env::var(name).ok();
+    // A deployment's own n_gpu_layers, else the one -ngl given for all.
+    let all = ngl_for_all(&args.n_gpu_layers);
+    let mut loader = |spec: &LocalSpec| {
+        let spec = LocalSpec {
+            n_gpu_layers: spec.n_gpu_layers.or(all),
+            ..spec.clone()
+        };
+        let Some(keep) = &spec.keep_alive else {
+            return load_local(args, template, &spec, None, images, None);
+        };
+        let keep: parlance_core::lazy::KeepAlive =
+            keep.parse().map_err(|e| format!("keep_alive: {e}"))?;
+        let name = spec
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let shelf = shelf.get_or_init(|| crate::models_dir::shelf(args));
+        let files = [spec.path.clone()];
+        let (info, lazy) =
+            crate::models_dir::lazy_local(shelf, settings, &name, spec.clone(), &files, keep, None);
+        Ok((info, Arc::new(lazy) as Arc<dyn parlance_core::Backend>))
+    };
+    catalog::build(cfg, &env, &mut loader, router).map_err(anyhow::Error::msg)?;
+    keys.extend(cfg.server.api_keys.iter().cloned());
+    if let Some(var) = &cfg.server.api_keys_env {
+        let v = std::env::var(var.get_ref())
+            .with_context(|| format!("[server] api_keys_env: {} is not set", var.get_ref()))?;
+        keys.extend(v.split(',').map(str::to_string));
+    }
+    Ok(())
 }
 
 fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
