@@ -14,6 +14,7 @@ mod logprobs;
 mod prep;
 mod rerank;
 mod sampler;
+mod setup;
 mod special;
 mod text;
 mod upcast;
@@ -32,22 +33,20 @@ use constraint::Constrainer;
 pub use embed::EmbeddingModel;
 use futures::StreamExt;
 use job::{Job, JobEvent, JobStats, WorkerConfig};
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::ir::{ChatRequest, Message, StreamEvent, ToolChoice, Usage};
-use parlance_core::template::{fallback_template, ChatTemplate};
+use parlance_core::template::ChatTemplate;
 use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::{Backend, Error, ErrorKind, EventStream, InlineImages, ModelInfo};
 use prep::{text_bytes, Prep, Prepared};
-use std::num::NonZeroU32;
+use setup::{context_params, preserved_tokens, spawn_engine, template_source};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use vision::Vision;
-use worker::Worker;
 
 pub struct LocalModel {
     info: ModelInfo,
@@ -111,19 +110,7 @@ impl LocalModel {
         };
         let vocab = model.vocab();
 
-        let template_src = match &cfg.chat_template {
-            Some(t) => t.clone(),
-            None => model
-                .chat_template(None)
-                .ok()
-                .and_then(|t| t.to_string().ok())
-                .unwrap_or_else(|| {
-                    let arch = model
-                        .meta_val_str("general.architecture")
-                        .unwrap_or_default();
-                    fallback_template(&arch).to_string()
-                }),
-        };
+        let template_src = template_source(&cfg, &model);
         let piece = |t: LlamaToken| {
             String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
         };
@@ -152,22 +139,7 @@ impl LocalModel {
         } else {
             cfg.n_batch
         };
-        let params = LlamaContextParams::default()
-            // One pool for all slots (unified KV): a single request may use all of it,
-            // n choices share their prompt's cells, and a full pool is handled by the worker.
-            .with_n_ctx(NonZeroU32::new(ctx_per_seq))
-            .with_n_batch(cfg.n_batch as u32)
-            .with_n_ubatch(n_ubatch as u32)
-            // One extra sequence for the worker's pad token.
-            .with_n_seq_max(slots as u32 + 1)
-            .with_kv_unified(true)
-            .with_n_threads(cfg.threads)
-            .with_n_threads_batch(cfg.threads)
-            .with_flash_attention_policy(match cfg.flash_attention {
-                FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
-                FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-            });
+        let params = context_params(&cfg, slots, ctx_per_seq, n_ubatch);
         let worker_cfg = WorkerConfig {
             slots,
             ctx_per_seq: ctx_per_seq as usize,
@@ -176,22 +148,8 @@ impl LocalModel {
             prefill_pace: cfg.prefill_pace,
             deterministic: cfg.deterministic,
             eog_tokens,
-            preserved: [
-                "<tool_call>",
-                "</tool_call>",
-                "[TOOL_CALLS]",
-                "<|python_tag|>",
-            ]
-            .iter()
-            .filter_map(|m| match vocab.tokenize(m.as_bytes(), false, true)[..] {
-                [t] => Some(t),
-                _ => None,
-            })
-            .collect(),
+            preserved: preserved_tokens(&vocab),
         };
-
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
         let alive = Arc::new(AtomicBool::new(true));
         let counters = job::Counters {
             queued: Arc::new(AtomicUsize::new(0)),
@@ -199,41 +157,14 @@ impl LocalModel {
             alive: Arc::clone(&alive),
             generated: Arc::default(),
         };
-        let thread_model = Arc::clone(&model);
-        let thread_vision = vision.clone();
-        let thread_counters = counters.clone();
-        let guard = AliveGuard(Arc::clone(&alive), id.clone());
-        std::thread::Builder::new()
-            .name(format!("engine-{id}"))
-            .spawn(move || {
-                let alive_guard = guard;
-                // The context borrows the model: both end in here, then the model goes.
-                {
-                    let model: &LlamaModel = &thread_model;
-                    let context = llama_backend().and_then(|b| {
-                        model
-                            .new_context(b, params)
-                            .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
-                    });
-                    match context {
-                        Ok(ctx) => {
-                            let _ = ready_tx.send(Ok(()));
-                            Worker::new(model, ctx, worker_cfg, rx, thread_counters, thread_vision)
-                                .run();
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                        }
-                    }
-                }
-                drop(alive_guard);
-                config::free_model(thread_model);
-            })
-            .map_err(|e| format!("cannot start the engine thread: {e}"))?;
-        ready_rx
-            .recv()
-            .map_err(|_| "the engine thread died while starting".to_string())??;
-
+        let jobs = spawn_engine(
+            Arc::clone(&model),
+            vision.clone(),
+            params,
+            worker_cfg,
+            counters.clone(),
+            AliveGuard(Arc::clone(&alive), id.clone()),
+        )?;
         let max_output = info.max_output_tokens.unwrap_or(ctx_per_seq);
         let max_piece_bytes = vocab
             .tokens()
@@ -436,27 +367,12 @@ impl Backend for LocalModel {
                 fetcher.inline_images(&mut req).await?;
             }
         }
-        if let Some(m) = req.max_tokens.filter(|&m| m > self.max_output) {
-            return Err(Error::invalid_param(
-                "max_tokens",
-                format!(
-                    "max_tokens is too large: {m}. This model supports at most {} completion tokens.",
-                    self.max_output
-                ),
-            )
-            .with_code("max_tokens_too_large"));
-        }
+        self.check_max_tokens(&req)?;
         let tools_active = !req.tools.is_empty() && req.tool_choice != ToolChoice::None;
         // The context check is on what the caller asked for (one token when unsaid).
         let wanted = req.max_tokens.map_or(1, |m| m as usize);
         // Images are decoded there too: big ones take turns like big prompts.
-        let bytes = text_bytes(&req)
-            + vision::image_bytes(&req.messages)
-            + req
-                .tools
-                .iter()
-                .map(|t| t.parameters.to_string().len())
-                .sum::<usize>();
+        let bytes = work_bytes(&req);
         let (req, prepared) = self
             .off_thread(bytes, move |prep| {
                 let p = prep.prepare(&req, tools_active, wanted);
@@ -478,19 +394,7 @@ impl Backend for LocalModel {
             .min((ctx - prompt.len()) as u32)
             .min(self.n_predict.unwrap_or(u32::MAX));
         let seed = req.sampling.seed.unwrap_or_else(rand::random);
-        let counts = req.context.progress.counts();
-        counts
-            .prompt_tokens
-            .store(prompt.len() as u32, Ordering::Relaxed);
-        counts.exact.store(true, Ordering::Relaxed);
-        req.context
-            .progress
-            .set_deployment(format!("local/{}", self.info.id));
-        // The limits see the exact prompt before any slot or queue place is taken.
-        req.context
-            .progress
-            .prompt_counted(prompt.len() as u32)
-            .await?;
+        self.count_prompt(&req, prompt.len() as u32).await?;
 
         let media = Arc::new(media);
         let choices: Vec<u32> = (0..req.n.max(1)).collect();
@@ -528,44 +432,13 @@ impl Backend for LocalModel {
             receivers.push(UnboundedReceiverStream::new(rx));
         }
 
-        let expected = receivers.len();
-        let prompt_tokens = prompt.len() as u32;
         let debug = req.debug.then_some(prompt_text);
-        let alive = Arc::clone(&self.alive);
-        let stream = async_stream::stream! {
-            let mut merged = futures::stream::select_all(receivers);
-            let mut stats: Vec<JobStats> = Vec::with_capacity(expected);
-            while let Some(event) = merged.next().await {
-                match event {
-                    JobEvent::Event(e) => yield Ok(e),
-                    JobEvent::Done(s) => stats.push(s),
-                    JobEvent::Failed(e) => {
-                        yield Err(e);
-                        return;
-                    }
-                }
-            }
-            if stats.len() < expected {
-                // The worker ends every job it holds with Done or Failed, so a channel
-                // closed early means its thread is going down. A panic can drop the job
-                // (a local of the panicking frame) before the thread's guard clears
-                // `alive`: clear it here too, so /health already says so when this
-                // caller sees its 503.
-                alive.store(false, Ordering::SeqCst);
-                yield Err(Error::new(ErrorKind::Unavailable, "the engine stopped before finishing this request").with_code("model_unavailable"));
-                return;
-            }
-            let usage = Usage {
-                prompt_tokens,
-                completion_tokens: stats.iter().map(|s| s.completion_tokens).sum(),
-                cached_tokens: stats[0].cached_tokens,
-                ..Usage::default()
-            };
-            yield Ok(StreamEvent::Usage(usage));
-            if let Some(prompt) = debug {
-                yield Ok(StreamEvent::Debug(job::debug_info(&prompt, &stats)));
-            }
-        };
+        let stream = job_events(
+            receivers,
+            prompt.len() as u32,
+            debug,
+            Arc::clone(&self.alive),
+        );
         if !tools_active {
             return Ok(Box::pin(stream));
         }
@@ -587,8 +460,88 @@ impl Backend for LocalModel {
 }
 
 impl LocalModel {
+    fn check_max_tokens(&self, req: &ChatRequest) -> Result<(), Error> {
+        match req.max_tokens.filter(|&m| m > self.max_output) {
+            Some(m) => Err(Error::invalid_param(
+                "max_tokens",
+                format!(
+                    "max_tokens is too large: {m}. This model supports at most {} completion tokens.",
+                    self.max_output
+                ),
+            )
+            .with_code("max_tokens_too_large")),
+            None => Ok(()),
+        }
+    }
+
+    /// The exact prompt count goes to usage and to the limits before any slot or queue
+    /// place is taken.
+    async fn count_prompt(&self, req: &ChatRequest, tokens: u32) -> Result<(), Error> {
+        let progress = &req.context.progress;
+        let counts = progress.counts();
+        counts.prompt_tokens.store(tokens, Ordering::Relaxed);
+        counts.exact.store(true, Ordering::Relaxed);
+        progress.set_deployment(format!("local/{}", self.info.id));
+        progress.prompt_counted(tokens).await
+    }
+
     fn ctx_per_seq(&self) -> usize {
         self.prep.ctx_per_seq as usize
+    }
+}
+
+/// How much preparing `req` costs (big inputs take turns); images are decoded there too.
+fn work_bytes(req: &ChatRequest) -> usize {
+    text_bytes(req)
+        + vision::image_bytes(&req.messages)
+        + req
+            .tools
+            .iter()
+            .map(|t| t.parameters.to_string().len())
+            .sum::<usize>()
+}
+
+/// The events of a request's jobs (one per group of choices) merged, then its usage.
+fn job_events(
+    receivers: Vec<UnboundedReceiverStream<JobEvent>>,
+    prompt_tokens: u32,
+    debug: Option<String>,
+    alive: Arc<AtomicBool>,
+) -> impl futures::Stream<Item = Result<StreamEvent, Error>> + Send + 'static {
+    let expected = receivers.len();
+    async_stream::stream! {
+        let mut merged = futures::stream::select_all(receivers);
+        let mut stats: Vec<JobStats> = Vec::with_capacity(expected);
+        while let Some(event) = merged.next().await {
+            match event {
+                JobEvent::Event(e) => yield Ok(e),
+                JobEvent::Done(s) => stats.push(s),
+                JobEvent::Failed(e) => {
+                    yield Err(e);
+                    return;
+                }
+            }
+        }
+        if stats.len() < expected {
+            // The worker ends every job it holds with Done or Failed, so a channel
+            // closed early means its thread is going down. A panic can drop the job
+            // (a local of the panicking frame) before the thread's guard clears
+            // `alive`: clear it here too, so /health already says so when this
+            // caller sees its 503.
+            alive.store(false, Ordering::SeqCst);
+            yield Err(Error::new(ErrorKind::Unavailable, "the engine stopped before finishing this request").with_code("model_unavailable"));
+            return;
+        }
+        let usage = Usage {
+            prompt_tokens,
+            completion_tokens: stats.iter().map(|s| s.completion_tokens).sum(),
+            cached_tokens: stats[0].cached_tokens,
+            ..Usage::default()
+        };
+        yield Ok(StreamEvent::Usage(usage));
+        if let Some(prompt) = debug {
+            yield Ok(StreamEvent::Debug(job::debug_info(&prompt, &stats)));
+        }
     }
 }
 
