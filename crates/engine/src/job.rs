@@ -59,6 +59,17 @@ pub(crate) struct Counters {
     pub generated: Arc<AtomicU64>,
 }
 
+impl Counters {
+    pub fn new(slots: usize) -> Self {
+        Counters {
+            queued: Arc::new(AtomicUsize::new(0)),
+            free: Arc::new(AtomicUsize::new(slots)),
+            alive: Arc::new(AtomicBool::new(true)),
+            generated: Arc::default(),
+        }
+    }
+}
+
 pub(crate) enum JobEvent {
     Event(StreamEvent),
     /// All of the job's choices have finished.

@@ -99,15 +99,12 @@ impl LocalModel {
             return Err("--deterministic needs flash attention on (-fa on)".to_string());
         }
         let placement = device::placement(cfg.n_gpu_layers, model.n_layer());
-        let vision = match &cfg.mmproj {
-            Some(p) => Some(Arc::new(Vision::load(
-                p,
-                &model,
-                cfg.threads,
-                cfg.n_gpu_layers != Some(0),
-            )?)),
-            None => None,
-        };
+        let vision = cfg
+            .mmproj
+            .as_ref()
+            .map(|p| Vision::load(p, &model, cfg.threads, cfg.n_gpu_layers != Some(0)))
+            .transpose()?
+            .map(Arc::new);
         let vocab = model.vocab();
 
         let template_src = template_source(&cfg, &model);
@@ -122,15 +119,8 @@ impl LocalModel {
         let eog_tokens: Vec<LlamaToken> = vocab.tokens().filter(|&t| vocab.is_eog(t)).collect();
 
         let info = config::chat_info(&cfg, &model, vision.is_some());
-        let train_ctx = model.n_ctx_train();
         let ctx_per_seq = info.context_length;
-        if ctx_per_seq > train_ctx {
-            tracing::info!(
-                ctx_per_seq,
-                train_ctx,
-                "context window is longer than the model was trained on; positions past it are extrapolated"
-            );
-        }
+        note_extrapolation(ctx_per_seq, model.n_ctx_train());
         let slots = cfg.slots.max(1);
         let id = info.id.clone();
 
@@ -150,13 +140,8 @@ impl LocalModel {
             eog_tokens,
             preserved: preserved_tokens(&vocab),
         };
-        let alive = Arc::new(AtomicBool::new(true));
-        let counters = job::Counters {
-            queued: Arc::new(AtomicUsize::new(0)),
-            free: Arc::new(AtomicUsize::new(slots)),
-            alive: Arc::clone(&alive),
-            generated: Arc::default(),
-        };
+        let counters = job::Counters::new(slots);
+        let alive = Arc::clone(&counters.alive);
         let jobs = spawn_engine(
             Arc::clone(&model),
             vision.clone(),
@@ -166,12 +151,7 @@ impl LocalModel {
             AliveGuard(Arc::clone(&alive), id.clone()),
         )?;
         let max_output = info.max_output_tokens.unwrap_or(ctx_per_seq);
-        let max_piece_bytes = vocab
-            .tokens()
-            .map(|t| vocab.token_to_piece(t, true, None).len())
-            .max()
-            .unwrap_or(1)
-            .max(1);
+        let max_piece_bytes = max_piece_bytes(&vocab);
         let image_limit = match &vision {
             Some(v) if v.non_causal => n_ubatch,
             _ => usize::MAX,
@@ -442,17 +422,9 @@ impl Backend for LocalModel {
         if !tools_active {
             return Ok(Box::pin(stream));
         }
-        // Forced calls were generated in Hermes syntax by the grammar, as were calls
-        // asked for by the injected prompt of a template without tool support.
-        let forced = matches!(req.tool_choice, ToolChoice::Required | ToolChoice::Named(_));
-        let syntax = if forced || !self.prep.template_tools {
-            ToolSyntax::Hermes
-        } else {
-            self.prep.tool_syntax
-        };
         Ok(tools::parse_tool_calls(
             Box::pin(stream),
-            syntax,
+            self.tool_syntax(&req),
             &req.tools,
             req.n.max(1),
         ))
@@ -460,6 +432,17 @@ impl Backend for LocalModel {
 }
 
 impl LocalModel {
+    /// Forced calls were generated in Hermes syntax by the grammar, as were calls asked
+    /// for by the injected prompt of a template without tool support.
+    fn tool_syntax(&self, req: &ChatRequest) -> ToolSyntax {
+        let forced = matches!(req.tool_choice, ToolChoice::Required | ToolChoice::Named(_));
+        if forced || !self.prep.template_tools {
+            ToolSyntax::Hermes
+        } else {
+            self.prep.tool_syntax
+        }
+    }
+
     fn check_max_tokens(&self, req: &ChatRequest) -> Result<(), Error> {
         match req.max_tokens.filter(|&m| m > self.max_output) {
             Some(m) => Err(Error::invalid_param(
@@ -488,6 +471,26 @@ impl LocalModel {
     fn ctx_per_seq(&self) -> usize {
         self.prep.ctx_per_seq as usize
     }
+}
+
+fn note_extrapolation(ctx_per_seq: u32, train_ctx: u32) {
+    if ctx_per_seq > train_ctx {
+        tracing::info!(
+            ctx_per_seq,
+            train_ctx,
+            "context window is longer than the model was trained on; positions past it are extrapolated"
+        );
+    }
+}
+
+/// The longest text one token can stand for.
+fn max_piece_bytes(vocab: &llama_cpp_2::vocab::LlamaVocab<'_>) -> usize {
+    vocab
+        .tokens()
+        .map(|t| vocab.token_to_piece(t, true, None).len())
+        .max()
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// How much preparing `req` costs (big inputs take turns); images are decoded there too.

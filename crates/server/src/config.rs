@@ -277,7 +277,19 @@ impl Config {
     }
 
     fn validate(&self, text: &str) -> Result<(), String> {
-        let at = |s: &std::ops::Range<usize>| format!("line {}", line_of(text, s.start));
+        self.check_names(text)?;
+        self.check_providers(text)?;
+        for m in &self.models {
+            self.check_base(text, m)?;
+            self.check_deployments(text, m)?;
+            self.check_fallbacks(text, m)?;
+        }
+        Ok(())
+    }
+
+    /// Model names and aliases are unique.
+    fn check_names(&self, text: &str) -> Result<(), String> {
+        let at = |s: &std::ops::Range<usize>| at(text, s);
         let mut names: Vec<&str> = Vec::new();
         for m in &self.models {
             for n in std::iter::once(m.name.get_ref()).chain(m.aliases.iter()) {
@@ -290,6 +302,11 @@ impl Config {
                 names.push(n);
             }
         }
+        Ok(())
+    }
+
+    fn check_providers(&self, text: &str) -> Result<(), String> {
+        let at = |s: &std::ops::Range<usize>| at(text, s);
         for (name, p) in &self.providers {
             if p.kind != ProviderKind::GigaChat && (p.auth_url.is_some() || p.scope.is_some()) {
                 return Err(format!(
@@ -316,113 +333,137 @@ impl Config {
                 ));
             }
         }
-        for m in &self.models {
-            let name = m.name.get_ref();
-            let here = at(&m.name.span());
-            match (&m.base, m.deployments.is_empty()) {
-                (Some(_), false) => {
-                    return Err(format!(
-                        "{here}: model `{name}` has both `base` (a preset) and deployments: pick one"
-                    ))
-                }
-                (None, true) => {
-                    return Err(format!(
-                        "{here}: model `{name}` needs deployments, or `base` to be a preset of another model"
-                    ))
-                }
-                (Some(base), true) => {
-                    let target = self.models.iter().find(|o| o.name.get_ref() == base.get_ref());
-                    match target {
-                        None => {
-                            return Err(format!(
-                                "{}: model `{name}`: base `{}` is not a model in this file",
-                                at(&base.span()),
-                                base.get_ref()
-                            ))
-                        }
-                        Some(t) if t.base.is_some() => {
-                            return Err(format!(
-                                "{}: model `{name}`: base `{}` is itself a preset; point at the model it is based on",
-                                at(&base.span()),
-                                base.get_ref()
-                            ))
-                        }
-                        _ => {}
-                    }
-                }
-                (None, false) => {}
+        Ok(())
+    }
+
+    /// A model has deployments or is a preset (`base`) of a model that is not one.
+    fn check_base(&self, text: &str, m: &ModelSection) -> Result<(), String> {
+        let at = |s: &std::ops::Range<usize>| at(text, s);
+        let name = m.name.get_ref();
+        let here = at(&m.name.span());
+        match (&m.base, m.deployments.is_empty()) {
+            (Some(_), false) => {
+                return Err(format!(
+                    "{here}: model `{name}` has both `base` (a preset) and deployments: pick one"
+                ))
             }
-            for d in &m.deployments {
-                match (&d.provider, &d.gguf) {
-                    (Some(p), None) => {
-                        if !self.providers.contains_key(p.get_ref()) {
-                            return Err(format!(
-                                "{}: model `{name}`: provider `{}` is not defined under [providers]",
-                                at(&p.span()),
-                                p.get_ref()
-                            ));
-                        }
-                        if d.model.as_deref().is_none_or(str::is_empty) {
-                            return Err(format!(
-                                "{}: model `{name}`: a provider deployment needs `model`, its name upstream",
-                                at(&p.span())
-                            ));
-                        }
-                        if d.n_gpu_layers.is_some() {
-                            return Err(format!(
-                                "{}: model `{name}`: `n_gpu_layers` is for gguf deployments (a provider places its own layers)",
-                                at(&p.span())
-                            ));
-                        }
-                        if d.mmproj.is_some() {
-                            return Err(format!(
-                                "{}: model `{name}`: `mmproj` is for gguf deployments (a provider brings its own vision)",
-                                at(&p.span())
-                            ));
-                        }
-                    }
-                    (None, Some(_)) => {
-                        if d.model.is_some() {
-                            return Err(format!(
-                                "{here}: model `{name}`: a gguf deployment takes no `model`"
-                            ));
-                        }
-                    }
-                    _ => {
+            (None, true) => {
+                return Err(format!(
+                    "{here}: model `{name}` needs deployments, or `base` to be a preset of another model"
+                ))
+            }
+            (Some(base), true) => {
+                let target = self.models.iter().find(|o| o.name.get_ref() == base.get_ref());
+                match target {
+                    None => {
                         return Err(format!(
-                            "{here}: model `{name}`: each deployment needs exactly one of `provider` or `gguf`"
+                            "{}: model `{name}`: base `{}` is not a model in this file",
+                            at(&base.span()),
+                            base.get_ref()
                         ))
                     }
-                }
-            }
-            for f in &m.fallbacks {
-                let target = self.models.iter().find(|o| o.name.get_ref() == f.get_ref());
-                match target {
                     Some(t) if t.base.is_some() => {
                         return Err(format!(
-                            "{}: model `{name}`: fallback `{}` is a preset; name the model it is based on",
-                            at(&f.span()),
-                            f.get_ref()
+                            "{}: model `{name}`: base `{}` is itself a preset; point at the model it is based on",
+                            at(&base.span()),
+                            base.get_ref()
                         ))
                     }
-                    Some(t) if t.name.get_ref() != name => {}
-                    _ => {
-                        return Err(format!(
-                            "{}: model `{name}`: fallback `{}` must be another model in this file",
-                            at(&f.span()),
-                            f.get_ref()
-                        ))
-                    }
+                    _ => {}
                 }
             }
-            if m.base.is_some() && !m.fallbacks.is_empty() {
-                return Err(format!(
-                    "{here}: model `{name}` is a preset: it uses its base model's fallbacks"
-                ));
+            (None, false) => {}
+        }
+        Ok(())
+    }
+
+    /// Each deployment is a provider's model or a GGUF, with the settings its kind takes.
+    fn check_deployments(&self, text: &str, m: &ModelSection) -> Result<(), String> {
+        let at = |s: &std::ops::Range<usize>| at(text, s);
+        let name = m.name.get_ref();
+        let here = at(&m.name.span());
+        for d in &m.deployments {
+            match (&d.provider, &d.gguf) {
+                (Some(p), None) => {
+                    if !self.providers.contains_key(p.get_ref()) {
+                        return Err(format!(
+                            "{}: model `{name}`: provider `{}` is not defined under [providers]",
+                            at(&p.span()),
+                            p.get_ref()
+                        ));
+                    }
+                    if d.model.as_deref().is_none_or(str::is_empty) {
+                        return Err(format!(
+                            "{}: model `{name}`: a provider deployment needs `model`, its name upstream",
+                            at(&p.span())
+                        ));
+                    }
+                    if d.n_gpu_layers.is_some() {
+                        return Err(format!(
+                            "{}: model `{name}`: `n_gpu_layers` is for gguf deployments (a provider places its own layers)",
+                            at(&p.span())
+                        ));
+                    }
+                    if d.mmproj.is_some() {
+                        return Err(format!(
+                            "{}: model `{name}`: `mmproj` is for gguf deployments (a provider brings its own vision)",
+                            at(&p.span())
+                        ));
+                    }
+                }
+                (None, Some(_)) => {
+                    if d.model.is_some() {
+                        return Err(format!(
+                            "{here}: model `{name}`: a gguf deployment takes no `model`"
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "{here}: model `{name}`: each deployment needs exactly one of `provider` or `gguf`"
+                    ))
+                }
             }
         }
         Ok(())
     }
+
+    fn check_fallbacks(&self, text: &str, m: &ModelSection) -> Result<(), String> {
+        let at = |s: &std::ops::Range<usize>| at(text, s);
+        let name = m.name.get_ref();
+        let here = at(&m.name.span());
+        for f in &m.fallbacks {
+            let target = self.models.iter().find(|o| o.name.get_ref() == f.get_ref());
+            match target {
+                Some(t) if t.base.is_some() => {
+                    return Err(format!(
+                    "{}: model `{name}`: fallback `{}` is a preset; name the model it is based on",
+                    at(&f.span()),
+                    f.get_ref()
+                ))
+                }
+                Some(t) if t.name.get_ref() != name => {}
+                _ => {
+                    return Err(format!(
+                        "{}: model `{name}`: fallback `{}` must be another model in this file",
+                        at(&f.span()),
+                        f.get_ref()
+                    ))
+                }
+            }
+        }
+        if m.base.is_some() && !m.fallbacks.is_empty() {
+            return Err(format!(
+                "{here}: model `{name}` is a preset: it uses its base model's fallbacks"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a span starts, for error messages: `line N`.
+fn at(text: &str, s: &std::ops::Range<usize>) -> String {
+    format!("line {}", line_of(text, s.start))
 }
 
 #[cfg(test)]
