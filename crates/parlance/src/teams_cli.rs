@@ -129,32 +129,7 @@ pub fn teams(cmd: TeamsCommand) -> anyhow::Result<()> {
                 println!("{} {}", team.id, team.name);
             }
             TeamsCommand::List(db) => {
-                let t = open(&db).await?;
-                for team in t.store.list_teams().await.map_err(anyhow::Error::msg)? {
-                    let members = t
-                        .store
-                        .members(&team.id)
-                        .await
-                        .map_err(anyhow::Error::msg)?;
-                    let payer = format!("t:{}", team.id);
-                    let credits = t.store.credits(&payer).await.map_err(anyhow::Error::msg)?;
-                    let (_, spent) = t
-                        .store
-                        .spent(&format!("pay:{payer}"))
-                        .await
-                        .map_err(anyhow::Error::msg)?;
-                    let who: Vec<String> = members
-                        .iter()
-                        .map(|m| format!("{} ({})", m.email, m.role))
-                        .collect();
-                    println!(
-                        "{} {:<20} ${:.4} left  {}",
-                        team.id,
-                        team.name,
-                        credits - spent,
-                        who.join(", ")
-                    );
-                }
+                list(&db).await?;
             }
             TeamsCommand::Add {
                 team,
@@ -162,40 +137,7 @@ pub fn teams(cmd: TeamsCommand) -> anyhow::Result<()> {
                 role,
                 db,
             } => {
-                let t = open(&db).await?;
-                anyhow::ensure!(
-                    role == "admin" || role == "member",
-                    "--role must be admin or member"
-                );
-                let u = t
-                    .store
-                    .user_by_email(&email.trim().to_lowercase())
-                    .await
-                    .map_err(anyhow::Error::msg)?
-                    .with_context(|| format!("no account with the email {email}"))?;
-                t.store
-                    .team(&team)
-                    .await
-                    .map_err(anyhow::Error::msg)?
-                    .with_context(|| format!("no team {team}"))?;
-                t.store
-                    .set_member(&team, &u.id, &role)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                t.audit(
-                    "cli",
-                    "team.set_member",
-                    &team,
-                    &format!("{} {role}", u.email),
-                    "-",
-                )
-                .await;
-                let what = if role == "admin" {
-                    "an admin"
-                } else {
-                    "a member"
-                };
-                println!("{} is {what} of {team}", u.email);
+                add(&team, &email, &role, &db).await?;
             }
             TeamsCommand::Credit {
                 team,
@@ -228,6 +170,74 @@ pub fn teams(cmd: TeamsCommand) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+async fn list(db: &DbArg) -> anyhow::Result<()> {
+    let t = open(db).await?;
+    for team in t.store.list_teams().await.map_err(anyhow::Error::msg)? {
+        let members = t
+            .store
+            .members(&team.id)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let payer = format!("t:{}", team.id);
+        let credits = t.store.credits(&payer).await.map_err(anyhow::Error::msg)?;
+        let (_, spent) = t
+            .store
+            .spent(&format!("pay:{payer}"))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let who: Vec<String> = members
+            .iter()
+            .map(|m| format!("{} ({})", m.email, m.role))
+            .collect();
+        println!(
+            "{} {:<20} ${:.4} left  {}",
+            team.id,
+            team.name,
+            credits - spent,
+            who.join(", ")
+        );
+    }
+    Ok(())
+}
+
+async fn add(team: &str, email: &str, role: &str, db: &DbArg) -> anyhow::Result<()> {
+    let t = open(db).await?;
+    anyhow::ensure!(
+        role == "admin" || role == "member",
+        "--role must be admin or member"
+    );
+    let u = t
+        .store
+        .user_by_email(&email.trim().to_lowercase())
+        .await
+        .map_err(anyhow::Error::msg)?
+        .with_context(|| format!("no account with the email {email}"))?;
+    t.store
+        .team(team)
+        .await
+        .map_err(anyhow::Error::msg)?
+        .with_context(|| format!("no team {team}"))?;
+    t.store
+        .set_member(team, &u.id, role)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    t.audit(
+        "cli",
+        "team.set_member",
+        team,
+        &format!("{} {role}", u.email),
+        "-",
+    )
+    .await;
+    let what = if role == "admin" {
+        "an admin"
+    } else {
+        "a member"
+    };
+    println!("{} is {what} of {team}", u.email);
+    Ok(())
 }
 
 pub fn codes(cmd: CodesCommand) -> anyhow::Result<()> {

@@ -421,6 +421,26 @@ async fn provision(
     addr: &str,
 ) -> Result<parlance_tenancy::accounts::User, String> {
     let s = &oidc.settings;
+    let email = allowed_email(s, claims)?;
+    let groups = groups_of(s, claims);
+    let role = if groups.iter().any(|g| s.admin_groups.contains(g)) {
+        Role::Admin
+    } else {
+        Role::Member
+    };
+    let name = claims
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| email.split('@').next().unwrap_or("someone"));
+    let user = user_for(s, t, &email, name, role, addr).await?;
+    join_group_teams(s, t, &user, &email, &groups, addr).await?;
+    t.audit(&email, "session.sign_in", &user.id, "oidc", addr)
+        .await;
+    Ok(user)
+}
+
+/// The claims' email, verified and of an allowed domain, normalized.
+fn allowed_email(s: &OidcSettings, claims: &Map<String, Value>) -> Result<String, String> {
     let email = claims
         .get("email")
         .and_then(Value::as_str)
@@ -438,7 +458,11 @@ async fn provision(
     {
         return Err(format!("People from {domain} may not sign in here."));
     }
-    let groups: Vec<String> = match claims.get(&s.groups_claim) {
+    Ok(email)
+}
+
+fn groups_of(s: &OidcSettings, claims: &Map<String, Value>) -> Vec<String> {
+    match claims.get(&s.groups_claim) {
         Some(Value::Array(a)) => a
             .iter()
             .filter_map(Value::as_str)
@@ -446,19 +470,22 @@ async fn provision(
             .collect(),
         Some(Value::String(g)) => vec![g.clone()],
         _ => Vec::new(),
-    };
-    let role = if groups.iter().any(|g| s.admin_groups.contains(g)) {
-        Role::Admin
-    } else {
-        Role::Member
-    };
-    let name = claims
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| email.split('@').next().unwrap_or("someone"));
+    }
+}
+
+/// The account of this email: made on first sign-in; its role follows the admin groups
+/// when they are configured.
+async fn user_for(
+    s: &OidcSettings,
+    t: &Tenancy,
+    email: &str,
+    name: &str,
+    role: Role,
+    addr: &str,
+) -> Result<parlance_tenancy::accounts::User, String> {
     let existing = t
         .store
-        .user_by_email(&email)
+        .user_by_email(email)
         .await
         .map_err(|e| e.to_string())?;
     let user = match existing {
@@ -481,7 +508,7 @@ async fn provision(
         None => {
             let u = t
                 .create_user(NewUser {
-                    email: email.clone(),
+                    email: email.to_string(),
                     name: name.to_string(),
                     role,
                     organization: String::new(),
@@ -500,6 +527,18 @@ async fn provision(
             u
         }
     };
+    Ok(user)
+}
+
+/// Membership of the teams the configured groups map to (teams made as needed).
+async fn join_group_teams(
+    s: &OidcSettings,
+    t: &Tenancy,
+    user: &parlance_tenancy::accounts::User,
+    email: &str,
+    groups: &[String],
+    addr: &str,
+) -> Result<(), String> {
     for (group, team_name) in &s.teams {
         if groups.contains(group) {
             let team = match t
@@ -538,7 +577,5 @@ async fn provision(
             }
         }
     }
-    t.audit(&email, "session.sign_in", &user.id, "oidc", addr)
-        .await;
-    Ok(user)
+    Ok(())
 }
