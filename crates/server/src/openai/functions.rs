@@ -29,33 +29,7 @@ pub fn into_tools(req: &mut wire::ChatCompletionRequest) -> Result<bool, Error> 
         return Ok(false);
     }
     if let Some(f) = functions {
-        let list = f.as_array().ok_or_else(|| {
-            Error::invalid_param(
-                "functions",
-                "'functions' must be a list of function definitions.",
-            )
-        })?;
-        let mut tools = Vec::with_capacity(list.len());
-        for (i, f) in list.iter().enumerate() {
-            let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
-                Error::invalid_param(
-                    format!("functions[{i}].name"),
-                    format!("functions[{i}] needs a 'name'."),
-                )
-            })?;
-            tools.push(wire::Tool {
-                kind: "function".into(),
-                function: wire::FunctionDef {
-                    name: name.to_string(),
-                    description: f
-                        .get("description")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                    parameters: f.get("parameters").filter(|p| !p.is_null()).cloned(),
-                    strict: None,
-                },
-            });
-        }
+        let tools = function_tools(&f)?;
         if req.tools.is_some() && !tools.is_empty() {
             return Err(Error::invalid_param(
                 "functions",
@@ -67,33 +41,77 @@ pub fn into_tools(req: &mut wire::ChatCompletionRequest) -> Result<bool, Error> 
         }
     }
     if let Some(c) = choice {
-        req.tool_choice = Some(match &c {
-            Value::String(mode) if mode == "auto" || mode == "none" => {
-                wire::ToolChoice::Mode(mode.clone())
-            }
-            Value::Object(o) if o.get("name").and_then(Value::as_str).is_some() => {
-                wire::ToolChoice::Named(wire::NamedToolChoice {
-                    kind: "function".into(),
-                    function: wire::FunctionName {
-                        name: o
-                            .get("name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string(),
-                    },
-                })
-            }
-            _ => {
-                return Err(Error::invalid_param(
-                    "function_call",
-                    "'function_call' must be \"auto\", \"none\" or {\"name\": ...}.",
-                ))
-            }
+        req.tool_choice = Some(function_choice(&c)?);
+    }
+    calls_to_tool_calls(&mut req.messages)?;
+    Ok(true)
+}
+
+/// `functions` as tools.
+fn function_tools(f: &Value) -> Result<Vec<wire::Tool>, Error> {
+    let list = f.as_array().ok_or_else(|| {
+        Error::invalid_param(
+            "functions",
+            "'functions' must be a list of function definitions.",
+        )
+    })?;
+    let mut tools = Vec::with_capacity(list.len());
+    for (i, f) in list.iter().enumerate() {
+        let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+            Error::invalid_param(
+                format!("functions[{i}].name"),
+                format!("functions[{i}] needs a 'name'."),
+            )
+        })?;
+        tools.push(wire::Tool {
+            kind: "function".into(),
+            function: wire::FunctionDef {
+                name: name.to_string(),
+                description: f
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                parameters: f.get("parameters").filter(|p| !p.is_null()).cloned(),
+                strict: None,
+            },
         });
     }
-    // Each call gets an id; a function's result answers the latest call of that name.
+    Ok(tools)
+}
+
+/// `function_call` as a tool choice.
+fn function_choice(c: &Value) -> Result<wire::ToolChoice, Error> {
+    Ok(match c {
+        Value::String(mode) if mode == "auto" || mode == "none" => {
+            wire::ToolChoice::Mode(mode.clone())
+        }
+        Value::Object(o) if o.get("name").and_then(Value::as_str).is_some() => {
+            wire::ToolChoice::Named(wire::NamedToolChoice {
+                kind: "function".into(),
+                function: wire::FunctionName {
+                    name: o
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                },
+            })
+        }
+        _ => {
+            return Err(Error::invalid_param(
+                "function_call",
+                "'function_call' must be \"auto\", \"none\" or {\"name\": ...}.",
+            ))
+        }
+    })
+}
+
+/// History in the functions form (assistant `function_call`, `function` results) as
+/// tool calls and tool messages: each call gets an id, and a function's result answers
+/// the latest call of that name.
+fn calls_to_tool_calls(messages: &mut [wire::ChatMessage]) -> Result<(), Error> {
     let mut calls: Vec<(String, String)> = Vec::new();
-    for (i, m) in req.messages.iter_mut().enumerate() {
+    for (i, m) in messages.iter_mut().enumerate() {
         if let Some(call) = m.extra.remove("function_call") {
             let name = call.get("name").and_then(Value::as_str).ok_or_else(|| {
                 Error::invalid_param(
@@ -132,7 +150,7 @@ pub fn into_tools(req: &mut wire::ChatCompletionRequest) -> Result<bool, Error> 
             m.tool_call_id = Some(answered);
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A validation error of the tools this request became, named as the caller wrote
