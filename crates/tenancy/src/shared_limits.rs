@@ -194,42 +194,7 @@ impl SharedLimiter {
             headers: headers.clone(),
         };
         match verdict {
-            0 => {
-                let this = Arc::clone(self);
-                let tok_hash = k[2].clone();
-                let tok_sum = k[4].clone();
-                let inflight = k[3].clone();
-                let settle_id = id.clone();
-                let counts_tokens = key.tpm.is_some();
-                let counts_flight = key.max_concurrent.is_some();
-                if counts_flight {
-                    self.hold_lease(&inflight, &id);
-                }
-                let release_id = id.clone();
-                let resize = counts_tokens.then(|| self.resizer(&k, &id, key.tpm.unwrap_or(0)));
-                let ticket = Ticket::remote(
-                    resize,
-                    Box::new(move |actual| {
-                        if counts_tokens {
-                            this.spawn_settle(&tok_hash, &tok_sum, &settle_id, actual);
-                        }
-                    }),
-                    Box::new({
-                        let this = Arc::clone(self);
-                        move || {
-                            if counts_flight {
-                                this.spawn_release(inflight, release_id)
-                            }
-                        }
-                    }),
-                    Box::new({
-                        let this = Arc::clone(self);
-                        let (requests, id) = (k[0].clone(), id.clone());
-                        move || this.spawn_zrem(requests, id)
-                    }),
-                );
-                Ok((ticket, headers))
-            }
+            0 => Ok((self.admitted_ticket(key, &k, id), headers)),
             1 => Err(denied(
                 Refused::Requests,
                 u64::from(key.rpm.unwrap_or(0)),
@@ -246,6 +211,44 @@ impl SharedLimiter {
                 Duration::from_secs(1),
             )),
         }
+    }
+
+    /// The ticket of an admitted request: it settles its tokens, gives back its place in
+    /// flight, and takes its request back when cancelled.
+    fn admitted_ticket(self: &Arc<Self>, key: &KeyRecord, k: &[String; 5], id: String) -> Ticket {
+        let this = Arc::clone(self);
+        let tok_hash = k[2].clone();
+        let tok_sum = k[4].clone();
+        let inflight = k[3].clone();
+        let settle_id = id.clone();
+        let counts_tokens = key.tpm.is_some();
+        let counts_flight = key.max_concurrent.is_some();
+        if counts_flight {
+            self.hold_lease(&inflight, &id);
+        }
+        let release_id = id.clone();
+        let resize = counts_tokens.then(|| self.resizer(k, &id, key.tpm.unwrap_or(0)));
+        Ticket::remote(
+            resize,
+            Box::new(move |actual| {
+                if counts_tokens {
+                    this.spawn_settle(&tok_hash, &tok_sum, &settle_id, actual);
+                }
+            }),
+            Box::new({
+                let this = Arc::clone(self);
+                move || {
+                    if counts_flight {
+                        this.spawn_release(inflight, release_id)
+                    }
+                }
+            }),
+            Box::new({
+                let this = Arc::clone(self);
+                let (requests, id) = (k[0].clone(), id.clone());
+                move || this.spawn_zrem(requests, id)
+            }),
+        )
     }
 
     fn resizer(self: &Arc<Self>, k: &[String; 5], id: &str, tpm: u32) -> ResizeTokens {
