@@ -314,20 +314,7 @@ pub fn build(
             None => routes[name].clone(),
             Some(base) => {
                 let (base_info, base_backend) = &routes[base.get_ref().as_str()];
-                let mut i = base_info.clone();
-                i.id = name.to_string();
-                if let Some(o) = &m.owned_by {
-                    i.owned_by = o.clone();
-                }
-                if let Some(k) = &m.kind {
-                    i.kind = k.clone();
-                }
-                // A preset may be sold at its own price (it was silently its base's).
-                if m.price.is_some() {
-                    i.price = m.price;
-                }
-                let backend = with_preset(Arc::clone(base_backend), &m.system_prompt, &m.defaults);
-                (i, backend)
+                preset(m, base_info, base_backend)
             }
         };
         for id in std::iter::once(name).chain(m.aliases.iter().map(String::as_str)) {
@@ -337,4 +324,27 @@ pub fn build(
         }
     }
     Ok(())
+}
+
+/// A preset model: its base's backend under its own name, system prompt and defaults
+/// (and its own owner, kind and price where it sets them).
+fn preset(
+    m: &ModelSection,
+    base_info: &ModelInfo,
+    base_backend: &Arc<dyn Backend>,
+) -> (ModelInfo, Arc<dyn Backend>) {
+    let mut i = base_info.clone();
+    i.id = m.name.get_ref().clone();
+    if let Some(o) = &m.owned_by {
+        i.owned_by = o.clone();
+    }
+    if let Some(k) = &m.kind {
+        i.kind = k.clone();
+    }
+    // A preset may be sold at its own price (it was silently its base's).
+    if m.price.is_some() {
+        i.price = m.price;
+    }
+    let backend = with_preset(Arc::clone(base_backend), &m.system_prompt, &m.defaults);
+    (i, backend)
 }
