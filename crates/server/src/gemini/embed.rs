@@ -41,29 +41,7 @@ async fn run(
     body: Value,
 ) -> Result<Response, Error> {
     let batch = verb == "batchEmbedContents";
-    let requests: Vec<(&Value, String)> = if batch {
-        let list = body["requests"]
-            .as_array()
-            .filter(|l| !l.is_empty())
-            .ok_or_else(|| {
-                Error::invalid_param("requests", "* requests: must be a non-empty list")
-            })?;
-        if list.len() > MAX_REQUESTS {
-            return Err(Error::invalid_param(
-                "requests",
-                format!(
-                    "* requests: at most {MAX_REQUESTS} requests per batch, got {}",
-                    list.len()
-                ),
-            ));
-        }
-        list.iter()
-            .enumerate()
-            .map(|(i, r)| (r, format!("requests[{i}]")))
-            .collect()
-    } else {
-        vec![(&body, String::new())]
-    };
+    let requests = requests_of(&body, batch)?;
     let route = state.router.resolve(model)?;
     let mut inputs = Vec::with_capacity(requests.len());
     // Per request: the length to cut its vector to, and the field that asked.
@@ -77,24 +55,8 @@ async fn run(
             }
         };
         inputs.push(EmbedInput::Text(text_of(&r["content"], &field("content"))?));
-        let dims = r
-            .get("outputDimensionality")
-            .or_else(|| r.get("output_dimensionality"))
-            .filter(|v| !v.is_null());
         let f = field("outputDimensionality");
-        shorten.push(
-            match dims {
-                Some(v) => {
-                    let asked = v.as_u64().ok_or_else(|| {
-                        Error::invalid_param(&f, format!("* {f}: must be a positive integer"))
-                    })?;
-                    let asked = u32::try_from(asked).unwrap_or(u32::MAX);
-                    shortening(&route.info, asked, &f).map_err(|e| gemini_worded(e, &f))?
-                }
-                None => None,
-            }
-            .map(|k| (k, f)),
-        );
+        shorten.push(dimensions(r, &route.info, &f)?.map(|k| (k, f)));
     }
     let bytes = inputs.iter().map(EmbedInput::bytes).sum();
     let ir = EmbedRequest {
@@ -137,6 +99,51 @@ async fn run(
         json!({"embedding": vectors.next().unwrap_or(Value::Null)})
     };
     Ok(with_rate_headers(Json(body).into_response(), &rate))
+}
+
+/// The embed requests of a body, each with the path that names its fields.
+fn requests_of(body: &Value, batch: bool) -> Result<Vec<(&Value, String)>, Error> {
+    Ok(if batch {
+        let list = body["requests"]
+            .as_array()
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| {
+                Error::invalid_param("requests", "* requests: must be a non-empty list")
+            })?;
+        if list.len() > MAX_REQUESTS {
+            return Err(Error::invalid_param(
+                "requests",
+                format!(
+                    "* requests: at most {MAX_REQUESTS} requests per batch, got {}",
+                    list.len()
+                ),
+            ));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, r)| (r, format!("requests[{i}]")))
+            .collect()
+    } else {
+        vec![(body, String::new())]
+    })
+}
+
+/// `outputDimensionality` (either spelling): the length to cut the vector to.
+fn dimensions(r: &Value, info: &parlance_core::ModelInfo, f: &str) -> Result<Option<usize>, Error> {
+    let dims = r
+        .get("outputDimensionality")
+        .or_else(|| r.get("output_dimensionality"))
+        .filter(|v| !v.is_null());
+    match dims {
+        Some(v) => {
+            let asked = v.as_u64().ok_or_else(|| {
+                Error::invalid_param(f, format!("* {f}: must be a positive integer"))
+            })?;
+            let asked = u32::try_from(asked).unwrap_or(u32::MAX);
+            shortening(info, asked, f).map_err(|e| gemini_worded(e, f))
+        }
+        None => Ok(None),
+    }
 }
 
 /// A content's text: its text parts joined; any other part is a 400 naming it.
