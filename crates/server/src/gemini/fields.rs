@@ -79,6 +79,13 @@ fn fields(shape: Shape) -> &'static [(&'static str, Shape)] {
             ("willContinue", Opaque),
             ("scheduling", Opaque),
         ],
+        _ => tool_and_config_fields(shape),
+    }
+}
+
+/// The fields of tool declarations and generation settings.
+fn tool_and_config_fields(shape: Shape) -> &'static [(&'static str, Shape)] {
+    match shape {
         Tool => &[
             ("functionDeclarations", FunctionDeclaration),
             ("googleSearch", Opaque),
@@ -131,7 +138,7 @@ fn fields(shape: Shape) -> &'static [(&'static str, Shape)] {
             ("thinkingBudget", Opaque),
             ("thinkingLevel", Opaque),
         ],
-        Opaque => &[],
+        _ => &[],
     }
 }
 
