@@ -120,30 +120,8 @@ impl Dialect for AnthropicDialect {
             stream: req.stream.then_some(true),
             ..Default::default()
         };
-        let no_parallel = (!req.parallel_tool_calls).then_some(true);
         if !req.tools.is_empty() {
-            body.tools = req
-                .tools
-                .iter()
-                .map(|t| wire::Tool {
-                    name: t.name.clone(),
-                    description: t.description.clone(),
-                    input_schema: t.parameters.clone(),
-                })
-                .collect();
-            body.tool_choice = Some(match &req.tool_choice {
-                ToolChoice::Auto => wire::ToolChoice::Auto {
-                    disable_parallel_tool_use: no_parallel,
-                },
-                ToolChoice::Required => wire::ToolChoice::Any {
-                    disable_parallel_tool_use: no_parallel,
-                },
-                ToolChoice::Named(name) => wire::ToolChoice::Tool {
-                    name: name.clone(),
-                    disable_parallel_tool_use: no_parallel,
-                },
-                ToolChoice::None => wire::ToolChoice::None,
-            });
+            (body.tools, body.tool_choice) = tools(req);
         }
         match &req.response_format {
             ResponseFormat::Text => {}
@@ -398,4 +376,32 @@ impl StreamMapper for EventMapper {
         out.push(StreamEvent::Usage(usage(&self.input, self.output)));
         Ok(())
     }
+}
+
+/// The request's tools and tool choice in Anthropic's terms.
+fn tools(req: &ChatRequest) -> (Vec<wire::Tool>, Option<wire::ToolChoice>) {
+    let no_parallel = (!req.parallel_tool_calls).then_some(true);
+    let tools = req
+        .tools
+        .iter()
+        .map(|t| wire::Tool {
+            name: t.name.clone(),
+            description: t.description.clone(),
+            input_schema: t.parameters.clone(),
+        })
+        .collect();
+    let choice = match &req.tool_choice {
+        ToolChoice::Auto => wire::ToolChoice::Auto {
+            disable_parallel_tool_use: no_parallel,
+        },
+        ToolChoice::Required => wire::ToolChoice::Any {
+            disable_parallel_tool_use: no_parallel,
+        },
+        ToolChoice::Named(name) => wire::ToolChoice::Tool {
+            name: name.clone(),
+            disable_parallel_tool_use: no_parallel,
+        },
+        ToolChoice::None => wire::ToolChoice::None,
+    };
+    (tools, Some(choice))
 }
