@@ -372,7 +372,7 @@ impl<'m> Worker<'m> {
                 let job = self.slots[i].run.as_ref().map(|r| r.job);
                 if catch_unwind(AssertUnwindSafe(|| self.sample(i, &at))).is_err() {
                     if let Some(job) = job {
-                        self.abandon(job, None);
+                        self.abandon(job, None, "a request's engine work panicked");
                     }
                 }
             }
@@ -492,6 +492,7 @@ impl<'m> Worker<'m> {
             }
             let src = self.slots[i].seq;
             let cached = self.slots[i].cached.clone();
+            let mut copied = true;
             for k in 0..self.slots.len() {
                 let follower = matches!(
                     &self.slots[k].run,
@@ -501,13 +502,21 @@ impl<'m> Worker<'m> {
                     continue;
                 }
                 let dst = self.slots[k].seq;
-                let _ = self.ctx.copy_kv_cache_seq(src, dst, None, None);
+                // A choice that did not get its prompt's cells would sample from nothing.
+                copied &= self.ctx.copy_kv_cache_seq(src, dst, None, None).is_ok();
                 let slot = &mut self.slots[k];
                 slot.cached = cached.clone();
                 if let Some(run) = slot.run.as_mut() {
                     run.phase = Phase::Generate;
                     run.logits_at = Some(at.clone());
                 }
+            }
+            if !copied {
+                self.abandon(
+                    job_id,
+                    None,
+                    "llama.cpp could not copy a prompt's KV cells to its other choices",
+                );
             }
         }
     }

@@ -45,17 +45,19 @@ impl Worker<'_> {
         let tx = job.tx.clone();
         if catch_unwind(AssertUnwindSafe(|| self.start(job, free))).is_err() {
             self.next_job = self.next_job.max(id + 1);
-            self.abandon(id, Some(tx));
+            self.abandon(id, Some(tx), "a request's engine work panicked");
         }
     }
 
-    /// Ends a job whose work panicked: its slots are reset (their KV may be half
-    /// written) and its caller gets a 500; every other sequence carries on.
-    pub(super) fn abandon(&mut self, job_id: u64, tx: Option<UnboundedSender<JobEvent>>) {
-        tracing::error!(
-            job = job_id,
-            "a request's engine work panicked; only it was ended"
-        );
+    /// Ends a job whose work failed (`why`, for the log): its slots are reset (their KV
+    /// may be half written) and its caller gets a 500; every other sequence carries on.
+    pub(super) fn abandon(
+        &mut self,
+        job_id: u64,
+        tx: Option<UnboundedSender<JobEvent>>,
+        why: &str,
+    ) {
+        tracing::error!(job = job_id, "{why}; only this request was ended");
         for i in 0..self.slots.len() {
             if self.slots[i].run.as_ref().is_some_and(|r| r.job == job_id) {
                 self.slots[i].run = None;
