@@ -10,20 +10,20 @@ use parlance_core::ir::{ChatRequest, ResponseFormat, ToolChoice, ToolDef};
 use parlance_core::Error;
 use serde_json::{json, Value};
 
-pub struct Constrainer {
+pub(crate) struct Constrainer {
     factory: ParserFactory,
 }
 
 impl Constrainer {
     /// Walks the vocabulary once (hundreds of ms for large ones); shared by all requests.
-    pub fn new(model: &LlamaModel) -> Result<Self, String> {
+    pub(crate) fn new(model: &LlamaModel) -> Result<Self, String> {
         let env = LlamaSampler::llguidance_tok_env(model);
         let factory = ParserFactory::new_simple(&env).map_err(|e| format!("llguidance: {e}"))?;
         Ok(Constrainer { factory })
     }
 
     /// The grammar this request must follow, compiled; `None` when it is free text.
-    pub fn for_request(&self, req: &ChatRequest) -> Result<Option<Matcher>, Error> {
+    pub(crate) fn for_request(&self, req: &ChatRequest) -> Result<Option<Matcher>, Error> {
         let Some((grammar, param)) = grammar(req) else {
             return Ok(None);
         };

@@ -7,7 +7,7 @@
 
 /// Softmax sampling over the full vocabulary with its own seeded generator, so a
 /// seeded request draws the same tokens whatever shares its batch.
-pub struct Direct {
+pub(crate) struct Direct {
     biases: Vec<(usize, f32)>,
     /// 0 or below: the most likely token (ties go to the lowest id, as llama.cpp's
     /// greedy sampler does).
@@ -22,7 +22,7 @@ const BLOCK: usize = 512;
 const LANES: usize = 8;
 
 impl Direct {
-    pub fn new(biases: Vec<(i32, f32)>, temperature: f32, seed: u32) -> Self {
+    pub(crate) fn new(biases: Vec<(i32, f32)>, temperature: f32, seed: u32) -> Self {
         Direct {
             biases: biases
                 .into_iter()
@@ -36,7 +36,7 @@ impl Direct {
     }
 
     /// The sampled token id.
-    pub fn sample(&mut self, logits: &[f32]) -> i32 {
+    pub(crate) fn sample(&mut self, logits: &[f32]) -> i32 {
         if self.temperature > 0.0 && logits.len() > 1 {
             if let Some(tok) = self.draw(logits) {
                 return tok;

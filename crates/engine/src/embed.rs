@@ -30,7 +30,7 @@ const PACK_TOKENS: usize = 256;
 
 /// How a GGUF's vectors are pooled, from its `{arch}.pooling_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
+pub(crate) enum Pooling {
     Mean,
     Cls,
     Last,
@@ -40,7 +40,7 @@ pub enum Pooling {
 
 impl Pooling {
     /// The pooling the GGUF declares; `None` for a model that does not pool (chat).
-    pub fn of(model: &LlamaModel) -> Option<Pooling> {
+    pub(crate) fn of(model: &LlamaModel) -> Option<Pooling> {
         let arch = model.meta_val_str("general.architecture").ok()?;
         let v = model.meta_val_str(&format!("{arch}.pooling_type")).ok()?;
         match v.trim() {
@@ -53,7 +53,7 @@ impl Pooling {
     }
 
     /// `--pooling`'s words.
-    pub fn named(name: &str) -> Option<Pooling> {
+    pub(crate) fn named(name: &str) -> Option<Pooling> {
         [Pooling::Mean, Pooling::Cls, Pooling::Last, Pooling::Rank]
             .into_iter()
             .find(|p| p.name() == name)

@@ -39,7 +39,7 @@ pub(crate) struct Job {
 
 /// Test hooks (cargo feature `test-hooks`): how a job makes the engine thread panic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Crash {
+pub(crate) enum Crash {
     /// Outside any one request's work: the engine thread goes down.
     Engine,
     /// While sampling the job's sequence: only this request fails.
@@ -60,7 +60,7 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub fn new(slots: usize) -> Self {
+    pub(crate) fn new(slots: usize) -> Self {
         Counters {
             queued: Arc::new(AtomicUsize::new(0)),
             free: Arc::new(AtomicUsize::new(slots)),

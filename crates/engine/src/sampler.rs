@@ -11,12 +11,12 @@ use llguidance::Matcher;
 use parlance_core::ir::SamplingParams;
 use std::sync::Arc;
 
-pub use crate::draw::Direct;
+pub(crate) use crate::draw::Direct;
 
 /// OpenAI's default temperature, used when neither the request nor the model sets one.
-pub const DEFAULT_TEMPERATURE: f32 = 1.0;
+pub(crate) const DEFAULT_TEMPERATURE: f32 = 1.0;
 
-pub struct SamplerSpec<'a> {
+pub(crate) struct SamplerSpec<'a> {
     pub params: &'a SamplingParams,
     pub n_vocab: i32,
     /// End-of-generation tokens, banned when the caller asked for `ignore_eos`.
@@ -33,7 +33,7 @@ pub struct SamplerSpec<'a> {
 /// llguidance sampler stops masking silently when the matcher fails, so the worker
 /// feeds the shadow every sampled token and ends the request with an error the moment
 /// the output leaves the grammar.
-pub fn build(spec: SamplerSpec<'_>) -> (Sampler, Option<Matcher>) {
+pub(crate) fn build(spec: SamplerSpec<'_>) -> (Sampler, Option<Matcher>) {
     let p = spec.params;
     let mut pairs: Vec<(i32, f32)> = crate::in_vocab(&p.logit_bias, spec.n_vocab);
     if spec.ignore_eos {
@@ -107,14 +107,14 @@ fn needs_chain(p: &SamplingParams, temperature: f32, constrained: bool) -> bool 
 
 /// A sequence's sampler: llama.cpp's chain for grammars, penalties and truncation
 /// (top-k/top-p/min-p), else [`Direct`].
-pub enum Sampler {
+pub(crate) enum Sampler {
     Chain(LlamaSampler),
     Direct(Direct),
 }
 
 /// Where a sequence's next-token logits are.
 #[derive(Clone)]
-pub enum Logits {
+pub(crate) enum Logits {
     /// Output row `i` of the last decode.
     Batch(i32),
     /// A copy kept from an earlier decode: a prompt repeated whole samples from the
@@ -124,7 +124,7 @@ pub enum Logits {
 }
 
 impl Logits {
-    pub fn row<'a>(&'a self, ctx: &'a LlamaContext<'_>) -> &'a [f32] {
+    pub(crate) fn row<'a>(&'a self, ctx: &'a LlamaContext<'_>) -> &'a [f32] {
         match self {
             Logits::Batch(at) => ctx.get_logits_ith(*at),
             Logits::Saved(row) => row,
@@ -134,7 +134,7 @@ impl Logits {
 
 impl Sampler {
     /// Samples (and accepts) the next token.
-    pub fn sample(&mut self, ctx: &LlamaContext<'_>, logits: &Logits) -> LlamaToken {
+    pub(crate) fn sample(&mut self, ctx: &LlamaContext<'_>, logits: &Logits) -> LlamaToken {
         match (self, logits) {
             (Sampler::Chain(chain), Logits::Batch(at)) => chain.sample(ctx, *at),
             // What llama_sampler_sample does with a context's row.
@@ -161,7 +161,7 @@ impl Sampler {
 
 /// Advances the shadow matcher by one sampled token; the grammar's error if the token
 /// broke it.
-pub fn follow(shadow: &mut Matcher, tok: LlamaToken) -> Option<String> {
+pub(crate) fn follow(shadow: &mut Matcher, tok: LlamaToken) -> Option<String> {
     if shadow.is_stopped() {
         return None;
     }

@@ -3,7 +3,7 @@
 
 /// What one push produced.
 #[derive(Debug, Default, PartialEq)]
-pub struct Pushed {
+pub(crate) struct Pushed {
     /// Text that can go to the client now.
     pub text: String,
     /// A stop string matched: `text` ends right before it and generation must end.
@@ -13,7 +13,7 @@ pub struct Pushed {
 }
 
 #[derive(Debug, Default)]
-pub struct TextAssembler {
+pub(crate) struct TextAssembler {
     /// Trailing bytes of a character that has not fully arrived.
     partial: Vec<u8>,
     /// Decoded text held back because it may be the start of a stop string.
@@ -22,7 +22,7 @@ pub struct TextAssembler {
 }
 
 impl TextAssembler {
-    pub fn new(stops: Vec<String>) -> Self {
+    pub(crate) fn new(stops: Vec<String>) -> Self {
         TextAssembler {
             partial: Vec::new(),
             held: String::new(),
@@ -30,7 +30,7 @@ impl TextAssembler {
         }
     }
 
-    pub fn push(&mut self, bytes: &[u8]) -> Pushed {
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Pushed {
         self.partial.extend_from_slice(bytes);
         decode_prefix(&mut self.partial, &mut self.held);
 
@@ -65,7 +65,7 @@ impl TextAssembler {
     /// Everything still held, at the end of generation. A character cut off by the
     /// end (max_tokens hit mid-character) is dropped: half a character is not text, and
     /// a U+FFFD would end the answer with garbage.
-    pub fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         self.partial.clear();
         std::mem::take(&mut self.held)
     }

@@ -66,7 +66,7 @@ pub(crate) struct ImageInput {
 }
 
 impl Vision {
-    pub fn load(
+    pub(crate) fn load(
         path: &Path,
         model: &Arc<LlamaModel>,
         threads: i32,
@@ -108,12 +108,12 @@ impl Vision {
     }
 
     /// The marker a rendered prompt carries where each image goes.
-    pub fn marker() -> &'static str {
+    pub(crate) fn marker() -> &'static str {
         mtmd_default_marker()
     }
 
     /// Decodes and preprocesses one image into what the engine evaluates.
-    pub fn image(&self, bytes: &[u8]) -> Result<MtmdInputChunks, String> {
+    pub(crate) fn image(&self, bytes: &[u8]) -> Result<MtmdInputChunks, String> {
         let (w, h, rgb) = decode_rgb(bytes)?;
         let bitmap = MtmdBitmap::from_image_data(w, h, &rgb).map_err(|e| e.to_string())?;
         let ctx = self
@@ -135,7 +135,7 @@ impl Vision {
     }
 
     /// [`Vision::image`], its failure a 400 naming the part `at`.
-    pub fn image_at(&self, bytes: &[u8], at: &str) -> Result<MtmdInputChunks, Error> {
+    pub(crate) fn image_at(&self, bytes: &[u8], at: &str) -> Result<MtmdInputChunks, Error> {
         self.image(bytes).map_err(|why| {
             Error::invalid_param(at, format!("The image cannot be used: {why}."))
                 .with_code("invalid_image")
@@ -145,7 +145,7 @@ impl Vision {
     /// Runs the encoder on `media` and decodes its embeddings into sequence `seq` at
     /// its positions, in one go (a projector with non-causal attention, as Gemma 3's,
     /// needs the whole image in one batch). Only the engine thread calls this.
-    pub fn eval(
+    pub(crate) fn eval(
         &self,
         media: &Media,
         ctx: &mut LlamaContext<'_>,

@@ -118,7 +118,7 @@ impl Drop for Worker<'_> {
 }
 
 impl<'m> Worker<'m> {
-    pub fn new(
+    pub(crate) fn new(
         model: &'m LlamaModel,
         ctx: LlamaContext<'m>,
         cfg: WorkerConfig,
@@ -154,7 +154,7 @@ impl<'m> Worker<'m> {
     }
 
     /// Runs until every sender is gone and no work is left.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         loop {
             if !self.intake() {
                 return;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// Base URL of the server's API.
     #[arg(long, env = "PARLANCE_URL", default_value = "http://127.0.0.1:8080/v1")]
     pub url: String,
@@ -20,7 +20,7 @@ pub struct ServerArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ChatArgs {
+pub(crate) struct ChatArgs {
     #[command(flatten)]
     pub server: ServerArgs,
 
@@ -74,7 +74,7 @@ fn get_models(server: &ServerArgs) -> anyhow::Result<Vec<Value>> {
     Ok(body["data"].as_array().cloned().unwrap_or_default())
 }
 
-pub fn models(server: ServerArgs) -> anyhow::Result<()> {
+pub(crate) fn models(server: ServerArgs) -> anyhow::Result<()> {
     let models = get_models(&server)?;
     println!(
         "{:<40} {:>10} {:>12}  OWNED BY",
@@ -145,7 +145,7 @@ fn turn(
     Ok(answer)
 }
 
-pub fn chat(
+pub(crate) fn chat(
     mut args: ChatArgs,
     serve_local: impl FnOnce(PathBuf) -> anyhow::Result<String>,
 ) -> anyhow::Result<()> {

@@ -23,7 +23,7 @@ fn cache_dir() -> PathBuf {
 
 /// The GGUF file of a repository listing that `quant` asks for: the one whose name
 /// contains it, else Q4_K_M, else the first. Projector files (mmproj) never count.
-pub fn pick_file(files: &[String], quant: Option<&str>) -> Option<String> {
+pub(crate) fn pick_file(files: &[String], quant: Option<&str>) -> Option<String> {
     let ggufs: Vec<&String> = files
         .iter()
         .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
@@ -124,13 +124,13 @@ fn endpoint() -> String {
 }
 
 /// Downloads (once) the GGUF `spec` names into the cache and returns its path (`-hf`).
-pub fn download(spec: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn download(spec: &str) -> anyhow::Result<PathBuf> {
     let (repo, _) = parse_spec(spec)?;
     fetch(spec, &cache_dir().join(repo))
 }
 
 /// `parlance pull`: the GGUF `spec` names, into `dir` under its own file name.
-pub fn pull(spec: &str, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn pull(spec: &str, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     fetch(spec, dir)
 }
 
@@ -250,7 +250,7 @@ fn check(path: &std::path::Path, chosen: &Chosen) -> anyhow::Result<()> {
 
 /// `parlance rm`: a model's file(s) in `dir`: `NAME.gguf` (and the projectors named
 /// after it), or the folder `NAME`.
-pub fn remove(name: &str, dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn remove(name: &str, dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         bail!("{name:?} is not a model name");
     }

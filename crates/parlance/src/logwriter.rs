@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-pub struct Escaping {
+pub(crate) struct Escaping {
     /// Colour codes (`ESC[...m`) pass when the log is a terminal and colours are on.
     pub colours: bool,
 }
@@ -20,7 +20,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Escaping {
     }
 }
 
-pub struct EscapingWriter {
+pub(crate) struct EscapingWriter {
     colours: bool,
 }
 
@@ -45,7 +45,7 @@ fn colour_code(b: &[u8]) -> Option<usize> {
     (rest.get(n) == Some(&b'm')).then_some(n + 3)
 }
 
-pub fn escape(buf: &[u8], colours: bool) -> Vec<u8> {
+pub(crate) fn escape(buf: &[u8], colours: bool) -> Vec<u8> {
     let body = buf.strip_suffix(b"\n").unwrap_or(buf);
     let mut out = Vec::with_capacity(buf.len() + 8);
     let mut i = 0;

@@ -144,11 +144,11 @@ fn unreadable(name: &str) -> ModelInfo {
 }
 
 /// What loading a local model needs: the flags, the chat template, the image fetcher.
-pub type Settings = Arc<(ServeArgs, Option<String>, Arc<dyn InlineImages>)>;
+pub(crate) type Settings = Arc<(ServeArgs, Option<String>, Arc<dyn InlineImages>)>;
 
 /// The shelf of every model loaded on demand (the folder's and the catalog's with a
 /// `keep_alive`), under the flags' limits; its sweeper runs from now on.
-pub fn shelf(args: &ServeArgs) -> Arc<Shelf> {
+pub(crate) fn shelf(args: &ServeArgs) -> Arc<Shelf> {
     purge_freed_memory_at_once();
     let shelf = Shelf::new(
         args.max_loaded_models.unwrap_or(0),
@@ -163,7 +163,7 @@ pub fn shelf(args: &ServeArgs) -> Arc<Shelf> {
 /// A local model listed now (what it serves read from its metadata) and loaded on its
 /// first request; one that cannot be read is listed and answers why.
 /// `files`: all of the model's (its size), `spec.path` the one loaded.
-pub fn lazy_local(
+pub(crate) fn lazy_local(
     shelf: &Arc<Shelf>,
     settings: &Settings,
     name: &str,
@@ -203,7 +203,7 @@ pub fn lazy_local(
 
 /// The `--models-dir` folder as the server serves it: what it found at start and what
 /// `/api/pull` adds.
-pub struct Folder {
+pub(crate) struct Folder {
     dir: PathBuf,
     registry: String,
     shelf: Arc<Shelf>,
@@ -267,7 +267,7 @@ impl ModelFolder for Folder {
 
 /// Adds every model in `dir` to `router`, loaded on demand, and starts the sweeper
 /// that unloads idle ones; the folder then takes pulled models.
-pub fn serve(
+pub(crate) fn serve(
     dir: &Path,
     shelf: &Arc<Shelf>,
     settings: &Settings,
@@ -311,7 +311,7 @@ pub fn serve(
 }
 
 /// `8GiB`, `512MiB`, `2G`, `1.5GB` (powers of two either way, as memory is counted), or bytes.
-pub fn byte_size(v: &str) -> Result<u64, String> {
+pub(crate) fn byte_size(v: &str) -> Result<u64, String> {
     let v = v.trim();
     let at = v
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -347,7 +347,7 @@ fn purge_freed_memory_at_once() {
 }
 
 /// `[local]` of the config file, where the flags left a setting out.
-pub fn from_config(
+pub(crate) fn from_config(
     args: &mut ServeArgs,
     local: &parlance_server::config::LocalSection,
     config_file: &Path,

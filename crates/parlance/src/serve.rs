@@ -1,7 +1,7 @@
 //! `parlance serve`: load the models, build the router, serve HTTP until a signal.
 
 use crate::local::load_local;
-pub use crate::serve_args::{FlashAttn, LogFormat, ServeArgs};
+pub(crate) use crate::serve_args::{FlashAttn, LogFormat, ServeArgs};
 use anyhow::{bail, Context};
 use parlance_core::Router;
 use parlance_server::catalog::LocalSpec;
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the README's first command puts the default model.
-pub const DEFAULT_MODEL_FILE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-pub const DEFAULT_MODEL_NAME: &str = "smollm2-135m-instruct";
+pub(crate) const DEFAULT_MODEL_FILE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+pub(crate) const DEFAULT_MODEL_NAME: &str = "smollm2-135m-instruct";
 
 /// The default model, looked up in ./models and next to the binary's checkout.
 fn default_model() -> Option<PathBuf> {
@@ -112,7 +112,7 @@ fn note_gpu(args: &ServeArgs) {
     }
 }
 
-pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.verbose, args.log_format);
     note_gpu(&args);
     let template = chat_template(&args)?;

@@ -5,20 +5,20 @@ use parlance_server::DEFAULT_BODY_LIMIT;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FlashAttn {
+pub(crate) enum FlashAttn {
     On,
     Off,
     Auto,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// TOML file with providers, the model catalog and routing (see
     /// parlance.example.toml). Flags still apply: -m adds local models beside it.
     #[arg(long = "config", env = "PARLANCE_CONFIG")]

@@ -9,7 +9,7 @@ use parlance_tenancy::Tenancy;
 use std::sync::Arc;
 
 #[derive(Subcommand, Debug)]
-pub enum TeamsCommand {
+pub(crate) enum TeamsCommand {
     /// Make a team, with optional limits over all its keys.
     Create {
         #[arg(long)]
@@ -56,7 +56,7 @@ pub enum TeamsCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum CodesCommand {
+pub(crate) enum CodesCommand {
     /// Make redemption codes worth USD each; prints them once (only hashes are kept).
     Create {
         #[arg(long, default_value_t = 1)]
@@ -101,7 +101,7 @@ async fn payer(t: &Tenancy, team: Option<String>, user: Option<String>) -> anyho
     Ok(format!("t:{id}"))
 }
 
-pub fn teams(cmd: TeamsCommand) -> anyhow::Result<()> {
+pub(crate) fn teams(cmd: TeamsCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         match cmd {
             TeamsCommand::Create {
@@ -240,7 +240,7 @@ async fn add(team: &str, email: &str, role: &str, db: &DbArg) -> anyhow::Result<
     Ok(())
 }
 
-pub fn codes(cmd: CodesCommand) -> anyhow::Result<()> {
+pub(crate) fn codes(cmd: CodesCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let CodesCommand::Create {
             count,

@@ -9,17 +9,17 @@ use parlance_tenancy::{KeySpec, Tenancy};
 use std::sync::Arc;
 
 /// Where usage and keys live unless `--db` says otherwise.
-pub const DEFAULT_DB: &str = "sqlite://parlance.db";
+pub(crate) const DEFAULT_DB: &str = "sqlite://parlance.db";
 
 #[derive(Args, Debug, Clone)]
-pub struct DbArg {
+pub(crate) struct DbArg {
     /// The store: sqlite://PATH (default sqlite://parlance.db) or postgres://...
     #[arg(long = "db", env = "PARLANCE_DB", default_value = DEFAULT_DB)]
     pub db: String,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// Make a key; prints it once.
     Create(CreateArgs),
     /// List keys (never their secrets).
@@ -33,7 +33,7 @@ pub enum KeysCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct CreateArgs {
+pub(crate) struct CreateArgs {
     #[arg(long)]
     pub name: String,
     /// Allowed models, comma-separated (default: all).
@@ -57,7 +57,7 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct UsageArgs {
+pub(crate) struct UsageArgs {
     #[arg(long = "key")]
     pub key: Option<String>,
     #[arg(long)]
@@ -90,7 +90,7 @@ fn cell(v: Option<impl ToString>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
 
-pub fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+pub(crate) fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         match cmd {
             KeysCommand::Create(a) => {
@@ -176,7 +176,7 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
     })
 }
 
-pub fn usage(a: UsageArgs) -> anyhow::Result<()> {
+pub(crate) fn usage(a: UsageArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let t = open(&a.db).await?;
         let group = match a.by.as_str() {

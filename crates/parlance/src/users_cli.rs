@@ -10,7 +10,7 @@ use std::io::BufRead;
 use std::sync::Arc;
 
 #[derive(Subcommand, Debug)]
-pub enum UsersCommand {
+pub(crate) enum UsersCommand {
     /// Make an account; without --password-stdin it prints a one-time set-password link.
     Create(CreateUser),
     /// List accounts.
@@ -33,7 +33,7 @@ pub enum UsersCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct CreateUser {
+pub(crate) struct CreateUser {
     #[arg(long)]
     pub email: String,
     #[arg(long)]
@@ -120,7 +120,7 @@ async fn create(a: CreateUser) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn users(cmd: UsersCommand) -> anyhow::Result<()> {
+pub(crate) fn users(cmd: UsersCommand) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/keys", get(list_keys).post(create_key))
         .route(
@@ -385,7 +385,7 @@ fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Er
 }
 
 /// Milliseconds at the start of a `YYYY-MM-DD` day (UTC).
-pub fn parse_date_ms(s: &str) -> Option<i64> {
+pub(crate) fn parse_date_ms(s: &str) -> Option<i64> {
     let mut it = s.splitn(3, '-');
     let y: i64 = it.next()?.parse().ok()?;
     let m: i64 = it.next()?.parse().ok()?;
@@ -494,7 +494,7 @@ pub(crate) fn csv_response(rows: &[UsageTotals]) -> Response {
 }
 
 /// `GET /v1/key`: the caller's own key, limits, usage and what is left of its budget.
-pub async fn own_key(
+pub(crate) async fn own_key(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Value>, ApiError> {
@@ -513,7 +513,7 @@ pub async fn own_key(
 /// GigaChat's `POST /api/v2/oauth`: `Authorization: Basic <a Parlance key, as it is>`
 /// (or base64 of it), form `scope=...`, `RqUID` -> `{access_token, expires_at}` (ms),
 /// a 30-minute token used as a Bearer key with the key's own limits.
-pub async fn oauth(
+pub(crate) async fn oauth(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {

@@ -12,7 +12,7 @@ use parlance_tenancy::keys::{same, KeyRecord};
 use parlance_tenancy::KeyRefused;
 use std::sync::Arc;
 
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         if let Some(k) = v
@@ -97,7 +97,7 @@ async fn resolve(state: &AppState, presented: Option<&str>) -> Result<Principal,
     ))
 }
 
-pub async fn require_key(
+pub(crate) async fn require_key(
     State(state): State<Arc<AppState>>,
     mut req: Request,
     next: Next,

@@ -5,7 +5,7 @@ use axum::body::Body;
 use parlance_core::{Error, ErrorKind};
 use serde::de::DeserializeOwned;
 
-pub async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, Error> {
+pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, Error> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         // http-body's LengthLimitError is the only error that mentions the limit.
         let too_large = std::error::Error::source(&e)
@@ -24,7 +24,7 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes,
 }
 
 /// A request body read under `limit` and parsed as JSON (see `parse_json_off_thread`).
-pub async fn read_json<T: DeserializeOwned + Send + 'static>(
+pub(crate) async fn read_json<T: DeserializeOwned + Send + 'static>(
     body: Body,
     limit: usize,
 ) -> Result<T, Error> {
@@ -33,7 +33,7 @@ pub async fn read_json<T: DeserializeOwned + Send + 'static>(
 
 /// Large bodies are parsed on the blocking pool: tens of MB of JSON take long enough
 /// to stall every other request on an async worker.
-pub async fn parse_json_off_thread<T: DeserializeOwned + Send + 'static>(
+pub(crate) async fn parse_json_off_thread<T: DeserializeOwned + Send + 'static>(
     bytes: axum::body::Bytes,
 ) -> Result<T, Error> {
     if bytes.len() < parlance_core::blocking::LARGE {
@@ -42,7 +42,7 @@ pub async fn parse_json_off_thread<T: DeserializeOwned + Send + 'static>(
     parlance_core::blocking::run(bytes.len(), move || parse_json(&bytes)).await?
 }
 
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(
             Error::invalid("The request body is empty; expected a JSON object.")

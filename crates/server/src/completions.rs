@@ -216,7 +216,7 @@ fn merged(streams: Vec<EventStream>, n: u32) -> EventStream {
     })
 }
 
-pub async fn completions(
+pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,

@@ -105,7 +105,7 @@ pub(crate) fn security_headers(resp: &mut Response) {
 
 /// `GET /console/{file}`: revalidated on every load (`no-cache` + ETag), so a new
 /// binary's assets are never mixed with an old page's.
-pub async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
+pub(crate) async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
     let Some(i) = ASSETS.iter().position(|(name, _, _)| *name == file) else {
         return crate::openai::not_found().await.into_response();
     };
@@ -150,7 +150,7 @@ fn page(html: String) -> Response {
 }
 
 /// `GET /`: the playground; without scripts, a summary of the server and its models.
-pub async fn playground(State(state): State<Arc<AppState>>) -> Response {
+pub(crate) async fn playground(State(state): State<Arc<AppState>>) -> Response {
     // Model names are no secret on an open server; behind keys, /v1/models tells them.
     let models = if state.is_open() {
         let items: String = state
@@ -178,18 +178,18 @@ pub async fn playground(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `GET /admin`: the dashboard; it asks for the admin key and calls `/admin/...` with it.
-pub async fn admin() -> Response {
+pub(crate) async fn admin() -> Response {
     page(ADMIN.replace("{{version}}", env!("CARGO_PKG_VERSION")))
 }
 
 /// `GET /account`, `/signin`, `/signup`: sign-in, the access request form, setting a
 /// password from a one-time link, *My keys* and *My usage* (one page; the script shows
 /// the part the path and the session call for).
-pub async fn account() -> Response {
+pub(crate) async fn account() -> Response {
     page(ACCOUNT.replace("{{version}}", env!("CARGO_PKG_VERSION")))
 }
 
 /// `GET /embeddings`: texts in, a cosine similarity matrix out.
-pub async fn embeddings() -> Response {
+pub(crate) async fn embeddings() -> Response {
     page(EMBEDDINGS.replace("{{version}}", env!("CARGO_PKG_VERSION")))
 }

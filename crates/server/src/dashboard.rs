@@ -20,7 +20,7 @@ fn backend_id(b: &Arc<dyn Backend>) -> usize {
 
 /// `GET /admin/status`: the catalog (models, aliases, presets, deployments) with each
 /// one's live state (slots, queue, generated tokens, health, cooldowns, failures).
-pub async fn status(
+pub(crate) async fn status(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -90,7 +90,7 @@ fn bucket_param(q: &HashMap<String, String>) -> Result<i64, Error> {
 
 /// `GET /admin/usage/series?bucket=minute|hour|day&group_by=model|key`: requests,
 /// tokens, cost and errors per bucket and group, for charts.
-pub async fn usage_series(
+pub(crate) async fn usage_series(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
@@ -109,7 +109,7 @@ pub async fn usage_series(
 }
 
 /// `GET /admin/usage/latency`: latency and time-to-first-token p50/p90/p99 per model.
-pub async fn usage_latency(
+pub(crate) async fn usage_latency(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,

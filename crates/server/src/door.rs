@@ -25,14 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How often an SSE comment keeps a connection alive while a prompt is prefilled.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// How long a streamed request may wait for its backend to start before the stream's
 /// headers go out anyway (errors after that arrive as the door's error events).
 const HEADERS_AFTER: Duration = Duration::from_millis(500);
 
 /// A streamed answer's body.
-pub enum Frames {
+pub(crate) enum Frames {
     /// Server-sent events, with keep-alive comments while the stream is quiet.
     Sse(BoxStream<'static, SseEvent>),
     /// A body of its own content type, sent as it comes (Gemini's JSON array).
@@ -40,7 +40,7 @@ pub enum Frames {
 }
 
 /// A front door's wire format: how it names and renders what the pipeline produces.
-pub trait Door: Send + Sized + 'static {
+pub(crate) trait Door: Send + Sized + 'static {
     /// The door's name in usage rows.
     const NAME: &'static str;
 
@@ -68,7 +68,7 @@ pub trait Door: Send + Sized + 'static {
 }
 
 /// An error answered in door `D`'s wire format; handlers return it with `?`.
-pub struct Refusal<D>(pub Error, PhantomData<D>);
+pub(crate) struct Refusal<D>(pub Error, PhantomData<D>);
 
 impl<D> From<Error> for Refusal<D> {
     fn from(e: Error) -> Self {
@@ -85,10 +85,10 @@ impl<D: Door> IntoResponse for Refusal<D> {
 /// Marks an error answer a door rendered itself, so the layer that re-shapes errors
 /// made outside any door (auth, routing, extractors) leaves it alone.
 #[derive(Clone, Copy)]
-pub struct Rendered;
+pub(crate) struct Rendered;
 
 /// An error body as an HTTP answer: its status, `Retry-After` when it has one.
-pub fn error_response(e: &Error, body: Value) -> Response {
+pub(crate) fn error_response(e: &Error, body: Value) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status.is_server_error() {
         tracing::error!(error = %e, "request failed");
@@ -105,7 +105,7 @@ pub fn error_response(e: &Error, body: Value) -> Response {
 
 /// The message with the parameter it names in front, for doors whose error bodies
 /// have no `param` field (Anthropic's and Gemini's: `messages.0.content.1: ...`).
-pub fn message_naming_param(e: &Error) -> String {
+pub(crate) fn message_naming_param(e: &Error) -> String {
     match e.param.as_deref() {
         Some(p) if !e.message.contains(p) => format!("{p}: {}", e.message),
         _ => e.message.clone(),
@@ -113,13 +113,13 @@ pub fn message_naming_param(e: &Error) -> String {
 }
 
 /// A backend that has started answering, its events metered and observed.
-pub struct Started {
+pub(crate) struct Started {
     pub events: EventStream,
     pub rate: RateHeaders,
 }
 
 /// Names a backend's parameter path as the door does.
-pub fn rename_param(mut e: Error, names: &[(&str, &str)]) -> Error {
+pub(crate) fn rename_param(mut e: Error, names: &[(&str, &str)]) -> Error {
     if let Some(p) = e.param.as_deref() {
         for (from, to) in names {
             if let Some(rest) = p.strip_prefix(from) {
@@ -134,7 +134,7 @@ pub fn rename_param(mut e: Error, names: &[(&str, &str)]) -> Error {
 }
 
 /// One generating request, start to answer.
-pub async fn chat<D: Door>(
+pub(crate) async fn chat<D: Door>(
     state: &AppState,
     ctx: &Arc<RequestCtx>,
     principal: &Principal,
@@ -154,7 +154,7 @@ pub async fn chat<D: Door>(
 
 /// Checks the output cap, admits and starts the backend; `Err` is the refusal,
 /// rendered in the door's format and metered.
-pub async fn start<D: Door>(
+pub(crate) async fn start<D: Door>(
     state: &AppState,
     ctx: &Arc<RequestCtx>,
     principal: &Principal,
@@ -213,7 +213,7 @@ pub async fn start<D: Door>(
 }
 
 /// The door's answer to a started request, with the caller's rate headers.
-pub async fn answer<D: Door>(
+pub(crate) async fn answer<D: Door>(
     ctx: &RequestCtx,
     door: D,
     started: Started,
@@ -243,7 +243,7 @@ pub async fn answer<D: Door>(
 
 /// Prompt tokens the request's images take on its model (token counting endpoints);
 /// an unusable image is a 400 naming its part as the caller sent it.
-pub async fn image_tokens(route: &Route, req: &ChatRequest) -> Result<u32, Error> {
+pub(crate) async fn image_tokens(route: &Route, req: &ChatRequest) -> Result<u32, Error> {
     route
         .backend
         .count_image_tokens(&req.messages)

@@ -20,12 +20,12 @@ use serde_json::Value;
 use std::sync::Arc;
 
 /// Inputs one request may carry (OpenAI's limit).
-pub const MAX_INPUTS: usize = 2048;
+pub(crate) const MAX_INPUTS: usize = 2048;
 
 /// The door's name in usage rows.
 const DOOR: &str = "embeddings";
 
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,

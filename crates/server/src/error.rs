@@ -38,7 +38,7 @@ fn openai_type_for_status(status: u16) -> &'static str {
 }
 
 /// `{"error":{"message","type","param","code"}}`
-pub fn openai_body(e: &Error) -> ErrorResponse {
+pub(crate) fn openai_body(e: &Error) -> ErrorResponse {
     ErrorResponse {
         error: ErrorObject {
             message: e.message.clone(),
@@ -50,12 +50,12 @@ pub fn openai_body(e: &Error) -> ErrorResponse {
 }
 
 /// The OpenAI body as a JSON value, for answers that add fields beside `error`.
-pub fn openai_value(e: &Error) -> serde_json::Value {
+pub(crate) fn openai_value(e: &Error) -> serde_json::Value {
     serde_json::to_value(openai_body(e)).unwrap_or_default()
 }
 
 /// A 400 naming `param` when a request asks for more output than its model allows.
-pub fn output_cap(param: &str, asked: u32, limit: u32) -> Error {
+pub(crate) fn output_cap(param: &str, asked: u32, limit: u32) -> Error {
     Error::invalid_param(
         param,
         format!(
@@ -92,7 +92,10 @@ impl IntoResponse for ApiError {
 
 /// Every error answer carries the JSON error body, also those made by extractors,
 /// layers or fallbacks that answer in plain text or with no body at all.
-pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub(crate) async fn json_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -136,7 +139,7 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
 
 /// Re-renders an error answer (already JSON, see `json_errors`) in another door's shape,
 /// keeping its status, headers and message.
-pub async fn rewrite_errors(
+pub(crate) async fn rewrite_errors(
     resp: Response,
     render: fn(u16, &str) -> serde_json::Value,
 ) -> Response {

@@ -20,16 +20,16 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 mod whole;
-pub use whole::{counted, embedded};
+pub(crate) use whole::{counted, embedded};
 
 /// Rough tokens of text, for estimates: about four bytes a token.
-pub fn estimate_tokens(bytes: usize) -> u32 {
+pub(crate) fn estimate_tokens(bytes: usize) -> u32 {
     (bytes / 4).min(u32::MAX as usize) as u32
 }
 
 /// A request the gate let through.
 #[derive(Default)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     pub ticket: Option<Arc<Ticket>>,
     pub hold: Option<Hold>,
     pub headers: RateHeaders,
@@ -40,7 +40,7 @@ pub struct Admitted {
 
 /// Checks a stored key's model allowlist, budget and rate limits, holding `want` (the
 /// tokens and dollars the request may spend: prompt + completion cap) against them.
-pub async fn gate(
+pub(crate) async fn gate(
     tenancy: Option<&Arc<Tenancy>>,
     principal: &Principal,
     model: &str,
@@ -190,7 +190,7 @@ fn estimate_of(prompt: u64, completion: u64, price: Option<parlance_core::Price>
 }
 
 /// What the meter knows before the answer starts.
-pub struct Meter {
+pub(crate) struct Meter {
     pub tenancy: Arc<Tenancy>,
     pub row: UsageRow,
     pub price: Option<parlance_core::Price>,
@@ -204,7 +204,7 @@ pub struct Meter {
 }
 
 impl Meter {
-    pub fn new(
+    pub(crate) fn new(
         tenancy: Arc<Tenancy>,
         principal: &Principal,
         info: &ModelInfo,
@@ -316,7 +316,7 @@ impl Drop for Unfinished {
 
 /// The backend's events, unchanged, with the request's usage row committed before the
 /// usage event passes (and so before the answer ends).
-pub fn metered(mut events: EventStream, meter: Meter) -> EventStream {
+pub(crate) fn metered(mut events: EventStream, meter: Meter) -> EventStream {
     Box::pin(async_stream::stream! {
         let mut guard = Unfinished { meter: Some(meter), started: Instant::now(), ttft: None, bytes: 0 };
         while let Some(ev) = events.next().await {
@@ -361,7 +361,7 @@ pub fn metered(mut events: EventStream, meter: Meter) -> EventStream {
 }
 
 /// A failure before any backend call (bad input, a refused key): its row.
-pub async fn record_refusal(meter: Option<Meter>, e: &Error) {
+pub(crate) async fn record_refusal(meter: Option<Meter>, e: &Error) {
     let status = format!("error:{}", e.code.as_deref().unwrap_or("error"));
     record_without_tokens(meter, status).await;
 }
@@ -389,7 +389,7 @@ fn template_overhead(req: &parlance_core::ir::ChatRequest) -> u64 {
 }
 
 /// Bytes of text the prompt is made of (messages and tool schemas).
-pub fn prompt_bytes(req: &parlance_core::ir::ChatRequest) -> usize {
+pub(crate) fn prompt_bytes(req: &parlance_core::ir::ChatRequest) -> usize {
     let text: usize = req.messages.iter().map(|m| m.joined_text().len()).sum();
     text + req
         .tools
@@ -400,7 +400,7 @@ pub fn prompt_bytes(req: &parlance_core::ir::ChatRequest) -> usize {
 
 /// OpenAI's `x-ratelimit-*` headers, for every answer to a limited key (every door
 /// sends them: the SDKs of all formats read them or ignore them).
-pub fn with_rate_headers(
+pub(crate) fn with_rate_headers(
     mut resp: axum::response::Response,
     headers: &RateHeaders,
 ) -> axum::response::Response {
@@ -415,7 +415,7 @@ pub fn with_rate_headers(
 /// What every door does before calling the backend: fills the request context, checks
 /// a stored key's allowlist, budget and limits, and sets up the usage meter. `Err` is
 /// the refusal (already metered) and the rate headers to answer it with.
-pub async fn admit(
+pub(crate) async fn admit(
     state: &crate::AppState,
     ctx: &Arc<RequestCtx>,
     principal: &Principal,
@@ -477,7 +477,7 @@ pub async fn admit(
 
 /// The backend's events as every door passes them on: metered, timed for `/metrics`
 /// and the request log, and ended by a shutdown's deadline.
-pub fn watch(
+pub(crate) fn watch(
     state: &crate::AppState,
     meter: Option<Meter>,
     events: EventStream,

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[derive(Default)]
 struct Fields {
@@ -80,7 +80,7 @@ fn usable_id(v: &HeaderValue) -> Option<String> {
         .then(|| s.to_string())
 }
 
-pub async fn access_log(mut req: Request, next: Next) -> Response {
+pub(crate) async fn access_log(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(&REQUEST_ID)

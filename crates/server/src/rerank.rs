@@ -21,10 +21,10 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// Documents one request may carry (Cohere's limit).
-pub const MAX_DOCUMENTS: usize = 1000;
+pub(crate) const MAX_DOCUMENTS: usize = 1000;
 
 #[derive(serde::Deserialize)]
-pub struct Request {
+pub(crate) struct Request {
     #[serde(default)]
     model: Option<String>,
     query: Value,
@@ -45,7 +45,7 @@ pub struct Request {
     return_text: bool,
 }
 
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,

@@ -16,20 +16,20 @@ use std::time::Duration;
 
 /// One event: an optional name (`event:` line) and its data.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SseEvent {
+pub(crate) struct SseEvent {
     name: Option<String>,
     data: String,
 }
 
 impl SseEvent {
-    pub fn data(data: impl Into<String>) -> Self {
+    pub(crate) fn data(data: impl Into<String>) -> Self {
         SseEvent {
             name: None,
             data: data.into(),
         }
     }
 
-    pub fn named(name: impl Into<String>, data: impl Into<String>) -> Self {
+    pub(crate) fn named(name: impl Into<String>, data: impl Into<String>) -> Self {
         SseEvent {
             name: Some(name.into()),
             data: data.into(),
@@ -67,7 +67,7 @@ const MAX_FRAME: usize = 64 * 1024;
 const KEEP_ALIVE_COMMENT: &[u8] = b":keep-alive\n\n";
 
 /// The `text/event-stream` response for `events`.
-pub fn response(events: BoxStream<'static, SseEvent>, keep_alive: Duration) -> Response {
+pub(crate) fn response(events: BoxStream<'static, SseEvent>, keep_alive: Duration) -> Response {
     let body = Frames {
         events,
         done: false,

@@ -10,11 +10,11 @@ use parlance_core::{Error, ErrorKind};
 use parlance_protocol::anthropic as wire;
 use serde_json::{json, Value};
 
-pub struct AnthropicDialect;
+pub(crate) struct AnthropicDialect;
 
 /// Anthropic requires `max_tokens`; this is used when the caller gives none.
 const DEFAULT_MAX_TOKENS: u32 = 4096;
-pub const API_VERSION: &str = "2023-06-01";
+pub(crate) const API_VERSION: &str = "2023-06-01";
 /// The tool a json_schema answer is requested through.
 const JSON_TOOL: &str = "json_response";
 

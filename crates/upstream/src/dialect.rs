@@ -6,7 +6,7 @@ use parlance_core::Error;
 use serde_json::Value;
 
 /// A request ready to send: where, and the JSON body.
-pub struct Call {
+pub(crate) struct Call {
     pub url: String,
     pub body: Value,
     /// How the key is presented.
@@ -15,7 +15,7 @@ pub struct Call {
 }
 
 #[derive(Clone, Copy)]
-pub enum AuthStyle {
+pub(crate) enum AuthStyle {
     Bearer,
     /// Anthropic's `x-api-key`.
     XApiKey,
@@ -23,7 +23,7 @@ pub enum AuthStyle {
     GoogApiKey,
 }
 
-pub trait Dialect: Send + Sync {
+pub(crate) trait Dialect: Send + Sync {
     fn build(&self, base_url: &str, model: &str, req: &ChatRequest) -> Result<Call, Error>;
     /// A whole (non-streamed) answer as events: deltas, finishes, usage.
     fn parse_body(&self, body: &[u8], req: &ChatRequest) -> Result<Vec<StreamEvent>, Error>;
@@ -31,7 +31,7 @@ pub trait Dialect: Send + Sync {
 }
 
 /// Turns one provider's SSE events into IR events, keeping whatever state it needs.
-pub trait StreamMapper: Send {
+pub(crate) trait StreamMapper: Send {
     /// `Ok(true)` in the tuple means the provider marked the end of its stream.
     fn on_event(&mut self, ev: SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, Error>;
     /// After the last event: the closing usage, or an error if the stream was cut short.
@@ -40,7 +40,11 @@ pub trait StreamMapper: Send {
 
 /// A history call's arguments as the JSON object that providers taking objects (not
 /// text) need; arguments that are not one are the caller's error, not silently `{}`.
-pub fn call_arguments(msg: usize, call: usize, args: &str) -> Result<serde_json::Value, Error> {
+pub(crate) fn call_arguments(
+    msg: usize,
+    call: usize,
+    args: &str,
+) -> Result<serde_json::Value, Error> {
     if args.trim().is_empty() {
         return Ok(serde_json::Value::Object(Default::default()));
     }
@@ -56,7 +60,7 @@ pub fn call_arguments(msg: usize, call: usize, args: &str) -> Result<serde_json:
 /// The function a tool result answers, for providers that match results by name (Gemini,
 /// GigaChat): looked up by call id among the earlier assistant calls, else the message's
 /// own `name`.
-pub fn answered_function(req: &ChatRequest, msg: usize) -> Result<String, Error> {
+pub(crate) fn answered_function(req: &ChatRequest, msg: usize) -> Result<String, Error> {
     let m = &req.messages[msg];
     let id = m.tool_call_id.as_deref().unwrap_or_default();
     req.messages[..msg]
@@ -75,7 +79,10 @@ pub fn answered_function(req: &ChatRequest, msg: usize) -> Result<String, Error>
 }
 
 /// Parses a JSON answer, or says what was malformed (the caller names the upstream).
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, Error> {
     serde_json::from_slice(bytes).map_err(|e| {
         let head = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
         Error::new(
@@ -86,28 +93,28 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> R
 }
 
 /// Tracks which choices have finished, so a cut-off stream is an error, not a silent end.
-pub struct Finishes {
+pub(crate) struct Finishes {
     done: Vec<bool>,
 }
 
 impl Finishes {
-    pub fn new(n: u32) -> Self {
+    pub(crate) fn new(n: u32) -> Self {
         Finishes {
             done: vec![false; n.max(1) as usize],
         }
     }
 
-    pub fn mark(&mut self, index: u32) {
+    pub(crate) fn mark(&mut self, index: u32) {
         if let Some(d) = self.done.get_mut(index as usize) {
             *d = true;
         }
     }
 
-    pub fn all(&self) -> bool {
+    pub(crate) fn all(&self) -> bool {
         self.done.iter().all(|&d| d)
     }
 
-    pub fn check(&self) -> Result<(), Error> {
+    pub(crate) fn check(&self) -> Result<(), Error> {
         if self.all() {
             Ok(())
         } else {

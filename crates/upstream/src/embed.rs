@@ -76,7 +76,11 @@ fn unsupported(p: &Provider, what: &str) -> Error {
     .with_code("unsupported")
 }
 
-pub async fn embed(p: &Provider, model: &str, req: EmbedRequest) -> Result<Embeddings, Error> {
+pub(crate) async fn embed(
+    p: &Provider,
+    model: &str,
+    req: EmbedRequest,
+) -> Result<Embeddings, Error> {
     let gigachat = p.cfg.kind == ProviderKind::GigaChat;
     match p.cfg.kind {
         ProviderKind::OpenAi | ProviderKind::GigaChat => {}
@@ -199,7 +203,7 @@ struct RerankUsage {
 
 /// The Cohere-style `POST {base}/rerank`; its results come sorted by score, so they
 /// are put back in document order, and every document must have one.
-pub async fn rerank(p: &Provider, model: &str, req: RerankRequest) -> Result<Scores, Error> {
+pub(crate) async fn rerank(p: &Provider, model: &str, req: RerankRequest) -> Result<Scores, Error> {
     if p.cfg.kind != ProviderKind::OpenAi {
         return Err(unsupported(p, "rerank"));
     }

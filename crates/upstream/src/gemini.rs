@@ -13,7 +13,7 @@ use parlance_core::Error;
 use parlance_protocol::gemini as wire;
 use serde_json::{json, Value};
 
-pub struct GeminiDialect;
+pub(crate) struct GeminiDialect;
 
 fn text_part(t: &str) -> wire::Part {
     wire::Part {

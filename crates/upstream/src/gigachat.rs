@@ -32,7 +32,7 @@ struct Token {
     margin_ms: u64,
 }
 
-pub struct TokenSource {
+pub(crate) struct TokenSource {
     auth: GigaChatAuth,
     /// Held only to read or swap the token, never across HTTP.
     current: std::sync::Mutex<Option<Token>>,
@@ -47,7 +47,7 @@ fn now_ms() -> u64 {
 }
 
 impl TokenSource {
-    pub fn new(auth: GigaChatAuth) -> Self {
+    pub(crate) fn new(auth: GigaChatAuth) -> Self {
         TokenSource {
             auth,
             current: std::sync::Mutex::new(None),
@@ -68,7 +68,7 @@ impl TokenSource {
     /// A token valid for at least its refresh margin. `rejected`: the token the API
     /// just refused; a different cached one (another request already refreshed) is
     /// used as it is.
-    pub async fn token(
+    pub(crate) async fn token(
         &self,
         client: &reqwest::Client,
         key: &str,

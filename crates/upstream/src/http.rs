@@ -11,7 +11,7 @@ use serde_json::Value;
 /// Error bodies are read up to this size; the rest is not worth holding.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-pub async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error> {
+pub(crate) async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error> {
     // Bytes: a retry after a 401 resends it without copying.
     let body = bytes::Bytes::from(
         serde_json::to_vec(&call.body).map_err(|e| Error::internal(e.to_string()))?,
@@ -32,7 +32,7 @@ pub async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error>
 
 /// A multipart POST with the provider's Bearer credential (GigaChat's file upload);
 /// `form` is called again for the retry after a 401.
-pub async fn send_multipart(
+pub(crate) async fn send_multipart(
     p: &Provider,
     url: &str,
     form: impl Fn() -> reqwest::multipart::Form,
@@ -74,7 +74,10 @@ async fn authorized(
     }
 }
 
-pub async fn read_body(p: &Provider, resp: reqwest::Response) -> Result<bytes::Bytes, Error> {
+pub(crate) async fn read_body(
+    p: &Provider,
+    resp: reqwest::Response,
+) -> Result<bytes::Bytes, Error> {
     resp.bytes().await.map_err(|e| transport_error(p, &e))
 }
 
@@ -206,14 +209,14 @@ async fn status_error(p: &Provider, resp: reqwest::Response) -> Error {
 }
 
 /// Says which upstream a mapping error (malformed answer, error event) came from.
-pub fn from_upstream(name: &str, mut e: Error) -> Error {
+pub(crate) fn from_upstream(name: &str, mut e: Error) -> Error {
     e.message = format!("upstream `{name}`: {}", e.message);
     e
 }
 
 /// The SSE body as IR events, via the dialect's mapper; a cut-off or malformed stream
 /// ends with an error item.
-pub fn event_stream(
+pub(crate) fn event_stream(
     p: &Provider,
     resp: reqwest::Response,
     mut mapper: Box<dyn StreamMapper>,

@@ -10,7 +10,7 @@ use parlance_core::ir::{
 use parlance_core::Error;
 use serde_json::{json, Map, Value};
 
-pub struct OpenAiDialect {
+pub(crate) struct OpenAiDialect {
     /// GigaChat: tools as `functions`, calls as `function_call`, no stream_options.
     gigachat: bool,
     /// `max_tokens`, or `max_completion_tokens` for OpenAI's reasoning models, which
@@ -19,7 +19,7 @@ pub struct OpenAiDialect {
 }
 
 impl OpenAiDialect {
-    pub fn standard(max_completion_tokens: bool) -> Self {
+    pub(crate) fn standard(max_completion_tokens: bool) -> Self {
         OpenAiDialect {
             gigachat: false,
             max_tokens_field: if max_completion_tokens {
@@ -30,7 +30,7 @@ impl OpenAiDialect {
         }
     }
 
-    pub fn gigachat() -> Self {
+    pub(crate) fn gigachat() -> Self {
         OpenAiDialect {
             gigachat: true,
             max_tokens_field: "max_tokens",

@@ -104,7 +104,7 @@ struct WireTop {
     bytes: Option<Vec<u8>>,
 }
 
-pub fn new_call_id() -> String {
+pub(crate) fn new_call_id() -> String {
     format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24])
 }
 
@@ -210,7 +210,7 @@ fn delta(msg: Msg, lp: Option<Logprobs>, mut first_of: impl FnMut(u32) -> bool) 
 }
 
 /// A whole chat completion as events.
-pub fn parse_body(body: &[u8], n: u32) -> Result<Vec<StreamEvent>, Error> {
+pub(crate) fn parse_body(body: &[u8], n: u32) -> Result<Vec<StreamEvent>, Error> {
     let a: Answer = parse_json(body, "chat completion")?;
     if let Some(err) = a.error.filter(|e| !e.is_null()) {
         return Err(stream_error(err));
@@ -240,7 +240,7 @@ pub fn parse_body(body: &[u8], n: u32) -> Result<Vec<StreamEvent>, Error> {
     Ok(out)
 }
 
-pub struct ChunkMapper {
+pub(crate) struct ChunkMapper {
     finishes: Finishes,
     usage: Usage,
     /// (choice, tool index) pairs whose first fragment has gone out.
@@ -248,7 +248,7 @@ pub struct ChunkMapper {
 }
 
 impl ChunkMapper {
-    pub fn new(n: u32) -> Self {
+    pub(crate) fn new(n: u32) -> Self {
         ChunkMapper {
             finishes: Finishes::new(n),
             usage: Usage::default(),

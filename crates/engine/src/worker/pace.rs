@@ -26,20 +26,20 @@ pub(crate) struct Pacer {
 }
 
 impl Pacer {
-    pub fn new(ratio: f32) -> Self {
+    pub(super) fn new(ratio: f32) -> Self {
         Pacer {
             ratio: f64::from(ratio),
             ..Pacer::default()
         }
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(super) fn enabled(&self) -> bool {
         self.ratio > 1.0
     }
 
     /// Prompt tokens for a step that also decodes generating sequences (0 for a step
     /// that measures the decode-only time again).
-    pub fn chunk(&self, max: usize) -> usize {
+    pub(super) fn chunk(&self, max: usize) -> usize {
         if !self.enabled() {
             return max;
         }
@@ -54,7 +54,7 @@ impl Pacer {
     }
 
     /// Records a decode of `generating` next tokens and `prompt` prompt tokens.
-    pub fn observe(&mut self, generating: usize, prompt: usize, took: Duration) {
+    pub(super) fn observe(&mut self, generating: usize, prompt: usize, took: Duration) {
         if !self.enabled() || generating == 0 {
             return;
         }

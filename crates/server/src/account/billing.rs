@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/teams", get(list_teams).post(create_team))
         .route("/teams/{id}", get(get_team).patch(update_team))
@@ -412,7 +412,7 @@ async fn list_codes(
 
 /// GigaChat's `GET /api/v1/balance` for the calling key: what its payer has left, in
 /// dollars; like GigaChat, a 403 when balances are not prepaid.
-pub async fn gigachat_balance(
+pub(crate) async fn gigachat_balance(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Value>, ApiError> {

@@ -20,7 +20,7 @@ const ASYMMETRIC: [Algorithm; 9] = [
 
 /// Why an ID token is refused, as the person sees it.
 #[derive(Debug, PartialEq, thiserror::Error)]
-pub enum Refused {
+pub(super) enum Refused {
     #[error("the ID token is malformed: {0}")]
     Malformed(String),
     #[error("the ID token is signed with {0:?}, which is not accepted")]
@@ -34,7 +34,7 @@ pub enum Refused {
 
 /// What a valid token says (its claims), checked against `jwks`, `issuer`, `client_id`
 /// and the `nonce` this sign-in sent.
-pub fn verify(
+pub(super) fn verify(
     token: &str,
     jwks: &JwkSet,
     issuer: &str,

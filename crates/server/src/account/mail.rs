@@ -110,7 +110,13 @@ impl Mailer {
 }
 
 /// Mails a set-password link when a mailer is configured; whether it went.
-pub async fn link(state: &crate::AppState, to: &str, name: &str, url: &str, why: &str) -> bool {
+pub(crate) async fn link(
+    state: &crate::AppState,
+    to: &str,
+    name: &str,
+    url: &str,
+    why: &str,
+) -> bool {
     let Some(m) = &state.mailer else {
         return false;
     };

@@ -9,9 +9,9 @@
 
 pub(crate) mod billing;
 mod idtoken;
-pub mod mail;
+pub(crate) mod mail;
 mod me;
-pub mod oidc;
+pub(crate) mod oidc;
 pub(crate) mod people;
 mod teams;
 
@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
-pub const COOKIE: &str = "parlance_session";
+pub(crate) const COOKIE: &str = "parlance_session";
 
 /// `[accounts]` in the config file (`--signup` wins over `signup`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -113,7 +113,7 @@ pub(crate) fn address(peer: Option<&Extension<Peer>>) -> String {
     peer.map_or_else(|| "-".to_string(), |p| p.0 .0.ip().to_string())
 }
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/config", get(config))
         .route("/signup", post(signup))

@@ -206,7 +206,7 @@ fn state_cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
 }
 
 /// `GET /account/oidc/start`: off to the provider.
-pub async fn start(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub(crate) async fn start(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let (Some(oidc), Some(t)) = (state.oidc.as_ref(), state.tenancy.as_ref()) else {
         return problem(
             StatusCode::NOT_FOUND,
@@ -272,7 +272,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// `GET /account/oidc/callback?code=&state=`: checks everything, then signs in.
-pub async fn callback(
+pub(crate) async fn callback(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,

@@ -40,11 +40,11 @@ fn error_type(status: u16) -> &'static str {
 }
 
 /// This door's error body for a status and message (see `error::door_errors`).
-pub fn error_body(status: u16, message: &str) -> Value {
+pub(crate) fn error_body(status: u16, message: &str) -> Value {
     json!({"type": "error", "error": {"type": error_type(status), "message": message}})
 }
 
-pub async fn messages(
+pub(crate) async fn messages(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,
@@ -62,7 +62,7 @@ pub async fn messages(
 }
 
 /// Anthropic Messages' wire format.
-pub struct Messages {
+pub(crate) struct Messages {
     id: String,
     model: String,
     progress: Progress,
@@ -101,7 +101,7 @@ impl Door for Messages {
 /// `POST /v1/messages/count_tokens`: the tokens of the request's text (system, messages,
 /// tool schemas) as the model counts plain text; the chat template's own tokens are
 /// not included.
-pub async fn count_tokens(
+pub(crate) async fn count_tokens(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,
@@ -134,7 +134,7 @@ pub async fn count_tokens(
 }
 
 /// `GET /v1/models` for callers that send `anthropic-version`.
-pub fn models(state: &AppState) -> Value {
+pub(crate) fn models(state: &AppState) -> Value {
     let data: Vec<Value> = state
         .router
         .models()

@@ -43,7 +43,7 @@ fn text_of(v: &Value, param: &str) -> Result<String, Error> {
     }
 }
 
-pub fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
+pub(super) fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
     check_scalars(&req)?;
     let (messages, origins) = messages_of(req.system.as_ref(), req.messages)?;
     let tools = tools_of(req.tools)?;

@@ -10,7 +10,7 @@ use parlance_protocol::anthropic as wire;
 use serde_json::{json, Value};
 
 /// `stop_sequence` when a caller's stop sequence ended the answer.
-pub fn stop_reason(r: FinishReason, stop_sequence: Option<&str>) -> &'static str {
+pub(super) fn stop_reason(r: FinishReason, stop_sequence: Option<&str>) -> &'static str {
     match r {
         FinishReason::Stop if stop_sequence.is_some() => "stop_sequence",
         FinishReason::Stop => "end_turn",
@@ -20,7 +20,7 @@ pub fn stop_reason(r: FinishReason, stop_sequence: Option<&str>) -> &'static str
     }
 }
 
-pub fn usage(u: &Usage) -> wire::Usage {
+pub(super) fn usage(u: &Usage) -> wire::Usage {
     let cached = u.cached_tokens.min(u.prompt_tokens);
     let created = u.cache_creation_tokens.min(u.prompt_tokens - cached);
     wire::Usage {
@@ -40,7 +40,7 @@ fn input(arguments: &str) -> Value {
     }
 }
 
-pub fn message(id: &str, model: &str, done: Completion) -> Value {
+pub(super) fn message(id: &str, model: &str, done: Completion) -> Value {
     let mut content: Vec<Value> = Vec::new();
     let Some(choice) = done.choices.into_iter().next() else {
         return json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": [],
@@ -70,7 +70,7 @@ pub fn message(id: &str, model: &str, done: Completion) -> Value {
 }
 
 /// One SSE event: its name and JSON data.
-pub type Sse = (&'static str, Value);
+pub(super) type Sse = (&'static str, Value);
 
 #[derive(PartialEq)]
 enum Open {
@@ -92,7 +92,7 @@ fn close(open: &mut Open, index: i64) -> Option<Sse> {
     ))
 }
 
-pub fn events(
+pub(super) fn events(
     id: String,
     model: String,
     input_tokens: u32,

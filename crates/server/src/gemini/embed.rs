@@ -18,7 +18,7 @@ use std::sync::Arc;
 /// Requests one batch may carry (the Gemini API's limit).
 const MAX_REQUESTS: usize = 100;
 
-pub async fn embed(
+pub(super) async fn embed(
     state: &AppState,
     ctx: &Arc<RequestCtx>,
     principal: &Principal,

@@ -160,7 +160,7 @@ fn camel(name: &str) -> String {
 
 /// A generateContent (or countTokens) body with every field in camelCase; `Err` names
 /// the first field Gemini would not know, in its own words.
-pub fn normalize(body: Value) -> Result<Value, Error> {
+pub(super) fn normalize(body: Value) -> Result<Value, Error> {
     walk(body, Request, "")
 }
 

@@ -39,7 +39,7 @@ fn status_name(status: u16) -> &'static str {
 }
 
 /// This door's error body for a status and message (see `error::door_errors`).
-pub fn error_body(status: u16, message: &str) -> Value {
+pub(crate) fn error_body(status: u16, message: &str) -> Value {
     json!({"error": {"code": status, "message": message, "status": status_name(status)}})
 }
 
@@ -70,12 +70,12 @@ fn model_object(m: &ModelInfo) -> Value {
            "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"]})
 }
 
-pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
+pub(crate) async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"models": state.router.models().iter().map(model_object).collect::<Vec<_>>()}))
 }
 
 /// `GET models/{model}`.
-pub async fn get_model(
+pub(crate) async fn get_model(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Refusal<Generate>> {
@@ -84,7 +84,7 @@ pub async fn get_model(
 }
 
 /// `POST models/{model}:{action}`.
-pub async fn action(
+pub(crate) async fn action(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,
@@ -126,7 +126,7 @@ pub async fn action(
 }
 
 /// Gemini generateContent's wire format.
-pub struct Generate {
+pub(crate) struct Generate {
     /// The model as the caller named it (`modelVersion`).
     version: String,
     n: u32,

@@ -24,7 +24,7 @@ fn json_schema(v: &Value) -> Value {
     }
 }
 
-pub fn to_ir(
+pub(super) fn to_ir(
     model: &str,
     req: wire::GenerateContentRequest,
     stream: bool,

@@ -14,7 +14,7 @@ use std::time::Instant;
 /// `/tokenize`, `/detokenize`) go through: a stored key's model allowlist and request
 /// limits (RPM, concurrency; not token budgets), then `work`, metered as one zero-token
 /// usage row whatever its outcome.
-pub async fn counted<T>(
+pub(crate) async fn counted<T>(
     state: &crate::AppState,
     ctx: &Arc<RequestCtx>,
     principal: &Principal,
@@ -60,7 +60,7 @@ pub async fn counted<T>(
     clippy::too_many_arguments,
     reason = "one call per endpoint, each argument distinct"
 )]
-pub async fn embedded<T>(
+pub(crate) async fn embedded<T>(
     state: &crate::AppState,
     ctx: &Arc<RequestCtx>,
     principal: &Principal,

@@ -4,7 +4,7 @@
 //! measured here: the prompt's from the request's start to the first token, the
 //! generation's from there to the end.
 
-pub mod pull;
+pub(crate) mod pull;
 mod request;
 
 use crate::auth::Principal;
@@ -31,7 +31,7 @@ use std::time::Instant;
 /// The Ollama version this door answers `/api/version` with (its API as of then).
 const VERSION: &str = "0.12.0";
 
-pub async fn chat(
+pub(crate) async fn chat(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,
@@ -40,7 +40,7 @@ pub async fn chat(
     answer(&state, &ctx, &principal, body, false).await
 }
 
-pub async fn generate(
+pub(crate) async fn generate(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,
@@ -101,7 +101,7 @@ pub(crate) fn served_name(state: &AppState, name: &str) -> String {
 }
 
 /// Ollama's chat and generate answers.
-pub struct Ollama {
+pub(crate) struct Ollama {
     model: String,
     /// `/api/generate`: the text is `response`, not `message.content`.
     generate: bool,
@@ -290,7 +290,7 @@ impl Door for Ollama {
 /// `POST /api/embed`: `{model, input: string | [string], truncate, dimensions}` ->
 /// `{embeddings}`;
 /// `POST /api/embeddings` (the older form): `{model, prompt}` -> `{embedding}`.
-pub async fn embed(
+pub(crate) async fn embed(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,
@@ -443,7 +443,7 @@ fn listed(m: &ModelInfo) -> Value {
 }
 
 /// Every model, loaded or not (a model loaded on demand with its file's size).
-pub async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
+pub(crate) async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
     let models: Vec<Value> = state
         .router
         .routes()
@@ -460,7 +460,7 @@ pub async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
 
 /// The models in memory: those loaded at start (which never expire) and those loaded
 /// on demand, with when they will be unloaded if no request comes.
-pub async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
+pub(crate) async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -494,12 +494,12 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"models": models}))
 }
 
-pub async fn version() -> Json<Value> {
+pub(crate) async fn version() -> Json<Value> {
     Json(json!({"version": VERSION}))
 }
 
 /// `POST /api/show`: what Parlance knows of a model.
-pub async fn show(
+pub(crate) async fn show(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<Value>, Refusal<Ollama>> {

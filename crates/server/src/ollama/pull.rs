@@ -63,7 +63,7 @@ fn short(digest: &str) -> &str {
 }
 
 /// `POST /api/pull`: `{model, insecure?, stream?}`.
-pub async fn pull(
+pub(crate) async fn pull(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
@@ -160,7 +160,7 @@ async fn adopt(
 }
 
 /// `DELETE /api/delete`: `{model}`; a model of the folder only.
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,

@@ -36,7 +36,7 @@ fn think(v: &Value) -> Result<Option<&str>, Error> {
 }
 
 /// `/api/chat`'s body as a chat request.
-pub fn chat(body: &Value) -> Result<ChatRequest, Error> {
+pub(super) fn chat(body: &Value) -> Result<ChatRequest, Error> {
     let messages = body["messages"]
         .as_array()
         .ok_or_else(|| Error::invalid_param("messages", "messages must be a list"))?;
@@ -91,7 +91,7 @@ pub fn chat(body: &Value) -> Result<ChatRequest, Error> {
 }
 
 /// `/api/generate`'s body: a user prompt (and system), or with `raw` the prompt as it is.
-pub fn generate(body: &Value) -> Result<ChatRequest, Error> {
+pub(super) fn generate(body: &Value) -> Result<ChatRequest, Error> {
     let prompt = body["prompt"].as_str().unwrap_or_default();
     let mut oa = common(body)?;
     let mut messages = Vec::new();

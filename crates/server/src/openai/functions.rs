@@ -12,13 +12,13 @@ use serde_json::{json, Value};
 
 /// How the caller wants a call's arguments back.
 #[derive(Clone, Copy, PartialEq, Debug)]
-pub enum Arguments {
+pub(super) enum Arguments {
     Object,
     String,
 }
 
 /// Rewrites a functions-style request into a tools one; `true` when it was one.
-pub fn into_tools(req: &mut wire::ChatCompletionRequest) -> Result<bool, Error> {
+pub(super) fn into_tools(req: &mut wire::ChatCompletionRequest) -> Result<bool, Error> {
     let functions = req.extra.remove("functions");
     let choice = req.extra.remove("function_call");
     let history = req
@@ -155,7 +155,7 @@ fn calls_to_tool_calls(messages: &mut [wire::ChatMessage]) -> Result<(), Error> 
 
 /// A validation error of the tools this request became, named as the caller wrote
 /// it (`functions[0].name`, `function_call`).
-pub fn rename(mut e: Error) -> Error {
+pub(super) fn rename(mut e: Error) -> Error {
     if let Some(p) = e.param.take() {
         e.param = Some(if let Some(rest) = p.strip_prefix("tools") {
             format!("functions{}", rest.replacen(".function.", ".", 1))
@@ -177,7 +177,7 @@ fn call_json(name: &str, arguments: &str, style: Arguments) -> Value {
 }
 
 /// A whole answer's first tool call as `function_call`.
-pub fn whole(mut c: wire::ChatCompletion, style: Arguments) -> wire::ChatCompletion {
+pub(super) fn whole(mut c: wire::ChatCompletion, style: Arguments) -> wire::ChatCompletion {
     for choice in &mut c.choices {
         if let Some(call) = choice
             .message
@@ -202,7 +202,7 @@ pub fn whole(mut c: wire::ChatCompletion, style: Arguments) -> wire::ChatComplet
 
 /// A stream's tool-call fragments gathered and sent as one `function_call` chunk
 /// before the choice's finish (`function_call`).
-pub fn streamed(
+pub(super) fn streamed(
     chunks: impl Stream<Item = SsePayload>,
     style: Arguments,
 ) -> impl Stream<Item = SsePayload> {

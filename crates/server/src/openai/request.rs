@@ -9,8 +9,8 @@ use parlance_core::Error;
 use parlance_protocol::openai as wire;
 use serde_json::Value;
 
-pub const MAX_CHOICES: u32 = 8;
-pub const MAX_STOPS: usize = 4;
+pub(crate) const MAX_CHOICES: u32 = 8;
+pub(crate) const MAX_STOPS: usize = 4;
 
 pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error> {
     if req.model.trim().is_empty() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// What every response of one request shares.
 #[derive(Clone)]
-pub struct ResponseMeta {
+pub(super) struct ResponseMeta {
     pub id: String,
     pub created: u64,
     pub model: String,
@@ -17,7 +17,7 @@ pub struct ResponseMeta {
 }
 
 /// OpenAI's `finish_reason`.
-pub fn finish_reason(r: FinishReason) -> &'static str {
+pub(super) fn finish_reason(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
@@ -26,7 +26,7 @@ pub fn finish_reason(r: FinishReason) -> &'static str {
     }
 }
 
-pub fn usage(u: &Usage) -> wire::Usage {
+pub(super) fn usage(u: &Usage) -> wire::Usage {
     wire::Usage {
         prompt_tokens: u.prompt_tokens,
         completion_tokens: u.completion_tokens,
@@ -63,7 +63,11 @@ fn logprobs(lp: &[TokenLogprob]) -> wire::ChoiceLogprobs {
     }
 }
 
-pub fn completion(meta: &ResponseMeta, c: Completion, want_logprobs: bool) -> wire::ChatCompletion {
+pub(super) fn completion(
+    meta: &ResponseMeta,
+    c: Completion,
+    want_logprobs: bool,
+) -> wire::ChatCompletion {
     let choices = c
         .choices
         .into_iter()
@@ -113,7 +117,7 @@ pub fn completion(meta: &ResponseMeta, c: Completion, want_logprobs: bool) -> wi
     }
 }
 
-pub struct StreamOptions {
+pub(super) struct StreamOptions {
     pub n: u32,
     pub include_usage: bool,
     pub want_logprobs: bool,
@@ -122,7 +126,7 @@ pub struct StreamOptions {
 }
 
 /// One SSE `data:` payload.
-pub enum SsePayload {
+pub(super) enum SsePayload {
     Chunk(wire::ChatCompletionChunk),
     Error(wire::ErrorResponse),
     Done,
@@ -175,7 +179,7 @@ fn delta_choice(index: u32, d: Delta, want_logprobs: bool) -> wire::ChunkChoice 
 
 /// The chunk sequence: a role chunk per choice, deltas, one finish per choice, the
 /// usage chunk when asked for, then `[DONE]`; or an error payload, never a silent end.
-pub fn chunks(
+pub(super) fn chunks(
     meta: ResponseMeta,
     opts: StreamOptions,
     mut events: EventStream,

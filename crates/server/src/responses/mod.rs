@@ -6,7 +6,7 @@ mod render;
 mod request;
 mod store;
 
-pub use store::MemoryStore;
+pub(crate) use store::MemoryStore;
 
 use crate::auth::Principal;
 use crate::body::read_json;
@@ -161,7 +161,7 @@ async fn save(state: &AppState, saving: &Option<Saving>, response: &Value) -> Re
     .await
 }
 
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Arc<RequestCtx>>,
     Extension(principal): Extension<Principal>,
@@ -203,7 +203,7 @@ pub async fn create(
 
 /// The Responses API's wire format; a finished response is stored before the caller
 /// hears it is done.
-pub struct Responses {
+pub(crate) struct Responses {
     state: Arc<AppState>,
     saving: Option<Saving>,
     builder: Builder,
@@ -289,7 +289,7 @@ fn streamed(door: Responses, mut events: EventStream) -> impl futures::Stream<It
     }
 }
 
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
@@ -302,7 +302,7 @@ pub async fn get(
     ))
 }
 
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
@@ -317,7 +317,7 @@ pub async fn delete(
 
 /// This turn's input items, newest first unless `order=asc`; `limit` (1-100, default
 /// 20) and `after` page through them.
-pub async fn input_items(
+pub(crate) async fn input_items(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 /// What the response object echoes of its request, and its identity.
 #[derive(Clone)]
-pub struct Meta {
+pub(super) struct Meta {
     pub id: String,
     pub created_at: u64,
     pub model: String,
@@ -38,7 +38,7 @@ enum Open {
 }
 
 /// Folds IR events into output items, yielding the Responses events as it goes.
-pub struct Builder {
+pub(super) struct Builder {
     pub meta: Meta,
     output: Vec<Value>,
     open: Open,
@@ -57,7 +57,7 @@ fn logprob_json(lp: &[TokenLogprob]) -> Vec<Value> {
 }
 
 impl Builder {
-    pub fn new(meta: Meta, want_logprobs: bool) -> Self {
+    pub(super) fn new(meta: Meta, want_logprobs: bool) -> Self {
         Builder {
             meta,
             output: Vec::new(),
@@ -80,7 +80,7 @@ impl Builder {
     }
 
     /// `response.created` and `response.in_progress`.
-    pub fn start(&mut self) -> Vec<Value> {
+    pub(super) fn start(&mut self) -> Vec<Value> {
         let r = self.response("in_progress", None, None);
         vec![
             self.event("response.created", json!({"response": r.clone()})),
@@ -236,7 +236,7 @@ impl Builder {
 
     /// The events one IR event makes. `Some(final)` once the response is done: its
     /// last event is `response.completed` or `response.incomplete`.
-    pub fn apply(&mut self, ev: StreamEvent) -> (Vec<Value>, Option<Value>) {
+    pub(super) fn apply(&mut self, ev: StreamEvent) -> (Vec<Value>, Option<Value>) {
         let mut out = Vec::new();
         match ev {
             StreamEvent::Delta { index: 0, delta } => self.delta(delta, &mut out),
@@ -267,7 +267,7 @@ impl Builder {
     }
 
     /// The terminal event for a finished response object.
-    pub fn done_event(&mut self, response: &Value) -> Value {
+    pub(super) fn done_event(&mut self, response: &Value) -> Value {
         let kind = if response["status"] == "incomplete" {
             "response.incomplete"
         } else {
@@ -277,7 +277,7 @@ impl Builder {
     }
 
     /// `response.failed`, carrying what was produced before the error.
-    pub fn failed(&mut self, e: &Error) -> Value {
+    pub(super) fn failed(&mut self, e: &Error) -> Value {
         let mut out = Vec::new();
         self.close(&mut out);
         let mut r = self.response("failed", None, None);
@@ -285,7 +285,12 @@ impl Builder {
         self.event("response.failed", json!({"response": r}))
     }
 
-    pub fn response(&self, status: &str, usage: Option<&Usage>, incomplete: Option<&str>) -> Value {
+    pub(super) fn response(
+        &self,
+        status: &str,
+        usage: Option<&Usage>,
+        incomplete: Option<&str>,
+    ) -> Value {
         let mut r = json!({
             "id": self.meta.id,
             "object": "response",

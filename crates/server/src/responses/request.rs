@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 /// The request's own input items, normalized (a string input becomes one user message
 /// item; every item gets an id) so they can be stored and replayed as they were.
-pub fn input_items(input: Option<Value>) -> Result<Vec<Value>, Error> {
+pub(super) fn input_items(input: Option<Value>) -> Result<Vec<Value>, Error> {
     let items = match input {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![json!({"type": "message", "role": "user",
@@ -67,7 +67,7 @@ pub fn input_items(input: Option<Value>) -> Result<Vec<Value>, Error> {
 /// Appends the messages of `items` (input items, or a stored response's output items)
 /// to `out`; `at` names the list in errors (`input`), and `origins`, when given,
 /// records which item each message came from.
-pub fn push_messages(
+pub(super) fn push_messages(
     out: &mut Vec<Message>,
     items: &[Value],
     at: &str,
@@ -381,7 +381,7 @@ fn text_format(text: Option<&wire::TextConfig>) -> Result<ResponseFormat, Error>
 
 /// The IR request: `history` is the stored conversation before this turn (already
 /// messages), `items` this turn's normalized input items.
-pub fn to_ir(
+pub(super) fn to_ir(
     req: &wire::ResponsesRequest,
     history: Vec<Message>,
     items: &[Value],

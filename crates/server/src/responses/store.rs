@@ -18,7 +18,7 @@ fn store_err(e: String) -> Error {
     Error::internal(format!("the response store failed: {e}"))
 }
 
-pub async fn save(state: &AppState, r: StoredResponse) -> Result<(), Error> {
+pub(super) async fn save(state: &AppState, r: StoredResponse) -> Result<(), Error> {
     if let Some(t) = &state.tenancy {
         return t.store.save_response(&r).await.map_err(store_err);
     }
@@ -42,7 +42,7 @@ pub async fn save(state: &AppState, r: StoredResponse) -> Result<(), Error> {
 
 /// The response `id` if it exists and belongs to `owner`; someone else's is as unknown
 /// as a missing one.
-pub async fn load(
+pub(super) async fn load(
     state: &AppState,
     owner: Option<&str>,
     id: &str,
@@ -62,7 +62,7 @@ pub async fn load(
 
 /// The conversation ending with `id`, newest turn first, at most `limit` turns. A turn
 /// that is missing or someone else's ends the walk there (the caller sees where).
-pub async fn chain(
+pub(super) async fn chain(
     state: &AppState,
     owner: Option<&str>,
     id: &str,
@@ -94,7 +94,7 @@ pub async fn chain(
     Ok(turns)
 }
 
-pub async fn delete(state: &AppState, owner: Option<&str>, id: &str) -> Result<bool, Error> {
+pub(super) async fn delete(state: &AppState, owner: Option<&str>, id: &str) -> Result<bool, Error> {
     if load(state, owner, id).await?.is_none() {
         return Ok(false);
     }
@@ -110,7 +110,7 @@ pub async fn delete(state: &AppState, owner: Option<&str>, id: &str) -> Result<b
     }
 }
 
-pub fn not_found(id: &str, param: &str) -> Error {
+pub(super) fn not_found(id: &str, param: &str) -> Error {
     Error::new(
         ErrorKind::NotFound,
         format!("Response with id '{id}' not found."),

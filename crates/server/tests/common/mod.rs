@@ -5,20 +5,22 @@
     reason = "each test file uses some of the helpers"
 )]
 
-pub use async_trait::async_trait;
-pub use axum::body::Body;
-pub use axum::http::{Request, StatusCode};
-pub use http_body_util::BodyExt;
-pub use parlance_core::ir::{ChatRequest, Delta, FinishReason, StreamEvent, Usage};
-pub use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo, Router};
-pub use parlance_server::{build_router, AppState};
-pub use serde_json::{json, Value};
-pub use std::sync::{Arc, Mutex};
-pub use tower::ServiceExt;
+pub(crate) use async_trait::async_trait;
+pub(crate) use axum::body::Body;
+pub(crate) use axum::http::{Request, StatusCode};
+pub(crate) use http_body_util::BodyExt;
+pub(crate) use parlance_core::ir::{ChatRequest, Delta, FinishReason, StreamEvent, Usage};
+pub(crate) use parlance_core::{
+    Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo, Router,
+};
+pub(crate) use parlance_server::{build_router, AppState};
+pub(crate) use serde_json::{json, Value};
+pub(crate) use std::sync::{Arc, Mutex};
+pub(crate) use tower::ServiceExt;
 
 /// Answers every request with "Hello" per choice, or with a scripted failure.
 #[derive(Default)]
-pub struct Scripted {
+pub(crate) struct Scripted {
     pub mode: &'static str,
     pub seen: Mutex<Vec<ChatRequest>>,
 }
@@ -87,7 +89,7 @@ impl Backend for Scripted {
     }
 }
 
-pub fn app_with(
+pub(crate) fn app_with(
     mode: &'static str,
     keys: &[&str],
     body_limit: Option<usize>,
@@ -122,11 +124,11 @@ pub fn app_with(
     (build_router(Arc::new(state)), backend)
 }
 
-pub fn app() -> axum::Router {
+pub(crate) fn app() -> axum::Router {
     app_with("ok", &[], None).0
 }
 
-pub async fn send(
+pub(crate) async fn send(
     app: axum::Router,
     req: Request<Body>,
 ) -> (StatusCode, axum::http::HeaderMap, String) {
@@ -137,14 +139,14 @@ pub async fn send(
     (status, headers, String::from_utf8(body.to_vec()).unwrap())
 }
 
-pub fn post(path: &str, body: Value) -> Request<Body> {
+pub(crate) fn post(path: &str, body: Value) -> Request<Body> {
     Request::post(path)
         .header("content-type", "application/json")
         .body(Body::from(body.to_string()))
         .unwrap()
 }
 
-pub fn chat(extra: Value) -> Value {
+pub(crate) fn chat(extra: Value) -> Value {
     let mut b = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     for (k, v) in extra.as_object().unwrap() {
         b[k] = v.clone();
@@ -152,14 +154,14 @@ pub fn chat(extra: Value) -> Value {
     b
 }
 
-pub fn sse_data(body: &str) -> Vec<String> {
+pub(crate) fn sse_data(body: &str) -> Vec<String> {
     body.lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .map(str::to_string)
         .collect()
 }
 
-pub fn assert_openai_error(body: &str, code: Option<&str>) -> Value {
+pub(crate) fn assert_openai_error(body: &str, code: Option<&str>) -> Value {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     let e = &v["error"];
     assert!(

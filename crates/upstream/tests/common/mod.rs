@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Clone)]
-pub enum Reply {
+pub(crate) enum Reply {
     Json(u16, Value),
     /// Status, headers, raw body.
     Raw(u16, Vec<(&'static str, String)>, String),
@@ -38,7 +38,7 @@ pub enum Reply {
 }
 
 #[derive(Debug, Clone)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
@@ -46,7 +46,7 @@ pub struct Recorded {
 }
 
 #[derive(Clone, Default)]
-pub struct Mock {
+pub(crate) struct Mock {
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     replies: Arc<Mutex<VecDeque<Reply>>>,
     /// Used when the script is empty.
@@ -57,7 +57,7 @@ pub struct Mock {
 }
 
 impl Mock {
-    pub async fn start() -> Mock {
+    pub(crate) async fn start() -> Mock {
         let mut mock = Mock::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         mock.url = format!("http://{}", listener.local_addr().unwrap());
@@ -68,20 +68,20 @@ impl Mock {
         mock
     }
 
-    pub fn push(&self, r: Reply) -> &Self {
+    pub(crate) fn push(&self, r: Reply) -> &Self {
         self.replies.lock().unwrap().push_back(r);
         self
     }
 
-    pub fn always(&self, r: Reply) {
+    pub(crate) fn always(&self, r: Reply) {
         *self.fallback.lock().unwrap() = Some(r);
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }
 
-    pub fn last(&self) -> Recorded {
+    pub(crate) fn last(&self) -> Recorded {
         self.requests
             .lock()
             .unwrap()
@@ -161,11 +161,11 @@ fn sse_response(body: Body) -> Response {
         .unwrap()
 }
 
-pub fn provider(kind: ProviderKind, base_url: &str) -> Arc<Provider> {
+pub(crate) fn provider(kind: ProviderKind, base_url: &str) -> Arc<Provider> {
     provider_with(kind, base_url, Timeouts::default(), None)
 }
 
-pub fn provider_with(
+pub(crate) fn provider_with(
     kind: ProviderKind,
     base_url: &str,
     timeouts: Timeouts,
@@ -186,11 +186,11 @@ pub fn provider_with(
     .unwrap()
 }
 
-pub fn model(p: &Arc<Provider>, name: &str) -> Arc<dyn Backend> {
+pub(crate) fn model(p: &Arc<Provider>, name: &str) -> Arc<dyn Backend> {
     Arc::new(UpstreamModel::new(Arc::clone(p), name))
 }
 
-pub fn ask(text: &str, stream: bool) -> ChatRequest {
+pub(crate) fn ask(text: &str, stream: bool) -> ChatRequest {
     ChatRequest {
         model: "public-name".into(),
         messages: vec![Message::text(Role::User, text)],
@@ -201,14 +201,14 @@ pub fn ask(text: &str, stream: bool) -> ChatRequest {
     }
 }
 
-pub async fn run(b: &Arc<dyn Backend>, req: ChatRequest) -> Result<Completion, Error> {
+pub(crate) async fn run(b: &Arc<dyn Backend>, req: ChatRequest) -> Result<Completion, Error> {
     let n = req.n;
     let events = b.chat(req).await?;
     collect(events, n).await
 }
 
 /// An SSE body from `data:` payloads (and optional event names).
-pub fn sse(events: &[(Option<&str>, Value)]) -> String {
+pub(crate) fn sse(events: &[(Option<&str>, Value)]) -> String {
     let mut out = String::new();
     for (name, data) in events {
         if let Some(n) = name {
@@ -219,7 +219,7 @@ pub fn sse(events: &[(Option<&str>, Value)]) -> String {
     out
 }
 
-pub fn weather_tool() -> ToolDef {
+pub(crate) fn weather_tool() -> ToolDef {
     ToolDef {
         name: "get_weather".into(),
         description: Some("Weather for a city".into()),
@@ -229,7 +229,7 @@ pub fn weather_tool() -> ToolDef {
 }
 
 /// A conversation with a system prompt, an image, a tool call and its result.
-pub fn tool_history() -> Vec<Message> {
+pub(crate) fn tool_history() -> Vec<Message> {
     let mut user = Message::text(Role::User, "What is the weather here?");
     user.content.push(ContentPart::Image(ImageSource::Base64 {
         media_type: "image/png".into(),
