@@ -213,7 +213,7 @@ impl Shelf {
     /// Starts [`Shelf::sweep`] on the current runtime.
     pub fn start_sweeper(self: &Arc<Self>) {
         let shelf = Arc::downgrade(self);
-        tokio::spawn(async move {
+        crate::task::spawn("model sweeper", async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;

@@ -11,6 +11,7 @@ pub mod lazy;
 pub mod pool;
 pub mod preset;
 pub mod router;
+pub mod task;
 pub mod template;
 pub mod tools;
 

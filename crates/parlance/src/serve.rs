@@ -449,13 +449,17 @@ fn exit_now(code: i32) -> ! {
         libc::_exit(code)
     }
     #[cfg(not(unix))]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "as above, where `_exit` is missing"
+    )]
     std::process::exit(code)
 }
 
 /// Resolves at the first Ctrl-C or SIGTERM; a second one exits the process at once.
 async fn signals() {
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
+    parlance_core::task::spawn("signals", async move {
         #[cfg(unix)]
         let mut term: Term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

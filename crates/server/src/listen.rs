@@ -94,7 +94,7 @@ pub async fn serve(
             .serve_connection_with_upgrades(io, service)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        parlance_core::task::spawn("connection", async move {
             if let Err(e) = conn.await {
                 tracing::debug!("connection ended: {e}");
             }

@@ -90,7 +90,7 @@ impl SharedLimiter {
     /// Renews this replica's leases a few times per [`LEASE`], while it lives.
     fn start_renewing(self: Arc<Self>) -> Arc<Self> {
         let weak = Arc::downgrade(&self);
-        tokio::spawn(async move {
+        parlance_core::task::spawn("redis lease renewal", async move {
             let mut tick = tokio::time::interval(LEASE / 4);
             loop {
                 tick.tick().await;
@@ -277,7 +277,7 @@ impl SharedLimiter {
         let mut conn = self.conn.clone();
         let script = self.settle.clone();
         let (tok_hash, tok_sum, id) = (tok_hash.to_string(), tok_sum.to_string(), id.to_string());
-        tokio::spawn(async move {
+        parlance_core::task::spawn("redis settle", async move {
             let mut inv = script.prepare_invoke();
             inv.key(tok_hash).key(tok_sum).arg(id).arg(actual);
             let _: Result<Result<i64, _>, _> =

@@ -91,7 +91,7 @@ impl Store {
     /// a PASSIVE checkpoint never waits for (or blocks) the usage writer.
     fn checkpoint_in_background(&self) {
         let pool = self.pool.clone();
-        tokio::spawn(async move {
+        parlance_core::task::spawn("sqlite checkpoint", async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;

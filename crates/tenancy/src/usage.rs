@@ -147,7 +147,7 @@ const BATCH: usize = 512;
 impl Recorder {
     pub fn start(store: Store) -> Recorder {
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-        tokio::spawn(async move {
+        parlance_core::task::spawn("usage writer", async move {
             let mut batch: Vec<Pending> = Vec::new();
             let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
             while let Some(first) = rx.recv().await {
