@@ -65,16 +65,24 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn text(role: Role, text: impl Into<String>) -> Self {
+    /// A message with nothing in it yet.
+    pub fn empty(role: Role) -> Self {
         Message {
             role,
-            content: vec![ContentPart::Text(text.into())],
+            content: Vec::new(),
             name: None,
             tool_calls: Vec::new(),
             tool_call_id: None,
             reasoning: None,
             reasoning_signature: None,
             is_error: false,
+        }
+    }
+
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Message {
+            content: vec![ContentPart::Text(text.into())],
+            ..Message::empty(role)
         }
     }
 

@@ -398,6 +398,31 @@ pub(crate) fn prompt_bytes(req: &parlance_core::ir::ChatRequest) -> usize {
         .sum::<usize>()
 }
 
+/// The request's meter when a store is configured; the request log learns its key.
+fn meter_of(
+    state: &crate::AppState,
+    ctx: &Arc<RequestCtx>,
+    principal: &Principal,
+    info: &ModelInfo,
+    front_door: &str,
+    streamed: bool,
+    progress: Progress,
+) -> Option<Meter> {
+    if let Some(k) = principal.key() {
+        ctx.set_key(&k.id);
+    }
+    let tenancy = state.tenancy.as_ref()?;
+    Some(Meter::new(
+        Arc::clone(tenancy),
+        principal,
+        info,
+        front_door,
+        streamed,
+        progress,
+        Arc::clone(ctx),
+    ))
+}
+
 /// OpenAI's `x-ratelimit-*` headers, for every answer to a limited key (every door
 /// sends them: the SDKs of all formats read them or ignore them).
 pub(crate) fn with_rate_headers(
@@ -433,22 +458,13 @@ pub(crate) async fn admit(
     );
     req.context.request_id = ctx.id.clone();
     req.context.key_id = principal.key().map(|k| k.id.clone());
-    if let Some(k) = principal.key() {
-        ctx.set_key(&k.id);
-    }
-    let mut meter = state.tenancy.as_ref().map(|t| {
-        let mut m = Meter::new(
-            Arc::clone(t),
-            principal,
-            info,
-            front_door,
-            req.stream,
-            req.context.progress.clone(),
-            Arc::clone(ctx),
-        );
+    let progress = req.context.progress.clone();
+    let mut meter = meter_of(
+        state, ctx, principal, info, front_door, req.stream, progress,
+    );
+    if let Some(m) = meter.as_mut() {
         m.prompt_estimate = estimate_tokens(bytes);
-        m
-    });
+    }
     match gate(state.tenancy.as_ref(), principal, &req.model, Some(want)).await {
         Ok(a) => {
             if let Some(m) = meter.as_mut() {

@@ -152,16 +152,7 @@ fn message_of(
         wire::Content::Text(t) => vec![wire::ContentBlock::Text { text: t }],
         wire::Content::Blocks(b) => b,
     };
-    let mut msg = Message {
-        role,
-        content: Vec::new(),
-        name: None,
-        tool_calls: Vec::new(),
-        tool_call_id: None,
-        reasoning: None,
-        reasoning_signature: None,
-        is_error: false,
-    };
+    let mut msg = Message::empty(role);
     // Images' (part index in `msg`, the caller's path of that block): errors name them.
     let mut parts_at: Vec<(usize, String)> = Vec::new();
     for (j, b) in blocks.into_iter().enumerate() {
@@ -197,14 +188,9 @@ fn message_of(
                 origins.message(messages.len(), at.clone());
                 origins.part(messages.len(), 0, format!("{at}.content"));
                 messages.push(Message {
-                    role: Role::Tool,
-                    content: vec![ContentPart::Text(text)],
-                    name: None,
-                    tool_calls: Vec::new(),
                     tool_call_id: Some(tool_use_id),
-                    reasoning: None,
-                    reasoning_signature: None,
                     is_error: is_error == Some(true),
+                    ..Message::text(Role::Tool, text)
                 });
             }
             wire::ContentBlock::Thinking {

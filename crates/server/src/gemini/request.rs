@@ -113,16 +113,7 @@ fn content_of(
             ))
         }
     };
-    let mut msg = Message {
-        role,
-        content: Vec::new(),
-        name: None,
-        tool_calls: Vec::new(),
-        tool_call_id: None,
-        reasoning: None,
-        reasoning_signature: None,
-        is_error: false,
-    };
+    let mut msg = Message::empty(role);
     let mut parts_at: Vec<(usize, String)> = Vec::new();
     for (j, p) in c.parts.into_iter().enumerate() {
         let at = format!("contents[{i}].parts[{j}]");
@@ -197,14 +188,9 @@ fn function_response(
             )
         })?;
     Ok(Message {
-        role: Role::Tool,
-        content: vec![ContentPart::Text(fr.response.to_string())],
         name: Some(fr.name),
-        tool_calls: Vec::new(),
         tool_call_id: Some(id),
-        reasoning: None,
-        reasoning_signature: None,
-        is_error: false,
+        ..Message::text(Role::Tool, fr.response.to_string())
     })
 }
 

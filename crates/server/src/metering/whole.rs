@@ -1,7 +1,7 @@
 //! Requests answered whole, without a stream of tokens: the counting endpoints and
 //! embeddings and rerank.
 
-use super::{estimate_of, estimate_tokens, gate, record_refusal, record_without_tokens, Meter};
+use super::{estimate_of, estimate_tokens, gate, meter_of, record_refusal, record_without_tokens};
 use crate::auth::Principal;
 use crate::reqlog::RequestCtx;
 use parlance_core::ir::{Progress, Usage};
@@ -22,20 +22,15 @@ pub(crate) async fn counted<T>(
     front_door: &str,
     work: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    if let Some(k) = principal.key() {
-        ctx.set_key(&k.id);
-    }
-    let meter = state.tenancy.as_ref().map(|t| {
-        Meter::new(
-            Arc::clone(t),
-            principal,
-            info,
-            front_door,
-            false,
-            Progress::default(),
-            Arc::clone(ctx),
-        )
-    });
+    let meter = meter_of(
+        state,
+        ctx,
+        principal,
+        info,
+        front_door,
+        false,
+        Progress::default(),
+    );
     let admitted = match gate(state.tenancy.as_ref(), principal, &info.id, None).await {
         Ok(a) => a,
         Err((e, _)) => {
@@ -70,22 +65,18 @@ pub(crate) async fn embedded<T>(
     work: impl std::future::Future<Output = Result<T, Error>>,
     tokens: fn(&T) -> u32,
 ) -> Result<(T, RateHeaders), (Error, RateHeaders)> {
-    if let Some(k) = principal.key() {
-        ctx.set_key(&k.id);
-    }
-    let mut meter = state.tenancy.as_ref().map(|t| {
-        let mut m = Meter::new(
-            Arc::clone(t),
-            principal,
-            info,
-            front_door,
-            false,
-            Progress::default(),
-            Arc::clone(ctx),
-        );
+    let mut meter = meter_of(
+        state,
+        ctx,
+        principal,
+        info,
+        front_door,
+        false,
+        Progress::default(),
+    );
+    if let Some(m) = meter.as_mut() {
         m.prompt_estimate = estimate_tokens(bytes);
-        m
-    });
+    }
     let want = estimate_of(u64::from(estimate_tokens(bytes)), 0, info.price);
     let admitted = match gate(state.tenancy.as_ref(), principal, &info.id, Some(want)).await {
         Ok(a) => a,
