@@ -16,7 +16,7 @@ mod users_cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,17 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Args)]
+struct ModelsDirArg {
+    /// The folder `serve --models-dir` serves.
+    #[arg(
+        long = "models-dir",
+        env = "PARLANCE_MODELS_DIR",
+        default_value = "models"
+    )]
+    models_dir: std::path::PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -57,23 +68,14 @@ enum Command {
     Pull {
         /// owner/repo or owner/repo:QUANT.
         spec: String,
-        /// The folder `serve --models-dir` serves.
-        #[arg(
-            long = "models-dir",
-            env = "PARLANCE_MODELS_DIR",
-            default_value = "models"
-        )]
-        models_dir: std::path::PathBuf,
+        #[command(flatten)]
+        dir: ModelsDirArg,
     },
     /// Delete a model (NAME.gguf and its projectors, or the folder NAME) from the models folder.
     Rm {
         name: String,
-        #[arg(
-            long = "models-dir",
-            env = "PARLANCE_MODELS_DIR",
-            default_value = "models"
-        )]
-        models_dir: std::path::PathBuf,
+        #[command(flatten)]
+        dir: ModelsDirArg,
     },
     /// Print the version.
     Version,
@@ -141,10 +143,10 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(cmd) => tenancy_cli::keys(cmd),
         Command::Usage(args) => tenancy_cli::usage(args),
         Command::Users(cmd) => users_cli::users(cmd),
-        Command::Pull { spec, models_dir } => {
-            hub::pull(&spec, &models_dir).map(|p| println!("{}", p.display()))
+        Command::Pull { spec, dir } => {
+            hub::pull(&spec, &dir.models_dir).map(|p| println!("{}", p.display()))
         }
-        Command::Rm { name, models_dir } => hub::remove(&name, &models_dir).map(|gone| {
+        Command::Rm { name, dir } => hub::remove(&name, &dir.models_dir).map(|gone| {
             for p in gone {
                 println!("deleted {}", p.display());
             }

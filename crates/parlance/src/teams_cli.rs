@@ -82,14 +82,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The account of this email, or an error naming it.
+async fn account(t: &Tenancy, email: &str) -> anyhow::Result<parlance_tenancy::accounts::User> {
+    t.store
+        .user_by_email(&email.trim().to_lowercase())
+        .await
+        .map_err(anyhow::Error::msg)?
+        .with_context(|| format!("no account with the email {email}"))
+}
+
 async fn payer(t: &Tenancy, team: Option<String>, user: Option<String>) -> anyhow::Result<String> {
     if let Some(email) = user {
-        let u = t
-            .store
-            .user_by_email(&email.trim().to_lowercase())
-            .await
-            .map_err(anyhow::Error::msg)?
-            .with_context(|| format!("no account with the email {email}"))?;
+        let u = account(t, &email).await?;
         return Ok(format!("u:{}", u.id));
     }
     let id = team.context("--team or --user")?;
@@ -208,12 +212,7 @@ async fn add(team: &str, email: &str, role: &str, db: &DbArg) -> anyhow::Result<
         role == "admin" || role == "member",
         "--role must be admin or member"
     );
-    let u = t
-        .store
-        .user_by_email(&email.trim().to_lowercase())
-        .await
-        .map_err(anyhow::Error::msg)?
-        .with_context(|| format!("no account with the email {email}"))?;
+    let u = account(&t, email).await?;
     t.store
         .team(team)
         .await
