@@ -49,7 +49,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         parts = self.path.split("/")  # '', 'v2', ns, repo, kind, ref
-        hub = self.server
         if len(parts) != 6 or parts[2] != "library" or parts[3] not in ("tiny", "bad"):
             return self.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
         if parts[4] == "manifests":
@@ -58,6 +57,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 {"mediaType": "application/vnd.ollama.image.model", "digest": digest, "size": len(BLOB)},
                 {"mediaType": "application/vnd.ollama.image.license", "digest": "sha256:" + "1" * 64, "size": 3}]}
             return self.send(200, json.dumps(manifest).encode(), [("Content-Type", "application/json")])
+        self.send_blob()
+
+    def send_blob(self):
+        """The model file from the Range asked for; after `cut_next`, only its first MiB
+        and a closed connection."""
+        hub = self.server
         rng = self.headers.get("Range")
         hub.ranges.append(rng)
         start = int(rng.split("=")[1].rstrip("-")) if rng else 0
@@ -177,12 +182,7 @@ class HfHub(http.server.ThreadingHTTPServer):
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
 
-class HfHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
+class HfHandler(Handler):
     def do_GET(self):
         hub = self.server
         if self.path == "/api/models/acme/smol-GGUF?blobs=true":
@@ -190,30 +190,10 @@ class HfHandler(http.server.BaseHTTPRequestHandler):
                 {"rfilename": "README.md", "size": 10},
                 {"rfilename": "smol-Q4_1.gguf", "size": len(BLOB), "lfs": {"sha256": hub.sha256, "size": len(BLOB)}},
             ]}).encode()
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
+            return self.send(200, body)
         if self.path != "/acme/smol-GGUF/resolve/main/smol-Q4_1.gguf":
-            self.send_response(404)
-            self.send_header("content-length", "0")
-            self.end_headers()
-            return
-        rng = self.headers.get("Range")
-        hub.ranges.append(rng)
-        start = int(rng.split("=")[1].rstrip("-")) if rng else 0
-        self.send_response(206 if rng else 200)
-        self.send_header("content-length", str(len(BLOB) - start))
-        self.end_headers()
-        if hub.cut_next:
-            hub.cut_next = False
-            self.wfile.write(BLOB[start:start + (1 << 20)])
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(2)
-            return
-        self.wfile.write(BLOB[start:])
+            return self.send(404, b"")
+        self.send_blob()
 
 
 def test_parlance_pull_resumes_checks_and_rm_deletes(tmp_path):
