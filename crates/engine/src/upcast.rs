@@ -97,6 +97,7 @@ pub(crate) fn f32_size(path: &Path) -> Option<u64> {
 }
 
 fn read_header(path: &Path) -> std::io::Result<Header> {
+    let file_len = std::fs::metadata(path)?.len();
     let mut r = Counted {
         inner: BufReader::new(std::fs::File::open(path)?),
         at: 0,
@@ -140,12 +141,31 @@ fn read_header(path: &Path) -> std::io::Result<Header> {
             offset,
         });
     }
+    let data_start = r.at.next_multiple_of(alignment);
+    // A corrupt header must not make us allocate or read what the file does not hold.
+    for t in tensors
+        .iter()
+        .filter(|t| matches!(t.kind, F32 | F16 | BF16))
+    {
+        let width = if t.kind == F32 { 4 } else { 2 };
+        let end = t
+            .dims
+            .iter()
+            .try_fold(width, |n: u64, &d| n.checked_mul(d))
+            .and_then(|bytes| data_start.checked_add(t.offset)?.checked_add(bytes));
+        if end.is_none_or(|end| end > file_len) {
+            return Err(invalid(format!(
+                "tensor {} lies beyond the file",
+                String::from_utf8_lossy(&t.name)
+            )));
+        }
+    }
     Ok(Header {
         prefix_len,
         alignment,
         pools,
         tensors,
-        data_start: r.at.next_multiple_of(alignment),
+        data_start,
     })
 }
 
@@ -260,8 +280,8 @@ impl<T: Read> Counted<T> {
 
     fn string(&mut self) -> std::io::Result<Vec<u8>> {
         let n = self.u64()?;
-        if n > 1 << 30 {
-            return Err(invalid("a string longer than 1 GiB"));
+        if n > 64 << 20 {
+            return Err(invalid("a metadata string longer than 64 MiB"));
         }
         let mut s = vec![0u8; n as usize];
         self.read_exact(&mut s)?;
@@ -316,7 +336,45 @@ impl<T: Write> Counted<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::widen;
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::{f32_copy, read_header, widen};
+
+    /// A GGUF v3 header with one F16 tensor of these dimensions at offset 0, and
+    /// `data` bytes of tensor data.
+    fn gguf(dims: &[u64], data: usize) -> std::path::PathBuf {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes()); // tensors
+        b.extend(0u64.to_le_bytes()); // key-values
+        b.extend(1u64.to_le_bytes());
+        b.push(b'w');
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(1u32.to_le_bytes()); // F16
+        b.extend(0u64.to_le_bytes());
+        b.resize(b.len().next_multiple_of(32) + data, 0);
+        let dir = std::env::temp_dir().join(format!("parlance-upcast-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.gguf");
+        std::fs::write(&path, b).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_header_that_claims_more_than_the_file_holds_is_refused() {
+        assert!(read_header(&gguf(&[4, 2], 16)).is_ok());
+        assert!(read_header(&gguf(&[4, 2], 15)).is_err(), "one byte short");
+        assert!(
+            read_header(&gguf(&[u64::MAX, 2], 16)).is_err(),
+            "overflowing dims"
+        );
+        assert!(read_header(&gguf(&[1 << 40, 1 << 30], 16)).is_err());
+        // Not an embedding model (no pooling key): loaded as it is, no copy.
+        let cache = std::env::temp_dir().join(format!("parlance-f32-{}", rand::random::<u64>()));
+        assert_eq!(f32_copy(&gguf(&[4, 2], 16), &cache), None);
+    }
 
     #[test]
     fn half_floats_widen_exactly() {
