@@ -129,9 +129,15 @@ fn read_header(path: &Path) -> std::io::Result<Header> {
     let pools = arch.is_some_and(|a| pooling_key == [a.as_slice(), b".pooling_type"].concat());
     let prefix_len = r.at;
     let mut tensors = Vec::new();
-    for _ in 0..n_tensors.min(1 << 20) {
+    if n_tensors > 1 << 20 {
+        return Err(invalid("more than a million tensors"));
+    }
+    for _ in 0..n_tensors {
         let name = r.string()?;
-        let n_dims = r.u32()?.min(8);
+        let n_dims = r.u32()?;
+        if n_dims > 4 {
+            return Err(invalid("a tensor of more than 4 dimensions"));
+        }
         let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<_, _>>()?;
         let (kind, offset) = (r.u32()?, r.u64()?);
         tensors.push(Tensor {
