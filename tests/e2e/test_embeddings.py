@@ -466,6 +466,8 @@ def test_tei_shape_on_rerank(ranker):
     assert all("text" not in x for x in plain)
     bad = rerank(ranker, {"query": "q", "texts": ["a", 5]}, "/rerank")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "texts[1]", bad.text
+    neither = rerank(ranker, {"query": "q"}, "/rerank")
+    assert neither.status_code == 400 and neither.json()["error"]["param"] == "documents", neither.text
 
 
 def test_an_f16_encoder_runs_from_an_f32_copy_with_the_same_vectors():

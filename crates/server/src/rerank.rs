@@ -53,6 +53,9 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let req: Request = read_json(body, state.body_limit).await?;
     let tei = req.documents.is_none() && req.texts.is_some();
+    if req.documents.is_none() && req.texts.is_none() {
+        return Err(Error::invalid_param("documents", "'documents' is required.").into());
+    }
     let model = match req.model.clone() {
         Some(m) => m,
         None if tei => only_reranker(&state)?,
