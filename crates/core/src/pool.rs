@@ -164,8 +164,10 @@ impl Pool {
         }
     }
 
+    /// Sets the fallbacks once, when the catalog is assembled; a later call is ignored
+    /// (the first assembly wins, and pools are never re-linked while serving).
     pub fn set_fallbacks(&self, fallbacks: Vec<Arc<Pool>>) {
-        let _ = self.fallbacks.set(fallbacks);
+        self.fallbacks.set(fallbacks).ok();
     }
 
     pub fn model(&self) -> &str {

@@ -141,12 +141,13 @@ impl EmbeddingModel {
                             .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
                     });
                     match made {
+                        // The starter waits on `ready_rx` until one of these arrives.
                         Ok(ctx) => {
-                            let _ = ready_tx.send(Ok(()));
+                            ready_tx.send(Ok(())).ok();
                             run(ctx, rx, n_batch, normalize, &thread_queued);
                         }
                         Err(e) => {
-                            let _ = ready_tx.send(Err(e));
+                            ready_tx.send(Err(e)).ok();
                         }
                     }
                 }
@@ -212,46 +213,42 @@ fn run(
             }
             !gone
         });
-        // The next inputs in arrival order, whole sequences only, within the batch.
-        batch.clear();
-        let mut members: Vec<(usize, usize)> = Vec::new();
-        let mut tokens = 0;
-        'fill: for (j, (job, done)) in open.iter().enumerate() {
-            for (k, input) in job.inputs.iter().enumerate().skip(done.len()) {
-                let full = tokens + input.len() > PACK_TOKENS;
-                if members.len() == MAX_SEQS || (!members.is_empty() && full) {
-                    break 'fill;
-                }
-                let seq = members.len() as i32;
-                // Every position an output: pooling reads them all (llama.cpp would
-                // override the flags and log a warning each decode).
-                for (pos, &t) in input.iter().enumerate() {
-                    let _ = batch.add(t, pos as i32, &[seq], true);
-                }
-                tokens += input.len();
-                members.push((j, k));
+        let members = match pack(&mut batch, &open) {
+            Ok(m) if m.is_empty() => continue,
+            Ok(m) => m,
+            Err(e) => {
+                fail_all(
+                    &mut open,
+                    queued,
+                    &Error::internal(format!("cannot fill the batch: {e}")),
+                );
+                continue;
             }
-            if done.len() + members.iter().filter(|m| m.0 == j).count() < job.inputs.len() {
-                break;
-            }
-        }
-        if members.is_empty() {
-            continue;
-        }
+        };
         ctx.clear_kv_cache();
         if let Err(e) = ctx.decode(&mut batch) {
-            let err = Error::internal(format!("llama.cpp could not embed: {e}"));
-            for (job, _) in open.drain(..) {
-                queued.fetch_sub(1, Ordering::SeqCst);
-                let _ = job.tx.send(Err(err.clone()));
-            }
+            fail_all(
+                &mut open,
+                queued,
+                &Error::internal(format!("llama.cpp could not embed: {e}")),
+            );
             continue;
         }
-        for (seq, &(j, _)) in members.iter().enumerate() {
-            let v = match ctx.embeddings_seq_ith(seq as i32) {
-                Ok(v) => v.to_vec(),
-                Err(_) => Vec::new(),
-            };
+        let mut vectors = Vec::with_capacity(members.len());
+        for seq in 0..members.len() {
+            match ctx.embeddings_seq_ith(seq as i32) {
+                Ok(v) => vectors.push(v.to_vec()),
+                Err(e) => {
+                    let e = Error::internal(format!("llama.cpp gave no vector: {e}"));
+                    fail_all(&mut open, queued, &e);
+                    break;
+                }
+            }
+        }
+        if vectors.len() < members.len() {
+            continue;
+        }
+        for (v, &(j, _)) in vectors.into_iter().zip(&members) {
             open[j].1.push(if normalize { unit(v) } else { v });
         }
         while open
@@ -260,9 +257,50 @@ fn run(
         {
             if let Some((job, done)) = open.pop_front() {
                 queued.fetch_sub(1, Ordering::SeqCst);
-                let _ = job.tx.send(Ok(done));
+                // An error means the caller hung up: there is no one to hand the vectors to.
+                job.tx.send(Ok(done)).ok();
             }
         }
+    }
+}
+
+/// Fills the batch with the next inputs in arrival order, whole sequences only; gives
+/// each sequence's (job, input) place.
+fn pack(
+    batch: &mut LlamaBatch<'_>,
+    open: &VecDeque<(Job, Vec<Vec<f32>>)>,
+) -> Result<Vec<(usize, usize)>, llama_cpp_2::llama_batch::BatchAddError> {
+    batch.clear();
+    let mut members: Vec<(usize, usize)> = Vec::new();
+    let mut tokens = 0;
+    for (j, (job, done)) in open.iter().enumerate() {
+        for (k, input) in job.inputs.iter().enumerate().skip(done.len()) {
+            let full = tokens + input.len() > PACK_TOKENS;
+            if members.len() == MAX_SEQS || (!members.is_empty() && full) {
+                return Ok(members);
+            }
+            let seq = members.len() as i32;
+            // Every position an output: pooling reads them all (llama.cpp would
+            // override the flags and log a warning each decode).
+            for (pos, &t) in input.iter().enumerate() {
+                batch.add(t, pos as i32, &[seq], true)?;
+            }
+            tokens += input.len();
+            members.push((j, k));
+        }
+        if done.len() + members.iter().filter(|m| m.0 == j).count() < job.inputs.len() {
+            break;
+        }
+    }
+    Ok(members)
+}
+
+/// Fails every open job with one error (a failed decode spoils the whole batch).
+fn fail_all(open: &mut VecDeque<(Job, Vec<Vec<f32>>)>, queued: &AtomicUsize, err: &Error) {
+    for (job, _) in open.drain(..) {
+        queued.fetch_sub(1, Ordering::SeqCst);
+        // An error means the caller hung up: no one is left to tell.
+        job.tx.send(Err(err.clone())).ok();
     }
 }
 

@@ -37,6 +37,15 @@ pub(crate) struct Job {
     pub progress: Progress,
 }
 
+impl Job {
+    /// Sends the caller an event. A closed channel means the caller hung up; the worker
+    /// sees that at its next step (`tx.is_closed`) and frees the job's slots, so the
+    /// event has no one to go to and is dropped.
+    pub(crate) fn tell(&self, event: JobEvent) {
+        self.tx.send(event).ok();
+    }
+}
+
 /// Test hooks (cargo feature `test-hooks`): how a job makes the engine thread panic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Crash {

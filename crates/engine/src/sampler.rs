@@ -165,7 +165,8 @@ pub(crate) fn follow(shadow: &mut Matcher, tok: LlamaToken) -> Option<String> {
     if shadow.is_stopped() {
         return None;
     }
-    let _ = shadow.consume_token(tok.0 as u32);
+    // A token that breaks the grammar leaves its error in the matcher, read below.
+    shadow.consume_token(tok.0 as u32).ok();
     shadow
         .get_error()
         .map(|e| crate::constraint::reason(&e).to_string())

@@ -99,13 +99,14 @@ pub(crate) fn spawn_engine(
                         .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
                 });
                 match context {
+                    // The starter waits on `ready_rx` until one of these arrives.
                     Ok(ctx) => {
-                        let _ = ready_tx.send(Ok(()));
+                        ready_tx.send(Ok(())).ok();
                         Worker::new(model, ctx, worker_cfg, rx, thread_counters, thread_vision)
                             .run();
                     }
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e));
+                        ready_tx.send(Err(e)).ok();
                     }
                 }
             }

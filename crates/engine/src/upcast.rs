@@ -69,7 +69,8 @@ pub(crate) fn f32_copy(path: &Path, cache: &Path) -> Option<PathBuf> {
     match write_copy(path, &header, &partial).and_then(|()| std::fs::rename(&partial, &out)) {
         Ok(()) => Some(out),
         Err(e) => {
-            let _ = std::fs::remove_file(&partial);
+            // A partial file may not exist (the error came before it was made).
+            std::fs::remove_file(&partial).ok();
             tracing::warn!(error = %e, "could not write an F32 copy of {}; loading it as it is", path.display());
             None
         }

@@ -15,7 +15,7 @@ use crate::text::TextAssembler;
 use crate::vision::Vision;
 use llama_cpp_2::context::session::SeqState;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::llama_batch::{BatchAddError, LlamaBatch};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
@@ -274,7 +274,9 @@ impl<'m> Worker<'m> {
     }
 
     /// Fills the batch from the plan; returns the logits index of each entry, if any.
-    fn fill(&mut self, plan: &[Entry]) -> Vec<Option<i32>> {
+    /// The plan never holds more than n_batch tokens (plus the pad, which has a
+    /// sequence and room of its own), so an error here is a planning bug.
+    fn fill(&mut self, plan: &[Entry]) -> Result<Vec<Option<i32>>, BatchAddError> {
         // Staged first: deterministic mode may still change which tokens give logits.
         let mut staged: Vec<(LlamaToken, i32, i32, bool)> = Vec::new();
         let mut logits = Vec::with_capacity(plan.len());
@@ -306,11 +308,9 @@ impl<'m> Worker<'m> {
         }
         self.batch.clear();
         for (tok, pos, seq, wants_logits) in staged {
-            // Cannot fail: the plan never holds more than n_batch tokens (plus the pad,
-            // which has a sequence and room of its own).
-            let _ = self.batch.add(tok, pos, &[seq], wants_logits);
+            self.batch.add(tok, pos, &[seq], wants_logits)?;
         }
-        logits
+        Ok(logits)
     }
 
     fn seeded(&self, plan: &[Entry]) -> bool {
@@ -335,7 +335,7 @@ impl<'m> Worker<'m> {
     fn keep_batch_invariant(&mut self, staged: &mut Vec<(LlamaToken, i32, i32, bool)>) {
         if staged.len() % UBATCH == 1 {
             let pad = self.cfg.slots as i32;
-            let _ = self.ctx.clear_kv_cache_seq(Some(pad as u32), None, None);
+            self.clear_seq(pad);
             staged.push((LlamaToken::new(0), 0, pad, false));
         }
         // llama.cpp splits a batch into consecutive micro-batches of n_ubatch tokens.
@@ -386,7 +386,13 @@ impl<'m> Worker<'m> {
             if plan.is_empty() {
                 return None;
             }
-            let logits = self.fill(plan);
+            let logits = match self.fill(plan) {
+                Ok(logits) => logits,
+                Err(e) => {
+                    self.fail_all(Error::internal(format!("cannot fill the batch: {e}")));
+                    return None;
+                }
+            };
             let started = Instant::now();
             match self.ctx.decode(&mut self.batch) {
                 Ok(()) => {

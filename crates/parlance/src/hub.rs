@@ -149,7 +149,12 @@ fn fetch(spec: &str, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let partial = dest.with_extension("gguf.partial");
     receive(&client, spec, &url, &partial, chosen.size)?;
     if let Err(e) = check(&partial, &chosen) {
-        let _ = std::fs::remove_file(&partial);
+        if let Err(rm) = std::fs::remove_file(&partial) {
+            bail!(
+                "{spec}: {e}; the download could not be removed ({}): {rm}",
+                partial.display()
+            );
+        }
         bail!("{spec}: {e}; the download was removed");
     }
     std::fs::rename(&partial, &dest)?;

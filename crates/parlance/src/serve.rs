@@ -40,7 +40,7 @@ fn init_logging(verbose: bool, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match format {
+    let installed = match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -55,6 +55,11 @@ fn init_logging(verbose: bool, format: LogFormat) {
                 .try_init()
         }
     };
+    // Only the first subscriber of a process is installed (tests start several servers
+    // in one process): later ones log through it.
+    if installed.is_err() {
+        tracing::debug!("a log subscriber was already installed");
+    }
 }
 
 /// The template text `--chat-template` / `--chat-template-file` ask for.
@@ -198,13 +203,19 @@ pub(crate) fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         listen::serve(listener, app, limits, shutdown, signals()).await;
         if let Some(t) = tenancy {
             // Rows of requests that just ended (cancelled by the deadline) are stored.
-            let _ = tokio::time::timeout(Duration::from_secs(5), t.recorder.flush()).await;
+            if tokio::time::timeout(Duration::from_secs(5), t.recorder.flush())
+                .await
+                .is_err()
+            {
+                eprintln!("usage rows still unwritten after 5 s; stopping without them");
+            }
         }
         println!("stopped");
         Ok::<(), anyhow::Error>(())
     })?;
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    // Nothing left to report a failed flush to.
+    std::io::stdout().flush().ok();
     // Engine threads may still be finishing a step: leave without the C++ static
     // destructors that would run under their feet.
     exit_now(0)
@@ -469,10 +480,12 @@ async fn signals() {
         eprintln!(
             "shutdown requested: finishing running requests (send the signal again to exit now)"
         );
-        let _ = first_tx.send(());
+        // The receiver lives until the server stops: nothing to handle.
+        first_tx.send(()).ok();
         next_signal(&mut term).await;
         eprintln!("second signal: exiting now");
         exit_now(130);
     });
-    let _ = first_rx.await;
+    // An error only if the signal task ended without a signal: stop then too.
+    first_rx.await.ok();
 }

@@ -80,7 +80,9 @@ pub async fn serve(
         };
         // Streams are many small writes: without NODELAY, Nagle holds each one until the
         // client's delayed ACK (~40 ms per stream, measured).
-        let _ = tcp.set_nodelay(true);
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY; streams may be delayed");
+        }
         let io = TokioIo::new(JsonParseErrors::new(tcp));
         // The peer address rides on each request (sign-in throttling, the audit log).
         let with_peer = tower::ServiceBuilder::new()

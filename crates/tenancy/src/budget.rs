@@ -61,24 +61,17 @@ impl std::fmt::Display for Exhausted {
 impl Exhausted {
     /// The refusal, naming whose budget it is (`this key's`, `your team's`...).
     pub fn text(&self, whose: &str) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let f = &mut out;
-        let _ = match self {
-            Exhausted::Tokens { budget, spent } => write!(
-                f,
+        let out = match self {
+            Exhausted::Tokens { budget, spent } => format!(
                 "this key's token budget of {budget} is used up ({spent} spent or reserved by requests in flight)"
             ),
-            Exhausted::Usd { budget, spent } => write!(
-                f,
+            Exhausted::Usd { budget, spent } => format!(
                 "this key's budget of ${budget:.2} is used up (${spent:.4} spent or reserved by requests in flight)"
             ),
-            Exhausted::TokensInFlight { budget, left, want } => write!(
-                f,
+            Exhausted::TokensInFlight { budget, left, want } => format!(
                 "this request may use {want} tokens but only {left} of this key's token budget of {budget} are left while other requests are in flight; retry when they finish or lower max_tokens"
             ),
-            Exhausted::UsdInFlight { budget, left, want } => write!(
-                f,
+            Exhausted::UsdInFlight { budget, left, want } => format!(
                 "this request may cost ${want:.4} but only ${left:.4} of this key's budget of ${budget:.2} is left while other requests are in flight; retry when they finish or lower max_tokens"
             ),
         };

@@ -109,8 +109,7 @@ impl SharedLimiter {
                     inv.key(zset).arg(member);
                 }
                 let mut conn = this.conn.clone();
-                let _: Result<Result<i64, _>, _> =
-                    tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await;
+                background("lease renewal", inv.invoke_async::<i64>(&mut conn)).await;
             }
         });
         self
@@ -280,8 +279,7 @@ impl SharedLimiter {
         parlance_core::task::spawn("redis settle", async move {
             let mut inv = script.prepare_invoke();
             inv.key(tok_hash).key(tok_sum).arg(id).arg(actual);
-            let _: Result<Result<i64, _>, _> =
-                tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await;
+            background("token settlement", inv.invoke_async::<i64>(&mut conn)).await;
         });
     }
 
@@ -299,8 +297,7 @@ impl SharedLimiter {
         };
         rt.spawn(async move {
             let cmd = redis::cmd("ZREM").arg(&inflight).arg(&id).clone();
-            let _: Result<Result<i64, _>, _> =
-                tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async(&mut conn)).await;
+            background("place release", cmd.query_async::<i64>(&mut conn)).await;
         });
     }
 
@@ -421,8 +418,7 @@ impl SharedLimiter {
                 inv.key(n);
             }
             inv.arg(&id).arg(actual.tokens).arg(actual.usd);
-            let _: Result<Result<i64, _>, _> =
-                tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await;
+            background("budget settlement", inv.invoke_async::<i64>(&mut conn)).await;
         });
     }
 
@@ -460,5 +456,15 @@ impl SharedLimiter {
             release: Some(Box::new(release)),
             actual: Estimate::default(),
         })
+    }
+}
+
+/// Runs a background Redis call whose answer nobody waits for. A failure is logged:
+/// what it would have renewed, settled or released lapses with its lease or TTL.
+async fn background<T>(what: &str, call: impl std::future::Future<Output = redis::RedisResult<T>>) {
+    match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "Redis {what} failed; it lapses with its lease"),
+        Err(_) => tracing::warn!("Redis {what} timed out; it lapses with its lease"),
     }
 }

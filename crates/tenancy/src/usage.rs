@@ -163,9 +163,11 @@ impl Recorder {
                         Err(_) => break,
                     }
                 }
+                // Waiters that gave up (a timed-out flush, a request that ended) leave
+                // closed channels: sends to them are dropped.
                 if batch.is_empty() {
                     for f in flushes.drain(..) {
-                        let _ = f.send(());
+                        f.send(()).ok();
                     }
                     continue;
                 }
@@ -186,11 +188,11 @@ impl Recorder {
                 }
                 for (_, ack) in batch.drain(..) {
                     if let Some(ack) = ack {
-                        let _ = ack.send(result.clone());
+                        ack.send(result.clone()).ok();
                     }
                 }
                 for f in flushes.drain(..) {
-                    let _ = f.send(());
+                    f.send(()).ok();
                 }
             }
         });
@@ -209,14 +211,21 @@ impl Recorder {
 
     /// Queues a row without waiting (the caller is gone: nobody to answer).
     pub fn record_later(&self, row: UsageRow) {
-        let _ = self.tx.send(Msg::Row(Box::new((row, None))));
+        if let Err(e) = self.tx.send(Msg::Row(Box::new((row, None)))) {
+            // The writer stopped: not silently lost, the row goes to the log.
+            if let Msg::Row(p) = e.0 {
+                let row = serde_json::to_string(&p.0).unwrap_or_default();
+                tracing::error!(row = %row, "usage row not stored: the usage writer has stopped");
+            }
+        }
     }
 
     /// Waits until every row queued so far is stored (at shutdown).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).is_ok() {
-            let _ = rx.await;
+            // An error: the writer stopped, so nothing more will be stored anyway.
+            rx.await.ok();
         }
     }
 }

@@ -56,7 +56,7 @@ async fn main() {
         .await
         .unwrap()
         .tap_io(|t| {
-            let _ = t.set_nodelay(true);
+            t.set_nodelay(true).unwrap();
         });
     axum::serve(listener, app).await.unwrap();
 }

@@ -173,9 +173,15 @@ pub async fn pull(
     let got = download(&client, model, &layer, &partial, on).await?;
     on(PullEvent::Status("verifying sha256 digest".into()));
     if got != want {
-        let _ = tokio::fs::remove_file(&partial).await;
+        let removed = match tokio::fs::remove_file(&partial).await {
+            Ok(()) => "the partial file was removed".to_string(),
+            Err(e) => format!(
+                "the partial file {} could not be removed: {e}",
+                partial.display()
+            ),
+        };
         return Err(failed(format!(
-            "digest mismatch: the download is sha256:{got}, the manifest says sha256:{want}; the partial file was removed"
+            "digest mismatch: the download is sha256:{got}, the manifest says sha256:{want}; {removed}"
         )));
     }
     tokio::fs::rename(&partial, dest).await.map_err(io(dest))?;

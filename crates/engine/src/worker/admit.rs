@@ -70,7 +70,8 @@ impl Worker<'_> {
                 .with_code("engine_error");
         let tx = self.jobs.remove(&job_id).map(|a| a.job.tx).or(tx);
         if let Some(tx) = tx {
-            let _ = tx.send(JobEvent::Failed(e));
+            // A closed channel: the caller hung up, no one is left to tell.
+            tx.send(JobEvent::Failed(e)).ok();
         }
     }
 

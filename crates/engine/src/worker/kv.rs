@@ -105,7 +105,7 @@ impl Worker<'_> {
             }
             let seq = slot.seq;
             if let Ok(state) = self.ctx.state_seq_get(seq, LlamaStateSeqFlags::empty()) {
-                let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+                self.clear_seq(seq);
                 self.slots[i].parked = Some(state);
             }
         }
@@ -131,7 +131,7 @@ impl Worker<'_> {
         };
         let seq = self.slots[slot_idx].seq;
         if self.ctx.state_seq_set(&state, seq).is_err() {
-            let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            self.clear_seq(seq);
             self.slots[slot_idx].forget();
         }
     }
@@ -158,9 +158,19 @@ impl Worker<'_> {
             }
             keep
         } else {
-            let _ = self.ctx.clear_kv_cache_seq(Some(seq), None, None);
-            slot.forget();
+            self.clear_seq(seq as i32);
+            self.slots[slot_idx].forget();
             0
+        }
+    }
+
+    /// Empties a sequence's KV cells. Removing a whole sequence does not fail in
+    /// llama.cpp (only a partial removal can, on recurrent models); if it ever did, the
+    /// stale cells would be attended to by the slot's next request, so it is logged.
+    pub(super) fn clear_seq(&mut self, seq: i32) {
+        match self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None) {
+            Ok(true) => {}
+            other => tracing::error!(seq, result = ?other, "could not empty a KV sequence"),
         }
     }
 

@@ -86,7 +86,7 @@ impl Worker<'_> {
         match finish {
             Some(reason) => self.end_run(i, reason, delta, matched),
             None if !delta.is_empty() => {
-                let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Delta {
+                active.job.tell(JobEvent::Event(StreamEvent::Delta {
                     index: run.choice,
                     delta,
                 }));
@@ -123,12 +123,11 @@ impl Worker<'_> {
         delta.content.push_str(&rest);
         let index = run.choice;
         if !delta.is_empty() {
-            let _ = active
+            active
                 .job
-                .tx
-                .send(JobEvent::Event(StreamEvent::Delta { index, delta }));
+                .tell(JobEvent::Event(StreamEvent::Delta { index, delta }));
         }
-        let _ = active.job.tx.send(JobEvent::Event(StreamEvent::Finish {
+        active.job.tell(JobEvent::Event(StreamEvent::Finish {
             index,
             reason,
             stop_sequence,
@@ -145,7 +144,7 @@ impl Worker<'_> {
             let first = a.first_token.unwrap_or(a.admitted);
             a.stats.prefill = first.duration_since(a.admitted);
             a.stats.decode = first.elapsed();
-            let _ = a.job.tx.send(JobEvent::Done(a.stats));
+            a.job.tell(JobEvent::Done(a.stats));
         }
     }
 
@@ -158,7 +157,7 @@ impl Worker<'_> {
         }
         self.publish_free();
         if let Some(a) = self.jobs.remove(&job_id) {
-            let _ = a.job.tx.send(JobEvent::Failed(err));
+            a.job.tell(JobEvent::Failed(err));
         }
     }
 
@@ -170,7 +169,7 @@ impl Worker<'_> {
         }
         self.publish_free();
         for (_, a) in self.jobs.drain() {
-            let _ = a.job.tx.send(JobEvent::Failed(err.clone()));
+            a.job.tell(JobEvent::Failed(err.clone()));
         }
     }
 }

@@ -111,8 +111,9 @@ fn pulling(
     let work = {
         let dest = dest.clone();
         async move {
+            // Progress for a caller that hung up has no reader; the pull goes on.
             let mut on = |ev: PullEvent| {
-                let _ = tx.send(ev);
+                tx.send(ev).ok();
             };
             registry::pull(&model, &dest, &mut on).await
         }
