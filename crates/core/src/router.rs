@@ -6,6 +6,11 @@ use crate::backend::{Backend, ModelInfo};
 use crate::error::Error;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+/// Two models would answer to one name.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("two models are named `{0}`: give one another name with --alias")]
+pub struct NameTaken(pub String);
+
 pub struct Route {
     pub info: ModelInfo,
     pub backend: Arc<dyn Backend>,
@@ -36,18 +41,15 @@ impl Router {
     }
 
     /// Adds a model; a name that is already taken is a configuration error.
-    pub fn add(&mut self, info: ModelInfo, backend: Arc<dyn Backend>) -> Result<(), String> {
+    pub fn add(&mut self, info: ModelInfo, backend: Arc<dyn Backend>) -> Result<(), NameTaken> {
         self.insert(info, backend)
     }
 
     /// [`Router::add`] while the server runs.
-    pub fn insert(&self, info: ModelInfo, backend: Arc<dyn Backend>) -> Result<(), String> {
+    pub fn insert(&self, info: ModelInfo, backend: Arc<dyn Backend>) -> Result<(), NameTaken> {
         let mut routes = self.write();
         if routes.iter().any(|r| r.info.id == info.id) {
-            return Err(format!(
-                "two models are named `{}`: give one another name with --alias",
-                info.id
-            ));
+            return Err(NameTaken(info.id));
         }
         routes.push(Arc::new(Route { info, backend }));
         Ok(())

@@ -52,8 +52,13 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
+/// A chat template that does not parse as Jinja.
+#[derive(Debug, thiserror::Error)]
+#[error("the chat template does not parse: {0}")]
+pub struct TemplateError(#[source] minijinja::Error);
+
 impl ChatTemplate {
-    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, String> {
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
         // Hugging Face renders with these two on; templates are written for them.
         env.set_trim_blocks(true);
@@ -73,7 +78,7 @@ impl ChatTemplate {
             chrono::Local::now().format(&fmt).to_string()
         });
         env.add_template_owned("chat", source.to_string())
-            .map_err(|e| format!("the chat template does not parse: {e}"))?;
+            .map_err(TemplateError)?;
         Ok(ChatTemplate {
             env,
             bos_token: bos_token.to_string(),

@@ -112,7 +112,8 @@ impl LocalModel {
             String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
         };
         let bos_text = piece(vocab.bos());
-        let template = ChatTemplate::new(&template_src, &bos_text, &piece(vocab.eos()))?;
+        let template = ChatTemplate::new(&template_src, &bos_text, &piece(vocab.eos()))
+            .map_err(|e| e.to_string())?;
         let template_tools = tools::template_supports_tools(&template_src);
         let tool_syntax = ToolSyntax::detect(&template_src);
         let constrainer = Constrainer::new(&model)?;

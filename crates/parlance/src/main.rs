@@ -97,41 +97,26 @@ fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
 }
 
 /// Serves one GGUF in-process on a loopback port for `parlance chat -m`; returns its API URL.
+/// `chat -m`: serves the file in this process, on a loopback port the OS picks (bound
+/// once and kept), and gives the API's base URL.
 fn serve_local(file: std::path::PathBuf) -> anyhow::Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let argv = [
-        "parlance".to_string(),
-        "serve".into(),
-        "-m".into(),
-        file.display().to_string(),
-        "--port".into(),
-        port.to_string(),
-        "-np".into(),
-        "1".into(),
-    ];
-    let Command::Serve(args) = Cli::try_parse_from(normalize_args(argv.into_iter()))?.command
-    else {
-        anyhow::bail!("internal: serve arguments did not parse as serve");
-    };
-    let server = std::thread::spawn(move || serve::run(*args));
-    let url = format!("http://127.0.0.1:{port}");
-    loop {
-        if server.is_finished() {
-            return match server.join() {
-                Ok(Err(e)) => Err(e),
-                _ => Err(anyhow::anyhow!("the local server stopped")),
-            };
-        }
-        let healthy = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && reqwest::blocking::get(format!("{url}/health"))
-                .is_ok_and(|r| r.status().is_success());
-        if healthy {
-            return Ok(format!("{url}/v1"));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let mut args = serve::ServeArgs::defaults()?;
+    args.model = vec![file];
+    args.host = "127.0.0.1".into();
+    args.port = 0;
+    args.parallel = 1;
+    serve::init_logging(args.verbose, args.log_format);
+    let built = serve::build(args)?;
+    let addr = built.local_addr()?;
+    // Requests wait in the listen backlog until the accept loop runs.
+    std::thread::Builder::new()
+        .name("local-server".into())
+        .spawn(move || {
+            if let Err(e) = built.serve(std::future::pending()) {
+                eprintln!("the local server stopped: {e:#}");
+            }
+        })?;
+    Ok(format!("http://{addr}/v1"))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -28,7 +28,7 @@ fn default_model() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-fn init_logging(verbose: bool, format: LogFormat) {
+pub(crate) fn init_logging(verbose: bool, format: LogFormat) {
     use std::io::IsTerminal;
     let default = if verbose {
         "info,parlance=debug,parlance_server=debug,parlance_engine=debug,parlance_upstream=debug,llama-cpp-2=info"
@@ -117,8 +117,31 @@ fn note_gpu(args: &ServeArgs) {
     }
 }
 
-pub(crate) fn run(mut args: ServeArgs) -> anyhow::Result<()> {
+/// A server ready to answer: models loaded, state assembled, the port bound. Built
+/// by `build`, run by `serve`; `parlance serve` and `parlance chat -m` both use it.
+pub(crate) struct Built {
+    runtime: tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    shutdown: parlance_server::Shutdown,
+    tenancy: Option<Arc<parlance_tenancy::Tenancy>>,
+}
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.verbose, args.log_format);
+    build(args)?.serve(signals())?;
+    use std::io::Write;
+    // Nothing left to report a failed flush to.
+    std::io::stdout().flush().ok();
+    // Engine threads may still be finishing a step: leave without the C++ static
+    // destructors that would run under their feet.
+    exit_now(0)
+}
+
+/// Loads what `args` name and binds the port (before loading anything: a busy port is
+/// known in milliseconds, not after a model has loaded).
+pub(crate) fn build(mut args: ServeArgs) -> anyhow::Result<Built> {
     note_gpu(&args);
     let template = chat_template(&args)?;
     let config = match &args.config {
@@ -128,20 +151,17 @@ pub(crate) fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if let (Some(cfg), Some(path)) = (&config, args.config.clone()) {
         crate::models_dir::from_config(&mut args, &cfg.local, &path)?;
     }
-    // Bind before loading anything: a busy port is known in milliseconds, not after
-    // a model has loaded.
     let addr = format!("{}:{}", args.host, args.port);
-    let std_listener =
+    let listener =
         std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
-    std_listener.set_nonblocking(true)?;
+    listener.set_nonblocking(true)?;
 
     let models = local_specs(&args, config.is_some())?;
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     // reqwest clients are built inside the runtime they will run on.
-    let _entered = runtime.enter();
+    let entered = runtime.enter();
     let mut router = Router::new();
     let mut keys = args.api_key.clone();
     // Local vision models fetch http(s) images with the same SSRF rules as providers.
@@ -196,29 +216,51 @@ pub(crate) fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections.max(1),
         shutdown_timeout: secs(args.shutdown_timeout, "--shutdown-timeout")?,
     };
+    drop(entered);
+    Ok(Built {
+        runtime,
+        listener,
+        app,
+        limits,
+        shutdown,
+        tenancy,
+    })
+}
 
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        println!("listening on http://{}", listener.local_addr()?);
-        listen::serve(listener, app, limits, shutdown, signals()).await;
-        if let Some(t) = tenancy {
-            // Rows of requests that just ended (cancelled by the deadline) are stored.
-            if tokio::time::timeout(Duration::from_secs(5), t.recorder.flush())
-                .await
-                .is_err()
-            {
-                eprintln!("usage rows still unwritten after 5 s; stopping without them");
+impl Built {
+    /// The address the server listens on (the port, when 0 was asked for).
+    pub(crate) fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` resolves, then finishes running requests and stores the
+    /// usage rows still queued.
+    pub(crate) fn serve(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let Built {
+            runtime,
+            listener,
+            app,
+            limits,
+            shutdown,
+            tenancy,
+        } = self;
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            println!("listening on http://{}", listener.local_addr()?);
+            listen::serve(listener, app, limits, shutdown, stop).await;
+            if let Some(t) = tenancy {
+                // Rows of requests that just ended (cancelled by the deadline) are stored.
+                if tokio::time::timeout(Duration::from_secs(5), t.recorder.flush())
+                    .await
+                    .is_err()
+                {
+                    eprintln!("usage rows still unwritten after 5 s; stopping without them");
+                }
             }
-        }
-        println!("stopped");
-        Ok::<(), anyhow::Error>(())
-    })?;
-    use std::io::Write;
-    // Nothing left to report a failed flush to.
-    std::io::stdout().flush().ok();
-    // Engine threads may still be finishing a step: leave without the C++ static
-    // destructors that would run under their feet.
-    exit_now(0)
+            println!("stopped");
+            Ok(())
+        })
+    }
 }
 
 /// What to load and the public name of each -m / -hf model (the default model when

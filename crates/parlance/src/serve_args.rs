@@ -314,3 +314,19 @@ fn pace_ratio(v: &str) -> Result<f32, String> {
         )),
     }
 }
+
+/// `ServeArgs` alone, for `ServeArgs::defaults`.
+#[derive(clap::Parser)]
+struct OnlyServe {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+impl ServeArgs {
+    /// Every setting as `parlance serve` with no flags has it: clap's defaults, or the
+    /// environment variable where one is set.
+    pub(crate) fn defaults() -> anyhow::Result<ServeArgs> {
+        use clap::Parser;
+        Ok(OnlyServe::try_parse_from(["serve"])?.args)
+    }
+}

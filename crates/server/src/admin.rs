@@ -239,9 +239,19 @@ pub(crate) fn apply_fields(k: &mut KeyRecord, obj: &Map<String, Value>) -> Resul
 }
 
 /// A store failure, logged whole; the caller sees no database text.
-pub(crate) fn store_error(e: String) -> Error {
+pub(crate) fn store_error(e: impl std::fmt::Display) -> Error {
     tracing::error!("admin API: {e}");
     Error::internal("The key store could not be read or written; see the server log.")
+}
+
+/// A key that could not be made: a 400 for what the caller sent, else a store failure.
+pub(crate) fn key_error(e: parlance_tenancy::CreateKeyError) -> Error {
+    match e {
+        parlance_tenancy::CreateKeyError::NoName => {
+            Error::invalid_param("name", "A key needs a 'name'.")
+        }
+        parlance_tenancy::CreateKeyError::Store(e) => store_error(e),
+    }
 }
 
 async fn create_key(
@@ -271,7 +281,7 @@ async fn create_key(
         user_id: None,
         team_id: None,
     };
-    let (record, key) = t.create_key(spec).await.map_err(store_error)?;
+    let (record, key) = t.create_key(spec).await.map_err(key_error)?;
     let addr = crate::account::address(peer.as_ref());
     t.audit(actor.name(), "key.create", &record.id, &record.name, &addr)
         .await;

@@ -320,7 +320,9 @@ pub fn build(
         for id in std::iter::once(name).chain(m.aliases.iter().map(String::as_str)) {
             let mut i = info.clone();
             i.id = id.to_string();
-            router.add(i, Arc::clone(&backend))?;
+            router
+                .add(i, Arc::clone(&backend))
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod budget;
+mod error;
 pub mod keys;
 pub mod limits;
 mod migrations;
@@ -14,6 +15,8 @@ pub mod subjects;
 pub mod tokens;
 pub mod usage;
 pub mod usage_stats;
+
+pub use error::{CreateKeyError, OpenError, StoreError};
 
 use keys::{now_ms, KeyRecord};
 use limits::Limiter;
@@ -89,7 +92,7 @@ pub struct Tenancy {
 }
 
 impl Tenancy {
-    pub async fn open(db_url: &str, admin_key: Option<String>) -> Result<Arc<Tenancy>, String> {
+    pub async fn open(db_url: &str, admin_key: Option<String>) -> Result<Arc<Tenancy>, OpenError> {
         Tenancy::open_with(db_url, admin_key, None, None).await
     }
 
@@ -101,7 +104,7 @@ impl Tenancy {
         admin_key: Option<String>,
         redis_url: Option<&str>,
         secret: Option<String>,
-    ) -> Result<Arc<Tenancy>, String> {
+    ) -> Result<Arc<Tenancy>, OpenError> {
         let store = Store::open(db_url).await?;
         let limiter = Arc::new(Limiter::default());
         let shared = match redis_url {
@@ -164,9 +167,9 @@ impl Tenancy {
         }
     }
 
-    pub async fn create_key(&self, spec: KeySpec) -> Result<(KeyRecord, String), String> {
+    pub async fn create_key(&self, spec: KeySpec) -> Result<(KeyRecord, String), CreateKeyError> {
         if spec.name.trim().is_empty() {
-            return Err("a key needs a name".into());
+            return Err(CreateKeyError::NoName);
         }
         let new = keys::generate();
         let record = KeyRecord {
@@ -360,7 +363,7 @@ impl Tenancy {
     }
 
     /// Stores a usage row (waiting for its commit when `wait`) and counts its spend.
-    pub async fn record(&self, row: UsageRow, wait: bool) -> Result<(), String> {
+    pub async fn record(&self, row: UsageRow, wait: bool) -> Result<(), StoreError> {
         if let Some(id) = &row.key_id {
             let tokens = u64::from(row.prompt_tokens) + u64::from(row.completion_tokens);
             self.spend(id).await;

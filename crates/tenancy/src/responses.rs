@@ -2,6 +2,7 @@
 //! `GET /v1/responses/{id}` and its input items.
 
 use crate::store::{db_err, Store};
+use crate::StoreError;
 use sqlx::Row;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -19,7 +20,7 @@ pub struct StoredResponse {
 
 impl Store {
     /// Inserts or replaces (a streamed response is saved once, when it ends).
-    pub async fn save_response(&self, r: &StoredResponse) -> Result<(), String> {
+    pub async fn save_response(&self, r: &StoredResponse) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO responses (id, key_id, created_at, previous_id, input, response)
              VALUES ($1, $2, $3, $4, $5, $6)
@@ -37,7 +38,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn get_response(&self, id: &str) -> Result<Option<StoredResponse>, String> {
+    pub async fn get_response(&self, id: &str) -> Result<Option<StoredResponse>, StoreError> {
         let row = sqlx::query(
             "SELECT id, key_id, created_at, previous_id, input, response FROM responses WHERE id = $1",
         )
@@ -54,7 +55,7 @@ impl Store {
         &self,
         id: &str,
         limit: usize,
-    ) -> Result<Vec<StoredResponse>, String> {
+    ) -> Result<Vec<StoredResponse>, StoreError> {
         let rows = sqlx::query(
             "WITH RECURSIVE chain (id, key_id, created_at, previous_id, input, response, depth) AS (
                 SELECT id, key_id, created_at, previous_id, input, response, CAST(0 AS BIGINT) FROM responses WHERE id = $1
@@ -72,7 +73,7 @@ impl Store {
         rows.iter().map(row_to_response).collect()
     }
 
-    pub async fn delete_response(&self, id: &str) -> Result<bool, String> {
+    pub async fn delete_response(&self, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM responses WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
@@ -82,7 +83,7 @@ impl Store {
     }
 }
 
-fn row_to_response(r: &sqlx::any::AnyRow) -> Result<StoredResponse, String> {
+fn row_to_response(r: &sqlx::any::AnyRow) -> Result<StoredResponse, StoreError> {
     Ok(StoredResponse {
         id: r.try_get(0).map_err(db_err)?,
         key_id: r.try_get(1).map_err(db_err)?,

@@ -58,8 +58,15 @@ fn budget_keys_of(id: &str) -> [String; 3] {
 }
 
 impl SharedLimiter {
-    pub async fn connect(url: &str, fallback: Arc<Limiter>) -> Result<Arc<SharedLimiter>, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+    pub async fn connect(
+        url: &str,
+        fallback: Arc<Limiter>,
+    ) -> Result<Arc<SharedLimiter>, crate::OpenError> {
+        let failed = |why: String| crate::OpenError::Redis {
+            url: url.to_string(),
+            why,
+        };
+        let client = redis::Client::open(url).map_err(|e| failed(e.to_string()))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(REDIS_TIMEOUT)
             .set_response_timeout(REDIS_TIMEOUT)
@@ -69,8 +76,8 @@ impl SharedLimiter {
             ConnectionManager::new_with_config(client, config),
         )
         .await
-        .map_err(|_| format!("--redis {url}: no answer within 5 s"))?
-        .map_err(|e| format!("--redis {url}: {e}"))?;
+        .map_err(|_| failed("no answer within 5 s".into()))?
+        .map_err(|e| failed(e.to_string()))?;
         Ok(Arc::new(SharedLimiter {
             conn,
             admit: redis::Script::new(ADMIT),

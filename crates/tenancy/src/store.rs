@@ -2,6 +2,7 @@
 //! same schema (`postgres://...`). sqlx's `Any` driver runs the same queries on both,
 //! written in the dialect both share (`$N` placeholders, times as Unix milliseconds).
 
+pub use crate::error::StoreError;
 use crate::keys::{now_ms, KeyRecord};
 use crate::migrations::MIGRATIONS;
 use crate::usage::{UsageFilter, UsageGroup, UsageRow, UsageTotals};
@@ -14,12 +15,12 @@ pub struct Store {
     pub url: String,
 }
 
-pub(crate) fn db_err(e: sqlx::Error) -> String {
-    format!("database: {e}")
+pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
+    StoreError::from(e)
 }
 
 /// A pool on `url`, each connection set up for SQLite's WAL when `is_sqlite`.
-async fn connect(url: &str, is_sqlite: bool, max: u32) -> Result<AnyPool, String> {
+async fn connect(url: &str, is_sqlite: bool, max: u32) -> Result<AnyPool, StoreError> {
     AnyPoolOptions::new()
         .max_connections(max)
         .after_connect(move |conn, _| {
@@ -47,12 +48,15 @@ async fn connect(url: &str, is_sqlite: bool, max: u32) -> Result<AnyPool, String
         })
         .connect(url)
         .await
-        .map_err(|e| format!("cannot open the database {}: {e}", redact(url)))
+        .map_err(|e| StoreError::Open {
+            url: redact(url),
+            source: std::sync::Arc::new(e),
+        })
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and brings its schema up to date.
-    pub async fn open(url: &str) -> Result<Store, String> {
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
         let url = if is_sqlite && !url.contains("mode=") {
@@ -108,7 +112,7 @@ impl Store {
         });
     }
 
-    async fn migrate(&self) -> Result<(), String> {
+    async fn migrate(&self) -> Result<(), StoreError> {
         // Two replicas creating it at once can collide in Postgres' catalog: try again.
         let mut created = Ok(());
         for _ in 0..3 {
@@ -172,7 +176,7 @@ impl Store {
     }
 
     /// A setting, made from `make` the first time any replica asks for it.
-    pub async fn setting_or_insert(&self, name: &str, make: String) -> Result<String, String> {
+    pub async fn setting_or_insert(&self, name: &str, make: String) -> Result<String, StoreError> {
         sqlx::query(
             "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
@@ -190,19 +194,19 @@ impl Store {
     }
 
     /// Also marks the store as one that requires keys from now on.
-    pub async fn insert_key(&self, k: &KeyRecord) -> Result<(), String> {
+    pub async fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
         self.setting_or_insert("keys_required", "1".into()).await?;
         self.save_key(k).await
     }
 
     /// Writes every field but the id, the secret and the creation time.
-    pub async fn update_key(&self, k: &KeyRecord) -> Result<(), String> {
+    pub async fn update_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
         self.save_key(k).await
     }
 
     /// One statement for both: a new key is inserted whole; an existing one keeps its
     /// secret and creation time.
-    async fn save_key(&self, k: &KeyRecord) -> Result<(), String> {
+    async fn save_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO keys (id, name, secret_hash, models, rpm, tpm, max_concurrent, budget_tokens, budget_usd, expires_at, metadata, created_at, revoked_at, user_id, team_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
@@ -232,7 +236,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn revoke_key(&self, id: &str) -> Result<bool, String> {
+    pub async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
         let done =
             sqlx::query("UPDATE keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now_ms())
@@ -243,7 +247,7 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    pub async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, String> {
+    pub async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query("SELECT * FROM keys WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -255,7 +259,7 @@ impl Store {
     /// Whether callers need a key: once the store has held one, forever. A server whose
     /// last key was revoked, expired or deleted must not fall back to being open, so this
     /// is a marker written with the first key, not a count of the usable ones.
-    pub async fn keys_required(&self) -> Result<bool, String> {
+    pub async fn keys_required(&self) -> Result<bool, StoreError> {
         let row = sqlx::query(
             "SELECT name FROM settings WHERE name = 'keys_required'
              UNION ALL SELECT id FROM keys LIMIT 1",
@@ -266,7 +270,7 @@ impl Store {
         Ok(row.is_some())
     }
 
-    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, String> {
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM keys ORDER BY created_at, id")
             .fetch_all(&self.pool)
             .await
@@ -276,7 +280,7 @@ impl Store {
 
     /// Writes rows in as few statements as the placeholder limits allow, each one
     /// atomic on its own (the usage writer's group commit: no BEGIN/COMMIT round trips).
-    pub async fn insert_usage(&self, rows: &[UsageRow]) -> Result<(), String> {
+    pub async fn insert_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
         const COLS: usize = 16;
         // SQLite takes at most 32766 placeholders a statement.
         const PER_STATEMENT: usize = 1000;
@@ -326,7 +330,7 @@ impl Store {
         &self,
         sql: &str,
         binds: &[crate::usage::Bind],
-    ) -> Result<Vec<AnyRow>, String> {
+    ) -> Result<Vec<AnyRow>, StoreError> {
         let mut q = sqlx::query(sql);
         for b in binds {
             q = b.bind_to(q);
@@ -335,7 +339,7 @@ impl Store {
     }
 
     /// Rows matching `filter`, newest first (for tests and exports).
-    pub async fn usage_rows(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
+    pub async fn usage_rows(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, StoreError> {
         let (cond, binds) = filter.sql();
         let sql = format!("SELECT * FROM usage WHERE {cond} ORDER BY at DESC");
         let rows = self.fetch_filtered(&sql, &binds).await?;
@@ -347,7 +351,7 @@ impl Store {
         &self,
         filter: &UsageFilter,
         group: UsageGroup,
-    ) -> Result<Vec<UsageTotals>, String> {
+    ) -> Result<Vec<UsageTotals>, StoreError> {
         let (cond, binds) = filter.sql();
         let group_by = group;
         let by = match group {
@@ -395,7 +399,7 @@ impl Store {
     /// Tokens and money spent so far by a key, or by a subject of several keys
     /// (see [`crate::subjects`]): `u:ID` all of a user's keys, `t:ID` a team's keys,
     /// `pay:u:ID` a user's own (non-team) keys.
-    pub async fn spent(&self, id: &str) -> Result<(u64, f64), String> {
+    pub async fn spent(&self, id: &str) -> Result<(u64, f64), StoreError> {
         let (cond, bind) = crate::subjects::spend_condition(id);
         let r = sqlx::query(&format!(
             "SELECT CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT) AS t, SUM(cost_usd) AS c FROM usage WHERE {cond}"
@@ -445,8 +449,8 @@ fn redact(url: &str) -> String {
     }
 }
 
-pub(crate) fn key_from_row(r: &AnyRow) -> Result<KeyRecord, String> {
-    let opt_u32 = |c: &str| -> Result<Option<u32>, String> {
+pub(crate) fn key_from_row(r: &AnyRow) -> Result<KeyRecord, StoreError> {
+    let opt_u32 = |c: &str| -> Result<Option<u32>, StoreError> {
         Ok(r.try_get::<Option<i64>, _>(c)
             .map_err(db_err)?
             .map(|v| v.clamp(0, i64::from(u32::MAX)) as u32))
@@ -475,8 +479,8 @@ pub(crate) fn key_from_row(r: &AnyRow) -> Result<KeyRecord, String> {
     })
 }
 
-fn usage_from_row(r: &AnyRow) -> Result<UsageRow, String> {
-    let u32_of = |c: &str| -> Result<u32, String> {
+fn usage_from_row(r: &AnyRow) -> Result<UsageRow, StoreError> {
+    let u32_of = |c: &str| -> Result<u32, StoreError> {
         Ok(r.try_get::<i64, _>(c)
             .map_err(db_err)?
             .clamp(0, i64::from(u32::MAX)) as u32)

@@ -143,7 +143,7 @@ impl Tenancy {
         found
     }
 
-    async fn load_subject(&self, id: &str) -> Result<Option<KeyRecord>, String> {
+    async fn load_subject(&self, id: &str) -> Result<Option<KeyRecord>, crate::StoreError> {
         if let Some(payer) = id.strip_prefix("pay:") {
             let credit = self.store.credits(payer).await?;
             let limits = Limits {

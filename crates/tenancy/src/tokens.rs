@@ -47,7 +47,7 @@ pub fn fresh_secret() -> String {
 
 /// The server secret when none is configured: kept in a file beside a SQLite store
 /// (`<db>.secret`, owner-only), made on first use.
-pub fn secret_beside(db_path: &std::path::Path) -> Result<String, String> {
+pub fn secret_beside(db_path: &std::path::Path) -> Result<String, crate::OpenError> {
     let mut name = db_path.as_os_str().to_owned();
     name.push(".secret");
     let path = std::path::PathBuf::from(name);
@@ -65,14 +65,21 @@ pub fn secret_beside(db_path: &std::path::Path) -> Result<String, String> {
         Ok(mut f) => {
             use std::io::Write;
             f.write_all(fresh.as_bytes())
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|source| secret_err(&path, source))?;
             Ok(fresh)
         }
         // Another process made it first: use theirs.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(&path)
             .map(|s| s.trim().to_string())
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+            .map_err(|source| secret_err(&path, source)),
+        Err(source) => Err(secret_err(&path, source)),
+    }
+}
+
+fn secret_err(path: &std::path::Path, source: std::io::Error) -> crate::OpenError {
+    crate::OpenError::Secret {
+        path: path.to_path_buf(),
+        source,
     }
 }
 

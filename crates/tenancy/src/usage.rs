@@ -3,6 +3,7 @@
 //! on the hot path, never a wait on the engine thread).
 
 use crate::store::Store;
+use crate::StoreError;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
@@ -127,7 +128,7 @@ impl UsageFilter {
     }
 }
 
-type Pending = (UsageRow, Option<oneshot::Sender<Result<(), String>>>);
+type Pending = (UsageRow, Option<oneshot::Sender<Result<(), StoreError>>>);
 
 enum Msg {
     Row(Box<Pending>),
@@ -200,13 +201,12 @@ impl Recorder {
     }
 
     /// Queues a row and waits until it is committed.
-    pub async fn record(&self, row: UsageRow) -> Result<(), String> {
+    pub async fn record(&self, row: UsageRow) -> Result<(), StoreError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Msg::Row(Box::new((row, Some(ack)))))
-            .map_err(|_| "the usage writer has stopped".to_string())?;
-        done.await
-            .map_err(|_| "the usage writer has stopped".to_string())?
+            .map_err(|_| StoreError::WriterStopped)?;
+        done.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     /// Queues a row without waiting (the caller is gone: nobody to answer).

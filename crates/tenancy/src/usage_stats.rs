@@ -3,6 +3,7 @@
 
 use crate::store::{db_err, Store};
 use crate::usage::{UsageFilter, UsageGroup};
+use crate::StoreError;
 use serde::Serialize;
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -65,7 +66,7 @@ impl Store {
         filter: &UsageFilter,
         bucket_secs: i64,
         group: UsageGroup,
-    ) -> Result<Vec<UsagePoint>, String> {
+    ) -> Result<Vec<UsagePoint>, StoreError> {
         let (cond, binds) = filter.sql();
         let by = match group {
             UsageGroup::Key => "COALESCE(key_id, '-')",
@@ -83,7 +84,7 @@ impl Store {
         let rows = self.fetch_filtered(&sql, &binds).await?;
         rows.iter()
             .map(|r| {
-                let int = |c: &str| -> Result<i64, String> {
+                let int = |c: &str| -> Result<i64, StoreError> {
                     r.try_get::<Option<i64>, _>(c)
                         .map(Option::unwrap_or_default)
                         .map_err(db_err)
@@ -104,7 +105,7 @@ impl Store {
     }
 
     /// Latency and time-to-first-token percentiles per model over the newest rows.
-    pub async fn usage_latency(&self, filter: &UsageFilter) -> Result<Vec<Latency>, String> {
+    pub async fn usage_latency(&self, filter: &UsageFilter) -> Result<Vec<Latency>, StoreError> {
         let (cond, binds) = filter.sql();
         let sql = format!(
             "SELECT model, latency_ms, ttft_ms FROM usage WHERE {cond} ORDER BY at DESC LIMIT {LATENCY_ROWS}"

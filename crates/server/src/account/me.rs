@@ -100,7 +100,7 @@ pub(super) async fn make_key(
         user_id: Some(user.id.clone()),
         team_id: team_id.map(str::to_string),
     };
-    let (record, key) = t.create_key(spec).await.map_err(store_error)?;
+    let (record, key) = t.create_key(spec).await.map_err(crate::admin::key_error)?;
     t.audit(&user.email, "key.create", &record.id, &record.name, addr)
         .await;
     let mut v = view(t, &record).await;

@@ -155,7 +155,7 @@ pub(crate) fn account_error(e: AccountError) -> Error {
         }
         AccountError::NotFound(_) => Error::new(ErrorKind::NotFound, msg).with_code("not_found"),
         AccountError::Conflict(_) => Error::new(ErrorKind::Conflict, msg).with_code("conflict"),
-        AccountError::Store(_) => crate::admin::store_error(msg),
+        AccountError::Store(_) | AccountError::Hashing(_) => crate::admin::store_error(msg),
     }
 }
 

@@ -157,7 +157,10 @@ async fn adopt(
     let made = tokio::task::spawn_blocking(move || folder.adopt(&name, &path))
         .await
         .map_err(|e| format!("reading the model crashed: {e}"))??;
-    state.router.insert(made.0, made.1)
+    state
+        .router
+        .insert(made.0, made.1)
+        .map_err(|e| e.to_string())
 }
 
 /// `DELETE /api/delete`: `{model}`; a model of the folder only.

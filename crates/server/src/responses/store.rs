@@ -14,8 +14,10 @@ const MEMORY_CAP: usize = 10_000;
 #[derive(Default)]
 pub struct MemoryStore(Mutex<HashMap<String, StoredResponse>>);
 
-fn store_err(e: String) -> Error {
-    Error::internal(format!("the response store failed: {e}"))
+/// Database errors go to the log, not to callers (they can name tables and hosts).
+fn store_err(e: parlance_tenancy::StoreError) -> Error {
+    tracing::error!("response store: {e}");
+    Error::internal("The response store could not be read or written; see the server log.")
 }
 
 pub(super) async fn save(state: &AppState, r: StoredResponse) -> Result<(), Error> {

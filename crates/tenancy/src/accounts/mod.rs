@@ -8,7 +8,7 @@ pub mod teams;
 
 use crate::keys::{hash, now_ms, random_text};
 use crate::tokens::{hex, hmac};
-use crate::Tenancy;
+use crate::{CreateKeyError, Tenancy};
 use serde::Serialize;
 
 /// How long a console session lasts from sign-in.
@@ -150,12 +150,21 @@ pub enum AccountError {
     #[error("{0}")]
     Conflict(String),
     #[error("store: {0}")]
-    Store(String),
+    Store(#[from] crate::StoreError),
+    /// Hashing a password failed (no randomness for a salt, or its worker died).
+    #[error("password hashing: {0}")]
+    Hashing(String),
 }
 
-impl From<String> for AccountError {
-    fn from(e: String) -> Self {
-        AccountError::Store(e)
+impl From<CreateKeyError> for AccountError {
+    fn from(e: CreateKeyError) -> Self {
+        match e {
+            CreateKeyError::NoName => AccountError::Invalid {
+                field: "name",
+                message: "A key needs a 'name'.".into(),
+            },
+            CreateKeyError::Store(e) => AccountError::Store(e),
+        }
     }
 }
 
@@ -203,8 +212,8 @@ async fn hash_password(password: String) -> Result<String, AccountError> {
     })?;
     tokio::task::spawn_blocking(move || password::hash(&password))
         .await
-        .map_err(|e| AccountError::Store(e.to_string()))?
-        .map_err(AccountError::Store)
+        .map_err(|e| AccountError::Hashing(e.to_string()))?
+        .map_err(AccountError::Hashing)
 }
 
 async fn verify_password(password: String, stored: String) -> bool {

@@ -5,10 +5,11 @@
 use super::{AccessRequest, AuditEntry, Role, User};
 use crate::keys::now_ms;
 use crate::store::{db_err, Store};
+use crate::StoreError;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-fn user_from_row(r: &AnyRow) -> Result<User, String> {
+fn user_from_row(r: &AnyRow) -> Result<User, StoreError> {
     let role: String = r.try_get("role").map_err(db_err)?;
     Ok(User {
         id: r.try_get("id").map_err(db_err)?,
@@ -22,7 +23,7 @@ fn user_from_row(r: &AnyRow) -> Result<User, String> {
     })
 }
 
-fn request_from_row(r: &AnyRow) -> Result<AccessRequest, String> {
+fn request_from_row(r: &AnyRow) -> Result<AccessRequest, StoreError> {
     Ok(AccessRequest {
         id: r.try_get("id").map_err(db_err)?,
         email: r.try_get("email").map_err(db_err)?,
@@ -39,7 +40,7 @@ fn request_from_row(r: &AnyRow) -> Result<AccessRequest, String> {
 
 impl Store {
     /// `Ok(false)` when the email is taken.
-    pub async fn insert_user(&self, u: &User) -> Result<bool, String> {
+    pub async fn insert_user(&self, u: &User) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "INSERT INTO users (id, email, name, role, organization, password_hash, created_at, disabled_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (email) DO NOTHING",
@@ -59,7 +60,7 @@ impl Store {
     }
 
     /// Writes name, role, organization, password hash and disabled time.
-    pub async fn update_user(&self, u: &User) -> Result<(), String> {
+    pub async fn update_user(&self, u: &User) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE users SET name = $1, role = $2, organization = $3, password_hash = $4, disabled_at = $5 WHERE id = $6",
         )
@@ -75,7 +76,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn user(&self, id: &str) -> Result<Option<User>, String> {
+    pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         let row = sqlx::query("SELECT * FROM users WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -84,7 +85,7 @@ impl Store {
         row.map(|r| user_from_row(&r)).transpose()
     }
 
-    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, String> {
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         let row = sqlx::query("SELECT * FROM users WHERE email = $1")
             .bind(email)
             .fetch_optional(&self.pool)
@@ -93,7 +94,7 @@ impl Store {
         row.map(|r| user_from_row(&r)).transpose()
     }
 
-    pub async fn list_users(&self) -> Result<Vec<User>, String> {
+    pub async fn list_users(&self) -> Result<Vec<User>, StoreError> {
         let rows = sqlx::query("SELECT * FROM users ORDER BY created_at, id")
             .fetch_all(&self.pool)
             .await
@@ -101,7 +102,7 @@ impl Store {
         rows.iter().map(user_from_row).collect()
     }
 
-    pub async fn has_admin_user(&self) -> Result<bool, String> {
+    pub async fn has_admin_user(&self) -> Result<bool, StoreError> {
         let row = sqlx::query(
             "SELECT id FROM users WHERE role = 'admin' AND disabled_at IS NULL LIMIT 1",
         )
@@ -117,7 +118,7 @@ impl Store {
         user_id: &str,
         expires_at: i64,
         address: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO sessions (id_hash, user_id, created_at, expires_at, revoked_at, address) VALUES ($1, $2, $3, $4, NULL, $5)",
         )
@@ -133,7 +134,7 @@ impl Store {
     }
 
     /// The user of a live session (not expired, not revoked, user not disabled).
-    pub async fn session_user(&self, token_hash: &str) -> Result<Option<(User, i64)>, String> {
+    pub async fn session_user(&self, token_hash: &str) -> Result<Option<(User, i64)>, StoreError> {
         let row = sqlx::query(
             "SELECT u.*, s.expires_at AS session_expires FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.id_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.disabled_at IS NULL",
@@ -152,7 +153,7 @@ impl Store {
         .transpose()
     }
 
-    pub async fn revoke_session(&self, token_hash: &str) -> Result<(), String> {
+    pub async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE sessions SET revoked_at = $1 WHERE id_hash = $2 AND revoked_at IS NULL",
         )
@@ -165,7 +166,7 @@ impl Store {
     }
 
     /// Signs a user out everywhere; returns how many sessions ended.
-    pub async fn revoke_sessions_of(&self, user_id: &str) -> Result<u64, String> {
+    pub async fn revoke_sessions_of(&self, user_id: &str) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL AND expires_at > $1",
         )
@@ -183,7 +184,7 @@ impl Store {
         user_id: &str,
         purpose: &str,
         expires_at: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO one_time_links (token_hash, user_id, purpose, expires_at, used_at) VALUES ($1, $2, $3, $4, NULL)",
         )
@@ -203,7 +204,7 @@ impl Store {
         &self,
         token_hash: &str,
         purpose: &str,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, StoreError> {
         // RETURNING: marking it used and reading whose it is are one statement.
         let row = sqlx::query(
             "UPDATE one_time_links SET used_at = $1 WHERE token_hash = $2 AND purpose = $3 AND used_at IS NULL AND expires_at > $1 RETURNING user_id",
@@ -218,7 +219,7 @@ impl Store {
             .transpose()
     }
 
-    pub async fn insert_access_request(&self, r: &AccessRequest) -> Result<(), String> {
+    pub async fn insert_access_request(&self, r: &AccessRequest) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO access_requests (id, email, name, organization, intended_use, status, created_at, decided_at, decided_by, user_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -240,7 +241,7 @@ impl Store {
     }
 
     /// Decides a pending request; `Ok(false)` when it was not pending (decided twice).
-    pub async fn decide_access_request(&self, r: &AccessRequest) -> Result<bool, String> {
+    pub async fn decide_access_request(&self, r: &AccessRequest) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE access_requests SET status = $1, decided_at = $2, decided_by = $3, user_id = $4 WHERE id = $5 AND status = 'pending'",
         )
@@ -255,7 +256,7 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    pub async fn access_request(&self, id: &str) -> Result<Option<AccessRequest>, String> {
+    pub async fn access_request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError> {
         let row = sqlx::query("SELECT * FROM access_requests WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -268,7 +269,7 @@ impl Store {
     pub async fn access_requests(
         &self,
         status: Option<&str>,
-    ) -> Result<Vec<AccessRequest>, String> {
+    ) -> Result<Vec<AccessRequest>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM access_requests WHERE $1 = '' OR status = $1 ORDER BY created_at DESC, id",
         )
@@ -279,7 +280,7 @@ impl Store {
         rows.iter().map(request_from_row).collect()
     }
 
-    pub async fn pending_request_for(&self, email: &str) -> Result<bool, String> {
+    pub async fn pending_request_for(&self, email: &str) -> Result<bool, StoreError> {
         let row = sqlx::query(
             "SELECT id FROM access_requests WHERE email = $1 AND status = 'pending' LIMIT 1",
         )
@@ -290,7 +291,7 @@ impl Store {
         Ok(row.is_some())
     }
 
-    pub async fn insert_audit(&self, e: &AuditEntry) -> Result<(), String> {
+    pub async fn insert_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO audit (at, actor, action, target, detail, address) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -307,7 +308,7 @@ impl Store {
     }
 
     /// The newest `limit` entries, newest first.
-    pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, String> {
+    pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query("SELECT * FROM audit ORDER BY at DESC LIMIT $1")
             .bind(limit)
             .fetch_all(&self.pool)
@@ -328,7 +329,7 @@ impl Store {
     }
 
     /// Keys a user made (or was given), revoked ones too.
-    pub async fn keys_of(&self, user_id: &str) -> Result<Vec<crate::keys::KeyRecord>, String> {
+    pub async fn keys_of(&self, user_id: &str) -> Result<Vec<crate::keys::KeyRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM keys WHERE user_id = $1 ORDER BY created_at, id")
             .bind(user_id)
             .fetch_all(&self.pool)
@@ -338,7 +339,7 @@ impl Store {
     }
 
     /// Revokes every live key of a user (a disabled account); returns their ids.
-    pub async fn revoke_keys_of(&self, user_id: &str) -> Result<Vec<String>, String> {
+    pub async fn revoke_keys_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         let ids: Vec<String> = self
             .keys_of(user_id)
             .await?

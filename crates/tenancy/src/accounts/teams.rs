@@ -4,6 +4,7 @@
 use crate::keys::{hash, now_ms, random_text};
 use crate::store::{db_err, Store};
 use crate::subjects::Limits;
+use crate::StoreError;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -38,7 +39,7 @@ pub struct LedgerEntry {
     pub actor: String,
 }
 
-fn team_from_row(r: &AnyRow) -> Result<Team, String> {
+fn team_from_row(r: &AnyRow) -> Result<Team, StoreError> {
     let limits: String = r.try_get("limits").map_err(db_err)?;
     Ok(Team {
         id: r.try_get("id").map_err(db_err)?,
@@ -49,7 +50,7 @@ fn team_from_row(r: &AnyRow) -> Result<Team, String> {
 }
 
 impl Store {
-    pub async fn insert_team(&self, name: &str, limits: &Limits) -> Result<Team, String> {
+    pub async fn insert_team(&self, name: &str, limits: &Limits) -> Result<Team, StoreError> {
         let team = Team {
             id: format!("team_{}", random_text(12)),
             name: name.to_string(),
@@ -67,7 +68,7 @@ impl Store {
         Ok(team)
     }
 
-    pub async fn update_team(&self, t: &Team) -> Result<(), String> {
+    pub async fn update_team(&self, t: &Team) -> Result<(), StoreError> {
         sqlx::query("UPDATE teams SET name = $1, limits = $2 WHERE id = $3")
             .bind(&t.name)
             .bind(serde_json::to_string(&t.limits).unwrap_or_default())
@@ -78,7 +79,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn team(&self, id: &str) -> Result<Option<Team>, String> {
+    pub async fn team(&self, id: &str) -> Result<Option<Team>, StoreError> {
         let row = sqlx::query("SELECT * FROM teams WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -87,7 +88,7 @@ impl Store {
         row.map(|r| team_from_row(&r)).transpose()
     }
 
-    pub async fn team_by_name(&self, name: &str) -> Result<Option<Team>, String> {
+    pub async fn team_by_name(&self, name: &str) -> Result<Option<Team>, StoreError> {
         let row = sqlx::query("SELECT * FROM teams WHERE name = $1 ORDER BY created_at LIMIT 1")
             .bind(name)
             .fetch_optional(&self.pool)
@@ -103,7 +104,7 @@ impl Store {
         nonce: &str,
         verifier: &str,
         ttl_ms: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO oidc_flows (state_hash, nonce, verifier, expires_at, used_at) VALUES ($1, $2, $3, $4, NULL)",
         )
@@ -119,7 +120,10 @@ impl Store {
 
     /// `(nonce, PKCE verifier)` of a live, unused sign-in, marking it used in the same
     /// statement: a replayed callback finds nothing.
-    pub async fn take_oidc_flow(&self, state: &str) -> Result<Option<(String, String)>, String> {
+    pub async fn take_oidc_flow(
+        &self,
+        state: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
         let row = sqlx::query(
             "UPDATE oidc_flows SET used_at = $1 WHERE state_hash = $2 AND used_at IS NULL AND expires_at > $1 RETURNING nonce, verifier",
         )
@@ -137,7 +141,7 @@ impl Store {
         .transpose()
     }
 
-    pub async fn list_teams(&self) -> Result<Vec<Team>, String> {
+    pub async fn list_teams(&self) -> Result<Vec<Team>, StoreError> {
         let rows = sqlx::query("SELECT * FROM teams ORDER BY created_at, id")
             .fetch_all(&self.pool)
             .await
@@ -146,7 +150,12 @@ impl Store {
     }
 
     /// Adds a member or changes their role.
-    pub async fn set_member(&self, team_id: &str, user_id: &str, role: &str) -> Result<(), String> {
+    pub async fn set_member(
+        &self,
+        team_id: &str,
+        user_id: &str,
+        role: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO team_members (team_id, user_id, role, added_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (team_id, user_id) DO UPDATE SET role = excluded.role",
@@ -161,7 +170,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn remove_member(&self, team_id: &str, user_id: &str) -> Result<bool, String> {
+    pub async fn remove_member(&self, team_id: &str, user_id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
             .bind(team_id)
             .bind(user_id)
@@ -171,7 +180,7 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    pub async fn members(&self, team_id: &str) -> Result<Vec<Member>, String> {
+    pub async fn members(&self, team_id: &str) -> Result<Vec<Member>, StoreError> {
         let rows = sqlx::query(
             "SELECT m.user_id, u.email, u.name, m.role, m.added_at FROM team_members m JOIN users u ON u.id = m.user_id
              WHERE m.team_id = $1 ORDER BY m.added_at, u.email",
@@ -194,7 +203,7 @@ impl Store {
     }
 
     /// The teams a user belongs to, with their role in each.
-    pub async fn teams_of(&self, user_id: &str) -> Result<Vec<(Team, String)>, String> {
+    pub async fn teams_of(&self, user_id: &str) -> Result<Vec<(Team, String)>, StoreError> {
         let rows = sqlx::query(
             "SELECT t.*, m.role AS member_role FROM team_members m JOIN teams t ON t.id = m.team_id
              WHERE m.user_id = $1 ORDER BY t.created_at, t.id",
@@ -208,7 +217,7 @@ impl Store {
             .collect()
     }
 
-    pub async fn user_limits(&self, user_id: &str) -> Result<Option<Limits>, String> {
+    pub async fn user_limits(&self, user_id: &str) -> Result<Option<Limits>, StoreError> {
         let row = sqlx::query("SELECT limits FROM users WHERE id = $1")
             .bind(user_id)
             .fetch_optional(&self.pool)
@@ -219,7 +228,7 @@ impl Store {
             .map_err(db_err)
     }
 
-    pub async fn set_user_limits(&self, user_id: &str, limits: &Limits) -> Result<(), String> {
+    pub async fn set_user_limits(&self, user_id: &str, limits: &Limits) -> Result<(), StoreError> {
         sqlx::query("UPDATE users SET limits = $1 WHERE id = $2")
             .bind(serde_json::to_string(limits).unwrap_or_default())
             .bind(user_id)
@@ -230,7 +239,10 @@ impl Store {
     }
 
     /// Keys of a team, revoked ones too.
-    pub async fn team_keys(&self, team_id: &str) -> Result<Vec<crate::keys::KeyRecord>, String> {
+    pub async fn team_keys(
+        &self,
+        team_id: &str,
+    ) -> Result<Vec<crate::keys::KeyRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM keys WHERE team_id = $1 ORDER BY created_at, id")
             .bind(team_id)
             .fetch_all(&self.pool)
@@ -240,7 +252,7 @@ impl Store {
     }
 
     /// Everything ever credited to a payer.
-    pub async fn credits(&self, payer: &str) -> Result<f64, String> {
+    pub async fn credits(&self, payer: &str) -> Result<f64, StoreError> {
         let r = sqlx::query("SELECT SUM(amount_usd) AS c FROM ledger WHERE payer = $1")
             .bind(payer)
             .fetch_one(&self.pool)
@@ -258,7 +270,7 @@ impl Store {
         kind: &str,
         note: &str,
         actor: &str,
-    ) -> Result<LedgerEntry, String> {
+    ) -> Result<LedgerEntry, StoreError> {
         let e = LedgerEntry {
             id: format!("cr_{}", random_text(16)),
             at: now_ms(),
@@ -284,7 +296,7 @@ impl Store {
         Ok(e)
     }
 
-    pub async fn ledger(&self, payer: &str) -> Result<Vec<LedgerEntry>, String> {
+    pub async fn ledger(&self, payer: &str) -> Result<Vec<LedgerEntry>, StoreError> {
         let rows = sqlx::query("SELECT * FROM ledger WHERE payer = $1 ORDER BY at DESC, id")
             .bind(payer)
             .fetch_all(&self.pool)
@@ -313,7 +325,7 @@ impl Store {
         amount_usd: f64,
         note: &str,
         actor: &str,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let code = format!("PRL-{}", random_text(20));
@@ -341,7 +353,7 @@ impl Store {
         &self,
         code: &str,
         payer: &str,
-    ) -> Result<Option<(String, f64)>, String> {
+    ) -> Result<Option<(String, f64)>, StoreError> {
         let row = sqlx::query(
             "UPDATE codes SET redeemed_at = $1, redeemed_by = $2 WHERE code_hash = $3 AND redeemed_at IS NULL RETURNING id, amount_usd",
         )
@@ -361,7 +373,7 @@ impl Store {
     }
 
     /// Codes as admins see them: never the code itself.
-    pub async fn list_codes(&self) -> Result<Vec<serde_json::Value>, String> {
+    pub async fn list_codes(&self) -> Result<Vec<serde_json::Value>, StoreError> {
         let rows = sqlx::query("SELECT * FROM codes ORDER BY created_at DESC, id")
             .fetch_all(&self.pool)
             .await
