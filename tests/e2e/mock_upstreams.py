@@ -1,4 +1,5 @@
-"""Loopback stand-ins for Anthropic's and Gemini's APIs, speaking their real wire
+"""Loopback stand-ins for Anthropic's and Gemini's APIs (and a plain OpenAI chat
+endpoint that answers ANSWER whole), speaking their real wire
 formats (whole and streamed), for gateway tests. Each answers a request that offers
 `get_weather` and has no tool result yet with a call to it, and otherwise with text
 that quotes the tool result. Every request body is kept for the test to inspect."""
@@ -31,6 +32,10 @@ class Mock:
                     mock.anthropic(self, body)
                 elif ":generateContent" in self.path or ":streamGenerateContent" in self.path:
                     mock.gemini(self, body)
+                elif self.path.endswith("/chat/completions"):
+                    mock._json(self, {"id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": body.get("model"),
+                                      "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER}, "finish_reason": "stop"}],
+                                      "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}})
                 else:
                     self.send_error(404)
 

@@ -37,6 +37,25 @@ kind = "gemini"
 base_url = "{mock.url}/v1beta"
 api_key = "gem-mock-key"
 
+[providers.vllm]
+kind = "openai"
+base_url = "{mock.url}/v1"
+api_key = "x"
+
+[providers.strict]
+kind = "openai"
+base_url = "{mock.url}/strict/v1"
+api_key = "x"
+forward_unknown_fields = false
+
+[[models]]
+name = "via-openai"
+deployments = [{{ provider = "vllm", model = "vllm-mock" }}]
+
+[[models]]
+name = "via-strict"
+deployments = [{{ provider = "strict", model = "strict-mock" }}]
+
 [[models]]
 name = "via-gemini"
 deployments = [{{ provider = "gem", model = "gemini-mock" }}]
@@ -173,3 +192,34 @@ def test_reasoning_settings_cross_formats(cross):
     g = genai.Client(api_key="any", http_options=types.HttpOptions(base_url=gw.url))
     g.models.generate_content(model="via-claude", contents="Hi", config=types.GenerateContentConfig(max_output_tokens=4096, thinking_config=types.ThinkingConfig(thinking_budget=1500)))
     assert last(mock, "/messages")["body"]["thinking"] == {"type": "enabled", "budget_tokens": 1500}
+
+
+def test_each_upstream_gets_only_its_own_providers_options(cross):
+    gw, mock = cross
+    o = openai.OpenAI(base_url=gw.url + "/v1", api_key="any", max_retries=0)
+    c = anthropic.Anthropic(base_url=gw.url, api_key="any", max_retries=0)
+    g = genai.Client(api_key="any", http_options=types.HttpOptions(base_url=gw.url))
+    # An OpenAI caller's unrecognised fields reach an OpenAI-compatible upstream, unless
+    # its catalog entry says forward_unknown_fields = false.
+    o.chat.completions.create(model="via-openai", messages=[{"role": "user", "content": "Hi"}],
+                              extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert last(mock, "/v1/chat/completions")["body"]["chat_template_kwargs"] == {"enable_thinking": False}
+    o.chat.completions.create(model="via-strict", messages=[{"role": "user", "content": "Hi"}],
+                              extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert "chat_template_kwargs" not in last(mock, "/strict/v1/chat/completions")["body"]
+    # An Anthropic caller's own fields go to Anthropic as given, never to an OpenAI body.
+    c.messages.create(model="via-openai", max_tokens=10, messages=[{"role": "user", "content": "Hi"}],
+                      extra_body={"service_tier": "standard_only", "container": "c1"})
+    sent = last(mock, "/v1/chat/completions")["body"]
+    assert "service_tier" not in sent and "container" not in sent, sent
+    c.messages.create(model="via-claude", max_tokens=10, messages=[{"role": "user", "content": "Hi"}],
+                      metadata={"user_id": "u-7"}, extra_body={"service_tier": "standard_only"})
+    sent = last(mock, "/messages")["body"]
+    assert sent["metadata"] == {"user_id": "u-7"} and sent["service_tier"] == "standard_only"
+    # A Gemini caller's safety settings reach Gemini (they were dropped), and not OpenAI.
+    safety = [types.SafetySetting(category="HARM_CATEGORY_HARASSMENT", threshold="BLOCK_NONE")]
+    g.models.generate_content(model="via-gemini", contents="Hi", config=types.GenerateContentConfig(safety_settings=safety))
+    assert last(mock, "gemini-mock")["body"]["safetySettings"] == [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]
+    g.models.generate_content(model="via-openai", contents="Hi", config=types.GenerateContentConfig(safety_settings=safety))
+    sent = last(mock, "/v1/chat/completions")["body"]
+    assert "safetySettings" not in sent and "safety_settings" not in sent, sent

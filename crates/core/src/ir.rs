@@ -2,9 +2,11 @@
 //! validated; backends only ever see this type and answer with [`StreamEvent`]s.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+mod options;
 mod origins;
+pub use options::{AnthropicOptions, GeminiOptions, ProviderOptions};
 pub use origins::PartOrigins;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -233,8 +235,8 @@ pub struct ChatRequest {
     pub user: Option<String>,
     /// Ask the backend for a `StreamEvent::Debug` (rendered prompt, timings, slot).
     pub debug: bool,
-    /// Parameters the front door did not recognise; upstreams pass them through.
-    pub extra: Map<String, Value>,
+    /// What the caller asked of particular providers (see [`ProviderOptions`]).
+    pub options: ProviderOptions,
     /// Where its messages came from in the caller's request (set by the doors).
     pub origins: PartOrigins,
     /// Who asked and how far the answer got; every layer sees it.

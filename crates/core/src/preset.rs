@@ -53,9 +53,7 @@ impl Defaults {
         if req.stop.is_empty() {
             req.stop = self.stop.clone();
         }
-        for (k, v) in &self.extra {
-            req.extra.entry(k.clone()).or_insert_with(|| v.clone());
-        }
+        req.options.add_defaults(&self.extra);
     }
 }
 

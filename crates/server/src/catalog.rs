@@ -103,6 +103,7 @@ fn provider_config(
     Ok(ProviderConfig {
         ca_cert,
         max_completion_tokens: p.max_tokens_param == Some(MaxTokensParam::MaxCompletionTokens),
+        forward_unknown_fields: p.forward_unknown_fields.unwrap_or(true),
         name: name.to_string(),
         kind,
         base_url,

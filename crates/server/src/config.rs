@@ -83,6 +83,10 @@ pub struct ProviderSection {
     /// `max_tokens` (default) or `max_completion_tokens`: the name the upstream takes
     /// for the token cap (OpenAI's gpt-5 and o-series refuse `max_tokens`).
     pub max_tokens_param: Option<MaxTokensParam>,
+    /// OpenAI-compatible providers: send an OpenAI-shaped caller's unrecognised fields
+    /// along (default true: vLLM's and SGLang's extensions reach them); false sends
+    /// only the fields Parlance knows.
+    pub forward_unknown_fields: Option<bool>,
     /// Extra root certificate to trust (PEM file), e.g. GigaChat's Russian Trusted Root CA.
     pub ca_cert: Option<PathBuf>,
     /// GigaChat: token endpoint and scope.

@@ -159,20 +159,24 @@ impl Dialect for AnthropicDialect {
             }
         }
         body.system = system.map(Value::String);
-        if let Some(user) = &req.user {
-            body.metadata = Some(json!({"user_id": user}));
-        }
+        let own = &req.options.anthropic;
+        body.metadata = own
+            .metadata
+            .clone()
+            .or_else(|| req.user.as_ref().map(|user| json!({"user_id": user})));
         // Anthropic's smallest thinking budget is 1024 tokens.
-        body.thinking = req.extra.get("thinking").cloned().or_else(|| {
-            match req.reasoning.budget([1024, 4096, 16384])? {
-                0 => None,
-                b => Some(json!({"type": "enabled", "budget_tokens": b.max(1024)})),
-            }
-        });
-        for key in ["metadata", "service_tier", "top_k"] {
-            if let Some(v) = req.extra.get(key) {
-                body.extra.insert(key.into(), v.clone());
-            }
+        body.thinking =
+            own.thinking
+                .clone()
+                .or_else(|| match req.reasoning.budget([1024, 4096, 16384])? {
+                    0 => None,
+                    b => Some(json!({"type": "enabled", "budget_tokens": b.max(1024)})),
+                });
+        if let Some(tier) = &own.service_tier {
+            body.extra.insert("service_tier".into(), tier.clone());
+        }
+        for (k, v) in &own.fields {
+            body.extra.entry(k.clone()).or_insert_with(|| v.clone());
         }
         Ok(Call {
             url: format!("{base_url}/messages"),

@@ -135,7 +135,8 @@ impl Dialect for GeminiDialect {
             }
         }
         // Thinking: Gemini's own `thinking_config`, else OpenAI's `reasoning_effort`.
-        gc.thinking_config = req.extra.get("thinking_config").cloned().or_else(|| {
+        let own = &req.options.gemini;
+        gc.thinking_config = own.thinking_config.clone().or_else(|| {
             let budget = req.reasoning.budget([1024, 8192, 24576])?;
             Some(json!({"thinkingBudget": budget, "includeThoughts": budget > 0}))
         });
@@ -145,8 +146,11 @@ impl Dialect for GeminiDialect {
             generation_config: Some(gc),
             ..Default::default()
         };
-        if let Some(v) = req.extra.get("safety_settings") {
+        if let Some(v) = &own.safety_settings {
             body.extra.insert("safetySettings".into(), v.clone());
+        }
+        for (k, v) in &own.fields {
+            body.extra.entry(k.clone()).or_insert_with(|| v.clone());
         }
         if !req.tools.is_empty() {
             body.tools = vec![wire::Tool {

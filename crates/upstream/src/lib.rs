@@ -95,6 +95,9 @@ pub struct ProviderConfig {
     /// Send the token cap as `max_completion_tokens` (OpenAI's gpt-5 and o-series accept
     /// only that) instead of `max_tokens`.
     pub max_completion_tokens: bool,
+    /// Send an OpenAI-shaped caller's unrecognised fields to this OpenAI-compatible
+    /// provider (vLLM's `top_k`-style extensions); off: only the fields Parlance knows.
+    pub forward_unknown_fields: bool,
     /// Fetches `http(s)` images for providers that take only inline bytes (Gemini);
     /// `None`: such URLs go as they came.
     pub images: Option<Arc<images::ImageFetcher>>,
@@ -138,10 +141,13 @@ impl Provider {
             .build()
             .map_err(|e| format!("provider `{}`: cannot build HTTP client: {e}", cfg.name))?;
         let dialect: Box<dyn Dialect> = match cfg.kind {
-            ProviderKind::OpenAi => {
-                Box::new(openai::OpenAiDialect::standard(cfg.max_completion_tokens))
+            ProviderKind::OpenAi => Box::new(openai::OpenAiDialect::standard(
+                cfg.max_completion_tokens,
+                cfg.forward_unknown_fields,
+            )),
+            ProviderKind::GigaChat => {
+                Box::new(openai::OpenAiDialect::gigachat(cfg.forward_unknown_fields))
             }
-            ProviderKind::GigaChat => Box::new(openai::OpenAiDialect::gigachat()),
             ProviderKind::Anthropic => Box::new(anthropic::AnthropicDialect),
             ProviderKind::Gemini => Box::new(gemini::GeminiDialect),
         };

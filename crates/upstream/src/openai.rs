@@ -16,10 +16,13 @@ pub(crate) struct OpenAiDialect {
     /// `max_tokens`, or `max_completion_tokens` for OpenAI's reasoning models, which
     /// refuse the older name.
     max_tokens_field: &'static str,
+    /// Sends an OpenAI-shaped caller's unrecognised fields along (the catalog's
+    /// `forward_unknown_fields`).
+    forward_unknown: bool,
 }
 
 impl OpenAiDialect {
-    pub(crate) fn standard(max_completion_tokens: bool) -> Self {
+    pub(crate) fn standard(max_completion_tokens: bool, forward_unknown: bool) -> Self {
         OpenAiDialect {
             gigachat: false,
             max_tokens_field: if max_completion_tokens {
@@ -27,13 +30,15 @@ impl OpenAiDialect {
             } else {
                 "max_tokens"
             },
+            forward_unknown,
         }
     }
 
-    pub(crate) fn gigachat() -> Self {
+    pub(crate) fn gigachat(forward_unknown: bool) -> Self {
         OpenAiDialect {
             gigachat: true,
             max_tokens_field: "max_tokens",
+            forward_unknown,
         }
     }
 }
@@ -244,8 +249,10 @@ impl Dialect for OpenAiDialect {
                 o.insert("stream_options".into(), json!({"include_usage": true}));
             }
         }
-        for (k, v) in &req.extra {
-            o.entry(k.clone()).or_insert_with(|| v.clone());
+        if self.forward_unknown {
+            for (k, v) in &req.options.openai_compatible {
+                o.entry(k.clone()).or_insert_with(|| v.clone());
+            }
         }
         Ok(Call {
             url: format!("{base_url}/chat/completions"),

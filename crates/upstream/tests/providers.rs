@@ -38,7 +38,7 @@ async fn openai_request_and_response_map_both_ways() {
     req.sampling.seed = Some(7);
     req.sampling.temperature = Some(0.2);
     req.response_format = ResponseFormat::JsonObject;
-    req.extra.insert(
+    req.options.openai_compatible.insert(
         "chat_template_kwargs".into(),
         json!({"enable_thinking": false}),
     );
@@ -177,6 +177,7 @@ async fn the_token_cap_goes_by_the_name_the_upstream_takes() {
         gigachat: None,
         ca_cert: None,
         max_completion_tokens: true,
+        forward_unknown_fields: true,
         images: None,
     })
     .unwrap();

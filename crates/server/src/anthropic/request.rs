@@ -1,8 +1,8 @@
 //! Anthropic Messages request -> IR, validated once, parameters named as Anthropic does.
 
 use parlance_core::ir::{
-    ChatRequest, ContentPart, ImageSource, Message, PartOrigins, Reasoning, ResponseFormat, Role,
-    SamplingParams, ToolCall, ToolChoice, ToolDef,
+    AnthropicOptions, ChatRequest, ContentPart, ImageSource, Message, PartOrigins, ProviderOptions,
+    Reasoning, ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
 use parlance_protocol::anthropic as wire;
@@ -49,7 +49,16 @@ pub(super) fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
     let tools = tools_of(req.tools)?;
     let (tool_choice, parallel) = tool_choice_of(req.tool_choice, &tools)?;
     let reasoning = reasoning_of(req.thinking.as_ref())?;
-    let extra = req.extra;
+    let mut fields = req.extra;
+    let options = ProviderOptions {
+        anthropic: AnthropicOptions {
+            thinking: req.thinking.clone(),
+            metadata: req.metadata.clone(),
+            service_tier: fields.remove("service_tier"),
+            fields,
+        },
+        ..ProviderOptions::default()
+    };
     let user = req
         .metadata
         .as_ref()
@@ -80,7 +89,7 @@ pub(super) fn to_ir(req: wire::MessagesRequest) -> Result<ChatRequest, Error> {
         ignore_eos: false,
         user,
         debug: false,
-        extra,
+        options,
         context: Default::default(),
     })
 }

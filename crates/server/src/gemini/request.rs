@@ -1,12 +1,12 @@
 //! Gemini generateContent request -> IR, parameters named as Gemini does.
 
 use parlance_core::ir::{
-    ChatRequest, ContentPart, ImageSource, Message, PartOrigins, Reasoning, ResponseFormat, Role,
-    SamplingParams, ToolCall, ToolChoice, ToolDef,
+    ChatRequest, ContentPart, GeminiOptions, ImageSource, Message, PartOrigins, ProviderOptions,
+    Reasoning, ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
 use parlance_protocol::gemini as wire;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// Gemini's OpenAPI-style schema (`"type": "OBJECT"`) as JSON Schema (`"object"`).
 fn json_schema(v: &Value) -> Value {
@@ -39,6 +39,7 @@ pub(super) fn to_ir(
     let (tools, tool_choice) = tools_of(&req.tools, req.tool_config.as_ref())?;
     let g = req.generation_config.unwrap_or_default();
     let (n, response_format) = check_generation(&g)?;
+    let options = options_of(req.extra, &g);
     Ok(ChatRequest {
         origins,
         model: model.to_string(),
@@ -66,9 +67,25 @@ pub(super) fn to_ir(
         ignore_eos: false,
         user: None,
         debug: false,
-        extra: req.extra,
+        options,
         context: Default::default(),
     })
+}
+
+/// What only a Gemini upstream takes: the thinking config as given, safety settings and
+/// the other top-level fields (`cachedContent`, `labels`); not the request's own
+/// addressing (`model`, countTokens' wrapper).
+fn options_of(mut extra: Map<String, Value>, g: &wire::GenerationConfig) -> ProviderOptions {
+    extra.remove("model");
+    extra.remove("generateContentRequest");
+    ProviderOptions {
+        gemini: GeminiOptions {
+            thinking_config: g.thinking_config.clone(),
+            safety_settings: extra.remove("safetySettings"),
+            fields: extra,
+        },
+        ..ProviderOptions::default()
+    }
 }
 
 /// The system instruction and the contents as IR messages, with where each part came

@@ -2,8 +2,8 @@
 //! re-check ranges or shapes.
 
 use parlance_core::ir::{
-    ChatRequest, ContentPart, ImageSource, Message, PartOrigins, Reasoning, ResponseFormat, Role,
-    SamplingParams, ToolCall, ToolChoice, ToolDef,
+    ChatRequest, ContentPart, ImageSource, Message, PartOrigins, ProviderOptions, Reasoning,
+    ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
 use parlance_protocol::openai as wire;
@@ -68,7 +68,7 @@ pub fn to_ir(mut req: wire::ChatCompletionRequest) -> Result<ChatRequest, Error>
         ignore_eos: req.ignore_eos.unwrap_or(false),
         user: req.user,
         debug: false,
-        extra: req.extra,
+        options: ProviderOptions::from_unrecognised(req.extra),
         context: Default::default(),
     })
 }

@@ -73,7 +73,10 @@ fn developer_is_system_and_extras_survive() {
     b["chat_template_kwargs"] = serde_json::json!({"enable_thinking": false});
     let r = parse(b).unwrap();
     assert_eq!(r.messages[0].role, Role::System);
-    assert!(r.extra.contains_key("chat_template_kwargs"));
+    assert!(r
+        .options
+        .openai_compatible
+        .contains_key("chat_template_kwargs"));
 }
 
 #[test]

@@ -4,8 +4,8 @@
 
 use crate::openai::request::{check_tool_choice, check_tool_name, image_source, range};
 use parlance_core::ir::{
-    ChatRequest, ContentPart, Message, PartOrigins, Reasoning, ResponseFormat, Role,
-    SamplingParams, ToolCall, ToolChoice, ToolDef,
+    ChatRequest, ContentPart, Message, PartOrigins, ProviderOptions, Reasoning, ResponseFormat,
+    Role, SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
 use parlance_protocol::responses as wire;
@@ -462,7 +462,7 @@ pub(super) fn to_ir(
         ignore_eos: false,
         user: req.user.clone(),
         debug: false,
-        extra,
+        options: ProviderOptions::from_unrecognised(extra),
         context: Default::default(),
     })
 }

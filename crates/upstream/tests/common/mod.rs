@@ -182,6 +182,7 @@ pub(crate) fn provider_with(
         gigachat,
         ca_cert: None,
         max_completion_tokens: false,
+        forward_unknown_fields: true,
         images: None,
     })
     .unwrap()
