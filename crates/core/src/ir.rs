@@ -142,37 +142,74 @@ pub enum ResponseFormat {
 /// provider takes one of the two and the other is derived on the way out.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Reasoning {
-    /// OpenAI's effort words: `none`, `minimal`, `low`, `medium`, `high`.
-    pub effort: Option<String>,
+    pub effort: Option<Effort>,
     /// Thinking tokens (Anthropic's `budget_tokens`, Gemini's `thinkingBudget`); 0: off.
     pub budget_tokens: Option<u32>,
+}
+
+/// How hard a reasoning model thinks, in the words providers share (OpenAI's
+/// `reasoning_effort`, Gemini's `thinkingLevel`, Ollama's `think`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    None,
+    Minimal,
+    Low,
+    Medium,
+    High,
+    XHigh,
+}
+
+impl Effort {
+    const ALL: [Effort; 6] = [
+        Effort::None,
+        Effort::Minimal,
+        Effort::Low,
+        Effort::Medium,
+        Effort::High,
+        Effort::XHigh,
+    ];
+
+    /// The words, for error messages.
+    pub const WORDS: &'static str = "none, minimal, low, medium, high, xhigh";
+
+    pub fn parse(word: &str) -> Option<Effort> {
+        Effort::ALL.into_iter().find(|e| e.as_str() == word)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effort::None => "none",
+            Effort::Minimal => "minimal",
+            Effort::Low => "low",
+            Effort::Medium => "medium",
+            Effort::High => "high",
+            Effort::XHigh => "xhigh",
+        }
+    }
 }
 
 impl Reasoning {
     /// The budget asked for, or one derived from the effort on this provider's scale
     /// (tokens for low, medium and high).
     pub fn budget(&self, scale: [u32; 3]) -> Option<u32> {
-        self.budget_tokens
-            .or_else(|| match self.effort.as_deref()? {
-                "none" => Some(0),
-                "minimal" | "low" => Some(scale[0]),
-                "medium" => Some(scale[1]),
-                "high" => Some(scale[2]),
-                _ => None,
+        self.budget_tokens.or_else(|| {
+            Some(match self.effort? {
+                Effort::None => 0,
+                Effort::Minimal | Effort::Low => scale[0],
+                Effort::Medium => scale[1],
+                Effort::High | Effort::XHigh => scale[2],
             })
+        })
     }
 
     /// The effort asked for, or the nearest one to a budget.
-    pub fn effort(&self) -> Option<String> {
-        self.effort.clone().or_else(|| {
-            self.budget_tokens.map(|b| {
-                match b {
-                    0 => "none",
-                    1..=2048 => "low",
-                    2049..=12000 => "medium",
-                    _ => "high",
-                }
-                .to_string()
+    pub fn effort(&self) -> Option<Effort> {
+        self.effort.or_else(|| {
+            self.budget_tokens.map(|b| match b {
+                0 => Effort::None,
+                1..=2048 => Effort::Low,
+                2049..=12000 => Effort::Medium,
+                _ => Effort::High,
             })
         })
     }

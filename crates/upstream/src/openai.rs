@@ -241,7 +241,7 @@ impl Dialect for OpenAiDialect {
         }
         put(&mut o, "user", req.user.as_ref());
         if let Some(effort) = req.reasoning.effort() {
-            o.insert("reasoning_effort".into(), json!(effort));
+            o.insert("reasoning_effort".into(), json!(effort.as_str()));
         }
         if req.stream {
             o.insert("stream".into(), json!(true));

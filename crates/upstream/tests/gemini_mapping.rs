@@ -48,7 +48,7 @@ async fn gemini_request_and_stream_map_both_ways() {
             strict: true,
         };
         req.max_tokens = Some(64);
-        req.reasoning.effort = Some("low".into());
+        req.reasoning.effort = Some(parlance_core::ir::Effort::Low);
         let done = run(&b, req).await.unwrap();
         let c = &done.choices[0];
         assert_eq!(

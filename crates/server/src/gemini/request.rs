@@ -1,5 +1,6 @@
 //! Gemini generateContent request -> IR, parameters named as Gemini does.
 
+use parlance_core::ir::Effort;
 use parlance_core::ir::{
     ChatRequest, ContentPart, GeminiOptions, ImageSource, Message, PartOrigins, ProviderOptions,
     Reasoning, ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolDef,
@@ -45,7 +46,7 @@ pub(super) fn to_ir(
         model: model.to_string(),
         messages,
         raw_prompt: None,
-        reasoning: reasoning_of(&g),
+        reasoning: reasoning_of(&g)?,
         sampling: SamplingParams {
             temperature: g.temperature,
             top_p: g.top_p,
@@ -298,21 +299,33 @@ fn check_generation(g: &wire::GenerationConfig) -> Result<(u32, ResponseFormat),
 }
 
 /// thinkingBudget -1 is Gemini's "dynamic": the model's default.
-fn reasoning_of(g: &wire::GenerationConfig) -> Reasoning {
-    Reasoning {
+fn reasoning_of(g: &wire::GenerationConfig) -> Result<Reasoning, Error> {
+    let level = g
+        .thinking_config
+        .as_ref()
+        .and_then(|t| t.get("thinkingLevel").or_else(|| t.get("thinking_level")))
+        .and_then(Value::as_str);
+    let effort = match level {
+        None => None,
+        Some(l) => Some(Effort::parse(&l.to_ascii_lowercase()).ok_or_else(|| {
+            Error::invalid_param(
+                "generationConfig.thinkingConfig.thinkingLevel",
+                format!(
+                    "Invalid value at 'generation_config.thinking_config.thinking_level' ({l:?}): use one of {}.",
+                    Effort::WORDS
+                ),
+            )
+        })?),
+    };
+    Ok(Reasoning {
         budget_tokens: g
             .thinking_config
             .as_ref()
             .and_then(|t| t.get("thinkingBudget").or_else(|| t.get("thinking_budget")))
             .and_then(Value::as_u64)
             .and_then(|b| u32::try_from(b).ok()),
-        effort: g
-            .thinking_config
-            .as_ref()
-            .and_then(|t| t.get("thinkingLevel").or_else(|| t.get("thinking_level")))
-            .and_then(Value::as_str)
-            .map(str::to_ascii_lowercase),
-    }
+        effort,
+    })
 }
 
 /// Gemini takes base64 in either alphabet (the google-genai SDK sends the URL-safe one,

@@ -3,6 +3,7 @@
 //! parameter means the same through either door.
 
 use parlance_core::ir::ChatRequest;
+use parlance_core::ir::Effort;
 use parlance_core::Error;
 use serde_json::{json, Map, Value};
 
@@ -22,12 +23,12 @@ const OPTIONS: &[(&str, &str)] = &[
 
 /// `think`: true, false, or an effort for models that take one (gpt-oss), as the
 /// IR's reasoning effort.
-fn think(v: &Value) -> Result<Option<&str>, Error> {
+fn think(v: &Value) -> Result<Option<Effort>, Error> {
     match v {
         Value::Null => Ok(None),
-        Value::Bool(true) => Ok(Some("medium")),
-        Value::Bool(false) => Ok(Some("none")),
-        Value::String(s) if matches!(s.as_str(), "low" | "medium" | "high") => Ok(Some(s)),
+        Value::Bool(true) => Ok(Some(Effort::Medium)),
+        Value::Bool(false) => Ok(Some(Effort::None)),
+        Value::String(s) if matches!(s.as_str(), "low" | "medium" | "high") => Ok(Effort::parse(s)),
         _ => Err(Error::invalid_param(
             "think",
             "think must be true, false, \"low\", \"medium\" or \"high\"",
@@ -146,7 +147,7 @@ fn common(body: &Value) -> Result<Map<String, Value>, Error> {
         }
     }
     if let Some(e) = think(&body["think"])? {
-        oa.insert("reasoning_effort".into(), json!(e));
+        oa.insert("reasoning_effort".into(), json!(e.as_str()));
     }
     match &body["format"] {
         Value::String(f) if f == "json" => {
@@ -179,9 +180,9 @@ mod tests {
             let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "think": think});
             chat(&body).map(|r| r.reasoning.effort)
         };
-        assert_eq!(effort(json!(true)).unwrap().as_deref(), Some("medium"));
-        assert_eq!(effort(json!(false)).unwrap().as_deref(), Some("none"));
-        assert_eq!(effort(json!("high")).unwrap().as_deref(), Some("high"));
+        assert_eq!(effort(json!(true)).unwrap(), Some(Effort::Medium));
+        assert_eq!(effort(json!(false)).unwrap(), Some(Effort::None));
+        assert_eq!(effort(json!("high")).unwrap(), Some(Effort::High));
         assert_eq!(effort(Value::Null).unwrap(), None);
         let e = effort(json!("loud")).unwrap_err();
         assert_eq!((e.status(), e.param.as_deref()), (400, Some("think")));

@@ -1,6 +1,7 @@
 //! OpenAI chat request -> IR, validated once. After this, nothing downstream needs to
 //! re-check ranges or shapes.
 
+use parlance_core::ir::Effort;
 use parlance_core::ir::{
     ChatRequest, ContentPart, ImageSource, Message, PartOrigins, ProviderOptions, Reasoning,
     ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolDef,
@@ -230,14 +231,14 @@ fn format_of(req: &mut wire::ChatCompletionRequest) -> Result<ResponseFormat, Er
 fn reasoning(req: &mut wire::ChatCompletionRequest) -> Result<Reasoning, Error> {
     let reasoning = match req.extra.remove("reasoning_effort") {
         None | Some(Value::Null) => Reasoning::default(),
-        Some(Value::String(e)) => Reasoning {
-            effort: Some(e),
+        Some(Value::String(e)) if Effort::parse(&e).is_some() => Reasoning {
+            effort: Effort::parse(&e),
             ..Reasoning::default()
         },
         Some(_) => {
             return Err(Error::invalid_param(
                 "reasoning_effort",
-                "'reasoning_effort' must be one of none, minimal, low, medium, high.",
+                format!("'reasoning_effort' must be one of {}.", Effort::WORDS),
             ))
         }
     };

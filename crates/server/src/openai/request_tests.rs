@@ -108,3 +108,17 @@ fn logit_bias_keys_must_be_ids() {
     let r = parse(with("logit_bias", serde_json::json!({"50256": -100}))).unwrap();
     assert_eq!(r.sampling.logit_bias, vec![(50256, -100.0)]);
 }
+
+#[test]
+fn reasoning_effort_is_one_of_the_shared_words() {
+    let r = parse(with("reasoning_effort", serde_json::json!("xhigh"))).unwrap();
+    assert_eq!(r.reasoning.effort, Some(parlance_core::ir::Effort::XHigh));
+    let e = parse(with("reasoning_effort", serde_json::json!("loud"))).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("reasoning_effort"));
+    assert!(
+        e.message
+            .contains("none, minimal, low, medium, high, xhigh"),
+        "{}",
+        e.message
+    );
+}

@@ -3,6 +3,7 @@
 //! names them (`input[2].content[0]`, `text.format`, `max_output_tokens`).
 
 use crate::openai::request::{check_tool_choice, check_tool_name, image_source, range};
+use parlance_core::ir::Effort;
 use parlance_core::ir::{
     ChatRequest, ContentPart, Message, PartOrigins, ProviderOptions, Reasoning, ResponseFormat,
     Role, SamplingParams, ToolCall, ToolChoice, ToolDef,
@@ -441,10 +442,7 @@ pub(super) fn to_ir(
         model: req.model.clone(),
         messages,
         raw_prompt: None,
-        reasoning: Reasoning {
-            effort: req.reasoning.as_ref().and_then(|r| r.effort.clone()),
-            ..Reasoning::default()
-        },
+        reasoning: effort_of(req)?,
         sampling: SamplingParams {
             temperature: req.temperature,
             top_p: req.top_p,
@@ -467,12 +465,41 @@ pub(super) fn to_ir(
     })
 }
 
+/// `reasoning.effort`, one of the shared words.
+fn effort_of(req: &wire::ResponsesRequest) -> Result<Reasoning, Error> {
+    let Some(word) = req.reasoning.as_ref().and_then(|r| r.effort.as_deref()) else {
+        return Ok(Reasoning::default());
+    };
+    let effort = Effort::parse(word).ok_or_else(|| {
+        Error::invalid_param(
+            "reasoning.effort",
+            format!("'reasoning.effort' must be one of {}.", Effort::WORDS),
+        )
+    })?;
+    Ok(Reasoning {
+        effort: Some(effort),
+        ..Reasoning::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn req(v: Value) -> wire::ResponsesRequest {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn reasoning_effort_is_one_of_the_shared_words() {
+        let ok = req(json!({"model": "m", "input": "Hi", "reasoning": {"effort": "minimal"}}));
+        let items = input_items(ok.input.clone()).unwrap();
+        let ir = to_ir(&ok, Vec::new(), &items).unwrap();
+        assert_eq!(ir.reasoning.effort, Some(Effort::Minimal));
+        let bad = req(json!({"model": "m", "input": "Hi", "reasoning": {"effort": "max"}}));
+        let items = input_items(bad.input.clone()).unwrap();
+        let e = to_ir(&bad, Vec::new(), &items).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("reasoning.effort"));
     }
 
     #[test]
