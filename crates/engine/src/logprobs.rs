@@ -1,6 +1,5 @@
 //! OpenAI-style logprobs from the logits of one decoded position.
 
-use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::ir::{TokenLogprob, TopLogprob};
 
@@ -8,7 +7,7 @@ use parlance_core::ir::{TokenLogprob, TopLogprob};
 /// its `top` most likely alternatives.
 pub(crate) fn token_logprob(
     logits: &[f32],
-    model: &LlamaModel,
+    piece_of: impl Fn(LlamaToken) -> Vec<u8>,
     tok: LlamaToken,
     piece: &[u8],
     top: u32,
@@ -25,7 +24,6 @@ pub(crate) fn token_logprob(
         idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         best = idx;
     }
-    let vocab = model.vocab();
     TokenLogprob {
         token: String::from_utf8_lossy(piece).into_owned(),
         bytes: piece.to_vec(),
@@ -33,7 +31,7 @@ pub(crate) fn token_logprob(
         top: best
             .into_iter()
             .map(|t| {
-                let bytes = vocab.token_to_piece(LlamaToken::new(t as i32), false, None);
+                let bytes = piece_of(LlamaToken::new(t as i32));
                 TopLogprob {
                     token: String::from_utf8_lossy(&bytes).into_owned(),
                     bytes,

@@ -1,7 +1,7 @@
 //! One sampler chain per sequence, built from the request's parameters. Each chain has
 //! its own seeded RNG, so a seeded request gives the same text whatever runs beside it.
 
-use llama_cpp_2::context::LlamaContext;
+use crate::worker::Decoder;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
@@ -124,9 +124,9 @@ pub(crate) enum Logits {
 }
 
 impl Logits {
-    pub(crate) fn row<'a>(&'a self, ctx: &'a LlamaContext<'_>) -> &'a [f32] {
+    pub(crate) fn row<'a>(&'a self, decoder: &'a impl Decoder) -> &'a [f32] {
         match self {
-            Logits::Batch(at) => ctx.get_logits_ith(*at),
+            Logits::Batch(at) => decoder.logits(*at),
             Logits::Saved(row) => row,
         }
     }
@@ -134,27 +134,13 @@ impl Logits {
 
 impl Sampler {
     /// Samples (and accepts) the next token.
-    pub(crate) fn sample(&mut self, ctx: &LlamaContext<'_>, logits: &Logits) -> LlamaToken {
+    pub(crate) fn sample(&mut self, decoder: &impl Decoder, logits: &Logits) -> LlamaToken {
         match (self, logits) {
-            (Sampler::Chain(chain), Logits::Batch(at)) => chain.sample(ctx, *at),
-            // What llama_sampler_sample does with a context's row.
-            (Sampler::Chain(chain), Logits::Saved(row)) => {
-                let mut candidates = LlamaTokenDataArray::from_iter(
-                    row.iter()
-                        .enumerate()
-                        .map(|(i, &l)| LlamaTokenData::new(LlamaToken::new(i as i32), l, 0.0)),
-                    false,
-                );
-                chain.apply(&mut candidates);
-                // The chain ends in greedy or dist, which always select; the argmax
-                // only stands in for a selection that cannot be missing.
-                let tok = candidates
-                    .selected_token()
-                    .unwrap_or_else(|| LlamaToken::new(crate::draw::first_max(row) as i32));
-                chain.accept(tok);
-                tok
+            (Sampler::Chain(chain), Logits::Batch(at)) => decoder.sample_chain(chain, *at),
+            (Sampler::Chain(chain), Logits::Saved(row)) => sample_row(chain, row),
+            (Sampler::Direct(direct), logits) => {
+                LlamaToken::new(direct.sample(logits.row(decoder)))
             }
-            (Sampler::Direct(direct), logits) => LlamaToken::new(direct.sample(logits.row(ctx))),
         }
     }
 }
@@ -170,6 +156,24 @@ pub(crate) fn follow(shadow: &mut Matcher, tok: LlamaToken) -> Option<String> {
     shadow
         .get_error()
         .map(|e| crate::constraint::reason(&e).to_string())
+}
+
+/// What llama_sampler_sample does with a context's row, on a row held elsewhere.
+pub(crate) fn sample_row(chain: &mut LlamaSampler, row: &[f32]) -> LlamaToken {
+    let mut candidates = LlamaTokenDataArray::from_iter(
+        row.iter()
+            .enumerate()
+            .map(|(i, &l)| LlamaTokenData::new(LlamaToken::new(i as i32), l, 0.0)),
+        false,
+    );
+    chain.apply(&mut candidates);
+    // The chain ends in greedy or dist, which always select; the argmax only stands in
+    // for a selection that cannot be missing.
+    let tok = candidates
+        .selected_token()
+        .unwrap_or_else(|| LlamaToken::new(crate::draw::first_max(row) as i32));
+    chain.accept(tok);
+    tok
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use crate::config::{self, llama_backend};
 use crate::job::{self, Job, WorkerConfig};
 use crate::vision::Vision;
-use crate::worker::Worker;
+use crate::worker::{Llama, Worker};
 use crate::{AliveGuard, FlashAttention, LocalModelConfig};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::model::LlamaModel;
@@ -102,8 +102,9 @@ pub(crate) fn spawn_engine(
                     // The starter waits on `ready_rx` until one of these arrives.
                     Ok(ctx) => {
                         ready_tx.send(Ok(())).ok();
-                        Worker::new(model, ctx, worker_cfg, rx, thread_counters, thread_vision)
-                            .run();
+                        let slots = worker_cfg.slots as i32 + 1;
+                        let decoder = Llama::new(model, ctx, worker_cfg.n_batch + 1, slots);
+                        Worker::new(decoder, worker_cfg, rx, thread_counters, thread_vision).run();
                     }
                     Err(e) => {
                         ready_tx.send(Err(e)).ok();

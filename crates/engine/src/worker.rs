@@ -5,20 +5,21 @@
 //! per-job channels, and a closed channel frees the job's slots at the next step.
 
 mod admit;
+mod decoder;
 mod kv;
 mod output;
 mod pace;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use decoder::{Decoder, Llama};
 
 use crate::job::{Counters, Job, JobStats, WorkerConfig, UBATCH};
 use crate::sampler::{Logits, Sampler};
 use crate::text::TextAssembler;
 use crate::vision::Vision;
-use llama_cpp_2::context::session::SeqState;
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_batch::{BatchAddError, LlamaBatch};
-use llama_cpp_2::model::LlamaModel;
+use decoder::{DecodeFailure, Staged};
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::DecodeError;
 use llguidance::Matcher;
 use parlance_core::ir::{Delta, FinishReason};
 use parlance_core::Error;
@@ -70,7 +71,7 @@ struct Run {
     logits_at: Option<Logits>,
 }
 
-struct Slot {
+struct Slot<P> {
     seq: i32,
     /// Tokens whose KV is in this sequence: kept after a job ends for prefix reuse.
     cached: Vec<LlamaToken>,
@@ -79,7 +80,7 @@ struct Slot {
     tail: Option<(usize, Arc<[f32]>)>,
     /// Set while an idle slot's KV is parked in host memory instead of the KV cache
     /// (`cached` still says what it holds); restored when the slot is used again.
-    parked: Option<SeqState>,
+    parked: Option<P>,
     run: Option<Run>,
     /// The id of the last job this slot served: an idle slot used long ago is the one
     /// a new conversation takes, so recent conversations keep their prefix.
@@ -94,12 +95,10 @@ struct ActiveJob {
     stats: JobStats,
 }
 
-pub(crate) struct Worker<'m> {
-    model: &'m LlamaModel,
-    ctx: LlamaContext<'m>,
-    batch: LlamaBatch<'static>,
+pub(crate) struct Worker<D: Decoder> {
+    decoder: D,
     cfg: WorkerConfig,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<D::Parked>>,
     waiting: VecDeque<Job>,
     jobs: HashMap<u64, ActiveJob>,
     next_job: u64,
@@ -109,7 +108,7 @@ pub(crate) struct Worker<'m> {
     pace: pace::Pacer,
 }
 
-impl Drop for Worker<'_> {
+impl<D: Decoder> Drop for Worker<D> {
     /// Runs before the fields (and so the jobs' senders) are dropped: a caller that
     /// sees its stream cut by a panic finds the model already marked dead.
     fn drop(&mut self) {
@@ -117,10 +116,11 @@ impl Drop for Worker<'_> {
     }
 }
 
-impl<'m> Worker<'m> {
+impl<D: Decoder> Worker<D> {
+    /// `decoder` takes up to `cfg.n_batch + 1` tokens in `cfg.slots + 1` sequences per
+    /// decode (the batch, and the pad of `keep_batch_invariant`).
     pub(crate) fn new(
-        model: &'m LlamaModel,
-        ctx: LlamaContext<'m>,
+        decoder: D,
         cfg: WorkerConfig,
         rx: Receiver<Job>,
         counters: Counters,
@@ -138,9 +138,7 @@ impl<'m> Worker<'m> {
             .collect();
         let pace = pace::Pacer::new(cfg.prefill_pace);
         Worker {
-            model,
-            ctx,
-            batch: LlamaBatch::new(cfg.n_batch + 1, cfg.slots as i32 + 1),
+            decoder,
             cfg,
             slots,
             waiting: VecDeque::new(),
@@ -155,15 +153,17 @@ impl<'m> Worker<'m> {
 
     /// Runs until every sender is gone and no work is left.
     pub(crate) fn run(mut self) {
-        loop {
-            if !self.intake() {
-                return;
-            }
-            self.drop_cancelled();
-            self.admit();
-            self.step();
-            self.publish_free();
+        while self.intake() {
+            self.tick();
         }
+    }
+
+    /// One round: forget callers that hung up, admit waiting jobs, decode a step.
+    fn tick(&mut self) {
+        self.drop_cancelled();
+        self.admit();
+        self.step();
+        self.publish_free();
     }
 
     fn publish_free(&self) {
@@ -273,18 +273,21 @@ impl<'m> Worker<'m> {
         plan
     }
 
-    /// Fills the batch from the plan; returns the logits index of each entry, if any.
-    /// The plan never holds more than n_batch tokens (plus the pad, which has a
-    /// sequence and room of its own), so an error here is a planning bug.
-    fn fill(&mut self, plan: &[Entry]) -> Result<Vec<Option<i32>>, BatchAddError> {
-        // Staged first: deterministic mode may still change which tokens give logits.
-        let mut staged: Vec<(LlamaToken, i32, i32, bool)> = Vec::new();
+    /// The plan's tokens, and the logits row of each entry, if any. The plan never holds
+    /// more than n_batch tokens (plus the pad, which has a sequence and room of its own).
+    fn stage(&mut self, plan: &[Entry]) -> (Vec<Staged>, Vec<Option<i32>>) {
+        let mut staged: Vec<Staged> = Vec::new();
         let mut logits = Vec::with_capacity(plan.len());
         for entry in plan {
             match *entry {
                 Entry::Token { slot, tok } => {
                     let s = &self.slots[slot];
-                    staged.push((tok, s.cached.len() as i32, s.seq, true));
+                    staged.push(Staged {
+                        tok,
+                        pos: s.cached.len() as i32,
+                        seq: s.seq,
+                        logits: true,
+                    });
                     logits.push(Some(staged.len() as i32 - 1));
                 }
                 Entry::Prompt {
@@ -296,7 +299,12 @@ impl<'m> Worker<'m> {
                     let prompt = &self.jobs[&job].job.prompt;
                     let seq = self.slots[slot].seq;
                     for (j, &tok) in prompt.iter().enumerate().take(to).skip(from) {
-                        staged.push((tok, j as i32, seq, j == prompt.len() - 1));
+                        staged.push(Staged {
+                            tok,
+                            pos: j as i32,
+                            seq,
+                            logits: j == prompt.len() - 1,
+                        });
                     }
                     logits.push((to == prompt.len()).then(|| staged.len() as i32 - 1));
                 }
@@ -306,11 +314,7 @@ impl<'m> Worker<'m> {
         if self.cfg.deterministic && self.seeded(plan) {
             self.keep_batch_invariant(&mut staged);
         }
-        self.batch.clear();
-        for (tok, pos, seq, wants_logits) in staged {
-            self.batch.add(tok, pos, &[seq], wants_logits)?;
-        }
-        Ok(logits)
+        (staged, logits)
     }
 
     fn seeded(&self, plan: &[Entry]) -> bool {
@@ -332,17 +336,22 @@ impl<'m> Worker<'m> {
     /// token in a sequence of its own, one cell), and none asks for exactly one row of
     /// logits (the output layer's product): such a one gets a second, ignored row.
     /// Only seeded requests pay for it (~15% slower decoding when alone).
-    fn keep_batch_invariant(&mut self, staged: &mut Vec<(LlamaToken, i32, i32, bool)>) {
+    fn keep_batch_invariant(&mut self, staged: &mut Vec<Staged>) {
         if staged.len() % UBATCH == 1 {
             let pad = self.cfg.slots as i32;
             self.clear_seq(pad);
-            staged.push((LlamaToken::new(0), 0, pad, false));
+            staged.push(Staged {
+                tok: LlamaToken::new(0),
+                pos: 0,
+                seq: pad,
+                logits: false,
+            });
         }
         // llama.cpp splits a batch into consecutive micro-batches of n_ubatch tokens.
         for chunk in staged.chunks_mut(UBATCH) {
-            if chunk.iter().filter(|t| t.3).count() == 1 {
-                if let Some(t) = chunk.iter_mut().rev().find(|t| !t.3) {
-                    t.3 = true;
+            if chunk.iter().filter(|t| t.logits).count() == 1 {
+                if let Some(t) = chunk.iter_mut().rev().find(|t| !t.logits) {
+                    t.logits = true;
                 }
             }
         }
@@ -386,15 +395,9 @@ impl<'m> Worker<'m> {
             if plan.is_empty() {
                 return None;
             }
-            let logits = match self.fill(plan) {
-                Ok(logits) => logits,
-                Err(e) => {
-                    self.fail_all(Error::internal(format!("cannot fill the batch: {e}")));
-                    return None;
-                }
-            };
+            let (staged, logits) = self.stage(plan);
             let started = Instant::now();
-            match self.ctx.decode(&mut self.batch) {
+            match self.decoder.decode(&staged) {
                 Ok(()) => {
                     if self.pace.enabled() {
                         let took = started.elapsed();
@@ -410,7 +413,7 @@ impl<'m> Worker<'m> {
                 // The KV pool is full. llama.cpp leaves it untouched on this error, so
                 // make room and retry: first drop idle prefix caches, then postpone
                 // prompt chunks, and only as a last resort end the longest sequence.
-                Err(DecodeError::NoKvCacheSlot) => {
+                Err(DecodeFailure::NoKvSlot) => {
                     if self.evict_idle_cache() {
                         continue;
                     }
@@ -437,8 +440,8 @@ impl<'m> Worker<'m> {
                         }
                     }
                 }
-                Err(e) => {
-                    self.fail_all(Error::internal(format!("llama.cpp decode failed: {e}")));
+                Err(DecodeFailure::Other(e)) => {
+                    self.fail_all(Error::internal(e));
                     return None;
                 }
             }
@@ -490,7 +493,7 @@ impl<'m> Worker<'m> {
             let job_id = run.job;
             if let Logits::Batch(row) = at {
                 // Kept for a repeat of this prompt (see `Logits::Saved`).
-                let saved = Arc::from(self.ctx.get_logits_ith(row));
+                let saved = Arc::from(self.decoder.logits(row));
                 self.slots[i].tail = Some((self.slots[i].cached.len(), saved));
             }
             if let Some(active) = self.jobs.get_mut(&job_id) {
@@ -509,7 +512,7 @@ impl<'m> Worker<'m> {
                 }
                 let dst = self.slots[k].seq;
                 // A choice that did not get its prompt's cells would sample from nothing.
-                copied &= self.ctx.copy_kv_cache_seq(src, dst, None, None).is_ok();
+                copied &= self.decoder.copy_seq(src, dst, None);
                 let slot = &mut self.slots[k];
                 slot.cached = cached.clone();
                 if let Some(run) = slot.run.as_mut() {
@@ -529,7 +532,7 @@ impl<'m> Worker<'m> {
 }
 
 /// Among slots holding as much of a prompt: an empty one, else the least recently used.
-fn lru(s: &Slot) -> (bool, std::cmp::Reverse<u64>) {
+fn lru<P>(s: &Slot<P>) -> (bool, std::cmp::Reverse<u64>) {
     (s.cached.is_empty(), std::cmp::Reverse(s.last_used))
 }
 

@@ -1,7 +1,7 @@
 //! Admission: a waiting job takes free slots, gets its samplers and its cached
 //! prefix; a panic while starting one fails that job alone.
 
-use super::{lru, ActiveJob, Phase, Run, Worker};
+use super::{lru, ActiveJob, Decoder, Phase, Run, Worker};
 use crate::job::{Crash, Job, JobEvent, JobStats};
 use crate::sampler::{self, SamplerSpec};
 use crate::text::TextAssembler;
@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
-impl Worker<'_> {
+impl<D: Decoder> Worker<D> {
     pub(super) fn admit(&mut self) {
         while let Some(front) = self.waiting.front() {
             let free: Vec<usize> = (0..self.slots.len())
@@ -103,7 +103,7 @@ impl Worker<'_> {
             let choice = job.choices[k];
             let spec = SamplerSpec {
                 params: &job.sampling,
-                n_vocab: self.model.n_vocab(),
+                n_vocab: self.decoder.n_vocab(),
                 eog_tokens: &self.cfg.eog_tokens,
                 ignore_eos: job.ignore_eos,
                 seed: job.seed.wrapping_add(u64::from(choice)) as u32,

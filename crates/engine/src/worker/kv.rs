@@ -2,16 +2,15 @@
 //! host memory and restoring them, giving up idle caches when the pool is full, and
 //! evaluating a prompt's images into a slot's sequence.
 
-use super::{common_prefix, lru, ActiveJob, Job, Phase, Slot, Worker};
+use super::{common_prefix, lru, ActiveJob, Decoder, Job, Phase, Slot, Worker};
 use crate::sampler::Logits;
 use crate::vision::{floor_to_media, EvalFailure};
-use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::Error;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-impl Slot {
+impl<P> Slot<P> {
     /// The logits after `prompt`, when this slot's cache holds exactly that prompt's
     /// prefill (and maybe tokens generated after it).
     pub(super) fn saved_logits(&self, prompt: &[LlamaToken]) -> Option<Arc<[f32]>> {
@@ -25,7 +24,7 @@ impl Slot {
     }
 }
 
-impl Worker<'_> {
+impl<D: Decoder> Worker<D> {
     /// Picks the free slot for a new job's prompt and keeps what its KV can reuse:
     /// (slot, prompt tokens reused, logits to sample first when the whole prompt was).
     pub(super) fn place(&mut self, job: &Job, free: &[usize]) -> (usize, usize, Option<Logits>) {
@@ -76,15 +75,11 @@ impl Worker<'_> {
         let reused = if donor != primary && shared > own {
             self.trim(primary, 0);
             let (src, dst) = (self.slots[donor].seq, self.slots[primary].seq);
-            match self
-                .ctx
-                .copy_kv_cache_seq(src, dst, None, Some(shared as u32))
-            {
-                Ok(()) => {
-                    self.slots[primary].cached = job.prompt[..shared].to_vec();
-                    shared
-                }
-                Err(_) => 0,
+            if self.decoder.copy_seq(src, dst, Some(shared)) {
+                self.slots[primary].cached = job.prompt[..shared].to_vec();
+                shared
+            } else {
+                0
             }
         } else {
             self.trim(primary, own)
@@ -104,14 +99,14 @@ impl Worker<'_> {
                 continue;
             }
             let seq = slot.seq;
-            if let Ok(state) = self.ctx.state_seq_get(seq, LlamaStateSeqFlags::empty()) {
+            if let Some(state) = self.decoder.park(seq) {
                 self.clear_seq(seq);
                 self.slots[i].parked = Some(state);
             }
         }
         loop {
             let parked = || self.slots.iter().filter_map(|s| s.parked.as_ref());
-            if parked().map(SeqState::byte_len).sum::<usize>() <= PARK_BUDGET {
+            if parked().map(D::parked_bytes).sum::<usize>() <= PARK_BUDGET {
                 return;
             }
             let oldest = (0..self.slots.len())
@@ -130,7 +125,7 @@ impl Worker<'_> {
             return;
         };
         let seq = self.slots[slot_idx].seq;
-        if self.ctx.state_seq_set(&state, seq).is_err() {
+        if !self.decoder.unpark(&state, seq) {
             self.clear_seq(seq);
             self.slots[slot_idx].forget();
         }
@@ -144,13 +139,8 @@ impl Worker<'_> {
             self.unpark(slot_idx);
         }
         let slot = &mut self.slots[slot_idx];
-        let seq = slot.seq as u32;
-        let partial_ok = keep > 0
-            && matches!(
-                self.ctx
-                    .clear_kv_cache_seq(Some(seq), Some(keep as u32), None),
-                Ok(true)
-            );
+        let seq = slot.seq;
+        let partial_ok = keep > 0 && self.decoder.keep_seq(seq, keep);
         if partial_ok {
             slot.cached.truncate(keep);
             if slot.tail.as_ref().is_some_and(|(n, _)| *n > keep) {
@@ -158,7 +148,7 @@ impl Worker<'_> {
             }
             keep
         } else {
-            self.clear_seq(seq as i32);
+            self.clear_seq(seq);
             self.slots[slot_idx].forget();
             0
         }
@@ -168,9 +158,8 @@ impl Worker<'_> {
     /// llama.cpp (only a partial removal can, on recurrent models); if it ever did, the
     /// stale cells would be attended to by the slot's next request, so it is logged.
     pub(super) fn clear_seq(&mut self, seq: i32) {
-        match self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None) {
-            Ok(true) => {}
-            other => tracing::error!(seq, result = ?other, "could not empty a KV sequence"),
+        if !self.decoder.clear_seq(seq) {
+            tracing::error!(seq, "could not empty a KV sequence");
         }
     }
 
@@ -191,10 +180,10 @@ impl Worker<'_> {
         };
         let seq = self.slots[slot].seq;
         let n_batch = self.cfg.n_batch as i32;
-        let mut result = vision.eval(m, &mut self.ctx, seq, n_batch);
+        let mut result = self.decoder.eval_image(&vision, m, seq, n_batch);
         while result == Err(EvalFailure::NoRoom) && self.evict_idle_cache() {
             self.trim(slot, m.start);
-            result = vision.eval(m, &mut self.ctx, seq, n_batch);
+            result = self.decoder.eval_image(&vision, m, seq, n_batch);
         }
         match result {
             Ok(()) => {

@@ -1,7 +1,7 @@
 //! A sequence's output: sampling its next token (with logprobs and the grammar's
 //! shadow), streaming the text, and ending choices, jobs and failed ones.
 
-use super::Worker;
+use super::{Decoder, Worker};
 use crate::job::{Crash, JobEvent};
 use crate::logprobs::token_logprob;
 use crate::sampler::{self, Logits};
@@ -9,9 +9,8 @@ use parlance_core::ir::{Delta, FinishReason, StreamEvent};
 use parlance_core::Error;
 use std::sync::atomic::Ordering;
 
-impl Worker<'_> {
+impl<D: Decoder> Worker<D> {
     pub(super) fn sample(&mut self, i: usize, at: &Logits) {
-        let vocab = self.model.vocab();
         let slot = &mut self.slots[i];
         let Some(run) = slot.run.as_mut() else { return };
         let Some(active) = self.jobs.get_mut(&run.job) else {
@@ -25,7 +24,7 @@ impl Worker<'_> {
         if active.job.crash == Some(Crash::Sequence) && run.generated == 1 {
             panic!("sequence panic requested by PARLANCE_TEST_SEQUENCE_PANIC");
         }
-        let tok = run.sampler.sample(&self.ctx, at);
+        let tok = run.sampler.sample(&self.decoder, at);
         if let Some(e) = run.shadow.as_mut().and_then(|m| sampler::follow(m, tok)) {
             let job = run.job;
             tracing::warn!(job, "grammar failed mid-generation: {e}");
@@ -51,14 +50,14 @@ impl Worker<'_> {
         let mut finish = None;
         let mut matched = None;
         let mut delta = Delta::default();
-        if vocab.is_eog(tok) && !active.job.ignore_eos {
+        if self.decoder.is_eog(tok) && !active.job.ignore_eos {
             finish = Some(FinishReason::Stop);
         } else {
-            let piece = vocab.token_to_piece(tok, self.cfg.preserved.contains(&tok), None);
+            let piece = self.decoder.piece(tok, self.cfg.preserved.contains(&tok));
             if let Some(top) = active.job.logprobs {
                 delta.logprobs.push(token_logprob(
-                    at.row(&self.ctx),
-                    self.model,
+                    at.row(&self.decoder),
+                    |t| self.decoder.piece(t, false),
                     tok,
                     &piece,
                     top,
