@@ -4,15 +4,17 @@ Responses caller reaching either; loopback mocks speak each provider's real wire
 format, and the test checks what each upstream received in its native form."""
 
 import json
+import subprocess
 import tempfile
 
 import anthropic
 import openai
 import pytest
+import requests
 from google import genai
 from google.genai import types
 
-from conftest import Server
+from conftest import BIN, Server
 from mock_upstreams import ANSWER, CITY_ARGS, SIGNATURE, THOUGHT, Mock
 
 WEATHER_ANTHROPIC = {"name": "get_weather", "description": "Current weather for a city",
@@ -223,3 +225,40 @@ def test_each_upstream_gets_only_its_own_providers_options(cross):
     g.models.generate_content(model="via-openai", contents="Hi", config=types.GenerateContentConfig(safety_settings=safety))
     sent = last(mock, "/v1/chat/completions")["body"]
     assert "safetySettings" not in sent and "safety_settings" not in sent, sent
+
+
+def test_serve_settings_come_from_the_config_file_unless_a_flag_or_env_says_otherwise(cross):
+    _, mock = cross
+    d = tempfile.mkdtemp(prefix="parlance-settings-")
+    cfg = f"{d}/gw.toml"
+    with open(cfg, "w") as f:
+        f.write(f"""
+[serve]
+body_limit = 2000
+cors_origin = ["https://app.example"]
+
+[providers.vllm]
+kind = "openai"
+base_url = "{mock.url}/v1"
+api_key = "x"
+
+[[models]]
+name = "via-openai"
+deployments = [{{ provider = "vllm", model = "vllm-mock" }}]
+""")
+    big = {"model": "via-openai", "messages": [{"role": "user", "content": "x" * 3000}]}
+    for extra, env, limited in [((), None, True), (("--body-limit", "100000"), None, False),
+                                ((), {"PARLANCE_BODY_LIMIT": "100000"}, False)]:
+        s = Server("--config", cfg, "--db", "none", *extra, env=env)
+        try:
+            r = requests.post(s.url + "/v1/chat/completions", json=big, timeout=30)
+            assert (r.status_code == 413) == limited, (extra, env, r.status_code, r.text)
+            pre = requests.options(s.url + "/v1/chat/completions", timeout=30, headers={
+                "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+            assert pre.headers.get("access-control-allow-origin") == "https://app.example"
+        finally:
+            s.stop()
+    with open(f"{d}/bad.toml", "w") as f:
+        f.write("[serve]\nbody_limitt = 5\n")
+    out = subprocess.run([str(BIN), "serve", "--config", f"{d}/bad.toml", "--db", "none"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "body_limitt" in out.stderr, out.stderr

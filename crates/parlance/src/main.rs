@@ -1,6 +1,7 @@
 //! The `parlance` command.
 
 mod client;
+mod file_settings;
 mod hub;
 mod local;
 mod logwriter;
@@ -120,9 +121,10 @@ fn serve_local(file: std::path::PathBuf) -> anyhow::Result<String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse_from(normalize_args(std::env::args()));
+    let argv = normalize_args(std::env::args());
+    let cli = Cli::parse_from(argv.iter().cloned());
     match cli.command {
-        Command::Serve(args) => serve::run(*args),
+        Command::Serve(args) => serve::run(file_settings::apply(*args, &argv)?),
         Command::Chat(args) => client::chat(args, serve_local),
         Command::Models(args) => client::models(args),
         Command::Keys(cmd) => tenancy_cli::keys(cmd),

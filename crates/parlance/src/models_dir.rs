@@ -346,29 +346,6 @@ fn purge_freed_memory_at_once() {
     }
 }
 
-/// `[local]` of the config file, where the flags left a setting out.
-pub(crate) fn from_config(
-    args: &mut ServeArgs,
-    local: &parlance_server::config::LocalSection,
-    config_file: &Path,
-) -> anyhow::Result<()> {
-    if args.models_dir.is_none() {
-        let base = config_file.parent().unwrap_or(Path::new("."));
-        args.models_dir = local.models_dir.as_ref().map(|d| base.join(d));
-    }
-    if args.keep_alive.is_none() {
-        args.keep_alive = local.keep_alive.clone();
-    }
-    if args.max_loaded_models.is_none() {
-        args.max_loaded_models = local.max_loaded_models;
-    }
-    if let (None, Some(m)) = (args.max_memory, &local.max_memory) {
-        args.max_memory =
-            Some(byte_size(m).map_err(|e| anyhow::anyhow!("[local] max_memory: {e}"))?);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

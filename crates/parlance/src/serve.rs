@@ -141,16 +141,13 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Loads what `args` name and binds the port (before loading anything: a busy port is
 /// known in milliseconds, not after a model has loaded).
-pub(crate) fn build(mut args: ServeArgs) -> anyhow::Result<Built> {
+pub(crate) fn build(args: ServeArgs) -> anyhow::Result<Built> {
     note_gpu(&args);
     let template = chat_template(&args)?;
     let config = match &args.config {
         Some(path) => Some(Config::load(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    if let (Some(cfg), Some(path)) = (&config, args.config.clone()) {
-        crate::models_dir::from_config(&mut args, &cfg.local, &path)?;
-    }
     let addr = format!("{}:{}", args.host, args.port);
     let listener =
         std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;

@@ -315,11 +315,11 @@ fn pace_ratio(v: &str) -> Result<f32, String> {
     }
 }
 
-/// `ServeArgs` alone, for `ServeArgs::defaults`.
+/// `ServeArgs` alone: for `ServeArgs::defaults` and the config file's settings.
 #[derive(clap::Parser)]
-struct OnlyServe {
+pub(crate) struct OnlyServe {
     #[command(flatten)]
-    args: ServeArgs,
+    pub args: ServeArgs,
 }
 
 impl ServeArgs {

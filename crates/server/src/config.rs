@@ -34,25 +34,19 @@ pub struct Config {
     pub models: Vec<ModelSection>,
     #[serde(default)]
     pub images: ImagesSection,
+    /// `[local]`: the models-on-demand settings of `parlance serve` (`models_dir`,
+    /// `keep_alive`, `max_loaded_models`, `max_memory`), read by the binary with `[serve]`.
     #[serde(default)]
-    pub local: LocalSection,
+    pub local: toml::Table,
+    /// `[serve]`: any `parlance serve` flag by its long name, read by the binary (a flag
+    /// or its environment variable wins).
+    #[serde(default)]
+    pub serve: toml::Table,
     #[serde(default)]
     pub accounts: crate::account::Settings,
     /// The file's text, for line numbers in errors found after parsing.
     #[serde(skip)]
     source: String,
-}
-
-/// `[local]`: models on demand, as the `--models-dir` flags set them (a flag given
-/// wins); a relative `models_dir` is taken from the config file's folder.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct LocalSection {
-    pub models_dir: Option<std::path::PathBuf>,
-    pub keep_alive: Option<String>,
-    pub max_loaded_models: Option<usize>,
-    /// `8GiB`, `512MiB`, bytes.
-    pub max_memory: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
