@@ -5,7 +5,7 @@ use crate::serve::ServeArgs;
 #[cfg(feature = "local")]
 use crate::serve::{gpu_layers, FlashAttn};
 use parlance_core::{Backend, ModelInfo};
-use parlance_server::catalog::LocalSpec;
+use parlance_gateway::catalog::LocalSpec;
 use std::sync::Arc;
 #[cfg(feature = "local")]
 use std::time::Instant;

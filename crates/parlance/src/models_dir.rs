@@ -5,7 +5,7 @@ use crate::serve::{ngl_for_all, ServeArgs};
 use anyhow::Context;
 use parlance_core::lazy::{Check, KeepAlive, LazyModel, Loader, ModelFolder, Shelf};
 use parlance_core::{Backend, Capabilities, InlineImages, ModelInfo, Router};
-use parlance_server::catalog::LocalSpec;
+use parlance_gateway::catalog::LocalSpec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -5,31 +5,11 @@
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde::Deserialize;
+use parlance_gateway::accounts::SmtpSettings;
 use std::time::Duration;
 
 /// A send that takes longer is given up (the link is in the answer anyway).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpSettings {
-    pub host: String,
-    pub port: Option<u16>,
-    pub username: Option<String>,
-    /// An environment variable holding the password.
-    pub password_env: Option<String>,
-    /// `Parlance <noreply@example.org>`.
-    pub from: String,
-    /// `starttls` (default), `tls` (implicit, port 465) or `none` (a relay on
-    /// loopback only).
-    #[serde(default = "default_security")]
-    pub security: String,
-}
-
-fn default_security() -> String {
-    "starttls".into()
-}
 
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,

@@ -24,86 +24,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use parlance_core::{Error, ErrorKind};
+pub use parlance_gateway::accounts::Settings;
 use parlance_tenancy::accounts::{AccountError, NewUser, Role, Session, SignupMode};
 use parlance_tenancy::keys::same;
 use parlance_tenancy::Tenancy;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
 pub(crate) const COOKIE: &str = "parlance_session";
-
-/// `[accounts]` in the config file (`--signup` wins over `signup`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// `closed` (default), `approval` or `open`.
-    #[serde(default, deserialize_with = "mode")]
-    pub signup: Option<SignupMode>,
-    /// How people reach this server (`https://llm.example.org`), for the links shown to
-    /// admins; without it links are relative (`/account#set-password=...`).
-    pub public_url: Option<String>,
-    /// What a self-service key may have at most, and what it gets when it asks for nothing.
-    #[serde(default)]
-    pub plan: Plan,
-    /// Keys of accounts spend a prepaid balance (their team's for team keys, else their
-    /// user's); an empty balance is a 429 `insufficient_quota`.
-    #[serde(default)]
-    pub prepaid: bool,
-    /// Single sign-on with OpenID Connect (`[accounts.oidc]`).
-    pub oidc: Option<oidc::OidcSettings>,
-    /// Mail one-time links (`[accounts.smtp]`).
-    pub smtp: Option<mail::SmtpSettings>,
-}
-
-fn mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SignupMode>, D::Error> {
-    let s = String::deserialize(d)?;
-    s.parse().map(Some).map_err(serde::de::Error::custom)
-}
-
-/// The default plan: the limits of keys people make for themselves.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Plan {
-    pub rpm: Option<u32>,
-    pub tpm: Option<u32>,
-    pub max_concurrent: Option<u32>,
-    pub budget_tokens: Option<u64>,
-    pub budget_usd: Option<f64>,
-    /// Models a self-service key may use; empty: all.
-    #[serde(default)]
-    pub models: Vec<String>,
-    /// Live keys one person (or one team) may hold.
-    #[serde(default = "default_max_keys")]
-    pub max_keys: u32,
-    /// Credit a new account starts with, with prepaid balances.
-    pub credit_usd: Option<f64>,
-}
-
-fn default_max_keys() -> u32 {
-    10
-}
-
-impl Default for Plan {
-    fn default() -> Self {
-        Plan {
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
-            budget_tokens: None,
-            budget_usd: None,
-            models: Vec::new(),
-            max_keys: default_max_keys(),
-            credit_usd: None,
-        }
-    }
-}
-
-impl Settings {
-    pub fn signup(&self) -> SignupMode {
-        self.signup.unwrap_or_default()
-    }
-}
 
 /// The connection's peer address (set by the accept loop; absent in-process).
 #[derive(Debug, Clone, Copy)]

@@ -13,12 +13,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
+use parlance_gateway::accounts::OidcSettings;
 use parlance_tenancy::accounts::{NewUser, Role};
 use parlance_tenancy::Tenancy;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::Digest;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -29,47 +30,6 @@ const FLOW_TTL_MS: i64 = 10 * 60 * 1000;
 /// Discovery and keys are fetched again after this (rotated keys are picked up sooner:
 /// an unknown key id fetches them at once).
 const METADATA_TTL: Duration = Duration::from_secs(3600);
-
-/// `[accounts.oidc]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OidcSettings {
-    /// The provider's issuer URL; `{issuer}/.well-known/openid-configuration` is read.
-    pub issuer: String,
-    pub client_id: String,
-    pub client_secret: Option<String>,
-    /// An environment variable holding the client secret.
-    pub client_secret_env: Option<String>,
-    #[serde(default = "default_scopes")]
-    pub scopes: Vec<String>,
-    /// Email domains whose people may sign in; empty: any the provider vouches for.
-    #[serde(default)]
-    pub allowed_domains: Vec<String>,
-    /// The claim listing a person's groups.
-    #[serde(default = "default_groups_claim")]
-    pub groups_claim: String,
-    /// Members of these groups are admins (and others are not).
-    #[serde(default)]
-    pub admin_groups: Vec<String>,
-    /// Group -> team name: members of the group join the team (made if missing).
-    #[serde(default)]
-    pub teams: BTreeMap<String, String>,
-    /// The sign-in button's text.
-    #[serde(default = "default_label")]
-    pub label: String,
-}
-
-fn default_scopes() -> Vec<String> {
-    ["openid", "email", "profile"].map(String::from).to_vec()
-}
-
-fn default_groups_claim() -> String {
-    "groups".into()
-}
-
-fn default_label() -> String {
-    "Sign in with single sign-on".into()
-}
 
 #[derive(Debug, Clone, Deserialize)]
 struct Discovery {

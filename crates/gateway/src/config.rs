@@ -43,7 +43,7 @@ pub struct Config {
     #[serde(default)]
     pub serve: toml::Table,
     #[serde(default)]
-    pub accounts: crate::account::Settings,
+    pub accounts: crate::accounts::Settings,
     /// The file's text, for line numbers in errors found after parsing.
     #[serde(skip)]
     source: String,
