@@ -280,6 +280,20 @@ pub struct ChatRequest {
     pub context: RequestContext,
 }
 
+impl ChatRequest {
+    /// Bytes of inline image data (base64) the request carries.
+    pub fn image_bytes(&self) -> usize {
+        self.messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .map(|p| match p {
+                ContentPart::Image(ImageSource::Base64 { data, .. }) => data.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
 /// Per-request facts that are not the request itself.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RequestContext {

@@ -36,14 +36,17 @@ pub(crate) async fn attach_images(
                     "GigaChat needs the image's bytes: send a data URL or an http(s) URL Parlance can fetch.",
                 ));
             };
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .map_err(|e| {
-                    Error::invalid_param(
-                        format!("messages[{i}].content[{j}]"),
-                        format!("The image is not valid base64: {e}."),
-                    )
-                })?;
+            let data = data.clone();
+            let decoded = crate::http::cpu(data.len(), move || {
+                base64::engine::general_purpose::STANDARD.decode(data)
+            })
+            .await?;
+            let bytes = decoded.map_err(|e| {
+                Error::invalid_param(
+                    format!("messages[{i}].content[{j}]"),
+                    format!("The image is not valid base64: {e}."),
+                )
+            })?;
             ids.push(upload(p, bytes, media_type).await?);
         }
         if let Some(msg) = body["messages"].get_mut(i) {

@@ -11,11 +11,41 @@ use serde_json::Value;
 /// Error bodies are read up to this size; the rest is not worth holding.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// Work on this many bytes or more (base64 of an image, a body holding images) runs on
+/// the blocking pool: tens of milliseconds of CPU would stall every task sharing the
+/// worker thread. Less runs in place, where a thread hop would cost more than the work.
+pub(crate) const LARGE: usize = 1 << 20;
+
+/// Runs `work` (on about `bytes` of data) on the blocking pool when it is large.
+pub(crate) async fn cpu<T: Send + 'static>(
+    bytes: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    if bytes < LARGE {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::internal(format!("a blocking task failed: {e}")))
+}
+
+/// A call's body as sent (Bytes: a retry after a 401 resends it without copying).
+pub(crate) fn encode(call: &Call) -> Result<bytes::Bytes, Error> {
+    serde_json::to_vec(&call.body)
+        .map(bytes::Bytes::from)
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
 pub(crate) async fn send(p: &Provider, call: &Call) -> Result<reqwest::Response, Error> {
-    // Bytes: a retry after a 401 resends it without copying.
-    let body = bytes::Bytes::from(
-        serde_json::to_vec(&call.body).map_err(|e| Error::internal(e.to_string()))?,
-    );
+    send_encoded(p, call, encode(call)?).await
+}
+
+/// Sends `call` with its body already encoded (see [`encode`]).
+pub(crate) async fn send_encoded(
+    p: &Provider,
+    call: &Call,
+    body: bytes::Bytes,
+) -> Result<reqwest::Response, Error> {
     authorized(p, call.auth, || {
         let mut rb = p
             .client
@@ -269,4 +299,20 @@ pub(crate) fn event_stream(
             Err(e) => yield Err(from_upstream(&name, e).retryable()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn large_work_leaves_the_worker_thread_and_small_work_stays() {
+        let here = std::thread::current().id();
+        let small = cpu(LARGE - 1, || std::thread::current().id())
+            .await
+            .unwrap();
+        let large = cpu(LARGE, || std::thread::current().id()).await.unwrap();
+        assert_eq!(small, here);
+        assert_ne!(large, here);
+    }
 }

@@ -222,10 +222,13 @@ impl ImageFetcher {
             (Some(t), None) => return Err(format!("not an image (content type {t})")),
             (None, None) => return Err("not an image".into()),
         };
-        Ok((
-            media_type,
-            base64::engine::general_purpose::STANDARD.encode(&body),
-        ))
+        let len = body.len();
+        let encoded = crate::http::cpu(len, move || {
+            base64::engine::general_purpose::STANDARD.encode(&body)
+        })
+        .await
+        .map_err(|e| e.message)?;
+        Ok((media_type, encoded))
     }
 
     /// Replaces every `http(s)` image of `req` by its bytes, fetched concurrently;

@@ -232,12 +232,26 @@ impl Backend for UpstreamModel {
             .context
             .progress
             .set_deployment(format!("{}/{}", p.cfg.name, self.model));
-        let mut call = p.dialect.build(&p.cfg.base_url, &self.model, &request)?;
+        // A body holding large images is built and encoded off the worker thread.
+        let (mut call, request) = {
+            let (p, model) = (Arc::clone(&p), self.model.clone());
+            http::cpu(request.image_bytes(), move || {
+                p.dialect
+                    .build(&p.cfg.base_url, &model, &request)
+                    .map(|call| (call, request))
+            })
+            .await??
+        };
+        let mut request = request;
         if p.cfg.kind == ProviderKind::GigaChat {
             gigachat_files::attach_images(&p, &mut request, &mut call.body).await?;
         }
+        let (call, body) = http::cpu(request.image_bytes(), move || {
+            http::encode(&call).map(|body| (call, body))
+        })
+        .await??;
         let first = async {
-            let resp = http::send(&p, &call).await?;
+            let resp = http::send_encoded(&p, &call, body).await?;
             // Some servers ignore `stream: true` (or report an error) with a plain JSON
             // body: read it as a whole answer instead of finding no events in it.
             let is_json = resp
