@@ -13,6 +13,7 @@ use parlance_upstream::images::{parse_ranges, ImageFetcher, ImagePolicy};
 use parlance_upstream::{
     GigaChatAuth, Provider, ProviderConfig, ProviderKind, Timeouts, UpstreamModel,
 };
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -263,12 +264,14 @@ pub fn build(
                     mmproj: d.mmproj.clone(),
                     keep_alive: m.keep_alive.clone(),
                 };
-                if !locals.contains_key(&k) {
-                    let loaded = load_local(&k)
-                        .map_err(|e| format!("model `{name}`: {}: {e}", path.display()))?;
-                    locals.insert(k.clone(), loaded);
-                }
-                let (li, b) = &locals[&k];
+                let (li, b) = match locals.entry(k) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
+                        let loaded = load_local(e.key())
+                            .map_err(|err| format!("model `{name}`: {}: {err}", path.display()))?;
+                        e.insert(loaded)
+                    }
+                };
                 local_info.get_or_insert_with(|| li.clone());
                 (format!("local/{}", path.display()), Arc::clone(b))
             } else {
@@ -278,7 +281,11 @@ pub fn build(
                     .map(|p| p.get_ref().as_str())
                     .unwrap_or_default();
                 let upstream = d.model.clone().unwrap_or_default();
-                let provider = Arc::clone(&providers[pname]);
+                let provider = Arc::clone(
+                    providers
+                        .get(pname)
+                        .ok_or_else(|| format!("model `{name}`: no provider `{pname}`"))?,
+                );
                 first_provider.get_or_insert(pname);
                 let b: Arc<dyn Backend> = Arc::new(UpstreamModel::new(provider, upstream.clone()));
                 (format!("{pname}/{upstream}"), b)
@@ -301,21 +308,33 @@ pub fn build(
             (info(m, local_info.as_ref(), first_provider), backend),
         );
     }
+    let pool_of = |name: &str| {
+        pools
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no model `{name}` to fall back to"))
+    };
     for m in cfg.models.iter().filter(|m| m.base.is_none()) {
         let fallbacks = m
             .fallbacks
             .iter()
-            .map(|f| Arc::clone(&pools[f.get_ref().as_str()]))
-            .collect();
-        pools[m.name.get_ref().as_str()].set_fallbacks(fallbacks);
+            .map(|f| pool_of(f.get_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        pool_of(m.name.get_ref())?.set_fallbacks(fallbacks);
     }
+    let route_of = |name: &str| {
+        routes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no model `{name}`"))
+    };
     for m in &cfg.models {
         let name = m.name.get_ref().as_str();
         let (info, backend) = match &m.base {
-            None => routes[name].clone(),
+            None => route_of(name)?,
             Some(base) => {
-                let (base_info, base_backend) = &routes[base.get_ref().as_str()];
-                preset(m, base_info, base_backend)
+                let (base_info, base_backend) = route_of(base.get_ref())?;
+                preset(m, &base_info, &base_backend)
             }
         };
         for id in std::iter::once(name).chain(m.aliases.iter().map(String::as_str)) {

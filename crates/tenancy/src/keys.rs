@@ -14,7 +14,8 @@ const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 pub(crate) fn random_text(n: usize) -> String {
     let mut rng = rand::rng();
     (0..n)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .filter_map(|_| ALPHABET.get(rng.random_range(0..ALPHABET.len())))
+        .map(|&b| b as char)
         .collect()
 }
 

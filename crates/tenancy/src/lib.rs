@@ -2,6 +2,9 @@
 //! kept in a SQL store. No HTTP here: the server crate turns this into routes,
 //! headers and error bodies.
 
+// An index out of range is a panic in a request; outside tests, use `get` or a pattern.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 pub mod accounts;
 pub mod budget;
 mod error;

@@ -170,18 +170,18 @@ impl SharedLimiter {
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("timed out".into()),
             };
-        let v = match answer {
-            Ok(v) if v.len() == 6 => v,
+        let (verdict, nreq, used, oreq, otok, now) = match answer.as_deref() {
+            Ok(&[verdict, nreq, used, oreq, otok, now]) => {
+                (verdict, nreq as u64, used as u64, oreq, otok, now)
+            }
             other => {
                 tracing::warn!(
                     "Redis unavailable ({}): limiting with this replica's own counters",
-                    other.err().unwrap_or_else(|| "bad answer".into())
+                    other.err().map_or("bad answer", String::as_str)
                 );
                 return self.fallback.admit(key, estimate);
             }
         };
-        let (verdict, nreq, used, oreq, otok, now) =
-            (v[0], v[1] as u64, v[2] as u64, v[3], v[4], v[5]);
         let reset = |oldest: i64| {
             Duration::from_millis((oldest + WINDOW_MS - now).clamp(0, WINDOW_MS) as u64)
         };

@@ -10,11 +10,17 @@ pub const PREFIX: &str = "prl-at-";
 pub const LIFETIME_MS: i64 = 30 * 60 * 1000;
 
 pub(crate) fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    // HMAC's key block: the key, or its digest when longer than the block, zero-padded.
     let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
+    let digest;
+    let key = if key.len() > k.len() {
+        digest = Sha256::digest(key);
+        digest.as_slice()
     } else {
-        k[..key.len()].copy_from_slice(key);
+        key
+    };
+    for (slot, &b) in k.iter_mut().zip(key) {
+        *slot = b;
     }
     let mut inner = Sha256::new();
     inner.update(k.map(|b| b ^ 0x36));

@@ -42,11 +42,11 @@ const LATENCY_ROWS: i64 = 50_000;
 
 /// Nearest-rank percentile of sorted values.
 fn rank(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
     let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[i.clamp(1, sorted.len()) - 1]
+    sorted
+        .get(i.clamp(1, sorted.len().max(1)) - 1)
+        .copied()
+        .unwrap_or(0)
 }
 
 fn percentiles(mut v: Vec<i64>) -> Percentiles {

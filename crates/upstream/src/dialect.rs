@@ -61,9 +61,12 @@ pub(crate) fn call_arguments(
 /// GigaChat): looked up by call id among the earlier assistant calls, else the message's
 /// own `name`.
 pub(crate) fn answered_function(req: &ChatRequest, msg: usize) -> Result<String, Error> {
-    let m = &req.messages[msg];
+    let (earlier, rest) = req.messages.split_at(msg.min(req.messages.len()));
+    let Some(m) = rest.first() else {
+        return Err(Error::internal(format!("no message {msg} to answer")));
+    };
     let id = m.tool_call_id.as_deref().unwrap_or_default();
-    req.messages[..msg]
+    earlier
         .iter()
         .rev()
         .flat_map(|earlier| &earlier.tool_calls)
@@ -84,7 +87,7 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     what: &str,
 ) -> Result<T, Error> {
     serde_json::from_slice(bytes).map_err(|e| {
-        let head = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+        let head = String::from_utf8_lossy(bytes.get(..200).unwrap_or(bytes)).into_owned();
         Error::new(
             parlance_core::ErrorKind::Upstream,
             format!("malformed {what}: {e} (starts with {head:?})"),

@@ -101,14 +101,17 @@ pub(crate) async fn embed(
             EmbedInput::Tokens(t) => json!(t),
         });
     }
-    let mut body = json!({"model": model, "input": input});
+    let mut body = serde_json::Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("input".into(), json!(input));
     if !gigachat {
         // Floats: not every server speaks base64.
-        body["encoding_format"] = json!("float");
+        body.insert("encoding_format".into(), json!("float"));
         if let Some(t) = req.truncate {
-            body["truncate_prompt_tokens"] = json!(t);
+            body.insert("truncate_prompt_tokens".into(), json!(t));
         }
     }
+    let body = Value::Object(body);
     let url = format!("{}/embeddings", p.cfg.base_url);
     let answer: Answer = exchange(p, url, body, AuthStyle::Bearer, "embeddings answer").await?;
     if answer.data.len() != n {

@@ -117,7 +117,7 @@ impl TokenSource {
             let e = fail(format!(
                 "HTTP {}: {}",
                 status.as_u16(),
-                String::from_utf8_lossy(&body[..body.len().min(300)])
+                String::from_utf8_lossy(body.get(..300).unwrap_or(&body))
             ));
             return Err(if status.is_server_error() {
                 e.retryable()

@@ -79,8 +79,8 @@ async fn upload(p: &Provider, bytes: Vec<u8>, media_type: &str) -> Result<String
     };
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| bad(format!("its file upload answer is not JSON: {e}")))?;
-    v["id"]
-        .as_str()
+    v.get("id")
+        .and_then(Value::as_str)
         .map(str::to_string)
         .ok_or_else(|| bad("its file upload answer has no `id`".to_string()))
 }

@@ -254,7 +254,7 @@ impl ImageFetcher {
                 )
                 .with_code("invalid_image_url")
             })?;
-            if let Some(part) = req.messages[i].content.get_mut(j) {
+            if let Some(part) = req.messages.get_mut(i).and_then(|m| m.content.get_mut(j)) {
                 *part = ContentPart::Image(ImageSource::Base64 { media_type, data });
             }
         }
@@ -277,7 +277,7 @@ fn sniff(bytes: &[u8]) -> Option<&'static str> {
         Some("image/jpeg")
     } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
         Some("image/gif")
-    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+    } else if bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WEBP".as_slice()) {
         Some("image/webp")
     } else {
         None

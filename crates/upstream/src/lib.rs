@@ -2,6 +2,9 @@
 //! format, sent with reqwest, and its answer (whole or streamed) mapped back to IR events.
 //! Routing (retries, fallbacks, balancing) lives in `parlance_core::pool`, not here.
 
+// An index out of range is a panic in a request; outside tests, use `get` or a pattern.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 mod anthropic;
 mod dialect;
 mod embed;

@@ -69,7 +69,9 @@ fn content(m: &Message) -> Value {
 
 impl OpenAiDialect {
     fn message(&self, req: &ChatRequest, i: usize) -> Result<Value, Error> {
-        let m = &req.messages[i];
+        let Some(m) = req.messages.get(i) else {
+            return Err(Error::internal(format!("no message {i} to send")));
+        };
         let mut o = Map::new();
         if self.gigachat && m.role == Role::Tool {
             o.insert("role".into(), json!("function"));
@@ -87,7 +89,9 @@ impl OpenAiDialect {
                         "this model's provider (GigaChat) takes one function call per assistant message",
                     ));
                 }
-                let call = &m.tool_calls[0];
+                let Some(call) = m.tool_calls.first() else {
+                    return Err(Error::internal("a tool call vanished"));
+                };
                 let args = call_arguments(i, 0, &call.arguments)?;
                 o.insert("content".into(), json!(text));
                 o.insert(

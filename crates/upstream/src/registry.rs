@@ -217,7 +217,7 @@ async fn download(
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
+            hasher.update(buf.get(..n).unwrap_or(&buf));
         }
     }
     let mut req = client.get(model.url(&format!("blobs/{}", layer.digest)));

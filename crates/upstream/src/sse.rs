@@ -26,20 +26,22 @@ impl SseDecoder {
     /// Feeds bytes; returns the events they completed.
     pub fn push(&mut self, mut bytes: &[u8]) -> Vec<SseEvent> {
         let mut out = Vec::new();
-        while !bytes.is_empty() {
-            if std::mem::take(&mut self.after_cr) && bytes[0] == b'\n' {
-                bytes = &bytes[1..];
+        while let Some((&first, after_first)) = bytes.split_first() {
+            if std::mem::take(&mut self.after_cr) && first == b'\n' {
+                bytes = after_first;
                 continue;
             }
             let Some(i) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') else {
                 self.line.extend_from_slice(bytes);
                 break;
             };
-            self.after_cr = bytes[i] == b'\r';
+            let (text, end) = bytes.split_at(i);
+            // `end` starts with the line break found at `i`.
+            self.after_cr = end.first() == Some(&b'\r');
             let ev = if self.line.is_empty() {
-                self.end_line(&bytes[..i])
+                self.end_line(text)
             } else {
-                self.line.extend_from_slice(&bytes[..i]);
+                self.line.extend_from_slice(text);
                 let line = std::mem::take(&mut self.line);
                 let ev = self.end_line(&line);
                 self.line = line;
@@ -47,7 +49,7 @@ impl SseDecoder {
                 ev
             };
             out.extend(ev);
-            bytes = &bytes[i + 1..];
+            bytes = end.get(1..).unwrap_or_default();
         }
         out
     }
@@ -67,7 +69,7 @@ impl SseDecoder {
         if line.is_empty() {
             return self.dispatch();
         }
-        if line[0] == b':' {
+        if line.first() == Some(&b':') {
             return None; // comment / keep-alive
         }
         let text = String::from_utf8_lossy(line);
