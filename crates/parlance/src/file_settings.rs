@@ -32,7 +32,9 @@ pub(crate) fn apply(args: ServeArgs, argv: &[String]) -> anyhow::Result<ServeArg
         return Ok(args);
     };
     let tail = serve_tail(argv);
-    let matches = OnlyServe::command()
+    let cmd = OnlyServe::command();
+    let matches = cmd
+        .clone()
         .try_get_matches_from(std::iter::once("serve".to_string()).chain(tail.iter().cloned()))?;
     let base = file.parent().unwrap_or(Path::new("."));
     let mut front: Vec<String> = Vec::new();
@@ -56,23 +58,18 @@ pub(crate) fn apply(args: ServeArgs, argv: &[String]) -> anyhow::Result<ServeArg
                     LOCAL.join(", ")
                 );
             }
-            // A flag or an environment variable wins (`as_flags` refuses an unknown id,
-            // which clap's matches would not even look up).
-            let known = OnlyServe::command()
-                .get_arguments()
-                .any(|a| a.get_id() == id.as_str());
-            if known
-                && matches!(
-                    matches.value_source(&id),
-                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-                )
-            {
+            let place = || format!("{}: [{section}] {key}", file.display());
+            // First: an unknown id is an error (clap's matches would not look it up).
+            let flags = as_flags(&cmd, &id, value, base).with_context(place)?;
+            // A flag or an environment variable wins.
+            if matches!(
+                matches.value_source(&id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) {
                 continue;
             }
-            let place = || format!("{}: [{section}] {key}", file.display());
-            let flags = as_flags(&id, value, base).with_context(place)?;
             // Each setting through its flag's parser alone, so an error names it.
-            OnlyServe::command()
+            cmd.clone()
                 .try_get_matches_from(
                     std::iter::once("serve").chain(flags.iter().map(String::as_str)),
                 )
@@ -86,7 +83,7 @@ pub(crate) fn apply(args: ServeArgs, argv: &[String]) -> anyhow::Result<ServeArg
     let argv = std::iter::once("serve".to_string())
         .chain(front)
         .chain(tail.iter().cloned());
-    let matches = OnlyServe::command()
+    let matches = cmd
         .try_get_matches_from(argv)
         .with_context(|| format!("{}: a setting is not valid", file.display()))?;
     Ok(OnlyServe::from_arg_matches(&matches)?.args)
@@ -101,8 +98,12 @@ fn serve_tail(argv: &[String]) -> &[String] {
 }
 
 /// The flags that set `id` to `value`, as a person would type them.
-fn as_flags(id: &str, value: &toml::Value, base: &Path) -> anyhow::Result<Vec<String>> {
-    let cmd = OnlyServe::command();
+fn as_flags(
+    cmd: &clap::Command,
+    id: &str,
+    value: &toml::Value,
+    base: &Path,
+) -> anyhow::Result<Vec<String>> {
     let Some(arg) = cmd
         .get_arguments()
         .find(|a| a.get_id() == id && id != "config")

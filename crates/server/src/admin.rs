@@ -152,9 +152,7 @@ async fn create_key(
     let obj: Map<String, Value> = parse_json(&bytes)?;
     let mut k = KeyRecord::default();
     apply_fields(&mut k, &obj)?;
-    if k.name.is_empty() {
-        return Err(Error::invalid_param("name", "A key needs a 'name'.").into());
-    }
+    // A missing name is `create_key`'s 400 (`key_error`).
     let spec = KeySpec {
         name: k.name,
         models: k.models,

@@ -236,23 +236,26 @@ impl Backend for UpstreamModel {
             .progress
             .set_deployment(format!("{}/{}", p.cfg.name, self.model));
         // A body holding large images is built and encoded off the worker thread.
-        let (mut call, request) = {
+        let images = request.image_bytes();
+        let (mut call, mut request) = if images < http::LARGE {
+            (
+                p.dialect.build(&p.cfg.base_url, &self.model, &request)?,
+                request,
+            )
+        } else {
             let (p, model) = (Arc::clone(&p), self.model.clone());
-            http::cpu(request.image_bytes(), move || {
+            http::cpu(images, move || {
                 p.dialect
                     .build(&p.cfg.base_url, &model, &request)
                     .map(|call| (call, request))
             })
             .await??
         };
-        let mut request = request;
         if p.cfg.kind == ProviderKind::GigaChat {
             gigachat_files::attach_images(&p, &mut request, &mut call.body).await?;
         }
-        let (call, body) = http::cpu(request.image_bytes(), move || {
-            http::encode(&call).map(|body| (call, body))
-        })
-        .await??;
+        let (call, body) =
+            http::cpu(images, move || http::encode(&call).map(|body| (call, body))).await??;
         let first = async {
             let resp = http::send_encoded(&p, &call, body).await?;
             // Some servers ignore `stream: true` (or report an error) with a plain JSON

@@ -45,20 +45,15 @@ impl ProviderOptions {
     /// them) also for that provider.
     pub fn from_unrecognised(fields: Map<String, Value>) -> ProviderOptions {
         let mut out = ProviderOptions::default();
-        out.add_defaults(&fields);
+        out.lift(&fields);
+        out.openai_compatible = fields;
         out
     }
 
     /// Fills what the caller left unset from a catalog entry's defaults (written as an
     /// OpenAI-shaped request's extra fields).
     pub fn add_defaults(&mut self, fields: &Map<String, Value>) {
-        let get = |k: &str| fields.get(k).cloned();
-        let a = &mut self.anthropic;
-        a.thinking = a.thinking.take().or_else(|| get("thinking"));
-        a.service_tier = a.service_tier.take().or_else(|| get("service_tier"));
-        let g = &mut self.gemini;
-        g.thinking_config = g.thinking_config.take().or_else(|| get("thinking_config"));
-        g.safety_settings = g.safety_settings.take().or_else(|| get("safety_settings"));
+        self.lift(fields);
         for (k, v) in fields {
             self.openai_compatible
                 .entry(k.clone())
@@ -66,8 +61,15 @@ impl ProviderOptions {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        *self == ProviderOptions::default()
+    /// Takes the fields that name another provider's own options, where unset.
+    fn lift(&mut self, fields: &Map<String, Value>) {
+        let get = |k: &str| fields.get(k).cloned();
+        let a = &mut self.anthropic;
+        a.thinking = a.thinking.take().or_else(|| get("thinking"));
+        a.service_tier = a.service_tier.take().or_else(|| get("service_tier"));
+        let g = &mut self.gemini;
+        g.thinking_config = g.thinking_config.take().or_else(|| get("thinking_config"));
+        g.safety_settings = g.safety_settings.take().or_else(|| get("safety_settings"));
     }
 }
 
