@@ -25,6 +25,10 @@ fn ok_body(text: &str) -> serde_json::Value {
            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 }
 
+/// A weight that makes the weighted pick choose its deployment first while healthy: the
+/// other's chance (1 in 10^9) is too small to flake a test; 1000:1 failed one CI run.
+const FIRST: u32 = 1_000_000_000;
+
 fn deployment(mock: &Mock, name: &str, weight: u32) -> Deployment {
     let p = provider(ProviderKind::OpenAi, &mock.url);
     Deployment {
@@ -53,7 +57,7 @@ async fn retryable_failures_move_to_the_next_deployment_and_bad_input_does_not()
     b.always(Reply::Json(200, ok_body("from b")));
     let pool: Arc<dyn Backend> = Arc::new(Pool::new(
         "m",
-        vec![deployment(&a, "a", 1000), deployment(&b, "b", 1)],
+        vec![deployment(&a, "a", FIRST), deployment(&b, "b", 1)],
         fast_policy(),
     ));
     for _ in 0..6 {
@@ -123,10 +127,10 @@ async fn cooled_down_deployment_recovers() {
         failure_threshold: 3,
         ..fast_policy()
     };
-    // `a` weighs 1000x more: it is always picked first while healthy.
+    // `a` weighs [`FIRST`]: it is picked first while healthy.
     let pool: Arc<dyn Backend> = Arc::new(Pool::new(
         "m",
-        vec![deployment(&a, "a", 1000), deployment(&b, "b", 1)],
+        vec![deployment(&a, "a", FIRST), deployment(&b, "b", 1)],
         policy,
     ));
     while a.count() < 3 {
@@ -212,7 +216,7 @@ async fn failure_after_the_first_event_is_not_retried() {
     b.always(Reply::Json(200, ok_body("b")));
     let pool: Arc<dyn Backend> = Arc::new(Pool::new(
         "m",
-        vec![deployment(&a, "a", 1000), deployment(&b, "b", 1)],
+        vec![deployment(&a, "a", FIRST), deployment(&b, "b", 1)],
         fast_policy(),
     ));
     let mut events = pool.chat(ask("x", true)).await.unwrap();
@@ -243,7 +247,7 @@ async fn streams_that_break_midway_bench_their_deployment() {
     b.always(Reply::Json(200, ok_body("b")));
     let pool: Arc<dyn Backend> = Arc::new(Pool::new(
         "m",
-        vec![deployment(&a, "a", 1000), deployment(&b, "b", 1)],
+        vec![deployment(&a, "a", FIRST), deployment(&b, "b", 1)],
         fast_policy(),
     ));
     for _ in 0..3 {
@@ -283,7 +287,7 @@ async fn a_bad_key_or_model_is_not_retried_on_the_same_deployment_and_benches_it
     good.always(Reply::Json(200, ok_body("good")));
     let pool: Arc<dyn Backend> = Arc::new(Pool::new(
         "m",
-        vec![deployment(&bad, "bad", 1000), deployment(&good, "good", 1)],
+        vec![deployment(&bad, "bad", FIRST), deployment(&good, "good", 1)],
         fast_policy(),
     ));
     for _ in 0..5 {
