@@ -1,12 +1,10 @@
 //! API-key check. Accepts the header each SDK family sends: OpenAI's
 //! `Authorization: Bearer`, Anthropic's `x-api-key`, Google's `x-goog-api-key`.
 
-use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use parlance_core::{Error, ErrorKind};
 use parlance_tenancy::keys::{same, KeyRecord};
 use parlance_tenancy::KeyRefused;
@@ -52,7 +50,8 @@ fn unauthorized(message: &str, code: &str) -> Error {
     Error::new(ErrorKind::Authentication, message).with_code(code)
 }
 
-async fn resolve(state: &AppState, presented: Option<&str>) -> Result<Principal, Error> {
+/// Who presents this key; the refusal when it is missing or wrong.
+pub(crate) async fn resolve(state: &AppState, presented: Option<&str>) -> Result<Principal, Error> {
     let Some(k) = presented else {
         return if state.is_open() {
             Ok(Principal::Open)
@@ -97,39 +96,30 @@ async fn resolve(state: &AppState, presented: Option<&str>) -> Result<Principal,
     ))
 }
 
-pub(crate) async fn require_key(
-    State(state): State<Arc<AppState>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// The key `req` presents, for [`resolve`]. Owned: the request (its body) is not
+/// `Sync`, so no borrow of it may cross the lookup's await.
+pub(crate) fn presented(req: &Request) -> Option<String> {
     // Google's SDKs may send the key as `?key=` instead of a header.
-    let presented = presented_key(req.headers())
-        .map(str::to_string)
+    presented_key(req.headers())
         .or_else(|| {
-            req.uri().query().and_then(|q| {
-                q.split('&')
-                    .find_map(|kv| kv.strip_prefix("key="))
-                    .map(str::to_string)
-            })
-        });
-    match resolve(&state, presented.as_deref()).await {
-        Ok(principal) => {
-            req.extensions_mut().insert(principal);
-            next.run(req).await
-        }
-        Err(e) => {
-            let mut resp = ApiError(e).into_response();
-            // The body is not read: say the connection ends, or a keep-alive client sends
-            // its next request on a connection the server is about to drop.
-            if has_body(req.headers()) {
-                resp.headers_mut().insert(
-                    axum::http::header::CONNECTION,
-                    axum::http::HeaderValue::from_static("close"),
-                );
-            }
-            resp
-        }
+            req.uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("key=")))
+        })
+        .map(str::to_string)
+}
+
+/// A refusal sent before the request's body was read: it says the connection ends, or
+/// a keep-alive client sends its next request on a connection the server is about to
+/// drop.
+pub(crate) fn unread_body(mut resp: Response, headers: &HeaderMap) -> Response {
+    if has_body(headers) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
     }
+    resp
 }
 
 fn has_body(headers: &HeaderMap) -> bool {

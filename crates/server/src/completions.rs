@@ -7,6 +7,7 @@ use crate::auth::Principal;
 use crate::body::read_json;
 use crate::door::{Door, Frames, Started};
 use crate::error::ApiError;
+use crate::gate::WireFormat;
 use crate::reqlog::RequestCtx;
 use crate::sse::SseEvent;
 use crate::AppState;
@@ -303,9 +304,7 @@ impl Door for Completions {
     const NAME: &'static str = "completions";
     type Whole = Value;
 
-    fn error_body(e: &Error) -> Value {
-        crate::error::openai_value(e)
-    }
+    const WIRE: WireFormat = WireFormat::OpenAi;
 
     fn output_cap_error(&self, asked: u32, limit: u32, _model: &str) -> Error {
         crate::error::output_cap("max_tokens", asked, limit)

@@ -4,6 +4,7 @@
 //! streamed with keep-alives. A door supplies only its wire format: the [`Door`] trait.
 
 use crate::auth::Principal;
+use crate::gate::WireFormat;
 use crate::metering::{admit, record_refusal, watch, with_rate_headers};
 use crate::reqlog::RequestCtx;
 use crate::sse::SseEvent;
@@ -44,8 +45,14 @@ pub(crate) trait Door: Send + Sized + 'static {
     /// The door's name in usage rows.
     const NAME: &'static str;
 
+    /// Its wire format: the shape of its error answers, here and on the routes that
+    /// lead to it (see `gate`).
+    const WIRE: WireFormat;
+
     /// This door's error body for `e` (the HTTP status is `e.status()`).
-    fn error_body(e: &Error) -> Value;
+    fn error_body(e: &Error) -> Value {
+        Self::WIRE.error_body(e)
+    }
 
     /// The refusal of an output cap above the model's limit, worded as this door's
     /// provider words it.
@@ -82,11 +89,6 @@ impl<D: Door> IntoResponse for Refusal<D> {
     }
 }
 
-/// Marks an error answer a door rendered itself, so the layer that re-shapes errors
-/// made outside any door (auth, routing, extractors) leaves it alone.
-#[derive(Clone, Copy)]
-pub(crate) struct Rendered;
-
 /// An error body as an HTTP answer: its status, `Retry-After` when it has one.
 pub(crate) fn error_response(e: &Error, body: Value) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -99,7 +101,6 @@ pub(crate) fn error_response(e: &Error, body: Value) -> Response {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
     }
-    resp.extensions_mut().insert(Rendered);
     resp
 }
 
@@ -162,6 +163,7 @@ pub(crate) async fn start<D: Door>(
     route: &Route,
     mut req: ChatRequest,
 ) -> Result<Started, Response> {
+    ctx.set_front_door(D::NAME);
     if let (Some(asked), Some(limit)) = (req.max_tokens, route.info.max_output_tokens) {
         if asked > limit {
             let e = door.output_cap_error(asked, limit, &req.model);

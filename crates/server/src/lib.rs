@@ -12,6 +12,7 @@ mod dashboard;
 mod door;
 mod embeddings;
 mod error;
+mod gate;
 mod gemini;
 pub mod listen;
 mod metering;
@@ -34,7 +35,7 @@ pub use shutdown::Shutdown;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router as HttpRouter};
 use parlance_core::{Error, ErrorKind, Router};
 use serde_json::json;
@@ -124,62 +125,76 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-fn api_routes() -> HttpRouter<Arc<AppState>> {
-    HttpRouter::new()
+/// The routes under `/v1` and `/api/v1`, each mounted as its door's.
+fn api_routes(state: &Arc<AppState>) -> HttpRouter<Arc<AppState>> {
+    use gate::WireFormat::{Anthropic, Gemini, OpenAi};
+    let openai = HttpRouter::new()
         .route("/chat/completions", post(openai::chat_completions))
         .route("/completions", post(completions::completions))
         .route("/embeddings", post(embeddings::create))
         .route("/rerank", post(rerank::create))
         .route("/models", get(openai::list_models))
-        // GET: OpenAI's model object; POST `MODEL:generateContent`: Gemini's door.
-        .route("/models/{*id}", get(openai::get_model).post(gemini::action))
         .route("/tokens/count", post(openai::count_tokens))
         .route("/key", get(admin::own_key))
         // GigaChat's balance (its SDK's `get_balance()`).
         .route("/balance", get(account::billing::gigachat_balance))
-        .route("/messages", post(anthropic::messages))
-        .route("/messages/count_tokens", post(anthropic::count_tokens))
         .route("/responses", post(responses::create))
         .route(
             "/responses/{id}",
             get(responses::get).delete(responses::delete),
         )
-        .route("/responses/{id}/input_items", get(responses::input_items))
+        .route("/responses/{id}/input_items", get(responses::input_items));
+    let anthropic = HttpRouter::new()
+        .route("/messages", post(anthropic::messages))
+        .route("/messages/count_tokens", post(anthropic::count_tokens));
+    // GET: OpenAI's model object; POST `MODEL:generateContent`: Gemini's door.
+    let gated = |wire: gate::WireFormat| {
+        axum::middleware::from_fn_with_state(wire.gate(state), gate::guard)
+    };
+    let model = get(openai::get_model)
+        .route_layer(gated(OpenAi))
+        .merge(post(gemini::action).route_layer(gated(Gemini)));
+    OpenAi
+        .mount(state, openai, true)
+        .merge(Anthropic.mount(state, anthropic, false))
+        .route("/models/{*id}", model)
+        // Anthropic's paths are Anthropic's, also the ones it does not have.
+        .route("/messages/{*rest}", any(|| async { Anthropic.not_found() }))
 }
 
 pub fn build_router(state: Arc<AppState>) -> HttpRouter {
-    let api = api_routes();
+    use gate::WireFormat::{Gemini, Ollama, OpenAi};
     let gemini = HttpRouter::new()
         .route("/models", get(gemini::list_models))
         .route(
             "/models/{*name}",
             get(gemini::get_model).post(gemini::action),
         );
-    // `/v1` for the OpenAI SDKs, `/api/v1` for NEXTgpt and GigaChat style base URLs,
-    // `/v1beta` for Gemini's.
-    let protected = HttpRouter::new()
+    let ollama = HttpRouter::new()
+        .route("/chat", post(ollama::chat))
+        .route("/generate", post(ollama::generate))
+        .route("/embed", post(ollama::embed))
+        .route("/embeddings", post(ollama::embed))
+        .route("/tags", get(ollama::tags))
+        .route("/show", post(ollama::show))
+        .route("/ps", get(ollama::ps))
+        .route("/version", get(ollama::version))
+        .route("/pull", post(ollama::pull::pull))
+        .route("/delete", axum::routing::delete(ollama::pull::delete));
+    let openai_root = HttpRouter::new()
         .route("/tokenize", post(openai::tokenize))
         .route("/detokenize", post(openai::detokenize))
-        .route("/api/chat", post(ollama::chat))
-        .route("/api/generate", post(ollama::generate))
-        .route("/api/embed", post(ollama::embed))
-        .route("/api/embeddings", post(ollama::embed))
-        .route("/api/tags", get(ollama::tags))
-        .route("/api/show", post(ollama::show))
-        .route("/api/ps", get(ollama::ps))
-        .route("/api/version", get(ollama::version))
-        .route("/api/pull", post(ollama::pull::pull))
-        .route("/api/delete", axum::routing::delete(ollama::pull::delete))
         // llama-server's and Cohere's paths.
         .route("/rerank", post(rerank::create))
-        .route("/v2/rerank", post(rerank::create))
-        .nest("/v1", api.clone())
-        .nest("/api/v1", api)
-        .nest("/v1beta", gemini)
-        .route_layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            auth::require_key,
-        ));
+        .route("/v2/rerank", post(rerank::create));
+    // `/v1` for the OpenAI SDKs, `/api/v1` for NEXTgpt and GigaChat style base URLs,
+    // `/v1beta` for Gemini's, `/api` for Ollama's.
+    let doors = OpenAi
+        .mount(&state, openai_root, false)
+        .nest("/v1", api_routes(&state))
+        .nest("/api/v1", api_routes(&state))
+        .nest("/v1beta", Gemini.mount(&state, gemini, true))
+        .nest("/api", Ollama.mount(&state, ollama, true));
     let cors = cors_layer(&state.cors_origins);
     let app = HttpRouter::new()
         .route("/", get(console::playground))
@@ -193,67 +208,31 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
         .nest("/account", account::routes())
         .route("/health", get(health))
         .route("/metrics", get(observe::metrics_page))
-        .route("/api/v2/oauth", post(admin::oauth))
-        .nest("/admin", admin::routes())
-        .merge(protected)
+        // GigaChat's token exchange; not under Ollama's `/api`.
+        .nest(
+            "/api/v2",
+            HttpRouter::new()
+                .route("/oauth", post(admin::oauth))
+                .fallback(openai::not_found),
+        )
+        .nest(
+            "/admin",
+            admin::routes().route_layer(axum::middleware::from_fn(gate::admin_label)),
+        )
+        .merge(doors)
         .fallback(openai::not_found)
-        .method_not_allowed_fallback(openai::method_not_allowed)
+        .method_not_allowed_fallback(gate::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
+            gate::panic_response,
         ))
-        .layer(axum::middleware::from_fn(error::json_errors))
-        // Outside auth and the handlers: every error of a door, whoever made it, in
-        // that door's own shape.
-        .layer(axum::middleware::from_fn(door_errors));
+        // Errors outside the doors (which answer their own) in OpenAI's shape.
+        .layer(axum::middleware::from_fn(gate::openai_errors));
     let app = match cors {
         Some(c) => app.layer(c),
         None => app,
     };
     app.layer(axum::middleware::from_fn(reqlog::access_log))
         .with_state(state)
-}
-
-/// Which front door a request is for, by its path and method.
-fn door_of(method: &axum::http::Method, path: &str) -> Door {
-    if path.starts_with("/api/") && !path.starts_with("/api/v1/") && !path.starts_with("/api/v2/") {
-        return Door::Ollama;
-    }
-    let path = path.strip_prefix("/api").unwrap_or(path);
-    if path.starts_with("/v1/messages") {
-        Door::Anthropic
-    } else if path.starts_with("/v1beta/")
-        || (method == axum::http::Method::POST
-            && path.starts_with("/v1/models/")
-            && path.contains(':'))
-    {
-        Door::Gemini
-    } else {
-        Door::OpenAi
-    }
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Door {
-    OpenAi,
-    Anthropic,
-    Gemini,
-    Ollama,
-}
-
-/// Errors made before a door's handler ran (auth, routing, extractors, a panic) in
-/// that door's shape; a door's own answers are already in it.
-async fn door_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let render: fn(u16, &str) -> serde_json::Value = match door_of(req.method(), req.uri().path()) {
-        Door::OpenAi => return next.run(req).await,
-        Door::Anthropic => anthropic::error_body,
-        Door::Gemini => gemini::error_body,
-        Door::Ollama => |_, message| serde_json::json!({"error": message}),
-    };
-    let resp = next.run(req).await;
-    if resp.extensions().get::<door::Rendered>().is_some() {
-        return resp;
-    }
-    error::rewrite_errors(resp, render).await
 }
 
 fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
@@ -278,11 +257,4 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             .expose_headers(Any)
             .max_age(std::time::Duration::from_secs(600)),
     )
-}
-
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
-    ApiError(parlance_core::Error::internal(
-        "internal error: the server hit a bug handling this request",
-    ))
-    .into_response()
 }

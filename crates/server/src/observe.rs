@@ -24,19 +24,6 @@ pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String
         .map_err(|e| format!("metrics: {e}"))
 }
 
-/// The front door a path belongs to, as a metrics label.
-pub fn front_door(path: &str) -> &'static str {
-    if path.ends_with("/chat/completions") {
-        "openai"
-    } else if path.starts_with("/admin") {
-        "admin"
-    } else if path.starts_with("/v1") || path.starts_with("/api/v1") {
-        "api"
-    } else {
-        "other"
-    }
-}
-
 /// Passes the events through, timing the first delta (from the request's start) and
 /// the gaps between deltas, and counting the tokens of the usage report; the request
 /// log learns the usage, and for a stream its first delta and how it ended when not

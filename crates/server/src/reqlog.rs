@@ -26,6 +26,8 @@ struct Fields {
     usage: Option<Usage>,
     ttft: Option<Duration>,
     outcome: Option<String>,
+    /// The door (or console area) whose route answered, as a metrics label.
+    front_door: Option<&'static str>,
 }
 
 /// Shared between the middleware and the handler (a request extension).
@@ -52,6 +54,11 @@ impl RequestCtx {
 
     pub fn set_model(&self, model: &str) {
         self.with(|f| f.model = Some(model.to_string()));
+    }
+
+    /// Set by the gate in front of a door's routes (see `gate`), then by the door.
+    pub fn set_front_door(&self, name: &'static str) {
+        self.with(|f| f.front_door = Some(name));
     }
 
     pub fn set_usage(&self, usage: Usage) {
@@ -137,7 +144,7 @@ impl LogLine {
             metrics::counter!(
                 "parlance_requests_total",
                 "model" => f.model.clone().unwrap_or_else(|| "-".into()),
-                "front_door" => crate::observe::front_door(&self.path),
+                "front_door" => f.front_door.unwrap_or("other"),
                 "status" => self.status.to_string(),
                 "outcome" => outcome.to_string()
             )

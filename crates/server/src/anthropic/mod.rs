@@ -6,7 +6,8 @@ mod response;
 
 use crate::auth::Principal;
 use crate::body::read_json;
-use crate::door::{message_naming_param, Door, Frames, Refusal};
+use crate::door::{Door, Frames, Refusal};
+use crate::gate::WireFormat;
 use crate::metering::counted;
 use crate::reqlog::RequestCtx;
 use crate::sse::SseEvent;
@@ -39,7 +40,7 @@ fn error_type(status: u16) -> &'static str {
     }
 }
 
-/// This door's error body for a status and message (see `error::door_errors`).
+/// This door's error body for a status and message (see `gate::WireFormat`).
 pub(crate) fn error_body(status: u16, message: &str) -> Value {
     json!({"type": "error", "error": {"type": error_type(status), "message": message}})
 }
@@ -72,9 +73,7 @@ impl Door for Messages {
     const NAME: &'static str = "anthropic";
     type Whole = Value;
 
-    fn error_body(e: &Error) -> Value {
-        error_body(e.status(), &message_naming_param(e))
-    }
+    const WIRE: WireFormat = WireFormat::Anthropic;
 
     fn output_cap_error(&self, asked: u32, limit: u32, model: &str) -> Error {
         Error::invalid_param(

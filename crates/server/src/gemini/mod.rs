@@ -8,7 +8,8 @@ mod request;
 
 use crate::auth::Principal;
 use crate::body::read_json;
-use crate::door::{message_naming_param, Door, Frames, Refusal};
+use crate::door::{Door, Frames, Refusal};
+use crate::gate::WireFormat;
 use crate::metering::counted;
 use crate::reqlog::RequestCtx;
 use crate::AppState;
@@ -38,7 +39,7 @@ fn status_name(status: u16) -> &'static str {
     }
 }
 
-/// This door's error body for a status and message (see `error::door_errors`).
+/// This door's error body for a status and message (see `gate::WireFormat`).
 pub(crate) fn error_body(status: u16, message: &str) -> Value {
     json!({"error": {"code": status, "message": message, "status": status_name(status)}})
 }
@@ -138,9 +139,7 @@ impl Door for Generate {
     const NAME: &'static str = "gemini";
     type Whole = Value;
 
-    fn error_body(e: &Error) -> Value {
-        error_body(e.status(), &message_naming_param(e))
-    }
+    const WIRE: WireFormat = WireFormat::Gemini;
 
     fn output_cap_error(&self, asked: u32, limit: u32, _model: &str) -> Error {
         Error::invalid_param(

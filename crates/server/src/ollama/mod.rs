@@ -9,7 +9,8 @@ mod request;
 
 use crate::auth::Principal;
 use crate::body::read_json;
-use crate::door::{message_naming_param, Door, Frames, Refusal};
+use crate::door::{Door, Frames, Refusal};
+use crate::gate::WireFormat;
 use crate::metering::{embedded, with_rate_headers};
 use crate::reqlog::RequestCtx;
 use crate::AppState;
@@ -219,9 +220,7 @@ impl Door for Ollama {
     const NAME: &'static str = "ollama";
     type Whole = Value;
 
-    fn error_body(e: &Error) -> Value {
-        json!({"error": message_naming_param(e)})
-    }
+    const WIRE: WireFormat = WireFormat::Ollama;
 
     fn output_cap_error(&self, asked: u32, limit: u32, _model: &str) -> Error {
         crate::error::output_cap("options.num_predict", asked, limit)

@@ -10,6 +10,7 @@ use crate::auth::Principal;
 use crate::body::read_json;
 use crate::door::{Door, Frames};
 use crate::error::ApiError;
+use crate::gate::WireFormat;
 use crate::metering::counted;
 use crate::reqlog::RequestCtx;
 use crate::sse::SseEvent;
@@ -123,9 +124,7 @@ impl Door for ChatDoor {
     const NAME: &'static str = "openai";
     type Whole = wire::ChatCompletion;
 
-    fn error_body(e: &Error) -> Value {
-        crate::error::openai_value(e)
-    }
+    const WIRE: WireFormat = WireFormat::OpenAi;
 
     fn output_cap_error(&self, asked: u32, limit: u32, _model: &str) -> Error {
         let p = self.max_param;
@@ -260,21 +259,9 @@ pub async fn count_tokens(
     ))
 }
 
+/// An unknown path (also for the console's and accounts' own lookups).
 pub async fn not_found() -> ApiError {
-    ApiError(
-        Error::new(
-            parlance_core::ErrorKind::NotFound,
-            "Unknown endpoint. See the README for the routes this server serves.",
-        )
-        .with_code("unknown_url"),
-    )
-}
-
-pub async fn method_not_allowed() -> ApiError {
-    ApiError(Error::new(
-        parlance_core::ErrorKind::MethodNotAllowed,
-        "This endpoint does not accept that HTTP method.",
-    ))
+    ApiError(crate::gate::unknown_url())
 }
 
 #[derive(serde::Deserialize)]

@@ -12,6 +12,7 @@ use crate::auth::Principal;
 use crate::body::read_json;
 use crate::door::{Door, Frames};
 use crate::error::ApiError;
+use crate::gate::WireFormat;
 use crate::reqlog::RequestCtx;
 use crate::sse::SseEvent;
 use crate::AppState;
@@ -213,9 +214,7 @@ impl Door for Responses {
     const NAME: &'static str = "responses";
     type Whole = Value;
 
-    fn error_body(e: &Error) -> Value {
-        crate::error::openai_value(e)
-    }
+    const WIRE: WireFormat = WireFormat::OpenAi;
 
     fn output_cap_error(&self, asked: u32, limit: u32, _model: &str) -> Error {
         crate::error::output_cap("max_output_tokens", asked, limit)

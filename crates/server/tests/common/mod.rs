@@ -35,6 +35,9 @@ impl Backend for Scripted {
             return Err(Error::invalid_param("messages", "too long upstream")
                 .with_code("context_length_exceeded"));
         }
+        if self.mode == "panic" {
+            panic!("a scripted bug in the backend");
+        }
         if self.mode == "busy" {
             return Err(Error::new(ErrorKind::RateLimited, "queue full")
                 .with_code("queue_full")
