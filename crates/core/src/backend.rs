@@ -2,6 +2,7 @@
 //! engine, or an upstream provider. A backend never sees a wire format.
 
 use crate::embed::{EmbedRequest, Embeddings, RerankRequest, Scores};
+use crate::error::Code;
 use crate::error::Error;
 use crate::ir::{ChatRequest, StreamEvent};
 use async_trait::async_trait;
@@ -152,7 +153,7 @@ pub trait Backend: Send + Sync {
         let _ = (text, special);
         Err(
             Error::invalid("this model cannot tokenize (only local models can)")
-                .with_code("unsupported"),
+                .with_code(Code::Unsupported),
         )
     }
 
@@ -161,7 +162,7 @@ pub trait Backend: Send + Sync {
         let _ = tokens;
         Err(
             Error::invalid("this model cannot detokenize (only local models can)")
-                .with_code("unsupported"),
+                .with_code(Code::Unsupported),
         )
     }
 
@@ -176,7 +177,7 @@ pub trait Backend: Send + Sync {
     /// Tokens in each text, as this model counts them (GigaChat's `POST /tokens/count`).
     async fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, Error> {
         let _ = texts;
-        Err(Error::invalid("this model cannot count tokens").with_code("unsupported"))
+        Err(Error::invalid("this model cannot count tokens").with_code(Code::Unsupported))
     }
 
     /// One vector per input. A backend that makes none answers a 400 naming `model`.
@@ -188,7 +189,7 @@ pub trait Backend: Send + Sync {
                 request.model
             ),
         )
-        .with_code("unsupported"))
+        .with_code(Code::Unsupported))
     }
 
     /// One relevance score per document. A backend that is no reranker answers a 400
@@ -201,6 +202,6 @@ pub trait Backend: Send + Sync {
                 request.model
             ),
         )
-        .with_code("unsupported"))
+        .with_code(Code::Unsupported))
     }
 }

@@ -1,6 +1,7 @@
 //! Embeddings in the IR: what a door asks a backend to embed, and what comes back.
 
 use crate::backend::ModelInfo;
+use crate::error::Code;
 use crate::error::Error;
 
 /// One input: text, or token ids of the model's own vocabulary (used as given).
@@ -76,14 +77,14 @@ pub fn shortening(info: &ModelInfo, asked: u32, param: &str) -> Result<Option<us
             param,
             format!("This model makes {n}-dimensional vectors and cannot shorten them; leave '{param}' out or send {n}."),
         )
-        .with_code("unsupported")),
+        .with_code(Code::Unsupported)),
         // Not an embedding model: the backend says so.
         None if !info.capabilities.embeddings => Ok(None),
         None => Err(Error::invalid_param(
             param,
             format!("This model cannot shorten its vectors; leave '{param}' out."),
         )
-        .with_code("unsupported")),
+        .with_code(Code::Unsupported)),
     }
 }
 
@@ -135,14 +136,14 @@ mod tests {
         assert_eq!(shortening(&model(Some(8), true), 3, p).unwrap(), Some(3));
         assert_eq!(shortening(&model(None, true), 3, p).unwrap(), Some(3));
         for (info, asked, code) in [
-            (model(Some(8), false), 3, Some("unsupported")),
+            (model(Some(8), false), 3, Some(Code::Unsupported)),
             (model(Some(8), true), 9, None),
             (model(Some(8), true), 0, None),
-            (model(None, false), 3, Some("unsupported")),
+            (model(None, false), 3, Some(Code::Unsupported)),
         ] {
             let e = shortening(&info, asked, p).unwrap_err();
             assert_eq!((e.status(), e.param.as_deref()), (400, Some(p)));
-            assert_eq!(e.code.as_deref(), code, "{e}");
+            assert_eq!(e.code, code, "{e}");
         }
         // Chat models: the backend refuses the whole request in its own words.
         assert_eq!(shortening(&ModelInfo::default(), 3, p).unwrap(), None);

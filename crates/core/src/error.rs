@@ -2,6 +2,7 @@
 //! kind; the kind decides the HTTP status. Each front door renders it in its own wire
 //! format (the server crate), naming parameters in its own terms.
 
+pub use crate::error_code::Code;
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +59,7 @@ pub struct Error {
     /// The request parameter at fault, e.g. `temperature` or `messages[1].content`.
     pub param: Option<String>,
     /// A machine-readable code, e.g. `model_not_found`, `context_length_exceeded`.
-    pub code: Option<String>,
+    pub code: Option<Code>,
     /// Seconds a client should wait before retrying (sent as `Retry-After`).
     pub retry_after: Option<u64>,
     /// Worth trying again, here or on another deployment (connect errors, timeouts,
@@ -101,7 +102,7 @@ impl Error {
             format!("The model `{model}` does not exist. GET /v1/models lists the models this server serves."),
         )
         .with_param("model")
-        .with_code("model_not_found")
+        .with_code(Code::ModelNotFound)
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -109,8 +110,8 @@ impl Error {
         self
     }
 
-    pub fn with_code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
+    pub fn with_code(mut self, code: Code) -> Self {
+        self.code = Some(code);
         self
     }
 
@@ -152,7 +153,7 @@ mod tests {
     fn not_found_model_is_404_with_code() {
         let e = Error::model_not_found("nope");
         assert_eq!(e.status(), 404);
-        assert_eq!(e.code.as_deref(), Some("model_not_found"));
+        assert_eq!(e.code, Some(Code::ModelNotFound));
         assert_eq!(e.param.as_deref(), Some("model"));
     }
 }

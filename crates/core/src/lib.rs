@@ -6,6 +6,7 @@ pub mod blocking;
 pub mod collect;
 pub mod embed;
 pub mod error;
+pub mod error_code;
 pub mod ir;
 pub mod lazy;
 pub mod pool;
@@ -20,4 +21,5 @@ pub use backend::{
     ModelInfo, Price,
 };
 pub use error::{Error, ErrorKind};
+pub use error_code::Code;
 pub use router::Router;

@@ -11,6 +11,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings, RerankRequest, Scores};
+use parlance_core::Code;
 use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo};
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -329,7 +330,7 @@ impl Backend for EmbeddingModel {
             "model",
             format!("`{}` is {what}, not chat answers.", request.model),
         )
-        .with_code("unsupported"))
+        .with_code(Code::Unsupported))
     }
 
     fn health(&self) -> Result<(), String> {
@@ -366,7 +367,7 @@ impl Backend for EmbeddingModel {
                 "model",
                 format!("`{}` is a reranker: it scores documents (POST /v1/rerank), not texts on their own.", self.info.id),
             )
-            .with_code("unsupported"));
+            .with_code(Code::Unsupported));
         }
         if request.inputs.is_empty() {
             return Err(Error::invalid_param(
@@ -399,7 +400,7 @@ impl Backend for EmbeddingModel {
                     self.info.id
                 ),
             )
-            .with_code("unsupported"));
+            .with_code(Code::Unsupported));
         }
         let bytes = request.query.len() * request.documents.len()
             + request.documents.iter().map(String::len).sum::<usize>();
@@ -428,14 +429,14 @@ impl EmbeddingModel {
                 ErrorKind::Unavailable,
                 format!("model `{}` is unavailable: {why}", self.info.id),
             )
-            .with_code("model_unavailable")
+            .with_code(Code::ModelUnavailable)
         })?;
         if self.queued.load(Ordering::SeqCst) >= self.max_queue {
             return Err(Error::new(
                 ErrorKind::RateLimited,
                 "too many embedding requests are waiting; retry shortly",
             )
-            .with_code("queue_full")
+            .with_code(Code::QueueFull)
             .with_retry_after(1));
         }
         let (tx, rx) = oneshot::channel();
@@ -443,14 +444,14 @@ impl EmbeddingModel {
         if self.jobs.send(Job { inputs, tx }).is_err() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::new(ErrorKind::Unavailable, "the engine stopped")
-                .with_code("model_unavailable"));
+                .with_code(Code::ModelUnavailable));
         }
         rx.await.map_err(|_| {
             Error::new(
                 ErrorKind::Unavailable,
                 "the engine stopped before finishing this request",
             )
-            .with_code("model_unavailable")
+            .with_code(Code::ModelUnavailable)
         })?
     }
 }
@@ -494,7 +495,7 @@ fn tokenize_inputs(
                         toks.len()
                     ),
                 )
-                .with_code("context_length_exceeded"));
+                .with_code(Code::ContextLengthExceeded));
             }
             toks.truncate(keep);
         }

@@ -38,6 +38,7 @@ use llama_cpp_2::token::LlamaToken;
 use parlance_core::ir::{ChatRequest, Message, StreamEvent, ToolChoice, Usage};
 use parlance_core::template::ChatTemplate;
 use parlance_core::tools::{self, ToolSyntax};
+use parlance_core::Code;
 use parlance_core::{Backend, Error, ErrorKind, EventStream, InlineImages, ModelInfo};
 use prep::{text_bytes, Prep, Prepared};
 use setup::{context_params, preserved_tokens, spawn_engine, template_source};
@@ -218,7 +219,7 @@ impl LocalModel {
                 self.info.id
             ),
         )
-        .with_code("model_unavailable")
+        .with_code(Code::ModelUnavailable)
         // Another deployment of the same catalog model may still serve it.
         .retryable()
     }
@@ -237,7 +238,7 @@ impl LocalModel {
                     self.info.id
                 ),
             )
-            .with_code("queue_full")
+            .with_code(Code::QueueFull)
             .with_retry_after(1)
             .retryable());
         }
@@ -453,7 +454,7 @@ impl LocalModel {
                     self.max_output
                 ),
             )
-            .with_code("max_tokens_too_large")),
+            .with_code(Code::MaxTokensTooLarge)),
             None => Ok(()),
         }
     }
@@ -533,7 +534,7 @@ fn job_events(
             // `alive`: clear it here too, so /health already says so when this
             // caller sees its 503.
             alive.store(false, Ordering::SeqCst);
-            yield Err(Error::new(ErrorKind::Unavailable, "the engine stopped before finishing this request").with_code("model_unavailable"));
+            yield Err(Error::new(ErrorKind::Unavailable, "the engine stopped before finishing this request").with_code(Code::ModelUnavailable));
             return;
         }
         let usage = Usage {

@@ -13,6 +13,7 @@ use llguidance::Matcher;
 use parlance_core::ir::{ChatRequest, ContentPart, Message, Role, ToolDef};
 use parlance_core::template::ChatTemplate;
 use parlance_core::tools::{self, ToolSyntax};
+use parlance_core::Code;
 use parlance_core::Error;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -212,7 +213,7 @@ pub(crate) fn context_exceeded(ctx: usize, prompt: usize, wanted: usize, qualifi
             prompt + wanted,
         ),
     )
-    .with_code("context_length_exceeded")
+    .with_code(Code::ContextLengthExceeded)
 }
 impl Prep {
     /// Renders `messages` (the request's, or those with images as markers).
@@ -273,7 +274,7 @@ impl Prep {
                         job::UBATCH
                     ),
                 )
-                .with_code("invalid_image"));
+                .with_code(Code::InvalidImage));
             }
             media.push(Media {
                 start: tokens.len(),

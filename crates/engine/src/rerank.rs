@@ -3,6 +3,7 @@
 
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+use parlance_core::Code;
 use parlance_core::Error;
 
 /// `[BOS] query [EOS] [SEP] document [EOS]`, each marker where the vocabulary adds it
@@ -45,7 +46,7 @@ pub(crate) fn pairs(
                     toks.len()
                 ),
             )
-            .with_code("context_length_exceeded"));
+            .with_code(Code::ContextLengthExceeded));
         }
         out.push(toks);
     }

@@ -14,6 +14,7 @@ use llama_cpp_2::mtmd::{
 };
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::ir::{ContentPart, ImageSource, Message};
+use parlance_core::Code;
 use parlance_core::Error;
 use sha2::{Digest, Sha256};
 use std::ffi::CString;
@@ -138,7 +139,7 @@ impl Vision {
     pub(crate) fn image_at(&self, bytes: &[u8], at: &str) -> Result<MtmdInputChunks, Error> {
         self.image(bytes).map_err(|why| {
             Error::invalid_param(at, format!("The image cannot be used: {why}."))
-                .with_code("invalid_image")
+                .with_code(Code::InvalidImage)
         })
     }
 
@@ -236,7 +237,7 @@ pub(crate) fn take_images(messages: &[Message]) -> Result<(Vec<Message>, Vec<Ima
                         &at,
                         format!("The image at {url} was not fetched: this server fetches no image URLs for local models; send it as a data URL."),
                     )
-                    .with_code("invalid_image_url"))
+                    .with_code(Code::InvalidImageUrl))
                 }
             };
             images.push(ImageInput { at, bytes });
@@ -274,7 +275,7 @@ fn inline_bytes(data: &str, at: &str) -> Result<Vec<u8>, Error> {
         .decode(data.trim())
         .map_err(|e| {
             Error::invalid_param(at, format!("The image's base64 data is invalid: {e}."))
-                .with_code("invalid_image")
+                .with_code(Code::InvalidImage)
         })
 }
 

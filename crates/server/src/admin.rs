@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 pub(crate) use fields::apply_fields;
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 use parlance_tenancy::keys::{self, KeyRecord};
 use parlance_tenancy::usage::{UsageFilter, UsageGroup, UsageTotals};
@@ -59,7 +60,7 @@ fn admin_api_off() -> Error {
         ErrorKind::NotFound,
         "Unknown endpoint: the admin API is off (start the server with --admin-key, or sign in as an admin).",
     )
-    .with_code("unknown_url")
+    .with_code(Code::UnknownUrl)
 }
 
 /// The tenancy, when the caller holds the admin key or an admin's session (with its
@@ -84,7 +85,7 @@ pub(crate) async fn admin(
             ErrorKind::PermissionDenied,
             "Only administrators may do this.",
         )
-        .with_code("not_admin"));
+        .with_code(Code::NotAdmin));
     }
     if t.admin_key.is_none() && !t.store.has_admin_user().await.map_err(store_error)? {
         return Err(admin_api_off());
@@ -93,7 +94,7 @@ pub(crate) async fn admin(
         ErrorKind::Authentication,
         "The admin API needs the admin key as 'Authorization: Bearer KEY', or an admin's session.",
     )
-    .with_code("invalid_admin_key"))
+    .with_code(Code::InvalidAdminKey))
 }
 
 fn secs(ms: Option<i64>) -> Value {
@@ -195,7 +196,7 @@ async fn find(t: &Tenancy, id: &str) -> Result<KeyRecord, Error> {
         .map_err(store_error)?
         .ok_or_else(|| {
             Error::new(ErrorKind::NotFound, format!("No key with id `{id}`."))
-                .with_code("key_not_found")
+                .with_code(Code::KeyNotFound)
         })
 }
 
@@ -404,7 +405,7 @@ pub(crate) async fn oauth(
             ErrorKind::NotFound,
             "Access tokens need the key store (--db).",
         )
-        .with_code("unknown_url")
+        .with_code(Code::UnknownUrl)
         .into());
     };
     let presented = headers
@@ -434,7 +435,7 @@ pub(crate) async fn oauth(
                 }
             ),
         )
-        .with_code("invalid_credentials")
+        .with_code(Code::InvalidCredentials)
         .into()),
     }
 }

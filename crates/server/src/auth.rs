@@ -5,7 +5,7 @@ use crate::AppState;
 use axum::extract::Request;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use parlance_core::{Error, ErrorKind};
+use parlance_core::{Code, Error, ErrorKind};
 use parlance_tenancy::keys::{same, KeyRecord};
 use parlance_tenancy::KeyRefused;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ impl Principal {
     }
 }
 
-fn unauthorized(message: &str, code: &str) -> Error {
+fn unauthorized(message: &str, code: Code) -> Error {
     Error::new(ErrorKind::Authentication, message).with_code(code)
 }
 
@@ -58,7 +58,7 @@ pub(crate) async fn resolve(state: &AppState, presented: Option<&str>) -> Result
         } else {
             Err(unauthorized(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (or x-api-key / x-goog-api-key).",
-                "missing_api_key",
+                Code::MissingApiKey,
             ))
         };
     };
@@ -72,16 +72,16 @@ pub(crate) async fn resolve(state: &AppState, presented: Option<&str>) -> Result
             Err(KeyRefused::Revoked) => {
                 return Err(unauthorized(
                     "This API key has been revoked.",
-                    "key_revoked",
+                    Code::KeyRevoked,
                 ))
             }
             Err(KeyRefused::Expired) => {
-                return Err(unauthorized("This API key has expired.", "key_expired"))
+                return Err(unauthorized("This API key has expired.", Code::KeyExpired))
             }
             Err(KeyRefused::Unknown) => {
                 return Err(unauthorized(
                     "Incorrect API key provided.",
-                    "invalid_api_key",
+                    Code::InvalidApiKey,
                 ))
             }
         }
@@ -92,7 +92,7 @@ pub(crate) async fn resolve(state: &AppState, presented: Option<&str>) -> Result
     }
     Err(unauthorized(
         "Incorrect API key provided.",
-        "invalid_api_key",
+        Code::InvalidApiKey,
     ))
 }
 

@@ -2,6 +2,7 @@
 //! failure into a 4xx that names the offending parameter.
 
 use axum::body::Body;
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 use serde::de::DeserializeOwned;
 
@@ -16,7 +17,7 @@ pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<axum::body:
                 ErrorKind::PayloadTooLarge,
                 format!("The request body is larger than this server's limit of {limit} bytes."),
             )
-            .with_code("request_too_large")
+            .with_code(Code::RequestTooLarge)
         } else {
             Error::invalid(format!("could not read the request body: {e}"))
         }
@@ -46,7 +47,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(
             Error::invalid("The request body is empty; expected a JSON object.")
-                .with_code("invalid_json"),
+                .with_code(Code::InvalidJson),
         );
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -57,7 +58,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
             return Error::invalid(format!(
                 "We could not parse the JSON body of your request: {inner}"
             ))
-            .with_code("invalid_json");
+            .with_code(Code::InvalidJson);
         }
         let detail = friendly(&inner.to_string());
         if let Some(field) = missing_field(&detail) {
@@ -85,7 +86,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
         Error::invalid(format!(
             "We could not parse the JSON body of your request: {e} (unexpected data after the JSON object)"
         ))
-        .with_code("invalid_json")
+        .with_code(Code::InvalidJson)
     })?;
     Ok(value)
 }
@@ -148,8 +149,8 @@ mod tests {
     #[test]
     fn malformed_json_is_invalid_json() {
         let e = err(r#"{"model": "#);
-        assert_eq!(e.code.as_deref(), Some("invalid_json"));
-        assert_eq!(err("").code.as_deref(), Some("invalid_json"));
+        assert_eq!(e.code, Some(Code::InvalidJson));
+        assert_eq!(err("").code, Some(Code::InvalidJson));
     }
 
     #[test]
@@ -166,10 +167,10 @@ mod tests {
     #[test]
     fn trailing_garbage_is_invalid_json() {
         let e = err(r#"{"model":"m","messages":[]} xyz"#);
-        assert_eq!(e.code.as_deref(), Some("invalid_json"));
+        assert_eq!(e.code, Some(Code::InvalidJson));
         assert_eq!(e.status(), 400);
         let e = err(r#"{"model":"m","messages":[]}{}"#);
-        assert_eq!(e.code.as_deref(), Some("invalid_json"));
+        assert_eq!(e.code, Some(Code::InvalidJson));
         // Trailing whitespace is fine.
         assert!(
             parse_json::<ChatCompletionRequest>(b"{\"model\":\"m\",\"messages\":[]} \n").is_ok()

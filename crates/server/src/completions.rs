@@ -17,6 +17,7 @@ use axum::response::Response;
 use axum::Extension;
 use futures::StreamExt;
 use parlance_core::ir::{ChatRequest, FinishReason, StreamEvent, TokenLogprob, Usage};
+use parlance_core::Code;
 use parlance_core::{Error, EventStream};
 use parlance_protocol::completions as wire;
 use parlance_protocol::openai as chat_wire;
@@ -99,7 +100,7 @@ fn to_ir(r: &wire::CompletionRequest) -> Result<ChatRequest, Error> {
             "suffix",
             "'suffix' (fill-in-the-middle) is not supported.",
         )
-        .with_code("unsupported"));
+        .with_code(Code::Unsupported));
     }
     if let Some(k) = r.logprobs.filter(|&k| k > MAX_LOGPROBS) {
         return Err(Error::invalid_param(
@@ -112,7 +113,7 @@ fn to_ir(r: &wire::CompletionRequest) -> Result<ChatRequest, Error> {
             "echo",
             "'echo' with 'logprobs' (the prompt's own logprobs) is not supported.",
         )
-        .with_code("unsupported"));
+        .with_code(Code::Unsupported));
     }
     let n = r.n.unwrap_or(1);
     if let Some(b) = r.best_of.filter(|&b| b != n && b != 1) {
@@ -120,7 +121,7 @@ fn to_ir(r: &wire::CompletionRequest) -> Result<ChatRequest, Error> {
             "best_of",
             format!("'best_of' other than 'n' is not supported, got {b}."),
         )
-        .with_code("unsupported"));
+        .with_code(Code::Unsupported));
     }
     let chat = chat_wire::ChatCompletionRequest {
         model: r.model.clone(),

@@ -2,7 +2,7 @@
 //! and as a stream's error event. Other doors render their own (see `gate`).
 
 use axum::response::{IntoResponse, Response};
-use parlance_core::{Error, ErrorKind};
+use parlance_core::{Code, Error, ErrorKind};
 use parlance_protocol::openai::{ErrorObject, ErrorResponse};
 
 /// OpenAI's `error.type` vocabulary.
@@ -40,7 +40,7 @@ pub(crate) fn openai_body(e: &Error) -> ErrorResponse {
             message: e.message.clone(),
             kind: openai_type(e.kind).to_string(),
             param: e.param.clone(),
-            code: e.code.clone(),
+            code: e.code.as_ref().map(Code::to_string),
         },
     }
 }
@@ -58,7 +58,7 @@ pub(crate) fn output_cap(param: &str, asked: u32, limit: u32) -> Error {
             "'{param}' is too large: {asked}. This model supports at most {limit} output tokens."
         ),
     )
-    .with_code("max_tokens_too_large")
+    .with_code(Code::MaxTokensTooLarge)
 }
 
 pub struct ApiError(pub Error);

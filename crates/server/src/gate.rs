@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
 use futures::FutureExt;
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -115,7 +116,7 @@ pub(crate) fn unknown_url() -> Error {
         ErrorKind::NotFound,
         "Unknown endpoint. See the README for the routes this server serves.",
     )
-    .with_code("unknown_url")
+    .with_code(Code::UnknownUrl)
 }
 
 #[derive(Clone)]

@@ -37,6 +37,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router as HttpRouter};
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind, Router};
 use serde_json::json;
 use std::sync::Arc;
@@ -118,7 +119,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         .map(|(m, why)| format!("model `{m}` is unavailable: {why}"))
         .collect::<Vec<_>>()
         .join("; ");
-    let e = Error::new(ErrorKind::Unavailable, message).with_code("model_unavailable");
+    let e = Error::new(ErrorKind::Unavailable, message).with_code(Code::ModelUnavailable);
     let mut body = error::openai_value(&e);
     body["status"] = json!("unavailable");
     body["unavailable"] = json!(down.iter().map(|(m, _)| m).collect::<Vec<_>>());

@@ -9,6 +9,7 @@ use crate::reqlog::RequestCtx;
 use futures::StreamExt;
 use parlance_core::ir::PromptGate;
 use parlance_core::ir::{Progress, StreamEvent, Usage};
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind, EventStream, ModelInfo};
 use parlance_tenancy::budget::{Estimate, Exhausted, Hold};
 use parlance_tenancy::keys::now_ms;
@@ -61,7 +62,7 @@ pub(crate) async fn gate(
             format!("{} may not use the model `{model}`.", capitalized(&whose)),
         )
         .with_param("model")
-        .with_code("model_not_allowed");
+        .with_code(Code::ModelNotAllowed);
         return Err((e, RateHeaders::default()));
     }
     // `None`: work that spends no tokens (counting), held to request limits only.
@@ -120,13 +121,13 @@ fn quota_error(why_kind: &Exhausted, subject: &str) -> Error {
             ErrorKind::RateLimited,
             format!("Budget reserved by requests in flight: {why}."),
         )
-        .with_code("rate_limit_exceeded")
+        .with_code(Code::RateLimitExceeded)
         .with_retry_after(1),
         _ => Error::new(
             ErrorKind::RateLimited,
             format!("You exceeded your current quota: {why}."),
         )
-        .with_code("insufficient_quota"),
+        .with_code(Code::InsufficientQuota),
     }
 }
 
@@ -135,7 +136,7 @@ fn rate_error(what: &str, retry_after: u64) -> Error {
         ErrorKind::RateLimited,
         format!("Rate limit reached for {what}. Please try again in {retry_after}s."),
     )
-    .with_code("rate_limit_exceeded")
+    .with_code(Code::RateLimitExceeded)
     .with_retry_after(retry_after)
 }
 
@@ -338,7 +339,7 @@ pub(crate) fn metered(mut events: EventStream, meter: Meter) -> EventStream {
                 }
                 Err(e) => {
                     if let Some(mut m) = guard.meter.take() {
-                        let status = format!("error:{}", e.code.as_deref().unwrap_or("backend_error"));
+                        let status = format!("error:{}", e.code.as_ref().map_or("backend_error".into(), Code::as_str));
                         let row = m.finish(status, None, guard.bytes, guard.started, guard.ttft);
                         if let Err(e) = m.tenancy.record(row, true).await {
                             tracing::error!("usage row not committed: {e}");
@@ -362,7 +363,10 @@ pub(crate) fn metered(mut events: EventStream, meter: Meter) -> EventStream {
 
 /// A failure before any backend call (bad input, a refused key): its row.
 pub(crate) async fn record_refusal(meter: Option<Meter>, e: &Error) {
-    let status = format!("error:{}", e.code.as_deref().unwrap_or("error"));
+    let status = format!(
+        "error:{}",
+        e.code.as_ref().map_or("error".into(), Code::as_str)
+    );
     record_without_tokens(meter, status).await;
 }
 

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use parlance_core::ir::StreamEvent;
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind, EventStream};
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,7 +70,7 @@ pub fn observed(
                         .increment(u64::from(u.cached_tokens));
                 }
                 Err(e) if stream => {
-                    ctx.set_outcome(format!("error:{}", e.code.as_deref().unwrap_or("stream_error")));
+                    ctx.set_outcome(format!("error:{}", e.code.as_ref().map_or("stream_error".into(), Code::as_str)));
                 }
                 _ => {}
             }
@@ -86,7 +87,7 @@ pub async fn metrics_page(State(state): State<Arc<AppState>>, headers: HeaderMap
                 ErrorKind::NotFound,
                 "Metrics are not enabled on this server.",
             )
-            .with_code("unknown_url"),
+            .with_code(Code::UnknownUrl),
         )
         .into_response();
     };
@@ -99,7 +100,7 @@ pub async fn metrics_page(State(state): State<Arc<AppState>>, headers: HeaderMap
                     ErrorKind::Authentication,
                     "GET /metrics needs the admin key.",
                 )
-                .with_code("invalid_admin_key"),
+                .with_code(Code::InvalidAdminKey),
             )
             .into_response();
         }

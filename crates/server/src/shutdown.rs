@@ -3,6 +3,7 @@
 //! whole answer still being generated with a 503), which also frees its slot.
 
 use futures::StreamExt;
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind, EventStream};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -49,7 +50,7 @@ impl Shutdown {
                             ErrorKind::Unavailable,
                             "the server is shutting down and its deadline for running requests has passed",
                         )
-                        .with_code("server_shutdown"));
+                        .with_code(Code::ServerShutdown));
                         return;
                     }
                 }

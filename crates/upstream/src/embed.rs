@@ -6,6 +6,7 @@
 use crate::dialect::{self, AuthStyle, Call};
 use crate::{http, Provider, ProviderKind};
 use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings, RerankRequest, Scores};
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -73,7 +74,7 @@ fn unsupported(p: &Provider, what: &str) -> Error {
             p.cfg.name
         ),
     )
-    .with_code("unsupported")
+    .with_code(Code::Unsupported)
 }
 
 pub(crate) async fn embed(

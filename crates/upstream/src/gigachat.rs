@@ -5,6 +5,7 @@
 //! wait for one new token instead of each fetching their own.
 
 use crate::GigaChatAuth;
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 use serde::Deserialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -97,7 +98,7 @@ impl TokenSource {
                 ErrorKind::Upstream,
                 format!("upstream `{provider}`: getting an access token failed: {msg}"),
             )
-            .with_code("upstream_auth_failed")
+            .with_code(Code::UpstreamAuthFailed)
         };
         let resp = client
             .post(&self.auth.auth_url)

@@ -4,6 +4,7 @@ use crate::dialect::{AuthStyle, Call, StreamMapper};
 use crate::sse::SseDecoder;
 use crate::Provider;
 use futures::StreamExt;
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind, EventStream};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -139,7 +140,7 @@ fn transport_error(p: &Provider, e: &reqwest::Error) -> Error {
             ErrorKind::Upstream,
             format!("cannot connect to upstream `{name}`: {detail}"),
         )
-        .with_code("upstream_unreachable")
+        .with_code(Code::UpstreamUnreachable)
         .retryable()
     } else {
         Error::new(
@@ -235,7 +236,7 @@ async fn status_error(p: &Provider, resp: reqwest::Response) -> Error {
         Some(p) if err.kind == ErrorKind::InvalidRequest => err.with_param(p),
         _ => err,
     };
-    err.with_code(upstream_code.unwrap_or_else(|| format!("upstream_{code}")))
+    err.with_code(upstream_code.map_or(Code::UpstreamStatus(code), Code::Upstream))
 }
 
 /// Says which upstream a mapping error (malformed answer, error event) came from.

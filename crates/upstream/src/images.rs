@@ -8,6 +8,7 @@ use base64::Engine as _;
 use futures::StreamExt;
 use ipnet::IpNet;
 use parlance_core::ir::{ChatRequest, ContentPart, ImageSource};
+use parlance_core::Code;
 use parlance_core::Error;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -252,7 +253,7 @@ impl ImageFetcher {
                     format!("messages[{i}].content[{j}]"),
                     format!("The image at {url} could not be fetched: {why}."),
                 )
-                .with_code("invalid_image_url")
+                .with_code(Code::InvalidImageUrl)
             })?;
             if let Some(part) = req.messages.get_mut(i).and_then(|m| m.content.get_mut(j)) {
                 *part = ContentPart::Image(ImageSource::Base64 { media_type, data });

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use dialect::Dialect;
 use futures::StreamExt;
 use parlance_core::ir::{ChatRequest, StreamEvent};
+use parlance_core::Code;
 use parlance_core::{Backend, Error, ErrorKind, EventStream};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
@@ -223,7 +224,7 @@ impl Backend for UpstreamModel {
                 "prompt",
                 "Legacy completions (a raw prompt) are served by local models only; use chat completions for this model.",
             )
-            .with_code("unsupported"));
+            .with_code(Code::Unsupported));
         }
         let p = Arc::clone(&self.provider);
         // Gemini reads `fileData` only from its own Files API: other URLs go inline.
@@ -313,7 +314,7 @@ impl Backend for UpstreamModel {
         if !matches!(p.cfg.kind, ProviderKind::GigaChat | ProviderKind::OpenAi) {
             return Err(
                 Error::invalid(format!("upstream `{}` cannot count tokens", p.cfg.name))
-                    .with_code("unsupported"),
+                    .with_code(Code::Unsupported),
             );
         }
         let call = dialect::Call {
@@ -323,9 +324,9 @@ impl Backend for UpstreamModel {
             extra_headers: Vec::new(),
         };
         let resp = http::send(p, &call).await.map_err(|e| {
-            if e.code.as_deref() == Some("upstream_404") {
+            if e.code == Some(Code::UpstreamStatus(404)) {
                 Error::invalid(format!("upstream `{}` cannot count tokens", p.cfg.name))
-                    .with_code("unsupported")
+                    .with_code(Code::Unsupported)
             } else {
                 e
             }

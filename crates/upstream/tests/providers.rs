@@ -422,8 +422,11 @@ async fn token_counts_come_from_the_upstream() {
     mock.push(Reply::Json(404, json!({"error": {"message": "not found"}})));
     let e = b.count_tokens(&["x".into()]).await.unwrap_err();
     assert_eq!(
-        (e.kind, e.code.as_deref()),
-        (ErrorKind::InvalidRequest, Some("unsupported"))
+        (e.kind, e.code),
+        (
+            ErrorKind::InvalidRequest,
+            Some(parlance_core::Code::Unsupported)
+        )
     );
 }
 

@@ -6,6 +6,7 @@ use crate::job::{Crash, Job, JobEvent, JobStats};
 use crate::sampler::{self, SamplerSpec};
 use crate::text::TextAssembler;
 use llguidance::Matcher;
+use parlance_core::Code;
 use parlance_core::Error;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -67,7 +68,7 @@ impl<D: Decoder> Worker<D> {
         self.publish_free();
         let e =
             Error::internal("the engine failed on this request; other requests were not affected")
-                .with_code("engine_error");
+                .with_code(Code::EngineError);
         let tx = self.jobs.remove(&job_id).map(|a| a.job.tx).or(tx);
         if let Some(tx) = tx {
             // A closed channel: the caller hung up, no one is left to tell.

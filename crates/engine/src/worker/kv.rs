@@ -6,6 +6,7 @@ use super::{common_prefix, lru, ActiveJob, Decoder, Job, Phase, Slot, Worker};
 use crate::sampler::Logits;
 use crate::vision::{floor_to_media, EvalFailure};
 use llama_cpp_2::token::LlamaToken;
+use parlance_core::Code;
 use parlance_core::Error;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -202,7 +203,7 @@ impl<D: Decoder> Worker<D> {
                 self.fail_job(
                     job,
                     Error::internal(format!("the image could not be evaluated: {e}"))
-                        .with_code("image_failed"),
+                        .with_code(Code::ImageFailed),
                 );
             }
         }

@@ -6,6 +6,7 @@ use crate::job::{Crash, JobEvent};
 use crate::logprobs::token_logprob;
 use crate::sampler::{self, Logits};
 use parlance_core::ir::{Delta, FinishReason, StreamEvent};
+use parlance_core::Code;
 use parlance_core::Error;
 use std::sync::atomic::Ordering;
 
@@ -33,7 +34,7 @@ impl<D: Decoder> Worker<D> {
                 Error::invalid(format!(
                     "the requested output format could not be enforced: {e}"
                 ))
-                .with_code("constraint_failed"),
+                .with_code(Code::ConstraintFailed),
             );
             return;
         }

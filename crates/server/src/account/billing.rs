@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 use parlance_tenancy::accounts::teams::Team;
 use parlance_tenancy::keys::KeyRecord;
@@ -101,7 +102,7 @@ pub(crate) async fn team_view(t: &Tenancy, team: &Team) -> Result<Value, Error> 
 async fn find_team(t: &Tenancy, id: &str) -> Result<Team, Error> {
     t.store.team(id).await.map_err(store_error)?.ok_or_else(|| {
         Error::new(ErrorKind::NotFound, format!("No team with id `{id}`."))
-            .with_code("team_not_found")
+            .with_code(Code::TeamNotFound)
     })
 }
 
@@ -217,7 +218,7 @@ async fn set_member(
         .map_err(store_error)?
         .ok_or_else(|| {
             Error::new(ErrorKind::NotFound, format!("No user with id `{user_id}`."))
-                .with_code("user_not_found")
+                .with_code(Code::UserNotFound)
         })?;
     t.store
         .set_member(&team.id, &user.id, role)
@@ -284,7 +285,7 @@ async fn payer_of(t: &Tenancy, get: impl Fn(&str) -> Option<String>) -> Result<S
             Some(u) => Ok(format!("u:{}", u.id)),
             None => Err(
                 Error::new(ErrorKind::NotFound, format!("No user with id `{user}`."))
-                    .with_code("user_not_found"),
+                    .with_code(Code::UserNotFound),
             ),
         },
         _ => Err(Error::invalid_param(
@@ -429,7 +430,7 @@ pub(crate) async fn gigachat_balance(
             ErrorKind::PermissionDenied,
             "A balance exists only for keys of accounts on a server with prepaid balances.",
         )
-        .with_code("not_prepaid")
+        .with_code(Code::NotPrepaid)
         .into());
     };
     let v = balance_view(t, &payer).await?;

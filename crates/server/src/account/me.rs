@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 use parlance_tenancy::accounts::User;
 use parlance_tenancy::keys::KeyRecord;
@@ -69,7 +70,7 @@ pub(super) async fn make_key(
             ErrorKind::Conflict,
             format!("You have {live} keys, the most your plan allows: revoke one first."),
         )
-        .with_code("too_many_keys"));
+        .with_code(Code::TooManyKeys));
     }
     let mut k = KeyRecord::default();
     apply_fields(&mut k, obj)?;
@@ -160,7 +161,7 @@ async fn revoke(
             ErrorKind::NotFound,
             format!("You have no key with id `{id}`."),
         )
-        .with_code("key_not_found")
+        .with_code(Code::KeyNotFound)
         .into());
     }
     t.store.revoke_key(&id).await.map_err(store_error)?;

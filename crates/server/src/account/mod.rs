@@ -23,6 +23,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 pub use parlance_gateway::accounts::Settings;
 use parlance_tenancy::accounts::{AccountError, NewUser, Role, Session, SignupMode};
@@ -62,7 +63,7 @@ pub(crate) fn tenancy(state: &AppState) -> Result<Arc<Tenancy>, Error> {
             ErrorKind::NotFound,
             "Accounts need a store: this server runs with --db none.",
         )
-        .with_code("unknown_url")
+        .with_code(Code::UnknownUrl)
     })
 }
 
@@ -71,18 +72,20 @@ pub(crate) fn account_error(e: AccountError) -> Error {
     let msg = e.to_string();
     match e {
         AccountError::Invalid { field, .. } => Error::invalid_param(field, msg),
-        AccountError::EmailTaken => Error::new(ErrorKind::Conflict, msg).with_code("email_taken"),
+        AccountError::EmailTaken => {
+            Error::new(ErrorKind::Conflict, msg).with_code(Code::EmailTaken)
+        }
         AccountError::BadCredentials => {
-            Error::new(ErrorKind::Authentication, msg).with_code("invalid_credentials")
+            Error::new(ErrorKind::Authentication, msg).with_code(Code::InvalidCredentials)
         }
         AccountError::Throttled(s) => Error::new(ErrorKind::RateLimited, msg)
-            .with_code("too_many_attempts")
+            .with_code(Code::TooManyAttempts)
             .with_retry_after(s),
         AccountError::BadLink => {
-            Error::new(ErrorKind::InvalidRequest, msg).with_code("invalid_link")
+            Error::new(ErrorKind::InvalidRequest, msg).with_code(Code::InvalidLink)
         }
-        AccountError::NotFound(_) => Error::new(ErrorKind::NotFound, msg).with_code("not_found"),
-        AccountError::Conflict(_) => Error::new(ErrorKind::Conflict, msg).with_code("conflict"),
+        AccountError::NotFound(_) => Error::new(ErrorKind::NotFound, msg).with_code(Code::NotFound),
+        AccountError::Conflict(_) => Error::new(ErrorKind::Conflict, msg).with_code(Code::Conflict),
         AccountError::Store(_) | AccountError::Hashing(_) => crate::admin::store_error(msg),
     }
 }
@@ -113,7 +116,7 @@ fn same_origin(headers: &HeaderMap) -> Result<(), Error> {
         ErrorKind::PermissionDenied,
         "This call must come from this server's own pages (the Origin is another site).",
     )
-    .with_code("csrf_failed"))
+    .with_code(Code::CsrfFailed))
 }
 
 /// The signed-in person, when the cookie names a live session; with `csrf`, the call
@@ -141,7 +144,7 @@ pub(crate) async fn session(
                 ErrorKind::PermissionDenied,
                 "This call needs the session's CSRF token in the X-CSRF-Token header.",
             )
-            .with_code("csrf_failed"));
+            .with_code(Code::CsrfFailed));
         }
     }
     Ok(Some((t, s)))
@@ -159,7 +162,7 @@ pub(crate) async fn signed_in(
             ErrorKind::Authentication,
             "Sign in first (POST /account/signin).",
         )
-        .with_code("not_signed_in")
+        .with_code(Code::NotSignedIn)
     })
 }
 
@@ -381,7 +384,7 @@ async fn signup(
             ErrorKind::PermissionDenied,
             "Sign-up is closed on this server: ask an administrator for an account.",
         )
-        .with_code("signup_closed")
+        .with_code(Code::SignupClosed)
         .into()),
         SignupMode::Approval => {
             let req = t

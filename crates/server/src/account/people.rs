@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 use parlance_tenancy::accounts::{NewUser, Role, User};
 use parlance_tenancy::Tenancy;
@@ -72,7 +73,7 @@ pub(super) async fn issue_link(
 async fn find_user(t: &Tenancy, id: &str) -> Result<User, Error> {
     t.store.user(id).await.map_err(store_error)?.ok_or_else(|| {
         Error::new(ErrorKind::NotFound, format!("No user with id `{id}`."))
-            .with_code("user_not_found")
+            .with_code(Code::UserNotFound)
     })
 }
 

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 use parlance_tenancy::accounts::teams::Team;
 use parlance_tenancy::accounts::{NewUser, Role, Session};
@@ -40,7 +41,7 @@ fn no_team(id: &str) -> Error {
         ErrorKind::NotFound,
         format!("You are in no team with id `{id}`."),
     )
-    .with_code("team_not_found")
+    .with_code(Code::TeamNotFound)
 }
 
 /// The team and the caller's role in it; not a member: 404. With `admin`, a member who
@@ -59,7 +60,7 @@ async fn membership(t: &Tenancy, s: &Session, id: &str, admin: bool) -> Result<T
             ErrorKind::PermissionDenied,
             "Only this team's admins may do this.",
         )
-        .with_code("not_team_admin"));
+        .with_code(Code::NotTeamAdmin));
     }
     Ok(team)
 }
@@ -94,7 +95,7 @@ async fn redeem(
     else {
         return Err(
             Error::invalid_param("code", "This code is unknown or was already redeemed.")
-                .with_code("invalid_code")
+                .with_code(Code::InvalidCode)
                 .into(),
         );
     };
@@ -270,7 +271,7 @@ async fn revoke_team_key(
             ErrorKind::NotFound,
             format!("This team has no key with id `{key_id}`."),
         )
-        .with_code("key_not_found")
+        .with_code(Code::KeyNotFound)
         .into());
     }
     t.store.revoke_key(&key_id).await.map_err(store_error)?;

@@ -24,6 +24,7 @@ use axum::Json;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use parlance_core::collect::collect;
+use parlance_core::Code;
 use parlance_core::{Error, EventStream, ModelInfo};
 use parlance_protocol::openai as wire;
 use response::{ResponseMeta, SsePayload, StreamOptions};
@@ -132,7 +133,7 @@ impl Door for ChatDoor {
             p,
             format!("{p} is too large: {asked}. This model supports at most {limit} completion tokens, whereas you provided {asked}."),
         )
-        .with_code("max_tokens_too_large")
+        .with_code(Code::MaxTokensTooLarge)
     }
 
     async fn whole(self, events: EventStream) -> Result<wire::ChatCompletion, Error> {

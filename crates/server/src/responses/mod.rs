@@ -22,6 +22,7 @@ use axum::response::Response;
 use axum::{Extension, Json};
 use futures::StreamExt;
 use parlance_core::ir::Message;
+use parlance_core::Code;
 use parlance_core::{Error, EventStream};
 use parlance_protocol::responses as wire;
 use parlance_tenancy::responses::StoredResponse;
@@ -69,7 +70,7 @@ async fn conversation(
     };
     if let Some(missing) = missing {
         return Err(store::not_found(&missing, "previous_response_id")
-            .with_code("previous_response_not_found"));
+            .with_code(Code::PreviousResponseNotFound));
     }
     let root = turns.last().map(|t| t.id.clone()).unwrap_or_default();
     // A long conversation is megabytes of JSON: parsed off the async workers.

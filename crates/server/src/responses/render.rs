@@ -4,7 +4,7 @@
 //! A whole answer is the same fold with its events thrown away, so the two agree.
 
 use parlance_core::ir::{Delta, FinishReason, StreamEvent, TokenLogprob, Usage};
-use parlance_core::Error;
+use parlance_core::{Code, Error};
 use serde_json::{json, Map, Value};
 
 /// What the response object echoes of its request, and its identity.
@@ -281,7 +281,7 @@ impl Builder {
         let mut out = Vec::new();
         self.close(&mut out);
         let mut r = self.response("failed", None, None);
-        r["error"] = json!({"code": e.code.clone().unwrap_or_else(|| "server_error".into()), "message": e.message});
+        r["error"] = json!({"code": e.code.as_ref().map_or("server_error".into(), Code::as_str), "message": e.message});
         self.event("response.failed", json!({"response": r}))
     }
 

@@ -3,6 +3,7 @@
 //! (`--db none`).
 
 use crate::AppState;
+use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 use parlance_tenancy::responses::StoredResponse;
 use std::collections::HashMap;
@@ -118,5 +119,5 @@ pub(super) fn not_found(id: &str, param: &str) -> Error {
         format!("Response with id '{id}' not found."),
     )
     .with_param(param)
-    .with_code("response_not_found")
+    .with_code(Code::ResponseNotFound)
 }

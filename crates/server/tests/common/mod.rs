@@ -11,7 +11,7 @@ pub(crate) use axum::http::{Request, StatusCode};
 pub(crate) use http_body_util::BodyExt;
 pub(crate) use parlance_core::ir::{ChatRequest, Delta, FinishReason, StreamEvent, Usage};
 pub(crate) use parlance_core::{
-    Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo, Router,
+    Backend, Capabilities, Code, Error, ErrorKind, EventStream, ModelInfo, Router,
 };
 pub(crate) use parlance_server::{build_router, AppState};
 pub(crate) use serde_json::{json, Value};
@@ -33,14 +33,14 @@ impl Backend for Scripted {
             // An upstream that takes its time, then refuses.
             tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
             return Err(Error::invalid_param("messages", "too long upstream")
-                .with_code("context_length_exceeded"));
+                .with_code(Code::ContextLengthExceeded));
         }
         if self.mode == "panic" {
             panic!("a scripted bug in the backend");
         }
         if self.mode == "busy" {
             return Err(Error::new(ErrorKind::RateLimited, "queue full")
-                .with_code("queue_full")
+                .with_code(Code::QueueFull)
                 .with_retry_after(1));
         }
         let mut events = Vec::new();
