@@ -7,8 +7,8 @@ use parlance_core::Router;
 use parlance_gateway::catalog;
 use parlance_gateway::catalog::LocalSpec;
 use parlance_gateway::config::Config;
-use parlance_server::listen::{self, Limits};
-use parlance_server::{build_router, AppState};
+use parlance_server::listen::Limits;
+use parlance_server::Builder;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,11 +122,7 @@ fn note_gpu(args: &ServeArgs) {
 /// by `build`, run by `serve`; `parlance serve` and `parlance chat -m` both use it.
 pub(crate) struct Built {
     runtime: tokio::runtime::Runtime,
-    listener: std::net::TcpListener,
-    app: axum::Router,
-    limits: Limits,
-    shutdown: parlance_server::Shutdown,
-    tenancy: Option<Arc<parlance_tenancy::Tenancy>>,
+    server: parlance_server::Server,
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -152,7 +148,6 @@ pub(crate) fn build(args: ServeArgs) -> anyhow::Result<Built> {
     let addr = format!("{}:{}", args.host, args.port);
     let listener =
         std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
-    listener.set_nonblocking(true)?;
 
     let models = local_specs(&args, config.is_some())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -194,70 +189,37 @@ pub(crate) fn build(args: ServeArgs) -> anyhow::Result<Built> {
     let names: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
     println!("serving {} model names: {}", names.len(), names.join(", "));
 
-    let mut state = AppState::new(router);
-    state.models_dir = folder.map(|f| f as Arc<dyn parlance_core::lazy::ModelFolder>);
-    state.api_keys = keys
-        .iter()
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .collect();
-    state.body_limit = args.body_limit;
-    accounts(&mut state, &args, config.as_ref())?;
-    state.cors_origins = args.cors_origin.clone();
-    open_store(&runtime, &mut state, &args)?;
-    state.metrics = Some(parlance_server::observe::install().map_err(anyhow::Error::msg)?);
-    let shutdown = state.shutdown.clone();
-    let tenancy = state.tenancy.clone();
-    let app = build_router(Arc::new(state));
-    let limits = Limits {
-        header_timeout: secs(args.header_timeout, "--header-timeout")?,
-        max_connections: args.max_connections.max(1),
-        shutdown_timeout: secs(args.shutdown_timeout, "--shutdown-timeout")?,
-    };
+    let (accounts, mailer, oidc) = accounts(&args, config.as_ref())?;
+    let mut server = Builder::new(router)
+        .models_dir(folder.map(|f| f as Arc<dyn parlance_core::lazy::ModelFolder>))
+        .api_keys(keys)
+        .body_limit(args.body_limit)
+        .cors_origins(args.cors_origin.clone())
+        .accounts(accounts, mailer, oidc)
+        .metrics(parlance_server::observe::install().map_err(anyhow::Error::msg)?)
+        .limits(Limits {
+            header_timeout: secs(args.header_timeout, "--header-timeout")?,
+            max_connections: args.max_connections.max(1),
+            shutdown_timeout: secs(args.shutdown_timeout, "--shutdown-timeout")?,
+        });
+    if let Some(tenancy) = open_store(&runtime, &args)? {
+        server = server.tenancy(tenancy);
+    }
+    let server = server.build(listener);
     drop(entered);
-    Ok(Built {
-        runtime,
-        listener,
-        app,
-        limits,
-        shutdown,
-        tenancy,
-    })
+    Ok(Built { runtime, server })
 }
 
 impl Built {
     /// The address the server listens on (the port, when 0 was asked for).
     pub(crate) fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
+        self.server.local_addr()
     }
 
     /// Serves until `stop` resolves, then finishes running requests and stores the
     /// usage rows still queued.
     pub(crate) fn serve(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-        let Built {
-            runtime,
-            listener,
-            app,
-            limits,
-            shutdown,
-            tenancy,
-        } = self;
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            println!("listening on http://{}", listener.local_addr()?);
-            listen::serve(listener, app, limits, shutdown, stop).await;
-            if let Some(t) = tenancy {
-                // Rows of requests that just ended (cancelled by the deadline) are stored.
-                if tokio::time::timeout(Duration::from_secs(5), t.recorder.flush())
-                    .await
-                    .is_err()
-                {
-                    eprintln!("usage rows still unwritten after 5 s; stopping without them");
-                }
-            }
-            println!("stopped");
-            Ok(())
-        })
+        Ok(self.runtime.block_on(self.server.serve(stop))?)
     }
 }
 
@@ -329,50 +291,53 @@ fn local_specs(
 }
 
 /// Sign-up, prepaid balances, mail and single sign-on, from the config and the flags.
-fn accounts(state: &mut AppState, args: &ServeArgs, config: Option<&Config>) -> anyhow::Result<()> {
-    if let Some(cfg) = config {
-        state.accounts = cfg.accounts.clone();
-    }
+fn accounts(args: &ServeArgs, config: Option<&Config>) -> anyhow::Result<Accounts> {
+    let mut settings = config.map(|c| c.accounts.clone()).unwrap_or_default();
     if let Some(mode) = args.signup {
-        state.accounts.signup = Some(mode);
+        settings.signup = Some(mode);
     }
     if args.prepaid {
-        state.accounts.prepaid = true;
+        settings.prepaid = true;
     }
     if args.public_url.is_some() {
-        state.accounts.public_url = args.public_url.clone();
+        settings.public_url = args.public_url.clone();
     }
-    if let Some(smtp) = &state.accounts.smtp {
-        if state.accounts.public_url.is_none() {
+    let mut mailer = None;
+    if let Some(smtp) = &settings.smtp {
+        if settings.public_url.is_none() {
             bail!("[accounts.smtp] needs --public-url: links in mail must be whole addresses");
         }
-        state.mailer = Some(Arc::new(
+        mailer = Some(Arc::new(
             parlance_server::Mailer::new(smtp).map_err(anyhow::Error::msg)?,
         ));
     }
-    if let Some(o) = state.accounts.oidc.clone() {
+    let mut oidc = None;
+    if let Some(o) = settings.oidc.clone() {
         if args.db == "none" {
             bail!("[accounts.oidc] needs a store: drop --db none");
         }
-        state.oidc = Some(Arc::new(
+        oidc = Some(Arc::new(
             parlance_server::Oidc::new(o).map_err(anyhow::Error::msg)?,
         ));
     }
-    if args.db == "none"
-        && state.accounts.signup() != parlance_tenancy::accounts::SignupMode::Closed
-    {
+    if args.db == "none" && settings.signup() != parlance_tenancy::accounts::SignupMode::Closed {
         bail!("--signup needs a store: drop --db none");
     }
-    Ok(())
+    Ok((settings, mailer, oidc))
 }
 
-/// The key, limit and usage store (`--db`), and the refresh that closes an open server
-/// when keys appear.
+/// The accounts' settings, mailer and single sign-on provider.
+type Accounts = (
+    parlance_server::AccountSettings,
+    Option<Arc<parlance_server::Mailer>>,
+    Option<Arc<parlance_server::Oidc>>,
+);
+
+/// The key, limit and usage store (`--db`); `None` for `--db none`.
 fn open_store(
     runtime: &tokio::runtime::Runtime,
-    state: &mut AppState,
     args: &ServeArgs,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Arc<parlance_tenancy::Tenancy>>> {
     if args.db != "none" {
         let admin_key = args.admin_key.clone().filter(|k| !k.trim().is_empty());
         // The default store lives beside the config file when there is one.
@@ -395,20 +360,12 @@ fn open_store(
             ))
             .map_err(anyhow::Error::msg)?;
         runtime.block_on(tenancy.refresh_has_keys());
-        // Keys made by the CLI or another replica close an open server within seconds.
-        let refresh = Arc::clone(&tenancy);
-        runtime.spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                refresh.refresh_has_keys().await;
-            }
-        });
-        tenancy.set_prepaid(state.accounts.prepaid);
-        state.tenancy = Some(tenancy);
+        Ok(Some(tenancy))
     } else if args.admin_key.is_some() {
         bail!("--admin-key needs a store: drop --db none");
+    } else {
+        Ok(None)
     }
-    Ok(())
 }
 
 /// The config file's models, local ones loaded now (or on demand with a keep_alive),

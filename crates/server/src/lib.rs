@@ -6,6 +6,7 @@ mod admin;
 mod anthropic;
 mod auth;
 mod body;
+mod builder;
 mod completions;
 mod console;
 mod dashboard;
@@ -29,6 +30,7 @@ pub use account::mail::Mailer;
 pub use account::oidc::Oidc;
 pub use account::{Peer, Settings as AccountSettings};
 pub use admin::csv as usage_csv;
+pub use builder::{Builder, Server};
 pub use error::ApiError;
 pub use shutdown::Shutdown;
 
