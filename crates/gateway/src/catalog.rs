@@ -3,7 +3,8 @@
 //! loader, so this crate never touches the engine.
 
 use crate::config::{
-    Config, DefaultsSection, MaxTokensParam, ModelSection, ProviderSection, RoutingSection,
+    Config, DefaultsSection, DeploymentSection, MaxTokensParam, ModelSection, ProviderSection,
+    RoutingSection,
 };
 use parlance_core::ir::SamplingParams;
 use parlance_core::pool::{Deployment, Pool, PoolPolicy};
@@ -230,6 +231,58 @@ fn with_preset(
 
 type Loaded = (ModelInfo, Arc<dyn Backend>);
 
+/// The engine for a local deployment: one per file, offload and projector, shared by
+/// every model naming them (loaded on first use).
+fn local_engine(
+    m: &ModelSection,
+    d: &DeploymentSection,
+    path: &std::path::Path,
+    locals: &mut HashMap<LocalSpec, Loaded>,
+    load_local: &mut LocalLoader<'_>,
+) -> Result<Loaded, String> {
+    let k = LocalSpec {
+        path: path.to_path_buf(),
+        n_gpu_layers: d.n_gpu_layers,
+        mmproj: d.mmproj.clone(),
+        keep_alive: m.keep_alive.clone(),
+    };
+    let (info, backend) = match locals.entry(k) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => {
+            let loaded = load_local(e.key()).map_err(|err| {
+                format!("model `{}`: {}: {err}", m.name.get_ref(), path.display())
+            })?;
+            e.insert(loaded)
+        }
+    };
+    Ok((info.clone(), Arc::clone(backend)))
+}
+
+/// An upstream deployment: its provider's name, its label (`provider/model`) and backend.
+fn upstream_deployment<'c>(
+    name: &str,
+    d: &'c DeploymentSection,
+    providers: &HashMap<&str, Arc<Provider>>,
+) -> Result<(&'c str, String, Arc<dyn Backend>), String> {
+    let pname = d
+        .provider
+        .as_ref()
+        .map(|p| p.get_ref().as_str())
+        .unwrap_or_default();
+    let upstream = d.model.clone().unwrap_or_default();
+    let provider = Arc::clone(
+        providers
+            .get(pname)
+            .ok_or_else(|| format!("model `{name}`: no provider `{pname}`"))?,
+    );
+    let label = format!("{pname}/{upstream}");
+    Ok((
+        pname,
+        label,
+        Arc::new(UpstreamModel::new(provider, upstream)),
+    ))
+}
+
 /// Adds every catalog model (and its aliases) to `router`.
 pub fn build(
     cfg: &Config,
@@ -258,37 +311,13 @@ pub fn build(
         let mut first_provider = None;
         for d in &m.deployments {
             let (label, backend) = if let Some(path) = &d.gguf {
-                let k = LocalSpec {
-                    path: path.clone(),
-                    n_gpu_layers: d.n_gpu_layers,
-                    mmproj: d.mmproj.clone(),
-                    keep_alive: m.keep_alive.clone(),
-                };
-                let (li, b) = match locals.entry(k) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => {
-                        let loaded = load_local(e.key())
-                            .map_err(|err| format!("model `{name}`: {}: {err}", path.display()))?;
-                        e.insert(loaded)
-                    }
-                };
-                local_info.get_or_insert_with(|| li.clone());
-                (format!("local/{}", path.display()), Arc::clone(b))
+                let (li, b) = local_engine(m, d, path, &mut locals, load_local)?;
+                local_info.get_or_insert(li);
+                (format!("local/{}", path.display()), b)
             } else {
-                let pname = d
-                    .provider
-                    .as_ref()
-                    .map(|p| p.get_ref().as_str())
-                    .unwrap_or_default();
-                let upstream = d.model.clone().unwrap_or_default();
-                let provider = Arc::clone(
-                    providers
-                        .get(pname)
-                        .ok_or_else(|| format!("model `{name}`: no provider `{pname}`"))?,
-                );
+                let (pname, label, b) = upstream_deployment(name, d, &providers)?;
                 first_provider.get_or_insert(pname);
-                let b: Arc<dyn Backend> = Arc::new(UpstreamModel::new(provider, upstream.clone()));
-                (format!("{pname}/{upstream}"), b)
+                (label, b)
             };
             deployments.push(Deployment {
                 name: label,
