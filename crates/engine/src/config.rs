@@ -118,9 +118,9 @@ pub enum Loaded {
 
 /// Loads the GGUF and starts the engine thread its kind needs.
 pub fn load(cfg: LocalModelConfig) -> Result<Loaded, String> {
-    let model = match upcast_path(&cfg) {
-        Some(copy) => open_file(&copy, cfg.n_gpu_layers)?,
-        None => open(&cfg)?,
+    let (model, upcast) = match upcast_path(&cfg) {
+        Some(copy) => (open_file(&copy, cfg.n_gpu_layers)?, true),
+        None => (open(&cfg)?, false),
     };
     // `--pooling` changes how an embedding model pools, never what a chat model is
     // (several models may be served beside each other).
@@ -142,8 +142,14 @@ pub fn load(cfg: LocalModelConfig) -> Result<Loaded, String> {
         ctx,
     );
     let placement = embed::placement(cfg.n_gpu_layers, &model);
+    // Beside its F32 copy, the file itself serves small decodes (see `embed`).
+    let small = match upcast {
+        true => Some(open(&cfg)?),
+        false => None,
+    };
+    let weights = embed::Weights { main: model, small };
     let m = EmbeddingModel::start(
-        model,
+        weights,
         pooling,
         info,
         placement,
@@ -279,7 +285,8 @@ pub fn peek(cfg: &LocalModelConfig) -> Result<Peeked, String> {
         embed_ctx(cfg, &model),
     );
     let memory_bytes = match cfg.f32_cache {
-        Some(_) if on_cpu(cfg) => crate::upcast::f32_size(&cfg.path).unwrap_or(files),
+        // The F32 copy and, for small decodes, the file itself.
+        Some(_) if on_cpu(cfg) => crate::upcast::f32_size(&cfg.path).map_or(files, |n| n + files),
         _ => files,
     };
     Ok(Peeked { info, memory_bytes })

@@ -29,6 +29,11 @@ const MAX_SEQS: usize = 64;
 /// rows.
 const PACK_TOKENS: usize = 256;
 
+/// Decodes of at most this many tokens run on the model's own F16/BF16 weights when it
+/// also has an F32 copy (see `upcast`): a short lone input reads every weight once, and
+/// the copy has twice the bytes; packs are compute-bound and faster on F32.
+const SMALL_DECODE: usize = 64;
+
 /// How a GGUF's vectors are pooled, from its `{arch}.pooling_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pooling {
@@ -84,6 +89,14 @@ struct Job {
     tx: oneshot::Sender<Result<Vec<Vec<f32>>, Error>>,
 }
 
+/// The weights an embedding engine runs on.
+pub(crate) struct Weights {
+    /// What every decode runs on (the F32 copy, when there is one).
+    pub main: Arc<LlamaModel>,
+    /// The file's own F16/BF16 weights beside an F32 copy, for small decodes.
+    pub small: Option<Arc<LlamaModel>>,
+}
+
 pub struct EmbeddingModel {
     info: ModelInfo,
     placement: String,
@@ -100,7 +113,7 @@ pub struct EmbeddingModel {
 impl EmbeddingModel {
     /// Starts the engine thread for an already loaded model that pools.
     pub(crate) fn start(
-        model: Arc<LlamaModel>,
+        weights: Weights,
         pooling: Pooling,
         info: ModelInfo,
         placement: String,
@@ -125,8 +138,14 @@ impl EmbeddingModel {
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
         let alive = Arc::new(AtomicBool::new(true));
         let queued = Arc::new(AtomicUsize::new(0));
+        let Weights { main: model, small } = weights;
         let (thread_model, thread_alive, thread_queued) =
             (Arc::clone(&model), Arc::clone(&alive), Arc::clone(&queued));
+        let small_params = params
+            .clone()
+            .with_n_ctx(NonZeroU32::new(SMALL_DECODE as u32))
+            .with_n_batch(SMALL_DECODE as u32)
+            .with_n_ubatch(SMALL_DECODE as u32);
         let normalize = pooling != Pooling::Rank;
         std::thread::Builder::new()
             .name(format!("embed-{}", info.id))
@@ -135,17 +154,18 @@ impl EmbeddingModel {
                 // streams go first (llama.cpp's compute threads inherit this).
                 parlance_core::blocking::lower_priority();
                 {
-                    let model: &LlamaModel = &thread_model;
-                    let made = crate::llama_backend().and_then(|b| {
-                        model
-                            .new_context(b, params)
-                            .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
+                    let made = context(&thread_model, params).and_then(|main| {
+                        let small = match &small {
+                            Some(m) => Some(context(m, small_params)?),
+                            None => None,
+                        };
+                        Ok(Contexts { main, small })
                     });
                     match made {
                         // The starter waits on `ready_rx` until one of these arrives.
-                        Ok(ctx) => {
+                        Ok(contexts) => {
                             ready_tx.send(Ok(())).ok();
-                            run(ctx, rx, n_batch, normalize, &thread_queued);
+                            run(contexts, rx, n_batch, normalize, &thread_queued);
                         }
                         Err(e) => {
                             ready_tx.send(Err(e)).ok();
@@ -154,6 +174,9 @@ impl EmbeddingModel {
                 }
                 thread_alive.store(false, Ordering::SeqCst);
                 crate::config::free_model(thread_model);
+                if let Some(m) = small {
+                    crate::config::free_model(m);
+                }
             })
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         ready_rx
@@ -185,9 +208,24 @@ impl EmbeddingModel {
     }
 }
 
+fn context(model: &LlamaModel, params: LlamaContextParams) -> Result<LlamaContext<'_>, String> {
+    crate::llama_backend().and_then(|b| {
+        model
+            .new_context(b, params)
+            .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
+    })
+}
+
+/// The engine thread's llama.cpp contexts.
+struct Contexts<'m> {
+    main: LlamaContext<'m>,
+    /// On the file's own weights, for decodes of up to `SMALL_DECODE` tokens.
+    small: Option<LlamaContext<'m>>,
+}
+
 /// The engine thread: gathers the waiting jobs' inputs into batches of whole sequences.
 fn run(
-    mut ctx: LlamaContext<'_>,
+    mut contexts: Contexts<'_>,
     rx: mpsc::Receiver<Job>,
     n_batch: usize,
     normalize: bool,
@@ -225,6 +263,10 @@ fn run(
                 );
                 continue;
             }
+        };
+        let ctx = match contexts.small.as_mut() {
+            Some(small) if (batch.n_tokens() as usize) <= SMALL_DECODE => small,
+            _ => &mut contexts.main,
         };
         ctx.clear_kv_cache();
         if let Err(e) = ctx.decode(&mut batch) {

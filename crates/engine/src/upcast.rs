@@ -7,7 +7,8 @@
 //! faster kernel: the copy is written once into the cache (beside nothing the user
 //! owns) and reused while the source file is unchanged. Values are exact (every F16 and
 //! BF16 number is an F32); the vectors differ from the F16 run only in activation
-//! rounding (cosine > 0.99999).
+//! rounding (cosine > 0.99999). The file itself is loaded too, for small decodes (see
+//! `embed::SMALL_DECODE`).
 
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
