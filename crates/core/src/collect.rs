@@ -32,6 +32,7 @@ impl Completion {
         if self.choices.len() <= i {
             self.choices.resize_with(i + 1, CompletedChoice::default);
         }
+        #[allow(clippy::indexing_slicing, reason = "resized above to hold index i")]
         &mut self.choices[i]
     }
 
@@ -52,6 +53,7 @@ impl Completion {
                             arguments: String::new(),
                         });
                     }
+                    #[allow(clippy::indexing_slicing, reason = "resized above to hold the slot")]
                     let call = &mut c.tool_calls[slot];
                     if let Some(id) = d.id {
                         call.id = id;

@@ -1,5 +1,6 @@
 //! Provider-neutral core of Parlance: the IR every front door and backend speaks,
 //! the one error type, the `Backend` trait, the router, and chat templates.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 pub mod backend;
 pub mod blocking;

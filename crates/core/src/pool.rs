@@ -186,9 +186,12 @@ impl Pool {
     /// all are cooling down, the one whose cooldown ends first (a half-open probe).
     fn pick(&self, tried: &[usize], excluded: &[usize], session: Option<&str>) -> Option<usize> {
         let now = Instant::now();
-        let healthy: Vec<usize> = (0..self.slots.len())
-            .filter(|i| !excluded.contains(i))
-            .filter(|&i| !self.slots[i].health.cooling(now) && self.slots[i].d.weight > 0)
+        let healthy: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| !excluded.contains(i) && !s.health.cooling(now) && s.d.weight > 0)
+            .map(|(i, _)| i)
             .collect();
         let fresh: Vec<usize> = healthy
             .iter()
@@ -201,19 +204,24 @@ impl Pool {
             healthy
         } else {
             // Everything is cooling down: probe the one closest to recovery.
-            return (0..self.slots.len())
-                .filter(|i| !tried.contains(i) && !excluded.contains(i))
-                .min_by_key(|&i| *self.slots[i].health.cooldown_until.lock().ok()?);
+            return self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !tried.contains(i) && !excluded.contains(i))
+                .min_by_key(|(_, s)| s.health.cooldown_until.lock().ok().and_then(|t| *t))
+                .map(|(i, _)| i);
         };
         if let (Some(s), true) = (session, tried.is_empty()) {
-            return Some(self.sticky(&candidates, s));
+            return self.sticky(&candidates, s);
         }
-        Some(match self.policy.balance {
+        match self.policy.balance {
             Balance::Weighted => self.weighted(&candidates),
             Balance::LeastInFlight => {
                 let load = |i: usize| {
-                    let s = &self.slots[i];
-                    s.health.in_flight.load(Ordering::Relaxed) as f64 / s.d.weight.max(1) as f64
+                    self.slots.get(i).map_or(f64::INFINITY, |s| {
+                        s.health.in_flight.load(Ordering::Relaxed) as f64 / self.weight(i) as f64
+                    })
                 };
                 let best = candidates
                     .iter()
@@ -225,42 +233,45 @@ impl Pool {
                     .collect();
                 self.weighted(&tied)
             }
-        })
+        }
+    }
+
+    /// A deployment's weight as the picks count it (at least 1).
+    fn weight(&self, i: usize) -> u64 {
+        self.slots
+            .get(i)
+            .map_or(1, |s| u64::from(s.d.weight.max(1)))
     }
 
     /// Rendezvous hashing: a session keeps its deployment while that one is healthy,
     /// and only the sessions of a deployment that goes away move; weights still hold.
-    fn sticky(&self, candidates: &[usize], session: &str) -> usize {
+    fn sticky(&self, candidates: &[usize], session: &str) -> Option<usize> {
         use std::hash::{Hash, Hasher};
         let score = |i: usize| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (session, i, &self.slots[i].d.name).hash(&mut h);
+            (session, i, self.slots.get(i).map(|s| &s.d.name)).hash(&mut h);
             // Uniform in (0, 1]; -w / ln(u) picks deployment i with probability w_i / W.
             let u = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
             let u = u.max(f64::MIN_POSITIVE);
-            -(self.slots[i].d.weight.max(1) as f64) / u.ln()
+            -(self.weight(i) as f64) / u.ln()
         };
         candidates
             .iter()
             .copied()
             .max_by(|&a, &b| score(a).total_cmp(&score(b)))
-            .unwrap_or(candidates[0])
     }
 
-    fn weighted(&self, candidates: &[usize]) -> usize {
-        let total: u64 = candidates
-            .iter()
-            .map(|&i| self.slots[i].d.weight.max(1) as u64)
-            .sum();
+    fn weighted(&self, candidates: &[usize]) -> Option<usize> {
+        let total: u64 = candidates.iter().map(|&i| self.weight(i)).sum();
         let mut r = rand::random_range(0..total.max(1));
         for &i in candidates {
-            let w = self.slots[i].d.weight.max(1) as u64;
+            let w = self.weight(i);
             if r < w {
-                return i;
+                return Some(i);
             }
             r -= w;
         }
-        candidates[0]
+        candidates.first().copied()
     }
 
     /// Tries deployments (with retries) but not fallbacks. `call` makes one attempt on
@@ -294,7 +305,9 @@ impl Pool {
                 tokio::time::sleep(wait.max(hinted)).await;
             }
             tried.push(i);
-            let slot = &self.slots[i];
+            let Some(slot) = self.slots.get(i) else {
+                break;
+            };
             slot.health.in_flight.fetch_add(1, Ordering::Relaxed);
             slot.health.attempts.fetch_add(1, Ordering::Relaxed);
             let guard = InFlight {

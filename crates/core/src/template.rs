@@ -144,15 +144,17 @@ fn message_value(m: &Message) -> Value {
     } else {
         Value::String(m.joined_text())
     };
-    let mut v = json!({"role": m.role.as_str(), "content": content});
+    let mut v = serde_json::Map::new();
+    v.insert("role".into(), json!(m.role.as_str()));
+    v.insert("content".into(), content);
     if let Some(name) = &m.name {
-        v["name"] = json!(name);
+        v.insert("name".into(), json!(name));
     }
     if let Some(id) = &m.tool_call_id {
-        v["tool_call_id"] = json!(id);
+        v.insert("tool_call_id".into(), json!(id));
     }
     if !m.tool_calls.is_empty() {
-        v["tool_calls"] = m
+        let calls = m
             .tool_calls
             .iter()
             .map(|c| {
@@ -161,8 +163,9 @@ fn message_value(m: &Message) -> Value {
                 json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": args}})
             })
             .collect();
+        v.insert("tool_calls".into(), Value::Array(calls));
     }
-    v
+    Value::Object(v)
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ pub fn inline_tools(messages: &[Message], tools: &[ToolDef]) -> Vec<Message> {
     }
     let skip =
         usize::from(!tools.is_empty() && messages.first().is_some_and(|m| m.role == Role::System));
-    for m in &messages[skip..] {
+    for m in messages.iter().skip(skip) {
         let mut m = m.clone();
         if m.role == Role::Assistant && !m.tool_calls.is_empty() {
             let mut text = m.joined_text();
@@ -131,38 +131,53 @@ pub fn parse_tool_calls(
 ) -> EventStream {
     let names: Vec<String> = tools.iter().map(|t| t.name.clone()).collect();
     Box::pin(async_stream::stream! {
-        let mut parsers: Vec<Box<dyn ToolCallParser>> = (0..n).map(|_| syntax.parser(&names)).collect();
-        let mut calls = vec![0u32; n as usize];
-        let mut open: Vec<Option<u32>> = vec![None; n as usize];
-        // Whitespace is held until real text follows: around calls it is only layout.
-        let mut blank: Vec<String> = vec![String::new(); n as usize];
+        let mut choices: Vec<Choice> = (0..n)
+            .map(|_| Choice { parser: syntax.parser(&names), calls: 0, open: None, blank: String::new() })
+            .collect();
         while let Some(event) = events.next().await {
             match event {
-                Ok(StreamEvent::Delta { index, mut delta }) if (index as usize) < parsers.len() => {
-                    let i = index as usize;
-                    let parsed = parsers[i].push(&std::mem::take(&mut delta.content));
-                    let out = to_delta(parsed, &mut calls[i], &mut open[i], &mut blank[i], delta);
+                Ok(StreamEvent::Delta { index, mut delta }) => {
+                    let Some(c) = choices.get_mut(index as usize) else {
+                        yield Ok(StreamEvent::Delta { index, delta });
+                        continue;
+                    };
+                    let parsed = c.parser.push(&std::mem::take(&mut delta.content));
+                    let out = to_delta(parsed, &mut c.calls, &mut c.open, &mut c.blank, delta);
                     if !out.is_empty() {
                         yield Ok(StreamEvent::Delta { index, delta: out });
                     }
                 }
-                Ok(StreamEvent::Finish { index, reason, stop_sequence }) if (index as usize) < parsers.len() => {
-                    let i = index as usize;
+                Ok(StreamEvent::Finish { index, reason, stop_sequence }) => {
+                    let Some(c) = choices.get_mut(index as usize) else {
+                        yield Ok(StreamEvent::Finish { index, reason, stop_sequence });
+                        continue;
+                    };
                     let cut = reason == FinishReason::Length;
-                    let mut out = to_delta(parsers[i].finish(cut), &mut calls[i], &mut open[i], &mut blank[i], Delta::default());
-                    if calls[i] == 0 {
-                        out.content.insert_str(0, &std::mem::take(&mut blank[i]));
+                    let mut out = to_delta(c.parser.finish(cut), &mut c.calls, &mut c.open, &mut c.blank, Delta::default());
+                    if c.calls == 0 {
+                        out.content.insert_str(0, &std::mem::take(&mut c.blank));
                     }
                     if !out.is_empty() {
                         yield Ok(StreamEvent::Delta { index, delta: out });
                     }
-                    let reason = if calls[i] > 0 && reason == FinishReason::Stop { FinishReason::ToolCalls } else { reason };
+                    let reason = if c.calls > 0 && reason == FinishReason::Stop { FinishReason::ToolCalls } else { reason };
                     yield Ok(StreamEvent::Finish { index, reason, stop_sequence });
                 }
                 other => yield other,
             }
         }
     })
+}
+
+/// One choice's parsing state.
+struct Choice {
+    parser: Box<dyn ToolCallParser>,
+    /// Calls made so far.
+    calls: u32,
+    /// The call whose arguments are being streamed.
+    open: Option<u32>,
+    /// Whitespace held until real text follows: around calls it is only layout.
+    blank: String,
 }
 
 fn to_delta(
