@@ -113,6 +113,8 @@ pub struct Provider {
     client: reqwest::Client,
     dialect: Box<dyn Dialect>,
     token: Option<gigachat::TokenSource>,
+    /// Endpoint URLs already parsed (see `http::parsed_url`).
+    urls: http::UrlCache,
 }
 
 impl Provider {
@@ -169,6 +171,7 @@ impl Provider {
             client,
             dialect,
             token,
+            urls: http::UrlCache::default(),
         }))
     }
 
