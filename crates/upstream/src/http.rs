@@ -336,6 +336,27 @@ pub(crate) fn event_stream(
 mod tests {
     use super::*;
 
+    #[test]
+    fn endpoint_urls_are_parsed_once_and_the_cache_stays_bounded() {
+        let cache = UrlCache::default();
+        let u = cache
+            .parsed("p", "http://127.0.0.1:9/v1/chat/completions")
+            .unwrap();
+        assert_eq!(u.path(), "/v1/chat/completions");
+        assert_eq!(cache.0.lock().unwrap().len(), 1);
+        cache
+            .parsed("p", "http://127.0.0.1:9/v1/chat/completions")
+            .unwrap();
+        assert_eq!(cache.0.lock().unwrap().len(), 1);
+        for i in 0..URL_CACHE_MAX + 10 {
+            cache.parsed("p", &format!("http://h/{i}")).unwrap();
+        }
+        assert!(cache.0.lock().unwrap().len() <= URL_CACHE_MAX);
+        let e = cache.parsed("p", "not a url").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Upstream);
+        assert!(e.message.contains("upstream `p`"), "{e}");
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn large_work_leaves_the_worker_thread_and_small_work_stays() {
         let here = std::thread::current().id();
