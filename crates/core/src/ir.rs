@@ -283,15 +283,20 @@ pub struct ChatRequest {
 impl ChatRequest {
     /// Bytes of inline image data (base64) the request carries.
     pub fn image_bytes(&self) -> usize {
-        self.messages
-            .iter()
-            .flat_map(|m| &m.content)
-            .map(|p| match p {
-                ContentPart::Image(ImageSource::Base64 { data, .. }) => data.len(),
-                _ => 0,
-            })
-            .sum()
+        image_bytes(&self.messages)
     }
+}
+
+/// Bytes of the messages' inline images (base64, as sent).
+pub fn image_bytes(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .map(|p| match p {
+            ContentPart::Image(ImageSource::Base64 { data, .. }) => data.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Per-request facts that are not the request itself.

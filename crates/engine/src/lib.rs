@@ -280,7 +280,7 @@ impl Backend for LocalModel {
             return Ok(0);
         }
         let messages = messages.to_vec();
-        let bytes = vision::image_bytes(&messages);
+        let bytes = parlance_core::ir::image_bytes(&messages);
         self.off_thread(bytes, move |prep| vision::count_tokens(prep, &messages))
             .await?
     }
@@ -498,7 +498,7 @@ fn max_piece_bytes(vocab: &llama_cpp_2::vocab::LlamaVocab<'_>) -> usize {
 /// How much preparing `req` costs (big inputs take turns); images are decoded there too.
 fn work_bytes(req: &ChatRequest) -> usize {
     text_bytes(req)
-        + vision::image_bytes(&req.messages)
+        + parlance_core::ir::image_bytes(&req.messages)
         + req
             .tools
             .iter()

@@ -248,18 +248,6 @@ pub(crate) fn take_images(messages: &[Message]) -> Result<(Vec<Message>, Vec<Ima
     Ok((out, images))
 }
 
-/// Bytes of the messages' inline images (base64, as sent).
-pub(crate) fn image_bytes(messages: &[Message]) -> usize {
-    messages
-        .iter()
-        .flat_map(|m| &m.content)
-        .map(|p| match p {
-            ContentPart::Image(ImageSource::Base64 { data, .. }) => data.len(),
-            _ => 0,
-        })
-        .sum()
-}
-
 /// The first image span ending after `n`, when `n` falls inside it: a cached prefix
 /// may only end at an image's edge (its embeddings are evaluated whole).
 pub(crate) fn floor_to_media(media: &[Media], n: usize) -> usize {
