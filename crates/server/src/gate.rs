@@ -12,6 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use axum::routing::MethodRouter;
 use axum::Router;
 use futures::FutureExt;
 use parlance_core::Code;
@@ -100,9 +101,20 @@ impl WireFormat {
         }
     }
 
-    /// The gate's state, for `from_fn_with_state(.., guard)` on a route whose methods
-    /// belong to different doors.
-    pub(crate) fn gate(self, state: &Arc<AppState>) -> Gate {
+    /// One method of a route whose methods belong to different doors, behind this
+    /// door's gate.
+    pub(crate) fn method(
+        self,
+        state: &Arc<AppState>,
+        method: MethodRouter<Arc<AppState>>,
+    ) -> MethodRouter<Arc<AppState>> {
+        method.route_layer(axum::middleware::from_fn_with_state(
+            self.gate(state),
+            guard,
+        ))
+    }
+
+    fn gate(self, state: &Arc<AppState>) -> Gate {
         Gate {
             state: Arc::clone(state),
             wire: self,
@@ -127,7 +139,7 @@ pub(crate) struct Gate {
 
 /// Checks the key, then runs the handler; a panic in it, or an answer made outside
 /// Parlance's code, comes back in the door's format.
-pub(crate) async fn guard(State(g): State<Gate>, mut req: Request, next: Next) -> Response {
+async fn guard(State(g): State<Gate>, mut req: Request, next: Next) -> Response {
     if let Some(ctx) = req.extensions().get::<Arc<RequestCtx>>() {
         ctx.set_front_door(g.wire.name());
     }

@@ -37,7 +37,7 @@ pub use shutdown::Shutdown;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
 use parlance_core::Code;
 use parlance_core::{Error, ErrorKind, Router};
@@ -147,22 +147,18 @@ fn api_routes(state: &Arc<AppState>) -> HttpRouter<Arc<AppState>> {
             get(responses::get).delete(responses::delete),
         )
         .route("/responses/{id}/input_items", get(responses::input_items));
+    // Anthropic's paths are Anthropic's, also the ones it does not have.
     let anthropic = HttpRouter::new()
-        .route("/messages", post(anthropic::messages))
-        .route("/messages/count_tokens", post(anthropic::count_tokens));
+        .route("/", post(anthropic::messages))
+        .route("/count_tokens", post(anthropic::count_tokens));
     // GET: OpenAI's model object; POST `MODEL:generateContent`: Gemini's door.
-    let gated = |wire: gate::WireFormat| {
-        axum::middleware::from_fn_with_state(wire.gate(state), gate::guard)
-    };
-    let model = get(openai::get_model)
-        .route_layer(gated(OpenAi))
-        .merge(post(gemini::action).route_layer(gated(Gemini)));
+    let model = OpenAi
+        .method(state, get(openai::get_model))
+        .merge(Gemini.method(state, post(gemini::action)));
     OpenAi
         .mount(state, openai, true)
-        .merge(Anthropic.mount(state, anthropic, false))
+        .nest("/messages", Anthropic.mount(state, anthropic, true))
         .route("/models/{*id}", model)
-        // Anthropic's paths are Anthropic's, also the ones it does not have.
-        .route("/messages/{*rest}", any(|| async { Anthropic.not_found() }))
 }
 
 pub fn build_router(state: Arc<AppState>) -> HttpRouter {
