@@ -163,7 +163,6 @@ pub(crate) async fn start<D: Door>(
     route: &Route,
     mut req: ChatRequest,
 ) -> Result<Started, Response> {
-    ctx.set_front_door(D::NAME);
     if let (Some(asked), Some(limit)) = (req.max_tokens, route.info.max_output_tokens) {
         if asked > limit {
             let e = door.output_cap_error(asked, limit, &req.model);

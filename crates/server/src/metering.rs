@@ -408,10 +408,12 @@ fn meter_of(
     ctx: &Arc<RequestCtx>,
     principal: &Principal,
     info: &ModelInfo,
-    front_door: &str,
+    front_door: &'static str,
     streamed: bool,
     progress: Progress,
 ) -> Option<Meter> {
+    // Metrics name the door as usage rows do (the gate named only the wire format).
+    ctx.set_front_door(front_door);
     if let Some(k) = principal.key() {
         ctx.set_key(&k.id);
     }
@@ -450,7 +452,7 @@ pub(crate) async fn admit(
     principal: &Principal,
     info: &ModelInfo,
     req: &mut parlance_core::ir::ChatRequest,
-    front_door: &str,
+    front_door: &'static str,
 ) -> Result<(Option<Meter>, RateHeaders), (Error, RateHeaders)> {
     let bytes = prompt_bytes(req);
     let cap = req.max_tokens.or(info.max_output_tokens).unwrap_or(1024);

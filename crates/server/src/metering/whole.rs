@@ -19,7 +19,7 @@ pub(crate) async fn counted<T>(
     ctx: &Arc<RequestCtx>,
     principal: &Principal,
     info: &ModelInfo,
-    front_door: &str,
+    front_door: &'static str,
     work: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     let meter = meter_of(
@@ -60,7 +60,7 @@ pub(crate) async fn embedded<T>(
     ctx: &Arc<RequestCtx>,
     principal: &Principal,
     info: &ModelInfo,
-    front_door: &str,
+    front_door: &'static str,
     bytes: usize,
     work: impl std::future::Future<Output = Result<T, Error>>,
     tokens: fn(&T) -> u32,
