@@ -3,6 +3,7 @@
 //! format (the server crate), naming parameters in its own terms.
 
 pub use crate::error_code::Code;
+pub use crate::param_path::ParamPath;
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +58,7 @@ pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
     /// The request parameter at fault, e.g. `temperature` or `messages[1].content`.
-    pub param: Option<String>,
+    pub param: Option<ParamPath>,
     /// A machine-readable code, e.g. `model_not_found`, `context_length_exceeded`.
     pub code: Option<Code>,
     /// Seconds a client should wait before retrying (sent as `Retry-After`).
@@ -88,7 +89,7 @@ impl Error {
     }
 
     /// A 400 that names the parameter at fault.
-    pub fn invalid_param(param: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn invalid_param(param: impl Into<ParamPath>, message: impl Into<String>) -> Self {
         Error::invalid(message).with_param(param)
     }
 
@@ -105,7 +106,7 @@ impl Error {
         .with_code(Code::ModelNotFound)
     }
 
-    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+    pub fn with_param(mut self, param: impl Into<ParamPath>) -> Self {
         self.param = Some(param.into());
         self
     }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod error_code;
 pub mod ir;
 pub mod lazy;
+pub mod param_path;
 pub mod pool;
 pub mod preset;
 pub mod router;
@@ -23,4 +24,5 @@ pub use backend::{
 };
 pub use error::{Error, ErrorKind};
 pub use error_code::Code;
+pub use param_path::{ParamPath, Step};
 pub use router::Router;

@@ -12,6 +12,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings, RerankRequest, Scores};
 use parlance_core::Code;
+use parlance_core::ParamPath;
 use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo};
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -510,7 +511,7 @@ fn tokenize_inputs(
     let keep = truncate.map_or(ctx, |t| (t as usize).min(ctx));
     let mut out = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
-        let at = format!("input[{i}]");
+        let at = ParamPath::field("input").at(i);
         let mut toks = match input {
             // The model's own special tokens around the text ([CLS] ... [SEP]); text
             // that spells a special token stays text.

@@ -39,6 +39,7 @@ use parlance_core::ir::{ChatRequest, Message, StreamEvent, ToolChoice, Usage};
 use parlance_core::template::ChatTemplate;
 use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::Code;
+use parlance_core::ParamPath;
 use parlance_core::{Backend, Error, ErrorKind, EventStream, InlineImages, ModelInfo};
 use prep::{text_bytes, Prep, Prepared};
 use setup::{context_params, preserved_tokens, spawn_engine, template_source};
@@ -204,7 +205,7 @@ impl LocalModel {
         let images = req.messages.iter().position(Message::has_images);
         if let (Some(i), None) = (images, &self.prep.vision) {
             return Err(Error::invalid_param(
-                format!("messages[{i}].content"),
+                ParamPath::field("messages").at(i).then("content"),
                 format!("model `{}` does not accept images", self.info.id),
             ));
         }

@@ -15,6 +15,7 @@ use parlance_core::template::ChatTemplate;
 use parlance_core::tools::{self, ToolSyntax};
 use parlance_core::Code;
 use parlance_core::Error;
+use parlance_core::ParamPath;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -120,7 +121,7 @@ impl Prep {
                 })
                 .unwrap_or(0);
             return Err(Error::invalid_param(
-                format!("messages[{at}].content"),
+                ParamPath::field("messages").at(at).then("content"),
                 "the text contains a control token of this model's chat template (such as an end-of-turn marker), which this template does not keep as plain text; remove it",
             ));
         }

@@ -5,6 +5,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::Code;
 use parlance_core::Error;
+use parlance_core::ParamPath;
 
 /// `[BOS] query [EOS] [SEP] document [EOS]`, each marker where the vocabulary adds it
 /// (EOS falls back to SEP); a pair over the context is a 400 naming its document.
@@ -38,7 +39,7 @@ pub(crate) fn pairs(
             toks.push(eos);
         }
         if toks.len() > ctx {
-            let at = format!("documents[{i}]");
+            let at = ParamPath::field("documents").at(i);
             return Err(Error::invalid_param(
                 &at,
                 format!(

@@ -16,6 +16,7 @@ use llama_cpp_2::token::LlamaToken;
 use parlance_core::ir::{ContentPart, ImageSource, Message};
 use parlance_core::Code;
 use parlance_core::Error;
+use parlance_core::ParamPath;
 use sha2::{Digest, Sha256};
 use std::ffi::CString;
 use std::path::Path;
@@ -62,7 +63,7 @@ impl std::fmt::Display for EvalFailure {
 
 /// An image taken out of the messages: where it was (for errors) and its bytes.
 pub(crate) struct ImageInput {
-    pub at: String,
+    pub at: ParamPath,
     pub bytes: Vec<u8>,
 }
 
@@ -136,7 +137,7 @@ impl Vision {
     }
 
     /// [`Vision::image`], its failure a 400 naming the part `at`.
-    pub(crate) fn image_at(&self, bytes: &[u8], at: &str) -> Result<MtmdInputChunks, Error> {
+    pub(crate) fn image_at(&self, bytes: &[u8], at: &ParamPath) -> Result<MtmdInputChunks, Error> {
         self.image(bytes).map_err(|why| {
             Error::invalid_param(at, format!("The image cannot be used: {why}."))
                 .with_code(Code::InvalidImage)
@@ -229,7 +230,7 @@ pub(crate) fn take_images(messages: &[Message]) -> Result<(Vec<Message>, Vec<Ima
             let ContentPart::Image(source) = part else {
                 continue;
             };
-            let at = format!("messages[{i}].content[{j}]");
+            let at = ParamPath::field("messages").at(i).then("content").at(j);
             let bytes = match source {
                 ImageSource::Base64 { data, .. } => inline_bytes(data, &at)?,
                 ImageSource::Url(url) => {
@@ -258,7 +259,7 @@ pub(crate) fn floor_to_media(media: &[Media], n: usize) -> usize {
 }
 
 /// The bytes of an inline image; a 400 naming the part `at` when they are not base64.
-fn inline_bytes(data: &str, at: &str) -> Result<Vec<u8>, Error> {
+fn inline_bytes(data: &str, at: &ParamPath) -> Result<Vec<u8>, Error> {
     base64::engine::general_purpose::STANDARD
         .decode(data.trim())
         .map_err(|e| {
@@ -279,7 +280,7 @@ pub(crate) fn count_tokens(prep: &crate::prep::Prep, messages: &[Message]) -> Re
             let ContentPart::Image(ImageSource::Base64 { data, .. }) = part else {
                 continue;
             };
-            let at = format!("messages[{i}].content[{j}]");
+            let at = ParamPath::field("messages").at(i).then("content").at(j);
             let chunks = vision.image_at(&inline_bytes(data, &at)?, &at)?;
             total = total.saturating_add(chunks.total_tokens() as u32);
         }

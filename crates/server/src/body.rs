@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use parlance_core::Code;
-use parlance_core::{Error, ErrorKind};
+use parlance_core::{Error, ErrorKind, ParamPath, Step};
 use serde::de::DeserializeOwned;
 
 pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, Error> {
@@ -60,7 +60,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
+        let path = ParamPath::from_steps(steps_of(e.path()));
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
             return Error::invalid(format!(
@@ -70,23 +70,15 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
         }
         let detail = friendly(&inner.to_string());
         if let Some(field) = missing_field(&detail) {
-            let param = if path == "." {
-                field.to_string()
-            } else {
-                format!("{path}.{field}")
-            };
-            return Error::invalid_param(
-                param.clone(),
-                format!("Missing required parameter: '{param}'."),
-            );
+            let param = path.join(&[Step::Field(field.to_string())]);
+            let message = format!("Missing required parameter: '{param}'.");
+            return Error::invalid_param(param, message);
         }
-        if path == "." {
+        if path.steps().is_empty() {
             Error::invalid(format!("Invalid request body: {detail}"))
         } else {
-            Error::invalid_param(
-                path.clone(),
-                format!("Invalid value for '{path}': {detail}"),
-            )
+            let message = format!("Invalid value for '{path}': {detail}");
+            Error::invalid_param(path, message)
         }
     })?;
     // serde stops after the first value; anything but whitespace after it is not JSON.
@@ -97,6 +89,18 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
         .with_code(Code::InvalidJson)
     })?;
     Ok(value)
+}
+
+/// serde's path to the value it refused, as parameter steps.
+fn steps_of(path: &serde_path_to_error::Path) -> Vec<Step> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .map(|s| match s {
+            Segment::Seq { index } => Step::Index(*index),
+            Segment::Map { key } | Segment::Enum { variant: key } => Step::Field(key.clone()),
+            Segment::Unknown => Step::Field("?".to_string()),
+        })
+        .collect()
 }
 
 fn missing_field(detail: &str) -> Option<&str> {

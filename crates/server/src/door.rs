@@ -16,7 +16,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use parlance_core::ir::ChatRequest;
 use parlance_core::router::Route;
-use parlance_core::{Error, EventStream};
+use parlance_core::{Error, EventStream, ParamPath};
 use parlance_tenancy::limits::RateHeaders;
 use serde_json::Value;
 use std::convert::Infallible;
@@ -105,11 +105,23 @@ pub(crate) fn error_response(e: &Error, body: Value) -> Response {
 }
 
 /// The message with the parameter it names in front, for doors whose error bodies
-/// have no `param` field (Anthropic's and Gemini's: `messages.0.content.1: ...`).
-pub(crate) fn message_naming_param(e: &Error) -> String {
-    match e.param.as_deref() {
-        Some(p) if !e.message.contains(p) => format!("{p}: {}", e.message),
-        _ => e.message.clone(),
+/// have no `param` field: Gemini's `contents[0].parts[1]: ...`, or with `dotted`
+/// Anthropic's `messages.0.content.1: ...` (where the message quotes the path in the
+/// IR's style, it is reworded in the door's).
+pub(crate) fn message_naming_param(e: &Error, dotted: bool) -> String {
+    let Some(p) = &e.param else {
+        return e.message.clone();
+    };
+    let (named, message) = if dotted {
+        let named = p.dotted();
+        (named.clone(), e.message.replace(&**p, &named))
+    } else {
+        (p.to_string(), e.message.clone())
+    };
+    if message.contains(&named) {
+        message
+    } else {
+        format!("{named}: {message}")
     }
 }
 
@@ -121,15 +133,12 @@ pub(crate) struct Started {
 
 /// Names a backend's parameter path as the door does.
 pub(crate) fn rename_param(mut e: Error, names: &[(&str, &str)]) -> Error {
-    if let Some(p) = e.param.as_deref() {
-        for (from, to) in names {
-            if let Some(rest) = p.strip_prefix(from) {
-                if rest.is_empty() || rest.starts_with(['.', '[']) {
-                    e.param = Some(format!("{to}{rest}"));
-                    break;
-                }
-            }
-        }
+    let renamed = e.param.as_ref().and_then(|p| {
+        let (from, to) = names.iter().find(|(from, _)| p.head() == Some(*from))?;
+        p.renamed(from, &ParamPath::parse(to))
+    });
+    if renamed.is_some() {
+        e.param = renamed;
     }
     e
 }
@@ -250,4 +259,44 @@ pub(crate) async fn image_tokens(route: &Route, req: &ChatRequest) -> Result<u32
         .count_image_tokens(&req.messages)
         .await
         .map_err(|e| req.origins.rename(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parlance_core::ParamPath;
+
+    #[test]
+    fn a_door_without_a_param_field_names_the_part_in_its_own_style() {
+        let at = ParamPath::field("tools")
+            .at(1)
+            .then("function")
+            .then("name");
+        let e = Error::invalid_param(at.clone(), format!("Invalid '{at}': empty."));
+        assert_eq!(
+            message_naming_param(&e, true),
+            "Invalid 'tools.1.function.name': empty."
+        );
+        assert_eq!(
+            message_naming_param(&e, false),
+            "Invalid 'tools[1].function.name': empty."
+        );
+        let e = Error::invalid_param(ParamPath::field("contents").at(0), "no parts");
+        assert_eq!(message_naming_param(&e, false), "contents[0]: no parts");
+        assert_eq!(message_naming_param(&Error::invalid("bad"), true), "bad");
+    }
+
+    #[test]
+    fn a_backend_param_is_renamed_by_its_leading_field() {
+        let names = &[
+            ("max_tokens", "generationConfig.maxOutputTokens"),
+            ("messages", "input"),
+        ];
+        let e = rename_param(Error::invalid_param("max_tokens", "too many"), names);
+        assert_eq!(e.param.as_deref(), Some("generationConfig.maxOutputTokens"));
+        let e = rename_param(Error::invalid_param("messages[2].content", "x"), names);
+        assert_eq!(e.param.as_deref(), Some("input[2].content"));
+        let e = rename_param(Error::invalid_param("max_tokens_x", "x"), names);
+        assert_eq!(e.param.as_deref(), Some("max_tokens_x"));
+    }
 }

@@ -15,6 +15,7 @@ use axum::{Extension, Json};
 use base64::Engine as _;
 use parlance_core::embed::{shortening, EmbedInput, EmbedRequest, Embeddings};
 use parlance_core::Error;
+use parlance_core::ParamPath;
 use parlance_protocol::embeddings as wire;
 use serde_json::Value;
 use std::sync::Arc;
@@ -150,7 +151,7 @@ fn inputs(input: Value) -> Result<Vec<EmbedInput>, Error> {
                 }
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.into_iter().enumerate() {
-                    let at = format!("input[{i}]");
+                    let at = ParamPath::field("input").at(i);
                     out.push(match item {
                         Value::String(s) => text(s, &at)?,
                         Value::Array(t) if !t.is_empty() => EmbedInput::Tokens(ids(&t, &at)?),

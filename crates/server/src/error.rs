@@ -39,7 +39,7 @@ pub(crate) fn openai_body(e: &Error) -> ErrorResponse {
         error: ErrorObject {
             message: e.message.clone(),
             kind: openai_type(e.kind).to_string(),
-            param: e.param.clone(),
+            param: e.param.as_deref().map(str::to_string),
             code: e.code.as_ref().map(Code::to_string),
         },
     }

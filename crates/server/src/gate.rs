@@ -48,7 +48,10 @@ impl WireFormat {
     pub(crate) fn error_body(self, e: &Error) -> Value {
         match self {
             WireFormat::OpenAi => crate::error::openai_value(e),
-            _ => self.status_body(e.status(), &message_naming_param(e)),
+            _ => {
+                let dotted = self == WireFormat::Anthropic;
+                self.status_body(e.status(), &message_naming_param(e, dotted))
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 use crate::sse::SseEvent;
 use parlance_core::ir::{ChatRequest, StreamEvent};
 use parlance_core::Error;
+use parlance_core::ParamPath;
 use serde_json::Value;
 
 /// A request ready to send: where, and the JSON body.
@@ -51,7 +52,12 @@ pub(crate) fn call_arguments(
     match serde_json::from_str::<serde_json::Value>(args) {
         Ok(v @ serde_json::Value::Object(_)) => Ok(v),
         _ => Err(Error::invalid_param(
-            format!("messages[{msg}].tool_calls[{call}].function.arguments"),
+            ParamPath::field("messages")
+                .at(msg)
+                .then("tool_calls")
+                .at(call)
+                .then("function")
+                .then("arguments"),
             "this model's provider needs tool-call arguments to be a JSON object",
         )),
     }
@@ -75,7 +81,7 @@ pub(crate) fn answered_function(req: &ChatRequest, msg: usize) -> Result<String,
         .or_else(|| m.name.clone())
         .ok_or_else(|| {
             Error::invalid_param(
-                format!("messages[{msg}].tool_call_id"),
+                ParamPath::field("messages").at(msg).then("tool_call_id"),
                 format!("tool_call_id {id:?} matches no earlier assistant tool call"),
             )
         })

@@ -7,6 +7,7 @@ use crate::dialect::{self, AuthStyle, Call};
 use crate::{http, Provider, ProviderKind};
 use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings, RerankRequest, Scores};
 use parlance_core::Code;
+use parlance_core::ParamPath;
 use parlance_core::{Error, ErrorKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -95,7 +96,7 @@ pub(crate) async fn embed(
             EmbedInput::Text(t) => Value::String(t),
             EmbedInput::Tokens(_) if gigachat => {
                 return Err(Error::invalid_param(
-                    format!("input[{i}]"),
+                    ParamPath::field("input").at(i),
                     "this model takes text only, not token ids",
                 ))
             }
@@ -154,7 +155,7 @@ async fn gemini(p: &Provider, model: &str, req: EmbedRequest) -> Result<Embeddin
     for (i, item) in req.inputs.into_iter().enumerate() {
         let EmbedInput::Text(text) = item else {
             return Err(Error::invalid_param(
-                format!("input[{i}]"),
+                ParamPath::field("input").at(i),
                 "this model takes text only, not token ids",
             ));
         };

@@ -5,6 +5,7 @@
 use crate::{http, Provider};
 use base64::Engine as _;
 use parlance_core::ir::{ChatRequest, ContentPart, ImageSource};
+use parlance_core::ParamPath;
 use parlance_core::{Error, ErrorKind};
 use serde_json::{json, Value};
 
@@ -32,7 +33,7 @@ pub(crate) async fn attach_images(
             };
             let ImageSource::Base64 { media_type, data } = img else {
                 return Err(Error::invalid_param(
-                    format!("messages[{i}].content[{j}]"),
+                    ParamPath::field("messages").at(i).then("content").at(j),
                     "GigaChat needs the image's bytes: send a data URL or an http(s) URL Parlance can fetch.",
                 ));
             };
@@ -43,7 +44,7 @@ pub(crate) async fn attach_images(
             .await?;
             let bytes = decoded.map_err(|e| {
                 Error::invalid_param(
-                    format!("messages[{i}].content[{j}]"),
+                    ParamPath::field("messages").at(i).then("content").at(j),
                     format!("The image is not valid base64: {e}."),
                 )
             })?;

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use parlance_core::ir::{ChatRequest, ContentPart, ImageSource};
 use parlance_core::Code;
 use parlance_core::Error;
+use parlance_core::ParamPath;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -250,7 +251,7 @@ impl ImageFetcher {
         for ((i, j, url), got) in wanted.into_iter().zip(fetched) {
             let (media_type, data) = got.map_err(|why| {
                 Error::invalid_param(
-                    format!("messages[{i}].content[{j}]"),
+                    ParamPath::field("messages").at(i).then("content").at(j),
                     format!("The image at {url} could not be fetched: {why}."),
                 )
                 .with_code(Code::InvalidImageUrl)

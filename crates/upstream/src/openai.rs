@@ -8,6 +8,7 @@ use parlance_core::ir::{
     ChatRequest, ContentPart, ImageSource, Message, ResponseFormat, Role, StreamEvent, ToolChoice,
 };
 use parlance_core::Error;
+use parlance_core::ParamPath;
 use serde_json::{json, Map, Value};
 
 pub(crate) struct OpenAiDialect {
@@ -85,7 +86,7 @@ impl OpenAiDialect {
             if self.gigachat {
                 if m.tool_calls.len() > 1 {
                     return Err(Error::invalid_param(
-                        format!("messages[{i}].tool_calls"),
+                        ParamPath::field("messages").at(i).then("tool_calls"),
                         "this model's provider (GigaChat) takes one function call per assistant message",
                     ));
                 }

@@ -1,13 +1,15 @@
 //! Where the IR's parts came from in the caller's request.
 
+use crate::param_path::{ParamPath, Step};
+
 /// Where the IR's messages and their parts came from in the caller's request, in its
 /// own wire terms (`messages.1.content.0`, `contents[0].parts[1]`, `input[0]`): the IR
 /// adds messages (a system prompt, tool results) and splits others, so an IR path like
 /// `messages[2].content[1]` must be looked up, not renamed, to name what the caller sent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PartOrigins {
-    messages: Vec<(usize, String)>,
-    parts: Vec<(usize, usize, String)>,
+    messages: Vec<(usize, ParamPath)>,
+    parts: Vec<(usize, usize, ParamPath)>,
     /// The caller's messages are the IR's, one to one (OpenAI's door): nothing is
     /// recorded per request, paths are the IR's less what a preset put in front.
     same: bool,
@@ -25,11 +27,11 @@ impl PartOrigins {
         }
     }
 
-    pub fn message(&mut self, index: usize, path: impl Into<String>) {
+    pub fn message(&mut self, index: usize, path: impl Into<ParamPath>) {
         self.messages.push((index, path.into()));
     }
 
-    pub fn part(&mut self, message: usize, part: usize, path: impl Into<String>) {
+    pub fn part(&mut self, message: usize, part: usize, path: impl Into<ParamPath>) {
         self.parts.push((message, part, path.into()));
     }
 
@@ -54,16 +56,16 @@ impl PartOrigins {
     }
 
     /// The caller's name for an IR parameter path, when it is about a message.
-    pub fn name(&self, param: &str) -> Option<String> {
-        let rest = param.strip_prefix("messages[")?;
-        let (i, rest) = rest.split_once(']')?;
-        let i: usize = i.parse().ok()?;
-        let part = rest.strip_prefix(".content[").and_then(|after| {
-            let (j, tail) = after.split_once(']')?;
-            Some((j.parse::<usize>().ok()?, tail))
-        });
+    pub fn name(&self, param: impl Into<ParamPath>) -> Option<ParamPath> {
+        let param = param.into();
+        let (i, rest) = param.element_of("messages")?;
+        let part = match rest {
+            [Step::Field(c), Step::Index(j), tail @ ..] if c == "content" => Some((*j, tail)),
+            _ => None,
+        };
         if self.same {
             let i = i.checked_sub(self.added_messages)?;
+            let message = ParamPath::field("messages").at(i);
             return match part {
                 Some((j, tail)) => {
                     let j = if i == 0 {
@@ -71,23 +73,23 @@ impl PartOrigins {
                     } else {
                         j
                     };
-                    Some(format!("messages[{i}].content[{j}]{tail}"))
+                    Some(message.then("content").at(j).join(tail))
                 }
-                None => Some(format!("messages[{i}]{rest}")),
+                None => Some(message.join(rest)),
             };
         }
         if let Some((j, tail)) = part {
             if let Some((_, _, path)) = self.parts.iter().find(|(m, p, _)| *m == i && *p == j) {
-                return Some(format!("{path}{tail}"));
+                return Some(path.join(tail));
             }
         }
         let (_, path) = self.messages.iter().find(|(m, _)| *m == i)?;
-        Some(format!("{path}{rest}"))
+        Some(path.join(rest))
     }
 
     /// `e` with its parameter named as the caller wrote it (unchanged when unknown).
     pub fn rename(&self, mut e: crate::Error) -> crate::Error {
-        if let Some(named) = e.param.as_deref().and_then(|p| self.name(p)) {
+        if let Some(named) = e.param.as_ref().and_then(|p| self.name(p)) {
             e.param = Some(named);
         }
         e

@@ -11,7 +11,7 @@ use crate::AppState;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use parlance_core::embed::{shortening, EmbedInput, EmbedRequest, Embeddings};
-use parlance_core::Error;
+use parlance_core::{Error, ParamPath};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -181,16 +181,14 @@ fn text_of(content: &Value, at: &str) -> Result<String, Error> {
 
 /// The backend names inputs `input[i]`; this door's are `requests[i].content`.
 fn rename_inputs(mut e: Error, batch: bool) -> Error {
-    if let Some(rest) = e.param.as_deref().and_then(|p| p.strip_prefix("input[")) {
-        if let Some((i, _)) = rest.split_once(']') {
-            let named = if batch {
-                format!("requests[{i}].content")
-            } else {
-                "content".to_string()
-            };
-            e.message = e.message.replace(&format!("input[{i}]"), &named);
-            e.param = Some(named);
-        }
+    if let Some((i, _)) = e.param.as_ref().and_then(|p| p.element_of("input")) {
+        let named = if batch {
+            ParamPath::field("requests").at(i).then("content")
+        } else {
+            ParamPath::field("content")
+        };
+        e.message = e.message.replace(&format!("input[{i}]"), &named);
+        e.param = Some(named);
     }
     e
 }

@@ -6,6 +6,7 @@ use parlance_core::ir::{
     Reasoning, ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
+use parlance_core::ParamPath;
 use parlance_protocol::gemini as wire;
 use serde_json::{json, Map, Value};
 
@@ -126,15 +127,15 @@ fn content_of(
         Some("model") => Role::Assistant,
         Some(other) => {
             return Err(Error::invalid_param(
-                format!("contents[{i}].role"),
+                ParamPath::field("contents").at(i).then("role"),
                 format!("* GenerateContentRequest.contents[{i}].role: must be \"user\" or \"model\", got {other:?}"),
             ))
         }
     };
     let mut msg = Message::empty(role);
-    let mut parts_at: Vec<(usize, String)> = Vec::new();
+    let mut parts_at: Vec<(usize, ParamPath)> = Vec::new();
     for (j, p) in c.parts.into_iter().enumerate() {
-        let at = format!("contents[{i}].parts[{j}]");
+        let at = ParamPath::field("contents").at(i).then("parts").at(j);
         if let Some(t) = p.text {
             if p.thought == Some(true) {
                 msg.reasoning.get_or_insert_with(String::new).push_str(&t);
@@ -171,7 +172,7 @@ fn content_of(
         }
     }
     if !msg.content.is_empty() || !msg.tool_calls.is_empty() || msg.reasoning.is_some() {
-        origins.message(messages.len(), format!("contents[{i}]"));
+        origins.message(messages.len(), ParamPath::field("contents").at(i));
         for (part, at) in parts_at {
             origins.part(messages.len(), part, at);
         }

@@ -6,7 +6,7 @@
 
 use super::response::SsePayload;
 use futures::{Stream, StreamExt};
-use parlance_core::Error;
+use parlance_core::{Error, ParamPath, Step};
 use parlance_protocol::openai as wire;
 use serde_json::{json, Value};
 
@@ -59,7 +59,7 @@ fn function_tools(f: &Value) -> Result<Vec<wire::Tool>, Error> {
     for (i, f) in list.iter().enumerate() {
         let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
             Error::invalid_param(
-                format!("functions[{i}].name"),
+                ParamPath::field("functions").at(i).then("name"),
                 format!("functions[{i}] needs a 'name'."),
             )
         })?;
@@ -115,7 +115,10 @@ fn calls_to_tool_calls(messages: &mut [wire::ChatMessage]) -> Result<(), Error> 
         if let Some(call) = m.extra.remove("function_call") {
             let name = call.get("name").and_then(Value::as_str).ok_or_else(|| {
                 Error::invalid_param(
-                    format!("messages[{i}].function_call.name"),
+                    ParamPath::field("messages")
+                        .at(i)
+                        .then("function_call")
+                        .then("name"),
                     format!("messages[{i}].function_call needs a 'name'."),
                 )
             })?;
@@ -145,7 +148,7 @@ fn calls_to_tool_calls(messages: &mut [wire::ChatMessage]) -> Result<(), Error> 
                 .find(|(n, _)| m.name.as_deref().is_none_or(|want| want == n))
                 .map(|(_, id)| id.clone())
                 .ok_or_else(|| {
-                    Error::invalid_param(format!("messages[{i}]"), format!("messages[{i}] is a function result, but no earlier assistant message called a function."))
+                    Error::invalid_param(ParamPath::field("messages").at(i), format!("messages[{i}] is a function result, but no earlier assistant message called a function."))
                 })?;
             m.tool_call_id = Some(answered);
         }
@@ -156,15 +159,21 @@ fn calls_to_tool_calls(messages: &mut [wire::ChatMessage]) -> Result<(), Error> 
 /// A validation error of the tools this request became, named as the caller wrote
 /// it (`functions[0].name`, `function_call`).
 pub(super) fn rename(mut e: Error) -> Error {
-    if let Some(p) = e.param.take() {
-        e.param = Some(if let Some(rest) = p.strip_prefix("tools") {
-            format!("functions{}", rest.replacen(".function.", ".", 1))
-        } else if p == "tool_choice" {
-            "function_call".to_string()
-        } else {
-            p
-        });
-    }
+    let Some(p) = e.param.take() else { return e };
+    e.param = Some(match p.steps() {
+        [Step::Field(t), Step::Index(i), Step::Field(f), rest @ ..]
+            if t == "tools" && f == "function" =>
+        {
+            ParamPath::field("functions").at(*i).join(rest)
+        }
+        _ => match p.head() {
+            Some("tools") => p
+                .renamed("tools", &ParamPath::field("functions"))
+                .unwrap_or(p),
+            Some("tool_choice") if p.steps().len() == 1 => ParamPath::field("function_call"),
+            _ => p,
+        },
+    });
     e
 }
 

@@ -7,6 +7,7 @@ use parlance_core::ir::{
     ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
+use parlance_core::ParamPath;
 use parlance_protocol::openai as wire;
 use serde_json::Value;
 
@@ -201,7 +202,10 @@ fn tools(given: Option<Vec<wire::Tool>>) -> Result<Vec<ToolDef>, Error> {
     for (i, t) in tools.iter().enumerate() {
         if let Some(first) = tools[..i].iter().position(|o| o.name == t.name) {
             return Err(Error::invalid_param(
-                format!("tools[{i}].function.name"),
+                ParamPath::field("tools")
+                    .at(i)
+                    .then("function")
+                    .then("name"),
                 format!(
                     "tools[{i}] and tools[{first}] are both named {:?}; tool names must be unique.",
                     t.name
@@ -263,7 +267,7 @@ fn message(i: usize, m: wire::ChatMessage) -> Result<Message, Error> {
         "tool" => Role::Tool,
         other => {
             return Err(Error::invalid_param(
-                format!("messages[{i}].role"),
+                ParamPath::field("messages").at(i).then("role"),
                 format!("Unsupported role {other:?} in messages[{i}]; use system, developer, user, assistant or tool."),
             ))
         }
@@ -289,13 +293,13 @@ fn message(i: usize, m: wire::ChatMessage) -> Result<Message, Error> {
         .collect();
     if content.is_empty() && tool_calls.is_empty() && role != Role::Assistant {
         return Err(Error::invalid_param(
-            format!("messages[{i}].content"),
+            ParamPath::field("messages").at(i).then("content"),
             format!("messages[{i}] ({}) must have content.", role.as_str()),
         ));
     }
     if role == Role::Tool && m.tool_call_id.as_deref().unwrap_or("").is_empty() {
         return Err(Error::invalid_param(
-            format!("messages[{i}].tool_call_id"),
+            ParamPath::field("messages").at(i).then("tool_call_id"),
             format!("messages[{i}] has role 'tool' and must carry the 'tool_call_id' it answers."),
         ));
     }
@@ -312,7 +316,7 @@ fn message(i: usize, m: wire::ChatMessage) -> Result<Message, Error> {
 }
 
 fn content_part(i: usize, j: usize, p: wire::ContentPart) -> Result<ContentPart, Error> {
-    let param = format!("messages[{i}].content[{j}]");
+    let param = ParamPath::field("messages").at(i).then("content").at(j);
     match p.kind.as_str() {
         "text" | "input_text" => p.text.map(ContentPart::Text).ok_or_else(|| {
             Error::invalid_param(
@@ -365,7 +369,7 @@ pub(crate) fn image_source(url: &str) -> Result<ImageSource, String> {
 fn tool(i: usize, t: wire::Tool) -> Result<ToolDef, Error> {
     if t.kind != "function" {
         return Err(Error::invalid_param(
-            format!("tools[{i}].type"),
+            ParamPath::field("tools").at(i).then("type"),
             format!(
                 "tools[{i}] has type {:?}; only \"function\" is supported.",
                 t.kind
@@ -373,14 +377,23 @@ fn tool(i: usize, t: wire::Tool) -> Result<ToolDef, Error> {
         ));
     }
     let name = t.function.name;
-    check_tool_name(&name, &format!("tools[{i}].function.name"))?;
+    check_tool_name(
+        &name,
+        &ParamPath::field("tools")
+            .at(i)
+            .then("function")
+            .then("name"),
+    )?;
     let parameters = t
         .function
         .parameters
         .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}));
     if !parameters.is_object() {
         return Err(Error::invalid_param(
-            format!("tools[{i}].function.parameters"),
+            ParamPath::field("tools")
+                .at(i)
+                .then("function")
+                .then("parameters"),
             "'parameters' must be a JSON Schema object.",
         ));
     }

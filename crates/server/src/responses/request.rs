@@ -9,6 +9,7 @@ use parlance_core::ir::{
     Role, SamplingParams, ToolCall, ToolChoice, ToolDef,
 };
 use parlance_core::Error;
+use parlance_core::ParamPath;
 use parlance_protocol::responses as wire;
 use serde_json::{json, Value};
 
@@ -33,7 +34,7 @@ pub(super) fn input_items(input: Option<Value>) -> Result<Vec<Value>, Error> {
         .map(|(i, mut item)| {
             let Some(obj) = item.as_object_mut() else {
                 return Err(Error::invalid_param(
-                    format!("input[{i}]"),
+                    ParamPath::field("input").at(i),
                     format!("input[{i}] must be an object."),
                 ));
             };
@@ -275,7 +276,7 @@ fn message(item: &Value, param: &str) -> Result<Message, Error> {
 fn tools(raw: &[Value]) -> Result<Vec<ToolDef>, Error> {
     let mut out: Vec<ToolDef> = Vec::new();
     for (i, t) in raw.iter().enumerate() {
-        let param = format!("tools[{i}]");
+        let param = ParamPath::field("tools").at(i);
         match t.get("type").and_then(Value::as_str) {
             Some("function") => {}
             other => {
