@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
+use parlance_protocol::json::Fields;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -68,10 +69,13 @@ fn get_models(server: &ServerArgs) -> anyhow::Result<Vec<Value>> {
     if !status.is_success() {
         bail!(
             "{url}: HTTP {status}: {}",
-            body["error"]["message"].as_str().unwrap_or("error")
+            body.field("error")
+                .field("message")
+                .as_str()
+                .unwrap_or("error")
         );
     }
-    Ok(body["data"].as_array().cloned().unwrap_or_default())
+    Ok(body.field("data").as_array().cloned().unwrap_or_default())
 }
 
 pub(crate) fn models(server: ServerArgs) -> anyhow::Result<()> {
@@ -81,13 +85,17 @@ pub(crate) fn models(server: ServerArgs) -> anyhow::Result<()> {
         "MODEL", "CONTEXT", "MAX OUTPUT"
     );
     for m in models {
-        let num = |k: &str| m[k].as_u64().map_or("-".to_string(), |n| n.to_string());
+        let num = |k: &str| {
+            m.field(k)
+                .as_u64()
+                .map_or("-".to_string(), |n| n.to_string())
+        };
         println!(
             "{:<40} {:>10} {:>12}  {}",
-            m["id"].as_str().unwrap_or("?"),
+            m.field("id").as_str().unwrap_or("?"),
             num("context_length"),
             num("max_output_tokens"),
-            m["owned_by"].as_str().unwrap_or("")
+            m.field("owned_by").as_str().unwrap_or("")
         );
     }
     Ok(())
@@ -103,10 +111,10 @@ fn turn(
     let url = format!("{}/chat/completions", args.server.url.trim_end_matches('/'));
     let mut body = json!({"model": model, "messages": messages, "stream": true});
     if let Some(t) = args.temperature {
-        body["temperature"] = json!(t);
+        body.set("temperature", json!(t));
     }
     if let Some(m) = args.max_tokens {
-        body["max_tokens"] = json!(m);
+        body.set("max_tokens", json!(m));
     }
     let mut req = client.post(&url).json(&body);
     if let Some(k) = &args.server.api_key {
@@ -118,7 +126,10 @@ fn turn(
         let v: Value = resp.json().unwrap_or_default();
         bail!(
             "HTTP {status}: {}",
-            v["error"]["message"].as_str().unwrap_or("error")
+            v.field("error")
+                .field("message")
+                .as_str()
+                .unwrap_or("error")
         );
     }
     let mut answer = String::new();
@@ -132,10 +143,11 @@ fn turn(
             break;
         }
         let v: Value = serde_json::from_str(data).unwrap_or_default();
-        if let Some(msg) = v["error"]["message"].as_str() {
+        if let Some(msg) = v.field("error").field("message").as_str() {
             bail!("{msg}");
         }
-        if let Some(text) = v["choices"][0]["delta"]["content"].as_str() {
+        let first = v.field("choices").get(0).unwrap_or_default();
+        if let Some(text) = first.field("delta").field("content").as_str() {
             answer.push_str(text);
             print!("{text}");
             out.flush()?;

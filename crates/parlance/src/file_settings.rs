@@ -92,7 +92,7 @@ pub(crate) fn apply(args: ServeArgs, argv: &[String]) -> anyhow::Result<ServeArg
 /// The arguments after `serve`.
 fn serve_tail(argv: &[String]) -> &[String] {
     match argv.iter().position(|a| a == "serve") {
-        Some(i) => &argv[i + 1..],
+        Some(i) => argv.get(i + 1..).unwrap_or_default(),
         None => &[],
     }
 }

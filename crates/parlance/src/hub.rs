@@ -2,6 +2,7 @@
 //! `HF_ENDPOINT`) into the cache once, with a progress bar, as llama-server does.
 
 use anyhow::{bail, Context};
+use parlance_protocol::json::Fields;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -87,7 +88,11 @@ fn choose(
         .with_context(|| format!("{spec}: cannot list the repository at {listing_url}"))?
         .json()
         .with_context(|| format!("{spec}: unexpected answer from {listing_url}"))?;
-    let siblings = listing["siblings"].as_array().cloned().unwrap_or_default();
+    let siblings = listing
+        .field("siblings")
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let files: Vec<String> = siblings
         .iter()
         .filter_map(|f| f["rfilename"].as_str().map(str::to_string))
@@ -217,7 +222,7 @@ fn receive(
         if n == 0 {
             break;
         }
-        out.write_all(&buf[..n])?;
+        out.write_all(buf.get(..n).unwrap_or_default())?;
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
@@ -243,7 +248,7 @@ fn check(path: &std::path::Path, chosen: &Chosen) -> anyhow::Result<()> {
             if n == 0 {
                 break;
             }
-            h.update(&buf[..n]);
+            h.update(buf.get(..n).unwrap_or_default());
         }
         let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         if &got != want {

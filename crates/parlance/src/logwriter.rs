@@ -48,16 +48,16 @@ fn colour_code(b: &[u8]) -> Option<usize> {
 pub(crate) fn escape(buf: &[u8], colours: bool) -> Vec<u8> {
     let body = buf.strip_suffix(b"\n").unwrap_or(buf);
     let mut out = Vec::with_capacity(buf.len() + 8);
-    let mut i = 0;
-    while i < body.len() {
-        let c = body[i];
+    let mut rest = body;
+    while let Some((&c, after)) = rest.split_first() {
         if colours {
-            if let Some(n) = colour_code(&body[i..]) {
-                out.extend_from_slice(&body[i..i + n]);
-                i += n;
+            if let Some((code, after)) = colour_code(rest).and_then(|n| rest.split_at_checked(n)) {
+                out.extend_from_slice(code);
+                rest = after;
                 continue;
             }
         }
+        rest = after;
         match c {
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
@@ -65,7 +65,6 @@ pub(crate) fn escape(buf: &[u8], colours: bool) -> Vec<u8> {
             0..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{c:02x}").as_bytes()),
             _ => out.push(c),
         }
-        i += 1;
     }
     if body.len() < buf.len() {
         out.push(b'\n');

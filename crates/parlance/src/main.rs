@@ -1,4 +1,5 @@
 //! The `parlance` command.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod client;
 mod file_settings;

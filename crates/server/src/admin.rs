@@ -16,6 +16,7 @@ use axum::{Extension, Json, Router};
 pub(crate) use fields::apply_fields;
 use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
+use parlance_protocol::json::Fields;
 use parlance_tenancy::keys::{self, KeyRecord};
 use parlance_tenancy::usage::{UsageFilter, UsageGroup, UsageTotals};
 use parlance_tenancy::{KeySpec, Tenancy};
@@ -172,7 +173,7 @@ async fn create_key(
     t.audit(actor.name(), "key.create", &record.id, &record.name, &addr)
         .await;
     let mut v = view(&t, &record).await;
-    v["key"] = json!(key);
+    v.set("key", json!(key));
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 

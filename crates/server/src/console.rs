@@ -106,11 +106,13 @@ pub(crate) fn security_headers(resp: &mut Response) {
 /// `GET /console/{file}`: revalidated on every load (`no-cache` + ETag), so a new
 /// binary's assets are never mixed with an old page's.
 pub(crate) async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
-    let Some(i) = ASSETS.iter().position(|(name, _, _)| *name == file) else {
+    let found = ASSETS
+        .iter()
+        .zip(etags())
+        .find(|((name, _, _), _)| *name == file);
+    let Some((&(_, mime, bytes), tag)) = found else {
         return crate::openai::not_found().await.into_response();
     };
-    let (_, mime, bytes) = ASSETS[i];
-    let tag = &etags()[i];
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

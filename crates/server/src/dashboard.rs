@@ -30,7 +30,8 @@ pub(crate) async fn status(
     for r in state.router.routes() {
         let id = backend_id(&r.backend);
         if let Some(i) = seen.iter().position(|s| *s == id) {
-            if let Some(a) = models[i]["aliases"].as_array_mut() {
+            let aliases = models.get_mut(i).and_then(|m| m.get_mut("aliases"));
+            if let Some(a) = aliases.and_then(Value::as_array_mut) {
                 a.push(json!(r.info.id));
             }
             continue;

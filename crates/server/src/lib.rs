@@ -1,5 +1,6 @@
 //! Parlance's HTTP layer as a library: `build_router(state)` gives the whole app, so
 //! the binary serves it and tests drive it in-process.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod account;
 mod admin;
@@ -41,6 +42,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
 use parlance_core::Code;
 use parlance_core::{Error, ErrorKind, Router};
+use parlance_protocol::json::Fields;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -123,8 +125,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         .join("; ");
     let e = Error::new(ErrorKind::Unavailable, message).with_code(Code::ModelUnavailable);
     let mut body = error::openai_value(&e);
-    body["status"] = json!("unavailable");
-    body["unavailable"] = json!(down.iter().map(|(m, _)| m).collect::<Vec<_>>());
+    body.set("status", json!("unavailable"));
+    body.set(
+        "unavailable",
+        json!(down.iter().map(|(m, _)| m).collect::<Vec<_>>()),
+    );
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use parlance_core::embed::{RerankRequest, Scores};
 use parlance_core::Error;
+use parlance_protocol::json::Fields;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -97,14 +98,13 @@ pub(crate) async fn create(
         Ok(done) => done,
         Err((e, rate)) => return Ok(with_rate_headers(ApiError(e).into_response(), &rate)),
     };
-    let mut order: Vec<usize> = (0..scored.scores.len()).collect();
-    order.sort_by(|&a, &b| scored.scores[b].total_cmp(&scored.scores[a]));
+    let mut order: Vec<(usize, f32)> = scored.scores.iter().copied().enumerate().collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1));
     order.truncate(req.top_n.unwrap_or(order.len()));
     if tei {
         let results: Vec<Value> = order
             .into_iter()
-            .map(|i| {
-                let raw = scored.scores[i];
+            .map(|(i, raw)| {
                 let score = if req.raw_scores {
                     raw
                 } else {
@@ -112,7 +112,7 @@ pub(crate) async fn create(
                 };
                 let mut r = json!({"index": i, "score": score});
                 if req.return_text {
-                    r["text"] = json!(documents[i]);
+                    r.set("text", json!(documents.get(i)));
                 }
                 r
             })
@@ -122,10 +122,10 @@ pub(crate) async fn create(
     let with_text = req.return_documents.unwrap_or(false);
     let results: Vec<Value> = order
         .into_iter()
-        .map(|i| {
-            let mut r = json!({"index": i, "relevance_score": scored.scores[i]});
+        .map(|(i, score)| {
+            let mut r = json!({"index": i, "relevance_score": score});
             if with_text {
-                r["document"] = json!({"text": documents[i]});
+                r.set("document", json!({"text": documents.get(i)}));
             }
             r
         })

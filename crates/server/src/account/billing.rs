@@ -15,6 +15,7 @@ use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
 use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
+use parlance_protocol::json::Fields;
 use parlance_tenancy::accounts::teams::Team;
 use parlance_tenancy::keys::KeyRecord;
 use parlance_tenancy::subjects::Limits;
@@ -303,7 +304,10 @@ async fn credits(
     let (t, _) = admin(&state, &headers).await?;
     let payer = payer_of(&t, |k| q.get(k).filter(|v| !v.is_empty()).cloned()).await?;
     let mut v = balance_view(&t, &payer).await?;
-    v["entries"] = json!(t.store.ledger(&payer).await.map_err(store_error)?);
+    v.set(
+        "entries",
+        json!(t.store.ledger(&payer).await.map_err(store_error)?),
+    );
     Ok(Json(v))
 }
 
@@ -348,7 +352,7 @@ async fn top_up(
     )
     .await;
     let mut v = balance_view(&t, &payer).await?;
-    v["entry"] = json!(entry);
+    v.set("entry", json!(entry));
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -435,6 +439,6 @@ pub(crate) async fn gigachat_balance(
     };
     let v = balance_view(t, &payer).await?;
     Ok(Json(
-        json!({"balance": [{"usage": "USD", "value": v["balance_usd"]}]}),
+        json!({"balance": [{"usage": "USD", "value": v.field("balance_usd")}]}),
     ))
 }

@@ -51,8 +51,10 @@ pub(super) fn verify(
             .find(kid)
             .ok_or_else(|| Refused::UnknownKey(kid.clone()))?,
         // Without a kid, a set of one key is unambiguous.
-        None if jwks.keys.len() == 1 => &jwks.keys[0],
-        None => return Err(Refused::UnknownKey("(none)".into())),
+        None => match jwks.keys.as_slice() {
+            [only] => only,
+            _ => return Err(Refused::UnknownKey("(none)".into())),
+        },
     };
     let key = DecodingKey::from_jwk(jwk).map_err(|e| Refused::Malformed(e.to_string()))?;
     let mut v = Validation::new(header.alg);

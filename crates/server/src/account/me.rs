@@ -13,6 +13,7 @@ use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
 use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
+use parlance_protocol::json::Fields;
 use parlance_tenancy::accounts::User;
 use parlance_tenancy::keys::KeyRecord;
 use parlance_tenancy::{KeySpec, Tenancy};
@@ -105,7 +106,7 @@ pub(super) async fn make_key(
     t.audit(&user.email, "key.create", &record.id, &record.name, addr)
         .await;
     let mut v = view(t, &record).await;
-    v["key"] = json!(key);
+    v.set("key", json!(key));
     Ok(v)
 }
 

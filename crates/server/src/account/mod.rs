@@ -26,6 +26,7 @@ use axum::{Extension, Json, Router};
 use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
 pub use parlance_gateway::accounts::Settings;
+use parlance_protocol::json::Fields;
 use parlance_tenancy::accounts::{AccountError, NewUser, Role, Session, SignupMode};
 use parlance_tenancy::keys::same;
 use parlance_tenancy::Tenancy;
@@ -451,7 +452,7 @@ async fn open_signup(
     let key = me::make_key(state, t, &user, &Map::new(), "first key", addr, None).await?;
     let (s, token) = t.open_session(user, addr).await.map_err(account_error)?;
     let mut body = session_view(&s);
-    body["key"] = key;
+    body.set("key", key);
     Ok(with_session(
         state,
         headers,

@@ -14,6 +14,7 @@ use axum::Extension;
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
 use parlance_gateway::accounts::OidcSettings;
+use parlance_protocol::json::Fields;
 use parlance_tenancy::accounts::{NewUser, Role};
 use parlance_tenancy::Tenancy;
 use serde::Deserialize;
@@ -334,10 +335,11 @@ async fn exchange(
     if !status.is_success() {
         return Err(format!(
             "the provider refused the code: {}",
-            body["error"].as_str().unwrap_or("unknown error")
+            body.field("error").as_str().unwrap_or("unknown error")
         ));
     }
-    let id_token = body["id_token"]
+    let id_token = body
+        .field("id_token")
         .as_str()
         .ok_or("the provider sent no ID token")?;
     let verified =
@@ -350,7 +352,9 @@ async fn exchange(
         };
     let mut claims = verified.map_err(|e| format!("The sign-on answer was refused: {e}."))?;
     if !claims.contains_key("email") {
-        if let (Some(url), Some(access)) = (&d.userinfo_endpoint, body["access_token"].as_str()) {
+        if let (Some(url), Some(access)) =
+            (&d.userinfo_endpoint, body.field("access_token").as_str())
+        {
             let info: Map<String, Value> = oidc
                 .http
                 .get(url)

@@ -14,6 +14,7 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
+use parlance_protocol::json::Fields;
 use parlance_tenancy::accounts::{NewUser, Role, User};
 use parlance_tenancy::Tenancy;
 use serde_json::{json, Value};
@@ -50,9 +51,9 @@ pub(super) fn link_url(state: &AppState, token: &str) -> String {
 /// An access request as the API shows it (times in Unix seconds, as everywhere).
 fn request_view(r: &parlance_tenancy::accounts::AccessRequest) -> Value {
     let mut v = json!(r);
-    v["object"] = json!("access_request");
-    v["created_at"] = json!(r.created_at / 1000);
-    v["decided_at"] = json!(r.decided_at.map(|t| t / 1000));
+    v.set("object", json!("access_request"));
+    v.set("created_at", json!(r.created_at / 1000));
+    v.set("decided_at", json!(r.decided_at.map(|t| t / 1000)));
     v
 }
 
@@ -96,13 +97,12 @@ async fn get_user(
     let (t, _) = admin(&state, &headers).await?;
     let user = find_user(&t, &id).await?;
     let mut v = user_view(&user);
-    v["limits"] = json!(t
-        .store
-        .user_limits(&user.id)
-        .await
-        .map_err(store_error)?
-        .unwrap_or_default());
-    v["balance"] = super::billing::balance_view(&t, &format!("u:{}", user.id)).await?;
+    let limits = t.store.user_limits(&user.id).await.map_err(store_error)?;
+    v.set("limits", json!(limits.unwrap_or_default()));
+    v.set(
+        "balance",
+        super::billing::balance_view(&t, &format!("u:{}", user.id)).await?,
+    );
     Ok(Json(v))
 }
 
@@ -146,8 +146,8 @@ async fn create_user(
     let mut v = user_view(&user);
     if !has_password {
         let (url, mailed) = issue_link(&state, &t, &user, "An account was made for you.").await?;
-        v["mailed"] = json!(mailed);
-        v["set_password_url"] = json!(url);
+        v.set("mailed", json!(mailed));
+        v.set("set_password_url", json!(url));
     }
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
@@ -352,9 +352,9 @@ async fn decide(
         }
         let why = "Your request for access was approved.";
         let (url, mailed) = issue_link(&state, &t, &u, why).await?;
-        v["mailed"] = json!(mailed);
-        v["user"] = user_view(&u);
-        v["set_password_url"] = json!(url);
+        v.set("mailed", json!(mailed));
+        v.set("user", user_view(&u));
+        v.set("set_password_url", json!(url));
     }
     Ok(Json(v))
 }

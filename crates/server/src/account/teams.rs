@@ -15,6 +15,7 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use parlance_core::Code;
 use parlance_core::{Error, ErrorKind};
+use parlance_protocol::json::Fields;
 use parlance_tenancy::accounts::teams::Team;
 use parlance_tenancy::accounts::{NewUser, Role, Session};
 use parlance_tenancy::Tenancy;
@@ -186,7 +187,7 @@ async fn add_member(
     .await;
     let mut v = team_view(&t, &team).await?;
     if let Some(url) = invite {
-        v["set_password_url"] = json!(url);
+        v.set("set_password_url", json!(url));
     }
     Ok(Json(v))
 }

@@ -22,6 +22,7 @@ use parlance_core::collect::collect;
 use parlance_core::ir::Progress;
 use parlance_core::{Error, EventStream};
 use parlance_protocol::anthropic as wire;
+use parlance_protocol::json::Fields;
 use parlance_tenancy::store::rfc3339;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -109,7 +110,7 @@ pub(crate) async fn count_tokens(
     let mut v: Value = read_json(body, state.body_limit).await?;
     // count_tokens takes no max_tokens; the request type wants one.
     if v.get("max_tokens").is_none() {
-        v["max_tokens"] = json!(1);
+        v.set("max_tokens", json!(1));
     }
     let wire_req: wire::MessagesRequest =
         serde_json::from_value(v).map_err(|e| Error::invalid(format!("Invalid request: {e}")))?;

@@ -266,7 +266,7 @@ fn tools_of(wire_tools: Vec<wire::Tool>) -> Result<Vec<ToolDef>, Error> {
         })
         .collect::<Result<_, _>>()?;
     for (i, t) in tools.iter().enumerate() {
-        if tools[..i].iter().any(|o| o.name == t.name) {
+        if tools.iter().take(i).any(|o| o.name == t.name) {
             return Err(Error::invalid_param(
                 format!("tools.{i}.name"),
                 format!(

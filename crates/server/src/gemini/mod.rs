@@ -22,6 +22,7 @@ use parlance_core::collect::collect;
 use parlance_core::ir::{FinishReason, StreamEvent, ToolCallDelta, Usage};
 use parlance_core::{Error, ErrorKind, EventStream, ModelInfo};
 use parlance_protocol::gemini as wire;
+use parlance_protocol::json::Fields;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -240,7 +241,7 @@ fn chunks(mut events: EventStream, version: String) -> impl Stream<Item = Value>
                         let mut obj = json!({"candidates": [{"content": {"role": "model", "parts": parts}, "index": index,
                             "finishReason": finish_reason(reason)}], "modelVersion": version});
                         if k == last {
-                            obj["usageMetadata"] = usage(&u);
+                            obj.set("usageMetadata", usage(&u));
                         }
                         yield obj;
                     }

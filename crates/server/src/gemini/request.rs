@@ -248,14 +248,16 @@ fn tools_of(
             match f.mode.to_ascii_uppercase().as_str() {
                 "" | "AUTO" | "MODE_UNSPECIFIED" | "VALIDATED" => ToolChoice::Auto,
                 "NONE" => ToolChoice::None,
-                "ANY" if tools.len() == 1 => ToolChoice::Named(tools[0].name.clone()),
-                "ANY" if !tools.is_empty() => ToolChoice::Required,
-                "ANY" => {
-                    return Err(Error::invalid_param(
-                        "toolConfig",
-                        "* toolConfig: mode ANY needs function declarations",
-                    ))
-                }
+                "ANY" => match tools.as_slice() {
+                    [only] => ToolChoice::Named(only.name.clone()),
+                    [] => {
+                        return Err(Error::invalid_param(
+                            "toolConfig",
+                            "* toolConfig: mode ANY needs function declarations",
+                        ))
+                    }
+                    _ => ToolChoice::Required,
+                },
                 other => {
                     return Err(Error::invalid_param(
                         "toolConfig.functionCallingConfig.mode",

@@ -23,6 +23,7 @@ use parlance_core::embed::{shortening, EmbedInput, EmbedRequest, Embeddings};
 use parlance_core::ir::{ChatRequest, FinishReason, Progress, StreamEvent, Usage};
 use parlance_core::lazy::KeepAlive;
 use parlance_core::{Error, EventStream, ModelInfo};
+use parlance_protocol::json::Fields;
 use parlance_tenancy::store::rfc3339;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -59,7 +60,7 @@ async fn answer(
     generate: bool,
 ) -> Result<Response, Refusal<Ollama>> {
     let body: Value = read_json(body, state.body_limit).await?;
-    ctx.set_model(body["model"].as_str().unwrap_or_default());
+    ctx.set_model(body.field("model").as_str().unwrap_or_default());
     let mut req = if generate {
         request::generate(&body)?
     } else {
@@ -125,21 +126,21 @@ impl Ollama {
     fn chunk(&self, text: &str, thinking: &str, calls: &[Value]) -> Value {
         let mut v = json!({"model": self.model, "created_at": now_rfc3339()});
         if self.generate {
-            v["response"] = json!(text);
+            v.set("response", json!(text));
             if !thinking.is_empty() {
-                v["thinking"] = json!(thinking);
+                v.set("thinking", json!(thinking));
             }
         } else {
             let mut m = json!({"role": "assistant", "content": text});
             if !thinking.is_empty() {
-                m["thinking"] = json!(thinking);
+                m.set("thinking", json!(thinking));
             }
             if !calls.is_empty() {
-                m["tool_calls"] = json!(calls);
+                m.set("tool_calls", json!(calls));
             }
-            v["message"] = m;
+            v.set("message", m);
         }
-        v["done"] = json!(false);
+        v.set("done", json!(false));
         v
     }
 
@@ -148,17 +149,24 @@ impl Ollama {
         let end = Instant::now();
         let first = first.unwrap_or(end);
         let ns = |d: std::time::Duration| d.as_nanos() as u64;
-        v["done"] = json!(true);
-        v["done_reason"] = json!(match reason {
+        v.set("done", json!(true));
+        let done_reason = match reason {
             FinishReason::Length => "length",
             _ => "stop",
-        });
-        v["total_duration"] = json!(ns(end.duration_since(self.started)));
-        v["load_duration"] = json!(ns(self.progress.load_time()));
-        v["prompt_eval_count"] = json!(u.prompt_tokens);
-        v["prompt_eval_duration"] = json!(ns(first.duration_since(self.started)));
-        v["eval_count"] = json!(u.completion_tokens);
-        v["eval_duration"] = json!(ns(end.duration_since(first)));
+        };
+        v.set("done_reason", json!(done_reason));
+        v.set(
+            "total_duration",
+            json!(ns(end.duration_since(self.started))),
+        );
+        v.set("load_duration", json!(ns(self.progress.load_time())));
+        v.set("prompt_eval_count", json!(u.prompt_tokens));
+        v.set(
+            "prompt_eval_duration",
+            json!(ns(first.duration_since(self.started))),
+        );
+        v.set("eval_count", json!(u.completion_tokens));
+        v.set("eval_duration", json!(ns(end.duration_since(first))));
         v
     }
 }
@@ -297,10 +305,10 @@ pub(crate) async fn embed(
     body: Body,
 ) -> Result<Response, Refusal<Ollama>> {
     let body: Value = read_json(body, state.body_limit).await?;
-    let model = served_name(&state, body["model"].as_str().unwrap_or_default());
+    let model = served_name(&state, body.field("model").as_str().unwrap_or_default());
     ctx.set_model(&model);
     let legacy = uri.path().ends_with("/embeddings");
-    let texts: Vec<String> = match (legacy, &body["input"], &body["prompt"]) {
+    let texts: Vec<String> = match (legacy, body.field("input"), body.field("prompt")) {
         (true, _, Value::String(p)) => vec![p.clone()],
         (false, Value::String(s), _) => vec![s.clone()],
         (false, Value::Array(a), _) if !a.is_empty() => a
@@ -313,7 +321,7 @@ pub(crate) async fn embed(
         _ => return Err(Error::invalid_param("input", "input is required").into()),
     };
     let route = state.router.resolve(&model)?;
-    let shorten = match &body["dimensions"] {
+    let shorten = match body.field("dimensions") {
         Value::Null => None,
         v => {
             let asked = v.as_u64().ok_or_else(|| {
@@ -328,7 +336,7 @@ pub(crate) async fn embed(
     };
     let bytes = texts.iter().map(String::len).sum();
     // Ollama cuts long inputs to the context unless told not to.
-    let truncate = (body["truncate"].as_bool() != Some(false)).then_some(u32::MAX);
+    let truncate = (body.field("truncate").as_bool() != Some(false)).then_some(u32::MAX);
     let ir = EmbedRequest {
         model: model.clone(),
         inputs: texts.into_iter().map(EmbedInput::Text).collect(),
@@ -449,7 +457,7 @@ pub(crate) async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
         .map(|r| {
             let mut v = listed(&r.info);
             if let Some(res) = r.backend.residency() {
-                v["size"] = json!(res.size_bytes);
+                v.set("size", json!(res.size_bytes));
             }
             v
         })
@@ -468,14 +476,14 @@ pub(crate) async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
         .routes()
         .filter_map(|r| {
             let mut v = listed(&r.info);
-            v["size_vram"] = json!(0);
-            v["context_length"] = json!(r.info.context_length);
+            v.set("size_vram", json!(0));
+            v.set("context_length", json!(r.info.context_length));
             let Some(res) = r.backend.residency() else {
-                v["expires_at"] = json!("0001-01-01T00:00:00Z");
+                v.set("expires_at", json!("0001-01-01T00:00:00Z"));
                 return Some(v);
             };
             if let Some(n) = res.context {
-                v["context_length"] = json!(n);
+                v.set("context_length", json!(n));
             }
             if !res.loaded {
                 return None;
@@ -484,9 +492,9 @@ pub(crate) async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
             let expires = res
                 .expires_in_s
                 .map_or(now + 100 * 365 * 86_400, |s| now + s);
-            v["expires_at"] = json!(rfc3339(expires));
+            v.set("expires_at", json!(rfc3339(expires)));
             // Ollama's ps says how much memory a model takes.
-            v["size"] = json!(res.memory_bytes);
+            v.set("size", json!(res.memory_bytes));
             Some(v)
         })
         .collect();
@@ -503,9 +511,10 @@ pub(crate) async fn show(
     body: Body,
 ) -> Result<Json<Value>, Refusal<Ollama>> {
     let body: Value = read_json(body, state.body_limit).await?;
-    let name = body["model"]
+    let name = body
+        .field("model")
         .as_str()
-        .or_else(|| body["name"].as_str())
+        .or_else(|| body.field("name").as_str())
         .unwrap_or_default();
     let route = state.router.resolve(&served_name(&state, name))?;
     let m = &route.info;

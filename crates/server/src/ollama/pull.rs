@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use parlance_core::lazy::ModelFolder;
 use parlance_core::{Error, ErrorKind};
+use parlance_protocol::json::Fields;
 use parlance_upstream::registry::{self, ModelRef, PullEvent};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -35,9 +36,10 @@ async fn admitted(
     let folder = state.models_dir.clone().ok_or_else(|| {
         Error::invalid("pulling and deleting models needs a models folder (--models-dir)")
     })?;
-    let name = body["model"]
+    let name = body
+        .field("model")
         .as_str()
-        .or_else(|| body["name"].as_str())
+        .or_else(|| body.field("name").as_str())
         .filter(|n| !n.is_empty())
         .map(str::to_string)
         .ok_or_else(|| Error::invalid_param("model", "model is required"))?;
@@ -69,11 +71,11 @@ pub(crate) async fn pull(
     body: Body,
 ) -> Result<Response, Refusal<Ollama>> {
     let (body, folder, name) = admitted(&state, &headers, body).await?;
-    let insecure = body["insecure"].as_bool().unwrap_or(false);
+    let insecure = body.field("insecure").as_bool().unwrap_or(false);
     let model = ModelRef::parse(&name, folder.registry(), insecure)
         .map_err(|e| Error::invalid_param("model", e))?;
     let lines = pulling(Arc::clone(&state), folder, model);
-    if body["stream"].as_bool().unwrap_or(true) {
+    if body.field("stream").as_bool().unwrap_or(true) {
         // Streamed, an error is the last line (the status went out with the first).
         let ndjson = lines.map(|line| {
             let v = line.unwrap_or_else(|e| json!({"error": e.message}));

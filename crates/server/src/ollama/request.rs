@@ -5,6 +5,7 @@
 use parlance_core::ir::ChatRequest;
 use parlance_core::ir::Effort;
 use parlance_core::Error;
+use parlance_protocol::json::Fields;
 use serde_json::{json, Map, Value};
 
 /// `options` as chat completions names them (Ollama's names on the left).
@@ -54,16 +55,16 @@ pub(super) fn chat(body: &Value) -> Result<ChatRequest, Error> {
                 .map(|c| {
                     calls += 1;
                     let id = format!("call_{calls}");
-                    let name = c["function"]["name"].as_str().unwrap_or_default().to_string();
+                    let name = c.field("function").field("name").as_str().unwrap_or_default().to_string();
                     pending.push((name.clone(), id.clone()));
-                    let args = match &c["function"]["arguments"] {
+                    let args = match c.field("function").field("arguments") {
                         Value::String(s) => s.clone(),
                         v => v.to_string(),
                     };
                     json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
                 })
                 .collect();
-            msg["tool_calls"] = json!(mapped);
+            msg.set("tool_calls", json!(mapped));
         }
         if role == "tool" {
             let name = m["tool_name"]
@@ -75,11 +76,11 @@ pub(super) fn chat(body: &Value) -> Result<ChatRequest, Error> {
                 .position(|(n, _)| n == name || name.is_empty())
                 .unwrap_or(0);
             if at < pending.len() {
-                msg["tool_call_id"] = json!(pending.remove(at).1);
+                msg.set("tool_call_id", json!(pending.remove(at).1));
             }
         }
         if let Some(t) = m["thinking"].as_str() {
-            msg["reasoning_content"] = json!(t);
+            msg.set("reasoning_content", json!(t));
         }
         out.push(msg);
     }

@@ -200,7 +200,7 @@ fn tools(given: Option<Vec<wire::Tool>>) -> Result<Vec<ToolDef>, Error> {
         .collect::<Result<Vec<_>, _>>()?;
     // A call names its function; two tools of one name would make that ambiguous.
     for (i, t) in tools.iter().enumerate() {
-        if let Some(first) = tools[..i].iter().position(|o| o.name == t.name) {
+        if let Some(first) = tools.iter().take(i).position(|o| o.name == t.name) {
             return Err(Error::invalid_param(
                 ParamPath::field("tools")
                     .at(i)

@@ -203,13 +203,12 @@ pub(super) fn chunks(
         while let Some(event) = events.next().await {
             match event {
                 Ok(StreamEvent::Delta { index, delta }) => {
-                    let i = index as usize;
-                    if i >= pending.len() {
+                    let Some(held) = pending.get_mut(index as usize) else {
                         continue;
-                    }
+                    };
                     match opts.update_interval {
                         Some(every) => {
-                            merge(&mut pending[i], delta);
+                            merge(held, delta);
                             if last_sent.elapsed() >= every {
                                 last_sent = Instant::now();
                                 for (j, p) in pending.iter_mut().enumerate() {
@@ -225,14 +224,14 @@ pub(super) fn chunks(
                 }
                 Ok(StreamEvent::Finish { index, reason, .. }) => {
                     let i = index as usize;
-                    if i >= finished.len() || finished[i] {
-                        continue;
+                    match finished.get_mut(i) {
+                        Some(done) if !*done => *done = true,
+                        _ => continue,
                     }
-                    if !pending[i].is_empty() {
-                        let d = std::mem::take(&mut pending[i]);
+                    if let Some(held) = pending.get_mut(i).filter(|p| !p.is_empty()) {
+                        let d = std::mem::take(held);
                         yield SsePayload::Chunk(chunk(&meta, &opts, vec![delta_choice(index, d, opts.want_logprobs)]));
                     }
-                    finished[i] = true;
                     yield SsePayload::Chunk(chunk(&meta, &opts, vec![wire::ChunkChoice {
                         index,
                         delta: wire::Delta::default(),

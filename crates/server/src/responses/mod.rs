@@ -24,6 +24,7 @@ use futures::StreamExt;
 use parlance_core::ir::Message;
 use parlance_core::Code;
 use parlance_core::{Error, EventStream};
+use parlance_protocol::json::Fields;
 use parlance_protocol::responses as wire;
 use parlance_tenancy::responses::StoredResponse;
 use render::{Builder, Meta};
@@ -80,7 +81,11 @@ async fn conversation(
         for turn in turns.iter().rev() {
             let input: Vec<Value> = serde_json::from_str(&turn.input).unwrap_or_default();
             let response: Value = serde_json::from_str(&turn.response).unwrap_or_default();
-            let output = response["output"].as_array().cloned().unwrap_or_default();
+            let output = response
+                .field("output")
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             request::push_messages(&mut messages, &input, "input", None)
                 .and_then(|()| request::push_messages(&mut messages, &output, "output", None))
                 .map_err(|e| {
@@ -241,7 +246,7 @@ impl Door for Responses {
 
     fn stream(self, events: EventStream) -> Frames {
         let sse = streamed(self, events).map(|ev: Value| {
-            let name = ev["type"].as_str().unwrap_or("message").to_string();
+            let name = ev.field("type").as_str().unwrap_or("message").to_string();
             SseEvent::named(name, ev.to_string())
         });
         Frames::Sse(Box::pin(sse))

@@ -5,6 +5,7 @@
 
 use parlance_core::ir::{Delta, FinishReason, StreamEvent, TokenLogprob, Usage};
 use parlance_core::{Code, Error};
+use parlance_protocol::json::Fields;
 use serde_json::{json, Map, Value};
 
 /// What the response object echoes of its request, and its identity.
@@ -69,8 +70,8 @@ impl Builder {
     }
 
     fn event(&mut self, kind: &str, mut body: Value) -> Value {
-        body["type"] = json!(kind);
-        body["sequence_number"] = json!(self.seq);
+        body.set("type", json!(kind));
+        body.set("sequence_number", json!(self.seq));
         self.seq += 1;
         body
     }
@@ -111,7 +112,7 @@ impl Builder {
                     "content": [{"type": "reasoning_text", "text": text}]});
                 // A provider's signature, needed back in later turns.
                 if !signature.is_empty() {
-                    item["encrypted_content"] = json!(signature);
+                    item.set("encrypted_content", json!(signature));
                 }
                 out.push(self.event(
                     "response.output_item.done",
@@ -281,7 +282,7 @@ impl Builder {
         let mut out = Vec::new();
         self.close(&mut out);
         let mut r = self.response("failed", None, None);
-        r["error"] = json!({"code": e.code.as_ref().map_or("server_error".into(), Code::as_str), "message": e.message});
+        r.set("error", json!({"code": e.code.as_ref().map_or("server_error".into(), Code::as_str), "message": e.message}));
         self.event("response.failed", json!({"response": r}))
     }
 
