@@ -81,7 +81,7 @@ impl Direct {
                 continue;
             }
             let start = b * BLOCK;
-            for (i, &p) in x[start..(start + BLOCK).min(x.len())].iter().enumerate() {
+            for (i, &p) in x.iter().skip(start).take(BLOCK).enumerate() {
                 cum += f64::from(p);
                 if cum > target && p > 0.0 {
                     return Some((start + i) as i32);
@@ -97,9 +97,10 @@ impl Direct {
 
 pub(crate) fn first_max(x: &[f32]) -> usize {
     let mut best = 0;
+    let mut top = x.first().copied().unwrap_or(f32::NEG_INFINITY);
     for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
+        if v > top {
+            (best, top) = (i, v);
         }
     }
     best
@@ -107,29 +108,26 @@ pub(crate) fn first_max(x: &[f32]) -> usize {
 
 fn sum_of(x: &[f32]) -> f64 {
     let mut acc = [0f32; LANES];
-    let mut lanes = x.chunks_exact(LANES);
-    for c in &mut lanes {
-        for j in 0..LANES {
-            acc[j] += c[j];
+    let (lanes, remainder) = x.as_chunks::<LANES>();
+    for c in lanes {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
         }
     }
-    acc.iter()
-        .chain(lanes.remainder())
-        .map(|&v| f64::from(v))
-        .sum()
+    acc.iter().chain(remainder).map(|&v| f64::from(v)).sum()
 }
 
 /// The largest value, in lanes the compiler turns into vector max instructions.
 fn max_of(x: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; LANES];
-    let mut lanes = x.chunks_exact(LANES);
-    for c in &mut lanes {
-        for j in 0..LANES {
-            m[j] = if c[j] > m[j] { c[j] } else { m[j] };
+    let (lanes, remainder) = x.as_chunks::<LANES>();
+    for c in lanes {
+        for (m, &v) in m.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
         }
     }
     let mut best = f32::NEG_INFINITY;
-    for &v in m.iter().chain(lanes.remainder()) {
+    for &v in m.iter().chain(remainder) {
         if v > best || v.is_nan() {
             best = v;
         }

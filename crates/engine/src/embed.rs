@@ -293,7 +293,9 @@ fn run(
             continue;
         }
         for (v, &(j, _)) in vectors.into_iter().zip(&members) {
-            open[j].1.push(if normalize { unit(v) } else { v });
+            if let Some((_, done)) = open.get_mut(j) {
+                done.push(if normalize { unit(v) } else { v });
+            }
         }
         while open
             .front()

@@ -1,6 +1,7 @@
 //! Local models on llama.cpp. The only crate that touches `llama-cpp-2`: each loaded
 //! model gets one OS thread that owns its context (see `worker`); this handle renders
 //! the chat template, tokenizes, checks limits and hands jobs to that thread.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod checks;
 mod config;
@@ -541,7 +542,7 @@ fn job_events(
         let usage = Usage {
             prompt_tokens,
             completion_tokens: stats.iter().map(|s| s.completion_tokens).sum(),
-            cached_tokens: stats[0].cached_tokens,
+            cached_tokens: stats.first().map_or(0, |s| s.cached_tokens),
             ..Usage::default()
         };
         yield Ok(StreamEvent::Usage(usage));

@@ -17,12 +17,15 @@ pub(crate) fn token_logprob(
     let logprob = |t: usize| logits.get(t).map_or(f32::NEG_INFINITY, |&l| l - log_sum);
     let mut best: Vec<usize> = Vec::new();
     if top > 0 {
-        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        let mut idx: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
         let k = (top as usize).min(idx.len());
-        idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        let higher_first = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1);
+        if k > 0 {
+            idx.select_nth_unstable_by(k - 1, higher_first);
+        }
         idx.truncate(k);
-        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        best = idx;
+        idx.sort_by(higher_first);
+        best = idx.into_iter().map(|(i, _)| i).collect();
     }
     TokenLogprob {
         token: String::from_utf8_lossy(piece).into_owned(),

@@ -258,10 +258,11 @@ impl Prep {
                 format!("the text contains `{marker}`, which marks where images go for this model; remove it"),
             ));
         };
-        let mut tokens = self.tokenize_part(segments[0], 0, plain, self.adds_bos(text));
+        let (first, rest) = segments.split_first().unwrap_or((&"", &[]));
+        let mut tokens = self.tokenize_part(first, 0, plain, self.adds_bos(text));
         let mut media = Vec::with_capacity(images.len());
-        let mut offset = segments[0].len();
-        for (image, segment) in images.into_iter().zip(&segments[1..]) {
+        let mut offset = first.len();
+        for (image, segment) in images.into_iter().zip(rest) {
             offset += marker.len();
             let chunks = vision.image_at(&image.bytes, &image.at)?;
             let len = chunks.total_tokens();

@@ -42,10 +42,11 @@ impl Specials {
             let Some(text) = vocab.text(token).map(|t| t.to_bytes().to_vec()) else {
                 continue;
             };
-            if !special || text.is_empty() {
+            let first = text.first().and_then(|&b| by_first.get_mut(usize::from(b)));
+            let Some(list) = first.filter(|_| special) else {
                 continue;
-            }
-            by_first[usize::from(text[0])].push(Special {
+            };
+            list.push(Special {
                 text,
                 token,
                 lstrip: attr.contains(LlamaTokenAttr::LStrip),
@@ -60,9 +61,11 @@ impl Specials {
 
     /// The special token whose text starts at `at`, if any.
     fn at(&self, text: &[u8], at: usize) -> Option<&Special> {
-        self.by_first[usize::from(text[at])]
+        let rest = text.get(at..)?;
+        self.by_first
+            .get(usize::from(*rest.first()?))?
             .iter()
-            .find(|s| text[at..].starts_with(&s.text))
+            .find(|s| rest.starts_with(&s.text))
     }
 
     /// Whether `text` holds any special token's text.
@@ -102,7 +105,7 @@ impl Specials {
             pieces.push(Piece::Token(s.token));
             i += s.text.len();
             if s.rstrip {
-                while i < limit && bytes[i].is_ascii_whitespace() {
+                while i < limit && bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
                     i += 1;
                 }
             }

@@ -93,7 +93,7 @@ impl TextAssembler {
 fn decode_prefix(bytes: &mut Vec<u8>, out: &mut String) {
     let mut start = 0;
     loop {
-        match std::str::from_utf8(&bytes[start..]) {
+        match std::str::from_utf8(bytes.get(start..).unwrap_or_default()) {
             Ok(s) => {
                 out.push_str(s);
                 bytes.clear();
@@ -102,7 +102,8 @@ fn decode_prefix(bytes: &mut Vec<u8>, out: &mut String) {
             Err(e) => {
                 let valid = e.valid_up_to();
                 // Safe: from_utf8 just checked these bytes.
-                out.push_str(std::str::from_utf8(&bytes[start..start + valid]).unwrap_or_default());
+                let checked = bytes.get(start..start + valid).unwrap_or_default();
+                out.push_str(std::str::from_utf8(checked).unwrap_or_default());
                 match e.error_len() {
                     Some(bad) => {
                         out.push('\u{FFFD}');

@@ -211,9 +211,10 @@ fn write_copy(path: &Path, h: &Header, out: &Path) -> std::io::Result<()> {
         let mut raw = vec![0u8; usize::try_from(source_size(t)).map_err(invalid)?];
         src.read_exact(&mut raw)?;
         if t.widened() {
-            let wide: Vec<u8> = raw
-                .chunks_exact(2)
-                .flat_map(|b| widen(t.kind, u16::from_le_bytes([b[0], b[1]])).to_le_bytes())
+            let (halves, _) = raw.as_chunks::<2>();
+            let wide: Vec<u8> = halves
+                .iter()
+                .flat_map(|&b| widen(t.kind, u16::from_le_bytes(b)).to_le_bytes())
                 .collect();
             debug_assert_eq!(wide.len() as u64, size);
             w.write_all(&wide)?;

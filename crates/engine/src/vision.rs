@@ -209,9 +209,8 @@ fn decode_rgb(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
 /// from the image's bytes and the position within it.
 pub(crate) fn placeholders(bytes: &[u8], n: usize) -> impl Iterator<Item = LlamaToken> {
     let digest = Sha256::digest(bytes);
-    let mut h = [0u8; 8];
-    h.copy_from_slice(&digest[..8]);
-    let h = u64::from_le_bytes(h);
+    let (head, _) = digest.as_chunks::<8>();
+    let h = head.first().map_or(0, |&b| u64::from_le_bytes(b));
     (0..n as u64).map(move |k| {
         let mixed = h.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         // 30 bits: -2 - v stays within i32 and off -1 (llama.cpp's "no token").

@@ -9,6 +9,7 @@ mod decoder;
 mod kv;
 mod output;
 mod pace;
+mod slots;
 #[cfg(test)]
 mod tests;
 
@@ -19,6 +20,7 @@ use crate::sampler::{Logits, Sampler};
 use crate::text::TextAssembler;
 use crate::vision::Vision;
 use decoder::{DecodeFailure, Staged};
+use kv::active_prompt;
 use llama_cpp_2::token::LlamaToken;
 use llguidance::Matcher;
 use parlance_core::ir::{Delta, FinishReason};
@@ -98,7 +100,7 @@ struct ActiveJob {
 pub(crate) struct Worker<D: Decoder> {
     decoder: D,
     cfg: WorkerConfig,
-    slots: Vec<Slot<D::Parked>>,
+    slots: slots::Slots<D::Parked>,
     waiting: VecDeque<Job>,
     jobs: HashMap<u64, ActiveJob>,
     next_job: u64,
@@ -126,7 +128,7 @@ impl<D: Decoder> Worker<D> {
         counters: Counters,
         vision: Option<Arc<Vision>>,
     ) -> Self {
-        let slots = (0..cfg.slots)
+        let slots: Vec<_> = (0..cfg.slots)
             .map(|i| Slot {
                 seq: i as i32,
                 cached: Vec::new(),
@@ -136,6 +138,7 @@ impl<D: Decoder> Worker<D> {
                 last_used: 0,
             })
             .collect();
+        let slots = slots::Slots::new(slots);
         let pace = pace::Pacer::new(cfg.prefill_pace);
         Worker {
             decoder,
@@ -198,7 +201,7 @@ impl<D: Decoder> Worker<D> {
             .map(|(&id, _)| id)
             .collect();
         for id in gone {
-            for slot in &mut self.slots {
+            for slot in self.slots.iter_mut() {
                 if slot.run.as_ref().is_some_and(|r| r.job == id) {
                     slot.run = None;
                 }
@@ -246,9 +249,12 @@ impl<D: Decoder> Worker<D> {
         order.sort_unstable();
         let mut image_planned = false;
         for (job, slot, next) in order {
-            let active = &self.jobs[&job].job;
+            let Some(active) = self.jobs.get(&job).map(|a| &a.job) else {
+                continue;
+            };
             let image = active.media.iter().position(|m| m.start >= next);
-            if let Some(index) = image.filter(|&k| active.media[k].start == next) {
+            let image_start = image.and_then(|k| active.media.get(k)).map(|m| m.start);
+            if let Some(index) = image.filter(|_| image_start == Some(next)) {
                 // One image per step: an image costs the others' streams about as
                 // much as a prompt chunk of its size.
                 if !image_planned {
@@ -260,7 +266,7 @@ impl<D: Decoder> Worker<D> {
             if prefill_budget == 0 {
                 break;
             }
-            let len = image.map_or(active.prompt.len(), |k| active.media[k].start);
+            let len = image_start.unwrap_or(active.prompt.len());
             let take = (len - next).min(prefill_budget);
             prefill_budget -= take;
             plan.push(Entry::Prompt {
@@ -281,7 +287,7 @@ impl<D: Decoder> Worker<D> {
         for entry in plan {
             match *entry {
                 Entry::Token { slot, tok } => {
-                    let s = &self.slots[slot];
+                    let s = self.slots.at(slot);
                     staged.push(Staged {
                         tok,
                         pos: s.cached.len() as i32,
@@ -296,8 +302,8 @@ impl<D: Decoder> Worker<D> {
                     from,
                     to,
                 } => {
-                    let prompt = &self.jobs[&job].job.prompt;
-                    let seq = self.slots[slot].seq;
+                    let prompt = active_prompt(&self.jobs, job);
+                    let seq = self.slots.at(slot).seq;
                     for (j, &tok) in prompt.iter().enumerate().take(to).skip(from) {
                         staged.push(Staged {
                             tok,
@@ -320,7 +326,7 @@ impl<D: Decoder> Worker<D> {
     fn seeded(&self, plan: &[Entry]) -> bool {
         plan.iter().any(|e| {
             let job = match *e {
-                Entry::Token { slot, .. } => self.slots[slot].run.as_ref().map(|r| r.job),
+                Entry::Token { slot, .. } => self.slots.at(slot).run.as_ref().map(|r| r.job),
                 Entry::Prompt { job, .. } | Entry::Image { job, .. } => Some(job),
             };
             job.and_then(|j| self.jobs.get(&j))
@@ -376,9 +382,14 @@ impl<D: Decoder> Worker<D> {
         }
         self.promote_finished_prefills();
         for i in 0..self.slots.len() {
-            let at = self.slots[i].run.as_mut().and_then(|r| r.logits_at.take());
+            let at = self
+                .slots
+                .at_mut(i)
+                .run
+                .as_mut()
+                .and_then(|r| r.logits_at.take());
             if let Some(at) = at {
-                let job = self.slots[i].run.as_ref().map(|r| r.job);
+                let job = self.slots.at(i).run.as_ref().map(|r| r.job);
                 if catch_unwind(AssertUnwindSafe(|| self.sample(i, &at))).is_err() {
                     if let Some(job) = job {
                         self.abandon(job, None, "a request's engine work panicked");
@@ -426,7 +437,7 @@ impl<D: Decoder> Worker<D> {
                         .iter()
                         .enumerate()
                         .max_by_key(|(_, e)| match e {
-                            Entry::Token { slot, .. } => self.slots[*slot].cached.len(),
+                            Entry::Token { slot, .. } => self.slots.at(*slot).cached.len(),
                             Entry::Prompt { .. } | Entry::Image { .. } => 0,
                         })
                         .map(|(k, _)| k);
@@ -453,7 +464,7 @@ impl<D: Decoder> Worker<D> {
         for (entry, at) in plan.iter().zip(logits) {
             match *entry {
                 Entry::Token { slot, tok } => {
-                    let s = &mut self.slots[slot];
+                    let s = self.slots.at_mut(slot);
                     s.cached.push(tok);
                     if let Some(run) = s.run.as_mut() {
                         run.pending = None;
@@ -466,9 +477,10 @@ impl<D: Decoder> Worker<D> {
                     from,
                     to,
                 } => {
-                    let prompt = &self.jobs[&job].job.prompt;
-                    let s = &mut self.slots[slot];
-                    s.cached.extend_from_slice(&prompt[from..to]);
+                    let prompt = active_prompt(&self.jobs, job);
+                    let s = self.slots.at_mut(slot);
+                    s.cached
+                        .extend_from_slice(prompt.get(from..to).unwrap_or_default());
                     if let Some(run) = s.run.as_mut() {
                         run.phase = Phase::Prefill { next: to };
                         run.logits_at = at.map(Logits::Batch);
@@ -483,7 +495,7 @@ impl<D: Decoder> Worker<D> {
     /// which then sample from the same logits: n choices cost one prefill.
     fn promote_finished_prefills(&mut self) {
         for i in 0..self.slots.len() {
-            let Some(run) = self.slots[i].run.as_mut() else {
+            let Some(run) = self.slots.at_mut(i).run.as_mut() else {
                 continue;
             };
             let (Phase::Prefill { .. }, Some(at)) = (&run.phase, run.logits_at.clone()) else {
@@ -494,26 +506,27 @@ impl<D: Decoder> Worker<D> {
             if let Logits::Batch(row) = at {
                 // Kept for a repeat of this prompt (see `Logits::Saved`).
                 let saved = Arc::from(self.decoder.logits(row));
-                self.slots[i].tail = Some((self.slots[i].cached.len(), saved));
+                let slot = self.slots.at_mut(i);
+                slot.tail = Some((slot.cached.len(), saved));
             }
             if let Some(active) = self.jobs.get_mut(&job_id) {
                 active.first_token = Some(Instant::now());
             }
-            let src = self.slots[i].seq;
-            let cached = self.slots[i].cached.clone();
+            let src = self.slots.at(i).seq;
+            let cached = self.slots.at(i).cached.clone();
             let mut copied = true;
             for k in 0..self.slots.len() {
                 let follower = matches!(
-                    &self.slots[k].run,
+                    &self.slots.at(k).run,
                     Some(Run { phase: Phase::Follow, job, .. }) if *job == job_id
                 );
                 if !follower {
                     continue;
                 }
-                let dst = self.slots[k].seq;
+                let dst = self.slots.at(k).seq;
                 // A choice that did not get its prompt's cells would sample from nothing.
                 copied &= self.decoder.copy_seq(src, dst, None);
-                let slot = &mut self.slots[k];
+                let slot = self.slots.at_mut(k);
                 slot.cached = cached.clone();
                 if let Some(run) = slot.run.as_mut() {
                     run.phase = Phase::Generate;

@@ -17,7 +17,7 @@ impl<D: Decoder> Worker<D> {
     pub(super) fn admit(&mut self) {
         while let Some(front) = self.waiting.front() {
             let free: Vec<usize> = (0..self.slots.len())
-                .filter(|&i| self.slots[i].run.is_none())
+                .filter(|&i| self.slots.at(i).run.is_none())
                 .collect();
             if free.len() < front.choices.len() {
                 return;
@@ -60,8 +60,14 @@ impl<D: Decoder> Worker<D> {
     ) {
         tracing::error!(job = job_id, "{why}; only this request was ended");
         for i in 0..self.slots.len() {
-            if self.slots[i].run.as_ref().is_some_and(|r| r.job == job_id) {
-                self.slots[i].run = None;
+            if self
+                .slots
+                .at(i)
+                .run
+                .as_ref()
+                .is_some_and(|r| r.job == job_id)
+            {
+                self.slots.at_mut(i).run = None;
                 self.trim(i, 0);
             }
         }
@@ -95,13 +101,12 @@ impl<D: Decoder> Worker<D> {
         };
         let mut members = vec![primary];
         let mut others: Vec<usize> = free.iter().copied().filter(|&i| i != primary).collect();
-        others.sort_by_key(|&i| std::cmp::Reverse(lru(&self.slots[i])));
+        others.sort_by_key(|&i| std::cmp::Reverse(lru(self.slots.at(i))));
         members.extend(others.into_iter().take(job.choices.len() - 1));
-        for (k, &slot_idx) in members.iter().enumerate() {
+        for (k, (&slot_idx, &choice)) in members.iter().zip(&job.choices).enumerate() {
             if k > 0 {
                 self.trim(slot_idx, 0);
             }
-            let choice = job.choices[k];
             let spec = SamplerSpec {
                 params: &job.sampling,
                 n_vocab: self.decoder.n_vocab(),
@@ -117,7 +122,7 @@ impl<D: Decoder> Worker<D> {
                 },
             };
             let (sampler, shadow) = sampler::build(spec);
-            let slot = &mut self.slots[slot_idx];
+            let slot = self.slots.at_mut(slot_idx);
             slot.last_used = id;
             slot.run = Some(Run {
                 job: id,

@@ -49,7 +49,7 @@ impl<D: Decoder> Worker<D> {
         let primary = *free
             .iter()
             .max_by_key(|&&i| {
-                let s = &self.slots[i];
+                let s = self.slots.at(i);
                 (
                     reusable(&s.cached),
                     s.saved_logits(&job.prompt).is_some(),
@@ -58,26 +58,27 @@ impl<D: Decoder> Worker<D> {
             })
             .expect("at least one free slot");
         self.unpark(primary);
-        if let Some(row) = self.slots[primary].saved_logits(&job.prompt) {
+        if let Some(row) = self.slots.at(primary).saved_logits(&job.prompt) {
             let n = job.prompt.len();
             if self.trim(primary, n) == n {
                 return (primary, n, Some(Logits::Saved(row)));
             }
         }
-        let own = reusable(&self.slots[primary].cached);
+        let own = reusable(&self.slots.at(primary).cached);
         // Another slot, busy or idle, may hold more of this prompt (a shared system
         // prompt, an earlier turn): with a unified KV cache its cells can be shared
         // instead of computed again.
         let (donor, shared) = (0..self.slots.len())
-            .filter(|&i| self.slots[i].parked.is_none())
-            .map(|i| (i, reusable(&self.slots[i].cached)))
+            .filter(|&i| self.slots.at(i).parked.is_none())
+            .map(|i| (i, reusable(&self.slots.at(i).cached)))
             .max_by_key(|&(_, n)| n)
             .unwrap_or((primary, 0));
         let reused = if donor != primary && shared > own {
             self.trim(primary, 0);
-            let (src, dst) = (self.slots[donor].seq, self.slots[primary].seq);
+            let (src, dst) = (self.slots.at(donor).seq, self.slots.at(primary).seq);
             if self.decoder.copy_seq(src, dst, Some(shared)) {
-                self.slots[primary].cached = job.prompt[..shared].to_vec();
+                let shared_prompt = job.prompt.get(..shared).unwrap_or_default();
+                self.slots.at_mut(primary).cached = shared_prompt.to_vec();
                 shared
             } else {
                 0
@@ -95,14 +96,14 @@ impl<D: Decoder> Worker<D> {
     /// The oldest parked slots are forgotten beyond `PARK_BUDGET` bytes.
     pub(super) fn park_idle(&mut self) {
         for i in 0..self.slots.len() {
-            let slot = &self.slots[i];
+            let slot = self.slots.at(i);
             if slot.run.is_some() || slot.parked.is_some() || slot.cached.is_empty() {
                 continue;
             }
             let seq = slot.seq;
             if let Some(state) = self.decoder.park(seq) {
                 self.clear_seq(seq);
-                self.slots[i].parked = Some(state);
+                self.slots.at_mut(i).parked = Some(state);
             }
         }
         loop {
@@ -111,35 +112,35 @@ impl<D: Decoder> Worker<D> {
                 return;
             }
             let oldest = (0..self.slots.len())
-                .filter(|&i| self.slots[i].parked.is_some())
-                .min_by_key(|&i| self.slots[i].last_used);
+                .filter(|&i| self.slots.at(i).parked.is_some())
+                .min_by_key(|&i| self.slots.at(i).last_used);
             let Some(i) = oldest else { return };
-            self.slots[i].parked = None;
-            self.slots[i].forget();
+            self.slots.at_mut(i).parked = None;
+            self.slots.at_mut(i).forget();
         }
     }
 
     /// Puts a parked slot's KV back into the cache; if there is no room, the slot
     /// starts empty.
     pub(super) fn unpark(&mut self, slot_idx: usize) {
-        let Some(state) = self.slots[slot_idx].parked.take() else {
+        let Some(state) = self.slots.at_mut(slot_idx).parked.take() else {
             return;
         };
-        let seq = self.slots[slot_idx].seq;
+        let seq = self.slots.at(slot_idx).seq;
         if !self.decoder.unpark(&state, seq) {
             self.clear_seq(seq);
-            self.slots[slot_idx].forget();
+            self.slots.at_mut(slot_idx).forget();
         }
     }
 
     /// Keeps the first `keep` cached tokens of a slot's sequence; returns how many stayed.
     pub(super) fn trim(&mut self, slot_idx: usize, keep: usize) -> usize {
         if keep == 0 {
-            self.slots[slot_idx].parked = None;
+            self.slots.at_mut(slot_idx).parked = None;
         } else {
             self.unpark(slot_idx);
         }
-        let slot = &mut self.slots[slot_idx];
+        let slot = self.slots.at_mut(slot_idx);
         let seq = slot.seq;
         let partial_ok = keep > 0 && self.decoder.keep_seq(seq, keep);
         if partial_ok {
@@ -150,7 +151,7 @@ impl<D: Decoder> Worker<D> {
             keep
         } else {
             self.clear_seq(seq);
-            self.slots[slot_idx].forget();
+            self.slots.at_mut(slot_idx).forget();
             0
         }
     }
@@ -179,7 +180,7 @@ impl<D: Decoder> Worker<D> {
             );
             return;
         };
-        let seq = self.slots[slot].seq;
+        let seq = self.slots.at(slot).seq;
         let n_batch = self.cfg.n_batch as i32;
         let mut result = self.decoder.eval_image(&vision, m, seq, n_batch);
         while result == Err(EvalFailure::NoRoom) && self.evict_idle_cache() {
@@ -189,9 +190,9 @@ impl<D: Decoder> Worker<D> {
         match result {
             Ok(()) => {
                 let end = m.start + m.len;
-                let s = &mut self.slots[slot];
-                s.cached
-                    .extend_from_slice(&active_prompt(&self.jobs, job)[m.start..end]);
+                let s = self.slots.at_mut(slot);
+                let image = active_prompt(&self.jobs, job).get(m.start..end);
+                s.cached.extend_from_slice(image.unwrap_or_default());
                 if let Some(run) = s.run.as_mut() {
                     run.phase = Phase::Prefill { next: end };
                 }
@@ -214,10 +215,10 @@ impl<D: Decoder> Worker<D> {
     pub(super) fn evict_idle_cache(&mut self) -> bool {
         let idle = (0..self.slots.len())
             .filter(|&i| {
-                let s = &self.slots[i];
+                let s = self.slots.at(i);
                 s.run.is_none() && s.parked.is_none() && !s.cached.is_empty()
             })
-            .min_by_key(|&i| self.slots[i].last_used);
+            .min_by_key(|&i| self.slots.at(i).last_used);
         match idle {
             Some(i) => {
                 self.trim(i, 0);
@@ -231,6 +232,6 @@ impl<D: Decoder> Worker<D> {
 /// Host memory for parked idle slots (see `Worker::park_idle`).
 const PARK_BUDGET: usize = 2 << 30;
 
-fn active_prompt(jobs: &HashMap<u64, ActiveJob>, job: u64) -> &[LlamaToken] {
+pub(super) fn active_prompt(jobs: &HashMap<u64, ActiveJob>, job: u64) -> &[LlamaToken] {
     jobs.get(&job).map_or(&[], |a| a.job.prompt.as_slice())
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 impl<D: Decoder> Worker<D> {
     pub(super) fn sample(&mut self, i: usize, at: &Logits) {
-        let slot = &mut self.slots[i];
+        let slot = self.slots.at_mut(i);
         let Some(run) = slot.run.as_mut() else { return };
         let Some(active) = self.jobs.get_mut(&run.job) else {
             slot.run = None;
@@ -104,7 +104,7 @@ impl<D: Decoder> Worker<D> {
         mut delta: Delta,
         stop_sequence: Option<String>,
     ) {
-        let Some(mut run) = self.slots[i].run.take() else {
+        let Some(mut run) = self.slots.at_mut(i).run.take() else {
             return;
         };
         // Before the caller can have its answer: /metrics must not show this slot busy
@@ -150,7 +150,7 @@ impl<D: Decoder> Worker<D> {
 
     /// Ends one job with an error; its slots keep their KV for prefix reuse.
     pub(super) fn fail_job(&mut self, job_id: u64, err: Error) {
-        for slot in &mut self.slots {
+        for slot in self.slots.iter_mut() {
             if slot.run.as_ref().is_some_and(|r| r.job == job_id) {
                 slot.run = None;
             }
@@ -163,7 +163,7 @@ impl<D: Decoder> Worker<D> {
 
     pub(super) fn fail_all(&mut self, err: Error) {
         for i in 0..self.slots.len() {
-            if self.slots[i].run.take().is_some() {
+            if self.slots.at_mut(i).run.take().is_some() {
                 self.trim(i, 0);
             }
         }
