@@ -24,7 +24,7 @@ pub type Loader = Arc<dyn Fn(Option<u32>) -> Result<Arc<dyn Backend>, String> + 
 pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 mod keep_alive;
-pub use keep_alive::KeepAlive;
+pub use keep_alive::{KeepAlive, KeepAliveError};
 
 /// A folder of models served on demand that takes new ones while the server runs
 /// (pulled through Ollama's API) and lets them go (deleted).

@@ -2,6 +2,15 @@
 
 use std::time::Duration;
 
+/// A `keep_alive` that is neither a number of seconds nor a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeepAliveError {
+    #[error("must be a number of seconds or a duration such as \"5m\"")]
+    NotADuration,
+    #[error("`{0}` is not a duration such as \"5m\" or \"1h30m\"")]
+    BadDuration(String),
+}
+
 /// How long a model stays loaded after its last request ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeepAlive {
@@ -12,11 +21,14 @@ pub enum KeepAlive {
 impl KeepAlive {
     /// Ollama's `keep_alive`: seconds as a number, or a Go duration (`"5m"`, `"1h30m"`,
     /// `"0"`); any negative value keeps the model loaded.
-    pub fn parse(v: &serde_json::Value) -> Result<KeepAlive, String> {
+    pub fn parse(v: &serde_json::Value) -> Result<KeepAlive, KeepAliveError> {
         match v {
-            serde_json::Value::Number(n) => Ok(Self::from_secs(n.as_f64().ok_or("not a number")?)),
+            serde_json::Value::Number(n) => n
+                .as_f64()
+                .map(Self::from_secs)
+                .ok_or(KeepAliveError::NotADuration),
             serde_json::Value::String(s) => s.parse(),
-            _ => Err("must be a number of seconds or a duration such as \"5m\"".into()),
+            _ => Err(KeepAliveError::NotADuration),
         }
     }
 
@@ -31,16 +43,16 @@ impl KeepAlive {
 
 /// The flag's and the config file's form: a Go duration, or seconds.
 impl std::str::FromStr for KeepAlive {
-    type Err = String;
+    type Err = KeepAliveError;
 
-    fn from_str(s: &str) -> Result<KeepAlive, String> {
+    fn from_str(s: &str) -> Result<KeepAlive, KeepAliveError> {
         go_duration(s.trim()).map(Self::from_secs)
     }
 }
 
 /// `"1h30m"`, `"90s"`, `"-1m"`, `"300"` (a bare number is seconds) in seconds.
-fn go_duration(s: &str) -> Result<f64, String> {
-    let bad = || format!("`{s}` is not a duration such as \"5m\" or \"1h30m\"");
+fn go_duration(s: &str) -> Result<f64, KeepAliveError> {
+    let bad = || KeepAliveError::BadDuration(s.to_string());
     let (sign, mut rest) = match s.strip_prefix('-') {
         Some(r) => (-1.0, r),
         None => (1.0, s),

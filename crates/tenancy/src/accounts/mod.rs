@@ -54,16 +54,19 @@ pub enum SignupMode {
     Open,
 }
 
+/// A sign-up mode's name that is none of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a sign-up mode: closed, approval or open")]
+pub struct UnknownSignupMode(pub String);
+
 impl std::str::FromStr for SignupMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownSignupMode;
+    fn from_str(s: &str) -> Result<Self, UnknownSignupMode> {
         match s {
             "closed" => Ok(SignupMode::Closed),
             "approval" => Ok(SignupMode::Approval),
             "open" => Ok(SignupMode::Open),
-            other => Err(format!(
-                "`{other}` is not a sign-up mode: closed, approval or open"
-            )),
+            other => Err(UnknownSignupMode(other.to_string())),
         }
     }
 }
@@ -206,14 +209,14 @@ pub fn text(
 
 /// Hashes on the blocking pool: Argon2 takes tens of milliseconds of CPU by design.
 async fn hash_password(password: String) -> Result<String, AccountError> {
-    password::check_new(&password).map_err(|message| AccountError::Invalid {
+    password::check_new(&password).map_err(|e| AccountError::Invalid {
         field: "password",
-        message,
+        message: e.to_string(),
     })?;
     tokio::task::spawn_blocking(move || password::hash(&password))
         .await
         .map_err(|e| AccountError::Hashing(e.to_string()))?
-        .map_err(AccountError::Hashing)
+        .map_err(|e| AccountError::Hashing(e.to_string()))
 }
 
 async fn verify_password(password: String, stored: String) -> bool {
@@ -367,9 +370,9 @@ impl Tenancy {
         token: &str,
         password: String,
     ) -> Result<User, AccountError> {
-        password::check_new(&password).map_err(|message| AccountError::Invalid {
+        password::check_new(&password).map_err(|e| AccountError::Invalid {
             field: "password",
-            message,
+            message: e.to_string(),
         })?;
         let user_id = self
             .store

@@ -12,26 +12,37 @@ pub const MIN_LEN: usize = 8;
 /// Longest: Argon2 reads it all, and a megabyte password is a denial of service.
 pub const MAX_LEN: usize = 256;
 
-/// Why a new password is refused, as a sentence for the person choosing it.
-pub fn check_new(password: &str) -> Result<(), String> {
-    let n = password.chars().count();
-    if n < MIN_LEN {
-        return Err(format!("A password needs at least {MIN_LEN} characters."));
+/// Why a new password is refused; its text is a sentence for the person choosing it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordError {
+    #[error("A password needs at least {MIN_LEN} characters.")]
+    TooShort,
+    #[error("A password may have at most {MAX_LEN} bytes.")]
+    TooLong,
+    /// Argon2 could not hash it (a salt or parameter failure, not the caller's fault).
+    #[error("password hash: {0}")]
+    Hashing(String),
+}
+
+pub fn check_new(password: &str) -> Result<(), PasswordError> {
+    if password.chars().count() < MIN_LEN {
+        return Err(PasswordError::TooShort);
     }
     if password.len() > MAX_LEN {
-        return Err(format!("A password may have at most {MAX_LEN} bytes."));
+        return Err(PasswordError::TooLong);
     }
     Ok(())
 }
 
 /// The PHC string of `password` under a fresh salt (`$argon2id$v=19$m=19456,t=2,p=1$...`).
-pub fn hash(password: &str) -> Result<String, String> {
+pub fn hash(password: &str) -> Result<String, PasswordError> {
     let salt: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt).map_err(|e| format!("salt: {e}"))?;
+    let hashing = |e: argon2::password_hash::Error| PasswordError::Hashing(e.to_string());
+    let salt = SaltString::encode_b64(&salt).map_err(hashing)?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| format!("password hash: {e}"))
+        .map_err(hashing)
 }
 
 /// Whether `password` matches a stored PHC string; a malformed one matches nothing.
