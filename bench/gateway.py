@@ -71,6 +71,14 @@ def body_file(stream: bool) -> str:
     return path.name
 
 
+def mock_config(mock_url: str) -> str:
+    """Parlance's config with one model, `mock`, on the mock upstream."""
+    return (
+        f'[providers.mock]\nkind = "openai"\nbase_url = "{mock_url}"\napi_key = "x"\n\n'
+        '[[models]]\nname = "mock"\ndeployments = [{ provider = "mock", model = "mock" }]\n'
+    )
+
+
 def load(url: str, body: str, conns: int, secs: float, rate: float, reference: bool = False) -> dict:
     out = subprocess.run(
         [str(LOADGEN), url, KEY, body, str(conns), str(secs), str(rate)],
@@ -111,10 +119,7 @@ def main() -> None:
     start([str(BARE), f"{mock_url}/chat/completions", str(bare_port)], "bare")
 
     cfg = pathlib.Path(logs) / "gateway.toml"
-    cfg.write_text(
-        f'[providers.mock]\nkind = "openai"\nbase_url = "{mock_url}"\napi_key = "x"\n\n'
-        '[[models]]\nname = "mock"\ndeployments = [{ provider = "mock", model = "mock" }]\n'
-    )
+    cfg.write_text(mock_config(mock_url))
     env = dict(os.environ, PARLANCE_LOG="error")
     # The default store (SQLite, a usage row per request), in the run's own folder; and
     # the same without a store (keyless, no metering).

@@ -44,10 +44,7 @@ def main() -> None:
     mock_url = f"http://127.0.0.1:{mock_port}/v1"
     procs.append(subprocess.Popen([str(gw.MOCK), str(mock_port), "16"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     cfg = logs / "gateway.toml"
-    cfg.write_text(
-        f'[providers.mock]\nkind = "openai"\nbase_url = "{mock_url}"\napi_key = "x"\n\n'
-        '[[models]]\nname = "mock"\ndeployments = [{ provider = "mock", model = "mock" }]\n'
-    )
+    cfg.write_text(gw.mock_config(mock_url))
     env = dict(os.environ, PARLANCE_LOG="error")
     servers = {}
     for build, binary in (("this", gw.PARLANCE), ("before", args.before)):

@@ -6,6 +6,13 @@
 use std::fmt;
 use std::ops::Deref;
 
+/// The IR's names for its messages and their parts.
+const MESSAGES: &str = "messages";
+const CONTENT: &str = "content";
+
+/// An IR message path taken apart: see [`ParamPath::message_of`].
+pub type IrMessagePath<'a> = (usize, &'a [Step], Option<(usize, &'a [Step])>);
+
 /// One step of a [`ParamPath`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -30,6 +37,27 @@ impl ParamPath {
         ParamPath::from_steps(vec![Step::Field(name.into())])
     }
 
+    /// The IR's message `i`: `messages[i]`.
+    pub fn message(i: usize) -> ParamPath {
+        ParamPath::field(MESSAGES).at(i)
+    }
+
+    /// Part `j` of the IR's message `i`: `messages[i].content[j]`.
+    pub fn message_part(i: usize, j: usize) -> ParamPath {
+        ParamPath::message(i).then(CONTENT).at(j)
+    }
+
+    /// For an IR message path (`messages[i]...`): `i`, the steps after it, and when it
+    /// names a part (`messages[i].content[j]...`), `j` and the steps after that.
+    pub fn message_of(&self) -> Option<IrMessagePath<'_>> {
+        let (i, rest) = self.element_of(MESSAGES)?;
+        let part = match rest {
+            [Step::Field(c), Step::Index(j), tail @ ..] if c == CONTENT => Some((*j, tail)),
+            _ => None,
+        };
+        Some((i, rest, part))
+    }
+
     pub fn from_steps(steps: Vec<Step>) -> ParamPath {
         let text = render(&steps, false);
         ParamPath { steps, text }
@@ -46,8 +74,8 @@ impl ParamPath {
     }
 
     fn then_step(mut self, step: Step) -> ParamPath {
+        push_step(&mut self.text, self.steps.is_empty(), &step, false);
         self.steps.push(step);
-        self.text = render(&self.steps, false);
         self
     }
 
@@ -117,27 +145,29 @@ impl ParamPath {
 fn render(steps: &[Step], dotted: bool) -> String {
     let mut out = String::new();
     for (n, step) in steps.iter().enumerate() {
-        match step {
-            Step::Field(f) => {
-                if n > 0 {
-                    out.push('.');
-                }
-                out.push_str(f);
+        push_step(&mut out, n == 0, step, dotted);
+    }
+    out
+}
+
+/// Writes one step: `.field`, `[i]`, or in the dotted style `.i` (no dot first).
+fn push_step(out: &mut String, first: bool, step: &Step, dotted: bool) {
+    match step {
+        Step::Index(i) if !dotted => {
+            out.push('[');
+            out.push_str(&i.to_string());
+            out.push(']');
+        }
+        Step::Field(_) | Step::Index(_) => {
+            if !first {
+                out.push('.');
             }
-            Step::Index(i) if dotted => {
-                if n > 0 {
-                    out.push('.');
-                }
-                out.push_str(&i.to_string());
-            }
-            Step::Index(i) => {
-                out.push('[');
-                out.push_str(&i.to_string());
-                out.push(']');
+            match step {
+                Step::Field(f) => out.push_str(f),
+                Step::Index(i) => out.push_str(&i.to_string()),
             }
         }
     }
-    out
 }
 
 impl Deref for ParamPath {
@@ -207,6 +237,12 @@ mod tests {
             Some((2, 2))
         );
         assert_eq!(p.element_of("content"), None);
+        assert_eq!(p, ParamPath::message_part(2, 1));
+        let tail = [Step::Field("x".into())];
+        let joined = p.join(&tail);
+        let (i, rest, part) = joined.message_of().unwrap();
+        assert_eq!((i, rest.len(), part), (2, 3, Some((1, &tail[..]))));
+        assert_eq!(ParamPath::field("model").message_of(), None);
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub(crate) const UBATCH: usize = 63;
 
 pub(crate) fn debug_info(prompt: &str, stats: &[JobStats]) -> serde_json::Value {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    let s = stats.first().cloned().unwrap_or_default();
+    let none = JobStats::default();
+    let s = stats.first().unwrap_or(&none);
     let completion: u32 = stats.iter().map(|s| s.completion_tokens).sum();
     let per_sec = |tokens: u32, d: std::time::Duration| {
         if d.is_zero() {

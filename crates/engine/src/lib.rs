@@ -206,7 +206,7 @@ impl LocalModel {
         let images = req.messages.iter().position(Message::has_images);
         if let (Some(i), None) = (images, &self.prep.vision) {
             return Err(Error::invalid_param(
-                ParamPath::field("messages").at(i).then("content"),
+                ParamPath::message(i).then("content"),
                 format!("model `{}` does not accept images", self.info.id),
             ));
         }

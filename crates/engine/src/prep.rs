@@ -121,7 +121,7 @@ impl Prep {
                 })
                 .unwrap_or(0);
             return Err(Error::invalid_param(
-                ParamPath::field("messages").at(at).then("content"),
+                ParamPath::message(at).then("content"),
                 "the text contains a control token of this model's chat template (such as an end-of-turn marker), which this template does not keep as plain text; remove it",
             ));
         }

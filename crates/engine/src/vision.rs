@@ -229,7 +229,7 @@ pub(crate) fn take_images(messages: &[Message]) -> Result<(Vec<Message>, Vec<Ima
             let ContentPart::Image(source) = part else {
                 continue;
             };
-            let at = ParamPath::field("messages").at(i).then("content").at(j);
+            let at = ParamPath::message_part(i, j);
             let bytes = match source {
                 ImageSource::Base64 { data, .. } => inline_bytes(data, &at)?,
                 ImageSource::Url(url) => {
@@ -279,7 +279,7 @@ pub(crate) fn count_tokens(prep: &crate::prep::Prep, messages: &[Message]) -> Re
             let ContentPart::Image(ImageSource::Base64 { data, .. }) = part else {
                 continue;
             };
-            let at = ParamPath::field("messages").at(i).then("content").at(j);
+            let at = ParamPath::message_part(i, j);
             let chunks = vision.image_at(&inline_bytes(data, &at)?, &at)?;
             total = total.saturating_add(chunks.total_tokens() as u32);
         }

@@ -52,8 +52,7 @@ pub(crate) fn call_arguments(
     match serde_json::from_str::<serde_json::Value>(args) {
         Ok(v @ serde_json::Value::Object(_)) => Ok(v),
         _ => Err(Error::invalid_param(
-            ParamPath::field("messages")
-                .at(msg)
+            ParamPath::message(msg)
                 .then("tool_calls")
                 .at(call)
                 .then("function")
@@ -81,7 +80,7 @@ pub(crate) fn answered_function(req: &ChatRequest, msg: usize) -> Result<String,
         .or_else(|| m.name.clone())
         .ok_or_else(|| {
             Error::invalid_param(
-                ParamPath::field("messages").at(msg).then("tool_call_id"),
+                ParamPath::message(msg).then("tool_call_id"),
                 format!("tool_call_id {id:?} matches no earlier assistant tool call"),
             )
         })

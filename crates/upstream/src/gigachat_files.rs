@@ -33,7 +33,7 @@ pub(crate) async fn attach_images(
             };
             let ImageSource::Base64 { media_type, data } = img else {
                 return Err(Error::invalid_param(
-                    ParamPath::field("messages").at(i).then("content").at(j),
+                    ParamPath::message_part(i, j),
                     "GigaChat needs the image's bytes: send a data URL or an http(s) URL Parlance can fetch.",
                 ));
             };
@@ -44,7 +44,7 @@ pub(crate) async fn attach_images(
             .await?;
             let bytes = decoded.map_err(|e| {
                 Error::invalid_param(
-                    ParamPath::field("messages").at(i).then("content").at(j),
+                    ParamPath::message_part(i, j),
                     format!("The image is not valid base64: {e}."),
                 )
             })?;

@@ -251,7 +251,7 @@ impl ImageFetcher {
         for ((i, j, url), got) in wanted.into_iter().zip(fetched) {
             let (media_type, data) = got.map_err(|why| {
                 Error::invalid_param(
-                    ParamPath::field("messages").at(i).then("content").at(j),
+                    ParamPath::message_part(i, j),
                     format!("The image at {url} could not be fetched: {why}."),
                 )
                 .with_code(Code::InvalidImageUrl)

@@ -113,7 +113,7 @@ pub struct Provider {
     client: reqwest::Client,
     dialect: Box<dyn Dialect>,
     token: Option<gigachat::TokenSource>,
-    /// Endpoint URLs already parsed (see `http::parsed_url`).
+    /// Endpoint URLs already parsed (see `http::UrlCache`).
     urls: http::UrlCache,
 }
 

@@ -86,7 +86,7 @@ impl OpenAiDialect {
             if self.gigachat {
                 if m.tool_calls.len() > 1 {
                     return Err(Error::invalid_param(
-                        ParamPath::field("messages").at(i).then("tool_calls"),
+                        ParamPath::message(i).then("tool_calls"),
                         "this model's provider (GigaChat) takes one function call per assistant message",
                     ));
                 }

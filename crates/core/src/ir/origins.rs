@@ -1,6 +1,6 @@
 //! Where the IR's parts came from in the caller's request.
 
-use crate::param_path::{ParamPath, Step};
+use crate::param_path::ParamPath;
 
 /// Where the IR's messages and their parts came from in the caller's request, in its
 /// own wire terms (`messages.1.content.0`, `contents[0].parts[1]`, `input[0]`): the IR
@@ -58,14 +58,9 @@ impl PartOrigins {
     /// The caller's name for an IR parameter path, when it is about a message.
     pub fn name(&self, param: impl Into<ParamPath>) -> Option<ParamPath> {
         let param = param.into();
-        let (i, rest) = param.element_of("messages")?;
-        let part = match rest {
-            [Step::Field(c), Step::Index(j), tail @ ..] if c == "content" => Some((*j, tail)),
-            _ => None,
-        };
+        let (i, rest, part) = param.message_of()?;
         if self.same {
             let i = i.checked_sub(self.added_messages)?;
-            let message = ParamPath::field("messages").at(i);
             return match part {
                 Some((j, tail)) => {
                     let j = if i == 0 {
@@ -73,9 +68,9 @@ impl PartOrigins {
                     } else {
                         j
                     };
-                    Some(message.then("content").at(j).join(tail))
+                    Some(ParamPath::message_part(i, j).join(tail))
                 }
-                None => Some(message.join(rest)),
+                None => Some(ParamPath::message(i).join(rest)),
             };
         }
         if let Some((j, tail)) = part {

@@ -115,10 +115,7 @@ fn calls_to_tool_calls(messages: &mut [wire::ChatMessage]) -> Result<(), Error> 
         if let Some(call) = m.extra.remove("function_call") {
             let name = call.get("name").and_then(Value::as_str).ok_or_else(|| {
                 Error::invalid_param(
-                    ParamPath::field("messages")
-                        .at(i)
-                        .then("function_call")
-                        .then("name"),
+                    ParamPath::message(i).then("function_call").then("name"),
                     format!("messages[{i}].function_call needs a 'name'."),
                 )
             })?;
@@ -148,7 +145,7 @@ fn calls_to_tool_calls(messages: &mut [wire::ChatMessage]) -> Result<(), Error> 
                 .find(|(n, _)| m.name.as_deref().is_none_or(|want| want == n))
                 .map(|(_, id)| id.clone())
                 .ok_or_else(|| {
-                    Error::invalid_param(ParamPath::field("messages").at(i), format!("messages[{i}] is a function result, but no earlier assistant message called a function."))
+                    Error::invalid_param(ParamPath::message(i), format!("messages[{i}] is a function result, but no earlier assistant message called a function."))
                 })?;
             m.tool_call_id = Some(answered);
         }

@@ -267,7 +267,7 @@ fn message(i: usize, m: wire::ChatMessage) -> Result<Message, Error> {
         "tool" => Role::Tool,
         other => {
             return Err(Error::invalid_param(
-                ParamPath::field("messages").at(i).then("role"),
+                ParamPath::message(i).then("role"),
                 format!("Unsupported role {other:?} in messages[{i}]; use system, developer, user, assistant or tool."),
             ))
         }
@@ -293,13 +293,13 @@ fn message(i: usize, m: wire::ChatMessage) -> Result<Message, Error> {
         .collect();
     if content.is_empty() && tool_calls.is_empty() && role != Role::Assistant {
         return Err(Error::invalid_param(
-            ParamPath::field("messages").at(i).then("content"),
+            ParamPath::message(i).then("content"),
             format!("messages[{i}] ({}) must have content.", role.as_str()),
         ));
     }
     if role == Role::Tool && m.tool_call_id.as_deref().unwrap_or("").is_empty() {
         return Err(Error::invalid_param(
-            ParamPath::field("messages").at(i).then("tool_call_id"),
+            ParamPath::message(i).then("tool_call_id"),
             format!("messages[{i}] has role 'tool' and must carry the 'tool_call_id' it answers."),
         ));
     }
@@ -316,7 +316,7 @@ fn message(i: usize, m: wire::ChatMessage) -> Result<Message, Error> {
 }
 
 fn content_part(i: usize, j: usize, p: wire::ContentPart) -> Result<ContentPart, Error> {
-    let param = ParamPath::field("messages").at(i).then("content").at(j);
+    let param = ParamPath::message_part(i, j);
     match p.kind.as_str() {
         "text" | "input_text" => p.text.map(ContentPart::Text).ok_or_else(|| {
             Error::invalid_param(
