@@ -15,6 +15,9 @@ pub enum StoreError {
     /// A query failed, or a row did not have the columns it should.
     #[error("database: {0}")]
     Database(Arc<sqlx::Error>),
+    /// The usage writer's own SQLite connection failed.
+    #[error("database: {0}")]
+    Sqlite(Arc<rusqlite::Error>),
     /// The usage writer's task has stopped (the server is shutting down).
     #[error("the usage writer has stopped")]
     WriterStopped,

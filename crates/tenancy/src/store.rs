@@ -5,7 +5,10 @@
 pub use crate::error::StoreError;
 use crate::keys::{now_ms, KeyRecord};
 use crate::migrations::MIGRATIONS;
-use crate::usage::{UsageFilter, UsageGroup, UsageRow, UsageTotals};
+use crate::usage::{
+    usage_insert_sql, UsageFilter, UsageGroup, UsageRow, UsageTotals, UsageValue,
+    USAGE_ROWS_PER_STATEMENT,
+};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -23,6 +26,10 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
 async fn connect(url: &str, is_sqlite: bool, max: u32) -> Result<AnyPool, StoreError> {
     AnyPoolOptions::new()
         .max_connections(max)
+        // A SQLite connection is a file handle in this process: it cannot go stale, so
+        // the round trip to its worker thread that sqlx makes before every checkout
+        // (a ping) buys nothing; a network database keeps it.
+        .test_before_acquire(!is_sqlite)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if is_sqlite {
@@ -281,46 +288,36 @@ impl Store {
     /// Writes rows in as few statements as the placeholder limits allow, each one
     /// atomic on its own (the usage writer's group commit: no BEGIN/COMMIT round trips).
     pub async fn insert_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
-        const COLS: usize = 16;
-        // SQLite takes at most 32766 placeholders a statement.
-        const PER_STATEMENT: usize = 1000;
-        for chunk in rows.chunks(PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO usage (at, request_id, key_id, model, deployment, front_door, streamed, status, prompt_tokens,
-                 completion_tokens, cached_tokens, reasoning_tokens, cost_usd, latency_ms, ttft_ms, estimated) VALUES ",
-            );
-            for r in 0..chunk.len() {
-                sql.push_str(if r == 0 { "(" } else { ", (" });
-                for c in 0..COLS {
-                    if c > 0 {
-                        sql.push_str(", ");
-                    }
-                    sql.push('$');
-                    sql.push_str(&(r * COLS + c + 1).to_string());
-                }
-                sql.push(')');
-            }
+        let mut conn = self.writer().await?;
+        Store::insert_usage_on(&mut conn, rows).await
+    }
+
+    /// A connection of the pool's own to hold for a writer: one checkout for many
+    /// statements, not one each.
+    pub(crate) async fn writer(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, StoreError> {
+        self.pool.acquire().await.map_err(db_err)
+    }
+
+    /// `insert_usage` on a connection the caller holds (the usage writer's).
+    pub(crate) async fn insert_usage_on(
+        conn: &mut sqlx::AnyConnection,
+        rows: &[UsageRow],
+    ) -> Result<(), StoreError> {
+        for chunk in rows.chunks(USAGE_ROWS_PER_STATEMENT) {
+            let sql = usage_insert_sql(chunk.len());
             let mut q = sqlx::query(&sql);
             for u in chunk {
-                q = q
-                    .bind(u.at)
-                    .bind(u.request_id.clone())
-                    .bind(u.key_id.clone())
-                    .bind(u.model.clone())
-                    .bind(u.deployment.clone())
-                    .bind(u.front_door.clone())
-                    .bind(i64::from(u.streamed))
-                    .bind(u.status.clone())
-                    .bind(i64::from(u.prompt_tokens))
-                    .bind(i64::from(u.completion_tokens))
-                    .bind(i64::from(u.cached_tokens))
-                    .bind(i64::from(u.reasoning_tokens))
-                    .bind(u.cost_usd)
-                    .bind(u.latency_ms)
-                    .bind(u.ttft_ms)
-                    .bind(i64::from(u.estimated));
+                for v in u.values() {
+                    q = match v {
+                        UsageValue::Int(i) => q.bind(i),
+                        UsageValue::Real(f) => q.bind(f),
+                        UsageValue::Text(t) => q.bind(t.to_string()),
+                        UsageValue::MaybeText(t) => q.bind(t.map(str::to_string)),
+                        UsageValue::MaybeInt(i) => q.bind(i),
+                    };
+                }
             }
-            q.execute(&self.pool).await.map_err(db_err)?;
+            q.execute(&mut *conn).await.map_err(db_err)?;
         }
         Ok(())
     }

@@ -2,6 +2,11 @@
 //! rows of concurrent requests together (group commit: never a transaction per request
 //! on the hot path, never a wait on the engine thread).
 
+mod insert;
+mod sqlite_writer;
+
+pub(crate) use insert::{usage_insert_sql, UsageValue, USAGE_ROWS_PER_STATEMENT};
+
 use crate::store::Store;
 use crate::StoreError;
 use serde::{Deserialize, Serialize};
@@ -145,58 +150,120 @@ pub struct Recorder {
 /// Rows per transaction at most.
 const BATCH: usize = 512;
 
-impl Recorder {
-    pub fn start(store: Store) -> Recorder {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-        parlance_core::task::spawn("usage writer", async move {
-            let mut batch: Vec<Pending> = Vec::new();
-            let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-            while let Some(first) = rx.recv().await {
-                match first {
-                    Msg::Row(p) => batch.push(*p),
-                    Msg::Flush(f) => flushes.push(f),
-                }
-                // Everything that queued while the last commit ran goes into this one.
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(Msg::Row(p)) => batch.push(*p),
-                        Ok(Msg::Flush(f)) => flushes.push(f),
-                        Err(_) => break,
-                    }
-                }
-                // Waiters that gave up (a timed-out flush, a request that ended) leave
-                // closed channels: sends to them are dropped.
-                if batch.is_empty() {
-                    for f in flushes.drain(..) {
-                        f.send(()).ok();
-                    }
-                    continue;
-                }
-                let rows: Vec<UsageRow> = batch.iter().map(|(r, _)| r.clone()).collect();
-                let mut result = store.insert_usage(&rows).await;
-                for attempt in 1..=5 {
-                    if result.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
-                    result = store.insert_usage(&rows).await;
-                }
-                if let Err(e) = &result {
-                    // Not silently lost: the rows go to the log, whole.
-                    for r in &rows {
-                        tracing::error!(row = %serde_json::to_string(r).unwrap_or_default(), "usage row not stored: {e}");
-                    }
-                }
-                for (_, ack) in batch.drain(..) {
-                    if let Some(ack) = ack {
-                        ack.send(result.clone()).ok();
-                    }
-                }
-                for f in flushes.drain(..) {
-                    f.send(()).ok();
-                }
+async fn pooled_writer(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut round = Round::default();
+    let mut conn = None;
+    while let Some(first) = rx.recv().await {
+        round.gather(first, &mut rx);
+        if round.batch.is_empty() {
+            round.answer(&[], Ok(()));
+            continue;
+        }
+        let rows = round.rows();
+        let mut result = write(&store, &mut conn, &rows).await;
+        for pause in retry_pauses() {
+            if result.is_ok() {
+                break;
             }
-        });
+            tokio::time::sleep(pause).await;
+            result = write(&store, &mut conn, &rows).await;
+        }
+        round.answer(&rows, result);
+    }
+}
+
+/// Stores `rows` on the writer's own connection, checked out once and kept: a
+/// checkout per commit costs a round trip to the database's worker thread. A
+/// connection that failed is given back, and the next try checks out another.
+async fn write(
+    store: &Store,
+    conn: &mut Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    rows: &[UsageRow],
+) -> Result<(), StoreError> {
+    let held = match conn {
+        Some(c) => c,
+        None => conn.insert(store.writer().await?),
+    };
+    let result = Store::insert_usage_on(held, rows).await;
+    if result.is_err() {
+        *conn = None;
+    }
+    result
+}
+
+/// What the writer does with one round of messages: the rows (and their waiters)
+/// and the flushes that arrived together.
+#[derive(Default)]
+struct Round {
+    batch: Vec<Pending>,
+    flushes: Vec<oneshot::Sender<()>>,
+}
+
+impl Round {
+    /// `first`, and everything that queued while the last commit ran: one commit.
+    fn gather(&mut self, first: Msg, rx: &mut mpsc::UnboundedReceiver<Msg>) {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Row(p) => self.batch.push(*p),
+                Msg::Flush(f) => self.flushes.push(f),
+            }
+            next = if self.batch.len() < BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+    }
+
+    fn rows(&self) -> Vec<UsageRow> {
+        self.batch.iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    /// Answers every waiter with the commit's `result`. Waiters that gave up (a
+    /// timed-out flush, a request that ended) left closed channels: sends to them are
+    /// dropped.
+    fn answer(&mut self, rows: &[UsageRow], result: Result<(), StoreError>) {
+        if let Err(e) = &result {
+            // Not silently lost: the rows go to the log, whole.
+            for r in rows {
+                tracing::error!(row = %serde_json::to_string(r).unwrap_or_default(), "usage row not stored: {e}");
+            }
+        }
+        for (_, ack) in self.batch.drain(..) {
+            if let Some(ack) = ack {
+                ack.send(result.clone()).ok();
+            }
+        }
+        for f in self.flushes.drain(..) {
+            f.send(()).ok();
+        }
+    }
+}
+
+/// Tries after the first, and the pause before each: a locked or briefly unreachable
+/// database gets about three seconds before the rows are given up to the log.
+fn retry_pauses() -> impl Iterator<Item = std::time::Duration> {
+    (1..=5).map(|attempt| std::time::Duration::from_millis(50 << attempt))
+}
+
+impl Recorder {
+    /// The writer for `store`: on a SQLite file, a thread of its own with its own
+    /// connection (see `sqlite_writer`); elsewhere a task on the store's pool.
+    pub fn start(store: Store) -> Recorder {
+        if let Some(path) = store.sqlite_path() {
+            match sqlite_writer::spawn(&path) {
+                Ok(tx) => return Recorder { tx },
+                Err(e) => tracing::warn!("usage writer: {e}; writing through the pool instead"),
+            }
+        }
+        Recorder::pooled(store)
+    }
+
+    /// The writer as a task on the store's pool (Postgres, or where no thread starts).
+    fn pooled(store: Store) -> Recorder {
+        let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+        parlance_core::task::spawn("usage writer", pooled_writer(store, rx));
         Recorder { tx }
     }
 
@@ -226,6 +293,66 @@ impl Recorder {
         if self.tx.send(Msg::Flush(tx)).is_ok() {
             // An error: the writer stopped, so nothing more will be stored anyway.
             rx.await.ok();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(i: i64, key: Option<&str>, ttft: Option<i64>) -> UsageRow {
+        UsageRow {
+            at: 1_700_000_000_000 + i,
+            request_id: format!("req_{i}"),
+            key_id: key.map(str::to_string),
+            model: "m\u{e9}".into(),
+            deployment: "local/m".into(),
+            front_door: "openai".into(),
+            streamed: i % 2 == 0,
+            status: "ok".into(),
+            prompt_tokens: 3,
+            completion_tokens: u32::try_from(i).unwrap_or(0),
+            cached_tokens: 1,
+            reasoning_tokens: 2,
+            cost_usd: 0.25,
+            latency_ms: 7,
+            ttft_ms: ttft,
+            estimated: true,
+        }
+    }
+
+    /// Every column (NULLs too) survives the SQLite thread's writer, concurrent rows
+    /// share commits, and a flush answers once they are stored; the pool's writer
+    /// (Postgres's) stores the same.
+    #[tokio::test]
+    async fn rows_round_trip_through_both_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, start) in [
+            ("thread", Recorder::start as fn(Store) -> Recorder),
+            ("pool", Recorder::pooled),
+        ] {
+            let url = format!("sqlite://{}", dir.path().join(name).display());
+            let store = Store::open(&url).await.unwrap();
+            let recorder = start(store.clone());
+            let rows: Vec<UsageRow> = (0..600)
+                .map(|i| match i % 3 {
+                    0 => row(i, None, None),
+                    1 => row(i, Some("key_a"), Some(i)),
+                    _ => row(i, Some("key_b"), None),
+                })
+                .collect();
+            let waits = rows.iter().map(|r| recorder.record(r.clone()));
+            for r in futures::future::join_all(waits).await {
+                r.unwrap();
+            }
+            recorder.record_later(row(600, None, Some(1)));
+            recorder.flush().await;
+            let mut stored = store.usage_rows(&UsageFilter::default()).await.unwrap();
+            stored.sort_by_key(|r| r.at);
+            let mut want = rows;
+            want.push(row(600, None, Some(1)));
+            assert_eq!(stored, want, "{url}");
         }
     }
 }
