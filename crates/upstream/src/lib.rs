@@ -380,15 +380,24 @@ fn with_deadline(
 ) -> EventStream {
     Box::pin(async_stream::stream! {
         yield Ok(first);
+        // One timer for the whole stream: a timeout per event registered and removed a
+        // timer (taking the time driver's lock) for each of them.
+        let expired = tokio::time::sleep_until(deadline);
+        tokio::pin!(expired);
         loop {
-            match tokio::time::timeout_at(deadline, rest.next()).await {
+            let next = tokio::select! {
+                biased;
+                item = rest.next() => Ok(item),
+                () = &mut expired => Err(()),
+            };
+            match next {
                 Ok(Some(item)) => {
                     let stop = item.is_err();
                     yield item;
                     if stop { break; }
                 }
                 Ok(None) => break,
-                Err(_) => {
+                Err(()) => {
                     yield Err(Error::new(
                         ErrorKind::Timeout,
                         format!("upstream `{provider}` did not finish within the total timeout"),

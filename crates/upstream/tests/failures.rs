@@ -124,3 +124,40 @@ async fn hanging_upstream_times_out_and_dropping_the_stream_cancels_it() {
     }
     panic!("the upstream never saw the request cancelled");
 }
+
+/// A stream that goes on past the total timeout is cut off there with a timeout error
+/// event, after the events that came in time.
+#[tokio::test]
+async fn a_stream_past_the_total_timeout_ends_in_a_timeout_error() {
+    use futures::StreamExt;
+    let mock = Mock::start().await;
+    let t = Timeouts {
+        total: Duration::from_millis(400),
+        ..Timeouts::default()
+    };
+    let p = provider_with(ProviderKind::OpenAi, &mock.url, t, None);
+    let b = model(&p, "m");
+    // 5,000 deltas, 16 bytes a millisecond: several seconds of stream.
+    let body = sse(&[(
+        None,
+        json!({"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]}),
+    )])
+    .repeat(5000);
+    mock.push(Reply::Sse(body, 16));
+    let started = std::time::Instant::now();
+    let mut events = b.chat(ask("x", true)).await.unwrap();
+    let mut deltas = 0;
+    let e = loop {
+        match events.next().await {
+            Some(Ok(_)) => deltas += 1,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without the timeout error"),
+        }
+    };
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e:?}");
+    assert!(e.message.contains("total timeout"), "{}", e.message);
+    assert!(deltas > 0 && deltas < 5000, "{deltas}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(events.next().await.is_none(), "nothing after the error");
+}
