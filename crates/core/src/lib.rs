@@ -13,6 +13,7 @@ pub mod lazy;
 pub mod param_path;
 pub mod pool;
 pub mod preset;
+pub mod priority;
 pub mod router;
 pub mod task;
 pub mod template;

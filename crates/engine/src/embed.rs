@@ -21,6 +21,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
+/// Embedding engines started in this process, to name their threads apart.
+static ENGINES: AtomicUsize = AtomicUsize::new(0);
+
 /// Sequences one decode holds at most.
 const MAX_SEQS: usize = 64;
 
@@ -149,11 +152,17 @@ impl EmbeddingModel {
             .with_n_ubatch(SMALL_DECODE as u32);
         let normalize = pooling != Pooling::Rank;
         std::thread::Builder::new()
-            .name(format!("embed-{}", info.id))
+            // Unique within its first 15 bytes, the OS's name for the thread and for the
+            // compute threads it starts: `Background` finds them by it.
+            .name(format!(
+                "emb{}-{}",
+                ENGINES.fetch_add(1, Ordering::Relaxed),
+                info.id
+            ))
             .spawn(move || {
-                // Embedding is throughput work: under contention the chat engines'
-                // streams go first (llama.cpp's compute threads inherit this).
-                parlance_core::blocking::lower_priority();
+                // Embedding is throughput work: the chat engines' streams go first
+                // (llama.cpp's compute threads inherit this thread's class and name).
+                let mut background = parlance_core::priority::Background::start();
                 {
                     let made = context(&thread_model, params).and_then(|main| {
                         let small = match &small {
@@ -166,7 +175,14 @@ impl EmbeddingModel {
                         // The starter waits on `ready_rx` until one of these arrives.
                         Ok(contexts) => {
                             ready_tx.send(Ok(())).ok();
-                            run(contexts, rx, n_batch, normalize, &thread_queued);
+                            run(
+                                contexts,
+                                rx,
+                                n_batch,
+                                normalize,
+                                &thread_queued,
+                                &mut background,
+                            );
                         }
                         Err(e) => {
                             ready_tx.send(Err(e)).ok();
@@ -231,6 +247,7 @@ fn run(
     n_batch: usize,
     normalize: bool,
     queued: &AtomicUsize,
+    background: &mut parlance_core::priority::Background,
 ) {
     let mut batch = LlamaBatch::new(n_batch, MAX_SEQS as i32);
     // Jobs being served, each with the vectors made so far.
@@ -270,6 +287,7 @@ fn run(
             _ => &mut contexts.main,
         };
         ctx.clear_kv_cache();
+        background.update();
         if let Err(e) = ctx.decode(&mut batch) {
             fail_all(
                 &mut open,

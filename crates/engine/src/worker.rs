@@ -108,6 +108,8 @@ pub(crate) struct Worker<D: Decoder> {
     counters: Counters,
     vision: Option<Arc<Vision>>,
     pace: pace::Pacer,
+    /// Counted while this engine has jobs: embedding engines step aside meanwhile.
+    interactive: parlance_core::priority::Interactive,
 }
 
 impl<D: Decoder> Drop for Worker<D> {
@@ -151,6 +153,7 @@ impl<D: Decoder> Worker<D> {
             counters,
             vision,
             pace,
+            interactive: parlance_core::priority::Interactive::default(),
         }
     }
 
@@ -165,7 +168,9 @@ impl<D: Decoder> Worker<D> {
     fn tick(&mut self) {
         self.drop_cancelled();
         self.admit();
+        self.interactive.set(!self.jobs.is_empty());
         self.step();
+        self.interactive.set(!self.jobs.is_empty());
         self.publish_free();
     }
 
