@@ -51,7 +51,17 @@ pub struct Background {
     idle: bool,
 }
 
+/// Background engines started in this process, to name their threads apart.
+static ENGINES: AtomicUsize = AtomicUsize::new(0);
+
 impl Background {
+    /// A name for a background engine's thread, unique within its first 15 bytes (the
+    /// OS's name for the thread and for the compute threads it starts, by which
+    /// `update` finds them).
+    pub fn thread_name(kind: &str, id: &str) -> String {
+        format!("{kind}{}-{id}", ENGINES.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// Called on the engine's own thread, before it starts any compute thread: the
     /// ordinary class at a lower nice value (see `blocking::lower_priority`).
     pub fn start() -> Background {

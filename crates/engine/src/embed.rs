@@ -21,9 +21,6 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// Embedding engines started in this process, to name their threads apart.
-static ENGINES: AtomicUsize = AtomicUsize::new(0);
-
 /// Sequences one decode holds at most.
 const MAX_SEQS: usize = 64;
 
@@ -152,17 +149,13 @@ impl EmbeddingModel {
             .with_n_ubatch(SMALL_DECODE as u32);
         let normalize = pooling != Pooling::Rank;
         std::thread::Builder::new()
-            // Unique within its first 15 bytes, the OS's name for the thread and for the
-            // compute threads it starts: `Background` finds them by it.
-            .name(format!(
-                "emb{}-{}",
-                ENGINES.fetch_add(1, Ordering::Relaxed),
-                info.id
+            .name(parlance_core::priority::Background::thread_name(
+                "emb", &info.id,
             ))
             .spawn(move || {
                 // Embedding is throughput work: the chat engines' streams go first
                 // (llama.cpp's compute threads inherit this thread's class and name).
-                let mut background = parlance_core::priority::Background::start();
+                let mut bg = parlance_core::priority::Background::start();
                 {
                     let made = context(&thread_model, params).and_then(|main| {
                         let small = match &small {
@@ -175,14 +168,7 @@ impl EmbeddingModel {
                         // The starter waits on `ready_rx` until one of these arrives.
                         Ok(contexts) => {
                             ready_tx.send(Ok(())).ok();
-                            run(
-                                contexts,
-                                rx,
-                                n_batch,
-                                normalize,
-                                &thread_queued,
-                                &mut background,
-                            );
+                            run(contexts, rx, n_batch, normalize, &thread_queued, &mut bg);
                         }
                         Err(e) => {
                             ready_tx.send(Err(e)).ok();

@@ -141,7 +141,7 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-/// Hands rows to the writer task.
+/// Hands rows to the usage writer.
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::UnboundedSender<Msg>,
@@ -150,6 +150,8 @@ pub struct Recorder {
 /// Rows per transaction at most.
 const BATCH: usize = 512;
 
+/// The writer as a task on the store's pool: each round of rows is one commit, retried
+/// for about three seconds before the rows go to the log.
 async fn pooled_writer(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut round = Round::default();
     let mut conn = None;
@@ -173,8 +175,9 @@ async fn pooled_writer(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
 }
 
 /// Stores `rows` on the writer's own connection, checked out once and kept: a
-/// checkout per commit costs a round trip to the database's worker thread. A
-/// connection that failed is given back, and the next try checks out another.
+/// checkout per commit cost a round trip (sqlx pings a connection it hands out) before
+/// every INSERT. A connection that failed is given back, and the next try checks out
+/// another.
 async fn write(
     store: &Store,
     conn: &mut Option<sqlx::pool::PoolConnection<sqlx::Any>>,
