@@ -5,8 +5,8 @@ sentences in requests of 32 from 4 concurrent clients, and one-input latency.
 
     python3 bench/embeddings.py [--sentences 2000] [--rounds 3] [--mixed]
 
-`--mixed`: also a chat stream's inter-token latency on SmolLM2, idle and while 4
-clients embed flat out on the same Parlance process.
+`--mixed`: also a chat stream's inter-token latency on SmolLM2, idle, while 4
+clients embed flat out on the same Parlance process, and idle again after them.
 
 Needs: a release build of parlance, `bench/build-llama-server.sh` (llama-server), and
 `scripts/fetch-models.sh minilm`. Results go to bench/embeddings-results.md.
@@ -120,8 +120,13 @@ def mixed(texts: list, logs: str) -> list:
             stop[0] = True
             for f in futures:
                 f.result()
+        # Idle again, after the embedding engine has run: an engine's leftover compute
+        # threads once slowed every later chat step (see the engine's `omp`).
+        time.sleep(1)
+        after = itl_p99(base)
         return ["", f"Chat inter-token latency p99 (SmolLM2, greedy, 96 tokens, 3 streams) on the same process: idle "
-                    f"{idle:.2f} ms, while 4 clients embed flat out {loaded:.2f} ms ({loaded / idle:.2f}x)."]
+                    f"{idle:.2f} ms, while 4 clients embed flat out {loaded:.2f} ms ({loaded / idle:.2f}x), idle again "
+                    f"after them {after:.2f} ms ({after / idle:.2f}x)."]
     finally:
         p.terminate()
         p.wait(timeout=10)

@@ -69,13 +69,15 @@ impl Background {
         Background { idle: false }
     }
 
-    /// Before each decode: the idle class while a chat engine has work.
-    pub fn update(&mut self) {
+    /// Before each decode: the idle class while a chat engine has work. Whether it
+    /// has (the engine then decodes on one thread: see the embedding engine).
+    pub fn update(&mut self) -> bool {
         let idle = interactive_busy();
         if idle != self.idle {
             self.idle = idle;
             set_class(idle);
         }
+        idle
     }
 }
 

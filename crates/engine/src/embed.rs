@@ -147,6 +147,13 @@ impl EmbeddingModel {
             .with_n_ctx(NonZeroU32::new(SMALL_DECODE as u32))
             .with_n_batch(SMALL_DECODE as u32)
             .with_n_ubatch(SMALL_DECODE as u32);
+        let single_params = params
+            .clone()
+            .with_n_ctx(NonZeroU32::new(PACK_TOKENS as u32))
+            .with_n_batch(PACK_TOKENS as u32)
+            .with_n_ubatch(PACK_TOKENS as u32)
+            .with_n_threads(1)
+            .with_n_threads_batch(1);
         let normalize = pooling != Pooling::Rank;
         std::thread::Builder::new()
             .name(parlance_core::priority::Background::thread_name(
@@ -162,7 +169,12 @@ impl EmbeddingModel {
                             Some(m) => Some(context(m, small_params)?),
                             None => None,
                         };
-                        Ok(Contexts { main, small })
+                        let single = context(&thread_model, single_params)?;
+                        Ok(Contexts {
+                            main,
+                            small,
+                            single,
+                        })
                     });
                     match made {
                         // The starter waits on `ready_rx` until one of these arrives.
@@ -224,6 +236,11 @@ struct Contexts<'m> {
     main: LlamaContext<'m>,
     /// On the file's own weights, for decodes of up to `SMALL_DECODE` tokens.
     small: Option<LlamaContext<'m>>,
+    /// One compute thread, for packs while a chat engine has work: a second thread
+    /// would keep a team of OpenMP threads alive, and with more of those than CPUs
+    /// every team's barriers sleep instead of spinning (see `omp`), the chat engine's
+    /// too.
+    single: LlamaContext<'m>,
 }
 
 /// The engine thread: gathers the waiting jobs' inputs into batches of whole sequences.
@@ -240,9 +257,9 @@ fn run(
     let mut open: VecDeque<(Job, Vec<Vec<f32>>)> = VecDeque::new();
     loop {
         if open.is_empty() {
-            match rx.recv() {
-                Ok(job) => open.push_back((job, Vec::new())),
-                Err(_) => return,
+            match crate::omp::next_or_rest(&rx) {
+                Some(job) => open.push_back((job, Vec::new())),
+                None => return,
             }
         }
         while let Ok(job) = rx.try_recv() {
@@ -268,12 +285,17 @@ fn run(
                 continue;
             }
         };
+        let tokens = batch.n_tokens() as usize;
+        let beside_chat = background.update();
         let ctx = match contexts.small.as_mut() {
-            Some(small) if (batch.n_tokens() as usize) <= SMALL_DECODE => small,
+            _ if beside_chat && tokens <= PACK_TOKENS => {
+                crate::omp::rest();
+                &mut contexts.single
+            }
+            Some(small) if tokens <= SMALL_DECODE => small,
             _ => &mut contexts.main,
         };
         ctx.clear_kv_cache();
-        background.update();
         if let Err(e) = ctx.decode(&mut batch) {
             fail_all(
                 &mut open,

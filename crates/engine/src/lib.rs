@@ -12,6 +12,7 @@ mod draw;
 mod embed;
 mod job;
 mod logprobs;
+mod omp;
 mod prep;
 mod rerank;
 mod sampler;

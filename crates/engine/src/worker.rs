@@ -181,9 +181,9 @@ impl<D: Decoder> Worker<D> {
 
     fn intake(&mut self) -> bool {
         if self.jobs.is_empty() && self.waiting.is_empty() {
-            match self.rx.recv() {
-                Ok(job) => self.waiting.push_back(job),
-                Err(_) => return false,
+            match crate::omp::next_or_rest(&self.rx) {
+                Some(job) => self.waiting.push_back(job),
+                None => return false,
             }
         }
         while let Ok(job) = self.rx.try_recv() {
