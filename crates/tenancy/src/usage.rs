@@ -157,20 +157,19 @@ async fn pooled_writer(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut conn = None;
     while let Some(first) = rx.recv().await {
         round.gather(first, &mut rx);
-        if round.batch.is_empty() {
-            round.answer(&[], Ok(()));
+        if round.rows.is_empty() {
+            round.answer(Ok(()));
             continue;
         }
-        let rows = round.rows();
-        let mut result = write(&store, &mut conn, &rows).await;
+        let mut result = write(&store, &mut conn, &round.rows).await;
         for pause in retry_pauses() {
             if result.is_ok() {
                 break;
             }
             tokio::time::sleep(pause).await;
-            result = write(&store, &mut conn, &rows).await;
+            result = write(&store, &mut conn, &round.rows).await;
         }
-        round.answer(&rows, result);
+        round.answer(result);
     }
 }
 
@@ -194,11 +193,12 @@ async fn write(
     result
 }
 
-/// What the writer does with one round of messages: the rows (and their waiters)
-/// and the flushes that arrived together.
+/// What the writer does with one round of messages: the rows, their waiters (one per
+/// row, in the same order) and the flushes that arrived together.
 #[derive(Default)]
 struct Round {
-    batch: Vec<Pending>,
+    rows: Vec<UsageRow>,
+    acks: Vec<Option<oneshot::Sender<Result<(), StoreError>>>>,
     flushes: Vec<oneshot::Sender<()>>,
 }
 
@@ -208,10 +208,14 @@ impl Round {
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
-                Msg::Row(p) => self.batch.push(*p),
+                Msg::Row(p) => {
+                    let (row, ack) = *p;
+                    self.rows.push(row);
+                    self.acks.push(ack);
+                }
                 Msg::Flush(f) => self.flushes.push(f),
             }
-            next = if self.batch.len() < BATCH {
+            next = if self.rows.len() < BATCH {
                 rx.try_recv().ok()
             } else {
                 None
@@ -219,24 +223,19 @@ impl Round {
         }
     }
 
-    fn rows(&self) -> Vec<UsageRow> {
-        self.batch.iter().map(|(r, _)| r.clone()).collect()
-    }
-
     /// Answers every waiter with the commit's `result`. Waiters that gave up (a
     /// timed-out flush, a request that ended) left closed channels: sends to them are
     /// dropped.
-    fn answer(&mut self, rows: &[UsageRow], result: Result<(), StoreError>) {
+    fn answer(&mut self, result: Result<(), StoreError>) {
         if let Err(e) = &result {
             // Not silently lost: the rows go to the log, whole.
-            for r in rows {
+            for r in &self.rows {
                 tracing::error!(row = %serde_json::to_string(r).unwrap_or_default(), "usage row not stored: {e}");
             }
         }
-        for (_, ack) in self.batch.drain(..) {
-            if let Some(ack) = ack {
-                ack.send(result.clone()).ok();
-            }
+        self.rows.clear();
+        for ack in self.acks.drain(..).flatten() {
+            ack.send(result.clone()).ok();
         }
         for f in self.flushes.drain(..) {
             f.send(()).ok();

@@ -46,20 +46,19 @@ fn run(conn: &Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut round = Round::default();
     while let Some(first) = rx.blocking_recv() {
         round.gather(first, &mut rx);
-        if round.batch.is_empty() {
-            round.answer(&[], Ok(()));
+        if round.rows.is_empty() {
+            round.answer(Ok(()));
             continue;
         }
-        let rows = round.rows();
-        let mut result = insert(conn, &rows);
+        let mut result = insert(conn, &round.rows);
         for pause in retry_pauses() {
             if result.is_ok() {
                 break;
             }
             std::thread::sleep(pause);
-            result = insert(conn, &rows);
+            result = insert(conn, &round.rows);
         }
-        round.answer(&rows, result.map_err(|e| StoreError::Sqlite(Arc::new(e))));
+        round.answer(result.map_err(|e| StoreError::Sqlite(Arc::new(e))));
     }
 }
 
