@@ -19,14 +19,16 @@ use std::time::Duration;
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 const WINDOW_MS: i64 = 60_000;
 
+mod batch;
 mod scripts;
+use batch::{AdmitArgs, Batcher};
 pub use scripts::LEASE;
-use scripts::{ADMIT, RENEW, RESERVE, RESIZE, SETTLE, SETTLE_BUDGET};
+use scripts::{RENEW, RESERVE, RESIZE, SETTLE_BUDGET};
 
 pub struct SharedLimiter {
     conn: ConnectionManager,
-    admit: redis::Script,
-    settle: redis::Script,
+    /// Admissions and token settlements, grouped per round to Redis.
+    batcher: Batcher,
     reserve: redis::Script,
     settle_budget: redis::Script,
     resize: redis::Script,
@@ -79,9 +81,8 @@ impl SharedLimiter {
         .map_err(|_| failed("no answer within 5 s".into()))?
         .map_err(|e| failed(e.to_string()))?;
         Ok(Arc::new(SharedLimiter {
+            batcher: Batcher::start(conn.clone(), LEASE.as_millis() as u64),
             conn,
-            admit: redis::Script::new(ADMIT),
-            settle: redis::Script::new(SETTLE),
             reserve: redis::Script::new(RESERVE),
             settle_budget: redis::Script::new(SETTLE_BUDGET),
             renew: redis::Script::new(RENEW),
@@ -153,35 +154,30 @@ impl SharedLimiter {
         let reserve = key.tpm.map_or(0, |tpm| estimate.min(u64::from(tpm)));
         let id = self.new_id();
         let k = keys_of(&key.id);
-        let mut conn = self.conn.clone();
-        let mut inv = self.admit.prepare_invoke();
-        for name in &k {
-            inv.key(name);
-        }
-        inv.arg(key.rpm.unwrap_or(0))
-            .arg(key.tpm.unwrap_or(0))
-            .arg(key.max_concurrent.unwrap_or(0))
-            .arg(reserve)
-            .arg(&id)
-            .arg(LEASE.as_millis() as u64);
-        let answer: Result<Vec<i64>, String> =
-            match tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async(&mut conn)).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("timed out".into()),
-            };
-        let (verdict, nreq, used, oreq, otok, now) = match answer.as_deref() {
-            Ok(&[verdict, nreq, used, oreq, otok, now]) => {
-                (verdict, nreq as u64, used as u64, oreq, otok, now)
-            }
-            other => {
+        let args = AdmitArgs {
+            rpm: key.rpm.unwrap_or(0),
+            tpm: key.tpm.unwrap_or(0),
+            max_concurrent: key.max_concurrent.unwrap_or(0),
+            reserve,
+            id: id.clone(),
+        };
+        let v = match self.batcher.admit(k.clone(), args).await {
+            Ok(v) => v,
+            Err(why) => {
                 tracing::warn!(
-                    "Redis unavailable ({}): limiting with this replica's own counters",
-                    other.err().map_or("bad answer", String::as_str)
+                    "Redis unavailable ({why}): limiting with this replica's own counters"
                 );
                 return self.fallback.admit(key, estimate);
             }
         };
+        let (verdict, nreq, used, oreq, otok, now) = (
+            v.verdict,
+            v.requests,
+            v.tokens,
+            v.oldest_request,
+            v.oldest_tokens,
+            v.now,
+        );
         let reset = |oldest: i64| {
             Duration::from_millis((oldest + WINDOW_MS - now).clamp(0, WINDOW_MS) as u64)
         };
@@ -280,14 +276,11 @@ impl SharedLimiter {
     }
 
     fn spawn_settle(&self, tok_hash: &str, tok_sum: &str, id: &str, actual: u64) {
-        let mut conn = self.conn.clone();
-        let script = self.settle.clone();
-        let (tok_hash, tok_sum, id) = (tok_hash.to_string(), tok_sum.to_string(), id.to_string());
-        parlance_core::task::spawn("redis settle", async move {
-            let mut inv = script.prepare_invoke();
-            inv.key(tok_hash).key(tok_sum).arg(id).arg(actual);
-            background("token settlement", inv.invoke_async::<i64>(&mut conn)).await;
-        });
+        self.batcher.settle(
+            [tok_hash.to_string(), tok_sum.to_string()],
+            id.to_string(),
+            actual,
+        );
     }
 
     fn spawn_release(&self, inflight: String, id: String) {

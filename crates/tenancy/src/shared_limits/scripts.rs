@@ -4,20 +4,19 @@
 use std::time::Duration;
 
 /// KEYS: requests zset, tokens zset, tokens hash, in-flight leases zset, tokens sum.
-/// ARGV: rpm, tpm, max concurrent (0: none), tokens to reserve, reservation id, lease ms.
-/// A place in flight is a lease (member: reservation id, score: expiry) that its replica
-/// renews; a killed replica's places lapse within [`LEASE`].
-/// Returns {verdict (0 ok, 1 rpm, 2 tpm, 3 concurrency), requests in window, tokens in
-/// window, oldest request ms, oldest tokens ms, now ms}. Expired entries leave the
-/// running sum as they go, so each call costs O(1) amortised, not O(window).
+/// ARGV: lease ms, then for each request in turn: rpm, tpm, max concurrent (0: none),
+/// tokens to reserve, reservation id. A place in flight is a lease (member: reservation
+/// id, score: expiry) that its replica renews; a killed replica's places lapse within
+/// [`LEASE`]. Returns, per request, {verdict (0 ok, 1 rpm, 2 tpm, 3 concurrency),
+/// requests in window, tokens in window}, then {oldest request ms, oldest tokens ms, now
+/// ms}. Expired entries leave the running sum as they go, so each call costs O(1)
+/// amortised, not O(window); the requests of one call share the trimming and the TTLs.
 pub(super) const ADMIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local win = 60000
-local rpm, tpm, mc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local reserve, id, lease = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local lease = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - win)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local used = tonumber(redis.call('GET', KEYS[5]) or '0')
 local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - win)
 if #old > 0 then
@@ -30,30 +29,55 @@ if #old > 0 then
   redis.call('SET', KEYS[5], used, 'PX', win)
 end
 local nreq = redis.call('ZCARD', KEYS[1])
-local inflight = redis.call('ZCARD', KEYS[4])
 local oreq = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or now)
 local otok = tonumber(redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or now)
-if mc > 0 and inflight >= mc then return {3, nreq, used, oreq, otok, now} end
-if rpm > 0 and nreq >= rpm then return {1, nreq, used, oreq, otok, now} end
-if tpm > 0 and used + reserve > tpm then return {2, nreq, used, oreq, otok, now} end
-if mc > 0 then
-  redis.call('ZADD', KEYS[4], now + lease, id)
-  redis.call('PEXPIRE', KEYS[4], 3600000)
+local inflight = -1
+local added_req, added_tok, added_flight = false, false, false
+local out = {}
+for b = 2, #ARGV - 4, 5 do
+  local rpm, tpm, mc = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local reserve, id = tonumber(ARGV[b + 3]), ARGV[b + 4]
+  if mc > 0 and inflight < 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+    inflight = redis.call('ZCARD', KEYS[4])
+  end
+  local v = 0
+  if mc > 0 and inflight >= mc then v = 3
+  elseif rpm > 0 and nreq >= rpm then v = 1
+  elseif tpm > 0 and used + reserve > tpm then v = 2
+  else
+    if mc > 0 then
+      redis.call('ZADD', KEYS[4], now + lease, id)
+      inflight = inflight + 1
+      added_flight = true
+    end
+    if rpm > 0 then
+      redis.call('ZADD', KEYS[1], now, id)
+      nreq = nreq + 1
+      added_req = true
+    end
+    if tpm > 0 then
+      redis.call('ZADD', KEYS[2], now, id)
+      redis.call('HSET', KEYS[3], id, reserve)
+      used = used + reserve
+      added_tok = true
+    end
+  end
+  out[#out + 1] = v
+  out[#out + 1] = nreq
+  out[#out + 1] = used
 end
-if rpm > 0 then
-  redis.call('ZADD', KEYS[1], now, id)
-  redis.call('PEXPIRE', KEYS[1], win)
-  nreq = nreq + 1
-end
-if tpm > 0 then
-  redis.call('ZADD', KEYS[2], now, id)
-  redis.call('HSET', KEYS[3], id, reserve)
+if added_flight then redis.call('PEXPIRE', KEYS[4], 3600000) end
+if added_req then redis.call('PEXPIRE', KEYS[1], win) end
+if added_tok then
   redis.call('PEXPIRE', KEYS[2], win)
   redis.call('PEXPIRE', KEYS[3], win)
-  used = used + reserve
   redis.call('SET', KEYS[5], used, 'PX', win)
 end
-return {0, nreq, used, oreq, otok, now}
+out[#out + 1] = oreq
+out[#out + 1] = otok
+out[#out + 1] = now
+return out
 ";
 
 /// KEYS: tokens hash, tokens sum. ARGV: reservation id, new reservation, TPM limit.
@@ -70,12 +94,20 @@ redis.call('SET', KEYS[2], math.max(0, sum - old + new), 'KEEPTTL')
 return {0, sum - old + new}
 ";
 
-/// KEYS: tokens hash, tokens sum. ARGV: reservation id, actual tokens.
+/// KEYS: tokens hash, tokens sum. ARGV: pairs of reservation id and actual tokens. A
+/// reservation that already left the window is not counted again.
 pub(super) const SETTLE: &str = r"
-local r = redis.call('HGET', KEYS[1], ARGV[1])
-if r then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  local sum = tonumber(redis.call('GET', KEYS[2]) or '0') - tonumber(r) + tonumber(ARGV[2])
+local sum = tonumber(redis.call('GET', KEYS[2]) or '0')
+local changed = false
+for i = 1, #ARGV - 1, 2 do
+  local r = redis.call('HGET', KEYS[1], ARGV[i])
+  if r then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    sum = sum - tonumber(r) + tonumber(ARGV[i + 1])
+    changed = true
+  end
+end
+if changed then
   if sum < 0 then sum = 0 end
   redis.call('SET', KEYS[2], sum, 'KEEPTTL')
 end
