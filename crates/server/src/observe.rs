@@ -10,6 +10,7 @@ use futures::StreamExt;
 use parlance_core::ir::StreamEvent;
 use parlance_core::Code;
 use parlance_core::{Error, ErrorKind, EventStream};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,6 +26,42 @@ pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String
         .map_err(|e| format!("metrics: {e}"))
 }
 
+/// One model's per-answer metric handles. The registry hashes and allocates the labels
+/// on every lookup; a handle, once made, records without either.
+struct ModelMetrics {
+    ttft: metrics::Histogram,
+    itl: metrics::Histogram,
+    prompt: metrics::Counter,
+    completion: metrics::Counter,
+    cached: metrics::Counter,
+}
+
+/// Models whose handles are kept (more are looked up each time, as before).
+const KEPT_MODELS: usize = 4096;
+
+fn model_metrics(model: &str) -> Arc<ModelMetrics> {
+    static KEPT: std::sync::LazyLock<std::sync::RwLock<HashMap<String, Arc<ModelMetrics>>>> =
+        std::sync::LazyLock::new(Default::default);
+    if let Some(m) = KEPT.read().ok().and_then(|k| k.get(model).cloned()) {
+        return m;
+    }
+    let label = model.to_string();
+    let tokens = |kind: &'static str| metrics::counter!("parlance_tokens_total", "model" => label.clone(), "kind" => kind);
+    let m = Arc::new(ModelMetrics {
+        ttft: metrics::histogram!("parlance_time_to_first_token_seconds", "model" => label.clone()),
+        itl: metrics::histogram!("parlance_inter_token_latency_seconds", "model" => label.clone()),
+        prompt: tokens("prompt"),
+        completion: tokens("completion"),
+        cached: tokens("cached"),
+    });
+    if let Ok(mut kept) = KEPT.write() {
+        if kept.len() < KEPT_MODELS {
+            kept.insert(label, Arc::clone(&m));
+        }
+    }
+    m
+}
+
 /// Passes the events through, timing the first delta (from the request's start) and
 /// the gaps between deltas, and counting the tokens of the usage report; the request
 /// log learns the usage, and for a stream its first delta and how it ended when not
@@ -38,8 +75,7 @@ pub fn observed(
     let started = ctx.started();
     Box::pin(async_stream::stream! {
         let mut last: Option<Instant> = None;
-        // Looked up once per stream, not per token: the registry hashes the labels.
-        let mut itl: Option<metrics::Histogram> = None;
+        let m = model_metrics(&model);
         while let Some(ev) = events.next().await {
             match &ev {
                 Ok(StreamEvent::Delta { .. }) => {
@@ -49,25 +85,17 @@ pub fn observed(
                             if stream {
                                 ctx.first_token();
                             }
-                            metrics::histogram!("parlance_time_to_first_token_seconds", "model" => model.clone())
-                                .record(now.duration_since(started).as_secs_f64());
+                            m.ttft.record(now.duration_since(started).as_secs_f64());
                         }
-                        Some(prev) => itl
-                            .get_or_insert_with(|| {
-                                metrics::histogram!("parlance_inter_token_latency_seconds", "model" => model.clone())
-                            })
-                            .record(now.duration_since(prev).as_secs_f64()),
+                        Some(prev) => m.itl.record(now.duration_since(prev).as_secs_f64()),
                     }
                     last = Some(now);
                 }
                 Ok(StreamEvent::Usage(u)) => {
                     ctx.set_usage(*u);
-                    metrics::counter!("parlance_tokens_total", "model" => model.clone(), "kind" => "prompt")
-                        .increment(u64::from(u.prompt_tokens));
-                    metrics::counter!("parlance_tokens_total", "model" => model.clone(), "kind" => "completion")
-                        .increment(u64::from(u.completion_tokens));
-                    metrics::counter!("parlance_tokens_total", "model" => model.clone(), "kind" => "cached")
-                        .increment(u64::from(u.cached_tokens));
+                    m.prompt.increment(u64::from(u.prompt_tokens));
+                    m.completion.increment(u64::from(u.completion_tokens));
+                    m.cached.increment(u64::from(u.cached_tokens));
                 }
                 Err(e) if stream => {
                     ctx.set_outcome(format!("error:{}", e.code.as_ref().map_or("stream_error".into(), Code::as_str)));

@@ -45,13 +45,21 @@ pub fn parse(presented: &str) -> Option<(&str, &str)> {
         && id
             .bytes()
             .chain(secret.bytes())
-            .all(|b| ALPHABET.contains(&b));
+            .all(|b| b.is_ascii_alphanumeric());
     ok.then_some((id, secret))
 }
 
+/// Lower-case hex of the secret's SHA-256 (every request with a key hashes it once).
 pub fn hash(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        // Nibbles are below 16: `from_digit` always has a digit for them.
+        for nibble in [b >> 4, b & 0xf] {
+            out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+        }
+    }
+    out
 }
 
 /// Compares without an early exit, so timing does not tell how much matched.
@@ -128,6 +136,19 @@ pub fn parse_duration_ms(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hash_is_sha256_in_lower_case_hex() {
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        // Only the key alphabet parses.
+        let id = "a".repeat(ID_LEN);
+        assert!(parse(&format!("{PREFIX}{id}-{}", "Z9".repeat(SECRET_LEN / 2))).is_some());
+        assert!(parse(&format!("{PREFIX}{id}-{}", "é".repeat(SECRET_LEN / 2))).is_none());
+        assert!(parse(&format!("{PREFIX}{id}-{}_", "b".repeat(SECRET_LEN - 1))).is_none());
+    }
 
     #[test]
     fn generated_keys_parse_and_hash_to_their_record() {
