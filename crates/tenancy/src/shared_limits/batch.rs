@@ -100,7 +100,7 @@ async fn run(conn: ConnectionManager, lease_ms: u64, mut rx: mpsc::UnboundedRece
         let Round { admits, settles } = Round::of(ops);
         // Settlements first: one connection keeps the order, so admissions in the same
         // round see the tokens they gave back.
-        let settling = settles.into_iter().map(|(keys, pairs)| {
+        let settling = settles.groups.into_iter().map(|(keys, pairs)| {
             let mut conn = conn.clone();
             let mut inv = settle.prepare_invoke();
             inv.key(&keys[0]).key(&keys[1]);
@@ -109,7 +109,7 @@ async fn run(conn: ConnectionManager, lease_ms: u64, mut rx: mpsc::UnboundedRece
             }
             async move { background("token settlement", inv.invoke_async::<i64>(&mut conn)).await }
         });
-        let admitting = admits.into_iter().map(|(keys, group)| {
+        let admitting = admits.groups.into_iter().map(|(keys, group)| {
             let mut conn = conn.clone();
             let mut inv = admit.prepare_invoke();
             for k in &keys {
@@ -144,37 +144,49 @@ type Settled = (String, u64);
 
 /// One round's operations grouped by key, each group in arrival order.
 struct Round {
-    admits: Vec<([String; 5], Vec<Waiter>)>,
-    settles: Vec<([String; 2], Vec<Settled>)>,
+    admits: Groups<5, Waiter>,
+    settles: Groups<2, Settled>,
+}
+
+/// Items grouped by the Redis names of their key (the first name tells keys apart).
+struct Groups<const N: usize, T> {
+    groups: Vec<([String; N], Vec<T>)>,
+    at: HashMap<String, usize>,
+}
+
+impl<const N: usize, T> Groups<N, T> {
+    fn new() -> Self {
+        Groups {
+            groups: Vec::new(),
+            at: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, keys: [String; N], item: T) {
+        let Some(first) = keys.first().cloned() else {
+            return;
+        };
+        let groups = &mut self.groups;
+        let i = *self.at.entry(first).or_insert_with(|| {
+            groups.push((keys, Vec::new()));
+            groups.len() - 1
+        });
+        if let Some((_, items)) = groups.get_mut(i) {
+            items.push(item);
+        }
+    }
 }
 
 impl Round {
     fn of(ops: Vec<Op>) -> Round {
         let mut round = Round {
-            admits: Vec::new(),
-            settles: Vec::new(),
+            admits: Groups::new(),
+            settles: Groups::new(),
         };
-        let (mut admit_at, mut settle_at) = (HashMap::new(), HashMap::new());
         for op in ops {
             match op {
-                Op::Admit { keys, args, reply } => {
-                    let i = *admit_at.entry(keys[0].clone()).or_insert_with(|| {
-                        round.admits.push((keys, Vec::new()));
-                        round.admits.len() - 1
-                    });
-                    if let Some((_, group)) = round.admits.get_mut(i) {
-                        group.push((args, reply));
-                    }
-                }
-                Op::Settle { keys, id, actual } => {
-                    let i = *settle_at.entry(keys[0].clone()).or_insert_with(|| {
-                        round.settles.push((keys, Vec::new()));
-                        round.settles.len() - 1
-                    });
-                    if let Some((_, pairs)) = round.settles.get_mut(i) {
-                        pairs.push((id, actual));
-                    }
-                }
+                Op::Admit { keys, args, reply } => round.admits.push(keys, (args, reply)),
+                Op::Settle { keys, id, actual } => round.settles.push(keys, (id, actual)),
             }
         }
         round
@@ -217,5 +229,90 @@ fn answer_all(
 fn fail(group: Vec<Waiter>, why: &str) {
     for (_, reply) in group {
         reply.send(Err(why.to_string())).ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+    use super::*;
+
+    fn names<const N: usize>(key: &str) -> [String; N] {
+        std::array::from_fn(|i| format!("{key}:{i}"))
+    }
+
+    fn admit(key: &str, id: &str) -> Op {
+        let args = AdmitArgs {
+            rpm: 1,
+            tpm: 0,
+            max_concurrent: 0,
+            reserve: 0,
+            id: id.into(),
+        };
+        Op::Admit {
+            keys: names(key),
+            args,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_round_groups_by_key_in_arrival_order() {
+        let settle = |key: &str, id: &str| Op::Settle {
+            keys: names(key),
+            id: id.into(),
+            actual: 7,
+        };
+        let round = Round::of(vec![
+            admit("a", "1"),
+            settle("b", "2"),
+            admit("b", "3"),
+            admit("a", "4"),
+            settle("b", "5"),
+        ]);
+        let admits: Vec<(String, Vec<String>)> = round
+            .admits
+            .groups
+            .iter()
+            .map(|(k, g)| (k[0].clone(), g.iter().map(|(a, _)| a.id.clone()).collect()))
+            .collect();
+        assert_eq!(
+            admits,
+            [
+                ("a:0".to_string(), vec!["1".to_string(), "4".to_string()]),
+                ("b:0".to_string(), vec!["3".to_string()])
+            ]
+        );
+        assert_eq!(round.settles.groups.len(), 1);
+        assert_eq!(
+            round.settles.groups[0].1,
+            [("2".into(), 7), ("5".into(), 7)]
+        );
+    }
+
+    #[tokio::test]
+    async fn each_waiter_gets_its_own_verdict_and_a_short_answer_fails_them_all() {
+        let (tx1, rx1) = oneshot::channel();
+        let (tx2, rx2) = oneshot::channel();
+        let group = |a: oneshot::Sender<_>, b: oneshot::Sender<_>| {
+            let Op::Admit { args, .. } = admit("k", "x") else {
+                unreachable!()
+            };
+            let Op::Admit { args: args2, .. } = admit("k", "y") else {
+                unreachable!()
+            };
+            vec![(args, a), (args2, b)]
+        };
+        answer_all(
+            group(tx1, tx2),
+            Ok(Ok(vec![0, 1, 0, 1, 1, 0, 100, 100, 160])),
+        );
+        let (a, b) = (rx1.await.unwrap().unwrap(), rx2.await.unwrap().unwrap());
+        assert_eq!((a.verdict, a.requests, b.verdict, b.requests), (0, 1, 1, 1));
+        assert_eq!((b.oldest_request, b.now), (100, 160));
+        let (tx1, rx1) = oneshot::channel();
+        let (tx2, rx2) = oneshot::channel();
+        answer_all(group(tx1, tx2), Ok(Ok(vec![0, 1, 0, 100, 100, 160])));
+        assert!(rx1.await.unwrap().is_err() && rx2.await.unwrap().is_err());
     }
 }
