@@ -185,6 +185,9 @@ impl Round {
         };
         for op in ops {
             match op {
+                // Its caller gave up waiting (and limited with local counters): not
+                // counted in Redis as well.
+                Op::Admit { reply, .. } if reply.is_closed() => {}
                 Op::Admit { keys, args, reply } => round.admits.push(keys, (args, reply)),
                 Op::Settle { keys, id, actual } => round.settles.push(keys, (id, actual)),
             }
@@ -242,6 +245,9 @@ mod tests {
     }
 
     fn admit(key: &str, id: &str) -> Op {
+        let (reply, answer) = oneshot::channel();
+        // Kept waiting, as a caller does.
+        std::mem::forget(answer);
         let args = AdmitArgs {
             rpm: 1,
             tpm: 0,
@@ -252,7 +258,7 @@ mod tests {
         Op::Admit {
             keys: names(key),
             args,
-            reply: oneshot::channel().0,
+            reply,
         }
     }
 
@@ -263,7 +269,20 @@ mod tests {
             id: id.into(),
             actual: 7,
         };
+        let (gone, answer) = oneshot::channel();
+        drop(answer);
         let round = Round::of(vec![
+            Op::Admit {
+                keys: names("a"),
+                args: AdmitArgs {
+                    rpm: 1,
+                    tpm: 0,
+                    max_concurrent: 0,
+                    reserve: 0,
+                    id: "gave up".into(),
+                },
+                reply: gone,
+            },
             admit("a", "1"),
             settle("b", "2"),
             admit("b", "3"),
