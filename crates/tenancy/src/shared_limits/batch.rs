@@ -89,6 +89,17 @@ impl Batcher {
 
 async fn run(conn: ConnectionManager, lease_ms: u64, mut rx: mpsc::UnboundedReceiver<Op>) {
     let (admit, settle) = (redis::Script::new(ADMIT), redis::Script::new(SETTLE));
+    // Loaded up front: a script's first call otherwise fails, loads it and runs again
+    // after whatever was sent behind it, and a round's settlements must run before its
+    // admissions. (After a Redis restart the first round may run out of order once,
+    // which only counts tokens as still reserved a moment longer.)
+    for script in [&admit, &settle] {
+        let mut conn = conn.clone();
+        let inv = script.prepare_invoke();
+        if let Ok(Err(e)) = tokio::time::timeout(REDIS_TIMEOUT, inv.load_async(&mut conn)).await {
+            tracing::debug!("Redis script load: {e}");
+        }
+    }
     while let Some(first) = rx.recv().await {
         let mut ops = vec![first];
         while ops.len() < MAX_ROUND {
