@@ -16,11 +16,18 @@ use sqlx::{AnyPool, Row};
 pub struct Store {
     pub(crate) pool: AnyPool,
     pub url: String,
+    /// SQLite: set each time the background checkpoint has copied the WAL into the
+    /// database file (see `checkpoint_in_background`).
+    pub(crate) wal_checkpointed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
     StoreError::from(e)
 }
+
+/// A WAL grown past this is cut back to it when it starts over (SQLite keeps the file
+/// at its largest otherwise).
+pub(crate) const WAL_SIZE_LIMIT: &str = "PRAGMA journal_size_limit=67108864";
 
 /// A pool on `url`, each connection set up for SQLite's WAL when `is_sqlite`.
 async fn connect(url: &str, is_sqlite: bool, max: u32) -> Result<AnyPool, StoreError> {
@@ -49,6 +56,7 @@ async fn connect(url: &str, is_sqlite: bool, max: u32) -> Result<AnyPool, StoreE
                     sqlx::query("PRAGMA wal_autocheckpoint=0")
                         .execute(&mut *conn)
                         .await?;
+                    sqlx::query(WAL_SIZE_LIMIT).execute(&mut *conn).await?;
                 }
                 Ok(())
             })
@@ -79,6 +87,7 @@ impl Store {
         let migrating = Store {
             pool: connect(&url, is_sqlite, 1).await?,
             url: url.clone(),
+            wal_checkpointed: std::sync::Arc::default(),
         };
         if is_sqlite {
             // WAL: readers never wait for the usage writer, and a committed row survives
@@ -91,7 +100,11 @@ impl Store {
         migrating.migrate().await?;
         migrating.pool.close().await;
         let pool = connect(&url, is_sqlite, if is_sqlite { 4 } else { 16 }).await?;
-        let store = Store { pool, url };
+        let store = Store {
+            pool,
+            url,
+            wal_checkpointed: std::sync::Arc::default(),
+        };
         if is_sqlite {
             store.checkpoint_in_background();
         }
@@ -99,9 +112,13 @@ impl Store {
     }
 
     /// Moves the WAL's pages into the database file every second, off the commit path;
-    /// a PASSIVE checkpoint never waits for (or blocks) the usage writer.
+    /// a PASSIVE checkpoint never waits for (or blocks) the usage writer. Under a steady
+    /// load the writer always adds frames while it runs, so the WAL could never start
+    /// over and grew without end (3 GB in 30 s flat out): the flag tells the writer to
+    /// copy the few frames it wrote meanwhile, between two of its commits.
     fn checkpoint_in_background(&self) {
         let pool = self.pool.clone();
+        let done = std::sync::Arc::clone(&self.wal_checkpointed);
         parlance_core::task::spawn("sqlite checkpoint", async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
@@ -109,11 +126,12 @@ impl Store {
                 if pool.is_closed() {
                     return;
                 }
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                     .execute(&pool)
                     .await
                 {
-                    tracing::debug!("WAL checkpoint: {e}");
+                    Ok(_) => done.store(true, std::sync::atomic::Ordering::Release),
+                    Err(e) => tracing::debug!("WAL checkpoint: {e}"),
                 }
             }
         });

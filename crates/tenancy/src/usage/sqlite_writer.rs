@@ -11,16 +11,20 @@ use crate::StoreError;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Starts the writer thread on the SQLite file at `path`; its sender takes the rows.
-pub(super) fn spawn(path: &Path) -> Result<mpsc::UnboundedSender<Msg>, String> {
+pub(super) fn spawn(
+    path: &Path,
+    checkpointed: Arc<AtomicBool>,
+) -> Result<mpsc::UnboundedSender<Msg>, String> {
     let conn = open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("usage-writer".into())
-        .spawn(move || run(&conn, rx))
+        .spawn(move || run(&conn, rx, &checkpointed))
         .map_err(|e| format!("cannot start its thread: {e}"))?;
     Ok(tx)
 }
@@ -36,13 +40,14 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.execute_batch(crate::store::WAL_SIZE_LIMIT)?;
     // One statement per batch size seen; sizes repeat under a steady load.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
 /// Ends when every sender (the server's tenancy) is gone.
-fn run(conn: &Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
+fn run(conn: &Connection, mut rx: mpsc::UnboundedReceiver<Msg>, checkpointed: &AtomicBool) {
     let mut round = Round::default();
     while let Some(first) = rx.blocking_recv() {
         round.gather(first, &mut rx);
@@ -59,6 +64,14 @@ fn run(conn: &Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
             result = insert(conn, &round.rows);
         }
         round.answer(result.map_err(|e| StoreError::Sqlite(Arc::new(e))));
+        if checkpointed.swap(false, Ordering::AcqRel) {
+            // The store's checkpoint copied and synced the WAL up to where it began;
+            // with the frames written since copied too (few: this is quick), the next
+            // commit starts the WAL over from its beginning instead of growing it.
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::debug!("WAL checkpoint after the store's: {e}");
+            }
+        }
     }
 }
 
