@@ -45,6 +45,7 @@ pub fn parse(presented: &str) -> Option<(&str, &str)> {
         && id
             .bytes()
             .chain(secret.bytes())
+            // `ALPHABET` is exactly the ASCII letters and digits (a test says so).
             .all(|b| b.is_ascii_alphanumeric());
     ok.then_some((id, secret))
 }
@@ -143,6 +144,8 @@ mod tests {
             hash("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        assert_eq!(ALPHABET.len(), 62);
+        assert!(ALPHABET.iter().all(u8::is_ascii_alphanumeric));
         // Only the key alphabet parses.
         let id = "a".repeat(ID_LEN);
         assert!(parse(&format!("{PREFIX}{id}-{}", "Z9".repeat(SECRET_LEN / 2))).is_some());

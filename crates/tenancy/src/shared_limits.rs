@@ -153,7 +153,7 @@ impl SharedLimiter {
         }
         let reserve = key.tpm.map_or(0, |tpm| estimate.min(u64::from(tpm)));
         let id = self.new_id();
-        let k = keys_of(&key.id);
+        let k = Arc::new(keys_of(&key.id));
         let args = AdmitArgs {
             rpm: key.rpm.unwrap_or(0),
             tpm: key.tpm.unwrap_or(0),
@@ -161,7 +161,7 @@ impl SharedLimiter {
             reserve,
             id: id.clone(),
         };
-        let v = match self.batcher.admit(k.clone(), args).await {
+        let v = match self.batcher.admit(Arc::clone(&k), args).await {
             Ok(v) => v,
             Err(why) => {
                 tracing::warn!(
@@ -170,24 +170,24 @@ impl SharedLimiter {
                 return self.fallback.admit(key, estimate);
             }
         };
-        let (verdict, nreq, used, oreq, otok, now) = (
-            v.verdict,
-            v.requests,
-            v.tokens,
-            v.oldest_request,
-            v.oldest_tokens,
-            v.now,
-        );
         let reset = |oldest: i64| {
-            Duration::from_millis((oldest + WINDOW_MS - now).clamp(0, WINDOW_MS) as u64)
+            Duration::from_millis((oldest + WINDOW_MS - v.now).clamp(0, WINDOW_MS) as u64)
         };
         let headers = RateHeaders {
-            requests: key
-                .rpm
-                .map(|l| (u64::from(l), u64::from(l).saturating_sub(nreq), reset(oreq))),
-            tokens: key
-                .tpm
-                .map(|l| (u64::from(l), u64::from(l).saturating_sub(used), reset(otok))),
+            requests: key.rpm.map(|l| {
+                (
+                    u64::from(l),
+                    u64::from(l).saturating_sub(v.requests),
+                    reset(v.oldest_request),
+                )
+            }),
+            tokens: key.tpm.map(|l| {
+                (
+                    u64::from(l),
+                    u64::from(l).saturating_sub(v.tokens),
+                    reset(v.oldest_tokens),
+                )
+            }),
         };
         let denied = |which, limit: u64, wait: Duration| Denied {
             which,
@@ -195,17 +195,17 @@ impl SharedLimiter {
             retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
             headers: headers.clone(),
         };
-        match verdict {
+        match v.verdict {
             0 => Ok((self.admitted_ticket(key, &k, id), headers)),
             1 => Err(denied(
                 Refused::Requests,
                 u64::from(key.rpm.unwrap_or(0)),
-                reset(oreq),
+                reset(v.oldest_request),
             )),
             2 => Err(denied(
                 Refused::Tokens,
                 u64::from(key.tpm.unwrap_or(0)),
-                reset(otok),
+                reset(v.oldest_tokens),
             )),
             _ => Err(denied(
                 Refused::Concurrency,
@@ -219,8 +219,8 @@ impl SharedLimiter {
     /// flight, and takes its request back when cancelled.
     fn admitted_ticket(self: &Arc<Self>, key: &KeyRecord, k: &[String; 5], id: String) -> Ticket {
         let this = Arc::clone(self);
-        let tok_hash = k[2].clone();
-        let tok_sum = k[4].clone();
+        // The tokens hash and sum, as the settlement script takes them.
+        let tokens = Arc::new([k[2].clone(), k[4].clone()]);
         let inflight = k[3].clone();
         let settle_id = id.clone();
         let counts_tokens = key.tpm.is_some();
@@ -234,7 +234,8 @@ impl SharedLimiter {
             resize,
             Box::new(move |actual| {
                 if counts_tokens {
-                    this.spawn_settle(&tok_hash, &tok_sum, &settle_id, actual);
+                    this.batcher
+                        .settle(Arc::clone(&tokens), settle_id.clone(), actual);
                 }
             }),
             Box::new({
@@ -273,14 +274,6 @@ impl SharedLimiter {
                 }
             })
         })
-    }
-
-    fn spawn_settle(&self, tok_hash: &str, tok_sum: &str, id: &str, actual: u64) {
-        self.batcher.settle(
-            [tok_hash.to_string(), tok_sum.to_string()],
-            id.to_string(),
-            actual,
-        );
     }
 
     fn spawn_release(&self, inflight: String, id: String) {

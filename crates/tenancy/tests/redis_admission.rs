@@ -53,6 +53,13 @@ async fn redis() -> Redis {
     }
 }
 
+/// A replica's limiter on `r` (its own local fallback).
+async fn limiter(r: &Redis) -> Arc<SharedLimiter> {
+    SharedLimiter::connect(&r.url, Arc::new(Limiter::default()))
+        .await
+        .unwrap()
+}
+
 /// Script calls Redis ran (loading a script on first use is not counted).
 async fn script_calls(url: &str) -> u64 {
     let mut conn = redis::Client::open(url)
@@ -87,9 +94,7 @@ fn key(id: &str, rpm: Option<u32>, tpm: Option<u32>) -> KeyRecord {
 #[tokio::test]
 async fn requests_that_meet_go_in_one_call_and_stop_exactly_at_the_limit() {
     let r = redis().await;
-    let shared = SharedLimiter::connect(&r.url, Arc::new(Limiter::default()))
-        .await
-        .unwrap();
+    let shared = limiter(&r).await;
     let k = key("rpm5", Some(5), None);
     // One runtime thread: all 40 queue before the admission task runs, so they make
     // one round.
@@ -109,18 +114,14 @@ async fn requests_that_meet_go_in_one_call_and_stop_exactly_at_the_limit() {
     assert_eq!(left, [4, 3, 2, 1, 0]);
     assert_eq!(script_calls(&r.url).await, 1);
     // Another replica (its own limiter, the same Redis) finds the window full.
-    let other = SharedLimiter::connect(&r.url, Arc::new(Limiter::default()))
-        .await
-        .unwrap();
+    let other = limiter(&r).await;
     assert!(other.admit(&k, 1).await.is_err());
 }
 
 #[tokio::test]
 async fn token_reservations_settle_to_the_actual_count_in_a_later_round() {
     let r = redis().await;
-    let shared = SharedLimiter::connect(&r.url, Arc::new(Limiter::default()))
-        .await
-        .unwrap();
+    let shared = limiter(&r).await;
     let k = key("tpm100", None, Some(100));
     let answers = futures::future::join_all((0..5).map(|_| shared.admit(&k, 30))).await;
     let tickets: Vec<_> = answers.into_iter().filter_map(Result::ok).collect();

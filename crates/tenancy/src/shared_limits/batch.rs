@@ -8,7 +8,7 @@
 use super::scripts::{ADMIT, SETTLE};
 use super::{background, REDIS_TIMEOUT};
 use redis::aio::ConnectionManager;
-use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Operations one round takes at most (the rest wait for the next round).
@@ -38,13 +38,13 @@ pub(super) struct Verdict {
 
 enum Op {
     Admit {
-        keys: [String; 5],
+        keys: Arc<[String; 5]>,
         args: AdmitArgs,
         reply: oneshot::Sender<Result<Verdict, String>>,
     },
     Settle {
         /// The key's tokens hash and tokens sum.
-        keys: [String; 2],
+        keys: Arc<[String; 2]>,
         id: String,
         actual: u64,
     },
@@ -66,7 +66,7 @@ impl Batcher {
     /// cannot answer within [`REDIS_TIMEOUT`].
     pub(super) async fn admit(
         &self,
-        keys: [String; 5],
+        keys: Arc<[String; 5]>,
         args: AdmitArgs,
     ) -> Result<Verdict, String> {
         let (reply, answer) = oneshot::channel();
@@ -81,7 +81,7 @@ impl Batcher {
     }
 
     /// Counts a reservation's actual tokens, without waiting (callable from `Drop`).
-    pub(super) fn settle(&self, keys: [String; 2], id: String, actual: u64) {
+    pub(super) fn settle(&self, keys: Arc<[String; 2]>, id: String, actual: u64) {
         // A closed queue means shutdown: the reservation lapses with the window.
         self.tx.send(Op::Settle { keys, id, actual }).ok();
     }
@@ -114,7 +114,9 @@ async fn run(conn: ConnectionManager, lease_ms: u64, mut rx: mpsc::UnboundedRece
         let settling = settles.groups.into_iter().map(|(keys, pairs)| {
             let mut conn = conn.clone();
             let mut inv = settle.prepare_invoke();
-            inv.key(&keys[0]).key(&keys[1]);
+            for k in keys.iter() {
+                inv.key(k);
+            }
             for (id, actual) in &pairs {
                 inv.arg(id).arg(*actual);
             }
@@ -123,7 +125,7 @@ async fn run(conn: ConnectionManager, lease_ms: u64, mut rx: mpsc::UnboundedRece
         let admitting = admits.groups.into_iter().map(|(keys, group)| {
             let mut conn = conn.clone();
             let mut inv = admit.prepare_invoke();
-            for k in &keys {
+            for k in keys.iter() {
                 inv.key(k);
             }
             inv.arg(lease_ms);
@@ -159,31 +161,25 @@ struct Round {
     settles: Groups<2, Settled>,
 }
 
-/// Items grouped by the Redis names of their key (the first name tells keys apart).
+/// Items grouped by the Redis names of their key (the first name tells keys apart; a
+/// round holds few keys, so a scan finds a group).
 struct Groups<const N: usize, T> {
-    groups: Vec<([String; N], Vec<T>)>,
-    at: HashMap<String, usize>,
+    groups: Vec<(Arc<[String; N]>, Vec<T>)>,
 }
 
 impl<const N: usize, T> Groups<N, T> {
     fn new() -> Self {
-        Groups {
-            groups: Vec::new(),
-            at: HashMap::new(),
-        }
+        Groups { groups: Vec::new() }
     }
 
-    fn push(&mut self, keys: [String; N], item: T) {
-        let Some(first) = keys.first().cloned() else {
-            return;
-        };
-        let groups = &mut self.groups;
-        let i = *self.at.entry(first).or_insert_with(|| {
-            groups.push((keys, Vec::new()));
-            groups.len() - 1
-        });
-        if let Some((_, items)) = groups.get_mut(i) {
-            items.push(item);
+    fn push(&mut self, keys: Arc<[String; N]>, item: T) {
+        match self
+            .groups
+            .iter_mut()
+            .find(|(k, _)| k.first() == keys.first())
+        {
+            Some((_, items)) => items.push(item),
+            None => self.groups.push((keys, vec![item])),
         }
     }
 }
@@ -251,8 +247,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
     use super::*;
 
-    fn names<const N: usize>(key: &str) -> [String; N] {
-        std::array::from_fn(|i| format!("{key}:{i}"))
+    fn names<const N: usize>(key: &str) -> Arc<[String; N]> {
+        Arc::new(std::array::from_fn(|i| format!("{key}:{i}")))
     }
 
     fn admit(key: &str, id: &str) -> Op {
