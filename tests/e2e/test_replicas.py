@@ -71,7 +71,11 @@ class Redis:
 @pytest.fixture(scope="module")
 def replicas(postgres):
     redis = Redis()
-    common = ("-np", "4", "--queue", "256", "--db", postgres, "--redis", f"redis://127.0.0.1:{redis.port}", "--admin-key", ADMIN)
+    # Two machines on one: each replica gets its own core. With every core each, the two
+    # engines' compute threads spin at barriers waiting for threads the other process
+    # holds (measured: 37 against 176 tokens/s for both together), which made this
+    # module's concurrent tests slow enough to time out on a busy runner.
+    common = ("-np", "4", "--threads", "1", "--queue", "256", "--db", postgres, "--redis", f"redis://127.0.0.1:{redis.port}", "--admin-key", ADMIN)
     a = Server(*common)
     b = Server(*common)
     yield a, b, redis
