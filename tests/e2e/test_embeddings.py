@@ -193,6 +193,47 @@ def test_chat_and_embedding_models_refuse_each_others_requests(srv, c):
     assert models["minilm"]["capabilities"]["embeddings"] is True and models["smol"]["capabilities"]["embeddings"] is False
 
 
+def test_embeddings_are_answered_while_long_chat_streams_hold_every_core(srv, c):
+    # Embedding engines yield to busy chat engines (Linux's idle class), which alone
+    # starved a one-input request for a whole 600-token stream. Now a query-sized
+    # decode goes first, and a bigger one gets a small share of the cores from the
+    # chat engines' pauses. Both chat slots stream flat out here, read as they come.
+    import threading
+    import time
+
+    ends = []
+
+    def stream():
+        r = requests.post(srv.url + "/v1/chat/completions", stream=True, timeout=300,
+                          headers={"Authorization": f"Bearer {srv.key['key']}"},
+                          json={"model": "smol", "stream": True, "max_tokens": 600, "ignore_eos": True,
+                                "temperature": 0, "messages": [{"role": "user", "content": "Count to a thousand."}]})
+        lines = [l for l in r.iter_lines() if l]
+        ends.append((time.monotonic(), lines[-1]))
+
+    threads = [threading.Thread(target=stream) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    waits = []
+    for i in range(5):
+        t0 = time.monotonic()
+        v = c.embeddings.create(model="minilm", input=f"while chat streams {i}").data[0].embedding
+        assert len(v) == 384
+        waits.append(time.monotonic() - t0)
+    # Eight sentences: one pack of ~90 tokens, which waits for the chat's pauses.
+    several = c.embeddings.create(model="minilm", input=[f"{s} ({i})" for i, s in enumerate(SENTENCES * 3)][:8])
+    assert len(several.data) == 8
+    answered = time.monotonic()
+    for t in threads:
+        t.join()
+    assert [last for _, last in ends] == [b"data: [DONE]"] * 2
+    # Before: the one-input requests waited 0.6 to 2.3 s here, or the whole stream.
+    assert max(waits) < 1.0, waits
+    # The streams (600 tokens each) outlast the pack unless it starves.
+    assert answered < min(t for t, _ in ends), (answered, ends)
+
+
 def test_each_request_is_one_usage_row_with_its_tokens(srv, c):
     r = c.embeddings.with_raw_response.create(model="minilm", input=SENTENCES)
     rid = r.headers["x-request-id"]

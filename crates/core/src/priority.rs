@@ -9,8 +9,33 @@
 //! idle), and as an ordinary thread at a lower nice value otherwise: as the idle class
 //! all the time, every wake-up of a request's own threads preempted one of its two
 //! compute threads and a lone input took 12% longer.
+//!
+//! The idle class alone starves: a chat engine whose compute threads never leave a
+//! core idle kept a one-input embedding request waiting for a whole 600-token stream
+//! (8.8 s), and beside 3 streams an embedding engine got under 1% of a core. Putting a
+//! starved engine back in the ordinary class for its decode took the chat ITL p99
+//! from 1.4x to 5.6x idle (a decode of a full pack then shares the cores for tens of
+//! ms). Instead a busy chat engine that finds an embedding engine got less than
+//! [`SHARE`] of a core over the last [`WINDOW`] leaves the cores to it for the
+//! shortfall (at most [`SHARE`] of the window) before its next step: a bounded pause
+//! of one chat step in a window, and embeddings that always move. A decode small
+//! enough to be a query or two (a retrieval step waits on it) stays in the ordinary
+//! class: a few ms of CPU, less than a chat prompt chunk.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+/// The window over which an embedding engine in the idle class is owed [`SHARE`].
+pub const WINDOW: Duration = Duration::from_millis(200);
+
+/// The CPU an embedding engine in the idle class gets per [`WINDOW`] at least, as the
+/// chat engines' pause: 1% of a core, in pauses short enough to add little to the
+/// chat step they fall before.
+pub const SHARE: Duration = Duration::from_millis(2);
+
+/// How often a busy chat engine looks for starved embedding engines (ms).
+const CHECK_EVERY_MS: u64 = 20;
 
 /// Chat engines that have work now.
 static INTERACTIVE: AtomicUsize = AtomicUsize::new(0);
@@ -22,13 +47,30 @@ pub struct Interactive {
 }
 
 impl Interactive {
+    /// Called at every step of a chat engine: also where it pauses for starved
+    /// embedding engines (looking at most every [`CHECK_EVERY_MS`]), and where the
+    /// last chat engine out of work puts them back in the ordinary class.
     pub fn set(&mut self, busy: bool) {
         if busy != self.busy {
             self.busy = busy;
             if busy {
                 INTERACTIVE.fetch_add(1, Ordering::SeqCst);
-            } else {
-                INTERACTIVE.fetch_sub(1, Ordering::SeqCst);
+            } else if INTERACTIVE.fetch_sub(1, Ordering::SeqCst) == 1 {
+                lift_all();
+            }
+        }
+        if busy {
+            let now = clock_ms();
+            let last = LAST_CHECK_MS.load(Ordering::Relaxed);
+            if now >= last + CHECK_EVERY_MS
+                && LAST_CHECK_MS
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                let owed = shortfall(WINDOW);
+                if !owed.is_zero() {
+                    std::thread::sleep(owed);
+                }
             }
         }
     }
@@ -45,10 +87,116 @@ pub fn interactive_busy() -> bool {
     INTERACTIVE.load(Ordering::SeqCst) > 0
 }
 
+/// When a chat engine last looked for starved embedding engines ([`clock_ms`]).
+static LAST_CHECK_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Milliseconds since this process first asked.
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A background engine's class, seen by the chat engines that may lift it.
+struct Watched {
+    /// The OS name of its threads (see [`Background::thread_name`]).
+    comm: String,
+    /// Its thread's CPU clock.
+    cpu: Option<CpuClock>,
+    class: Mutex<Class>,
+}
+
+#[derive(Default)]
+struct Class {
+    idle: bool,
+    /// Since when, and from what CPU time, its share is judged: from its first decode
+    /// in the idle class with work waiting, then from each look past a [`WINDOW`].
+    window: Option<(Instant, Duration)>,
+}
+
+/// Every background engine alive (the dead ones are dropped at each look).
+static WATCHED: Mutex<Vec<Weak<Watched>>> = Mutex::new(Vec::new());
+
+/// Puts every background engine in the idle class back in the ordinary class.
+fn lift_all() {
+    for_each_engine(|engine, class| {
+        if class.idle {
+            set_class(&engine.comm, false);
+            class.idle = false;
+        }
+    });
+}
+
+/// The most CPU a background engine in the idle class fell short of [`SHARE`] over
+/// its last full `window`; each such window then starts over.
+fn shortfall(window: Duration) -> Duration {
+    let mut owed = Duration::ZERO;
+    for_each_engine(|engine, class| {
+        let Some((since, cpu_then)) = class.window.filter(|_| class.idle) else {
+            return;
+        };
+        if since.elapsed() < window {
+            return;
+        }
+        // A clock that cannot be read: the engine is owed its whole share.
+        let cpu_now = engine.cpu.as_ref().and_then(CpuClock::read);
+        let got = cpu_now.map_or(Duration::ZERO, |now| now.saturating_sub(cpu_then));
+        owed = owed.max(SHARE.saturating_sub(got));
+        class.window = Some((Instant::now(), cpu_now.unwrap_or(cpu_then)));
+    });
+    owed
+}
+
+fn for_each_engine(mut f: impl FnMut(&Watched, &mut Class)) {
+    let mut engines = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
+    engines.retain(|w| w.strong_count() > 0);
+    for engine in engines.iter().filter_map(Weak::upgrade) {
+        let mut class = engine.class.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&engine, &mut class);
+    }
+}
+
+/// A thread's CPU time, readable from any thread.
+struct CpuClock(#[cfg(target_os = "linux")] libc::clockid_t);
+
+impl CpuClock {
+    /// The calling thread's.
+    #[cfg(target_os = "linux")]
+    fn this_thread() -> Option<CpuClock> {
+        let mut id: libc::clockid_t = 0;
+        // SAFETY: the calling thread's handle and a valid out pointer.
+        let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
+        (rc == 0).then_some(CpuClock(id))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn this_thread() -> Option<CpuClock> {
+        None
+    }
+
+    #[cfg(target_os = "linux")]
+    fn read(&self) -> Option<Duration> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a clock id from pthread_getcpuclockid and a valid out pointer; the
+        // clock of a thread that ended gives an error.
+        let rc = unsafe { libc::clock_gettime(self.0, &mut ts) };
+        let secs = u64::try_from(ts.tv_sec).ok()?;
+        let nanos = u32::try_from(ts.tv_nsec).ok()?;
+        (rc == 0).then(|| Duration::new(secs, nanos))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn read(&self) -> Option<Duration> {
+        None
+    }
+}
+
 /// An embedding engine's scheduling class, switched for its thread and the llama.cpp
 /// compute threads it started (they inherit its name, which must be unique).
 pub struct Background {
-    idle: bool,
+    me: Arc<Watched>,
 }
 
 /// Background engines started in this process, to name their threads apart.
@@ -66,27 +214,84 @@ impl Background {
     /// ordinary class at a lower nice value (see `blocking::lower_priority`).
     pub fn start() -> Background {
         crate::blocking::lower_priority();
-        Background { idle: false }
+        let me = Arc::new(Watched {
+            comm: std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default(),
+            cpu: CpuClock::this_thread(),
+            class: Mutex::default(),
+        });
+        WATCHED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::downgrade(&me));
+        Background { me }
     }
 
-    /// Before each decode: the idle class while a chat engine has work. Whether it
-    /// has (the engine then decodes on one thread: see the embedding engine).
-    pub fn update(&mut self) -> bool {
-        let idle = interactive_busy();
-        if idle != self.idle {
-            self.idle = idle;
-            set_class(idle);
+    /// Before each decode: the idle class while a chat engine has work, unless the
+    /// decode is `quick` (small enough to go first). Whether a chat engine has work (the
+    /// engine then decodes on one thread: see the embedding engine).
+    pub fn update(&mut self, quick: bool) -> bool {
+        let busy = interactive_busy();
+        let idle = busy && !quick;
+        let mut class = self.me.class.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle != class.idle {
+            class.idle = idle;
+            set_class(&self.me.comm, idle);
         }
-        idle
+        if !idle {
+            class.window = None;
+        }
+        drop(class);
+        if idle {
+            self.me.start_window();
+        }
+        busy
+    }
+
+    /// Before the engine waits for work: no share is owed to an engine without any.
+    /// (It waits in the class it had: woken as an ordinary thread by each request, it
+    /// preempted a chat compute thread each time, and the chat ITL p99 beside
+    /// embeddings went from 1.5x to 2.2x idle.)
+    pub fn waiting(&mut self) {
+        self.me
+            .class
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .window = None;
+    }
+
+    /// The handle by which the engine's callers say that work is waiting.
+    pub fn queued(&self) -> Queued {
+        Queued(Arc::clone(&self.me))
     }
 }
 
-/// The class of every thread of this process named as the calling one.
+/// Says that a background engine has work: from then on it is owed its share, also
+/// while, in the idle class, it cannot get a core to pick the work up.
+#[derive(Clone)]
+pub struct Queued(Arc<Watched>);
+
+impl Queued {
+    pub fn arrived(&self) {
+        self.0.start_window();
+    }
+}
+
+impl Watched {
+    fn start_window(&self) {
+        let mut class = self.class.lock().unwrap_or_else(PoisonError::into_inner);
+        if class.window.is_none() {
+            let cpu = self.cpu.as_ref().and_then(CpuClock::read);
+            class.window = Some((Instant::now(), cpu.unwrap_or_default()));
+        }
+    }
+}
+
+/// The class of every thread of this process named `comm` (as `/proc` writes it).
 #[cfg(target_os = "linux")]
-fn set_class(idle: bool) {
-    let Ok(me) = std::fs::read_to_string("/proc/thread-self/comm") else {
+fn set_class(comm: &str, idle: bool) {
+    if comm.is_empty() {
         return;
-    };
+    }
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return;
     };
@@ -96,7 +301,7 @@ fn set_class(idle: bool) {
         (libc::SCHED_OTHER, libc::sched_param { sched_priority: 0 })
     };
     for task in tasks.flatten() {
-        let same = std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c == me);
+        let same = std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c == comm);
         let tid = task
             .file_name()
             .to_str()
@@ -115,7 +320,7 @@ fn set_class(idle: bool) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn set_class(_idle: bool) {}
+fn set_class(_comm: &str, _idle: bool) {}
 
 #[cfg(test)]
 mod tests {
@@ -145,40 +350,112 @@ mod tests {
         assert_eq!(INTERACTIVE.load(Ordering::SeqCst), before);
     }
 
-    /// The class follows chat work, for the engine's thread and the threads it started.
+    /// The class follows chat work, for the engine's thread and the threads it started;
+    /// an engine that got too little CPU in the idle class over a `WINDOW` is owed the
+    /// rest of its `SHARE` (a busy chat engine's next look pauses for it), one that kept
+    /// working is owed nothing, and the last chat engine out of work lifts them all.
     #[cfg(target_os = "linux")]
     fn embedding_thread_and_its_children_take_the_idle_class_while_chat_works() {
-        fn policy() -> i32 {
-            // SAFETY: a plain query of the calling thread.
-            unsafe { libc::sched_getscheduler(0) }
+        fn policy(tid: libc::pid_t) -> i32 {
+            // SAFETY: a plain query of a thread of this process.
+            unsafe { libc::sched_getscheduler(tid) }
         }
+        fn gettid() -> libc::pid_t {
+            // SAFETY: no arguments, cannot fail.
+            unsafe { libc::gettid() }
+        }
+        enum Do {
+            /// `update`, for a quick decode or not.
+            Update(bool),
+            /// Burn this much CPU, for at least a `WINDOW` of wall time.
+            Spin(Duration),
+            /// Wait for work.
+            Wait,
+        }
+        // The engine thread decodes (`update`) or works (`Spin`) when told, and its
+        // child (a compute thread) says its id; the test reads both threads' class.
+        let (go, orders) = std::sync::mpsc::channel::<Do>();
+        let (tids_tx, tids) = std::sync::mpsc::channel::<(libc::pid_t, libc::pid_t)>();
+        let (answer, done) = std::sync::mpsc::channel::<bool>();
+        let (queued_tx, queued_rx) = std::sync::mpsc::channel::<Queued>();
         let engine = std::thread::Builder::new()
             .name("prio-test-7f3a".into())
-            .spawn(|| {
+            .spawn(move || {
                 let mut bg = Background::start();
-                let (tx, rx) = std::sync::mpsc::channel::<()>();
-                let (back, seen) = std::sync::mpsc::channel::<i32>();
+                queued_tx.send(bg.queued()).ok();
+                let (child_tx, child_rx) = std::sync::mpsc::channel();
+                let (stop, stopped) = std::sync::mpsc::channel::<()>();
                 let child = std::thread::spawn(move || {
-                    while rx.recv().is_ok() {
-                        back.send(policy()).ok();
-                    }
+                    child_tx.send(gettid()).ok();
+                    stopped.recv().ok();
                 });
-                let mut chat = Interactive::default();
-                chat.set(true);
-                bg.update();
-                tx.send(()).ok();
-                let busy = (policy(), seen.recv().ok());
-                chat.set(false);
-                bg.update();
-                tx.send(()).ok();
-                let idle = (policy(), seen.recv().ok());
-                drop(tx);
+                tids_tx.send((gettid(), child_rx.recv().unwrap())).ok();
+                let clock = CpuClock::this_thread().unwrap();
+                while let Ok(order) = orders.recv() {
+                    match order {
+                        Do::Update(quick) => answer.send(bg.update(quick)).ok(),
+                        Do::Wait => {
+                            bg.waiting();
+                            answer.send(true).ok()
+                        }
+                        Do::Spin(cpu) => {
+                            let (t0, c0) = (Instant::now(), clock.read().unwrap());
+                            while clock.read().unwrap() < c0 + cpu || t0.elapsed() < WINDOW {
+                                std::hint::spin_loop();
+                            }
+                            answer.send(true).ok()
+                        }
+                    };
+                }
+                drop(stop);
                 child.join().ok();
-                (busy, idle)
             })
             .unwrap();
-        let (busy, idle) = engine.join().unwrap();
-        assert_eq!(busy, (libc::SCHED_IDLE, Some(libc::SCHED_IDLE)));
-        assert_eq!(idle, (libc::SCHED_OTHER, Some(libc::SCHED_OTHER)));
+        let (me, child) = tids.recv().unwrap();
+        let queued = queued_rx.recv().unwrap();
+        let classes = || (policy(me), policy(child));
+        let idle = (libc::SCHED_IDLE, libc::SCHED_IDLE);
+        let ordinary = (libc::SCHED_OTHER, libc::SCHED_OTHER);
+        let order = |o: Do| {
+            go.send(o).unwrap();
+            done.recv().unwrap()
+        };
+
+        let mut chat = Interactive::default();
+        chat.set(true);
+        // A quick decode goes first, beside chat work too.
+        assert!(order(Do::Update(true)));
+        assert_eq!(classes(), ordinary);
+        assert!(order(Do::Update(false)));
+        assert_eq!(classes(), idle);
+        // Nothing owed before a window has passed.
+        assert_eq!(shortfall(WINDOW), Duration::ZERO);
+        // Working in the idle class (twice its share) is owed nothing.
+        order(Do::Spin(SHARE * 2));
+        assert_eq!(shortfall(WINDOW), Duration::ZERO);
+        // Waiting a window without CPU is owed its share: a busy chat engine's next
+        // look pauses for it, and the engine stays in the idle class.
+        std::thread::sleep(WINDOW + Duration::from_millis(2 * CHECK_EVERY_MS));
+        let t0 = Instant::now();
+        chat.set(true);
+        assert!(t0.elapsed() >= SHARE / 2, "paused {:?}", t0.elapsed());
+        assert_eq!(classes(), idle);
+        assert_eq!(shortfall(WINDOW), Duration::ZERO, "a new window");
+        // An engine out of work is owed nothing; work queued for it is, before it
+        // gets to pick it up.
+        order(Do::Wait);
+        assert_eq!(classes(), idle);
+        std::thread::sleep(WINDOW + Duration::from_millis(2 * CHECK_EVERY_MS));
+        assert_eq!(shortfall(WINDOW), Duration::ZERO);
+        queued.arrived();
+        std::thread::sleep(WINDOW + Duration::from_millis(2 * CHECK_EVERY_MS));
+        assert!(shortfall(WINDOW) >= SHARE / 2);
+        // The last chat engine out of work lifts it at once.
+        chat.set(false);
+        assert_eq!(classes(), ordinary);
+        assert!(!order(Do::Update(false)));
+        assert_eq!(classes(), ordinary);
+        drop(go);
+        engine.join().unwrap();
     }
 }

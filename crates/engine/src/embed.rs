@@ -11,6 +11,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings, RerankRequest, Scores};
+use parlance_core::priority::Queued;
 use parlance_core::Code;
 use parlance_core::ParamPath;
 use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo};
@@ -34,6 +35,11 @@ const PACK_TOKENS: usize = 256;
 /// also has an F32 copy (see `upcast`): a short lone input reads every weight once, and
 /// the copy has twice the bytes; packs are compute-bound and faster on F32.
 const SMALL_DECODE: usize = 64;
+
+/// Decodes this small (a query or two: ~10 ms on one core) run in the ordinary class
+/// even beside busy chat engines: a retrieval query waits on them, and as the idle
+/// class it waited for the chat's pauses (up to ~0.8 s under two busy streams).
+const QUICK_DECODE: usize = 16;
 
 /// How a GGUF's vectors are pooled, from its `{arch}.pooling_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +115,8 @@ pub struct EmbeddingModel {
     alive: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
     max_queue: usize,
+    /// Tells the chat engines that this engine has work (see `priority`).
+    arrived: Queued,
 }
 
 impl EmbeddingModel {
@@ -136,7 +144,7 @@ impl EmbeddingModel {
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let (jobs, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Queued, String>>(1);
         let alive = Arc::new(AtomicBool::new(true));
         let queued = Arc::new(AtomicUsize::new(0));
         let Weights { main: model, small } = weights;
@@ -179,7 +187,7 @@ impl EmbeddingModel {
                     match made {
                         // The starter waits on `ready_rx` until one of these arrives.
                         Ok(contexts) => {
-                            ready_tx.send(Ok(())).ok();
+                            ready_tx.send(Ok(bg.queued())).ok();
                             run(contexts, rx, n_batch, normalize, &thread_queued, &mut bg);
                         }
                         Err(e) => {
@@ -194,10 +202,11 @@ impl EmbeddingModel {
                 }
             })
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
-        ready_rx
+        let arrived = ready_rx
             .recv()
             .map_err(|_| "the engine thread stopped while starting".to_string())??;
         Ok(EmbeddingModel {
+            arrived,
             info,
             placement,
             model,
@@ -257,6 +266,7 @@ fn run(
     let mut open: VecDeque<(Job, Vec<Vec<f32>>)> = VecDeque::new();
     loop {
         if open.is_empty() {
+            background.waiting();
             match crate::omp::next_or_rest(&rx) {
                 Some(job) => open.push_back((job, Vec::new())),
                 None => return,
@@ -286,7 +296,7 @@ fn run(
             }
         };
         let tokens = batch.n_tokens() as usize;
-        let beside_chat = background.update();
+        let beside_chat = background.update(tokens <= QUICK_DECODE);
         let ctx = match contexts.small.as_mut() {
             _ if beside_chat && tokens <= PACK_TOKENS => {
                 crate::omp::rest();
@@ -517,6 +527,7 @@ impl EmbeddingModel {
             return Err(Error::new(ErrorKind::Unavailable, "the engine stopped")
                 .with_code(Code::ModelUnavailable));
         }
+        self.arrived.arrived();
         rx.await.map_err(|_| {
             Error::new(
                 ErrorKind::Unavailable,
