@@ -12,6 +12,8 @@ import pathlib
 import sqlite3
 import struct
 import tempfile
+import threading
+import time
 import zipfile
 
 import numpy as np
@@ -198,9 +200,6 @@ def test_embeddings_are_answered_while_long_chat_streams_hold_every_core(srv, c)
     # starved a one-input request for a whole 600-token stream. Now a query-sized
     # decode goes first, and a bigger one gets a small share of the cores from the
     # chat engines' pauses. Both chat slots stream flat out here, read as they come.
-    import threading
-    import time
-
     ends = []
 
     def stream():

@@ -75,7 +75,7 @@ impl Interactive {
                     .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
-                let owed = shortfall(WINDOW);
+                let owed = shortfall();
                 if !owed.is_zero() {
                     std::thread::sleep(owed);
                 }
@@ -149,14 +149,14 @@ fn sink_all() {
 }
 
 /// The most CPU a background engine in the idle class fell short of [`SHARE`] over
-/// its last full `window`; each such window then starts over.
-fn shortfall(window: Duration) -> Duration {
+/// its last full [`WINDOW`]; each such window then starts over.
+fn shortfall() -> Duration {
     let mut owed = Duration::ZERO;
     for_each_engine(|engine, class| {
         let Some((since, cpu_then)) = class.window.filter(|_| class.idle) else {
             return;
         };
-        if since.elapsed() < window {
+        if since.elapsed() < WINDOW {
             return;
         }
         // A clock that cannot be read: the engine is owed its whole share.
@@ -452,17 +452,17 @@ mod tests {
         chat.set(true);
         assert_eq!(classes(), idle);
         std::thread::sleep(WINDOW + Duration::from_millis(2 * CHECK_EVERY_MS));
-        assert!(shortfall(WINDOW) >= SHARE / 2);
+        assert!(shortfall() >= SHARE / 2);
         // A quick decode goes first, beside chat work too.
         assert!(order(Do::Update(true)));
         assert_eq!(classes(), ordinary);
         assert!(order(Do::Update(false)));
         assert_eq!(classes(), idle);
         // Nothing owed before a window has passed.
-        assert_eq!(shortfall(WINDOW), Duration::ZERO);
+        assert_eq!(shortfall(), Duration::ZERO);
         // Working in the idle class (twice its share) is owed nothing.
         order(Do::Spin(SHARE * 2));
-        assert_eq!(shortfall(WINDOW), Duration::ZERO);
+        assert_eq!(shortfall(), Duration::ZERO);
         // Waiting a window without CPU is owed its share: a busy chat engine's next
         // look pauses for it, and the engine stays in the idle class.
         std::thread::sleep(WINDOW + Duration::from_millis(2 * CHECK_EVERY_MS));
@@ -470,16 +470,16 @@ mod tests {
         chat.set(true);
         assert!(t0.elapsed() >= SHARE / 2, "paused {:?}", t0.elapsed());
         assert_eq!(classes(), idle);
-        assert_eq!(shortfall(WINDOW), Duration::ZERO, "a new window");
+        assert_eq!(shortfall(), Duration::ZERO, "a new window");
         // An engine out of work is owed nothing; work queued for it is, before it
         // gets to pick it up.
         order(Do::Wait);
         assert_eq!(classes(), idle);
         std::thread::sleep(WINDOW + Duration::from_millis(2 * CHECK_EVERY_MS));
-        assert_eq!(shortfall(WINDOW), Duration::ZERO);
+        assert_eq!(shortfall(), Duration::ZERO);
         queued.arrived();
         std::thread::sleep(WINDOW + Duration::from_millis(2 * CHECK_EVERY_MS));
-        assert!(shortfall(WINDOW) >= SHARE / 2);
+        assert!(shortfall() >= SHARE / 2);
         // The last chat engine out of work lifts it at once.
         chat.set(false);
         assert_eq!(classes(), ordinary);
