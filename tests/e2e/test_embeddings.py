@@ -4,6 +4,7 @@ of the original safetensors weights, plus bad input, tenancy and the chat/embedd
 model mix-ups."""
 
 import base64
+import collections
 import glob
 import importlib.util
 import math
@@ -15,6 +16,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import openai
@@ -518,7 +520,8 @@ def test_an_f16_encoder_runs_from_an_f32_copy_with_the_same_vectors():
     import gguf
 
     cache = pathlib.Path(tempfile.mkdtemp(prefix="parlance-cache-"))
-    wide = Server("-m", str(MINILM), "--alias", "minilm", "--db", "none", env={"PARLANCE_CACHE": str(cache)})
+    wide = Server("-m", str(MINILM), "--alias", "minilm", "--db", "none", "--f32-embeddings", "true",
+                  env={"PARLANCE_CACHE": str(cache)})
     cache_off = pathlib.Path(tempfile.mkdtemp(prefix="parlance-cache-"))
     narrow = Server("-m", str(MINILM), "--alias", "minilm", "--db", "none", "--f32-embeddings", "false",
                     env={"PARLANCE_CACHE": str(cache_off)})
@@ -538,7 +541,10 @@ def test_an_f16_encoder_runs_from_an_f32_copy_with_the_same_vectors():
             widened += s.tensor_type == gguf.GGMLQuantizationType.F16
         assert widened > 30
         assert [f.name for f in dst.fields.values()][:5] == [f.name for f in src.fields.values()][:5]
-        texts = SENTENCES + ["A longer sentence about embeddings, servers and vectors, written to test them."]
+        # Over 64 tokens in all: packs, which run on the copy (a lone short input runs on
+        # the file itself).
+        texts = SENTENCES + ["A longer sentence about embeddings, servers and vectors, written to test them."] \
+            + [f"Sentence {i} about the sea, the mountains and the city of Varna." for i in range(12)]
         a = requests.post(wide.url + "/v1/embeddings", json={"model": "minilm", "input": texts}, timeout=60).json()["data"]
         b = requests.post(narrow.url + "/v1/embeddings", json={"model": "minilm", "input": texts}, timeout=60).json()["data"]
         for x, y in zip(a, b):
@@ -549,9 +555,49 @@ def test_an_f16_encoder_runs_from_an_f32_copy_with_the_same_vectors():
             assert cos(x["embedding"], reference(w, ids)) >= 0.9999
         # A second start reuses the copy.
         mtime = copies[0].stat().st_mtime_ns
-        again = Server("-m", str(MINILM), "--alias", "minilm", "--db", "none", env={"PARLANCE_CACHE": str(cache)})
+        again = Server("-m", str(MINILM), "--alias", "minilm", "--db", "none", "--f32-embeddings", "true",
+                       env={"PARLANCE_CACHE": str(cache)})
         again.stop()
         assert copies[0].stat().st_mtime_ns == mtime and len(list((cache / "f32").iterdir())) == 1
     finally:
         wide.stop()
         narrow.stop()
+
+
+def engine_threads(proc):
+    """How many threads of the process carry each embedding engine's name."""
+    names = collections.Counter(pathlib.Path(t, "comm").read_text().strip() for t in glob.glob(f"/proc/{proc.pid}/task/*"))
+    return {n: k for n, k in names.items() if n.startswith("emb")}
+
+
+def test_packs_decode_side_by_side_one_thread_each_with_the_same_vectors():
+    """On the CPU an embedding engine with N threads decodes up to N packs at once, one
+    thread each (its own and N - 1 lanes), when enough inputs wait; each input's vector
+    is still what it is alone, in order. By default the F32 copy serves only where it
+    measures faster than the file at load, and the log says which won and by how much."""
+    cache = pathlib.Path(tempfile.mkdtemp(prefix="parlance-cache-"))
+    s = Server("-m", str(MINILM), "--alias", "minilm", "--db", "none", "-t", "3", env={"PARLANCE_CACHE": str(cache)})
+    try:
+        # The engine thread and two lanes, named alike (the chat engines' priority
+        # switches find them by name); no compute thread has started yet.
+        assert list(engine_threads(s.proc).values()) == [3], engine_threads(s.proc)
+        log = s.log_path.read_text()
+        decided = [line for line in log.splitlines() if "its F32 copy" in line]
+        assert len(decided) == 1 and "copy_ms=" in decided[0] and "file_ms=" in decided[0], log
+        assert ("runs as it is" in decided[0]) != ("runs from its F32 copy" in decided[0]), decided
+        assert len(list((cache / "f32").glob("*.f32.gguf"))) == 1
+
+        def embed(chunk):
+            r = requests.post(s.url + "/v1/embeddings", json={"model": "minilm", "input": chunk}, timeout=120)
+            assert r.status_code == 200, r.text
+            return [e["embedding"] for e in r.json()["data"]]
+
+        texts = [f"Sentence {i} about " + " ".join(["the sea"] * (i % 13)) for i in range(160)]
+        with ThreadPoolExecutor(4) as pool:
+            chunks = list(pool.map(embed, [texts[i:i + 40] for i in range(0, 160, 40)]))
+        together = [v for chunk in chunks for v in chunk]
+        assert len(together) == 160
+        for text, v in zip(texts, together):
+            assert cos(embed([text])[0], v) >= 0.99999, text
+    finally:
+        s.stop()

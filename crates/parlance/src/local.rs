@@ -3,7 +3,7 @@
 
 use crate::serve::ServeArgs;
 #[cfg(feature = "local")]
-use crate::serve::{gpu_layers, FlashAttn};
+use crate::serve::{gpu_layers, F32Embeddings, FlashAttn};
 use parlance_core::{Backend, ModelInfo};
 use parlance_gateway::catalog::LocalSpec;
 use std::sync::Arc;
@@ -38,9 +38,9 @@ fn local_config(
     cfg.chat_template = template.clone();
     cfg.deterministic = args.deterministic;
     cfg.pooling = args.pooling.clone();
-    cfg.f32_cache = args
-        .f32_embeddings
-        .then(|| crate::hub::cache_root().join("f32"));
+    cfg.f32_cache =
+        (args.f32_embeddings != F32Embeddings::Never).then(|| crate::hub::cache_root().join("f32"));
+    cfg.f32_when_faster = args.f32_embeddings == F32Embeddings::Auto;
     cfg.n_gpu_layers = gpu_layers(spec.n_gpu_layers);
     cfg.flash_attention = match args.flash_attn {
         FlashAttn::On => FlashAttention::On,

@@ -1,7 +1,7 @@
 //! `parlance serve`: load the models, build the router, serve HTTP until a signal.
 
 use crate::local::load_local;
-pub(crate) use crate::serve_args::{FlashAttn, LogFormat, ServeArgs};
+pub(crate) use crate::serve_args::{F32Embeddings, FlashAttn, LogFormat, ServeArgs};
 use anyhow::{bail, Context};
 use parlance_core::Router;
 use parlance_gateway::catalog;

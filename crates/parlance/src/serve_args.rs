@@ -11,6 +11,16 @@ pub(crate) enum FlashAttn {
     Auto,
 }
 
+/// `--f32-embeddings`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum F32Embeddings {
+    Auto,
+    #[value(name = "true")]
+    Always,
+    #[value(name = "false")]
+    Never,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub(crate) enum LogFormat {
     Text,
@@ -149,12 +159,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "PARLANCE_POOLING", value_parser = ["mean", "cls", "last", "rank"])]
     pub pooling: Option<String>,
 
-    /// Run F16/BF16 embedding models (up to 2 GiB as F32) from an F32 copy kept in the
-    /// cache, beside the file itself for decodes of up to 64 tokens: three times the
-    /// F16 weights' memory, about 1.2x the throughput on CPUs. `false` loads them as
-    /// they are.
-    #[arg(long = "f32-embeddings", env = "PARLANCE_F32_EMBEDDINGS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub f32_embeddings: bool,
+    /// Run F16/BF16 embedding models (up to 2 GiB as F32) on the CPU from an F32 copy
+    /// kept in the cache, beside the file itself for decodes of up to 64 tokens: three
+    /// times the F16 weights' memory for about 1.2x the throughput on CPUs whose F16
+    /// kernel is slow. `auto` measures both at load and keeps the copy only where it is
+    /// at least 5% faster; `true` always runs from it; `false` loads the file as it is.
+    #[arg(long = "f32-embeddings", env = "PARLANCE_F32_EMBEDDINGS", value_enum, default_value_t = F32Embeddings::Auto)]
+    pub f32_embeddings: F32Embeddings,
 
     /// Flash attention (`-fa` works too); faster on CPU for batched decoding.
     #[arg(long = "flash-attn", env = "PARLANCE_FLASH_ATTN", value_enum, default_value_t = FlashAttn::On)]

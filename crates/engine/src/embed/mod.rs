@@ -4,10 +4,15 @@
 //! sequences per batch, up to the batch size), so a request of 32 short texts is one
 //! decode, not 32.
 
+mod lanes;
+mod measure;
+mod run;
+
+pub(crate) use measure::copy_is_faster;
+
 use crate::device;
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use parlance_core::embed::{EmbedInput, EmbedRequest, Embeddings, RerankRequest, Scores};
@@ -15,7 +20,6 @@ use parlance_core::priority::Queued;
 use parlance_core::Code;
 use parlance_core::ParamPath;
 use parlance_core::{Backend, Capabilities, Error, ErrorKind, EventStream, ModelInfo};
-use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -23,23 +27,23 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Sequences one decode holds at most.
-const MAX_SEQS: usize = 64;
+pub(super) const MAX_SEQS: usize = 64;
 
 /// Tokens one decode packs from several inputs (a longer input still goes alone): an
 /// encoder attends across the whole micro-batch under a mask, so that work grows with
 /// the square of the batch while the matrix products gain little past a few hundred
 /// rows.
-const PACK_TOKENS: usize = 256;
+pub(super) const PACK_TOKENS: usize = 256;
 
 /// Decodes of at most this many tokens run on the model's own F16/BF16 weights when it
 /// also has an F32 copy (see `upcast`): a short lone input reads every weight once, and
 /// the copy has twice the bytes; packs are compute-bound and faster on F32.
-const SMALL_DECODE: usize = 64;
+pub(super) const SMALL_DECODE: usize = 64;
 
 /// Decodes this small (a query or two: ~10 ms on one core) run in the ordinary class
 /// even beside busy chat engines: a retrieval query waits on them, and as the idle
 /// class it waited for the chat's pauses (up to ~0.8 s under two busy streams).
-const QUICK_DECODE: usize = 16;
+pub(super) const QUICK_DECODE: usize = 16;
 
 /// How a GGUF's vectors are pooled, from its `{arch}.pooling_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,9 +95,9 @@ impl Pooling {
     }
 }
 
-struct Job {
-    inputs: Vec<Vec<LlamaToken>>,
-    tx: oneshot::Sender<Result<Vec<Vec<f32>>, Error>>,
+pub(super) struct Job {
+    pub inputs: Vec<Vec<LlamaToken>>,
+    pub tx: oneshot::Sender<Result<Vec<Vec<f32>>, Error>>,
 }
 
 /// The weights an embedding engine runs on.
@@ -119,6 +123,19 @@ pub struct EmbeddingModel {
     arrived: Queued,
 }
 
+/// How an embedding engine is sized.
+pub(crate) struct Sizing {
+    /// Compute threads of one decode.
+    pub threads: i32,
+    /// Tokens one decode may hold (raised to the model's context).
+    pub n_batch: usize,
+    /// Requests that may wait.
+    pub max_queue: usize,
+    /// Whether the model runs on the CPU, where packs may run side by side on one
+    /// thread each (see `lanes`); a GPU decodes one pack at a time.
+    pub on_cpu: bool,
+}
+
 impl EmbeddingModel {
     /// Starts the engine thread for an already loaded model that pools.
     pub(crate) fn start(
@@ -126,23 +143,19 @@ impl EmbeddingModel {
         pooling: Pooling,
         info: ModelInfo,
         placement: String,
-        threads: i32,
-        n_batch: usize,
-        max_queue: usize,
+        sizing: Sizing,
     ) -> Result<Self, String> {
         let ctx = info.context_length as usize;
         // A non-causal encoder sees a whole sequence in one micro-batch.
-        let n_batch = n_batch.max(ctx);
-        let params = LlamaContextParams::default()
-            .with_embeddings(true)
-            .with_pooling_type(pooling.params())
-            .with_n_ctx(NonZeroU32::new(n_batch as u32))
-            .with_n_batch(n_batch as u32)
-            .with_n_ubatch(n_batch as u32)
-            .with_n_seq_max(MAX_SEQS as u32)
-            .with_kv_unified(true)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+        let n_batch = sizing.n_batch.max(ctx);
+        let threads = sizing.threads;
+        let params = context_params(pooling, n_batch, threads);
+        let small_params = context_params(pooling, SMALL_DECODE, threads);
+        let single_params = context_params(pooling, PACK_TOKENS, 1);
+        let lanes = match sizing.on_cpu {
+            true => threads.max(1) as usize - 1,
+            false => 0,
+        };
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Queued, String>>(1);
         let alive = Arc::new(AtomicBool::new(true));
@@ -150,51 +163,59 @@ impl EmbeddingModel {
         let Weights { main: model, small } = weights;
         let (thread_model, thread_alive, thread_queued) =
             (Arc::clone(&model), Arc::clone(&alive), Arc::clone(&queued));
-        let small_params = params
-            .clone()
-            .with_n_ctx(NonZeroU32::new(SMALL_DECODE as u32))
-            .with_n_batch(SMALL_DECODE as u32)
-            .with_n_ubatch(SMALL_DECODE as u32);
-        let single_params = params
-            .clone()
-            .with_n_ctx(NonZeroU32::new(PACK_TOKENS as u32))
-            .with_n_batch(PACK_TOKENS as u32)
-            .with_n_ubatch(PACK_TOKENS as u32)
-            .with_n_threads(1)
-            .with_n_threads_batch(1);
         let normalize = pooling != Pooling::Rank;
+        let name = parlance_core::priority::Background::thread_name("emb", &info.id);
         std::thread::Builder::new()
-            .name(parlance_core::priority::Background::thread_name(
-                "emb", &info.id,
-            ))
+            .name(name.clone())
             .spawn(move || {
                 // Embedding is throughput work: the chat engines' streams go first
-                // (llama.cpp's compute threads inherit this thread's class and name).
+                // (llama.cpp's compute threads and the lanes inherit this thread's class
+                // and name).
                 let mut bg = parlance_core::priority::Background::start();
-                {
+                std::thread::scope(|scope| {
                     let made = context(&thread_model, params).and_then(|main| {
                         let small = match &small {
-                            Some(m) => Some(context(m, small_params)?),
+                            Some(m) => Some(context(m, small_params.clone())?),
                             None => None,
                         };
-                        let single = context(&thread_model, single_params)?;
-                        Ok(Contexts {
-                            main,
-                            small,
-                            single,
-                        })
+                        let single = context(&thread_model, single_params.clone())?;
+                        let lanes = (0..lanes)
+                            .map(|_| {
+                                lanes::Lane::start(
+                                    scope,
+                                    &name,
+                                    &thread_model,
+                                    single_params.clone(),
+                                )
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Ok((
+                            run::Contexts {
+                                main,
+                                small,
+                                single,
+                            },
+                            lanes,
+                        ))
                     });
                     match made {
                         // The starter waits on `ready_rx` until one of these arrives.
-                        Ok(contexts) => {
+                        Ok((contexts, lanes)) => {
                             ready_tx.send(Ok(bg.queued())).ok();
-                            run(contexts, rx, n_batch, normalize, &thread_queued, &mut bg);
+                            let engine = run::Engine {
+                                contexts,
+                                lanes: &lanes,
+                                n_batch,
+                                normalize,
+                                queued: &thread_queued,
+                            };
+                            engine.run(rx, &mut bg);
                         }
                         Err(e) => {
                             ready_tx.send(Err(e)).ok();
                         }
                     }
-                }
+                });
                 thread_alive.store(false, Ordering::SeqCst);
                 crate::config::free_model(thread_model);
                 if let Some(m) = small {
@@ -215,7 +236,7 @@ impl EmbeddingModel {
             jobs,
             alive,
             queued,
-            max_queue,
+            max_queue: sizing.max_queue,
         })
     }
 
@@ -232,172 +253,26 @@ impl EmbeddingModel {
     }
 }
 
+/// A context that decodes up to `tokens` tokens of up to `MAX_SEQS` whole sequences.
+fn context_params(pooling: Pooling, tokens: usize, threads: i32) -> LlamaContextParams {
+    LlamaContextParams::default()
+        .with_embeddings(true)
+        .with_pooling_type(pooling.params())
+        .with_n_ctx(NonZeroU32::new(tokens as u32))
+        .with_n_batch(tokens as u32)
+        .with_n_ubatch(tokens as u32)
+        .with_n_seq_max(MAX_SEQS as u32)
+        .with_kv_unified(true)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+}
+
 fn context(model: &LlamaModel, params: LlamaContextParams) -> Result<LlamaContext<'_>, String> {
     crate::llama_backend().and_then(|b| {
         model
             .new_context(b, params)
             .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
     })
-}
-
-/// The engine thread's llama.cpp contexts.
-struct Contexts<'m> {
-    main: LlamaContext<'m>,
-    /// On the file's own weights, for decodes of up to `SMALL_DECODE` tokens.
-    small: Option<LlamaContext<'m>>,
-    /// One compute thread, for packs while a chat engine has work: a second thread
-    /// would keep a team of OpenMP threads alive, and with more of those than CPUs
-    /// every team's barriers sleep instead of spinning (see `omp`), the chat engine's
-    /// too.
-    single: LlamaContext<'m>,
-}
-
-/// The engine thread: gathers the waiting jobs' inputs into batches of whole sequences.
-fn run(
-    mut contexts: Contexts<'_>,
-    rx: mpsc::Receiver<Job>,
-    n_batch: usize,
-    normalize: bool,
-    queued: &AtomicUsize,
-    background: &mut parlance_core::priority::Background,
-) {
-    let mut batch = LlamaBatch::new(n_batch, MAX_SEQS as i32);
-    // Jobs being served, each with the vectors made so far.
-    let mut open: VecDeque<(Job, Vec<Vec<f32>>)> = VecDeque::new();
-    loop {
-        if open.is_empty() {
-            background.waiting();
-            match crate::omp::next_or_rest(&rx) {
-                Some(job) => open.push_back((job, Vec::new())),
-                None => return,
-            }
-        }
-        while let Ok(job) = rx.try_recv() {
-            open.push_back((job, Vec::new()));
-        }
-        // A caller that went away is not worked for.
-        open.retain(|(job, _)| {
-            let gone = job.tx.is_closed();
-            if gone {
-                queued.fetch_sub(1, Ordering::SeqCst);
-            }
-            !gone
-        });
-        let members = match pack(&mut batch, &open) {
-            Ok(m) if m.is_empty() => continue,
-            Ok(m) => m,
-            Err(e) => {
-                fail_all(
-                    &mut open,
-                    queued,
-                    &Error::internal(format!("cannot fill the batch: {e}")),
-                );
-                continue;
-            }
-        };
-        let tokens = batch.n_tokens() as usize;
-        let beside_chat = background.update(tokens <= QUICK_DECODE);
-        let ctx = match contexts.small.as_mut() {
-            _ if beside_chat && tokens <= PACK_TOKENS => {
-                crate::omp::rest();
-                &mut contexts.single
-            }
-            Some(small) if tokens <= SMALL_DECODE => small,
-            _ => &mut contexts.main,
-        };
-        ctx.clear_kv_cache();
-        if let Err(e) = ctx.decode(&mut batch) {
-            fail_all(
-                &mut open,
-                queued,
-                &Error::internal(format!("llama.cpp could not embed: {e}")),
-            );
-            continue;
-        }
-        let mut vectors = Vec::with_capacity(members.len());
-        for seq in 0..members.len() {
-            match ctx.embeddings_seq_ith(seq as i32) {
-                Ok(v) => vectors.push(v.to_vec()),
-                Err(e) => {
-                    let e = Error::internal(format!("llama.cpp gave no vector: {e}"));
-                    fail_all(&mut open, queued, &e);
-                    break;
-                }
-            }
-        }
-        if vectors.len() < members.len() {
-            continue;
-        }
-        for (v, &(j, _)) in vectors.into_iter().zip(&members) {
-            if let Some((_, done)) = open.get_mut(j) {
-                done.push(if normalize { unit(v) } else { v });
-            }
-        }
-        while open
-            .front()
-            .is_some_and(|(job, done)| done.len() == job.inputs.len())
-        {
-            if let Some((job, done)) = open.pop_front() {
-                queued.fetch_sub(1, Ordering::SeqCst);
-                // An error means the caller hung up: there is no one to hand the vectors to.
-                job.tx.send(Ok(done)).ok();
-            }
-        }
-    }
-}
-
-/// Fills the batch with the next inputs in arrival order, whole sequences only; gives
-/// each sequence's (job, input) place.
-fn pack(
-    batch: &mut LlamaBatch<'_>,
-    open: &VecDeque<(Job, Vec<Vec<f32>>)>,
-) -> Result<Vec<(usize, usize)>, llama_cpp_2::llama_batch::BatchAddError> {
-    batch.clear();
-    let mut members: Vec<(usize, usize)> = Vec::new();
-    let mut tokens = 0;
-    for (j, (job, done)) in open.iter().enumerate() {
-        for (k, input) in job.inputs.iter().enumerate().skip(done.len()) {
-            let full = tokens + input.len() > PACK_TOKENS;
-            if members.len() == MAX_SEQS || (!members.is_empty() && full) {
-                return Ok(members);
-            }
-            let seq = members.len() as i32;
-            // Every position an output: pooling reads them all (llama.cpp would
-            // override the flags and log a warning each decode).
-            for (pos, &t) in input.iter().enumerate() {
-                batch.add(t, pos as i32, &[seq], true)?;
-            }
-            tokens += input.len();
-            members.push((j, k));
-        }
-        if done.len() + members.iter().filter(|m| m.0 == j).count() < job.inputs.len() {
-            break;
-        }
-    }
-    Ok(members)
-}
-
-/// Fails every open job with one error (a failed decode spoils the whole batch).
-fn fail_all(open: &mut VecDeque<(Job, Vec<Vec<f32>>)>, queued: &AtomicUsize, err: &Error) {
-    for (job, _) in open.drain(..) {
-        queued.fetch_sub(1, Ordering::SeqCst);
-        // An error means the caller hung up: no one is left to tell.
-        job.tx.send(Err(err.clone())).ok();
-    }
-}
-
-/// The vector scaled to length 1 (as sentence-transformers and llama-server do).
-fn unit(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v
-        .iter()
-        .map(|x| f64::from(*x) * f64::from(*x))
-        .sum::<f64>()
-        .sqrt();
-    if norm > 0.0 {
-        v.iter_mut()
-            .for_each(|x| *x = (f64::from(*x) / norm) as f32);
-    }
-    v
 }
 
 #[async_trait::async_trait]
