@@ -145,35 +145,38 @@ def main() -> None:
     args = ap.parse_args()
     llama = subprocess.run([str(ROOT / "bench" / "build-llama-server.sh")], capture_output=True, text=True, check=True).stdout.strip()
     logs = tempfile.mkdtemp(prefix="parlance-emb-bench-")
-    pp, fp, lp = free_port(), free_port(), free_port()
-    env = dict(os.environ, PARLANCE_LOG="error")
+    pp, cp, fp, lp = free_port(), free_port(), free_port(), free_port()
+    # The default (an F16 encoder runs from its F32 copy where that measures faster at
+    # load), the copy always, and the file as it is.
+    parlance = {"parlance": (pp, []), "parlance-f32": (cp, ["--f32-embeddings", "true"]),
+                "parlance-f16": (fp, ["--f32-embeddings", "false"])}
     procs = [
-        # The default (an F16 encoder runs from its F32 copy) and the file as it is.
-        subprocess.Popen([str(PARLANCE), "serve", "-m", str(GGUF), "--alias", "m", "--port", str(pp), "--db", "none",
-                          "-t", THREADS, "-b", "2048"],
-                         stdout=open(f"{logs}/parlance.log", "w"), stderr=subprocess.STDOUT, env=env),
-        subprocess.Popen([str(PARLANCE), "serve", "-m", str(GGUF), "--alias", "m", "--port", str(fp), "--db", "none",
-                          "-t", THREADS, "-b", "2048", "--f32-embeddings", "false"],
-                         stdout=open(f"{logs}/parlance-f16.log", "w"), stderr=subprocess.STDOUT, env=env),
+        subprocess.Popen([str(PARLANCE), "serve", "-m", str(GGUF), "--alias", "m", "--port", str(port), "--db", "none",
+                          "-t", THREADS, "-b", "2048", *extra],
+                         stdout=open(f"{logs}/{name}.log", "w"), stderr=subprocess.STDOUT,
+                         env=dict(os.environ, PARLANCE_LOG="error,parlance_engine::config=info"))
+        for name, (port, extra) in parlance.items()
+    ] + [
         # 8 slots of 512 tokens: llama-server runs each input of a request as its own task.
         subprocess.Popen([llama, "-m", str(GGUF), "--embedding", "--pooling", "mean", "--port", str(lp), "-t", THREADS,
                           "-np", "8", "-c", "4096", "-b", "2048", "-ub", "2048", "--log-disable"],
                          stdout=open(f"{logs}/llama.log", "w"), stderr=subprocess.STDOUT),
     ]
     try:
-        urls = {"parlance": f"http://127.0.0.1:{pp}/v1/embeddings",
-                "parlance-f16": f"http://127.0.0.1:{fp}/v1/embeddings",
-                "llama-server": f"http://127.0.0.1:{lp}/v1/embeddings"}
-        wait(f"http://127.0.0.1:{pp}/health")
-        wait(f"http://127.0.0.1:{fp}/health")
-        wait(f"http://127.0.0.1:{lp}/health")
+        ports = {name: port for name, (port, _) in parlance.items()} | {"llama-server": lp}
+        urls = {name: f"http://127.0.0.1:{port}/v1/embeddings" for name, port in ports.items()}
+        for port in ports.values():
+            wait(f"http://127.0.0.1:{port}/health")
+        # Which weights the default chose, as its log says.
+        chose = next((line.split("INFO")[-1].strip() for line in open(f"{logs}/parlance.log") if "its F32 copy" in line),
+                     "no choice logged")
         texts = sentences(args.sentences)
         probe = texts[:64]
         a = post(urls["parlance"], {"model": "m", "input": probe})["data"]
         b = post(urls["llama-server"], {"model": "m", "input": probe})["data"]
-        f = post(urls["parlance-f16"], {"model": "m", "input": probe})["data"]
-        worst = min(cosine(x["embedding"], y["embedding"]) for x, y in zip(a, b))
-        worst_f16 = min(cosine(x["embedding"], y["embedding"]) for x, y in zip(f, b))
+        worst = {name: min(cosine(x["embedding"], y["embedding"])
+                           for x, y in zip(post(urls[name], {"model": "m", "input": probe})["data"], b))
+                 for name in parlance}
         res = {name: {"tput": [], "p50": []} for name in urls}
         for r in range(args.rounds):
             for name, url in urls.items():
@@ -182,16 +185,22 @@ def main() -> None:
                 res[name]["p50"].append(latency(url, texts[:200]))
                 print(f"round {r + 1} {name:12} {res[name]['tput'][-1]:8.1f} inputs/s  one-input p50 {res[name]['p50'][-1]:.2f} ms", flush=True)
         med = {n: {k: statistics.median(v) for k, v in m.items()} for n, m in res.items()}
-        p, f, l = med["parlance"], med["parlance-f16"], med["llama-server"]
+        l = med["llama-server"]
+        label = {"parlance": "Parlance (default: `--f32-embeddings auto`)", "parlance-f32": "Parlance `--f32-embeddings true`",
+                 "parlance-f16": "Parlance `--f32-embeddings false`"}
         lines = [
             f"all-MiniLM-L6-v2 F16, {THREADS} threads, {args.sentences} short sentences in requests of 32 from 4 clients; "
             f"one-input latency over 200 sequential requests; medians of {args.rounds} interleaved rounds.",
             "",
             "| server | inputs/s | one-input p50 ms | vs llama-server | worst cosine to llama-server, 64 inputs |",
             "|---|---|---|---|---|",
-            f"| Parlance (default: F32 copy) | {p['tput']:.0f} | {p['p50']:.2f} | {p['tput'] / l['tput']:.2f}x / {p['p50'] / l['p50']:.2f}x | {worst:.7f} |",
-            f"| Parlance `--f32-embeddings false` | {f['tput']:.0f} | {f['p50']:.2f} | {f['tput'] / l['tput']:.2f}x / {f['p50'] / l['p50']:.2f}x | {worst_f16:.7f} |",
+        ] + [
+            f"| {label[n]} | {med[n]['tput']:.0f} | {med[n]['p50']:.2f} | {med[n]['tput'] / l['tput']:.2f}x / "
+            f"{med[n]['p50'] / l['p50']:.2f}x | {worst[n]:.7f} |" for n in parlance
+        ] + [
             f"| llama-server | {l['tput']:.0f} | {l['p50']:.2f} | | |",
+            "",
+            f"The default's choice at load: {chose}",
         ]
         if args.mixed:
             for p in procs:
