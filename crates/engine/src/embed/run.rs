@@ -71,7 +71,10 @@ impl Engine<'_, '_> {
                 true => Vec::new(),
                 false => lane_packs(&open, 1 + self.lanes.len()),
             };
-            let (packs, made) = if side_by_side.len() > 1 {
+            // Only when every lane gets a pack: on many cores, a few packs on one thread
+            // each would leave the other cores idle where one pack on all of them would
+            // finish sooner.
+            let (packs, made) = if side_by_side.len() == 1 + self.lanes.len() {
                 let made = self.side_by_side(&mut batch, &open, &side_by_side);
                 (side_by_side, made)
             } else {
@@ -150,7 +153,7 @@ impl Engine<'_, '_> {
 }
 
 /// Packs for `lanes` decodes side by side, each small enough for a lane's context;
-/// fewer than two when the waiting work does not fill them.
+/// fewer when the waiting work does not fill them.
 fn lane_packs(open: &Open, lanes: usize) -> Vec<Pack> {
     let mut packs = plan(open, lanes);
     let fits = packs
