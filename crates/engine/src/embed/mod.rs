@@ -380,6 +380,11 @@ impl Backend for EmbeddingModel {
 impl EmbeddingModel {
     /// Queues token sequences for the engine thread; their pooled outputs, in order.
     async fn submit(&self, inputs: Vec<Vec<LlamaToken>>) -> Result<Vec<Vec<f32>>, Error> {
+        // A job without inputs would never be packed, and the engine thread would go
+        // round without waiting for work.
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
         self.health().map_err(|why| {
             Error::new(
                 ErrorKind::Unavailable,
