@@ -178,34 +178,31 @@ fn faster_weights(
     file: Arc<LlamaModel>,
     pooling: embed::Pooling,
 ) -> Result<embed::Weights, String> {
-    let path = cfg.path.display();
-    match embed::copy_is_faster(&copy, &file, pooling)? {
-        Some(m) if !m.copy_wins() => {
-            tracing::info!(
-                copy_ms = m.copy.as_secs_f64() * 1e3,
-                file_ms = m.file.as_secs_f64() * 1e3,
-                "{path} runs as it is: its F32 copy is not faster on this CPU"
-            );
-            free_model(copy);
-            Ok(embed::Weights {
-                main: file,
-                small: None,
-            })
-        }
-        measured => {
-            if let Some(m) = measured {
-                tracing::info!(
-                    copy_ms = m.copy.as_secs_f64() * 1e3,
-                    file_ms = m.file.as_secs_f64() * 1e3,
-                    "{path} runs from its F32 copy, faster on this CPU"
-                );
-            }
-            Ok(embed::Weights {
-                main: copy,
-                small: Some(file),
-            })
-        }
+    let measured = embed::copy_is_faster(&copy, &file, pooling)?;
+    if let Some(m) = measured {
+        let verdict = match m.copy_wins() {
+            true => "runs from its F32 copy, faster on this CPU",
+            false => "runs as it is: its F32 copy is not faster on this CPU",
+        };
+        tracing::info!(
+            copy_ms = m.copy.as_secs_f64() * 1e3,
+            file_ms = m.file.as_secs_f64() * 1e3,
+            "{} {verdict}",
+            cfg.path.display()
+        );
     }
+    // Unmeasured (too slow to time at load), the copy stays.
+    if measured.is_some_and(|m| !m.copy_wins()) {
+        free_model(copy);
+        return Ok(embed::Weights {
+            main: file,
+            small: None,
+        });
+    }
+    Ok(embed::Weights {
+        main: copy,
+        small: Some(file),
+    })
 }
 
 /// A hyperparameter from the GGUF's metadata (`{arch}.{key}`). A model read without
