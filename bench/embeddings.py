@@ -145,11 +145,11 @@ def main() -> None:
     args = ap.parse_args()
     llama = subprocess.run([str(ROOT / "bench" / "build-llama-server.sh")], capture_output=True, text=True, check=True).stdout.strip()
     logs = tempfile.mkdtemp(prefix="parlance-emb-bench-")
-    pp, cp, fp, lp = free_port(), free_port(), free_port(), free_port()
+    pp, cp, fp, bp, lp = free_port(), free_port(), free_port(), free_port(), free_port()
     # The default (an F16 encoder runs from its F32 copy where that measures faster at
-    # load), the copy always, and the file as it is.
+    # load), the copy always, the file as it is, and the BF16 copy (less precise).
     parlance = {"parlance": (pp, []), "parlance-f32": (cp, ["--f32-embeddings", "true"]),
-                "parlance-f16": (fp, ["--f32-embeddings", "false"])}
+                "parlance-f16": (fp, ["--f32-embeddings", "false"]), "parlance-bf16": (bp, ["--bf16-embeddings"])}
     procs = [
         subprocess.Popen([str(PARLANCE), "serve", "-m", str(GGUF), "--alias", "m", "--port", str(port), "--db", "none",
                           "-t", THREADS, "-b", "2048", *extra],
@@ -187,7 +187,7 @@ def main() -> None:
         med = {n: {k: statistics.median(v) for k, v in m.items()} for n, m in res.items()}
         l = med["llama-server"]
         label = {"parlance": "Parlance (default: `--f32-embeddings auto`)", "parlance-f32": "Parlance `--f32-embeddings true`",
-                 "parlance-f16": "Parlance `--f32-embeddings false`"}
+                 "parlance-f16": "Parlance `--f32-embeddings false`", "parlance-bf16": "Parlance `--bf16-embeddings`"}
         lines = [
             f"all-MiniLM-L6-v2 F16, {THREADS} threads, {args.sentences} short sentences in requests of 32 from 4 clients; "
             f"one-input latency over 200 sequential requests; medians of {args.rounds} interleaved rounds.",

@@ -2,6 +2,7 @@
 //! metadata says it is (chat, embedding, reranker).
 
 use crate::checks::check_gguf;
+use crate::upcast::CopyType;
 use crate::{device, embed, EmbeddingModel, LocalModel};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -82,6 +83,8 @@ pub struct LocalModelConfig {
     /// Where F32 copies of F16/BF16 embedding models go (see `upcast`); `None`: such
     /// models load as they are.
     pub f32_cache: Option<PathBuf>,
+    /// The copy's type; a BF16 copy always serves, alone (see `upcast`).
+    pub copy_type: CopyType,
     /// Keep such a copy only where it measures faster than the file at load (see
     /// `embed::copy_is_faster`); `false`: always run from it.
     pub f32_when_faster: bool,
@@ -109,6 +112,7 @@ impl LocalModelConfig {
             image_fetcher: None,
             pooling: None,
             f32_cache: None,
+            copy_type: CopyType::F32,
             f32_when_faster: true,
         }
     }
@@ -146,9 +150,14 @@ pub fn load(cfg: LocalModelConfig) -> Result<Loaded, String> {
         ctx,
     );
     let placement = embed::placement(cfg.n_gpu_layers, &model);
-    // Beside its F32 copy, the file itself serves small decodes (see `embed`).
+    // Beside its F32 copy, the file itself serves small decodes (see `embed`); a BF16
+    // copy reads no more bytes than the file.
     let small = match upcast {
-        true => Some(open(&cfg)?),
+        true if cfg.copy_type == CopyType::F32 => Some(open(&cfg)?),
+        true => {
+            tracing::info!("{} runs from its BF16 copy", cfg.path.display());
+            None
+        }
         false => None,
     };
     let weights = match small {
@@ -329,22 +338,26 @@ pub fn peek(cfg: &LocalModelConfig) -> Result<Peeked, String> {
         modified_secs(&cfg.path),
         embed_ctx(cfg, &model),
     );
+    let copy = || crate::upcast::copy_size(&cfg.path, cfg.copy_type);
     let memory_bytes = match cfg.f32_cache {
         // The F32 copy and, for small decodes, the file itself.
-        Some(_) if on_cpu(cfg) => crate::upcast::f32_size(&cfg.path).map_or(files, |n| n + files),
+        Some(_) if on_cpu(cfg) && cfg.copy_type == CopyType::F32 => {
+            copy().map_or(files, |n| n + files)
+        }
+        Some(_) if on_cpu(cfg) => copy().map_or(files, |n| n + files - size(&cfg.path)),
         _ => files,
     };
     Ok(Peeked { info, memory_bytes })
 }
 
-/// The F32 copy an F16/BF16 embedding model runs from on the CPU (see `upcast`).
+/// The copy an F16/BF16 embedding model runs from on the CPU (see `upcast`).
 fn upcast_path(cfg: &LocalModelConfig) -> Option<std::path::PathBuf> {
     let cache = cfg.f32_cache.as_deref()?;
     if !on_cpu(cfg) {
         return None;
     }
     check_gguf(&cfg.path).ok()?;
-    crate::upcast::f32_copy(&cfg.path, cache)
+    crate::upcast::copy(&cfg.path, cache, cfg.copy_type)
 }
 
 fn on_cpu(cfg: &LocalModelConfig) -> bool {

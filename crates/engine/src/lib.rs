@@ -50,6 +50,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+pub use upcast::CopyType;
 use vision::Vision;
 
 pub struct LocalModel {

@@ -1,4 +1,5 @@
-//! F16/BF16 embedding models run on the CPU from an F32 copy of their GGUF.
+//! F16/BF16 embedding models run on the CPU from an F32 copy of their GGUF (or, when
+//! asked, F16 ones from a BF16 copy).
 //!
 //! llama.cpp's CPU matrix kernel for F16 weights converts both operands to F32 on every
 //! load and is bound by those conversions: on an encoder (MiniLM, BGE, E5) it does a
@@ -9,6 +10,12 @@
 //! BF16 number is an F32); the vectors differ from the F16 run only in activation
 //! rounding (cosine > 0.99999). The file itself is loaded too, for small decodes (see
 //! `embed::SMALL_DECODE`).
+//!
+//! A BF16 copy trades precision for speed instead: on CPUs with BF16 dot products
+//! (AVX512-BF16) its kernel does twice the multiply-adds per instruction and loads no
+//! conversions, but BF16 keeps 8 bits of mantissa where F16 keeps 11, in the weights
+//! and in the activations the kernel rounds to its type (cosine ~0.99998 to the F16
+//! run). Only asked for, never chosen by `auto`.
 
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +27,39 @@ const MAX_F32_BYTES: u64 = 2 << 30;
 const F32: u32 = 0;
 const F16: u32 = 1;
 const BF16: u32 = 30;
+
+/// The type of a copy's converted weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CopyType {
+    /// F16 and BF16 weights widened: exact.
+    #[default]
+    F32,
+    /// F16 weights rounded to BF16 (to nearest, ties to even).
+    Bf16,
+}
+
+impl CopyType {
+    fn kind(self) -> u32 {
+        match self {
+            CopyType::F32 => F32,
+            CopyType::Bf16 => BF16,
+        }
+    }
+
+    fn width(self) -> u64 {
+        match self {
+            CopyType::F32 => 4,
+            CopyType::Bf16 => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CopyType::F32 => "f32",
+            CopyType::Bf16 => "bf16",
+        }
+    }
+}
 
 /// The header of a GGUF file: what the copy needs to rewrite it.
 struct Header {
@@ -44,16 +84,27 @@ impl Tensor {
         self.dims.iter().product()
     }
 
-    fn widened(&self) -> bool {
-        matches!(self.kind, F16 | BF16)
+    /// Whether the copy converts this tensor.
+    fn converted(&self, to: CopyType) -> bool {
+        match to {
+            CopyType::F32 => matches!(self.kind, F16 | BF16),
+            CopyType::Bf16 => self.kind == F16,
+        }
+    }
+
+    fn copied_size(&self, to: CopyType) -> u64 {
+        match self.converted(to) {
+            true => self.elements() * to.width(),
+            false => source_size(self),
+        }
     }
 }
 
-/// The F32 copy to load instead of `path`, made now if the cache lacks it; `None` when
-/// the model should load as it is (not an encoder, no F16/BF16 weights, too large, or
-/// the file cannot be read this way: llama.cpp then reports on the original).
-pub(crate) fn f32_copy(path: &Path, cache: &Path) -> Option<PathBuf> {
-    let (header, _) = plan(path)?;
+/// The copy to load instead of `path`, made now if the cache lacks it; `None` when the
+/// model should load as it is (not an encoder, nothing to convert, too large, or the
+/// file cannot be read this way: llama.cpp then reports on the original).
+pub(crate) fn copy(path: &Path, cache: &Path, to: CopyType) -> Option<PathBuf> {
+    let (header, _) = plan(path, to)?;
     let meta = std::fs::metadata(path).ok()?;
     let modified = meta
         .modified()
@@ -61,41 +112,46 @@ pub(crate) fn f32_copy(path: &Path, cache: &Path) -> Option<PathBuf> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
     let stem = path.file_stem()?.to_string_lossy();
-    let out = cache.join(format!("{stem}-{}-{modified}.f32.gguf", meta.len()));
+    let out = cache.join(format!(
+        "{stem}-{}-{modified}.{}.gguf",
+        meta.len(),
+        to.name()
+    ));
     if out.is_file() {
         return Some(out);
     }
     std::fs::create_dir_all(cache).ok()?;
     let partial = out.with_extension(format!("partial{}", std::process::id()));
-    match write_copy(path, &header, &partial).and_then(|()| std::fs::rename(&partial, &out)) {
+    match write_copy(path, &header, &partial, to).and_then(|()| std::fs::rename(&partial, &out)) {
         Ok(()) => Some(out),
         Err(e) => {
             // A partial file may not exist (the error came before it was made).
             std::fs::remove_file(&partial).ok();
-            tracing::warn!(error = %e, "could not write an F32 copy of {}; loading it as it is", path.display());
+            tracing::warn!(error = %e, "could not write a {} copy of {}; loading it as it is", to.name(), path.display());
             None
         }
     }
 }
 
-/// The file's header and the F32 copy's weight bytes, when it gets one.
-fn plan(path: &Path) -> Option<(Header, u64)> {
+/// The file's header and the copy's weight bytes, when it gets one.
+fn plan(path: &Path, to: CopyType) -> Option<(Header, u64)> {
     let header = read_header(path).ok()?;
     let plain = header
         .tensors
         .iter()
         .all(|t| matches!(t.kind, F32 | F16 | BF16));
-    if !header.pools || !plain || !header.tensors.iter().any(Tensor::widened) {
+    if !header.pools || !plain || !header.tensors.iter().any(|t| t.converted(to)) {
         return None;
     }
     let f32_bytes: u64 = header.tensors.iter().map(|t| t.elements() * 4).sum();
-    (f32_bytes <= MAX_F32_BYTES).then_some((header, f32_bytes))
+    let bytes = header.tensors.iter().map(|t| t.copied_size(to)).sum();
+    (f32_bytes <= MAX_F32_BYTES).then_some((header, bytes))
 }
 
-/// The weights' bytes in memory once loaded from the F32 copy (models on demand count
-/// it before loading).
-pub(crate) fn f32_size(path: &Path) -> Option<u64> {
-    plan(path).map(|(_, bytes)| bytes)
+/// The weights' bytes in memory once loaded from the copy (models on demand count it
+/// before loading).
+pub(crate) fn copy_size(path: &Path, to: CopyType) -> Option<u64> {
+    plan(path, to).map(|(_, bytes)| bytes)
 }
 
 fn read_header(path: &Path) -> std::io::Result<Header> {
@@ -177,7 +233,7 @@ fn read_header(path: &Path) -> std::io::Result<Header> {
     })
 }
 
-fn write_copy(path: &Path, h: &Header, out: &Path) -> std::io::Result<()> {
+fn write_copy(path: &Path, h: &Header, out: &Path, to: CopyType) -> std::io::Result<()> {
     let mut src = std::fs::File::open(path)?;
     let mut w = Counted {
         inner: BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?),
@@ -189,18 +245,15 @@ fn write_copy(path: &Path, h: &Header, out: &Path) -> std::io::Result<()> {
     let mut offset = 0u64;
     let mut sizes = Vec::with_capacity(h.tensors.len());
     for t in &h.tensors {
-        let size = if t.widened() {
-            t.elements() * 4
-        } else {
-            source_size(t)
-        };
+        let size = t.copied_size(to);
         w.write_all(&(t.name.len() as u64).to_le_bytes())?;
         w.write_all(&t.name)?;
         w.write_all(&(t.dims.len() as u32).to_le_bytes())?;
         for d in &t.dims {
             w.write_all(&d.to_le_bytes())?;
         }
-        w.write_all(&(if t.widened() { F32 } else { t.kind }).to_le_bytes())?;
+        let kind = if t.converted(to) { to.kind() } else { t.kind };
+        w.write_all(&kind.to_le_bytes())?;
         w.write_all(&offset.to_le_bytes())?;
         sizes.push(size);
         offset = (offset + size).next_multiple_of(h.alignment);
@@ -210,14 +263,15 @@ fn write_copy(path: &Path, h: &Header, out: &Path) -> std::io::Result<()> {
         src.seek(SeekFrom::Start(h.data_start + t.offset))?;
         let mut raw = vec![0u8; usize::try_from(source_size(t)).map_err(invalid)?];
         src.read_exact(&mut raw)?;
-        if t.widened() {
+        if t.converted(to) {
             let (halves, _) = raw.as_chunks::<2>();
-            let wide: Vec<u8> = halves
-                .iter()
-                .flat_map(|&b| widen(t.kind, u16::from_le_bytes(b)).to_le_bytes())
-                .collect();
-            debug_assert_eq!(wide.len() as u64, size);
-            w.write_all(&wide)?;
+            let values = halves.iter().map(|&b| widen(t.kind, u16::from_le_bytes(b)));
+            let out: Vec<u8> = match to {
+                CopyType::F32 => values.flat_map(f32::to_le_bytes).collect(),
+                CopyType::Bf16 => values.flat_map(|v| to_bf16(v).to_le_bytes()).collect(),
+            };
+            debug_assert_eq!(out.len() as u64, size);
+            w.write_all(&out)?;
         } else {
             w.write_all(&raw)?;
         }
@@ -254,6 +308,17 @@ fn widen(kind: u32, bits: u16) -> f32 {
         _ => sign | ((exp + 112) << 23) | (man << 13),
     };
     f32::from_bits(out)
+}
+
+/// `v` rounded to BF16, to nearest with ties to even; NaNs stay NaNs (a mantissa that
+/// lives only in the dropped bits would otherwise round to infinity).
+fn to_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let rounded = bits + 0x7fff + ((bits >> 16) & 1);
+    (rounded >> 16) as u16
 }
 
 fn invalid(e: impl ToString) -> std::io::Error {
@@ -346,7 +411,7 @@ impl<T: Write> Counted<T> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
-    use super::{f32_copy, read_header, widen};
+    use super::{copy, read_header, to_bf16, widen, CopyType};
 
     /// A GGUF v3 header with one F16 tensor of these dimensions at offset 0, and
     /// `data` bytes of tensor data.
@@ -382,7 +447,8 @@ mod tests {
         assert!(read_header(&gguf(&[1 << 40, 1 << 30], 16)).is_err());
         // Not an embedding model (no pooling key): loaded as it is, no copy.
         let cache = std::env::temp_dir().join(format!("parlance-f32-{}", rand::random::<u64>()));
-        assert_eq!(f32_copy(&gguf(&[4, 2], 16), &cache), None);
+        assert_eq!(copy(&gguf(&[4, 2], 16), &cache, CopyType::F32), None);
+        assert_eq!(copy(&gguf(&[4, 2], 16), &cache, CopyType::Bf16), None);
     }
 
     #[test]
@@ -398,5 +464,28 @@ mod tests {
         assert_eq!(widen(1, 0x8000).to_bits(), (-0.0f32).to_bits());
         assert_eq!(widen(30, 0x3f80), 1.0);
         assert_eq!(widen(30, 0xc0a0), -5.0);
+    }
+
+    #[test]
+    fn floats_round_to_the_nearest_bf16_ties_to_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        assert_eq!(to_bf16(-5.0), 0xc0a0);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: to the even one, 1.
+        assert_eq!(to_bf16(1.0 + 2f32.powi(-8)), 0x3f80);
+        // Halfway above an odd mantissa: up to the even one.
+        assert_eq!(to_bf16(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+        assert_eq!(to_bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 0x3f81);
+        assert_eq!(to_bf16(f32::MAX), 0x7f80, "past BF16's largest: infinity");
+        assert_eq!(to_bf16(f32::INFINITY), 0x7f80);
+        assert!(widen(30, to_bf16(f32::from_bits(0x7f80_0001))).is_nan());
+        // Every F16 value rounds to within BF16's half step.
+        for h in (0u16..0x7c00).step_by(7) {
+            let v = widen(1, h);
+            let b = widen(30, to_bf16(v));
+            assert!(
+                (b - v).abs() <= v.abs() * 2f32.powi(-8),
+                "{h:#x}: {v} -> {b}"
+            );
+        }
     }
 }

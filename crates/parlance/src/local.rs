@@ -41,6 +41,10 @@ fn local_config(
     cfg.f32_cache =
         (args.f32_embeddings != F32Embeddings::Never).then(|| crate::hub::cache_root().join("f32"));
     cfg.f32_when_faster = args.f32_embeddings == F32Embeddings::Auto;
+    if args.bf16_embeddings {
+        cfg.f32_cache = Some(crate::hub::cache_root().join("f32"));
+        cfg.copy_type = parlance_engine::CopyType::Bf16;
+    }
     cfg.n_gpu_layers = gpu_layers(spec.n_gpu_layers);
     cfg.flash_attention = match args.flash_attn {
         FlashAttn::On => FlashAttention::On,

@@ -167,6 +167,13 @@ pub(crate) struct ServeArgs {
     #[arg(long = "f32-embeddings", env = "PARLANCE_F32_EMBEDDINGS", value_enum, default_value_t = F32Embeddings::Auto)]
     pub f32_embeddings: F32Embeddings,
 
+    /// Run F16 embedding models on the CPU from a BF16 copy kept in the cache instead
+    /// (overrides --f32-embeddings): on CPUs with AVX512-BF16 about 1.3x the throughput
+    /// of the file, at lower precision (worst cosine ~0.99998 to the F16 run, where the
+    /// F32 copy and the file agree to 0.9999999). Elsewhere it may be slower.
+    #[arg(long = "bf16-embeddings", env = "PARLANCE_BF16_EMBEDDINGS")]
+    pub bf16_embeddings: bool,
+
     /// Flash attention (`-fa` works too); faster on CPU for batched decoding.
     #[arg(long = "flash-attn", env = "PARLANCE_FLASH_ATTN", value_enum, default_value_t = FlashAttn::On)]
     pub flash_attn: FlashAttn,
