@@ -18,7 +18,7 @@ pub struct Store {
     pub url: String,
     /// SQLite: set each time the background checkpoint has copied the WAL into the
     /// database file (see `checkpoint_in_background`).
-    pub(crate) wal_checkpointed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) wal: std::sync::Arc<WalFlags>,
 }
 
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
@@ -28,6 +28,23 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
 /// A WAL grown past this is cut back to it when it starts over (SQLite keeps the file
 /// at its largest otherwise).
 pub(crate) const WAL_SIZE_LIMIT: &str = "PRAGMA journal_size_limit=67108864";
+
+/// How often the WAL is checkpointed while usage rows are written. A commit that lands
+/// while a checkpoint writes and syncs waits for it, and so does every request waiting
+/// on that commit; the wait grows with the pages the checkpoint copies. Streamed
+/// requests at 1,000 req/s (5 rounds each, medians): p99 1.43 ms every second, 0.95 ms
+/// every 250 ms, 0.89 ms every 100 ms, 0.73 ms never; every 10 s gave 48 to 75 ms
+/// spikes.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What the SQLite usage writer and the background checkpoint tell each other.
+#[derive(Debug, Default)]
+pub(crate) struct WalFlags {
+    /// The writer committed since the last checkpoint began.
+    pub(crate) written: std::sync::atomic::AtomicBool,
+    /// A checkpoint ended: the writer copies the frames it wrote meanwhile.
+    pub(crate) checkpointed: std::sync::atomic::AtomicBool,
+}
 
 /// A pool on `url`, each connection set up for SQLite's WAL when `is_sqlite`.
 async fn connect(url: &str, is_sqlite: bool, max: u32) -> Result<AnyPool, StoreError> {
@@ -87,7 +104,7 @@ impl Store {
         let migrating = Store {
             pool: connect(&url, is_sqlite, 1).await?,
             url: url.clone(),
-            wal_checkpointed: std::sync::Arc::default(),
+            wal: std::sync::Arc::default(),
         };
         if is_sqlite {
             // WAL: readers never wait for the usage writer, and a committed row survives
@@ -103,7 +120,7 @@ impl Store {
         let store = Store {
             pool,
             url,
-            wal_checkpointed: std::sync::Arc::default(),
+            wal: std::sync::Arc::default(),
         };
         if is_sqlite {
             store.checkpoint_in_background();
@@ -111,26 +128,35 @@ impl Store {
         Ok(store)
     }
 
-    /// Moves the WAL's pages into the database file every second, off the commit path;
-    /// a PASSIVE checkpoint never waits for (or blocks) the usage writer. Under a steady
-    /// load the writer always adds frames while it runs, so the WAL could never start
-    /// over and grew without end (3 GB in 30 s flat out): the flag tells the writer to
-    /// copy the few frames it wrote meanwhile, between two of its commits.
+    /// Moves the WAL's pages into the database file off the commit path, every
+    /// `CHECKPOINT_EVERY` while the usage writer commits and at least once a second
+    /// (keys and accounts are written through the pool); a PASSIVE checkpoint never
+    /// waits for (or blocks) the usage writer. Under a steady load the writer always
+    /// adds frames while it runs, so the WAL could never start over and grew without
+    /// end (3 GB in 30 s flat out): the flag tells the writer to copy the few frames it
+    /// wrote meanwhile, between two of its commits.
     fn checkpoint_in_background(&self) {
+        use std::sync::atomic::Ordering;
         let pool = self.pool.clone();
-        let done = std::sync::Arc::clone(&self.wal_checkpointed);
+        let wal = std::sync::Arc::clone(&self.wal);
         parlance_core::task::spawn("sqlite checkpoint", async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+            let mut skipped = 0;
             loop {
                 tick.tick().await;
                 if pool.is_closed() {
                     return;
                 }
+                if !wal.written.swap(false, Ordering::AcqRel) && skipped < 3 {
+                    skipped += 1;
+                    continue;
+                }
+                skipped = 0;
                 match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                     .execute(&pool)
                     .await
                 {
-                    Ok(_) => done.store(true, std::sync::atomic::Ordering::Release),
+                    Ok(_) => wal.checkpointed.store(true, Ordering::Release),
                     Err(e) => tracing::debug!("WAL checkpoint: {e}"),
                 }
             }

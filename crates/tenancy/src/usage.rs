@@ -254,7 +254,7 @@ impl Recorder {
     /// connection (see `sqlite_writer`); elsewhere a task on the store's pool.
     pub fn start(store: Store) -> Recorder {
         if let Some(path) = store.sqlite_path() {
-            match sqlite_writer::spawn(&path, std::sync::Arc::clone(&store.wal_checkpointed)) {
+            match sqlite_writer::spawn(&path, std::sync::Arc::clone(&store.wal)) {
                 Ok(tx) => return Recorder { tx },
                 Err(e) => tracing::warn!("usage writer: {e}; writing through the pool instead"),
             }

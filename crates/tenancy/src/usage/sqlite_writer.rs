@@ -7,24 +7,22 @@
 use super::{
     retry_pauses, usage_insert_sql, Msg, Round, UsageRow, UsageValue, USAGE_ROWS_PER_STATEMENT,
 };
+use crate::store::WalFlags;
 use crate::StoreError;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Starts the writer thread on the SQLite file at `path`; its sender takes the rows.
-pub(super) fn spawn(
-    path: &Path,
-    checkpointed: Arc<AtomicBool>,
-) -> Result<mpsc::UnboundedSender<Msg>, String> {
+pub(super) fn spawn(path: &Path, wal: Arc<WalFlags>) -> Result<mpsc::UnboundedSender<Msg>, String> {
     let conn = open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("usage-writer".into())
-        .spawn(move || run(&conn, rx, &checkpointed))
+        .spawn(move || run(&conn, rx, &wal))
         .map_err(|e| format!("cannot start its thread: {e}"))?;
     Ok(tx)
 }
@@ -47,7 +45,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// Ends when every sender (the server's tenancy) is gone.
-fn run(conn: &Connection, mut rx: mpsc::UnboundedReceiver<Msg>, checkpointed: &AtomicBool) {
+fn run(conn: &Connection, mut rx: mpsc::UnboundedReceiver<Msg>, wal: &WalFlags) {
     let mut round = Round::default();
     while let Some(first) = rx.blocking_recv() {
         round.gather(first, &mut rx);
@@ -63,8 +61,11 @@ fn run(conn: &Connection, mut rx: mpsc::UnboundedReceiver<Msg>, checkpointed: &A
             std::thread::sleep(pause);
             result = insert(conn, &round.rows);
         }
+        if result.is_ok() {
+            wal.written.store(true, Ordering::Release);
+        }
         round.answer(result.map_err(|e| StoreError::Sqlite(Arc::new(e))));
-        if checkpointed.swap(false, Ordering::AcqRel) {
+        if wal.checkpointed.swap(false, Ordering::AcqRel) {
             // The store's checkpoint copied and synced the WAL up to where it began;
             // with the frames written since copied too (few: this is quick), the next
             // commit starts the WAL over from its beginning instead of growing it.
