@@ -27,8 +27,8 @@ use async_trait::async_trait;
 use checks::check_logit_bias;
 pub(crate) use checks::in_vocab;
 pub use config::{
-    default_ctx, load, peek, FlashAttention, Loaded, LocalModelConfig, Peeked, DEFAULT_CTX,
-    DEFAULT_MAX_OUTPUT,
+    default_ctx, load, peek, EmbeddingCopy, FlashAttention, Loaded, LocalModelConfig, Peeked,
+    DEFAULT_CTX, DEFAULT_MAX_OUTPUT,
 };
 use config::{llama_backend, open};
 use constraint::Constrainer;
@@ -50,7 +50,6 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-pub use upcast::CopyType;
 use vision::Vision;
 
 pub struct LocalModel {

@@ -29,10 +29,9 @@ const F16: u32 = 1;
 const BF16: u32 = 30;
 
 /// The type of a copy's converted weights.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CopyType {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CopyType {
     /// F16 and BF16 weights widened: exact.
-    #[default]
     F32,
     /// F16 weights rounded to BF16 (to nearest, ties to even).
     Bf16,

@@ -19,7 +19,7 @@ fn local_config(
     alias: Option<String>,
     images: &Arc<dyn parlance_core::InlineImages>,
 ) -> parlance_engine::LocalModelConfig {
-    use parlance_engine::{FlashAttention, LocalModelConfig};
+    use parlance_engine::{EmbeddingCopy, FlashAttention, LocalModelConfig};
     let mut cfg = LocalModelConfig::new(&spec.path);
     cfg.mmproj = spec.mmproj.clone();
     cfg.image_fetcher = Some(Arc::clone(images));
@@ -38,13 +38,15 @@ fn local_config(
     cfg.chat_template = template.clone();
     cfg.deterministic = args.deterministic;
     cfg.pooling = args.pooling.clone();
-    cfg.f32_cache =
-        (args.f32_embeddings != F32Embeddings::Never).then(|| crate::hub::cache_root().join("f32"));
-    cfg.f32_when_faster = args.f32_embeddings == F32Embeddings::Auto;
-    if args.bf16_embeddings {
-        cfg.f32_cache = Some(crate::hub::cache_root().join("f32"));
-        cfg.copy_type = parlance_engine::CopyType::Bf16;
-    }
+    // `--bf16-embeddings` overrides `--f32-embeddings`.
+    let copy = match (args.bf16_embeddings, args.f32_embeddings) {
+        (true, _) => Some(EmbeddingCopy::Bf16),
+        (false, F32Embeddings::Auto) => Some(EmbeddingCopy::F32WhenFaster),
+        (false, F32Embeddings::Always) => Some(EmbeddingCopy::F32),
+        (false, F32Embeddings::Never) => None,
+    };
+    cfg.copy_cache = copy.map(|_| crate::hub::cache_root().join("f32"));
+    cfg.embedding_copy = copy.unwrap_or_default();
     cfg.n_gpu_layers = gpu_layers(spec.n_gpu_layers);
     cfg.flash_attention = match args.flash_attn {
         FlashAttn::On => FlashAttention::On,
