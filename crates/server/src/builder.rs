@@ -120,7 +120,7 @@ impl Builder {
 /// A server ready to answer: state assembled, routes built, the port bound.
 pub struct Server {
     listener: std::net::TcpListener,
-    app: axum::Router,
+    app: crate::App,
     limits: Limits,
     shutdown: Shutdown,
     tenancy: Option<Arc<Tenancy>>,

@@ -208,12 +208,6 @@ pub(crate) async fn in_format(resp: Response, wire: WireFormat) -> Response {
     Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }
 
-/// Everything outside the doors (console, admin, accounts, health, unknown paths)
-/// answers errors in OpenAI's shape.
-pub(crate) async fn openai_errors(req: Request, next: Next) -> Response {
-    in_format(next.run(req).await, WireFormat::OpenAi).await
-}
-
 /// Names the admin API on metrics (its routes check their own key).
 pub(crate) async fn admin_label(req: Request, next: Next) -> Response {
     if let Some(ctx) = req.extensions().get::<Arc<RequestCtx>>() {

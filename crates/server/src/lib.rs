@@ -5,6 +5,7 @@
 mod account;
 mod admin;
 mod anthropic;
+mod app;
 mod auth;
 mod body;
 mod builder;
@@ -31,6 +32,7 @@ pub use account::mail::Mailer;
 pub use account::oidc::Oidc;
 pub use account::{Peer, Settings as AccountSettings};
 pub use admin::csv as usage_csv;
+pub use app::App;
 pub use builder::{Builder, Server};
 pub use error::ApiError;
 pub use shutdown::Shutdown;
@@ -166,7 +168,7 @@ fn api_routes(state: &Arc<AppState>) -> HttpRouter<Arc<AppState>> {
         .route("/models/{*id}", model)
 }
 
-pub fn build_router(state: Arc<AppState>) -> HttpRouter {
+pub fn build_router(state: Arc<AppState>) -> App {
     use gate::WireFormat::{Gemini, Ollama, OpenAi};
     let gemini = HttpRouter::new()
         .route("/models", get(gemini::list_models))
@@ -225,18 +227,14 @@ pub fn build_router(state: Arc<AppState>) -> HttpRouter {
         )
         .merge(doors)
         .fallback(openai::not_found)
-        .method_not_allowed_fallback(gate::method_not_allowed)
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            gate::panic_response,
-        ))
-        // Errors outside the doors (which answer their own) in OpenAI's shape.
-        .layer(axum::middleware::from_fn(gate::openai_errors));
+        .method_not_allowed_fallback(gate::method_not_allowed);
     let app = match cors {
         Some(c) => app.layer(c),
         None => app,
     };
-    app.layer(axum::middleware::from_fn(reqlog::access_log))
-        .with_state(state)
+    // The request log, OpenAI-shaped errors outside the doors (which answer their
+    // own) and the panic catch-all wrap the router from outside (see `app`).
+    App::new(app.with_state(state))
 }
 
 fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {

@@ -4,7 +4,6 @@
 //! by itself, and a graceful shutdown with a deadline for running requests.
 
 use crate::Shutdown;
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -44,7 +43,7 @@ impl Default for Limits {
 /// streams get an error event) and returns.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: crate::App,
     limits: Limits,
     shutdown: Shutdown,
     signal: impl Future<Output = ()>,

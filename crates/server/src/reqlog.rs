@@ -6,7 +6,6 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
@@ -87,36 +86,52 @@ fn usable_id(v: &HeaderValue) -> Option<String> {
         .then(|| s.to_string())
 }
 
-pub(crate) async fn access_log(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(usable_id)
-        .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
-    let ctx = Arc::new(RequestCtx {
-        id: id.clone(),
-        started: Instant::now(),
-        fields: Mutex::new(Fields::default()),
-    });
-    req.extensions_mut().insert(Arc::clone(&ctx));
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let mut resp = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(REQUEST_ID, v);
+/// A request's log context, from its arrival until its answer is ready.
+pub(crate) struct Arrival {
+    ctx: Arc<RequestCtx>,
+    method: String,
+    path: String,
+}
+
+impl Arrival {
+    /// Gives `req` its context (a request extension the handlers fill in).
+    pub(crate) fn begin(req: &mut Request) -> Arrival {
+        let id = req
+            .headers()
+            .get(&REQUEST_ID)
+            .and_then(usable_id)
+            .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
+        let ctx = Arc::new(RequestCtx {
+            id,
+            started: Instant::now(),
+            fields: Mutex::new(Fields::default()),
+        });
+        req.extensions_mut().insert(Arc::clone(&ctx));
+        Arrival {
+            ctx,
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+        }
     }
-    let line = LogLine {
-        ctx,
-        method: method.to_string(),
-        path,
-        status: resp.status().as_u16(),
-    };
-    resp.map(|body| {
-        Body::new(LoggedBody {
-            inner: body,
-            line: Some(line),
+
+    /// `resp` with the request id echoed, its body writing the log line when it ends.
+    pub(crate) fn answer(self, mut resp: Response) -> Response {
+        if let Ok(v) = HeaderValue::from_str(&self.ctx.id) {
+            resp.headers_mut().insert(REQUEST_ID, v);
+        }
+        let line = LogLine {
+            ctx: self.ctx,
+            method: self.method,
+            path: self.path,
+            status: resp.status().as_u16(),
+        };
+        resp.map(|body| {
+            Body::new(LoggedBody {
+                inner: body,
+                line: Some(line),
+            })
         })
-    })
+    }
 }
 
 struct LogLine {

@@ -11,7 +11,7 @@
 mod common;
 use common::*;
 
-fn keyed() -> axum::Router {
+fn keyed() -> parlance_server::App {
     app_with("ok", &["sk-good"], None).0
 }
 

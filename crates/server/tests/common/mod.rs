@@ -96,7 +96,7 @@ pub(crate) fn app_with(
     mode: &'static str,
     keys: &[&str],
     body_limit: Option<usize>,
-) -> (axum::Router, Arc<Scripted>) {
+) -> (parlance_server::App, Arc<Scripted>) {
     let backend = Arc::new(Scripted {
         mode,
         ..Scripted::default()
@@ -127,12 +127,12 @@ pub(crate) fn app_with(
     (build_router(Arc::new(state)), backend)
 }
 
-pub(crate) fn app() -> axum::Router {
+pub(crate) fn app() -> parlance_server::App {
     app_with("ok", &[], None).0
 }
 
 pub(crate) async fn send(
-    app: axum::Router,
+    app: parlance_server::App,
     req: Request<Body>,
 ) -> (StatusCode, axum::http::HeaderMap, String) {
     let resp = app.oneshot(req).await.unwrap();
