@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -281,12 +283,13 @@ pub struct ResponseMessage {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatCompletionChunk {
-    pub id: String,
-    pub object: String,
+    /// Shared: every chunk of a stream carries the same id, model and fingerprint.
+    pub id: Arc<str>,
+    pub object: Cow<'static, str>,
     pub created: u64,
-    pub model: String,
+    pub model: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system_fingerprint: Option<String>,
+    pub system_fingerprint: Option<Arc<str>>,
     pub choices: Vec<ChunkChoice>,
     /// Present (as null) on every chunk when the caller asked for usage, set on the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

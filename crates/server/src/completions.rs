@@ -235,7 +235,7 @@ pub(crate) async fn completions(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             model: base.model.clone(),
-            fingerprint: state.fingerprint.clone(),
+            fingerprint: state.fingerprint.to_string(),
         },
         n: base.n,
         prompts: Vec::new(),

@@ -56,7 +56,7 @@ pub struct AppState {
     /// Accepted keys; empty means the server is open.
     pub api_keys: Vec<String>,
     pub body_limit: usize,
-    pub fingerprint: String,
+    pub fingerprint: Arc<str>,
     pub shutdown: Shutdown,
     /// Origins browsers may call from (`--cors-origin`); `*` for any. Empty: no CORS.
     pub cors_origins: Vec<String>,
@@ -87,7 +87,8 @@ impl AppState {
             fingerprint: format!(
                 "fp_parlance_{}",
                 env!("CARGO_PKG_VERSION").replace('.', "_")
-            ),
+            )
+            .into(),
             shutdown: Shutdown::default(),
             cors_origins: Vec::new(),
             tenancy: None,

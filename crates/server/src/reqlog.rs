@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
@@ -89,8 +89,9 @@ fn usable_id(v: &HeaderValue) -> Option<String> {
 /// A request's log context, from its arrival until its answer is ready.
 pub(crate) struct Arrival {
     ctx: Arc<RequestCtx>,
-    method: String,
-    path: String,
+    method: Method,
+    /// The whole URI, whose `path()` is logged: a clone shares hyper's buffer.
+    uri: Uri,
 }
 
 impl Arrival {
@@ -109,8 +110,8 @@ impl Arrival {
         req.extensions_mut().insert(Arc::clone(&ctx));
         Arrival {
             ctx,
-            method: req.method().to_string(),
-            path: req.uri().path().to_string(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
         }
     }
 
@@ -122,7 +123,7 @@ impl Arrival {
         let line = LogLine {
             ctx: self.ctx,
             method: self.method,
-            path: self.path,
+            uri: self.uri,
             status: resp.status().as_u16(),
         };
         resp.map(|body| {
@@ -136,8 +137,8 @@ impl Arrival {
 
 struct LogLine {
     ctx: Arc<RequestCtx>,
-    method: String,
-    path: String,
+    method: Method,
+    uri: Uri,
     status: u16,
 }
 
@@ -155,7 +156,8 @@ impl LogLine {
             (None, false) => "client_gone",
         };
         let u = f.usage.unwrap_or_default();
-        if self.path != "/metrics" && self.path != "/health" {
+        let path = self.uri.path();
+        if path != "/metrics" && path != "/health" {
             metrics::counter!(
                 "parlance_requests_total",
                 "model" => f.model.clone().unwrap_or_else(|| "-".into()),
@@ -170,7 +172,7 @@ impl LogLine {
             target: "parlance::request",
             request_id = %self.ctx.id,
             method = %self.method,
-            path = %self.path,
+            path = %path,
             model = %f.model.as_deref().unwrap_or("-"),
             key_id = %f.key_id.as_deref().unwrap_or("-"),
             status = self.status,

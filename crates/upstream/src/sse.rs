@@ -31,7 +31,9 @@ impl SseDecoder {
                 bytes = after_first;
                 continue;
             }
-            let Some(i) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            // memchr's vector search: a byte-at-a-time scan here was ~7% of a proxied
+            // stream's instructions.
+            let Some(i) = memchr::memchr2(b'\n', b'\r', bytes) else {
                 self.line.extend_from_slice(bytes);
                 break;
             };
@@ -72,7 +74,11 @@ impl SseDecoder {
         if line.first() == Some(&b':') {
             return None; // comment / keep-alive
         }
-        let text = String::from_utf8_lossy(line);
+        // The valid case first: `from_utf8_lossy` walks every line char by char.
+        let text = match std::str::from_utf8(line) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(_) => String::from_utf8_lossy(line),
+        };
         let (field, value) = match text.find(':') {
             Some(i) => {
                 let v = &text[i + 1..];

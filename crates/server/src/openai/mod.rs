@@ -94,10 +94,10 @@ pub async fn chat_completions(
 
     let door = ChatDoor {
         meta: ResponseMeta {
-            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()).into(),
             created: now_secs(),
-            model: req.model.clone(),
-            fingerprint: state.fingerprint.clone(),
+            model: req.model.as_str().into(),
+            fingerprint: Arc::clone(&state.fingerprint),
         },
         opts: StreamOptions {
             n: req.n,
@@ -151,9 +151,10 @@ impl Door for ChatDoor {
             Some(style) => Box::pin(functions::streamed(chunks, style)),
             None => Box::pin(chunks),
         };
-        Frames::Sse(Box::pin(chunks.map(|payload| {
+        let mut encoder = response::ChunkEncoder::default();
+        Frames::Sse(Box::pin(chunks.map(move |payload| {
             let data = match payload {
-                SsePayload::Chunk(c) => serde_json::to_string(&c),
+                SsePayload::Chunk(c) => encoder.encode(&c),
                 SsePayload::Error(e) => serde_json::to_string(&e),
                 SsePayload::Done => Ok("[DONE]".to_string()),
             };

@@ -5,15 +5,17 @@ use parlance_core::collect::Completion;
 use parlance_core::ir::{Delta, FinishReason, StreamEvent, TokenLogprob, Usage};
 use parlance_core::{Error, EventStream};
 use parlance_protocol::openai as wire;
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What every response of one request shares.
 #[derive(Clone)]
 pub(super) struct ResponseMeta {
-    pub id: String,
+    pub id: Arc<str>,
     pub created: u64,
-    pub model: String,
-    pub fingerprint: String,
+    pub model: Arc<str>,
+    pub fingerprint: Arc<str>,
 }
 
 /// OpenAI's `finish_reason`.
@@ -106,13 +108,13 @@ pub(super) fn completion(
         })
         .collect();
     wire::ChatCompletion {
-        id: meta.id.clone(),
+        id: meta.id.to_string(),
         object: "chat.completion".into(),
         created: meta.created,
-        model: meta.model.clone(),
+        model: meta.model.to_string(),
         choices,
         usage: Some(usage(&c.usage)),
-        system_fingerprint: Some(meta.fingerprint.clone()),
+        system_fingerprint: Some(meta.fingerprint.to_string()),
         debug: c.debug,
     }
 }
@@ -138,11 +140,11 @@ fn chunk(
     choices: Vec<wire::ChunkChoice>,
 ) -> wire::ChatCompletionChunk {
     wire::ChatCompletionChunk {
-        id: meta.id.clone(),
-        object: "chat.completion.chunk".into(),
+        id: Arc::clone(&meta.id),
+        object: Cow::Borrowed("chat.completion.chunk"),
         created: meta.created,
-        model: meta.model.clone(),
-        system_fingerprint: Some(meta.fingerprint.clone()),
+        model: Arc::clone(&meta.model),
+        system_fingerprint: Some(Arc::clone(&meta.fingerprint)),
         choices,
         usage: opts.include_usage.then_some(None),
         debug: None,
@@ -275,4 +277,128 @@ fn merge(into: &mut Delta, d: Delta) {
     into.reasoning.push_str(&d.reasoning);
     into.tool_calls.extend(d.tool_calls);
     into.logprobs.extend(d.logprobs);
+}
+
+/// Encodes a stream's chunks. Every chunk of a stream starts with the same id, object,
+/// created, model and fingerprint: they are encoded once and reused, since escaping
+/// them again for each chunk was ~10% of a proxied stream's instructions.
+#[derive(Default)]
+pub(super) struct ChunkEncoder {
+    head: Option<(wire::ChatCompletionChunk, Vec<u8>)>,
+}
+
+impl ChunkEncoder {
+    /// `serde_json::to_string(c)`, byte for byte.
+    pub(super) fn encode(&mut self, c: &wire::ChatCompletionChunk) -> serde_json::Result<String> {
+        let head = match &self.head {
+            Some((key, head)) if same_head(key, c) => head,
+            _ => &self.head.insert(head_of(c)?).1,
+        };
+        let mut out = Vec::with_capacity(head.len() + 160);
+        out.extend_from_slice(head);
+        serde_json::to_writer(&mut out, &c.choices)?;
+        // The fields after `choices`, in the wire type's order.
+        if let Some(u) = &c.usage {
+            out.extend_from_slice(b",\"usage\":");
+            serde_json::to_writer(&mut out, u)?;
+        }
+        if let Some(d) = &c.debug {
+            out.extend_from_slice(b",\"debug\":");
+            serde_json::to_writer(&mut out, d)?;
+        }
+        out.push(b'}');
+        String::from_utf8(out).map_err(serde::ser::Error::custom)
+    }
+}
+
+fn same_head(a: &wire::ChatCompletionChunk, b: &wire::ChatCompletionChunk) -> bool {
+    let same_fp = match (&a.system_fingerprint, &b.system_fingerprint) {
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+        (None, None) => true,
+        _ => false,
+    };
+    Arc::ptr_eq(&a.id, &b.id)
+        && Arc::ptr_eq(&a.model, &b.model)
+        && same_fp
+        && a.created == b.created
+        && a.object == b.object
+}
+
+/// `c`'s fields before its choices, encoded up to `"choices":`.
+fn head_of(
+    c: &wire::ChatCompletionChunk,
+) -> serde_json::Result<(wire::ChatCompletionChunk, Vec<u8>)> {
+    let key = wire::ChatCompletionChunk {
+        id: Arc::clone(&c.id),
+        object: c.object.clone(),
+        created: c.created,
+        model: Arc::clone(&c.model),
+        system_fingerprint: c.system_fingerprint.clone(),
+        choices: Vec::new(),
+        usage: None,
+        debug: None,
+    };
+    let mut head = serde_json::to_vec(&key)?;
+    // `...,"choices":[]}` without its `[]}`.
+    head.truncate(head.len().saturating_sub(3));
+    Ok((key, head))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    use super::*;
+
+    fn meta() -> ResponseMeta {
+        ResponseMeta {
+            id: "chatcmpl-\"x\"\u{e9}".into(),
+            created: 7,
+            model: "m/\\odel".into(),
+            fingerprint: "fp_1".into(),
+        }
+    }
+
+    #[test]
+    fn encoded_chunks_equal_serde_json_s() {
+        let m = meta();
+        let opts = |include_usage| StreamOptions {
+            n: 2,
+            include_usage,
+            want_logprobs: false,
+            update_interval: None,
+        };
+        let d = |s: &str| Delta {
+            content: s.into(),
+            ..Delta::default()
+        };
+        let mut with_usage = chunk(&m, &opts(true), vec![]);
+        with_usage.usage = Some(Some(usage(&Usage::default())));
+        let mut debug = chunk(&m, &opts(false), vec![]);
+        debug.debug = Some(serde_json::json!({"k": [1, "two"]}));
+        let mut other = chunk(&meta(), &opts(false), vec![delta_choice(0, d("b"), false)]);
+        other.system_fingerprint = None;
+        let chunks = [
+            chunk(
+                &m,
+                &opts(false),
+                vec![delta_choice(0, d("a \"q\"\n"), false)],
+            ),
+            chunk(
+                &m,
+                &opts(true),
+                vec![
+                    delta_choice(1, d("\u{1F600}"), false),
+                    delta_choice(0, d(""), false),
+                ],
+            ),
+            with_usage,
+            debug,
+            other,
+            chunk(&m, &opts(false), vec![]),
+        ];
+        let mut enc = ChunkEncoder::default();
+        for c in &chunks {
+            assert_eq!(enc.encode(c).unwrap(), serde_json::to_string(c).unwrap());
+        }
+    }
 }
