@@ -1,6 +1,8 @@
 //! Anthropic's native Messages API as an upstream.
 
-use crate::dialect::{call_arguments, parse_json, AuthStyle, Call, Dialect, StreamMapper};
+use crate::dialect::{
+    call_arguments, parse_json, parse_json_text, AuthStyle, Call, Dialect, StreamMapper,
+};
 use crate::sse::SseEvent;
 use parlance_core::ir::{
     ChatRequest, ContentPart, Delta, FinishReason, ImageSource, Message, ResponseFormat, Role,
@@ -279,7 +281,7 @@ impl StreamMapper for EventMapper {
         if ev.data.trim().is_empty() {
             return Ok(false);
         }
-        let event: wire::StreamEvent = parse_json(ev.data.as_bytes(), "stream event")?;
+        let event: wire::StreamEvent = parse_json_text(&ev.data, "stream event")?;
         let mut delta = Delta::default();
         match event {
             wire::StreamEvent::MessageStart { message } => self.input = message.usage,

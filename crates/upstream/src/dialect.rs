@@ -91,13 +91,29 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     what: &str,
 ) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let head = String::from_utf8_lossy(bytes.get(..200).unwrap_or(bytes)).into_owned();
-        Error::new(
-            parlance_core::ErrorKind::Upstream,
-            format!("malformed {what}: {e} (starts with {head:?})"),
-        )
-    })
+    // One UTF-8 check of the whole body, then none per string: `from_slice` checks each
+    // string on its own, and those calls were ~8% of a proxied stream's instructions.
+    let parsed = match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    };
+    parsed.map_err(|e| malformed(bytes, what, &e))
+}
+
+/// [`parse_json`] of text already known to be UTF-8 (an SSE event's data).
+pub(crate) fn parse_json_text<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: &str,
+) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|e| malformed(text.as_bytes(), what, &e))
+}
+
+fn malformed(bytes: &[u8], what: &str, e: &serde_json::Error) -> Error {
+    let head = String::from_utf8_lossy(bytes.get(..200).unwrap_or(bytes)).into_owned();
+    Error::new(
+        parlance_core::ErrorKind::Upstream,
+        format!("malformed {what}: {e} (starts with {head:?})"),
+    )
 }
 
 /// Tracks which choices have finished, so a cut-off stream is an error, not a silent end.

@@ -1,7 +1,8 @@
 //! Gemini's native generateContent / streamGenerateContent as an upstream.
 
 use crate::dialect::{
-    answered_function, call_arguments, parse_json, AuthStyle, Call, Dialect, Finishes, StreamMapper,
+    answered_function, call_arguments, parse_json, parse_json_text, AuthStyle, Call, Dialect,
+    Finishes, StreamMapper,
 };
 use crate::openai_read::new_call_id;
 use crate::sse::SseEvent;
@@ -317,7 +318,7 @@ impl StreamMapper for ResponseMapper {
         if ev.data.trim().is_empty() {
             return Ok(false);
         }
-        let v: Value = parse_json(ev.data.as_bytes(), "stream event")?;
+        let v: Value = parse_json_text(&ev.data, "stream event")?;
         if let Some(err) = v.get("error") {
             let msg = err
                 .get("message")

@@ -2,7 +2,7 @@
 //! (every field optional, unknown ones skipped): servers differ in what they omit, and
 //! typed reading skips the fields nobody uses without allocating for them.
 
-use crate::dialect::{parse_json, Finishes, StreamMapper};
+use crate::dialect::{parse_json, parse_json_text, Finishes, StreamMapper};
 use crate::sse::SseEvent;
 use parlance_core::ir::{
     Delta, FinishReason, StreamEvent, TokenLogprob, ToolCallDelta, TopLogprob, Usage,
@@ -266,7 +266,7 @@ impl StreamMapper for ChunkMapper {
         if data.is_empty() {
             return Ok(false);
         }
-        let a: Answer = parse_json(data.as_bytes(), "stream chunk")?;
+        let a: Answer = parse_json_text(data, "stream chunk")?;
         if let Some(err) = a.error.filter(|e| !e.is_null()) {
             return Err(stream_error(err));
         }
