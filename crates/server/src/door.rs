@@ -243,12 +243,30 @@ pub(crate) async fn answer<D: Door>(
         match door.whole(events).await {
             Ok(body) => {
                 ctx.first_token();
-                Json(body).into_response()
+                json_answer::<D, _>(&body)
             }
             Err(e) => Refusal::<D>::from(e).into_response(),
         }
     };
     with_rate_headers(resp, &rate)
+}
+
+/// `body` as a JSON answer. Encoded into a `Vec`: axum's `Json` writes through a
+/// `BytesMut` writer that takes each of serde's many small writes on its own (~5% of a
+/// proxied request's instructions, counted with callgrind).
+fn json_answer<D: Door, T: serde::Serialize>(body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => Refusal::<D>::from(Error::internal(format!("could not encode the answer: {e}")))
+            .into_response(),
+    }
 }
 
 /// Prompt tokens the request's images take on its model (token counting endpoints);
