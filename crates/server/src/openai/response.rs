@@ -296,7 +296,9 @@ impl ChunkEncoder {
         };
         let mut out = Vec::with_capacity(head.len() + 160);
         out.extend_from_slice(head);
-        serde_json::to_writer(&mut out, &c.choices)?;
+        if !write_text_choice(&mut out, &c.choices)? {
+            serde_json::to_writer(&mut out, &c.choices)?;
+        }
         // The fields after `choices`, in the wire type's order.
         if let Some(u) = &c.usage {
             out.extend_from_slice(b",\"usage\":");
@@ -309,6 +311,39 @@ impl ChunkEncoder {
         out.push(b'}');
         String::from_utf8(out).map_err(serde::ser::Error::custom)
     }
+}
+
+/// The common chunk's choices, one choice with text and nothing else, without serde's
+/// work per key (that work was half of what encoding a chunk cost). The patterns name
+/// every field, so a field added to the wire types stops this from compiling instead
+/// of being dropped here. `false`: another shape, left to serde.
+fn write_text_choice(out: &mut Vec<u8>, choices: &[wire::ChunkChoice]) -> serde_json::Result<bool> {
+    let [wire::ChunkChoice {
+        index,
+        delta,
+        logprobs: None,
+        finish_reason: None,
+    }] = choices
+    else {
+        return Ok(false);
+    };
+    let wire::Delta {
+        role: None,
+        content: Some(text),
+        reasoning_content: None,
+        tool_calls: None,
+        function_call: None,
+        refusal: None,
+    } = delta
+    else {
+        return Ok(false);
+    };
+    out.extend_from_slice(b"[{\"index\":");
+    serde_json::to_writer(&mut *out, index)?;
+    out.extend_from_slice(b",\"delta\":{\"content\":");
+    serde_json::to_writer(&mut *out, text)?;
+    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":null}]");
+    Ok(true)
 }
 
 fn same_head(a: &wire::ChatCompletionChunk, b: &wire::ChatCompletionChunk) -> bool {
@@ -371,6 +406,14 @@ mod tests {
             content: s.into(),
             ..Delta::default()
         };
+        let mut role = delta_choice(0, d("x"), false);
+        role.delta.role = Some("assistant".into());
+        let mut finish = delta_choice(0, d("x"), false);
+        finish.finish_reason = Some("stop".into());
+        let mut logprobs = delta_choice(0, d("x"), false);
+        logprobs.logprobs = Some(wire::ChoiceLogprobs::default());
+        let mut refusal = delta_choice(0, d("x"), false);
+        refusal.delta.refusal = Some("no".into());
         let mut with_usage = chunk(&m, &opts(true), vec![]);
         with_usage.usage = Some(Some(usage(&Usage::default())));
         let mut debug = chunk(&m, &opts(false), vec![]);
@@ -395,6 +438,16 @@ mod tests {
             debug,
             other,
             chunk(&m, &opts(false), vec![]),
+            chunk(
+                &m,
+                &opts(false),
+                vec![delta_choice(3, d("\u{7}tab\t</x>"), false)],
+            ),
+            chunk(&m, &opts(false), vec![delta_choice(0, d(""), false)]),
+            chunk(&m, &opts(false), vec![role]),
+            chunk(&m, &opts(false), vec![finish]),
+            chunk(&m, &opts(false), vec![logprobs]),
+            chunk(&m, &opts(false), vec![refusal]),
         ];
         let mut enc = ChunkEncoder::default();
         for c in &chunks {
