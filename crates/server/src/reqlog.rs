@@ -158,14 +158,12 @@ impl LogLine {
         let u = f.usage.unwrap_or_default();
         let path = self.uri.path();
         if path != "/metrics" && path != "/health" {
-            metrics::counter!(
-                "parlance_requests_total",
-                "model" => f.model.clone().unwrap_or_else(|| "-".into()),
-                "front_door" => f.front_door.unwrap_or("other"),
-                "status" => self.status.to_string(),
-                "outcome" => outcome.to_string()
-            )
-            .increment(1);
+            crate::observe::count_request(
+                f.model.as_deref().unwrap_or("-"),
+                f.front_door.unwrap_or("other"),
+                self.status,
+                outcome,
+            );
         }
         let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0;
         tracing::info!(
