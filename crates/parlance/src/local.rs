@@ -1,9 +1,11 @@
 //! Local GGUF models as the serve flags configure them: loaded at start (`-m`, the
 //! catalog's `gguf` deployments) or on demand (`--models-dir`).
 
+#[cfg(feature = "local")]
+use crate::serve::gpu_layers;
 use crate::serve::ServeArgs;
 #[cfg(feature = "local")]
-use crate::serve::{gpu_layers, F32Embeddings, FlashAttn};
+use crate::serve_args::{F32Embeddings, FlashAttn};
 use parlance_core::{Backend, ModelInfo};
 use parlance_gateway::catalog::LocalSpec;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! `parlance serve`: load the models, build the router, serve HTTP until a signal.
 
 use crate::local::load_local;
-pub(crate) use crate::serve_args::{F32Embeddings, FlashAttn, LogFormat, ServeArgs};
+pub(crate) use crate::serve_args::{LogFormat, ServeArgs};
 use anyhow::{bail, Context};
 use parlance_core::Router;
 use parlance_gateway::catalog;
@@ -95,6 +95,10 @@ pub(crate) fn ngl_for_all(values: &[i32]) -> Option<i32> {
 }
 
 /// A GPU build's `-ngl` for a model; negative means all (llama.cpp's default).
+#[cfg_attr(
+    not(feature = "local"),
+    allow(dead_code, reason = "a gateway-only build loads no model")
+)]
 pub(crate) fn gpu_layers(n: Option<i32>) -> Option<u32> {
     n.and_then(|n| u32::try_from(n).ok())
 }
