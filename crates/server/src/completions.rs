@@ -230,7 +230,7 @@ pub(crate) async fn completions(
     let route = state.router.resolve(&base.model)?;
     let door = Completions {
         meta: Meta {
-            id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+            id: crate::ids::random("cmpl-"),
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

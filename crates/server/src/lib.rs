@@ -17,6 +17,7 @@ mod embeddings;
 mod error;
 mod gate;
 mod gemini;
+mod ids;
 pub mod listen;
 mod metering;
 pub mod observe;

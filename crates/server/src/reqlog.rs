@@ -101,7 +101,7 @@ impl Arrival {
             .headers()
             .get(&REQUEST_ID)
             .and_then(usable_id)
-            .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
+            .unwrap_or_else(|| crate::ids::random("req_"));
         let ctx = Arc::new(RequestCtx {
             id,
             started: Instant::now(),

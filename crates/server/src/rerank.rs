@@ -130,7 +130,7 @@ pub(crate) async fn create(
             r
         })
         .collect();
-    let id = format!("rerank-{}", uuid::Uuid::new_v4().simple());
+    let id = crate::ids::random("rerank-");
     let tokens = scored.prompt_tokens;
     let body = json!({
         "id": id,

@@ -56,7 +56,7 @@ pub(crate) async fn messages(
     ctx.set_model(&wire_req.model);
     let req = request::to_ir(wire_req)?;
     let door = Messages {
-        id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        id: crate::ids::random("msg_"),
         model: req.model.clone(),
         progress: req.context.progress.clone(),
     };

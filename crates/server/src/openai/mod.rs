@@ -94,7 +94,7 @@ pub async fn chat_completions(
 
     let door = ChatDoor {
         meta: ResponseMeta {
-            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()).into(),
+            id: crate::ids::random("chatcmpl-").into(),
             created: now_secs(),
             model: req.model.as_str().into(),
             fingerprint: Arc::clone(&state.fingerprint),

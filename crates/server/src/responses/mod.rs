@@ -36,7 +36,7 @@ use std::sync::Arc;
 const MAX_TURNS: usize = 10_000;
 
 pub(crate) fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+    crate::ids::random(&[prefix, "_"].concat())
 }
 
 fn now_secs() -> u64 {
