@@ -63,13 +63,13 @@ impl Engine<'_, '_> {
                 }
                 !gone
             });
-            let whole = plan(&open, 1);
+            let whole = aligned(&open, plan(&open, 1));
             let Some(first) = whole.first() else { continue };
             let tokens = tokens_of(&open, first);
             let beside_chat = background.update(tokens <= QUICK_DECODE);
             let side_by_side = match beside_chat || self.lanes.is_empty() {
                 true => Vec::new(),
-                false => lane_packs(&open, 1 + self.lanes.len()),
+                false => aligned(&open, lane_packs(&open, 1 + self.lanes.len())),
             };
             // Only when every lane gets a pack: on many cores, a few packs on one thread
             // each would leave the other cores idle where one pack on all of them would
@@ -134,11 +134,7 @@ impl Engine<'_, '_> {
         members: impl Iterator<Item = &'p (usize, usize)>,
         vectors: Vec<Vec<f32>>,
     ) {
-        for (v, &(j, _)) in vectors.into_iter().zip(members) {
-            if let Some((_, done)) = open.get_mut(j) {
-                done.push(if self.normalize { unit(v) } else { v });
-            }
-        }
+        place(open, members, vectors, self.normalize);
         while open
             .front()
             .is_some_and(|(job, done)| done.len() == job.inputs.len())
@@ -148,6 +144,24 @@ impl Engine<'_, '_> {
                 // An error means the caller hung up: there is no one to hand the vectors to.
                 job.tx.send(Ok(done)).ok();
             }
+        }
+    }
+}
+
+/// Appends each vector to its job's. A pack's order is the attention tiles' (see
+/// `aligned`) and a job's vectors go in input order: a round answers a run of each
+/// job's next inputs, so sorted by place they extend each job's answered prefix.
+fn place<'p>(
+    open: &mut Open,
+    members: impl Iterator<Item = &'p (usize, usize)>,
+    vectors: Vec<Vec<f32>>,
+    normalize: bool,
+) {
+    let mut placed: Vec<_> = members.copied().zip(vectors).collect();
+    placed.sort_unstable_by_key(|&(place, _)| place);
+    for ((j, _), v) in placed {
+        if let Some((_, done)) = open.get_mut(j) {
+            done.push(if normalize { unit(v) } else { v });
         }
     }
 }
@@ -199,6 +213,18 @@ fn plan(open: &Open, n: usize) -> Vec<Pack> {
     }
     if !pack.is_empty() {
         packs.push(pack);
+    }
+    packs
+}
+
+/// The packs, each ordered for llama.cpp's attention tiles (see `tiles`).
+fn aligned(open: &Open, mut packs: Vec<Pack>) -> Vec<Pack> {
+    for pack in &mut packs {
+        super::tiles::align(pack, |&(j, k)| {
+            open.get(j)
+                .and_then(|(job, _)| job.inputs.get(k))
+                .map_or(0, Vec::len)
+        });
     }
     packs
 }
@@ -333,6 +359,36 @@ mod tests {
         // Too little for two decodes worth splitting: one pack.
         let (o, _c) = open(&[(&[10; 10], 0)]);
         assert_eq!(lane_packs(&o, 2).len(), 1);
+    }
+
+    #[test]
+    fn vectors_of_packs_in_tile_order_reach_their_jobs_in_input_order() {
+        let lens = [13, 11, 13, 9, 14, 10, 12, 11, 13, 9, 14, 10, 12, 11];
+        let (mut o, _c) = open(&[(&lens[..5], 1), (&lens[5..], 0)]);
+        let packs = aligned(&o, lane_packs(&o, 2));
+        let flat: Vec<_> = packs.iter().flatten().copied().collect();
+        assert_ne!(
+            flat,
+            {
+                let mut f = flat.clone();
+                f.sort_unstable();
+                f
+            },
+            "{packs:?}"
+        );
+        // Each "vector" names its input: [job, input].
+        let vectors = flat
+            .iter()
+            .map(|&(j, k)| vec![j as f32, k as f32])
+            .collect();
+        place(&mut o, flat.iter(), vectors, false);
+        let got: Vec<Vec<Vec<f32>>> = o.iter().map(|(_, done)| done.clone()).collect();
+        assert_eq!(
+            got[0][1..],
+            [[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]]
+        );
+        let want: Vec<Vec<f32>> = (0..9).map(|k| vec![1.0, k as f32]).collect();
+        assert_eq!(got[1], want);
     }
 
     #[test]
