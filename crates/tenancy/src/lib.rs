@@ -18,6 +18,7 @@ pub mod subjects;
 pub mod tokens;
 pub mod usage;
 pub mod usage_stats;
+mod wal;
 
 pub use error::{CreateKeyError, OpenError, StoreError};
 

@@ -17,33 +17,12 @@ pub struct Store {
     pub(crate) pool: AnyPool,
     pub url: String,
     /// SQLite: set each time the background checkpoint has copied the WAL into the
-    /// database file (see `checkpoint_in_background`).
-    pub(crate) wal: std::sync::Arc<WalFlags>,
+    /// database file (see `wal::checkpoint_in_background`).
+    pub(crate) wal: std::sync::Arc<crate::wal::WalFlags>,
 }
 
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
     StoreError::from(e)
-}
-
-/// A WAL grown past this is cut back to it when it starts over (SQLite keeps the file
-/// at its largest otherwise).
-pub(crate) const WAL_SIZE_LIMIT: &str = "PRAGMA journal_size_limit=67108864";
-
-/// How often the WAL is checkpointed while usage rows are written. A commit that lands
-/// while a checkpoint writes and syncs waits for it, and so does every request waiting
-/// on that commit; the wait grows with the pages the checkpoint copies. Streamed
-/// requests at 1,000 req/s (5 rounds each, medians): p99 1.43 ms every second, 0.95 ms
-/// every 250 ms, 0.89 ms every 100 ms, 0.73 ms never; every 10 s gave 48 to 75 ms
-/// spikes.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// What the SQLite usage writer and the background checkpoint tell each other.
-#[derive(Debug, Default)]
-pub(crate) struct WalFlags {
-    /// The writer committed since the last checkpoint began.
-    pub(crate) written: std::sync::atomic::AtomicBool,
-    /// A checkpoint ended: the writer copies the frames it wrote meanwhile.
-    pub(crate) checkpointed: std::sync::atomic::AtomicBool,
 }
 
 /// A pool on `url`, each connection set up for SQLite's WAL when `is_sqlite`.
@@ -69,11 +48,13 @@ async fn connect(url: &str, is_sqlite: bool, max: u32) -> Result<AnyPool, StoreE
                     // No checkpoint inside a commit: SQLite's automatic one runs in
                     // the committing call and its writes and fsync stalled every
                     // request waiting on that commit (p99 +10 ms at 1,000 req/s).
-                    // A background task checkpoints instead (`checkpoint_in_background`).
+                    // A background task checkpoints instead (`wal`).
                     sqlx::query("PRAGMA wal_autocheckpoint=0")
                         .execute(&mut *conn)
                         .await?;
-                    sqlx::query(WAL_SIZE_LIMIT).execute(&mut *conn).await?;
+                    sqlx::query(crate::wal::WAL_SIZE_LIMIT)
+                        .execute(&mut *conn)
+                        .await?;
                 }
                 Ok(())
             })
@@ -123,44 +104,12 @@ impl Store {
             wal: std::sync::Arc::default(),
         };
         if is_sqlite {
-            store.checkpoint_in_background();
+            crate::wal::checkpoint_in_background(
+                store.pool.clone(),
+                std::sync::Arc::clone(&store.wal),
+            );
         }
         Ok(store)
-    }
-
-    /// Moves the WAL's pages into the database file off the commit path, every
-    /// `CHECKPOINT_EVERY` while the usage writer commits and at least once a second
-    /// (keys and accounts are written through the pool); a PASSIVE checkpoint never
-    /// waits for (or blocks) the usage writer. Under a steady load the writer always
-    /// adds frames while it runs, so the WAL could never start over and grew without
-    /// end (3 GB in 30 s flat out): the flag tells the writer to copy the few frames it
-    /// wrote meanwhile, between two of its commits.
-    fn checkpoint_in_background(&self) {
-        use std::sync::atomic::Ordering;
-        let pool = self.pool.clone();
-        let wal = std::sync::Arc::clone(&self.wal);
-        parlance_core::task::spawn("sqlite checkpoint", async move {
-            let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-            let mut skipped = 0;
-            loop {
-                tick.tick().await;
-                if pool.is_closed() {
-                    return;
-                }
-                if !wal.written.swap(false, Ordering::AcqRel) && skipped < 3 {
-                    skipped += 1;
-                    continue;
-                }
-                skipped = 0;
-                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&pool)
-                    .await
-                {
-                    Ok(_) => wal.checkpointed.store(true, Ordering::Release),
-                    Err(e) => tracing::debug!("WAL checkpoint: {e}"),
-                }
-            }
-        });
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -549,41 +498,6 @@ fn usage_from_row(r: &AnyRow) -> Result<UsageRow, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn the_wal_is_checkpointed_in_the_background_not_in_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let store = Store::open(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
-        let auto: i64 = sqlx::query("PRAGMA wal_autocheckpoint")
-            .fetch_one(&store.pool)
-            .await
-            .and_then(|r| r.try_get(0))
-            .unwrap();
-        assert_eq!(auto, 0);
-        let rows: Vec<UsageRow> = (0..3)
-            .map(|i| UsageRow {
-                request_id: format!("r{i}"),
-                ..UsageRow::default()
-            })
-            .collect();
-        store.insert_usage(&rows).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        // The database file alone (its WAL left behind) has the rows.
-        let copy = dir.path().join("copy.db");
-        std::fs::copy(&path, &copy).unwrap();
-        let alone = Store::open(&format!("sqlite://{}", copy.display()))
-            .await
-            .unwrap();
-        let n = alone
-            .usage_rows(&UsageFilter::default())
-            .await
-            .unwrap()
-            .len();
-        assert_eq!(n, 3);
-    }
 
     #[test]
     fn days_are_dates() {

@@ -7,7 +7,7 @@
 use super::{
     retry_pauses, usage_insert_sql, Msg, Round, UsageRow, UsageValue, USAGE_ROWS_PER_STATEMENT,
 };
-use crate::store::WalFlags;
+use crate::wal::WalFlags;
 use crate::StoreError;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, Statement};
@@ -38,7 +38,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.execute_batch(crate::store::WAL_SIZE_LIMIT)?;
+    conn.execute_batch(crate::wal::WAL_SIZE_LIMIT)?;
     // One statement per batch size seen; sizes repeat under a steady load.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -67,9 +67,10 @@ fn run(conn: &Connection, mut rx: mpsc::UnboundedReceiver<Msg>, wal: &WalFlags) 
         }
         round.answer(result.map_err(|e| StoreError::Sqlite(Arc::new(e))));
         if wal.checkpointed.swap(false, Ordering::AcqRel) {
-            // The store's checkpoint copied and synced the WAL up to where it began;
-            // with the frames written since copied too (few: this is quick), the next
-            // commit starts the WAL over from its beginning instead of growing it.
+            // The store's checkpoint copied and synced the WAL up to where it began
+            // and found it past `wal::CATCH_UP_FRAMES`; with the frames written since
+            // copied too (few: the fsync is most of it), the next commit starts the
+            // WAL over from its beginning instead of growing it.
             if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                 tracing::debug!("WAL checkpoint after the store's: {e}");
             }
