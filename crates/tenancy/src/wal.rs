@@ -130,7 +130,7 @@ mod tests {
         let mut writers = Vec::new();
         for w in 0..16 {
             let recorder = std::sync::Arc::clone(&recorder);
-            writers.push(tokio::spawn(async move {
+            writers.push(parlance_core::task::spawn("test writer", async move {
                 let mut commits = 0u64;
                 while std::time::Instant::now() < stop {
                     let row = UsageRow {
@@ -158,7 +158,7 @@ mod tests {
         }
         let mut rows = 0;
         for w in writers {
-            rows += w.await.unwrap();
+            rows += w.await.unwrap().unwrap();
         }
         // Checkpoints run every 250 ms: 16 in the 4 s.
         assert!(
