@@ -16,8 +16,8 @@ use sqlx::{AnyPool, Row};
 pub struct Store {
     pub(crate) pool: AnyPool,
     pub url: String,
-    /// SQLite: set each time the background checkpoint has copied the WAL into the
-    /// database file (see `wal::checkpoint_in_background`).
+    /// SQLite: what the background checkpoint and the usage writer tell each other
+    /// (see `wal`).
     pub(crate) wal: std::sync::Arc<crate::wal::WalFlags>,
 }
 
