@@ -63,21 +63,23 @@ impl Engine<'_, '_> {
                 }
                 !gone
             });
-            let whole = aligned(&open, plan(&open, 1));
+            let whole = plan(&open, 1);
             let Some(first) = whole.first() else { continue };
             let tokens = tokens_of(&open, first);
             let beside_chat = background.update(tokens <= QUICK_DECODE);
             let side_by_side = match beside_chat || self.lanes.is_empty() {
                 true => Vec::new(),
-                false => aligned(&open, lane_packs(&open, 1 + self.lanes.len())),
+                false => lane_packs(&open, 1 + self.lanes.len()),
             };
             // Only when every lane gets a pack: on many cores, a few packs on one thread
             // each would leave the other cores idle where one pack on all of them would
-            // finish sooner.
+            // finish sooner. Only the packs that decode are put in tile order.
             let (packs, made) = if side_by_side.len() == 1 + self.lanes.len() {
-                let made = self.side_by_side(&mut batch, &open, &side_by_side);
-                (side_by_side, made)
+                let packs = aligned(&open, side_by_side);
+                let made = self.side_by_side(&mut batch, &open, &packs);
+                (packs, made)
             } else {
+                let whole = aligned(&open, whole);
                 let ctx = match self.contexts.small.as_mut() {
                     _ if beside_chat && tokens <= PACK_TOKENS => {
                         crate::omp::rest();
@@ -86,7 +88,8 @@ impl Engine<'_, '_> {
                     Some(small) if tokens <= SMALL_DECODE => small,
                     _ => &mut self.contexts.main,
                 };
-                let made = decode(ctx, &mut batch, inputs(&open, first));
+                let pack = whole.first().map_or(&[][..], Vec::as_slice);
+                let made = decode(ctx, &mut batch, inputs(&open, pack));
                 (whole, made)
             };
             match made {

@@ -102,8 +102,8 @@ mod tests {
 
     #[test]
     fn where_no_subset_fits_exactly_one_sequence_crosses_and_the_next_border_is_still_met() {
-        // 30 + 30 leaves 4 to the border; only the 40 is left to cross it, and it ends
-        // at 100: 28 more reach 128.
+        // 30 + 30 leaves 4 to the border and nothing left fills it: the earliest left,
+        // the 40, crosses it and ends at 100, and the 28 reaches 128.
         let mut lens = vec![30, 40, 30, 28];
         align(&mut lens, |l| *l);
         assert_eq!(lens, [30, 30, 40, 28]);
