@@ -24,8 +24,7 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// checkpoint during which nothing was committed) or for this size. Against a copy
 /// after every checkpoint, 1,000 req/s, 6 alternated rounds, medians: p99 0.598
 /// against 0.648 ms whole, 0.603 against 0.670 streamed (rounds differ by as much).
-/// Smaller under unit tests, to pass it in seconds.
-const CATCH_UP_FRAMES: i64 = if cfg!(test) { 256 } else { 4096 };
+const CATCH_UP_FRAMES: i64 = 4096;
 
 /// What the SQLite usage writer and the background checkpoint tell each other.
 #[derive(Debug, Default)]
